@@ -1,0 +1,459 @@
+//! The ABI between the xdp-breakout kernel programs and user space.
+//!
+//! Everything here is `#[repr(C)]` and laid out by hand: these types are map keys, map values
+//! and XDP metadata, so their size and field order are a contract with every pinned map on a
+//! running router and with whoever reads those maps with `bpftool`. Never reorder a field or
+//! renumber a constant; add new ones at the end.
+//!
+//! Byte order: addresses are kept as the bytes of the packet (network order) so that the
+//! kernel copies them straight from the header; every other integer is in host order.
+#![no_std]
+
+use core::mem::size_of;
+
+/// Name under `/sys/fs/bpf` of the directory that holds every pin.
+pub const PIN_DIR: &str = "/sys/fs/bpf/xdp-breakout";
+
+/// Map and program names: the contract between the object file, the agent and `bpftool`.
+/// The kernel keeps 15 characters of a map name (`BPF_OBJ_NAME_LEN` - 1).
+pub mod names {
+    /// IPv4 prefixes: [`crate::LpmKeyV4`] -> [`crate::PrefixRules`].
+    pub const PREFIX_V4: &str = "XB_PREFIX_V4";
+    /// IPv6 prefixes: [`crate::LpmKeyV6`] -> [`crate::PrefixRules`].
+    pub const PREFIX_V6: &str = "XB_PREFIX_V6";
+    /// Category -> action ([`crate::Policy`]).
+    pub const POLICY: &str = "XB_POLICY";
+    /// Single entry: [`crate::Config`].
+    pub const CONFIG: &str = "XB_CONFIG";
+    /// Per-CPU [`crate::Counter`] by [`crate::stat`] index.
+    pub const STATS: &str = "XB_STATS";
+    /// Per-CPU [`crate::Counter`] by endpoint set id.
+    pub const SET_STATS: &str = "XB_SET_STATS";
+    /// aya-log's ring buffer (its name is fixed by aya-log).
+    pub const LOGS: &str = "AYA_LOGS";
+    /// Every map the agent pins, in pin order.
+    pub const PINNED_MAPS: [&str; 6] = [PREFIX_V4, PREFIX_V6, POLICY, CONFIG, STATS, SET_STATS];
+
+    /// The XDP program (function name in the object file).
+    pub const XDP_PROGRAM: &str = "breakout";
+    /// The tc ingress program that turns the verdict into `skb->mark`.
+    pub const TC_PROGRAM: &str = "breakout_mark";
+}
+
+/// Maximum entries of each prefix trie.
+pub const MAX_PREFIXES: u32 = 1 << 20;
+/// Port rules carried by one prefix. The 2026043000 feed needs at most 7 after folding
+/// covering prefixes into more specific ones; the compiler refuses a feed that needs more.
+pub const MAX_RULES: usize = 16;
+/// Endpoint set ids are indices into [`names::SET_STATS`]; Microsoft's ids are below 200.
+pub const MAX_SET_ID: u32 = 4096;
+/// Entries of [`names::STATS`].
+pub const STATS_LEN: u32 = 32;
+
+/// Endpoint categories, lowest first: a packet that belongs to several sets takes the highest.
+pub mod category {
+    /// No category: the destination is in no installed prefix.
+    pub const NONE: u8 = 0;
+    pub const DEFAULT: u8 = 1;
+    pub const ALLOW: u8 = 2;
+    pub const OPTIMIZE: u8 = 3;
+    /// Entries of [`names::POLICY`](crate::names::POLICY).
+    pub const COUNT: u32 = 4;
+
+    /// Microsoft's spelling, as in the feed and in `--json` output.
+    #[must_use]
+    pub const fn name(category: u8) -> Option<&'static str> {
+        match category {
+            DEFAULT => Some("Default"),
+            ALLOW => Some("Allow"),
+            OPTIMIZE => Some("Optimize"),
+            _ => None,
+        }
+    }
+}
+
+/// What happens to a packet. Stored in [`Policy`] and [`XdpMeta`].
+pub mod action {
+    /// Leave the packet alone: it follows the main routing table, the tunnel.
+    pub const TUNNEL: u8 = 0;
+    /// Mark the packet so that policy routing sends it out of the direct uplink.
+    pub const DIRECT: u8 = 1;
+
+    #[must_use]
+    pub const fn name(action: u8) -> &'static str {
+        match action {
+            DIRECT => "direct",
+            _ => "tunnel",
+        }
+    }
+}
+
+/// IP protocol numbers carried in [`PortRule::proto`].
+pub mod proto {
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+}
+
+/// Indices of [`names::STATS`]. Never renumbered: dashboards and scripts read them.
+///
+/// Every packet the XDP program sees counts once under an action (`TUNNEL`, `DIRECT`) and once
+/// under a reason (`MATCH_PORT` .. `ERROR`). The notes after them count events on top.
+pub mod stat {
+    /// Left to the normal route (the tunnel).
+    pub const TUNNEL: u32 = 0;
+    /// Marked for direct egress.
+    pub const DIRECT: u32 = 1;
+    /// Destination in a prefix, and protocol and port matched one of its port rules.
+    pub const MATCH_PORT: u32 = 2;
+    /// Destination in a prefix; no port rule matched (or the protocol has no ports): the
+    /// highest category of the prefix's endpoint sets applies.
+    pub const MATCH_ADDR: u32 = 3;
+    /// Destination in a prefix, no port rule matched, and strict ports is on: tunnel.
+    pub const STRICT_MISS: u32 = 4;
+    /// Destination in no prefix.
+    pub const NO_MATCH: u32 = 5;
+    /// A non-first IPv4 or IPv6 fragment: no ports, classified by its destination alone.
+    pub const FRAGMENT: u32 = 6;
+    /// Not IPv4 or IPv6 (ARP, LLDP, ...).
+    pub const NOT_IP: u32 = 7;
+    /// A header was truncated or invalid (IPv4 IHL < 5, too many extension headers, ...).
+    pub const MALFORMED: u32 = 8;
+    /// An internal failure (a map or helper returned an error). The packet passes untouched.
+    pub const ERROR: u32 = 9;
+    /// Note: the driver gave no metadata room, the tc program classifies the packet itself.
+    pub const NO_META: u32 = 10;
+    /// tc: mark set from the XDP program's metadata.
+    pub const TC_MARK_META: u32 = 16;
+    /// tc: mark set from the tc program's own classification (no metadata).
+    pub const TC_MARK_SELF: u32 = 17;
+    /// tc: verdict tunnel, mark left as it was.
+    pub const TC_PASS: u32 = 18;
+
+    /// The indices user space shows, with their names.
+    pub const NAMED: [(u32, &str); 14] = [
+        (TUNNEL, "tunnel"),
+        (DIRECT, "direct"),
+        (MATCH_PORT, "match_port"),
+        (MATCH_ADDR, "match_addr"),
+        (STRICT_MISS, "strict_miss"),
+        (NO_MATCH, "no_match"),
+        (FRAGMENT, "fragment"),
+        (NOT_IP, "not_ip"),
+        (MALFORMED, "malformed"),
+        (ERROR, "error"),
+        (NO_META, "no_meta"),
+        (TC_MARK_META, "tc_mark_meta"),
+        (TC_MARK_SELF, "tc_mark_self"),
+        (TC_PASS, "tc_pass"),
+    ];
+}
+
+/// Key of [`names::PREFIX_V4`]: the layout of the kernel's `struct bpf_lpm_trie_key_u8`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LpmKeyV4 {
+    /// Prefix length in bits, host order.
+    pub prefix_len: u32,
+    /// Address, network order (as in the packet).
+    pub addr: [u8; 4],
+}
+const _: () = assert!(size_of::<LpmKeyV4>() == 8);
+
+/// Key of [`names::PREFIX_V6`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LpmKeyV6 {
+    /// Prefix length in bits, host order.
+    pub prefix_len: u32,
+    /// Address, network order (as in the packet).
+    pub addr: [u8; 16],
+}
+const _: () = assert!(size_of::<LpmKeyV6>() == 20);
+
+/// One `(protocol, port range) -> category, endpoint set` rule of a prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PortRule {
+    /// First port of the range, host order.
+    pub port_lo: u16,
+    /// Last port of the range (inclusive), host order.
+    pub port_hi: u16,
+    /// [`proto`] number.
+    pub proto: u8,
+    /// [`category`] of the packets this rule matches.
+    pub category: u8,
+    /// Endpoint set counted for them, host order.
+    pub set_id: u16,
+}
+const _: () = assert!(size_of::<PortRule>() == 8);
+
+/// Value of both prefix tries: everything the kernel needs about a prefix, in one entry, so
+/// that one trie lookup and a bounded scan decide a packet and an update replaces a prefix's
+/// whole rule set atomically (the trie swaps the node under RCU).
+///
+/// The compiler has folded the rules of every covering prefix into this entry, so the longest
+/// match alone gives the right answer; rules are disjoint, so the first match is the match.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PrefixRules {
+    /// Number of valid entries at the front of `rules`.
+    pub n_rules: u8,
+    /// Category when no rule matches: the highest category of the prefix's endpoint sets.
+    pub addr_category: u8,
+    /// Endpoint set counted for an address-only match, host order.
+    pub addr_set: u16,
+    /// Length of this entry's own prefix, so that user space can explain a lookup.
+    pub prefix_len: u8,
+    pub _pad: [u8; 3],
+    pub rules: [PortRule; MAX_RULES],
+}
+const _: () = assert!(size_of::<PrefixRules>() == 8 + 8 * MAX_RULES);
+
+impl PrefixRules {
+    pub const EMPTY: Self = Self {
+        n_rules: 0,
+        addr_category: category::NONE,
+        addr_set: 0,
+        prefix_len: 0,
+        _pad: [0; 3],
+        rules: [PortRule {
+            port_lo: 0,
+            port_hi: 0,
+            proto: 0,
+            category: category::NONE,
+            set_id: 0,
+        }; MAX_RULES],
+    };
+
+    /// The category and endpoint set for a packet, ignoring strict ports: the first rule whose
+    /// protocol and port range hold the packet, else the address category. `port` is `None`
+    /// for a packet without ports (another protocol, or a non-first fragment).
+    ///
+    /// The kernel programs and user space (explaining a lookup) run this same loop.
+    #[inline(always)]
+    #[must_use]
+    pub fn classify(&self, proto: u8, port: Option<u16>) -> RuleMatch {
+        if let Some(port) = port {
+            let n = usize::from(self.n_rules);
+            // Indexing below a constant bound keeps the loop visible to the verifier.
+            for i in 0..MAX_RULES {
+                if i >= n {
+                    break;
+                }
+                let rule = &self.rules[i];
+                if rule.proto == proto && rule.port_lo <= port && port <= rule.port_hi {
+                    return RuleMatch {
+                        category: rule.category,
+                        set_id: rule.set_id,
+                        by_port: true,
+                    };
+                }
+            }
+        }
+        RuleMatch {
+            category: self.addr_category,
+            set_id: self.addr_set,
+            by_port: false,
+        }
+    }
+}
+
+/// The result of [`PrefixRules::classify`] (not an ABI type).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RuleMatch {
+    /// [`category`] of the packet.
+    pub category: u8,
+    /// The endpoint set that decided it.
+    pub set_id: u16,
+    /// A port rule matched (else the address category applied).
+    pub by_port: bool,
+}
+
+/// Value of [`names::POLICY`], indexed by [`category`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// [`action`] for packets of this category.
+    pub action: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<Policy>() == 4);
+
+/// Bits of [`Config::flags`].
+pub mod flags {
+    /// A packet whose destination matches but whose port matches no rule goes to the tunnel.
+    pub const STRICT_PORTS: u32 = 1 << 0;
+    /// Log each decision through aya-log (for debugging only: one line per packet).
+    pub const DEBUG: u32 = 1 << 1;
+}
+
+/// Value of [`names::CONFIG`] (index 0), written by user space, read once per packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Bits the tc program sets in `skb->mark` for direct packets, host order.
+    pub mark: u32,
+    /// Which bits of `skb->mark` belong to xdp-breakout; the others are kept, host order.
+    pub mark_mask: u32,
+    /// [`flags`] bits, host order.
+    pub flags: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<Config>() == 16);
+
+/// Default `mark/mask`: 0x365 ("365") in the low 16 bits.
+pub const DEFAULT_MARK: u32 = 0x365;
+pub const DEFAULT_MARK_MASK: u32 = 0xffff;
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            mark: DEFAULT_MARK,
+            mark_mask: DEFAULT_MARK_MASK,
+            flags: 0,
+            _pad: 0,
+        }
+    }
+}
+
+/// Value of [`names::STATS`] and [`names::SET_STATS`], per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    /// Host order.
+    pub packets: u64,
+    /// Bytes of frame from the Ethernet header on, host order.
+    pub bytes: u64,
+}
+const _: () = assert!(size_of::<Counter>() == 16);
+
+/// What the XDP program leaves in front of the packet (`bpf_xdp_adjust_meta`) for the tc
+/// program. The kernel wants metadata sizes that are multiples of 4 and at most 32 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct XdpMeta {
+    /// [`XDP_META_MAGIC`], host order: tells our metadata from another program's.
+    pub magic: u32,
+    /// [`action`].
+    pub action: u8,
+    /// [`category`].
+    pub category: u8,
+    /// Endpoint set, host order.
+    pub set_id: u16,
+}
+const _: () = assert!(size_of::<XdpMeta>() == 8);
+
+/// "XBRK".
+pub const XDP_META_MAGIC: u32 = 0x5842_524b;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: every type is #[repr(C)], made only of integers, with explicit padding.
+    unsafe impl aya::Pod for super::LpmKeyV4 {}
+    unsafe impl aya::Pod for super::LpmKeyV6 {}
+    unsafe impl aya::Pod for super::PrefixRules {}
+    unsafe impl aya::Pod for super::Policy {}
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::Counter {}
+    unsafe impl aya::Pod for super::XdpMeta {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(list: &[PortRule]) -> PrefixRules {
+        let mut value = PrefixRules::EMPTY;
+        value.rules[..list.len()].copy_from_slice(list);
+        value.n_rules = u8::try_from(list.len()).unwrap();
+        value.addr_category = category::OPTIMIZE;
+        value.addr_set = 1;
+        value
+    }
+
+    #[test]
+    fn classify_takes_the_rule_that_holds_protocol_and_port() {
+        let value = rules(&[
+            PortRule {
+                port_lo: 443,
+                port_hi: 443,
+                proto: proto::TCP,
+                category: category::OPTIMIZE,
+                set_id: 1,
+            },
+            PortRule {
+                port_lo: 587,
+                port_hi: 587,
+                proto: proto::TCP,
+                category: category::ALLOW,
+                set_id: 2,
+            },
+            PortRule {
+                port_lo: 3478,
+                port_hi: 3481,
+                proto: proto::UDP,
+                category: category::OPTIMIZE,
+                set_id: 11,
+            },
+        ]);
+        let m = |category, set_id, by_port| RuleMatch {
+            category,
+            set_id,
+            by_port,
+        };
+        assert_eq!(
+            value.classify(proto::TCP, Some(587)),
+            m(category::ALLOW, 2, true)
+        );
+        assert_eq!(
+            value.classify(proto::UDP, Some(3480)),
+            m(category::OPTIMIZE, 11, true)
+        );
+        assert_eq!(
+            value.classify(proto::UDP, Some(587)),
+            m(category::OPTIMIZE, 1, false)
+        );
+        assert_eq!(
+            value.classify(proto::TCP, None),
+            m(category::OPTIMIZE, 1, false)
+        );
+    }
+
+    #[test]
+    fn classify_never_reads_past_max_rules() {
+        let mut value = rules(&[]);
+        value.n_rules = u8::MAX;
+        let found = value.classify(proto::TCP, Some(1));
+        assert_eq!((found.category, found.by_port), (category::OPTIMIZE, false));
+    }
+
+    #[test]
+    fn names_fit_the_kernel() {
+        for name in names::PINNED_MAPS {
+            assert!(
+                name.len() <= 15,
+                "{name} is longer than BPF_OBJ_NAME_LEN - 1"
+            );
+        }
+    }
+
+    #[test]
+    fn stat_indices_are_unique_and_in_range() {
+        for (i, (index, name)) in stat::NAMED.iter().enumerate() {
+            assert!(*index < STATS_LEN, "{name}");
+            assert!(
+                stat::NAMED[..i].iter().all(|(other, _)| other != index),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn categories_are_ordered() {
+        const { assert!(category::NONE < category::DEFAULT) };
+        const { assert!(category::DEFAULT < category::ALLOW) };
+        const { assert!(category::ALLOW < category::OPTIMIZE) };
+        assert_eq!(category::name(category::OPTIMIZE), Some("Optimize"));
+        assert_eq!(category::name(category::NONE), None);
+    }
+}

@@ -1,0 +1,313 @@
+//! xdp-breakout's kernel side.
+//!
+//! `breakout` (XDP, on the LAN interface) classifies each packet by a longest-prefix match of
+//! its destination and records the verdict in XDP metadata; `breakout_mark` (tc ingress, same
+//! interface) turns a direct verdict into `skb->mark` for policy routing, classifying the
+//! packet itself when the driver gave no metadata room. Neither ever drops a packet: every
+//! path ends in a pass. Failing open is deliberate: a router that loses its classifier must
+//! still route, through the tunnel, as it did before xdp-breakout.
+#![no_std]
+#![no_main]
+
+mod parse;
+
+use aya_ebpf::{
+    bindings::{TC_ACT_UNSPEC, xdp_action::XDP_PASS},
+    btf_maps::{Array, LpmTrie, PerCpuArray, lpm_trie::Key},
+    helpers::{bpf_skb_pull_data, bpf_xdp_adjust_meta},
+    macros::{btf_map, classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+use aya_log_ebpf::{debug, error};
+use classifier_common::{
+    Config, Counter, LpmKeyV4, LpmKeyV6, MAX_PREFIXES, MAX_SET_ID, Policy, PrefixRules, STATS_LEN,
+    XDP_META_MAGIC, XdpMeta, action, category, flags, stat,
+};
+
+use crate::parse::{Cursor, Dst, Packet, Unparsed, parse};
+
+// The map names are the contract in `classifier_common::names`; a test reads them back
+// from the object. `BPF_F_NO_PREALLOC` is the trie's default flag and the kernel requires it.
+
+/// IPv4 prefixes. Key: prefix length (host order) and address (network order). Value: the
+/// prefix's folded port rules. Written by the agent; pinned as `XB_PREFIX_V4`.
+#[btf_map]
+static XB_PREFIX_V4: LpmTrie<[u8; 4], PrefixRules, { MAX_PREFIXES as usize }> = LpmTrie::new();
+
+/// IPv6 prefixes, as [`XB_PREFIX_V4`]. Pinned as `XB_PREFIX_V6`.
+#[btf_map]
+static XB_PREFIX_V6: LpmTrie<[u8; 16], PrefixRules, { MAX_PREFIXES as usize }> = LpmTrie::new();
+
+/// Category (index) -> action. Written by the agent from its policy; pinned as `XB_POLICY`.
+#[btf_map]
+static XB_POLICY: Array<Policy, { category::COUNT as usize }> = Array::new();
+
+/// Index 0: mark value and mask, strict ports and debug flags. Written by the agent; pinned
+/// as `XB_CONFIG`.
+#[btf_map]
+static XB_CONFIG: Array<Config, 1> = Array::new();
+
+/// Per-CPU packets and bytes by `classifier_common::stat` index. Written here; summed by the
+/// agent; pinned as `XB_STATS`.
+#[btf_map]
+static XB_STATS: PerCpuArray<Counter, { STATS_LEN as usize }> = PerCpuArray::new();
+
+/// Per-CPU packets and bytes by the endpoint set that decided a packet. Pinned as
+/// `XB_SET_STATS`.
+#[btf_map]
+static XB_SET_STATS: PerCpuArray<Counter, { MAX_SET_ID as usize }> = PerCpuArray::new();
+
+// Compile-time proof that the keys above are the common crate's key types.
+const _: () = assert!(size_of::<Key<[u8; 4]>>() == size_of::<LpmKeyV4>());
+const _: () = assert!(size_of::<Key<[u8; 16]>>() == size_of::<LpmKeyV6>());
+
+/// A decision and why it was made.
+#[derive(Clone, Copy)]
+struct Verdict {
+    action: u8,
+    /// A `stat` reason index.
+    reason: u32,
+    category: u8,
+    set_id: u16,
+}
+
+impl Verdict {
+    #[inline(always)]
+    const fn tunnel(reason: u32) -> Self {
+        Self {
+            action: action::TUNNEL,
+            reason,
+            category: category::NONE,
+            set_id: 0,
+        }
+    }
+}
+
+impl From<Unparsed> for Verdict {
+    #[inline(always)]
+    fn from(unparsed: Unparsed) -> Self {
+        Self::tunnel(match unparsed {
+            Unparsed::NotIp => stat::NOT_IP,
+            Unparsed::Malformed => stat::MALFORMED,
+        })
+    }
+}
+
+#[inline(always)]
+fn config() -> Config {
+    XB_CONFIG.get(0).copied().unwrap_or_default()
+}
+
+/// One trie lookup, one bounded rule scan, one policy read.
+#[inline(always)]
+fn classify(packet: &Packet, config_flags: u32) -> Verdict {
+    // Prefix length 32 (128) asks for the longest prefix that holds the whole address.
+    let rules = match packet.dst {
+        Dst::V4(addr) => XB_PREFIX_V4.get(&Key::new(32, addr)),
+        Dst::V6(addr) => XB_PREFIX_V6.get(&Key::new(128, addr)),
+    };
+    let Some(rules) = rules else {
+        return Verdict::tunnel(if packet.later_fragment {
+            stat::FRAGMENT
+        } else {
+            stat::NO_MATCH
+        });
+    };
+    let found = rules.classify(packet.proto, packet.port);
+    // Non-first fragments have no ports and are classified by their destination in both
+    // modes: the first fragment most likely matched a port rule, and a datagram whose
+    // fragments take two uplinks (two source NATs) never reassembles.
+    let reason = if packet.later_fragment {
+        stat::FRAGMENT
+    } else if found.by_port {
+        stat::MATCH_PORT
+    } else if config_flags & flags::STRICT_PORTS != 0 {
+        return Verdict {
+            action: action::TUNNEL,
+            reason: stat::STRICT_MISS,
+            category: found.category,
+            set_id: found.set_id,
+        };
+    } else {
+        stat::MATCH_ADDR
+    };
+    let Some(policy) = XB_POLICY.get(u32::from(found.category)) else {
+        return Verdict::tunnel(stat::ERROR);
+    };
+    Verdict {
+        action: policy.action,
+        reason,
+        category: found.category,
+        set_id: found.set_id,
+    }
+}
+
+#[inline(always)]
+fn count(map_index: u32, bytes: u64) {
+    if let Some(counter) = XB_STATS.get_ptr_mut(map_index) {
+        // SAFETY: a per-CPU slot; nothing else on this CPU runs while the program does.
+        unsafe {
+            (*counter).packets += 1;
+            (*counter).bytes += bytes;
+        }
+    }
+}
+
+#[inline(always)]
+fn count_set(set_id: u16, bytes: u64) {
+    if set_id == 0 {
+        return;
+    }
+    if let Some(counter) = XB_SET_STATS.get_ptr_mut(u32::from(set_id)) {
+        // SAFETY: as in `count`.
+        unsafe {
+            (*counter).packets += 1;
+            (*counter).bytes += bytes;
+        }
+    }
+}
+
+/// Classifies each packet on the LAN interface and leaves the verdict in XDP metadata.
+#[xdp]
+pub fn breakout(ctx: XdpContext) -> u32 {
+    let config = config();
+    let verdict = try_breakout(&ctx, config.flags).unwrap_or_else(Verdict::from);
+    finish(&ctx, verdict, config.flags)
+}
+
+#[inline(always)]
+fn try_breakout(ctx: &XdpContext, config_flags: u32) -> Result<Verdict, Unparsed> {
+    // SAFETY: data .. data_end is the frame, valid while the program runs.
+    let packet = parse(&mut unsafe { Cursor::new(ctx.data(), ctx.data_end()) })?;
+    Ok(classify(&packet, config_flags))
+}
+
+/// The one exit: count, hand the verdict to tc, pass.
+#[inline(always)]
+fn finish(ctx: &XdpContext, verdict: Verdict, config_flags: u32) -> u32 {
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    count(
+        if verdict.action == action::DIRECT {
+            stat::DIRECT
+        } else {
+            stat::TUNNEL
+        },
+        bytes,
+    );
+    count(verdict.reason, bytes);
+    count_set(verdict.set_id, bytes);
+    if config_flags & flags::DEBUG != 0 {
+        debug!(
+            ctx,
+            "verdict action={} reason={} category={} set={}",
+            verdict.action,
+            verdict.reason,
+            verdict.category,
+            verdict.set_id
+        );
+    }
+    if write_meta(ctx, &verdict).is_err() {
+        count(stat::NO_META, bytes);
+    }
+    XDP_PASS
+}
+
+#[inline(always)]
+fn write_meta(ctx: &XdpContext, verdict: &Verdict) -> Result<(), ()> {
+    const LEN: usize = size_of::<XdpMeta>();
+    // SAFETY: the helper checks the room itself; packet pointers are re-read afterwards.
+    // Drivers without metadata support (xdp_set_data_meta_invalid) return -ENOTSUPP.
+    if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -(LEN as i32)) } != 0 {
+        return Err(());
+    }
+    let meta = ctx.metadata();
+    if meta + LEN > ctx.data() {
+        return Err(());
+    }
+    // SAFETY: `meta .. meta + LEN` lies in the metadata area just checked.
+    unsafe {
+        *(meta as *mut XdpMeta) = XdpMeta {
+            magic: XDP_META_MAGIC,
+            action: verdict.action,
+            category: verdict.category,
+            set_id: verdict.set_id,
+        };
+    }
+    Ok(())
+}
+
+/// Headers the tc program makes linear before parsing: Ethernet, two tags, IPv6 with a few
+/// extension headers and TCP fit.
+const TC_PULL_LEN: u32 = 256;
+
+/// Sets the direct-egress mark on packets the XDP program (or this program) classified
+/// direct. Returns `TC_ACT_UNSPEC`, so the next filter runs and nothing is ever dropped.
+#[classifier]
+pub fn breakout_mark(ctx: TcContext) -> i32 {
+    let config = config();
+    let bytes = u64::from(ctx.len());
+    let (direct, by_meta) = match read_meta(&ctx) {
+        Some(meta) => (meta.action == action::DIRECT, true),
+        None => (
+            classify_skb(&ctx, config.flags).action == action::DIRECT,
+            false,
+        ),
+    };
+    if direct {
+        // SAFETY: the context is the program's own `__sk_buff`.
+        let old = unsafe { (*ctx.skb.skb).mark };
+        ctx.set_mark((old & !config.mark_mask) | (config.mark & config.mark_mask));
+        count(
+            if by_meta {
+                stat::TC_MARK_META
+            } else {
+                stat::TC_MARK_SELF
+            },
+            bytes,
+        );
+    } else {
+        count(stat::TC_PASS, bytes);
+    }
+    TC_ACT_UNSPEC
+}
+
+#[inline(always)]
+fn read_meta(ctx: &TcContext) -> Option<XdpMeta> {
+    // SAFETY: the context is the program's own `__sk_buff`.
+    let meta = unsafe { (*ctx.skb.skb).data_meta } as usize;
+    if meta + size_of::<XdpMeta>() > ctx.data() {
+        return None;
+    }
+    // SAFETY: checked to lie in the metadata area.
+    let found = unsafe { *(meta as *const XdpMeta) };
+    (found.magic == XDP_META_MAGIC).then_some(found)
+}
+
+#[inline(always)]
+fn classify_skb(ctx: &TcContext, config_flags: u32) -> Verdict {
+    // Headers may sit in paged data (GRO, some drivers): make the first bytes linear, once.
+    let want = ctx.len().min(TC_PULL_LEN);
+    if ((ctx.data_end() - ctx.data()) as u32) < want {
+        // SAFETY: the helper validates the length against the skb.
+        if unsafe { bpf_skb_pull_data(ctx.skb.skb.cast(), want) } != 0 {
+            error!(ctx, "bpf_skb_pull_data({}) failed", want);
+        }
+    }
+    // SAFETY: data .. data_end is the linear part of the skb, valid while the program runs
+    // (re-read after the pull, which moves it).
+    match parse(&mut unsafe { Cursor::new(ctx.data(), ctx.data_end()) }) {
+        Ok(packet) => classify(&packet, config_flags),
+        Err(unparsed) => Verdict::from(unparsed),
+    }
+}
+
+/// The kernel rejects GPL-only helpers without a GPL-compatible license string.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

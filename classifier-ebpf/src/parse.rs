@@ -1,0 +1,238 @@
+//! Header parsing shared by the XDP and tc programs.
+//!
+//! A [`Cursor`] walks the packet from the Ethernet header on; each `parse_<header>` makes one
+//! bounds check, advances the cursor and returns what comes next. Every loop is bounded so
+//! that the verifier can see its end. Fields are read through network-types accessors or as
+//! the raw bytes of the header (addresses stay in network order).
+
+use core::{marker::PhantomData, mem::size_of};
+
+use classifier_common::proto;
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+    udp::UdpHdr,
+    vlan::VlanHdr,
+};
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_DSTOPTS: u8 = 60;
+
+/// 802.1ad outer tag plus 802.1Q inner tag.
+const MAX_VLAN_TAGS: usize = 2;
+/// IPv6 extension headers walked before the packet counts as malformed. RFC 8200 section 4.1
+/// recommends at most one of each, with destination options twice: 5. Leave some room.
+const MAX_EXT_HDRS: usize = 8;
+
+/// Why a packet could not be classified. It passes untouched either way.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Unparsed {
+    /// Not IPv4 or IPv6.
+    NotIp,
+    /// Truncated, or a header field is invalid.
+    Malformed,
+}
+
+/// The destination address, as the bytes of the header.
+#[derive(Clone, Copy)]
+pub enum Dst {
+    V4([u8; 4]),
+    V6([u8; 16]),
+}
+
+/// What the classifier needs from a packet.
+#[derive(Clone, Copy)]
+pub struct Packet {
+    pub dst: Dst,
+    /// The upper-layer protocol (after IPv6 extension headers).
+    pub proto: u8,
+    /// TCP or UDP destination port, host order; `None` for other protocols and for
+    /// non-first fragments.
+    pub port: Option<u16>,
+    /// A non-first fragment: its ports are in the first fragment.
+    pub later_fragment: bool,
+}
+
+/// A position in a packet that lives for `'a` (one program run), checked against the
+/// packet's end before every read.
+pub struct Cursor<'a> {
+    pos: usize,
+    end: usize,
+    packet: PhantomData<&'a [u8]>,
+}
+
+impl Cursor<'_> {
+    /// # Safety
+    ///
+    /// `start .. end` must be the packet's bytes, valid for the cursor's lifetime.
+    #[inline(always)]
+    pub unsafe fn new(start: usize, end: usize) -> Self {
+        Self {
+            pos: start,
+            end,
+            packet: PhantomData,
+        }
+    }
+}
+
+impl<'a> Cursor<'a> {
+    /// The header of type `T` at the cursor, which moves past it.
+    #[inline(always)]
+    fn take<T>(&mut self) -> Result<&'a T, Unparsed> {
+        let start = self.pos;
+        if start + size_of::<T>() > self.end {
+            return Err(Unparsed::Malformed);
+        }
+        self.pos = start + size_of::<T>();
+        // SAFETY: the bytes are inside the packet (checked above) and every network-types
+        // header is made of byte arrays and integers that accept any bit pattern; the
+        // packet outlives the program invocation that holds the cursor.
+        Ok(unsafe { &*(start as *const T) })
+    }
+
+    /// Moves the cursor `len` bytes on; the next `take` checks the bound.
+    #[inline(always)]
+    fn skip(&mut self, len: usize) {
+        self.pos += len;
+    }
+}
+
+/// Parses Ethernet, up to two VLAN tags, IPv4 or IPv6 (with extension headers) and the TCP or
+/// UDP destination port.
+#[inline(always)]
+pub fn parse(cursor: &mut Cursor<'_>) -> Result<Packet, Unparsed> {
+    match parse_ethernet(cursor)? {
+        ETH_P_IP => parse_ipv4(cursor),
+        ETH_P_IPV6 => parse_ipv6(cursor),
+        _ => Err(Unparsed::NotIp),
+    }
+}
+
+/// Returns the EtherType after the VLAN tags, host order.
+#[inline(always)]
+fn parse_ethernet(cursor: &mut Cursor<'_>) -> Result<u16, Unparsed> {
+    let eth: &EthHdr = cursor.take()?;
+    let mut ether_type = u16::from_be(eth.ether_type);
+    for _ in 0..MAX_VLAN_TAGS {
+        if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {
+            return Ok(ether_type);
+        }
+        let vlan: &VlanHdr = cursor.take()?;
+        ether_type = u16::from_be(vlan.ether_type);
+    }
+    // A third tag is more than an edge router's LAN carries: not ours to classify.
+    if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
+        return Err(Unparsed::NotIp);
+    }
+    Ok(ether_type)
+}
+
+#[inline(always)]
+fn parse_ipv4(cursor: &mut Cursor<'_>) -> Result<Packet, Unparsed> {
+    let ip: &Ipv4Hdr = cursor.take()?;
+    let header_len = usize::from(ip.ihl());
+    if ip.version() != 4 || header_len < Ipv4Hdr::LEN {
+        return Err(Unparsed::Malformed);
+    }
+    let dst = Dst::V4(ip.dst_addr);
+    let proto = ip.proto;
+    // Options: the IHL is at most 15 words, so this is at most 40 bytes.
+    cursor.skip(header_len - Ipv4Hdr::LEN);
+    if ip.frag_offset() != 0 {
+        return Ok(Packet {
+            dst,
+            proto,
+            port: None,
+            later_fragment: true,
+        });
+    }
+    let port = parse_port(cursor, proto)?;
+    Ok(Packet {
+        dst,
+        proto,
+        port,
+        later_fragment: false,
+    })
+}
+
+#[inline(always)]
+fn parse_ipv6(cursor: &mut Cursor<'_>) -> Result<Packet, Unparsed> {
+    let ip: &Ipv6Hdr = cursor.take()?;
+    if ip.version() != 6 {
+        return Err(Unparsed::Malformed);
+    }
+    let dst = Dst::V6(ip.dst_addr);
+    let mut next = ip.next_hdr;
+    for _ in 0..MAX_EXT_HDRS {
+        match next {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
+                next = parse_ipv6_option_header(cursor)?;
+            }
+            IPPROTO_FRAGMENT => {
+                let (next_hdr, first) = parse_ipv6_fragment_header(cursor)?;
+                if !first {
+                    return Ok(Packet {
+                        dst,
+                        proto: next_hdr,
+                        port: None,
+                        later_fragment: true,
+                    });
+                }
+                next = next_hdr;
+            }
+            _ => {
+                let port = parse_port(cursor, next)?;
+                return Ok(Packet {
+                    dst,
+                    proto: next,
+                    port,
+                    later_fragment: false,
+                });
+            }
+        }
+    }
+    Err(Unparsed::Malformed)
+}
+
+/// Hop-by-hop, routing and destination options share a layout: next header, then the length in
+/// 8-octet units not counting the first 8 (RFC 8200 section 4.3).
+#[inline(always)]
+fn parse_ipv6_option_header(cursor: &mut Cursor<'_>) -> Result<u8, Unparsed> {
+    let header: &[u8; 2] = cursor.take()?;
+    let len = (usize::from(header[1]) + 1) * 8;
+    cursor.skip(len - 2);
+    Ok(header[0])
+}
+
+/// Returns the next header and whether this is the first fragment (offset 0).
+#[inline(always)]
+fn parse_ipv6_fragment_header(cursor: &mut Cursor<'_>) -> Result<(u8, bool), Unparsed> {
+    // next header, reserved, offset (13 bits) | res (2) | M (1), identification.
+    let header: &[u8; 8] = cursor.take()?;
+    let offset = u16::from_be_bytes([header[2], header[3]]) >> 3;
+    Ok((header[0], offset == 0))
+}
+
+/// The destination port of TCP and UDP, which must be whole; `None` for other protocols.
+#[inline(always)]
+fn parse_port(cursor: &mut Cursor, ip_proto: u8) -> Result<Option<u16>, Unparsed> {
+    match ip_proto {
+        proto::TCP => {
+            let tcp: &TcpHdr = cursor.take()?;
+            Ok(Some(u16::from_be_bytes(tcp.dest)))
+        }
+        proto::UDP => {
+            let udp: &UdpHdr = cursor.take()?;
+            Ok(Some(udp.dst_port()))
+        }
+        _ => Ok(None),
+    }
+}

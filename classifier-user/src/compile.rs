@@ -1,0 +1,342 @@
+//! Endpoint sets compiled into trie entries.
+//!
+//! A packet belongs to an endpoint set when its destination lies in one of the set's prefixes
+//! and its protocol and port are among the set's ports; it takes the highest category of the
+//! sets it belongs to. The kernel looks up only the longest matching prefix, so each entry
+//! carries the rules of every prefix that covers it (its own and its supernets'), resolved
+//! into disjoint port ranges: the first rule that holds a packet is its answer.
+//!
+//! The output is deterministic: entries are ordered by key, rules by protocol and port, and
+//! ties between sets of one category go to the lowest set id.
+
+use std::{
+    cmp::Reverse,
+    collections::{BTreeMap, HashMap},
+};
+
+use classifier_common::{LpmKeyV4, LpmKeyV6, MAX_RULES, PortRule, PrefixRules, proto};
+use ipnet::IpNet;
+
+use crate::feed::{Category, EndpointSet, Feed, PortRange};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    #[error(
+        "prefix {prefix} needs {rules} port rules after merging its endpoint sets; the data \
+         plane holds {MAX_RULES}"
+    )]
+    TooManyRules { prefix: IpNet, rules: usize },
+}
+
+/// Trie entries, ready to be written.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Compiled {
+    pub v4: BTreeMap<LpmKeyV4, PrefixRules>,
+    pub v6: BTreeMap<LpmKeyV6, PrefixRules>,
+}
+
+impl Compiled {
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.v4.len() + self.v6.len()
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The key of `net` in its family's trie.
+#[must_use]
+pub fn key_v4(net: ipnet::Ipv4Net) -> LpmKeyV4 {
+    LpmKeyV4 {
+        prefix_len: u32::from(net.prefix_len()),
+        addr: net.network().octets(),
+    }
+}
+
+#[must_use]
+pub fn key_v6(net: ipnet::Ipv6Net) -> LpmKeyV6 {
+    LpmKeyV6 {
+        prefix_len: u32::from(net.prefix_len()),
+        addr: net.network().octets(),
+    }
+}
+
+/// Compiles the endpoint sets of `feed`.
+pub fn compile(feed: &Feed) -> Result<Compiled, CompileError> {
+    compile_sets(&feed.sets)
+}
+
+pub fn compile_sets(sets: &[EndpointSet]) -> Result<Compiled, CompileError> {
+    let mut owners: HashMap<IpNet, Vec<&EndpointSet>> = HashMap::new();
+    for set in sets {
+        for prefix in &set.prefixes {
+            owners.entry(*prefix).or_default().push(set);
+        }
+    }
+    let mut compiled = Compiled::default();
+    for prefix in owners.keys() {
+        let mut members: Vec<&EndpointSet> = (0..=prefix.prefix_len())
+            .filter_map(|len| {
+                let supernet = IpNet::new(prefix.addr(), len).ok()?.trunc();
+                owners.get(&supernet)
+            })
+            .flatten()
+            .copied()
+            .collect();
+        members.sort_by_key(|set| set.id);
+        members.dedup_by_key(|set| set.id);
+        let value = prefix_rules(*prefix, &members)?;
+        match prefix {
+            IpNet::V4(net) => {
+                compiled.v4.insert(key_v4(*net), value);
+            }
+            IpNet::V6(net) => {
+                compiled.v6.insert(key_v6(*net), value);
+            }
+        }
+    }
+    Ok(compiled)
+}
+
+/// Rank of a set's claim: higher category first, then the lower id.
+fn rank(set: &EndpointSet) -> (Category, Reverse<u32>) {
+    (set.category, Reverse(set.id))
+}
+
+fn prefix_rules(prefix: IpNet, members: &[&EndpointSet]) -> Result<PrefixRules, CompileError> {
+    let mut rules = Vec::new();
+    for (proto, ports) in [
+        (
+            proto::TCP,
+            (|set: &EndpointSet| set.tcp.clone()) as fn(&EndpointSet) -> Vec<PortRange>,
+        ),
+        (proto::UDP, |set: &EndpointSet| set.udp.clone()),
+    ] {
+        let claims: Vec<(PortRange, &EndpointSet)> = members
+            .iter()
+            .flat_map(|set| ports(set).into_iter().map(move |range| (range, *set)))
+            .collect();
+        rules.extend(resolve(proto, &claims));
+    }
+    if rules.len() > MAX_RULES {
+        return Err(CompileError::TooManyRules {
+            prefix,
+            rules: rules.len(),
+        });
+    }
+    let best = members
+        .iter()
+        .max_by_key(|set| rank(set))
+        .expect("a prefix has at least its own set");
+    let mut value = PrefixRules::EMPTY;
+    value.n_rules = u8::try_from(rules.len()).expect("at most MAX_RULES");
+    value.rules[..rules.len()].copy_from_slice(&rules);
+    value.addr_category = best.category.code();
+    value.addr_set = set_id(best);
+    value.prefix_len = prefix.prefix_len();
+    Ok(value)
+}
+
+fn set_id(set: &EndpointSet) -> u16 {
+    u16::try_from(set.id).expect("feed validation keeps ids below MAX_SET_ID")
+}
+
+/// Turns overlapping `(range, set)` claims into disjoint ranges, each held by its best claim,
+/// with neighbours of the same holder merged.
+fn resolve(proto: u8, claims: &[(PortRange, &EndpointSet)]) -> Vec<PortRule> {
+    let mut bounds: Vec<u32> = claims
+        .iter()
+        .flat_map(|(range, _)| [u32::from(range.lo), u32::from(range.hi) + 1])
+        .collect();
+    bounds.sort_unstable();
+    bounds.dedup();
+    let mut rules: Vec<PortRule> = Vec::new();
+    for pair in bounds.windows(2) {
+        let (lo, hi) = (pair[0], pair[1] - 1);
+        let holder = claims
+            .iter()
+            .filter(|(range, _)| u32::from(range.lo) <= lo && hi <= u32::from(range.hi))
+            .map(|(_, set)| *set)
+            .max_by_key(|set| rank(set));
+        let Some(holder) = holder else { continue };
+        let (lo, hi) = (
+            u16::try_from(lo).expect("bounds are ports"),
+            u16::try_from(hi).expect("bounds are ports"),
+        );
+        let (category, set_id) = (holder.category.code(), set_id(holder));
+        match rules.last_mut() {
+            Some(last)
+                if u32::from(last.port_hi) + 1 == u32::from(lo)
+                    && (last.category, last.set_id) == (category, set_id) =>
+            {
+                last.port_hi = hi;
+            }
+            _ => rules.push(PortRule {
+                port_lo: lo,
+                port_hi: hi,
+                proto,
+                category,
+                set_id,
+            }),
+        }
+    }
+    rules
+}
+
+#[cfg(test)]
+mod tests {
+    use classifier_common::category;
+
+    use super::*;
+
+    const FEED_2026043000: &[u8] =
+        include_bytes!("../../tests/fixtures/m365-worldwide-endpoints-2026043000.json");
+
+    fn set(
+        id: u32,
+        category: Category,
+        prefixes: &[&str],
+        tcp: &[(u16, u16)],
+        udp: &[(u16, u16)],
+    ) -> EndpointSet {
+        let ranges =
+            |list: &[(u16, u16)]| list.iter().map(|&(lo, hi)| PortRange { lo, hi }).collect();
+        EndpointSet {
+            id,
+            service_area: "Test".into(),
+            category,
+            prefixes: prefixes.iter().map(|p| p.parse().unwrap()).collect(),
+            tcp: ranges(tcp),
+            udp: ranges(udp),
+        }
+    }
+
+    fn rules_of(value: &PrefixRules) -> Vec<(u8, u16, u16, u8, u16)> {
+        value.rules[..usize::from(value.n_rules)]
+            .iter()
+            .map(|r| (r.proto, r.port_lo, r.port_hi, r.category, r.set_id))
+            .collect()
+    }
+
+    fn v4(compiled: &Compiled, prefix: &str) -> PrefixRules {
+        let IpNet::V4(net) = prefix.parse().unwrap() else {
+            panic!()
+        };
+        compiled.v4[&key_v4(net)]
+    }
+
+    #[test]
+    fn exchange_is_optimize_on_443_and_allow_on_587() {
+        let feed = Feed::parse(FEED_2026043000).unwrap();
+        let compiled = compile(&feed).unwrap();
+        assert_eq!((compiled.v4.len(), compiled.v6.len()), (34, 59));
+        let exchange = v4(&compiled, "40.96.0.0/13");
+        assert_eq!(
+            rules_of(&exchange),
+            [
+                (proto::TCP, 80, 80, category::OPTIMIZE, 1),
+                (proto::TCP, 143, 143, category::ALLOW, 2),
+                (proto::TCP, 443, 443, category::OPTIMIZE, 1),
+                (proto::TCP, 587, 587, category::ALLOW, 2),
+                (proto::TCP, 993, 993, category::ALLOW, 2),
+                (proto::TCP, 995, 995, category::ALLOW, 2),
+                (proto::UDP, 443, 443, category::OPTIMIZE, 1),
+            ]
+        );
+        assert_eq!(
+            (
+                exchange.addr_category,
+                exchange.addr_set,
+                exchange.prefix_len
+            ),
+            (category::OPTIMIZE, 1, 13)
+        );
+        let teams = v4(&compiled, "52.112.0.0/14");
+        // Teams media (set 11) shares its prefixes with Skype signalling (set 12, Allow).
+        assert_eq!(
+            rules_of(&teams),
+            [
+                (proto::TCP, 80, 80, category::ALLOW, 12),
+                (proto::TCP, 443, 443, category::ALLOW, 12),
+                (proto::UDP, 443, 443, category::ALLOW, 12),
+                (proto::UDP, 3478, 3481, category::OPTIMIZE, 11),
+            ]
+        );
+        assert_eq!(
+            (teams.addr_category, teams.addr_set),
+            (category::OPTIMIZE, 11)
+        );
+    }
+
+    #[test]
+    fn covering_prefixes_fold_into_the_more_specific_one() {
+        let sets = [
+            set(10, Category::Allow, &["10.0.0.0/8"], &[(443, 443)], &[]),
+            set(
+                20,
+                Category::Optimize,
+                &["10.1.0.0/16"],
+                &[],
+                &[(3478, 3481)],
+            ),
+        ];
+        let compiled = compile_sets(&sets).unwrap();
+        let inner = v4(&compiled, "10.1.0.0/16");
+        assert_eq!(
+            rules_of(&inner),
+            [
+                (proto::TCP, 443, 443, category::ALLOW, 10),
+                (proto::UDP, 3478, 3481, category::OPTIMIZE, 20)
+            ]
+        );
+        assert_eq!(
+            (inner.addr_category, inner.addr_set),
+            (category::OPTIMIZE, 20)
+        );
+        let outer = v4(&compiled, "10.0.0.0/8");
+        assert_eq!(
+            rules_of(&outer),
+            [(proto::TCP, 443, 443, category::ALLOW, 10)]
+        );
+        assert_eq!((outer.addr_category, outer.addr_set), (category::ALLOW, 10));
+    }
+
+    #[test]
+    fn overlapping_ranges_split_by_the_highest_category() {
+        let sets = [
+            set(1, Category::Default, &["192.0.2.0/24"], &[(1, 1000)], &[]),
+            set(2, Category::Optimize, &["192.0.2.0/24"], &[(443, 443)], &[]),
+            set(3, Category::Optimize, &["192.0.2.0/24"], &[(443, 500)], &[]),
+        ];
+        let compiled = compile_sets(&sets).unwrap();
+        assert_eq!(
+            rules_of(&v4(&compiled, "192.0.2.0/24")),
+            [
+                (proto::TCP, 1, 442, category::DEFAULT, 1),
+                (proto::TCP, 443, 443, category::OPTIMIZE, 2),
+                (proto::TCP, 444, 500, category::OPTIMIZE, 3),
+                (proto::TCP, 501, 1000, category::DEFAULT, 1),
+            ]
+        );
+    }
+
+    #[test]
+    fn compiling_is_deterministic() {
+        let feed = Feed::parse(FEED_2026043000).unwrap();
+        assert_eq!(compile(&feed).unwrap(), compile(&feed).unwrap());
+    }
+
+    #[test]
+    fn too_many_rules_is_an_error_naming_the_prefix() {
+        let ports: Vec<(u16, u16)> = (1..=17).map(|p| (p * 2, p * 2)).collect();
+        let sets = [set(1, Category::Allow, &["198.51.100.0/24"], &ports, &[])];
+        let error = compile_sets(&sets).unwrap_err().to_string();
+        assert!(
+            error.contains("198.51.100.0/24 needs 17 port rules"),
+            "{error}"
+        );
+    }
+}

@@ -1,0 +1,712 @@
+//! Loading the kernel programs, pinning their maps and links, and reading and writing maps.
+//!
+//! Everything lives under one pin directory (default `/sys/fs/bpf/xdp-breakout`): the maps by
+//! their names, and per interface the XDP and tc links (`<iface>.xdp_link`,
+//! `<iface>.tc_link`). Links are bpf_links, so the programs stay attached after the process
+//! exits and a new process can swap in a new program atomically (`BPF_LINK_UPDATE`).
+
+use std::{
+    ffi::CString,
+    fs, io,
+    net::IpAddr,
+    os::unix::ffi::OsStrExt as _,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, LpmTrie, Map, MapData, MapError, MapType, PerCpuArray, lpm_trie::Key},
+    programs::{
+        ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, LinkError, PinnedLink},
+        tc,
+    },
+};
+use classifier_common::{
+    Config, Counter, LpmKeyV4, LpmKeyV6, MAX_PREFIXES, MAX_SET_ID, Policy, PrefixRules, STATS_LEN,
+    category, names,
+};
+
+use crate::compile::Compiled;
+
+/// `BPF_FS_MAGIC` from `include/uapi/linux/magic.h`.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("mounting bpffs on {path}")]
+    Mount {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("creating pin directory {path}")]
+    PinDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "pinned map {path} is {found}, this build expects {expected}: the pins belong to \
+         another version of xdp-breakout (detach it, or remove the pins, and attach again)"
+    )]
+    IncompatiblePin {
+        path: PathBuf,
+        found: String,
+        expected: String,
+    },
+    #[error("opening pinned map {path}")]
+    OpenPin {
+        path: PathBuf,
+        #[source]
+        source: MapError,
+    },
+    #[error("loading the eBPF object")]
+    Load(#[source] aya::EbpfError),
+    #[error("map {name} is missing from the eBPF object")]
+    MissingMap { name: &'static str },
+    #[error("program {name} is missing from the eBPF object")]
+    MissingProgram { name: &'static str },
+    #[error("map {name}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("program {name}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("interface {iface}: {what}")]
+    Attach {
+        iface: String,
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("interface {iface}: xdp-breakout is not attached (no {path})")]
+    NotAttached { iface: String, path: PathBuf },
+}
+
+/// The shape every pinned map must have: (name, type, key size, value size, max entries).
+/// Checked before a pin is reused, because aya opens a pinned map without comparing it.
+pub const MAP_SHAPES: [(&str, MapType, u32, u32, u32); 6] = [
+    (
+        names::PREFIX_V4,
+        MapType::LpmTrie,
+        size_of::<LpmKeyV4>() as u32,
+        size_of::<PrefixRules>() as u32,
+        MAX_PREFIXES,
+    ),
+    (
+        names::PREFIX_V6,
+        MapType::LpmTrie,
+        size_of::<LpmKeyV6>() as u32,
+        size_of::<PrefixRules>() as u32,
+        MAX_PREFIXES,
+    ),
+    (
+        names::POLICY,
+        MapType::Array,
+        4,
+        size_of::<Policy>() as u32,
+        category::COUNT,
+    ),
+    (
+        names::CONFIG,
+        MapType::Array,
+        4,
+        size_of::<Config>() as u32,
+        1,
+    ),
+    (
+        names::STATS,
+        MapType::PerCpuArray,
+        4,
+        size_of::<Counter>() as u32,
+        STATS_LEN,
+    ),
+    (
+        names::SET_STATS,
+        MapType::PerCpuArray,
+        4,
+        size_of::<Counter>() as u32,
+        MAX_SET_ID,
+    ),
+];
+
+/// Mounts bpffs on `/sys/fs/bpf` when it is not mounted (a fresh machine has none).
+pub fn ensure_bpffs(path: &Path) -> Result<(), DatapathError> {
+    let mount_error = |source| DatapathError::Mount {
+        path: path.to_owned(),
+        source,
+    };
+    let c_path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| mount_error(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+    // SAFETY: statfs writes into the zeroed struct; the path is NUL-terminated.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c_path.as_ptr(), &raw mut stat) } == 0
+        && i64::from(stat.f_type) == BPF_FS_MAGIC
+    {
+        return Ok(());
+    }
+    fs::create_dir_all(path).map_err(mount_error)?;
+    // SAFETY: all strings are NUL-terminated; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            c"bpf".as_ptr(),
+            c_path.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(mount_error(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// The bpffs mount that holds `pin_dir`: its nearest ancestor under `/sys/fs/bpf`.
+fn bpffs_root(pin_dir: &Path) -> &Path {
+    let root = Path::new("/sys/fs/bpf");
+    if pin_dir.starts_with(root) {
+        root
+    } else {
+        pin_dir.parent().unwrap_or(pin_dir)
+    }
+}
+
+/// Checks every map already pinned in `pin_dir` against [`MAP_SHAPES`].
+fn check_pins(pin_dir: &Path) -> Result<(), DatapathError> {
+    for (name, map_type, key_size, value_size, max_entries) in MAP_SHAPES {
+        let path = pin_dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let map = MapData::from_pin(&path).map_err(|source| DatapathError::OpenPin {
+            path: path.clone(),
+            source,
+        })?;
+        let info = map.info().map_err(|source| DatapathError::OpenPin {
+            path: path.clone(),
+            source,
+        })?;
+        let found = (
+            info.map_type().ok(),
+            info.key_size(),
+            info.value_size(),
+            info.max_entries(),
+        );
+        if found != (Some(map_type), key_size, value_size, max_entries) {
+            return Err(DatapathError::IncompatiblePin {
+                path,
+                found: format!(
+                    "{:?} key {} value {} entries {}",
+                    found.0, found.1, found.2, found.3
+                ),
+                expected: format!(
+                    "{map_type:?} key {key_size} value {value_size} entries {max_entries}"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The loaded object: programs loaded into the kernel, maps created or adopted.
+pub struct Datapath {
+    ebpf: Ebpf,
+    pin_dir: Option<PathBuf>,
+}
+
+impl Datapath {
+    /// Loads the programs, adopting maps already pinned in `pin_dir` (so that a restart or an
+    /// upgrade keeps every entry and counter) and pinning the ones it creates.
+    pub fn load_pinned(object: &[u8], pin_dir: &Path) -> Result<Self, DatapathError> {
+        ensure_bpffs(bpffs_root(pin_dir))?;
+        fs::create_dir_all(pin_dir).map_err(|source| DatapathError::PinDir {
+            path: pin_dir.to_owned(),
+            source,
+        })?;
+        check_pins(pin_dir)?;
+        let mut loader = EbpfLoader::new();
+        let paths: Vec<(&str, PathBuf)> = names::PINNED_MAPS
+            .iter()
+            .map(|name| (*name, pin_dir.join(name)))
+            .collect();
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let ebpf = loader.load(object).map_err(DatapathError::Load)?;
+        Self::finish_load(ebpf, Some(pin_dir.to_owned()))
+    }
+
+    /// Loads the programs with private maps that nothing else sees (tests, `classify`).
+    pub fn load_private(object: &[u8]) -> Result<Self, DatapathError> {
+        let ebpf = EbpfLoader::new()
+            .load(object)
+            .map_err(DatapathError::Load)?;
+        Self::finish_load(ebpf, None)
+    }
+
+    fn finish_load(mut ebpf: Ebpf, pin_dir: Option<PathBuf>) -> Result<Self, DatapathError> {
+        let program_error = |name| move |source| DatapathError::Program { name, source };
+        xdp_program(&mut ebpf)?
+            .load()
+            .map_err(program_error(names::XDP_PROGRAM))?;
+        tc_program(&mut ebpf)?
+            .load()
+            .map_err(program_error(names::TC_PROGRAM))?;
+        Ok(Self { ebpf, pin_dir })
+    }
+
+    pub fn ebpf(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    pub fn xdp(&mut self) -> Result<&mut Xdp, DatapathError> {
+        xdp_program(&mut self.ebpf)
+    }
+
+    pub fn tc(&mut self) -> Result<&mut SchedClassifier, DatapathError> {
+        tc_program(&mut self.ebpf)
+    }
+
+    /// The maps of the loaded object.
+    pub fn maps(&mut self) -> Result<Maps, DatapathError> {
+        let mut take = |name: &'static str| {
+            let map = self
+                .ebpf
+                .map_mut(name)
+                .ok_or(DatapathError::MissingMap { name })?;
+            // The object keeps its own handle; ours is a second fd on the same map.
+            let data = match map {
+                Map::LpmTrie(data) | Map::Array(data) | Map::PerCpuArray(data) => data,
+                _ => return Err(DatapathError::MissingMap { name }),
+            };
+            let info = data
+                .info()
+                .map_err(|source| DatapathError::Map { name, source })?;
+            MapData::from_id(info.id()).map_err(|source| DatapathError::Map { name, source })
+        };
+        Maps::from_data([
+            take(names::PREFIX_V4)?,
+            take(names::PREFIX_V6)?,
+            take(names::POLICY)?,
+            take(names::CONFIG)?,
+            take(names::STATS)?,
+            take(names::SET_STATS)?,
+        ])
+    }
+
+    /// Attaches XDP and tc ingress to `iface` and pins both links, or, when this pin directory
+    /// already has links for it, swaps the loaded programs into them without a gap.
+    pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<(), DatapathError> {
+        let pin_dir = self.pin_dir.clone().expect("attach needs a pin directory");
+        let attach_error = |what: &str| {
+            let what = what.to_owned();
+            let iface = iface.to_owned();
+            move |source: Box<dyn std::error::Error + Send + Sync>| DatapathError::Attach {
+                iface,
+                what,
+                source,
+            }
+        };
+        let xdp_pin = xdp_link_pin(&pin_dir, iface);
+        let xdp = self.xdp()?;
+        let link_id = match PinnedLink::from_pin(&xdp_pin) {
+            Ok(pinned) => {
+                let link = FdLink::from(pinned).try_into().map_err(|e: LinkError| {
+                    attach_error("adopting the pinned XDP link")(e.into())
+                })?;
+                xdp.attach_to_link(link)
+                    .map_err(|e| attach_error("replacing the XDP program")(e.into()))?
+            }
+            Err(_) => xdp
+                .attach(iface, mode)
+                .map_err(|e| attach_error(&xdp_attach_hint(mode))(e.into()))?,
+        };
+        let link = xdp
+            .take_link(link_id)
+            .map_err(|e| attach_error("taking the XDP link")(e.into()))?
+            .try_into()
+            .map_err(|e: LinkError| attach_error("XDP attached without a bpf_link")(e.into()))?;
+        keep_pinned(link, &xdp_pin).map_err(|e| attach_error("pinning the XDP link")(e.into()))?;
+
+        let tc_pin = tc_link_pin(&pin_dir, iface);
+        let classifier = self.tc()?;
+        let link_id = match PinnedLink::from_pin(&tc_pin) {
+            Ok(pinned) => {
+                let link = FdLink::from(pinned).try_into().map_err(|e: LinkError| {
+                    attach_error("adopting the pinned tc link")(e.into())
+                })?;
+                classifier
+                    .attach_to_link(link)
+                    .map_err(|e| attach_error("replacing the tc program")(e.into()))?
+            }
+            Err(_) => {
+                // tcx (6.6+) needs no qdisc; older kernels need clsact. Adding it is harmless.
+                if let Err(error) = tc::qdisc_add_clsact(iface) {
+                    log::debug!("{iface}: clsact qdisc: {error}");
+                }
+                classifier
+                    .attach(iface, TcAttachType::Ingress)
+                    .map_err(|e| attach_error("attaching the tc ingress program")(e.into()))?
+            }
+        };
+        let link = classifier
+            .take_link(link_id)
+            .map_err(|e| attach_error("taking the tc link")(e.into()))?
+            .try_into()
+            .map_err(|e: LinkError| {
+                attach_error("tc attached without a bpf_link (kernel older than 6.6?)")(e.into())
+            })?;
+        keep_pinned(link, &tc_pin).map_err(|e| attach_error("pinning the tc link")(e.into()))?;
+        Ok(())
+    }
+}
+
+/// Pins a new link; a link adopted from its pin is pinned already, and closing our fd on it
+/// leaves it attached.
+fn keep_pinned(link: FdLink, pin: &Path) -> Result<(), aya::pin::PinError> {
+    if pin.exists() {
+        return Ok(());
+    }
+    link.pin(pin).map(drop)
+}
+
+fn xdp_attach_hint(mode: XdpMode) -> String {
+    match mode {
+        XdpMode::Driver => "attaching XDP in native mode (the driver may lack native XDP: try --mode skb; or another XDP program is attached)".to_owned(),
+        _ => "attaching XDP (another XDP program may be attached: see `ip link show`)".to_owned(),
+    }
+}
+
+/// Where the XDP link of `iface` is pinned.
+#[must_use]
+pub fn xdp_link_pin(pin_dir: &Path, iface: &str) -> PathBuf {
+    pin_dir.join(format!("{iface}.xdp_link"))
+}
+
+/// Where the tc link of `iface` is pinned.
+#[must_use]
+pub fn tc_link_pin(pin_dir: &Path, iface: &str) -> PathBuf {
+    pin_dir.join(format!("{iface}.tc_link"))
+}
+
+/// Detaches xdp-breakout from `iface` by removing its link pins (the kernel releases a link
+/// when its last reference goes).
+pub fn detach(pin_dir: &Path, iface: &str) -> Result<(), DatapathError> {
+    let pins = [xdp_link_pin(pin_dir, iface), tc_link_pin(pin_dir, iface)];
+    if !pins.iter().any(|pin| pin.exists()) {
+        return Err(DatapathError::NotAttached {
+            iface: iface.to_owned(),
+            path: pins[0].clone(),
+        });
+    }
+    for pin in pins {
+        if let Err(error) = fs::remove_file(&pin)
+            && error.kind() != io::ErrorKind::NotFound
+        {
+            return Err(DatapathError::PinDir {
+                path: pin,
+                source: error,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Interfaces with pinned links in `pin_dir`.
+pub fn attached_interfaces(pin_dir: &Path) -> Vec<String> {
+    let mut found: Vec<String> = fs::read_dir(pin_dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            name.strip_suffix(".xdp_link").map(str::to_owned)
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DatapathError> {
+    let name = names::XDP_PROGRAM;
+    ebpf.program_mut(name)
+        .ok_or(DatapathError::MissingProgram { name })?
+        .try_into()
+        .map_err(|source| DatapathError::Program { name, source })
+}
+
+fn tc_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, DatapathError> {
+    let name = names::TC_PROGRAM;
+    ebpf.program_mut(name)
+        .ok_or(DatapathError::MissingProgram { name })?
+        .try_into()
+        .map_err(|source| DatapathError::Program { name, source })
+}
+
+/// Handles on the six maps, from a loaded object or from pins.
+pub struct Maps {
+    prefix_v4: LpmTrie<MapData, [u8; 4], PrefixRules>,
+    prefix_v6: LpmTrie<MapData, [u8; 16], PrefixRules>,
+    policy: Array<MapData, Policy>,
+    config: Array<MapData, Config>,
+    stats: PerCpuArray<MapData, Counter>,
+    set_stats: PerCpuArray<MapData, Counter>,
+}
+
+/// What [`Maps::apply`] changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    pub added: usize,
+    pub changed: usize,
+    pub removed: usize,
+    pub unchanged: usize,
+}
+
+impl Maps {
+    /// Opens the maps pinned in `pin_dir`.
+    pub fn from_pins(pin_dir: &Path) -> Result<Self, DatapathError> {
+        check_pins(pin_dir)?;
+        let open = |name: &'static str| {
+            let path = pin_dir.join(name);
+            MapData::from_pin(&path).map_err(|source| DatapathError::OpenPin { path, source })
+        };
+        Self::from_data([
+            open(names::PREFIX_V4)?,
+            open(names::PREFIX_V6)?,
+            open(names::POLICY)?,
+            open(names::CONFIG)?,
+            open(names::STATS)?,
+            open(names::SET_STATS)?,
+        ])
+    }
+
+    fn from_data(data: [MapData; 6]) -> Result<Self, DatapathError> {
+        let [prefix_v4, prefix_v6, policy, config, stats, set_stats] = data;
+        let map_error = |name| move |source| DatapathError::Map { name, source };
+        Ok(Self {
+            prefix_v4: LpmTrie::try_from(Map::LpmTrie(prefix_v4))
+                .map_err(map_error(names::PREFIX_V4))?,
+            prefix_v6: LpmTrie::try_from(Map::LpmTrie(prefix_v6))
+                .map_err(map_error(names::PREFIX_V6))?,
+            policy: Array::try_from(Map::Array(policy)).map_err(map_error(names::POLICY))?,
+            config: Array::try_from(Map::Array(config)).map_err(map_error(names::CONFIG))?,
+            stats: PerCpuArray::try_from(Map::PerCpuArray(stats))
+                .map_err(map_error(names::STATS))?,
+            set_stats: PerCpuArray::try_from(Map::PerCpuArray(set_stats))
+                .map_err(map_error(names::SET_STATS))?,
+        })
+    }
+
+    pub fn config(&self) -> Result<Config, DatapathError> {
+        self.config.get(&0, 0).map_err(|source| DatapathError::Map {
+            name: names::CONFIG,
+            source,
+        })
+    }
+
+    pub fn set_config(&mut self, config: &Config) -> Result<(), DatapathError> {
+        self.config
+            .set(0, config, 0)
+            .map_err(|source| DatapathError::Map {
+                name: names::CONFIG,
+                source,
+            })
+    }
+
+    /// The action of each category, indexed by category code.
+    pub fn policy(&self) -> Result<[u8; category::COUNT as usize], DatapathError> {
+        let mut actions = [0; category::COUNT as usize];
+        for (index, action) in (0..).zip(actions.iter_mut()) {
+            *action = self
+                .policy
+                .get(&index, 0)
+                .map_err(|source| DatapathError::Map {
+                    name: names::POLICY,
+                    source,
+                })?
+                .action;
+        }
+        Ok(actions)
+    }
+
+    pub fn set_policy(
+        &mut self,
+        actions: [u8; category::COUNT as usize],
+    ) -> Result<(), DatapathError> {
+        for (index, action) in (0..).zip(actions) {
+            self.policy
+                .set(
+                    index,
+                    Policy {
+                        action,
+                        _pad: [0; 3],
+                    },
+                    0,
+                )
+                .map_err(|source| DatapathError::Map {
+                    name: names::POLICY,
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// The installed entries.
+    pub fn installed(&self) -> Result<Compiled, DatapathError> {
+        let mut installed = Compiled::default();
+        for item in self.prefix_v4.iter() {
+            let (key, value) = item.map_err(|source| DatapathError::Map {
+                name: names::PREFIX_V4,
+                source,
+            })?;
+            installed.v4.insert(
+                LpmKeyV4 {
+                    prefix_len: key.prefix_len(),
+                    addr: key.data(),
+                },
+                value,
+            );
+        }
+        for item in self.prefix_v6.iter() {
+            let (key, value) = item.map_err(|source| DatapathError::Map {
+                name: names::PREFIX_V6,
+                source,
+            })?;
+            installed.v6.insert(
+                LpmKeyV6 {
+                    prefix_len: key.prefix_len(),
+                    addr: key.data(),
+                },
+                value,
+            );
+        }
+        Ok(installed)
+    }
+
+    /// Makes the tries hold exactly `target`: new and changed entries first, stale ones last,
+    /// so a prefix present before and after is never missing. Each update replaces one
+    /// prefix's whole value atomically.
+    pub fn apply(&mut self, target: &Compiled) -> Result<ApplyReport, DatapathError> {
+        let installed = self.installed()?;
+        let mut report = ApplyReport::default();
+        let v4_error = |source| DatapathError::Map {
+            name: names::PREFIX_V4,
+            source,
+        };
+        let v6_error = |source| DatapathError::Map {
+            name: names::PREFIX_V6,
+            source,
+        };
+        for (key, value) in &target.v4 {
+            match installed.v4.get(key) {
+                Some(old) if old == value => report.unchanged += 1,
+                old => {
+                    self.prefix_v4
+                        .insert(&Key::new(key.prefix_len, key.addr), value, 0)
+                        .map_err(v4_error)?;
+                    if old.is_some() {
+                        report.changed += 1
+                    } else {
+                        report.added += 1
+                    }
+                }
+            }
+        }
+        for (key, value) in &target.v6 {
+            match installed.v6.get(key) {
+                Some(old) if old == value => report.unchanged += 1,
+                old => {
+                    self.prefix_v6
+                        .insert(&Key::new(key.prefix_len, key.addr), value, 0)
+                        .map_err(v6_error)?;
+                    if old.is_some() {
+                        report.changed += 1
+                    } else {
+                        report.added += 1
+                    }
+                }
+            }
+        }
+        for key in installed
+            .v4
+            .keys()
+            .filter(|key| !target.v4.contains_key(key))
+        {
+            self.prefix_v4
+                .remove(&Key::new(key.prefix_len, key.addr))
+                .map_err(v4_error)?;
+            report.removed += 1;
+        }
+        for key in installed
+            .v6
+            .keys()
+            .filter(|key| !target.v6.contains_key(key))
+        {
+            self.prefix_v6
+                .remove(&Key::new(key.prefix_len, key.addr))
+                .map_err(v6_error)?;
+            report.removed += 1;
+        }
+        Ok(report)
+    }
+
+    /// The longest installed prefix that holds `addr`, as the kernel finds it.
+    pub fn lookup(&self, addr: IpAddr) -> Result<Option<PrefixRules>, DatapathError> {
+        let found = match addr {
+            IpAddr::V4(addr) => self.prefix_v4.get(&Key::new(32, addr.octets()), 0),
+            IpAddr::V6(addr) => self.prefix_v6.get(&Key::new(128, addr.octets()), 0),
+        };
+        match found {
+            Ok(value) => Ok(Some(value)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(DatapathError::Map {
+                name: if addr.is_ipv4() {
+                    names::PREFIX_V4
+                } else {
+                    names::PREFIX_V6
+                },
+                source,
+            }),
+        }
+    }
+
+    /// [`classifier_common::stat`] counters, summed over CPUs, by index.
+    pub fn stats(&self) -> Result<Vec<Counter>, DatapathError> {
+        sum_per_cpu(&self.stats, STATS_LEN, names::STATS)
+    }
+
+    /// Per endpoint set counters, summed over CPUs; sets with no packets are left out.
+    pub fn set_stats(&self) -> Result<Vec<(u16, Counter)>, DatapathError> {
+        let all = sum_per_cpu(&self.set_stats, MAX_SET_ID, names::SET_STATS)?;
+        Ok((0..)
+            .zip(all)
+            .filter(|(_, counter)| counter.packets != 0)
+            .collect())
+    }
+}
+
+fn sum_per_cpu(
+    map: &PerCpuArray<MapData, Counter>,
+    len: u32,
+    name: &'static str,
+) -> Result<Vec<Counter>, DatapathError> {
+    (0..len)
+        .map(|index| {
+            let values = map
+                .get(&index, 0)
+                .map_err(|source| DatapathError::Map { name, source })?;
+            Ok(values.iter().fold(Counter::default(), |sum, cpu| Counter {
+                packets: sum.packets + cpu.packets,
+                bytes: sum.bytes + cpu.bytes,
+            }))
+        })
+        .collect()
+}

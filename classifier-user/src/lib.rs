@@ -1,0 +1,16 @@
+//! xdp-breakout's user space: the feed, its compilation into map entries, and the data plane
+//! (loading, attaching, reading and writing the pinned maps).
+
+pub mod compile;
+pub mod datapath;
+pub mod feed;
+
+/// The compiled kernel programs (classifier-ebpf), embedded at build time.
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/classifier"));
+
+/// The 2026043000 Worldwide feed, so that a router classifies from its first second, offline.
+pub static EMBEDDED_FEED: &[u8] =
+    include_bytes!("../../tests/fixtures/m365-worldwide-endpoints-2026043000.json");
+/// Version of [`EMBEDDED_FEED`].
+pub const EMBEDDED_FEED_VERSION: &str = "2026043000";

@@ -1,0 +1,103 @@
+//! Support for xdp-breakout's privileged tests: packet building, loading the programs seeded
+//! with the real feed, and throwaway network namespaces.
+//!
+//! Under `CI=true` a test that cannot get BPF or a network namespace fails; elsewhere it says
+//! why and skips.
+
+pub mod netns;
+pub mod packet;
+
+use std::net::IpAddr;
+
+use classifier_common::{Config, Counter, action, category};
+use classifier_user::{
+    compile::compile,
+    datapath::{Datapath, Maps},
+    feed::Feed,
+};
+
+/// The 2026043000 Worldwide feed.
+pub const FEED_2026043000: &[u8] =
+    include_bytes!("../fixtures/m365-worldwide-endpoints-2026043000.json");
+/// The 2026033100 Worldwide feed.
+pub const FEED_2026033100: &[u8] =
+    include_bytes!("../fixtures/m365-worldwide-endpoints-2026033100.json");
+
+/// True when running in CI, where a privileged test must not skip.
+#[must_use]
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|value| value == "true" || value == "1")
+}
+
+/// Reports that a privileged facility is missing: fails in CI, skips elsewhere.
+///
+/// # Panics
+///
+/// Under `CI=true`.
+pub fn unavailable(what: &str, error: &dyn std::fmt::Display) -> Option<std::convert::Infallible> {
+    assert!(!in_ci(), "{what} is unavailable under CI=true: {error}");
+    eprintln!("skipping: {what} is unavailable ({error}); run as root with CAP_BPF");
+    None
+}
+
+/// The default policy: Optimize and Allow direct, Default tunnel.
+pub const DEFAULT_POLICY: [u8; category::COUNT as usize] = [
+    action::TUNNEL,
+    action::TUNNEL,
+    action::DIRECT,
+    action::DIRECT,
+];
+
+/// The programs loaded with private maps seeded from `feed`, the default policy and `config`;
+/// `None` (skip) when BPF is unavailable outside CI.
+///
+/// # Panics
+///
+/// When the feed does not compile, or BPF is unavailable under `CI=true`.
+#[must_use]
+pub fn load_seeded(feed: &[u8], config: &Config) -> Option<(Datapath, Maps)> {
+    let mut datapath = match Datapath::load_private(classifier_user::EBPF_OBJECT) {
+        Ok(datapath) => datapath,
+        Err(error) => {
+            let chain = anyhow::Error::from(error);
+            unavailable("loading BPF programs", &format!("{chain:#}"))?;
+            unreachable!()
+        }
+    };
+    let mut maps = datapath.maps().expect("maps of a loaded object");
+    let compiled = compile(&Feed::parse(feed).expect("fixture parses")).expect("fixture compiles");
+    maps.apply(&compiled).expect("seeding the tries");
+    maps.set_policy(DEFAULT_POLICY).expect("policy");
+    maps.set_config(config).expect("config");
+    Some((datapath, maps))
+}
+
+/// Counter deltas between two snapshots of [`Maps::stats`].
+#[must_use]
+pub fn delta(before: &[Counter], after: &[Counter]) -> Vec<(usize, Counter)> {
+    before
+        .iter()
+        .zip(after)
+        .enumerate()
+        .filter(|(_, (b, a))| b != a)
+        .map(|(index, (b, a))| {
+            (
+                index,
+                Counter {
+                    packets: a.packets - b.packets,
+                    bytes: a.bytes - b.bytes,
+                },
+            )
+        })
+        .collect()
+}
+
+/// Parses an address literal in a test table.
+///
+/// # Panics
+///
+/// On a typo in the table.
+#[must_use]
+pub fn ip(text: &str) -> IpAddr {
+    text.parse().expect("address literal")
+}

@@ -1,0 +1,691 @@
+//! The XDP and tc programs run on the real kernel with BPF_PROG_TEST_RUN, their maps seeded
+//! with the real 2026043000 feed. Each row says in words what the packet is, and checks the
+//! verdict, the XDP metadata, and every counter that moved.
+
+use aya::programs::{TestRun as _, TestRunOptions};
+use classifier_common::{Config, Counter, XDP_META_MAGIC, XdpMeta, action, category, flags, stat};
+use tests::{
+    FEED_2026043000, delta, ip, load_seeded,
+    packet::{ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, Ext, L4, Spec, non_ip},
+};
+
+const XDP_PASS: u32 = 2;
+/// `TC_ACT_UNSPEC`: the program lets the next filter decide and never drops.
+const TC_ACT_UNSPEC: u32 = u32::MAX;
+
+/// What a row expects of the XDP program.
+#[derive(Clone, Copy, Debug)]
+struct Expect {
+    action: u8,
+    reason: u32,
+    category: u8,
+    set_id: u16,
+}
+
+const fn direct(reason: u32, category: u8, set_id: u16) -> Expect {
+    Expect {
+        action: action::DIRECT,
+        reason,
+        category,
+        set_id,
+    }
+}
+
+const fn tunnel(reason: u32, category: u8, set_id: u16) -> Expect {
+    Expect {
+        action: action::TUNNEL,
+        reason,
+        category,
+        set_id,
+    }
+}
+
+const NOT_MICROSOFT: Expect = tunnel(stat::NO_MATCH, category::NONE, 0);
+const MALFORMED: Expect = tunnel(stat::MALFORMED, category::NONE, 0);
+
+struct Row {
+    name: &'static str,
+    frame: Vec<u8>,
+    strict_ports: bool,
+    expect: Expect,
+}
+
+fn row(name: &'static str, frame: Vec<u8>, expect: Expect) -> Row {
+    Row {
+        name,
+        frame,
+        strict_ports: false,
+        expect,
+    }
+}
+
+fn strict(name: &'static str, frame: Vec<u8>, expect: Expect) -> Row {
+    Row {
+        name,
+        frame,
+        strict_ports: true,
+        expect,
+    }
+}
+
+fn patched(mut frame: Vec<u8>, offset: usize, byte: u8) -> Vec<u8> {
+    frame[offset] = byte;
+    frame
+}
+
+// Addresses from the 2026043000 feed.
+const EXCHANGE_V4: &str = "40.96.1.1"; // 40.96.0.0/13: set 1 Optimize, set 2 Allow
+const EXCHANGE_V6: &str = "2603:1006::1"; // 2603:1006::/40: sets 1 and 2
+const TEAMS_V4: &str = "52.112.7.9"; // 52.112.0.0/14: set 11 (media), set 12 (signalling)
+const TEAMS_V4_B: &str = "52.122.3.4"; // 52.122.0.0/15: set 11, set 12
+const TEAMS_V6: &str = "2603:1063::5"; // 2603:1063::/38: set 11, set 12
+const OTHER_V4: &str = "198.51.100.7";
+const OTHER_V6: &str = "2001:db8:ffff::7";
+
+fn rows() -> Vec<Row> {
+    use category::{ALLOW, OPTIMIZE};
+    use stat::{FRAGMENT, MATCH_ADDR, MATCH_PORT, NOT_IP, STRICT_MISS};
+    let spec = |dst: &str, l4| Spec::new(ip(dst), l4);
+    vec![
+        row(
+            "Teams media, UDP 3478 to 52.112.0.0/14",
+            spec(TEAMS_V4, L4::Udp(3478)).build(),
+            direct(MATCH_PORT, OPTIMIZE, 11),
+        ),
+        row(
+            "Teams media, UDP 3481 to 52.122.0.0/15",
+            spec(TEAMS_V4_B, L4::Udp(3481)).build(),
+            direct(MATCH_PORT, OPTIMIZE, 11),
+        ),
+        row(
+            "Teams media, UDP 3479 to 2603:1063::/38",
+            spec(TEAMS_V6, L4::Udp(3479)).build(),
+            direct(MATCH_PORT, OPTIMIZE, 11),
+        ),
+        row(
+            "Teams signalling, TCP 443 to the media prefix is set 12 Allow",
+            spec(TEAMS_V4, L4::Tcp(443)).build(),
+            direct(MATCH_PORT, ALLOW, 12),
+        ),
+        row(
+            "Exchange TCP 443 is Optimize (set 1)",
+            spec(EXCHANGE_V4, L4::Tcp(443)).build(),
+            direct(MATCH_PORT, OPTIMIZE, 1),
+        ),
+        row(
+            "Exchange UDP 443 is Optimize (set 1)",
+            spec(EXCHANGE_V4, L4::Udp(443)).build(),
+            direct(MATCH_PORT, OPTIMIZE, 1),
+        ),
+        row(
+            "Exchange TCP 587 is Allow (set 2)",
+            spec(EXCHANGE_V4, L4::Tcp(587)).build(),
+            direct(MATCH_PORT, ALLOW, 2),
+        ),
+        row(
+            "Exchange TCP 993 over IPv6 is Allow (set 2)",
+            spec(EXCHANGE_V6, L4::Tcp(993)).build(),
+            direct(MATCH_PORT, ALLOW, 2),
+        ),
+        row(
+            "Exchange TCP 443 over IPv6 is Optimize (set 1)",
+            spec(EXCHANGE_V6, L4::Tcp(443)).build(),
+            direct(MATCH_PORT, OPTIMIZE, 1),
+        ),
+        row(
+            "Exchange on an unlisted port takes the address category",
+            spec(EXCHANGE_V4, L4::Tcp(8080)).build(),
+            direct(MATCH_ADDR, OPTIMIZE, 1),
+        ),
+        strict(
+            "Exchange on an unlisted port with strict ports goes to the tunnel",
+            spec(EXCHANGE_V4, L4::Tcp(8080)).build(),
+            tunnel(STRICT_MISS, OPTIMIZE, 1),
+        ),
+        strict(
+            "Exchange TCP 587 with strict ports is still direct",
+            spec(EXCHANGE_V4, L4::Tcp(587)).build(),
+            direct(MATCH_PORT, ALLOW, 2),
+        ),
+        row(
+            "ICMP echo to Teams has no ports: address category",
+            spec(TEAMS_V4, L4::Icmp).build(),
+            direct(MATCH_ADDR, OPTIMIZE, 11),
+        ),
+        row(
+            "ICMPv6 echo to Teams has no ports: address category",
+            spec(TEAMS_V6, L4::Icmp).build(),
+            direct(MATCH_ADDR, OPTIMIZE, 11),
+        ),
+        strict(
+            "ICMP echo to Teams with strict ports goes to the tunnel",
+            spec(TEAMS_V4, L4::Icmp).build(),
+            tunnel(STRICT_MISS, OPTIMIZE, 11),
+        ),
+        row(
+            "A non-Microsoft IPv4 destination",
+            spec(OTHER_V4, L4::Tcp(443)).build(),
+            NOT_MICROSOFT,
+        ),
+        row(
+            "A non-Microsoft IPv6 destination",
+            spec(OTHER_V6, L4::Udp(3478)).build(),
+            NOT_MICROSOFT,
+        ),
+        row(
+            "802.1Q tagged Teams media",
+            spec(TEAMS_V4, L4::Udp(3478)).vlans(&[ETH_P_8021Q]).build(),
+            direct(MATCH_PORT, OPTIMIZE, 11),
+        ),
+        row(
+            "802.1ad + 802.1Q double-tagged Teams media over IPv6",
+            spec(TEAMS_V6, L4::Udp(3480))
+                .vlans(&[ETH_P_8021AD, ETH_P_8021Q])
+                .build(),
+            direct(MATCH_PORT, OPTIMIZE, 11),
+        ),
+        row(
+            "Double-tagged non-Microsoft",
+            spec(OTHER_V4, L4::Udp(53))
+                .vlans(&[ETH_P_8021AD, ETH_P_8021Q])
+                .build(),
+            NOT_MICROSOFT,
+        ),
+        row(
+            "Three tags are more than a LAN carries: not classified",
+            spec(TEAMS_V4, L4::Udp(3478))
+                .vlans(&[ETH_P_8021AD, ETH_P_8021Q, ETH_P_8021Q])
+                .build(),
+            tunnel(NOT_IP, category::NONE, 0),
+        ),
+        row(
+            "IPv4 with 40 bytes of options (IHL 15): ports found after them",
+            spec(EXCHANGE_V4, L4::Tcp(587)).ipv4_options(40).build(),
+            direct(MATCH_PORT, ALLOW, 2),
+        ),
+        row(
+            "IPv4 with 4 bytes of options",
+            spec(TEAMS_V4, L4::Udp(3478)).ipv4_options(4).build(),
+            direct(MATCH_PORT, OPTIMIZE, 11),
+        ),
+        row(
+            "IPv4 IHL 4 is invalid",
+            patched(spec(TEAMS_V4, L4::Udp(3478)).build(), 14, 0x44),
+            MALFORMED,
+        ),
+        row(
+            "IPv4 IHL 0 is invalid",
+            patched(spec(TEAMS_V4, L4::Udp(3478)).build(), 14, 0x40),
+            MALFORMED,
+        ),
+        row(
+            "IPv4 EtherType with version 6 is invalid",
+            patched(spec(TEAMS_V4, L4::Udp(3478)).build(), 14, 0x65),
+            MALFORMED,
+        ),
+        row(
+            "IPv4 first fragment carries ports",
+            spec(TEAMS_V4, L4::Udp(3478)).ipv4_fragment(0, true).build(),
+            direct(MATCH_PORT, OPTIMIZE, 11),
+        ),
+        row(
+            "IPv4 later fragment to Teams: by address",
+            spec(TEAMS_V4, L4::Udp(3478))
+                .ipv4_fragment(185, false)
+                .build(),
+            direct(FRAGMENT, OPTIMIZE, 11),
+        ),
+        strict(
+            "IPv4 later fragment with strict ports still follows the address",
+            spec(TEAMS_V4, L4::Udp(3478))
+                .ipv4_fragment(185, true)
+                .build(),
+            direct(FRAGMENT, OPTIMIZE, 11),
+        ),
+        row(
+            "IPv4 later fragment to a non-Microsoft address",
+            spec(OTHER_V4, L4::Udp(3478))
+                .ipv4_fragment(185, false)
+                .build(),
+            tunnel(FRAGMENT, category::NONE, 0),
+        ),
+        row(
+            "IPv6 hop-by-hop, destination options and routing before UDP",
+            spec(TEAMS_V6, L4::Udp(3478))
+                .ipv6_ext(&[Ext::HopByHop, Ext::DestOptions, Ext::Routing])
+                .build(),
+            direct(MATCH_PORT, OPTIMIZE, 11),
+        ),
+        row(
+            "IPv6 first fragment carries ports",
+            spec(TEAMS_V6, L4::Udp(3478))
+                .ipv6_ext(&[Ext::Fragment { offset: 0 }])
+                .build(),
+            direct(MATCH_PORT, OPTIMIZE, 11),
+        ),
+        row(
+            "IPv6 hop-by-hop then later fragment: by address",
+            spec(TEAMS_V6, L4::Udp(3478))
+                .ipv6_ext(&[Ext::HopByHop, Ext::Fragment { offset: 100 }])
+                .build(),
+            direct(FRAGMENT, OPTIMIZE, 11),
+        ),
+        row(
+            "IPv6 eight extension headers are walked",
+            spec(EXCHANGE_V6, L4::Tcp(443))
+                .ipv6_ext(&[Ext::DestOptions; 7])
+                .build(),
+            direct(MATCH_PORT, OPTIMIZE, 1),
+        ),
+        row(
+            "IPv6 nine extension headers are too many",
+            spec(EXCHANGE_V6, L4::Tcp(443))
+                .ipv6_ext(&[Ext::DestOptions; 9])
+                .build(),
+            MALFORMED,
+        ),
+        row(
+            "IPv6 EtherType with version 4 is invalid",
+            patched(spec(TEAMS_V6, L4::Udp(3478)).build(), 14, 0x45),
+            MALFORMED,
+        ),
+        row(
+            "ARP is not IP",
+            non_ip(ETH_P_ARP),
+            tunnel(NOT_IP, category::NONE, 0),
+        ),
+        row(
+            "LLDP is not IP",
+            non_ip(0x88cc),
+            tunnel(NOT_IP, category::NONE, 0),
+        ),
+    ]
+}
+
+fn config(strict_ports: bool) -> Config {
+    Config {
+        flags: if strict_ports { flags::STRICT_PORTS } else { 0 },
+        ..Config::default()
+    }
+}
+
+fn read_meta(out: &[u8]) -> XdpMeta {
+    let field = |range: std::ops::Range<usize>| out[range].to_vec();
+    XdpMeta {
+        magic: u32::from_ne_bytes(field(0..4).try_into().unwrap()),
+        action: out[4],
+        category: out[5],
+        set_id: u16::from_ne_bytes(field(6..8).try_into().unwrap()),
+    }
+}
+
+/// Runs `frame` through the XDP program; checks the verdict, the metadata and the counters.
+fn check_xdp(
+    datapath: &mut classifier_user::datapath::Datapath,
+    maps: &mut classifier_user::datapath::Maps,
+    name: &str,
+    frame: &[u8],
+    expect: Expect,
+) {
+    let stats_before = maps.stats().unwrap();
+    let sets_before = maps.set_stats().unwrap();
+    let mut out = vec![0u8; frame.len() + 64];
+    let result = datapath
+        .xdp()
+        .unwrap()
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ..TestRunOptions::default()
+        })
+        .unwrap_or_else(|error| panic!("{name}: test run: {error}"));
+    assert_eq!(
+        result.return_value, XDP_PASS,
+        "{name}: the program never drops"
+    );
+
+    // The kernel returns the metadata in front of the frame.
+    let meta_len = size_of::<XdpMeta>();
+    assert_eq!(
+        result.data_size_out as usize,
+        frame.len() + meta_len,
+        "{name}: metadata present"
+    );
+    assert_eq!(
+        &out[meta_len..meta_len + frame.len()],
+        frame,
+        "{name}: frame untouched"
+    );
+    let meta = read_meta(&out);
+    assert_eq!(
+        meta,
+        XdpMeta {
+            magic: XDP_META_MAGIC,
+            action: expect.action,
+            category: expect.category,
+            set_id: expect.set_id
+        },
+        "{name}: metadata"
+    );
+
+    let bytes = frame.len() as u64;
+    let one = Counter { packets: 1, bytes };
+    let action_index = if expect.action == action::DIRECT {
+        stat::DIRECT
+    } else {
+        stat::TUNNEL
+    };
+    let mut expected = vec![(action_index as usize, one), (expect.reason as usize, one)];
+    expected.sort_by_key(|(index, _)| *index);
+    assert_eq!(
+        delta(&stats_before, &maps.stats().unwrap()),
+        expected,
+        "{name}: counters"
+    );
+
+    let sets_after = maps.set_stats().unwrap();
+    let moved: Vec<(u16, u64)> = sets_after
+        .iter()
+        .filter(|(id, after)| {
+            sets_before
+                .iter()
+                .find(|(b, _)| b == id)
+                .map_or(0, |(_, c)| c.packets)
+                != after.packets
+        })
+        .map(|(id, after)| {
+            (
+                *id,
+                after.packets
+                    - sets_before
+                        .iter()
+                        .find(|(b, _)| b == id)
+                        .map_or(0, |(_, c)| c.packets),
+            )
+        })
+        .collect();
+    let expected_sets = if expect.set_id == 0 {
+        vec![]
+    } else {
+        vec![(expect.set_id, 1)]
+    };
+    assert_eq!(moved, expected_sets, "{name}: endpoint set counters");
+}
+
+#[test]
+fn xdp_verdicts_metadata_and_counters() {
+    let Some((mut datapath, mut maps)) = load_seeded(FEED_2026043000, &config(false)) else {
+        return;
+    };
+    let rows = rows();
+    for Row {
+        name,
+        frame,
+        strict_ports,
+        expect,
+    } in &rows
+    {
+        maps.set_config(&config(*strict_ports)).unwrap();
+        check_xdp(&mut datapath, &mut maps, name, frame, *expect);
+    }
+    eprintln!("{} rows", rows.len());
+}
+
+#[test]
+fn xdp_policy_decides_the_action_of_a_category() {
+    let Some((mut datapath, mut maps)) = load_seeded(FEED_2026043000, &config(false)) else {
+        return;
+    };
+    // Allow to the tunnel: Exchange 587 is matched but tunnelled, 443 stays direct.
+    maps.set_policy([
+        action::TUNNEL,
+        action::TUNNEL,
+        action::TUNNEL,
+        action::DIRECT,
+    ])
+    .unwrap();
+    let spec = |port| Spec::new(ip(EXCHANGE_V4), L4::Tcp(port)).build();
+    check_xdp(
+        &mut datapath,
+        &mut maps,
+        "Allow tunnelled: TCP 587",
+        &spec(587),
+        tunnel(stat::MATCH_PORT, category::ALLOW, 2),
+    );
+    check_xdp(
+        &mut datapath,
+        &mut maps,
+        "Allow tunnelled: TCP 443",
+        &spec(443),
+        direct(stat::MATCH_PORT, category::OPTIMIZE, 1),
+    );
+    maps.set_policy([action::TUNNEL; 4]).unwrap();
+    check_xdp(
+        &mut datapath,
+        &mut maps,
+        "everything tunnelled: TCP 443",
+        &spec(443),
+        tunnel(stat::MATCH_PORT, category::OPTIMIZE, 1),
+    );
+}
+
+/// Every truncation of every header is malformed, passes, and is counted.
+#[test]
+fn xdp_every_truncation_is_malformed_and_passes() {
+    let Some((mut datapath, mut maps)) = load_seeded(FEED_2026043000, &config(false)) else {
+        return;
+    };
+    let specs = [
+        ("IPv4 TCP", Spec::new(ip(EXCHANGE_V4), L4::Tcp(443))),
+        (
+            "IPv4 options UDP",
+            Spec::new(ip(TEAMS_V4), L4::Udp(3478)).ipv4_options(12),
+        ),
+        (
+            "double-tagged IPv4 UDP",
+            Spec::new(ip(TEAMS_V4), L4::Udp(3478)).vlans(&[ETH_P_8021AD, ETH_P_8021Q]),
+        ),
+        ("IPv6 TCP", Spec::new(ip(EXCHANGE_V6), L4::Tcp(443))),
+        (
+            "IPv6 extension headers UDP",
+            Spec::new(ip(TEAMS_V6), L4::Udp(3478)).ipv6_ext(&[
+                Ext::HopByHop,
+                Ext::Routing,
+                Ext::Fragment { offset: 0 },
+                Ext::DestOptions,
+            ]),
+        ),
+        (
+            "tagged IPv6 later fragment",
+            Spec::new(ip(TEAMS_V6), L4::Udp(3478))
+                .vlans(&[ETH_P_8021Q])
+                .ipv6_ext(&[Ext::Fragment { offset: 9 }]),
+        ),
+    ];
+    let mut runs = 0;
+    for (what, spec) in specs {
+        let frame = spec.build();
+        // BPF_PROG_TEST_RUN refuses XDP input shorter than an Ethernet header.
+        for len in 14..spec.header_len() {
+            check_xdp(
+                &mut datapath,
+                &mut maps,
+                &format!("{what} cut to {len} bytes"),
+                &frame[..len],
+                MALFORMED,
+            );
+            runs += 1;
+        }
+        // The whole header set is enough.
+        let len = spec.header_len();
+        let result = datapath
+            .xdp()
+            .unwrap()
+            .test_run(TestRunOptions {
+                data_in: Some(&frame[..len]),
+                ..TestRunOptions::default()
+            })
+            .unwrap();
+        assert_eq!(result.return_value, XDP_PASS);
+        let stats = maps.stats().unwrap();
+        let before = stats[stat::MALFORMED as usize].packets;
+        datapath
+            .xdp()
+            .unwrap()
+            .test_run(TestRunOptions {
+                data_in: Some(&frame[..len]),
+                ..TestRunOptions::default()
+            })
+            .unwrap();
+        assert_eq!(
+            maps.stats().unwrap()[stat::MALFORMED as usize].packets,
+            before,
+            "{what}: {len} bytes hold every header"
+        );
+    }
+    eprintln!("{runs} truncations");
+}
+
+/// Offset of `mark` in `struct __sk_buff`, and the struct's size (both kernel ABI).
+const SKB_MARK: usize = 8;
+const SKB_LEN: usize = 192;
+
+fn run_tc(
+    datapath: &mut classifier_user::datapath::Datapath,
+    frame: &[u8],
+    mark: u32,
+) -> (u32, u32) {
+    let mut ctx_in = [0u8; SKB_LEN];
+    ctx_in[SKB_MARK..SKB_MARK + 4].copy_from_slice(&mark.to_ne_bytes());
+    let mut ctx_out = [0u8; SKB_LEN];
+    let mut out = vec![0u8; frame.len() + 64];
+    let result = datapath
+        .tc()
+        .unwrap()
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx_in),
+            ctx_out: Some(&mut ctx_out),
+            ..TestRunOptions::default()
+        })
+        .unwrap();
+    let mark = u32::from_ne_bytes(ctx_out[SKB_MARK..SKB_MARK + 4].try_into().unwrap());
+    (result.return_value, mark)
+}
+
+/// Without XDP metadata (a driver with no metadata room) the tc program classifies the packet
+/// itself; it sets only the bits of the mask.
+#[test]
+fn tc_marks_direct_packets_and_keeps_other_mark_bits() {
+    let Some((mut datapath, mut maps)) = load_seeded(FEED_2026043000, &config(false)) else {
+        return;
+    };
+    let teams = Spec::new(ip(TEAMS_V4), L4::Udp(3478)).build();
+    let teams_v6_tagged = Spec::new(ip(TEAMS_V6), L4::Udp(3478))
+        .vlans(&[ETH_P_8021Q])
+        .build();
+    let exchange_587 = Spec::new(ip(EXCHANGE_V4), L4::Tcp(587)).build();
+    let other = Spec::new(ip(OTHER_V4), L4::Tcp(443)).build();
+    let rows: [(&str, &[u8], Config, u32, u32, u32); 7] = [
+        (
+            "Teams media gets 0x365 in the low 16 bits, upper bits kept",
+            &teams,
+            Config::default(),
+            0xabcd_0000,
+            0xabcd_0365,
+            stat::TC_MARK_SELF,
+        ),
+        (
+            "tagged IPv6 Teams media",
+            &teams_v6_tagged,
+            Config::default(),
+            0,
+            0x365,
+            stat::TC_MARK_SELF,
+        ),
+        (
+            "our bits are overwritten, not ORed",
+            &teams,
+            Config::default(),
+            0x0000_fcfc,
+            0x0000_0365,
+            stat::TC_MARK_SELF,
+        ),
+        (
+            "Exchange 587 (Allow) is direct",
+            &exchange_587,
+            Config::default(),
+            7 << 20,
+            (7 << 20) | 0x365,
+            stat::TC_MARK_SELF,
+        ),
+        (
+            "a non-Microsoft packet keeps its mark",
+            &other,
+            Config::default(),
+            0x1234_5678,
+            0x1234_5678,
+            stat::TC_PASS,
+        ),
+        (
+            "a custom mark 0x10000/0x10000 keeps the low bits",
+            &teams,
+            Config {
+                mark: 0x1_0000,
+                mark_mask: 0x1_0000,
+                ..Config::default()
+            },
+            0x365,
+            0x1_0365,
+            stat::TC_MARK_SELF,
+        ),
+        (
+            "strict ports: ICMP to Teams keeps its mark",
+            &Spec::new(ip(TEAMS_V4), L4::Icmp).build(),
+            Config {
+                flags: flags::STRICT_PORTS,
+                ..Config::default()
+            },
+            0x42,
+            0x42,
+            stat::TC_PASS,
+        ),
+    ];
+    for (name, frame, config, mark_in, mark_out, counter) in rows {
+        maps.set_config(&config).unwrap();
+        let before = maps.stats().unwrap();
+        let (verdict, mark) = run_tc(&mut datapath, frame, mark_in);
+        assert_eq!(
+            verdict, TC_ACT_UNSPEC,
+            "{name}: never drops, never ends the chain"
+        );
+        assert_eq!(mark, mark_out, "{name}: mark {mark:#x}");
+        let moved = delta(&before, &maps.stats().unwrap());
+        assert_eq!(
+            moved
+                .iter()
+                .map(|(i, c)| (*i, c.packets))
+                .collect::<Vec<_>>(),
+            [(counter as usize, 1)],
+            "{name}: counters"
+        );
+    }
+}
+
+/// The tc program parses what the XDP program parses: every truncation leaves the mark alone.
+#[test]
+fn tc_truncated_packets_keep_their_mark() {
+    let Some((mut datapath, _maps)) = load_seeded(FEED_2026043000, &config(false)) else {
+        return;
+    };
+    let spec = Spec::new(ip(TEAMS_V6), L4::Udp(3478))
+        .vlans(&[ETH_P_8021Q])
+        .ipv6_ext(&[Ext::HopByHop]);
+    let frame = spec.build();
+    for len in 14..spec.header_len() {
+        let (verdict, mark) = run_tc(&mut datapath, &frame[..len], 0x99);
+        assert_eq!((verdict, mark), (TC_ACT_UNSPEC, 0x99), "cut to {len} bytes");
+    }
+    assert_eq!(run_tc(&mut datapath, &frame, 0x99).1, 0x365);
+}
