@@ -1,8 +1,8 @@
 //! Loading the kernel programs, pinning their maps and links, and reading and writing maps.
 //!
 //! Everything lives under one pin directory (default `/sys/fs/bpf/xdp-breakout`): the maps by
-//! their names, and per interface the XDP and tc links (`<iface>.xdp_link`,
-//! `<iface>.tc_link`). Links are bpf_links, so the programs stay attached after the process
+//! their names, and per interface the XDP and tc links (`xdp_link@<iface>`,
+//! `tc_link@<iface>`). Links are bpf_links, so the programs stay attached after the process
 //! exits and a new process can swap in a new program atomically (`BPF_LINK_UPDATE`).
 
 use std::{
@@ -24,10 +24,18 @@ use aya::{
 };
 use classifier_common::{
     Config, Counter, LpmKeyV4, LpmKeyV6, MAX_PREFIXES, MAX_SET_ID, Policy, PrefixRules, STATS_LEN,
-    category, names,
+    action, category, names,
 };
 
 use crate::compile::Compiled;
+
+/// Optimize and Allow go direct, as Microsoft recommends; Default follows the tunnel.
+pub const DEFAULT_POLICY: [u8; category::COUNT as usize] = [
+    action::TUNNEL,
+    action::TUNNEL,
+    action::DIRECT,
+    action::DIRECT,
+];
 
 /// `BPF_FS_MAGIC` from `include/uapi/linux/magic.h`.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -385,16 +393,30 @@ fn xdp_attach_hint(mode: XdpMode) -> String {
     }
 }
 
+const XDP_LINK_PREFIX: &str = "xdp_link@";
+const TC_LINK_PREFIX: &str = "tc_link@";
+
+/// bpffs refuses names with a dot (`bpf_lookup`: "reserved for future use"), and VLAN
+/// interfaces are called `eth0.100`: escape `%` and `.` as in a URL.
+fn pin_name(prefix: &str, iface: &str) -> String {
+    format!("{prefix}{}", iface.replace('%', "%25").replace('.', "%2e"))
+}
+
+fn iface_from_pin_name(name: &str) -> Option<String> {
+    let escaped = name.strip_prefix(XDP_LINK_PREFIX)?;
+    Some(escaped.replace("%2e", ".").replace("%25", "%"))
+}
+
 /// Where the XDP link of `iface` is pinned.
 #[must_use]
 pub fn xdp_link_pin(pin_dir: &Path, iface: &str) -> PathBuf {
-    pin_dir.join(format!("{iface}.xdp_link"))
+    pin_dir.join(pin_name(XDP_LINK_PREFIX, iface))
 }
 
 /// Where the tc link of `iface` is pinned.
 #[must_use]
 pub fn tc_link_pin(pin_dir: &Path, iface: &str) -> PathBuf {
-    pin_dir.join(format!("{iface}.tc_link"))
+    pin_dir.join(pin_name(TC_LINK_PREFIX, iface))
 }
 
 /// Detaches xdp-breakout from `iface` by removing its link pins (the kernel releases a link
@@ -426,10 +448,7 @@ pub fn attached_interfaces(pin_dir: &Path) -> Vec<String> {
         .into_iter()
         .flatten()
         .filter_map(Result::ok)
-        .filter_map(|entry| {
-            let name = entry.file_name().into_string().ok()?;
-            name.strip_suffix(".xdp_link").map(str::to_owned)
-        })
+        .filter_map(|entry| iface_from_pin_name(entry.file_name().to_str()?))
         .collect();
     found.sort();
     found
@@ -709,4 +728,19 @@ fn sum_per_cpu(
             }))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_pin_names_have_no_dots_and_round_trip() {
+        for iface in ["eth0", "eth0.100", "lan%1.2"] {
+            let pin = xdp_link_pin(Path::new("/sys/fs/bpf/x"), iface);
+            let name = pin.file_name().unwrap().to_str().unwrap();
+            assert!(!name.contains('.'), "{name}");
+            assert_eq!(iface_from_pin_name(name).as_deref(), Some(iface));
+        }
+    }
 }

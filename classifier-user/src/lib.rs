@@ -1,6 +1,8 @@
 //! xdp-breakout's user space: the feed, its compilation into map entries, and the data plane
 //! (loading, attaching, reading and writing the pinned maps).
 
+pub mod cli;
+pub mod cmd;
 pub mod compile;
 pub mod datapath;
 pub mod feed;

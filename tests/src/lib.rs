@@ -9,10 +9,10 @@ pub mod packet;
 
 use std::net::IpAddr;
 
-use classifier_common::{Config, Counter, action, category};
+use classifier_common::{Config, Counter};
 use classifier_user::{
     compile::compile,
-    datapath::{Datapath, Maps},
+    datapath::{DEFAULT_POLICY, Datapath, Maps},
     feed::Feed,
 };
 
@@ -39,14 +39,6 @@ pub fn unavailable(what: &str, error: &dyn std::fmt::Display) -> Option<std::con
     eprintln!("skipping: {what} is unavailable ({error}); run as root with CAP_BPF");
     None
 }
-
-/// The default policy: Optimize and Allow direct, Default tunnel.
-pub const DEFAULT_POLICY: [u8; category::COUNT as usize] = [
-    action::TUNNEL,
-    action::TUNNEL,
-    action::DIRECT,
-    action::DIRECT,
-];
 
 /// The programs loaded with private maps seeded from `feed`, the default policy and `config`;
 /// `None` (skip) when BPF is unavailable outside CI.
@@ -100,4 +92,54 @@ pub fn delta(before: &[Counter], after: &[Counter]) -> Vec<(usize, Counter)> {
 #[must_use]
 pub fn ip(text: &str) -> IpAddr {
     text.parse().expect("address literal")
+}
+
+/// A pin directory of its own under `/sys/fs/bpf`, removed with everything in it on drop
+/// (which also releases any link pinned there).
+pub struct PinDir {
+    pub path: std::path::PathBuf,
+}
+
+impl PinDir {
+    /// # Panics
+    ///
+    /// When bpffs cannot be mounted.
+    #[must_use]
+    pub fn new(what: &str) -> Self {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        classifier_user::datapath::ensure_bpffs(std::path::Path::new("/sys/fs/bpf"))
+            .expect("bpffs");
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path =
+            std::path::PathBuf::from(format!("/sys/fs/bpf/xbt-{what}-{}-{n}", std::process::id()));
+        Self { path }
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// The `xdp-breakout` binary of this build (`cargo xtask test` builds it first).
+///
+/// # Panics
+///
+/// When it has not been built.
+#[must_use]
+pub fn xdp_breakout() -> std::path::PathBuf {
+    // target/<profile>/deps/<test> -> target/<profile>/xdp-breakout
+    let exe = std::env::current_exe().expect("test executable");
+    let bin = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("target dir")
+        .join("xdp-breakout");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p classifier-user` (cargo xtask test does)",
+        bin.display()
+    );
+    bin
 }

@@ -1,0 +1,16 @@
+//! One module per verb; each has `run(global, args)`.
+
+pub mod attach;
+pub mod detach;
+pub mod stats;
+
+use crate::cli::{Cli, Command};
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let Cli { global, command } = cli;
+    match command {
+        Command::Attach(args) => attach::run(&global, &args),
+        Command::Detach(args) => detach::run(&global, &args),
+        Command::Stats(args) => stats::run(&global, &args),
+    }
+}

@@ -1,0 +1,200 @@
+//! The real `xdp-breakout` binary attaches both programs to a veth in a throwaway network
+//! namespace; real frames cross the pair; the counters are read back through the pinned maps
+//! and through `xdp-breakout stats --json`; detach leaves nothing attached.
+
+use std::process::Command;
+
+use classifier_common::stat;
+use classifier_user::datapath::Maps;
+use tests::{
+    PinDir, ip,
+    netns::{Netns, ifindex, run_checked, send_frames},
+    packet::{ETH_P_8021AD, ETH_P_8021Q, L4, Spec},
+    unavailable, xdp_breakout,
+};
+
+/// A veth pair `lan0` <-> `lan1` in a new namespace, IPv6 off so that no neighbour discovery
+/// adds packets to the counts.
+fn veth_namespace() -> Option<Netns> {
+    let netns = match Netns::new("xbt-attach") {
+        Ok(netns) => netns,
+        Err(error) => {
+            unavailable("a network namespace", &error)?;
+            unreachable!()
+        }
+    };
+    for sysctl in [
+        "net.ipv6.conf.all.disable_ipv6=1",
+        "net.ipv6.conf.default.disable_ipv6=1",
+    ] {
+        run_checked(Command::new("ip").args([
+            "netns",
+            "exec",
+            &netns.name,
+            "sysctl",
+            "-qw",
+            sysctl,
+        ]))
+        .unwrap();
+    }
+    netns
+        .ip(&[
+            "link", "add", "lan0", "type", "veth", "peer", "name", "lan1",
+        ])
+        .unwrap();
+    netns.ip(&["link", "set", "lan0", "up"]).unwrap();
+    netns.ip(&["link", "set", "lan1", "up"]).unwrap();
+    Some(netns)
+}
+
+fn cli(netns: &Netns, pin_dir: &PinDir, args: &[&str]) -> std::process::Output {
+    netns
+        .command(xdp_breakout().to_str().unwrap())
+        .arg("--pin-dir")
+        .arg(&pin_dir.path)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn attached_programs_classify_and_mark_real_frames() {
+    let Some(netns) = veth_namespace() else {
+        return;
+    };
+    let pin_dir = PinDir::new("attach");
+
+    let output = cli(&netns, &pin_dir, &["attach", "lan1"]);
+    assert!(
+        output.status.success(),
+        "attach: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("installed embedded snapshot 2026043000: 34 IPv4 and 59 IPv6"),
+        "{stdout}"
+    );
+    assert!(
+        pin_dir.path.join("xdp_link@lan1").exists() && pin_dir.path.join("tc_link@lan1").exists()
+    );
+    let link =
+        String::from_utf8_lossy(&netns.ip(&["link", "show", "lan1"]).unwrap().stdout).into_owned();
+    assert!(link.contains("xdp"), "XDP on lan1: {link}");
+
+    let teams = Spec::new(ip("52.112.1.1"), L4::Udp(3478)).build();
+    let teams_v6_tagged = Spec::new(ip("2603:1063::1"), L4::Udp(3479))
+        .vlans(&[ETH_P_8021AD, ETH_P_8021Q])
+        .build();
+    let exchange_587 = Spec::new(ip("40.96.1.1"), L4::Tcp(587))
+        .vlans(&[ETH_P_8021Q])
+        .build();
+    let other = Spec::new(ip("198.51.100.1"), L4::Tcp(443)).build();
+    let mut frames = Vec::new();
+    frames.extend(std::iter::repeat_n(teams.clone(), 20));
+    frames.extend(std::iter::repeat_n(teams_v6_tagged.clone(), 5));
+    frames.extend(std::iter::repeat_n(exchange_587.clone(), 7));
+    frames.extend(std::iter::repeat_n(other.clone(), 11));
+    netns
+        .run(move || send_frames(ifindex("lan0").unwrap(), &frames))
+        .unwrap();
+
+    let maps = Maps::from_pins(&pin_dir.path).unwrap();
+    let stats = maps.stats().unwrap();
+    let packets = |index: u32| stats[index as usize].packets;
+    assert_eq!(packets(stat::DIRECT), 32, "Teams and Exchange");
+    assert_eq!(packets(stat::MATCH_PORT), 32);
+    assert_eq!(packets(stat::TUNNEL), 11, "the other destination");
+    assert_eq!(packets(stat::NO_MATCH), 11);
+    assert_eq!(
+        stats[stat::DIRECT as usize].bytes,
+        (20 * teams.len() + 5 * teams_v6_tagged.len() + 7 * exchange_587.len()) as u64
+    );
+    // veth hands XDP metadata to the skb: the tc program marks from it, never by itself.
+    assert_eq!(packets(stat::TC_MARK_META), 32);
+    assert_eq!(packets(stat::TC_MARK_SELF), 0);
+    assert_eq!(packets(stat::TC_PASS), 11);
+    assert_eq!(packets(stat::NO_META), 0);
+    let sets: Vec<(u16, u64)> = maps
+        .set_stats()
+        .unwrap()
+        .into_iter()
+        .map(|(id, c)| (id, c.packets))
+        .collect();
+    assert_eq!(sets, [(2, 7), (11, 25)]);
+
+    // The CLI reads the same pinned maps.
+    let output = cli(&netns, &pin_dir, &["--json", "stats"]);
+    assert!(
+        output.status.success(),
+        "stats: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["counters"]["direct"]["packets"], 32);
+    assert_eq!(json["counters"]["tc_mark_meta"]["packets"], 32);
+    assert_eq!(json["endpoint_sets"][1]["id"], 11);
+    assert_eq!(json["endpoint_sets"][1]["packets"], 25);
+
+    // Attaching again swaps the programs in place and keeps entries and counters.
+    let output = cli(&netns, &pin_dir, &["attach", "lan1"]);
+    assert!(
+        output.status.success(),
+        "re-attach: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("kept the 93 installed prefixes"));
+    assert_eq!(
+        Maps::from_pins(&pin_dir.path).unwrap().stats().unwrap()[stat::DIRECT as usize].packets,
+        32
+    );
+
+    let output = cli(&netns, &pin_dir, &["detach", "lan1"]);
+    assert!(
+        output.status.success(),
+        "detach: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let link =
+        String::from_utf8_lossy(&netns.ip(&["link", "show", "lan1"]).unwrap().stdout).into_owned();
+    assert!(!link.contains("xdp"), "nothing left on lan1: {link}");
+    netns
+        .run(move || send_frames(ifindex("lan0").unwrap(), &[teams]))
+        .unwrap();
+    assert_eq!(
+        maps.stats().unwrap()[stat::DIRECT as usize].packets,
+        32,
+        "detached: no more counting"
+    );
+
+    let output = cli(&netns, &pin_dir, &["detach", "lan1"]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("xdp-breakout is not attached"));
+}
+
+#[test]
+fn attach_to_a_missing_interface_fails_clearly_and_changes_nothing() {
+    let Some(netns) = veth_namespace() else {
+        return;
+    };
+    let pin_dir = PinDir::new("missing");
+    let output = cli(&netns, &pin_dir, &["attach", "nosuch0"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("interface nosuch0"), "{stderr}");
+    assert!(!pin_dir.path.join("xdp_link@nosuch0").exists());
+
+    let output = cli(
+        &netns,
+        &pin_dir,
+        &["attach", "lan1", "--feed-file", "/nonexistent/feed.json"],
+    );
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("reading feed /nonexistent/feed.json")
+    );
+    assert!(
+        !pin_dir.path.join("xdp_link@lan1").exists(),
+        "a bad feed attaches nothing"
+    );
+}
