@@ -230,6 +230,10 @@ impl PrefixRules {
     /// for a packet without ports (another protocol, or a non-first fragment).
     ///
     /// The kernel programs and user space (explaining a lookup) run this same loop.
+    #[expect(
+        clippy::inline_always,
+        reason = "the kernel programs must inline the bounded loop"
+    )]
     #[inline(always)]
     #[must_use]
     pub fn classify(&self, proto: u8, port: Option<u16>) -> RuleMatch {

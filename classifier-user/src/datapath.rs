@@ -2,7 +2,7 @@
 //!
 //! Everything lives under one pin directory (default `/sys/fs/bpf/xdp-breakout`): the maps by
 //! their names, and per interface the XDP and tc links (`xdp_link@<iface>`,
-//! `tc_link@<iface>`). Links are bpf_links, so the programs stay attached after the process
+//! `tc_link@<iface>`). Links are `bpf_links`, so the programs stay attached after the process
 //! exits and a new process can swap in a new program atomically (`BPF_LINK_UPDATE`).
 
 use std::{
@@ -94,6 +94,8 @@ pub enum DatapathError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error("the programs were loaded with private maps; attaching needs a pin directory")]
+    Unpinned,
     #[error("interface {iface}: xdp-breakout is not attached (no {path})")]
     NotAttached { iface: String, path: PathBuf },
 }
@@ -104,46 +106,48 @@ pub const MAP_SHAPES: [(&str, MapType, u32, u32, u32); 6] = [
     (
         names::PREFIX_V4,
         MapType::LpmTrie,
-        size_of::<LpmKeyV4>() as u32,
-        size_of::<PrefixRules>() as u32,
+        size32::<LpmKeyV4>(),
+        size32::<PrefixRules>(),
         MAX_PREFIXES,
     ),
     (
         names::PREFIX_V6,
         MapType::LpmTrie,
-        size_of::<LpmKeyV6>() as u32,
-        size_of::<PrefixRules>() as u32,
+        size32::<LpmKeyV6>(),
+        size32::<PrefixRules>(),
         MAX_PREFIXES,
     ),
     (
         names::POLICY,
         MapType::Array,
         4,
-        size_of::<Policy>() as u32,
+        size32::<Policy>(),
         category::COUNT,
     ),
-    (
-        names::CONFIG,
-        MapType::Array,
-        4,
-        size_of::<Config>() as u32,
-        1,
-    ),
+    (names::CONFIG, MapType::Array, 4, size32::<Config>(), 1),
     (
         names::STATS,
         MapType::PerCpuArray,
         4,
-        size_of::<Counter>() as u32,
+        size32::<Counter>(),
         STATS_LEN,
     ),
     (
         names::SET_STATS,
         MapType::PerCpuArray,
         4,
-        size_of::<Counter>() as u32,
+        size32::<Counter>(),
         MAX_SET_ID,
     ),
 ];
+
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "ABI types are a few hundred bytes"
+)]
+const fn size32<T>() -> u32 {
+    size_of::<T>() as u32
+}
 
 /// Mounts bpffs on `/sys/fs/bpf` when it is not mounted (a fresh machine has none).
 pub fn ensure_bpffs(path: &Path) -> Result<(), DatapathError> {
@@ -155,9 +159,7 @@ pub fn ensure_bpffs(path: &Path) -> Result<(), DatapathError> {
         .map_err(|e| mount_error(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
     // SAFETY: statfs writes into the zeroed struct; the path is NUL-terminated.
     let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(c_path.as_ptr(), &raw mut stat) } == 0
-        && i64::from(stat.f_type) == BPF_FS_MAGIC
-    {
+    if unsafe { libc::statfs(c_path.as_ptr(), &raw mut stat) } == 0 && stat.f_type == BPF_FS_MAGIC {
         return Ok(());
     }
     fs::create_dir_all(path).map_err(mount_error)?;
@@ -291,9 +293,8 @@ impl Datapath {
                 .map_mut(name)
                 .ok_or(DatapathError::MissingMap { name })?;
             // The object keeps its own handle; ours is a second fd on the same map.
-            let data = match map {
-                Map::LpmTrie(data) | Map::Array(data) | Map::PerCpuArray(data) => data,
-                _ => return Err(DatapathError::MissingMap { name }),
+            let (Map::LpmTrie(data) | Map::Array(data) | Map::PerCpuArray(data)) = map else {
+                return Err(DatapathError::MissingMap { name });
             };
             let info = data
                 .info()
@@ -313,7 +314,7 @@ impl Datapath {
     /// Attaches XDP and tc ingress to `iface` and pins both links, or, when this pin directory
     /// already has links for it, swaps the loaded programs into them without a gap.
     pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<(), DatapathError> {
-        let pin_dir = self.pin_dir.clone().expect("attach needs a pin directory");
+        let pin_dir = self.pin_dir.clone().ok_or(DatapathError::Unpinned)?;
         let attach_error = |what: &str| {
             let what = what.to_owned();
             let iface = iface.to_owned();
@@ -346,24 +347,21 @@ impl Datapath {
 
         let tc_pin = tc_link_pin(&pin_dir, iface);
         let classifier = self.tc()?;
-        let link_id = match PinnedLink::from_pin(&tc_pin) {
-            Ok(pinned) => {
-                let link = FdLink::from(pinned).try_into().map_err(|e: LinkError| {
-                    attach_error("adopting the pinned tc link")(e.into())
-                })?;
-                classifier
-                    .attach_to_link(link)
-                    .map_err(|e| attach_error("replacing the tc program")(e.into()))?
+        let link_id = if let Ok(pinned) = PinnedLink::from_pin(&tc_pin) {
+            let link = FdLink::from(pinned)
+                .try_into()
+                .map_err(|e: LinkError| attach_error("adopting the pinned tc link")(e.into()))?;
+            classifier
+                .attach_to_link(link)
+                .map_err(|e| attach_error("replacing the tc program")(e.into()))?
+        } else {
+            // tcx (6.6+) needs no qdisc; older kernels need clsact. Adding it is harmless.
+            if let Err(error) = tc::qdisc_add_clsact(iface) {
+                log::debug!("{iface}: clsact qdisc: {error}");
             }
-            Err(_) => {
-                // tcx (6.6+) needs no qdisc; older kernels need clsact. Adding it is harmless.
-                if let Err(error) = tc::qdisc_add_clsact(iface) {
-                    log::debug!("{iface}: clsact qdisc: {error}");
-                }
-                classifier
-                    .attach(iface, TcAttachType::Ingress)
-                    .map_err(|e| attach_error("attaching the tc ingress program")(e.into()))?
-            }
+            classifier
+                .attach(iface, TcAttachType::Ingress)
+                .map_err(|e| attach_error("attaching the tc ingress program")(e.into()))?
         };
         let link = classifier
             .take_link(link_id)
@@ -581,7 +579,7 @@ impl Maps {
     /// The installed entries.
     pub fn installed(&self) -> Result<Compiled, DatapathError> {
         let mut installed = Compiled::default();
-        for item in self.prefix_v4.iter() {
+        for item in &self.prefix_v4 {
             let (key, value) = item.map_err(|source| DatapathError::Map {
                 name: names::PREFIX_V4,
                 source,
@@ -594,7 +592,7 @@ impl Maps {
                 value,
             );
         }
-        for item in self.prefix_v6.iter() {
+        for item in &self.prefix_v6 {
             let (key, value) = item.map_err(|source| DatapathError::Map {
                 name: names::PREFIX_V6,
                 source,
@@ -632,9 +630,9 @@ impl Maps {
                         .insert(&Key::new(key.prefix_len, key.addr), value, 0)
                         .map_err(v4_error)?;
                     if old.is_some() {
-                        report.changed += 1
+                        report.changed += 1;
                     } else {
-                        report.added += 1
+                        report.added += 1;
                     }
                 }
             }
@@ -647,9 +645,9 @@ impl Maps {
                         .insert(&Key::new(key.prefix_len, key.addr), value, 0)
                         .map_err(v6_error)?;
                     if old.is_some() {
-                        report.changed += 1
+                        report.changed += 1;
                     } else {
-                        report.added += 1
+                        report.added += 1;
                     }
                 }
             }
@@ -742,5 +740,34 @@ mod tests {
             assert!(!name.contains('.'), "{name}");
             assert_eq!(iface_from_pin_name(name).as_deref(), Some(iface));
         }
+    }
+}
+
+#[cfg(test)]
+mod object_tests {
+    use super::*;
+
+    /// The names and shapes the agent relies on are the ones the compiled object declares.
+    #[test]
+    fn object_declares_the_contracted_maps_and_programs() {
+        let object =
+            aya_obj::Object::parse(crate::EBPF_OBJECT).expect("the embedded object parses");
+        for (name, map_type, key_size, value_size, max_entries) in MAP_SHAPES {
+            let map = object
+                .maps
+                .get(name)
+                .unwrap_or_else(|| panic!("map {name} missing"));
+            assert_eq!(map.map_type(), map_type as u32, "{name}");
+            assert_eq!(
+                (map.key_size(), map.value_size(), map.max_entries()),
+                (key_size, value_size, max_entries),
+                "{name}"
+            );
+        }
+        for name in [names::XDP_PROGRAM, names::TC_PROGRAM] {
+            assert!(object.programs.contains_key(name), "program {name} missing");
+        }
+        assert!(object.maps.contains_key(names::LOGS), "aya-log ring buffer");
+        assert_eq!(object.license.to_str(), Ok("Dual MIT/GPL"));
     }
 }

@@ -93,7 +93,11 @@ pub fn run_checked(command: &mut Command) -> io::Result<Output> {
     Ok(output)
 }
 
-/// Sends raw Ethernet frames out of `ifindex` (AF_PACKET); call inside the namespace.
+/// Sends raw Ethernet frames out of `ifindex` (`AF_PACKET`); call inside the namespace.
+///
+/// # Panics
+///
+/// Never for real sizes (the conversions are of small constants).
 pub fn send_frames(ifindex: u32, frames: &[Vec<u8>]) -> io::Result<()> {
     // SAFETY: plain socket syscalls on a fd we own; the address struct is zeroed and filled.
     unsafe {

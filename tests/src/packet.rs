@@ -25,7 +25,7 @@ pub const DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 pub enum L4 {
     Tcp(u16),
     Udp(u16),
-    /// An ICMP (or ICMPv6) echo request: no ports.
+    /// An ICMP (or `ICMPv6`) echo request: no ports.
     Icmp,
 }
 
@@ -119,6 +119,10 @@ impl Spec {
     }
 
     /// The frame's bytes.
+    ///
+    /// # Panics
+    ///
+    /// When a length does not fit its header field (a spec no test should write).
     #[must_use]
     pub fn build(&self) -> Vec<u8> {
         let mut frame = Vec::new();
@@ -170,18 +174,15 @@ impl Spec {
                     .collect();
                 kinds.push(ip_proto);
                 for (ext, next) in self.ipv6_ext.iter().zip(&kinds[1..]) {
-                    match ext {
-                        Ext::Fragment { offset } => {
-                            ext_bytes.extend_from_slice(&[*next, 0]);
-                            ext_bytes.extend_from_slice(&((offset << 3) | 1).to_be_bytes());
-                            ext_bytes.extend_from_slice(&[0, 0, 0, 1]);
-                        }
-                        // 16 bytes: next header, length 1 (8-octet units after the first 8),
-                        // then PadN.
-                        _ => {
-                            ext_bytes.extend_from_slice(&[*next, 1, 1, 12]);
-                            ext_bytes.extend(std::iter::repeat_n(0u8, 12));
-                        }
+                    if let Ext::Fragment { offset } = ext {
+                        ext_bytes.extend_from_slice(&[*next, 0]);
+                        ext_bytes.extend_from_slice(&((offset << 3) | 1).to_be_bytes());
+                        ext_bytes.extend_from_slice(&[0, 0, 0, 1]);
+                    } else {
+                        // 16 bytes: next header, length 1 (8-octet units after the first
+                        // 8), then PadN.
+                        ext_bytes.extend_from_slice(&[*next, 1, 1, 12]);
+                        ext_bytes.extend(std::iter::repeat_n(0u8, 12));
                     }
                 }
                 let payload_len = ext_bytes.len() + l4.len();
@@ -227,7 +228,7 @@ fn l4_header(l4: L4) -> Vec<u8> {
     }
 }
 
-/// A frame of another EtherType (ARP, ...), padded to the Ethernet minimum.
+/// A frame of another `EtherType` (ARP, ...), padded to the Ethernet minimum.
 #[must_use]
 pub fn non_ip(ether_type: u16) -> Vec<u8> {
     let mut frame = Vec::new();

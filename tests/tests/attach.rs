@@ -58,6 +58,7 @@ fn cli(netns: &Netns, pin_dir: &PinDir, args: &[&str]) -> std::process::Output {
 }
 
 #[test]
+#[expect(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 fn attached_programs_classify_and_mark_real_frames() {
     let Some(netns) = veth_namespace() else {
         return;

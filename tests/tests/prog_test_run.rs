@@ -1,4 +1,4 @@
-//! The XDP and tc programs run on the real kernel with BPF_PROG_TEST_RUN, their maps seeded
+//! The XDP and tc programs run on the real kernel with `BPF_PROG_TEST_RUN`, their maps seeded
 //! with the real 2026043000 feed. Each row says in words what the packet is, and checks the
 //! verdict, the XDP metadata, and every counter that moved.
 
@@ -82,6 +82,7 @@ const TEAMS_V6: &str = "2603:1063::5"; // 2603:1063::/38: set 11, set 12
 const OTHER_V4: &str = "198.51.100.7";
 const OTHER_V6: &str = "2001:db8:ffff::7";
 
+#[expect(clippy::too_many_lines, reason = "a table, one row per case")]
 fn rows() -> Vec<Row> {
     use category::{ALLOW, OPTIMIZE};
     use stat::{FRAGMENT, MATCH_ADDR, MATCH_PORT, NOT_IP, STRICT_MISS};
@@ -574,6 +575,9 @@ fn run_tc(
     (result.return_value, mark)
 }
 
+/// Name, frame, config, mark before, mark after, the counter that moves.
+type TcRow<'a> = (&'a str, &'a [u8], Config, u32, u32, u32);
+
 /// Without XDP metadata (a driver with no metadata room) the tc program classifies the packet
 /// itself; it sets only the bits of the mask.
 #[test]
@@ -587,7 +591,7 @@ fn tc_marks_direct_packets_and_keeps_other_mark_bits() {
         .build();
     let exchange_587 = Spec::new(ip(EXCHANGE_V4), L4::Tcp(587)).build();
     let other = Spec::new(ip(OTHER_V4), L4::Tcp(443)).build();
-    let rows: [(&str, &[u8], Config, u32, u32, u32); 7] = [
+    let rows: [TcRow<'_>; 7] = [
         (
             "Teams media gets 0x365 in the low 16 bits, upper bits kept",
             &teams,

@@ -1,1 +1,82 @@
-fn main() {}
+//! `cargo xtask`: set up a fresh machine, run every test, run the demo.
+
+mod demo;
+mod setup;
+
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what the build needs: llvm-22-dev, nightly rust-src, bpf-linker 0.13.0.
+    Setup,
+    /// Set up, build, then run every test: host unit tests and the privileged ones (BPF,
+    /// network namespaces). Needs root.
+    Test {
+        /// Extra arguments for `cargo test` (a test name filter, `--nocapture`, ...).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, build, and show xdp-breakout classifying real traffic between two throwaway
+    /// network namespaces. Needs root; touches no host interface.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Task::Setup => setup::run(),
+        Task::Test { args } => setup::run().and_then(|()| test(&args)),
+        Task::Demo => setup::run().and_then(|()| demo::run()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("xtask: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs `command`, failing with its rendering when it fails.
+pub fn run_command(command: &mut Command) -> anyhow::Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("spawning {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed: {status}");
+    }
+    Ok(())
+}
+
+#[must_use]
+pub fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+/// Every package, the privileged `tests` crate included. The binary is built first: the attach
+/// tests run the real `xdp-breakout`.
+fn test(args: &[String]) -> anyhow::Result<()> {
+    run_command(cargo().args(["build", "--package", "classifier-user", "--bins"]))?;
+    run_command(
+        cargo()
+            .args([
+                "test",
+                "--package",
+                "classifier-common",
+                "--package",
+                "classifier-user",
+            ])
+            .args(["--package", "xtask", "--package", "tests", "--"])
+            .args(args),
+    )
+}

@@ -1,0 +1,72 @@
+//! What the eBPF build needs on a fresh Debian 12 machine, checked and installed.
+
+use std::process::Command;
+
+use anyhow::Context as _;
+
+use crate::run_command;
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
+
+pub fn run() -> anyhow::Result<()> {
+    if !installed(
+        "dpkg-query",
+        &["-W", "-f=${Status}", "llvm-22-dev"],
+        "install ok installed",
+    ) {
+        eprintln!("xtask: installing llvm-22-dev (bpf-linker links against LLVM 22)");
+        run_command(Command::new("apt-get").arg("update").arg("-qq"))?;
+        run_command(
+            Command::new("apt-get")
+                .args(["install", "-y", "-qq", "llvm-22-dev"])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+    }
+    if !installed(
+        "rustup",
+        &["component", "list", "--installed", "--toolchain", "nightly"],
+        "rust-src",
+    ) {
+        eprintln!("xtask: adding rust-src to the nightly toolchain (build-std=core for BPF)");
+        run_command(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+    if !installed("bpf-linker", &["--version"], BPF_LINKER_VERSION) {
+        eprintln!(
+            "xtask: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)"
+        );
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let mut dirs = vec![LLVM_BIN.into()];
+        dirs.extend(std::env::split_paths(&path));
+        let path = std::env::join_paths(dirs).context("PATH")?;
+        // Without llvm-22's bin first on PATH, llvm-sys picks no llvm-config and the link
+        // fails with -lLLVM.
+        run_command(
+            crate::cargo()
+                .args([
+                    "install",
+                    "--locked",
+                    &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+                ])
+                .args(["--no-default-features", "--features", "llvm-22"])
+                .env("PATH", path),
+        )?;
+    }
+    Ok(())
+}
+
+/// Whether `program args` succeeds and prints `needle`.
+fn installed(program: &str, args: &[&str], needle: &str) -> bool {
+    Command::new(program)
+        .args(args)
+        .output()
+        .is_ok_and(|output| {
+            output.status.success() && String::from_utf8_lossy(&output.stdout).contains(needle)
+        })
+}
