@@ -1,9 +1,11 @@
 //! Command-line arguments of `xdp-breakout`.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use classifier_common::PIN_DIR;
+
+use crate::config::{CategoryName, Config, Mark, XdpModeName, parse_duration};
 
 /// Split-tunnel classifier: sends Microsoft 365 traffic out of the direct uplink.
 ///
@@ -22,9 +24,9 @@ pub struct Cli {
 
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
-    /// Directory on bpffs that holds the maps and links.
-    #[arg(long, global = true, value_name = "DIR", default_value = PIN_DIR)]
-    pub pin_dir: PathBuf,
+    /// Directory on bpffs that holds the maps and links [default: /sys/fs/bpf/xdp-breakout].
+    #[arg(long, global = true, value_name = "DIR")]
+    pub pin_dir: Option<PathBuf>,
     /// Print machine-readable JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
@@ -33,26 +35,150 @@ pub struct GlobalArgs {
     pub verbose: u8,
 }
 
+impl GlobalArgs {
+    /// The pin directory: the flag, else the default.
+    #[must_use]
+    pub fn pin_dir(&self) -> PathBuf {
+        self.pin_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(PIN_DIR))
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the agent: attach, keep the maps equal to Microsoft's feed, forward kernel logs.
+    Run(RunArgs),
     /// Load the programs and attach them to LAN interfaces (or update them in place).
     Attach(AttachArgs),
     /// Detach the programs from interfaces.
     Detach(DetachArgs),
     /// Show the counters.
     Stats(StatsArgs),
+    /// Work with the configuration file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
 }
 
-/// How to attach XDP.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
-pub enum Mode {
-    /// Native if the driver supports it, else generic.
-    #[default]
-    Auto,
-    /// In the driver (fastest; fails on drivers without XDP support).
-    Native,
-    /// Generic XDP in the network stack (works on any interface).
-    Skb,
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration and print the effective one (defaults, file, flags).
+    Check(ConfigArgs),
+}
+
+/// The configuration file and a flag for each of its settings; flags win.
+#[derive(Debug, Default, Args)]
+pub struct ConfigArgs {
+    /// TOML configuration file [default: /etc/xdp-breakout/config.toml, if present].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// LAN interface to attach to (repeat for several).
+    #[arg(long = "iface", value_name = "IFACE")]
+    pub interfaces: Vec<String>,
+    /// XDP attach mode.
+    #[arg(long, value_enum)]
+    pub mode: Option<XdpModeName>,
+    /// Directory for the last applied feed, the client request id and the status.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Base URL of the endpoint web service.
+    #[arg(long, value_name = "URL")]
+    pub feed_url: Option<String>,
+    /// Worldwide, China, USGovDoD or USGovGCCHigh.
+    #[arg(long)]
+    pub instance: Option<String>,
+    /// Only these service areas (repeat): Exchange, SharePoint, Skype, Common.
+    #[arg(long = "service-area", value_name = "AREA")]
+    pub service_areas: Vec<String>,
+    /// Leave IPv6 prefixes out.
+    #[arg(long)]
+    pub no_ipv6: bool,
+    /// How often to check the feed version (30s, 5m, 1h).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub poll_interval: Option<Duration>,
+    /// Refuse a feed that removes more than this percentage of the installed prefixes.
+    #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub max_shrink_percent: Option<u8>,
+    /// Categories that go direct (repeat): Optimize, Allow, Default.
+    #[arg(long = "direct", value_name = "CATEGORY")]
+    pub direct: Vec<CategoryName>,
+    /// Mark for direct packets, VALUE/MASK: only the bits in MASK are changed.
+    #[arg(long, value_name = "VALUE/MASK")]
+    pub mark: Option<Mark>,
+    /// Send packets whose port matches no rule of their prefix to the tunnel.
+    #[arg(long)]
+    pub strict_ports: bool,
+    /// Log every kernel decision (one line per packet: for debugging only).
+    #[arg(long)]
+    pub debug_log: bool,
+    /// Detach from the interfaces when the agent exits.
+    #[arg(long)]
+    pub detach_on_exit: bool,
+}
+
+impl ConfigArgs {
+    /// Defaults, then the file, then these flags; validated.
+    pub fn effective(&self, global: &GlobalArgs) -> anyhow::Result<Config> {
+        let mut config = Config::load(self.config.as_deref())?;
+        self.apply(&mut config, global);
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn apply(&self, config: &mut Config, global: &GlobalArgs) {
+        let Self {
+            config: _,
+            interfaces,
+            mode,
+            state_dir,
+            feed_url,
+            instance,
+            service_areas,
+            no_ipv6,
+            poll_interval,
+            max_shrink_percent,
+            direct,
+            mark,
+            strict_ports,
+            debug_log,
+            detach_on_exit,
+        } = self;
+        if !interfaces.is_empty() {
+            config.interfaces.clone_from(interfaces);
+        }
+        if let Some(pin_dir) = &global.pin_dir {
+            config.pin_dir.clone_from(pin_dir);
+        }
+        set(&mut config.mode, *mode);
+        set(&mut config.state_dir, state_dir.clone());
+        set(&mut config.feed.url, feed_url.clone());
+        set(&mut config.feed.instance, instance.clone());
+        if !service_areas.is_empty() {
+            config.feed.service_areas.clone_from(service_areas);
+        }
+        config.feed.no_ipv6 |= no_ipv6;
+        set(&mut config.feed.poll_interval, *poll_interval);
+        set(&mut config.feed.max_shrink_percent, *max_shrink_percent);
+        if !direct.is_empty() {
+            config.policy.direct.clone_from(direct);
+        }
+        set(&mut config.policy.mark, *mark);
+        config.policy.strict_ports |= strict_ports;
+        config.policy.debug_log |= debug_log;
+        config.detach_on_exit |= detach_on_exit;
+    }
+}
+
+fn set<T>(slot: &mut T, value: Option<T>) {
+    if let Some(value) = value {
+        *slot = value;
+    }
 }
 
 #[derive(Debug, Args)]
@@ -62,14 +188,14 @@ pub struct AttachArgs {
     pub ifaces: Vec<String>,
     /// XDP attach mode.
     #[arg(long, value_enum, default_value_t)]
-    pub mode: Mode,
+    pub mode: XdpModeName,
     /// Endpoints feed (JSON of `GET /endpoints/{instance}`) to install; without it, empty
     /// tries are seeded from the snapshot built into the binary and installed ones are kept.
     #[arg(long, value_name = "FILE")]
     pub feed_file: Option<PathBuf>,
     /// Mark for direct packets as VALUE/MASK; only the bits in MASK are changed.
-    #[arg(long, value_name = "VALUE/MASK", value_parser = parse_mark)]
-    pub mark: Option<(u32, u32)>,
+    #[arg(long, value_name = "VALUE/MASK")]
+    pub mark: Option<Mark>,
     /// Send packets whose port matches no rule of their prefix to the tunnel.
     #[arg(long)]
     pub strict_ports: bool,
@@ -85,29 +211,6 @@ pub struct DetachArgs {
 #[derive(Debug, Args)]
 pub struct StatsArgs {}
 
-/// `0x365/0xffff`, `869/65535`, or `0x365` (mask 0xffffffff).
-pub fn parse_mark(text: &str) -> Result<(u32, u32), String> {
-    let number = |s: &str| {
-        let s = s.trim();
-        match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-            Some(hex) => u32::from_str_radix(hex, 16),
-            None => s.parse(),
-        }
-        .map_err(|_| format!("{s:?} is not a 32-bit number"))
-    };
-    let (value, mask) = match text.split_once('/') {
-        Some((value, mask)) => (number(value)?, number(mask)?),
-        None => (number(text)?, u32::MAX),
-    };
-    if mask == 0 {
-        return Err("the mask is 0: no bit of the mark would be set".to_owned());
-    }
-    if value & !mask != 0 {
-        return Err(format!("value {value:#x} has bits outside mask {mask:#x}"));
-    }
-    Ok((value, mask))
-}
-
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory as _;
@@ -120,20 +223,59 @@ mod tests {
     }
 
     #[test]
-    fn marks_parse_with_and_without_mask() {
-        assert_eq!(parse_mark("0x365/0xffff"), Ok((0x365, 0xffff)));
-        assert_eq!(parse_mark("869/65535"), Ok((0x365, 0xffff)));
-        assert_eq!(parse_mark("0x10"), Ok((0x10, u32::MAX)));
-        assert!(parse_mark("0x365/0").unwrap_err().contains("mask is 0"));
-        assert!(
-            parse_mark("0x1365/0xfff")
-                .unwrap_err()
-                .contains("outside mask")
+    fn flags_override_the_file() {
+        let cli = Cli::try_parse_from([
+            "xdp-breakout",
+            "--pin-dir",
+            "/sys/fs/bpf/t",
+            "run",
+            "--iface",
+            "lan0",
+            "--iface",
+            "lan1",
+            "--feed-url",
+            "http://127.0.0.1:8080",
+            "--poll-interval",
+            "5m",
+            "--direct",
+            "Optimize",
+            "--mark",
+            "0x10000/0x10000",
+            "--config",
+            "/nonexistent.toml",
+        ])
+        .unwrap();
+        let Command::Run(RunArgs { config: args }) = cli.command else {
+            panic!()
+        };
+        let mut config = Config::default();
+        args.apply(&mut config, &cli.global);
+        assert_eq!(config.interfaces, ["lan0", "lan1"]);
+        assert_eq!(config.pin_dir, PathBuf::from("/sys/fs/bpf/t"));
+        assert_eq!(config.feed.url, "http://127.0.0.1:8080");
+        assert_eq!(config.feed.poll_interval, Duration::from_secs(300));
+        assert_eq!(
+            config.policy.mark,
+            Mark {
+                value: 0x1_0000,
+                mask: 0x1_0000
+            }
         );
-        assert!(
-            parse_mark("lots")
-                .unwrap_err()
-                .contains("not a 32-bit number")
-        );
+        assert_eq!(config.policy.direct.len(), 1);
+        let error = args.effective(&cli.global).unwrap_err().to_string();
+        assert!(error.contains("reading /nonexistent.toml"), "{error}");
+    }
+
+    #[test]
+    fn bad_values_are_usage_errors() {
+        for args in [
+            ["xdp-breakout", "run", "--poll-interval", "soon"],
+            ["xdp-breakout", "run", "--mark", "0x365/0"],
+            ["xdp-breakout", "run", "--direct", "Fast"],
+            ["xdp-breakout", "run", "--max-shrink-percent", "101"],
+        ] {
+            let error = Cli::try_parse_from(args).unwrap_err();
+            assert_eq!(error.exit_code(), 2, "{args:?}");
+        }
     }
 }

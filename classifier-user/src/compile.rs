@@ -69,6 +69,91 @@ pub fn compile(feed: &Feed) -> Result<Compiled, CompileError> {
     compile_sets(&feed.sets)
 }
 
+/// What the operator's configuration does to the feed before it reaches the maps.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Filter<'a> {
+    /// Keep only sets of these service areas (case-insensitive); empty keeps all.
+    pub service_areas: &'a [String],
+    /// Leave IPv6 out.
+    pub no_ipv6: bool,
+    /// Extra prefixes, Optimize by address (counted under no endpoint set).
+    pub include: &'a [IpNet],
+    /// Prefixes that never match: an empty entry (category none) that shadows the feed.
+    pub exclude: &'a [IpNet],
+}
+
+/// Compiles `feed` as `filter` says.
+pub fn compile_filtered(feed: &Feed, filter: &Filter<'_>) -> Result<Compiled, CompileError> {
+    let mut sets: Vec<EndpointSet> = feed
+        .sets
+        .iter()
+        .filter(|set| {
+            filter.service_areas.is_empty()
+                || filter
+                    .service_areas
+                    .iter()
+                    .any(|area| area.eq_ignore_ascii_case(&set.service_area))
+        })
+        .cloned()
+        .collect();
+    if filter.no_ipv6 {
+        for set in &mut sets {
+            set.prefixes.retain(|net| matches!(net, IpNet::V4(_)));
+        }
+    }
+    if !filter.include.is_empty() {
+        sets.push(EndpointSet {
+            id: 0,
+            service_area: "operator".to_owned(),
+            category: Category::Optimize,
+            prefixes: filter.include.to_vec(),
+            tcp: Vec::new(),
+            udp: Vec::new(),
+        });
+    }
+    let mut compiled = compile_sets(&sets)?;
+    for excluded in filter.exclude {
+        let mut shadow = PrefixRules::EMPTY;
+        shadow.prefix_len = excluded.prefix_len();
+        match excluded {
+            IpNet::V4(net) => {
+                compiled
+                    .v4
+                    .retain(|key, _| !contains(IpNet::V4(*net), key_net_v4(key)));
+                compiled.v4.insert(key_v4(*net), shadow);
+            }
+            IpNet::V6(net) => {
+                compiled
+                    .v6
+                    .retain(|key, _| !contains(IpNet::V6(*net), key_net_v6(key)));
+                compiled.v6.insert(key_v6(*net), shadow);
+            }
+        }
+    }
+    Ok(compiled)
+}
+
+fn contains(outer: IpNet, inner: IpNet) -> bool {
+    outer.contains(&inner)
+}
+
+/// The prefix of a trie key.
+#[must_use]
+pub fn key_net_v4(key: &LpmKeyV4) -> IpNet {
+    IpNet::V4(
+        ipnet::Ipv4Net::new(key.addr.into(), u8::try_from(key.prefix_len).unwrap_or(32))
+            .unwrap_or_default(),
+    )
+}
+
+#[must_use]
+pub fn key_net_v6(key: &LpmKeyV6) -> IpNet {
+    IpNet::V6(
+        ipnet::Ipv6Net::new(key.addr.into(), u8::try_from(key.prefix_len).unwrap_or(128))
+            .unwrap_or_default(),
+    )
+}
+
 pub fn compile_sets(sets: &[EndpointSet]) -> Result<Compiled, CompileError> {
     let mut owners: HashMap<IpNet, Vec<&EndpointSet>> = HashMap::new();
     for set in sets {
@@ -320,6 +405,47 @@ mod tests {
                 (proto::TCP, 444, 500, category::OPTIMIZE, 3),
                 (proto::TCP, 501, 1000, category::DEFAULT, 1),
             ]
+        );
+    }
+
+    #[test]
+    fn filters_select_areas_add_and_shadow_prefixes() {
+        let feed = Feed::parse(FEED_2026043000).unwrap();
+        let areas = ["skype".to_owned()];
+        let include: [IpNet; 1] = ["203.0.113.0/24".parse().unwrap()];
+        let exclude: [IpNet; 1] = ["52.112.0.0/16".parse().unwrap()];
+        let compiled = compile_filtered(
+            &feed,
+            &Filter {
+                service_areas: &areas,
+                no_ipv6: true,
+                include: &include,
+                exclude: &exclude,
+            },
+        )
+        .unwrap();
+        assert!(compiled.v6.is_empty());
+        assert!(
+            !compiled.v4.contains_key(&LpmKeyV4 {
+                prefix_len: 13,
+                addr: [40, 96, 0, 0]
+            }),
+            "Exchange filtered out"
+        );
+        let operator = v4(&compiled, "203.0.113.0/24");
+        assert_eq!(
+            (operator.n_rules, operator.addr_category, operator.addr_set),
+            (0, category::OPTIMIZE, 0)
+        );
+        let shadow = v4(&compiled, "52.112.0.0/16");
+        assert_eq!(
+            (shadow.n_rules, shadow.addr_category, shadow.prefix_len),
+            (0, category::NONE, 16)
+        );
+        assert_eq!(
+            v4(&compiled, "52.112.0.0/14").addr_category,
+            category::OPTIMIZE,
+            "the rest of the /14 stays"
         );
     }
 

@@ -1,11 +1,15 @@
 //! xdp-breakout's user space: the feed, its compilation into map entries, and the data plane
 //! (loading, attaching, reading and writing the pinned maps).
 
+pub mod agent;
 pub mod cli;
+pub mod client;
 pub mod cmd;
 pub mod compile;
+pub mod config;
 pub mod datapath;
 pub mod feed;
+pub mod state;
 
 /// The compiled kernel programs (classifier-ebpf), embedded at build time.
 pub static EBPF_OBJECT: &[u8] =

@@ -4,6 +4,7 @@
 //! Under `CI=true` a test that cannot get BPF or a network namespace fails; elsewhere it says
 //! why and skips.
 
+pub mod http;
 pub mod netns;
 pub mod packet;
 

@@ -3,12 +3,11 @@
 use std::io::Write as _;
 
 use anyhow::Context as _;
-use aya::programs::XdpMode;
 use classifier_common::{Config, flags};
 
 use crate::{
     EBPF_OBJECT, EMBEDDED_FEED, EMBEDDED_FEED_VERSION,
-    cli::{AttachArgs, GlobalArgs, Mode},
+    cli::{AttachArgs, GlobalArgs},
     compile::compile,
     datapath::{DEFAULT_POLICY, Datapath},
     feed::Feed,
@@ -45,12 +44,9 @@ pub fn run(global: &GlobalArgs, args: &AttachArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let mut datapath = Datapath::load_pinned(EBPF_OBJECT, &global.pin_dir).with_context(|| {
-        format!(
-            "loading the programs with pins in {}",
-            global.pin_dir.display()
-        )
-    })?;
+    let pin_dir = global.pin_dir();
+    let mut datapath = Datapath::load_pinned(EBPF_OBJECT, &pin_dir)
+        .with_context(|| format!("loading the programs with pins in {}", pin_dir.display()))?;
     let mut maps = datapath.maps()?;
 
     // A zero mask never comes from us: these maps are new.
@@ -60,8 +56,8 @@ pub fn run(global: &GlobalArgs, args: &AttachArgs) -> anyhow::Result<()> {
         config = Config::default();
         maps.set_policy(DEFAULT_POLICY)?;
     }
-    if let Some((value, mask)) = mark {
-        (config.mark, config.mark_mask) = (*value, *mask);
+    if let Some(mark) = mark {
+        (config.mark, config.mark_mask) = (mark.value, mark.mask);
     }
     if *strict_ports {
         config.flags |= flags::STRICT_PORTS;
@@ -94,11 +90,7 @@ pub fn run(global: &GlobalArgs, args: &AttachArgs) -> anyhow::Result<()> {
         writeln!(out, "kept the {} installed prefixes", installed.len())?;
     }
 
-    let mode = match mode {
-        Mode::Auto => XdpMode::Default,
-        Mode::Native => XdpMode::Driver,
-        Mode::Skb => XdpMode::Skb,
-    };
+    let mode = (*mode).into();
     for iface in ifaces {
         datapath.attach(iface, mode)?;
         writeln!(

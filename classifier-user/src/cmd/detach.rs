@@ -10,7 +10,7 @@ use crate::{
 pub fn run(global: &GlobalArgs, args: &DetachArgs) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     for iface in &args.ifaces {
-        datapath::detach(&global.pin_dir, iface)?;
+        datapath::detach(&global.pin_dir(), iface)?;
         writeln!(out, "detached from {iface}")?;
     }
     Ok(())

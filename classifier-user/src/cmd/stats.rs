@@ -16,10 +16,10 @@ use crate::{
 };
 
 pub fn run(global: &GlobalArgs, StatsArgs {}: &StatsArgs) -> anyhow::Result<()> {
-    let maps = Maps::from_pins(&global.pin_dir).with_context(|| {
+    let maps = Maps::from_pins(&global.pin_dir()).with_context(|| {
         format!(
             "reading counters in {} (is xdp-breakout attached?)",
-            global.pin_dir.display()
+            global.pin_dir().display()
         )
     })?;
     let counters = maps.stats()?;

@@ -1,0 +1,365 @@
+//! Keeping the maps equal to Microsoft's feed, without a gap and without a bad feed.
+//!
+//! A feed goes through the same gate whatever its source (the service, the state directory,
+//! the embedded snapshot, a file): parse and validate, compile with the operator's filter,
+//! refuse a suspicious shrink, apply as a diff (new and changed entries first, stale ones
+//! last), and only then record it as applied. A failure at any step leaves the maps as they
+//! were. Each trie value is self-contained (no shared rule slots), so an update replaces one
+//! prefix's rules in one atomic step and nothing can point at a stale slot.
+
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use crate::{
+    EMBEDDED_FEED, EMBEDDED_FEED_VERSION,
+    client::{FeedClient, FetchError},
+    compile::{CompileError, Compiled, Filter, compile_filtered},
+    config::Config,
+    datapath::{ApplyReport, DatapathError, Maps},
+    feed::{Feed, FeedError},
+    state::{Applied, State, StateError, Status, now},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RefreshError {
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error("refused feed {version} from {source_name}")]
+    Invalid {
+        version: String,
+        source_name: String,
+        #[source]
+        source: FeedError,
+    },
+    #[error("refused feed {version} from {source_name}")]
+    Compile {
+        version: String,
+        source_name: String,
+        #[source]
+        source: CompileError,
+    },
+    #[error("refused feed {version} from {source_name}: no prefix is left after the filter")]
+    NothingLeft {
+        version: String,
+        source_name: String,
+    },
+    #[error(
+        "refused feed {version} from {source_name}: it has {to} prefixes where {from} are \
+         installed, a shrink of more than {limit}% (force it to apply anyway)"
+    )]
+    Shrink {
+        version: String,
+        source_name: String,
+        from: usize,
+        to: usize,
+        limit: u8,
+    },
+    #[error("updating the maps")]
+    Maps(#[from] DatapathError),
+    #[error("recording the applied feed")]
+    State(#[from] StateError),
+}
+
+impl RefreshError {
+    /// How long the service asked us to wait, for a 429.
+    #[must_use]
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Fetch(error) => error.retry_after(),
+            _ => None,
+        }
+    }
+}
+
+/// What a refresh did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refreshed {
+    /// The service has the version the maps hold.
+    Unchanged { version: String },
+    Applied {
+        version: String,
+        report: ApplyReport,
+    },
+}
+
+/// Where the maps' content came from at start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// The state directory's last feed, recompiled with the current configuration.
+    LastFeed {
+        version: String,
+        report: ApplyReport,
+    },
+    /// Pinned entries of unknown origin (an `attach` before), kept.
+    Pinned { prefixes: usize },
+    /// The snapshot built into the binary.
+    Embedded { report: ApplyReport },
+}
+
+pub struct Agent {
+    config: Config,
+    maps: Maps,
+    client: FeedClient,
+    state: State,
+    status: Status,
+}
+
+impl Agent {
+    pub fn new(config: Config, maps: Maps, state: State) -> anyhow::Result<Self> {
+        let client = FeedClient::new(&config.feed, &state.client_id()?)?;
+        let status = Status {
+            instance: config.feed.instance.clone(),
+            feed_url: config.feed.url.clone(),
+            interfaces: config.interfaces.clone(),
+            mark: config.policy.mark.to_string(),
+            applied: state.applied(),
+            pid: std::process::id(),
+            ..Status::default()
+        };
+        Ok(Self {
+            config,
+            maps,
+            client,
+            state,
+            status,
+        })
+    }
+
+    #[must_use]
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    #[must_use]
+    pub fn maps(&self) -> &Maps {
+        &self.maps
+    }
+
+    /// Writes the policy and the kernel config (mark, strict ports, debug log).
+    pub fn apply_settings(&mut self) -> Result<(), DatapathError> {
+        self.maps.set_policy(self.config.actions())?;
+        self.maps.set_config(&self.config.kernel_config())
+    }
+
+    /// Fills the maps at start: the last applied feed, else what is pinned, else the
+    /// embedded snapshot; so the router classifies from its first second, offline.
+    pub fn start(&mut self) -> Result<Start, RefreshError> {
+        if let Some((body, applied)) = self.state.last_feed() {
+            match self.install(&body, &applied.version, &applied.source, true) {
+                Ok(report) => {
+                    return Ok(Start::LastFeed {
+                        version: applied.version,
+                        report,
+                    });
+                }
+                Err(error) => warn!(
+                    "the last applied feed in {} is unusable: {error:#}",
+                    self.state.dir().display()
+                ),
+            }
+        }
+        let installed = self.maps.installed()?.len();
+        if installed > 0 {
+            return Ok(Start::Pinned {
+                prefixes: installed,
+            });
+        }
+        let source = format!("embedded snapshot {EMBEDDED_FEED_VERSION}");
+        let report = self.install(EMBEDDED_FEED, EMBEDDED_FEED_VERSION, &source, true)?;
+        Ok(Start::Embedded { report })
+    }
+
+    /// Asks the service for its version and applies a new feed when there is one.
+    pub async fn refresh(&mut self, force: bool) -> Result<Refreshed, RefreshError> {
+        let version = self.client.version().await?;
+        if !force
+            && self
+                .status
+                .applied
+                .as_ref()
+                .is_some_and(|applied| applied.version == version)
+        {
+            return Ok(Refreshed::Unchanged { version });
+        }
+        let body = self.client.endpoints().await?;
+        let source = format!(
+            "{}/endpoints/{}",
+            self.config.feed.url.trim_end_matches('/'),
+            self.config.feed.instance
+        );
+        let report = self.install(&body, &version, &source, force)?;
+        Ok(Refreshed::Applied { version, report })
+    }
+
+    /// Validates, compiles and applies a feed body; records it once the maps hold it.
+    pub fn install(
+        &mut self,
+        body: &[u8],
+        version: &str,
+        source: &str,
+        force: bool,
+    ) -> Result<ApplyReport, RefreshError> {
+        let compiled = self.compile(body, version, source)?;
+        let installed = self.maps.installed()?.len();
+        let limit = self.config.feed.max_shrink_percent;
+        if !force && installed > 0 && compiled.len() * 100 < installed * (100 - usize::from(limit))
+        {
+            return Err(RefreshError::Shrink {
+                version: version.to_owned(),
+                source_name: source.to_owned(),
+                from: installed,
+                to: compiled.len(),
+                limit,
+            });
+        }
+        let report = self.maps.apply(&compiled)?;
+        let applied = Applied {
+            version: version.to_owned(),
+            source: source.to_owned(),
+            applied_at: now(),
+        };
+        self.state.save_applied(body, &applied)?;
+        (self.status.prefixes_v4, self.status.prefixes_v6) = (compiled.v4.len(), compiled.v6.len());
+        self.status.applied = Some(applied);
+        info!(
+            "applied feed {version} from {source}: {} IPv4 and {} IPv6 prefixes ({} added, {} changed, {} removed)",
+            compiled.v4.len(),
+            compiled.v6.len(),
+            report.added,
+            report.changed,
+            report.removed
+        );
+        Ok(report)
+    }
+
+    /// The entries `body` would install, without touching the maps.
+    pub fn compile(
+        &self,
+        body: &[u8],
+        version: &str,
+        source: &str,
+    ) -> Result<Compiled, RefreshError> {
+        let feed = Feed::parse(body).map_err(|error| RefreshError::Invalid {
+            version: version.to_owned(),
+            source_name: source.to_owned(),
+            source: error,
+        })?;
+        let policy = &self.config.policy;
+        let filter = Filter {
+            service_areas: &self.config.feed.service_areas,
+            no_ipv6: self.config.feed.no_ipv6,
+            include: &policy.include,
+            exclude: &policy.exclude,
+        };
+        let compiled = compile_filtered(&feed, &filter).map_err(|error| RefreshError::Compile {
+            version: version.to_owned(),
+            source_name: source.to_owned(),
+            source: error,
+        })?;
+        if compiled.is_empty() {
+            return Err(RefreshError::NothingLeft {
+                version: version.to_owned(),
+                source_name: source.to_owned(),
+            });
+        }
+        Ok(compiled)
+    }
+
+    /// Takes a new configuration (SIGHUP): new settings, the last feed recompiled with it.
+    pub fn reconfigure(&mut self, config: Config) -> anyhow::Result<()> {
+        if config.feed != self.config.feed {
+            self.client = FeedClient::new(&config.feed, &self.state.client_id()?)?;
+        }
+        self.config = config;
+        self.status.instance.clone_from(&self.config.feed.instance);
+        self.status.feed_url.clone_from(&self.config.feed.url);
+        self.status.mark = self.config.policy.mark.to_string();
+        self.apply_settings()?;
+        if let Some((body, applied)) = self.state.last_feed() {
+            self.install(&body, &applied.version, &applied.source, true)?;
+        }
+        Ok(())
+    }
+
+    /// Records the outcome of a poll in the status file.
+    pub fn record_poll(&mut self, error: Option<String>, next_poll: Duration) {
+        let now = now();
+        self.status.last_poll = Some(now);
+        self.status.next_poll = Some(now + next_poll.as_secs());
+        match error {
+            Some(error) => {
+                self.status.consecutive_failures += 1;
+                self.status.last_error = Some(error);
+            }
+            None => {
+                self.status.consecutive_failures = 0;
+                self.status.last_error = None;
+            }
+        }
+        self.save_status();
+    }
+
+    pub fn save_status(&self) {
+        if let Err(error) = self.state.save_status(&self.status) {
+            warn!("{:#}", anyhow::Error::from(error));
+        }
+    }
+
+    #[must_use]
+    pub fn status(&self) -> &Status {
+        &self.status
+    }
+}
+
+/// The wait before the next poll after `failures` consecutive failures: 30 s doubling, at
+/// most the poll interval.
+#[must_use]
+pub fn backoff(failures: u32, poll_interval: Duration) -> Duration {
+    let exponent = failures.saturating_sub(1).min(16);
+    Duration::from_secs(30)
+        .saturating_mul(1 << exponent)
+        .min(poll_interval)
+}
+
+/// The poll interval plus up to 10% random jitter, so that routers do not poll in step.
+#[must_use]
+pub fn jittered(poll_interval: Duration) -> Duration {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let tenth = poll_interval.as_millis() / 10;
+    let jitter = if tenth == 0 {
+        0
+    } else {
+        u128::from(random) % tenth
+    };
+    poll_interval + Duration::from_millis(u64::try_from(jitter).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_poll_interval() {
+        let hour = Duration::from_secs(3600);
+        assert_eq!(backoff(1, hour), Duration::from_secs(30));
+        assert_eq!(backoff(2, hour), Duration::from_secs(60));
+        assert_eq!(backoff(5, hour), Duration::from_secs(480));
+        assert_eq!(backoff(40, hour), hour);
+    }
+
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        let hour = Duration::from_secs(3600);
+        for _ in 0..100 {
+            let wait = jittered(hour);
+            assert!(
+                wait >= hour && wait < hour + Duration::from_secs(360),
+                "{wait:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! `xdp-breakout run`: the agent.
+//!
+//! Loads and attaches the programs, or adopts those already pinned without interrupting
+//! traffic; fills the maps (last applied feed, pins, or the embedded snapshot); then polls the
+//! feed. SIGHUP reloads the configuration; SIGTERM and SIGINT exit and leave the data plane in
+//! place unless `--detach-on-exit`.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use aya_log::EbpfLogger;
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+    time::sleep,
+};
+use tracing::{info, warn};
+
+use crate::{
+    EBPF_OBJECT,
+    agent::{Agent, Refreshed, Start, backoff, jittered},
+    cli::{GlobalArgs, RunArgs},
+    config::Config,
+    datapath::{self, Datapath},
+    state::State,
+};
+
+pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<()> {
+    let config = args.config.effective(global)?;
+    anyhow::ensure!(
+        !config.interfaces.is_empty(),
+        "no interface to attach to: give --iface IFACE or `interfaces` in the config file"
+    );
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?
+        .block_on(daemon(global, args, config))
+}
+
+async fn daemon(global: &GlobalArgs, args: &RunArgs, config: Config) -> anyhow::Result<()> {
+    let state = State::open(&config.state_dir)?;
+    let mut datapath = Datapath::load_pinned(EBPF_OBJECT, &config.pin_dir).with_context(|| {
+        format!(
+            "loading the programs with pins in {}",
+            config.pin_dir.display()
+        )
+    })?;
+    let logs = match EbpfLogger::init(datapath.ebpf()) {
+        Ok(logger) => Some(tokio::spawn(forward_kernel_logs(logger))),
+        Err(error) => {
+            warn!("kernel logs will not be forwarded: {error}");
+            None
+        }
+    };
+    let mut agent = Agent::new(config.clone(), datapath.maps()?, state)?;
+    agent.apply_settings()?;
+    match agent.start()? {
+        Start::LastFeed { version, .. } => {
+            info!("classifying with the last applied feed {version}")
+        }
+        Start::Pinned { prefixes } => info!("adopted {prefixes} pinned prefixes"),
+        Start::Embedded { .. } => {
+            info!("classifying with the embedded snapshot until the feed answers")
+        }
+    }
+    for iface in &config.interfaces {
+        datapath
+            .attach(iface, config.mode.into())
+            .with_context(|| format!("attaching to {iface}"))?;
+        info!("attached to {iface} (mark {})", config.policy.mark);
+    }
+    agent.save_status();
+
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut wait = Duration::ZERO;
+    loop {
+        tokio::select! {
+            () = sleep(wait) => {
+                wait = poll(&mut agent).await;
+            }
+            _ = hangup.recv() => {
+                reload(global, args, &mut agent);
+            }
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        }
+    }
+    if let Some(logs) = logs {
+        logs.abort();
+    }
+    if agent.config().detach_on_exit {
+        for iface in &agent.config().interfaces {
+            datapath::detach(&agent.config().pin_dir, iface)?;
+            info!("detached from {iface}");
+        }
+    } else {
+        info!("exiting; the data plane stays attached and keeps classifying");
+    }
+    Ok(())
+}
+
+/// One poll; returns the wait before the next.
+async fn poll(agent: &mut Agent) -> Duration {
+    let interval = agent.config().feed.poll_interval;
+    let result = agent.refresh(false).await;
+    let (wait, error) = match result {
+        Ok(Refreshed::Unchanged { version }) => {
+            info!("feed version {version} is already applied");
+            (jittered(interval), None)
+        }
+        Ok(Refreshed::Applied { .. }) => (jittered(interval), None),
+        Err(error) => {
+            let failures = agent.status().consecutive_failures + 1;
+            let wait = error
+                .retry_after()
+                .unwrap_or_else(|| backoff(failures, interval));
+            let message = format!("{:#}", anyhow::Error::from(error));
+            warn!(
+                "{message}; keeping the installed prefixes, next try in {}s",
+                wait.as_secs()
+            );
+            (wait, Some(message))
+        }
+    };
+    agent.record_poll(error, wait);
+    wait
+}
+
+fn reload(global: &GlobalArgs, args: &RunArgs, agent: &mut Agent) {
+    let config = match args.config.effective(global) {
+        Ok(config) => config,
+        Err(error) => {
+            warn!("SIGHUP: keeping the running configuration: {error:#}");
+            return;
+        }
+    };
+    let running = agent.config();
+    if (
+        &config.interfaces,
+        &config.pin_dir,
+        &config.state_dir,
+        config.mode,
+    ) != (
+        &running.interfaces,
+        &running.pin_dir,
+        &running.state_dir,
+        running.mode,
+    ) {
+        warn!("SIGHUP: interfaces, mode, pin and state directories change only on restart");
+    }
+    match agent.reconfigure(config) {
+        Ok(()) => info!("SIGHUP: configuration reloaded"),
+        Err(error) => warn!("SIGHUP: {error:#}"),
+    }
+}
+
+/// Forwards aya-log records from the kernel programs into our log.
+async fn forward_kernel_logs(logger: EbpfLogger<&'static dyn log::Log>) {
+    // SAFETY: the logger owns its ring buffer's fd, which stays open and unchanged for as
+    // long as the logger lives, and the logger lives inside the AsyncFd.
+    let registered =
+        unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) };
+    let mut logger = match registered {
+        Ok(logger) => logger,
+        Err(error) => {
+            warn!("kernel logs will not be forwarded: {error}");
+            return;
+        }
+    };
+    loop {
+        let Ok(mut guard) = logger.readable_mut().await else {
+            return;
+        };
+        guard.get_inner_mut().flush();
+        guard.clear_ready();
+    }
+}

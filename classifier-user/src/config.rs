@@ -1,0 +1,509 @@
+//! The agent's configuration: built-in defaults, then a TOML file, then command-line flags.
+//!
+//! Unknown keys are errors (a typo must not silently fall back to a default); every error
+//! names the file and, from the TOML parser, the line and column.
+
+use std::{fmt, path::PathBuf, str::FromStr, time::Duration};
+
+use classifier_common::{DEFAULT_MARK, DEFAULT_MARK_MASK, PIN_DIR, action, category};
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::feed::Category;
+
+/// Where `run` and `config check` look when no `--config` is given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/xdp-breakout/config.toml";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/xdp-breakout";
+pub const DEFAULT_FEED_URL: &str = "https://endpoints.office.com";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+}
+
+/// The whole effective configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct Config {
+    /// LAN interfaces to attach to.
+    pub interfaces: Vec<String>,
+    /// XDP attach mode: auto, native or skb.
+    pub mode: XdpModeName,
+    /// Directory on bpffs for maps and links.
+    pub pin_dir: PathBuf,
+    /// Directory for the last applied feed, the client request id and the status.
+    pub state_dir: PathBuf,
+    /// Detach from the interfaces when the daemon exits (default: leave the data plane).
+    pub detach_on_exit: bool,
+    pub feed: FeedConfig,
+    pub policy: PolicyConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct FeedConfig {
+    /// Base URL of the web service (a mirror, or a local server for tests).
+    pub url: String,
+    /// Worldwide, China, USGovDoD or USGovGCCHigh.
+    pub instance: String,
+    /// Only these service areas (Exchange, SharePoint, Skype, Common); empty: all.
+    pub service_areas: Vec<String>,
+    /// Adds tenant-specific URLs to the feed (no effect on addresses).
+    pub tenant_name: Option<String>,
+    /// Leave IPv6 prefixes out.
+    pub no_ipv6: bool,
+    /// How often `/version` is checked (Microsoft: at most hourly); up to 10% jitter is added.
+    #[serde(with = "duration_text")]
+    pub poll_interval: Duration,
+    #[serde(with = "duration_text")]
+    pub connect_timeout: Duration,
+    /// Limit on a whole request, body included.
+    #[serde(with = "duration_text")]
+    pub request_timeout: Duration,
+    /// Responses larger than this are refused.
+    pub max_body_bytes: u64,
+    /// A feed that would remove more than this share (percent) of the installed prefixes is
+    /// refused unless forced.
+    pub max_shrink_percent: u8,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct PolicyConfig {
+    /// Categories that go direct.
+    pub direct: Vec<CategoryName>,
+    /// Packets whose port matches no rule of their prefix go to the tunnel.
+    pub strict_ports: bool,
+    /// Mark for direct packets, VALUE/MASK: only the bits in MASK are changed.
+    pub mark: Mark,
+    /// Extra prefixes that always go direct (as Optimize, by address).
+    pub include: Vec<IpNet>,
+    /// Prefixes that never go direct, even inside a feed prefix.
+    pub exclude: Vec<IpNet>,
+    /// Log every decision through aya-log (one line per packet: for debugging only).
+    pub debug_log: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            interfaces: Vec::new(),
+            mode: XdpModeName::Auto,
+            pin_dir: PathBuf::from(PIN_DIR),
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            detach_on_exit: false,
+            feed: FeedConfig::default(),
+            policy: PolicyConfig::default(),
+        }
+    }
+}
+
+impl Default for FeedConfig {
+    fn default() -> Self {
+        Self {
+            url: DEFAULT_FEED_URL.to_owned(),
+            instance: "Worldwide".to_owned(),
+            service_areas: Vec::new(),
+            tenant_name: None,
+            no_ipv6: false,
+            poll_interval: Duration::from_secs(3600),
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(60),
+            max_body_bytes: 16 << 20,
+            max_shrink_percent: 50,
+        }
+    }
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            direct: vec![
+                CategoryName(Category::Optimize),
+                CategoryName(Category::Allow),
+            ],
+            strict_ports: false,
+            mark: Mark {
+                value: DEFAULT_MARK,
+                mask: DEFAULT_MARK_MASK,
+            },
+            include: Vec::new(),
+            exclude: Vec::new(),
+            debug_log: false,
+        }
+    }
+}
+
+pub const INSTANCES: [&str; 4] = ["Worldwide", "China", "USGovDoD", "USGovGCCHigh"];
+
+impl Config {
+    /// Parses a TOML file's text; `path` names it in errors.
+    pub fn from_toml(text: &str, path: &std::path::Path) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|error| ConfigError::Parse {
+            path: path.to_owned(),
+            message: error.to_string().trim_end().replace('\n', " "),
+        })?;
+        Ok(config)
+    }
+
+    /// Reads `path`; a missing default file means the defaults.
+    pub fn load(path: Option<&std::path::Path>) -> Result<Self, ConfigError> {
+        let (path, required) = match path {
+            Some(path) => (path.to_owned(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Self::from_toml(&text, &path),
+            Err(error) if !required && error.kind() == std::io::ErrorKind::NotFound => {
+                Ok(Self::default())
+            }
+            Err(source) => Err(ConfigError::Read { path, source }),
+        }
+    }
+
+    /// Checks what the types cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, message: String| Err(ConfigError::Invalid { field, message });
+        if !INSTANCES.contains(&self.feed.instance.as_str()) {
+            return invalid(
+                "feed.instance",
+                format!(
+                    "{:?} is not one of {}",
+                    self.feed.instance,
+                    INSTANCES.join(", ")
+                ),
+            );
+        }
+        if !(self.feed.url.starts_with("https://") || self.feed.url.starts_with("http://")) {
+            return invalid(
+                "feed.url",
+                format!("{:?} is not an http(s) URL", self.feed.url),
+            );
+        }
+        if self.feed.poll_interval < Duration::from_secs(1) {
+            return invalid("feed.poll-interval", "must be at least 1s".to_owned());
+        }
+        if self.feed.max_shrink_percent > 100 {
+            return invalid("feed.max-shrink-percent", "must be 0..=100".to_owned());
+        }
+        for net in self.policy.include.iter().chain(&self.policy.exclude) {
+            if net.trunc() != *net {
+                return invalid(
+                    "policy.include/exclude",
+                    format!("{net}: host bits are set (the prefix is {})", net.trunc()),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The kernel policy: the action of each category code.
+    #[must_use]
+    pub fn actions(&self) -> [u8; category::COUNT as usize] {
+        let mut actions = [action::TUNNEL; category::COUNT as usize];
+        for CategoryName(category) in &self.policy.direct {
+            actions[usize::from(category.code())] = action::DIRECT;
+        }
+        actions
+    }
+
+    /// The kernel config map's value.
+    #[must_use]
+    pub fn kernel_config(&self) -> classifier_common::Config {
+        let mut flags = 0;
+        if self.policy.strict_ports {
+            flags |= classifier_common::flags::STRICT_PORTS;
+        }
+        if self.policy.debug_log {
+            flags |= classifier_common::flags::DEBUG;
+        }
+        classifier_common::Config {
+            mark: self.policy.mark.value,
+            mark_mask: self.policy.mark.mask,
+            flags,
+            _pad: 0,
+        }
+    }
+}
+
+/// XDP attach mode, as written in the file and on the command line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum XdpModeName {
+    /// Native if the driver supports it, else generic.
+    #[default]
+    Auto,
+    /// In the driver (fastest; fails on drivers without XDP support).
+    Native,
+    /// Generic XDP in the network stack (works on any interface).
+    Skb,
+}
+
+impl From<XdpModeName> for aya::programs::XdpMode {
+    fn from(mode: XdpModeName) -> Self {
+        match mode {
+            XdpModeName::Auto => Self::Default,
+            XdpModeName::Native => Self::Driver,
+            XdpModeName::Skb => Self::Skb,
+        }
+    }
+}
+
+/// A category spelled as Microsoft does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CategoryName(pub Category);
+
+impl Serialize for CategoryName {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for CategoryName {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse()
+            .map(CategoryName)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl FromStr for CategoryName {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse().map(CategoryName)
+    }
+}
+
+/// `VALUE/MASK` for `skb->mark`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mark {
+    pub value: u32,
+    pub mask: u32,
+}
+
+impl fmt::Display for Mark {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#x}/{:#x}", self.value, self.mask)
+    }
+}
+
+impl FromStr for Mark {
+    type Err = String;
+
+    /// `0x365/0xffff`, `869/65535`, or `0x365` (mask 0xffffffff).
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let number = |s: &str| {
+            let s = s.trim();
+            match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+                Some(hex) => u32::from_str_radix(hex, 16),
+                None => s.parse(),
+            }
+            .map_err(|_| format!("{s:?} is not a 32-bit number"))
+        };
+        let (value, mask) = match text.split_once('/') {
+            Some((value, mask)) => (number(value)?, number(mask)?),
+            None => (number(text)?, u32::MAX),
+        };
+        if mask == 0 {
+            return Err("the mask is 0: no bit of the mark would be set".to_owned());
+        }
+        if value & !mask != 0 {
+            return Err(format!("value {value:#x} has bits outside mask {mask:#x}"));
+        }
+        Ok(Self { value, mask })
+    }
+}
+
+impl Serialize for Mark {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Mark {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// `250ms`, `30s`, `5m`, `1h`, `1d`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 30s, 5m or 1h"))?;
+    let seconds = |n: u64| Duration::from_secs(n);
+    match unit {
+        "ms" => Ok(Duration::from_millis(number)),
+        "s" | "" => Ok(seconds(number)),
+        "m" => Ok(seconds(number * 60)),
+        "h" => Ok(seconds(number * 3600)),
+        "d" => Ok(seconds(number * 86400)),
+        _ => Err(format!("{text:?}: unknown unit {unit:?} (ms, s, m, h, d)")),
+    }
+}
+
+/// The shortest exact spelling of `duration` that [`parse_duration`] reads back.
+#[must_use]
+pub fn format_duration(duration: Duration) -> String {
+    let millis = duration.as_millis();
+    if millis % 1000 != 0 {
+        return format!("{millis}ms");
+    }
+    let secs = duration.as_secs();
+    for (unit, size) in [("d", 86400), ("h", 3600), ("m", 60)] {
+        if secs != 0 && secs % size == 0 {
+            return format!("{}{unit}", secs / size);
+        }
+    }
+    format!("{secs}s")
+}
+
+mod duration_text {
+    use std::time::Duration;
+
+    use serde::{Deserialize as _, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&super::format_duration(*duration))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        super::parse_duration(&String::deserialize(deserializer)?).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn defaults_round_trip_through_toml() {
+        let text = toml::to_string_pretty(&Config::default()).unwrap();
+        assert_eq!(
+            Config::from_toml(&text, Path::new("x")).unwrap(),
+            Config::default()
+        );
+        assert!(text.contains("poll-interval = \"1h\""), "{text}");
+        assert!(text.contains("mark = \"0x365/0xffff\""), "{text}");
+    }
+
+    #[test]
+    fn a_file_overrides_defaults_and_keeps_the_rest() {
+        let config = Config::from_toml(
+            "interfaces = [\"lan0\"]\n[feed]\npoll-interval = \"30s\"\n[policy]\ndirect = [\"Optimize\"]\nexclude = [\"52.112.0.0/16\"]\n",
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        assert_eq!(config.interfaces, ["lan0"]);
+        assert_eq!(config.feed.poll_interval, Duration::from_secs(30));
+        assert_eq!(config.feed.instance, "Worldwide");
+        assert_eq!(
+            config.actions(),
+            [
+                action::TUNNEL,
+                action::TUNNEL,
+                action::TUNNEL,
+                action::DIRECT
+            ]
+        );
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn errors_say_what_and_where() {
+        let error = Config::from_toml(
+            "[feed]\npoll-intervall = \"1h\"\n",
+            Path::new("/etc/x.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.starts_with("/etc/x.toml: "), "{error}");
+        assert!(error.contains("poll-intervall"), "{error}");
+        assert!(error.contains("line 2"), "{error}");
+        let error = Config::from_toml("[policy]\nmark = \"0x1365/0xfff\"\n", Path::new("c"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("outside mask"), "{error}");
+        let error = Config::from_toml("[policy]\ndirect = [\"Fast\"]\n", Path::new("c"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("unknown category"), "{error}");
+        let config = Config::from_toml("[feed]\ninstance = \"Mars\"\n", Path::new("c")).unwrap();
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("feed.instance")
+        );
+        let config =
+            Config::from_toml("[policy]\ninclude = [\"10.0.0.1/8\"]\n", Path::new("c")).unwrap();
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("host bits")
+        );
+    }
+
+    #[test]
+    fn durations_and_marks_parse() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert_eq!(format_duration(Duration::from_secs(7200)), "2h");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(
+            "0x365/0xffff".parse(),
+            Ok(Mark {
+                value: 0x365,
+                mask: 0xffff
+            })
+        );
+        assert_eq!(
+            "869/65535".parse(),
+            Ok(Mark {
+                value: 0x365,
+                mask: 0xffff
+            })
+        );
+        assert_eq!(
+            "0x10".parse(),
+            Ok(Mark {
+                value: 0x10,
+                mask: u32::MAX
+            })
+        );
+        assert!("0x365/0".parse::<Mark>().unwrap_err().contains("mask is 0"));
+        assert!(
+            "lots"
+                .parse::<Mark>()
+                .unwrap_err()
+                .contains("not a 32-bit number")
+        );
+    }
+}

@@ -1,0 +1,209 @@
+//! The agent's state directory: the client request id, the last applied feed and the status.
+//!
+//! Every file is replaced whole (temporary file, fsync, rename, fsync of the directory), so a
+//! crash or power cut leaves the old file or the new one, never half of one.
+
+use std::{
+    fs,
+    io::{self, Write as _},
+    path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize};
+
+const CLIENT_ID: &str = "client-request-id";
+const FEED: &str = "feed.json";
+const APPLIED: &str = "applied.json";
+const STATUS: &str = "status.json";
+
+#[derive(Debug, thiserror::Error)]
+#[error("{action} {path}")]
+pub struct StateError {
+    action: &'static str,
+    path: PathBuf,
+    #[source]
+    source: io::Error,
+}
+
+/// Which feed the maps hold.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    /// `YYYYMMDDNN`.
+    pub version: String,
+    /// Where it came from: a URL, a file, or the embedded snapshot.
+    pub source: String,
+    /// Seconds since the epoch.
+    pub applied_at: u64,
+}
+
+/// What `status` shows; written after every poll. The JSON field names are a stable schema.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub instance: String,
+    pub feed_url: String,
+    pub interfaces: Vec<String>,
+    pub mark: String,
+    pub applied: Option<Applied>,
+    pub prefixes_v4: usize,
+    pub prefixes_v6: usize,
+    /// Seconds since the epoch of the last poll and of the next one.
+    pub last_poll: Option<u64>,
+    pub next_poll: Option<u64>,
+    /// The last failure, cleared by a successful poll.
+    pub last_error: Option<String>,
+    pub consecutive_failures: u32,
+    pub pid: u32,
+}
+
+pub struct State {
+    dir: PathBuf,
+}
+
+#[must_use]
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl State {
+    /// Opens (creating) the directory.
+    pub fn open(dir: &Path) -> Result<Self, StateError> {
+        fs::create_dir_all(dir).map_err(|source| StateError {
+            action: "creating state directory",
+            path: dir.to_owned(),
+            source,
+        })?;
+        Ok(Self {
+            dir: dir.to_owned(),
+        })
+    }
+
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The machine's client request id: generated once, kept across runs, as Microsoft asks.
+    pub fn client_id(&self) -> Result<String, StateError> {
+        let path = self.dir.join(CLIENT_ID);
+        if let Ok(id) = fs::read_to_string(&path) {
+            let id = id.trim();
+            if id.len() == 36 {
+                return Ok(id.to_owned());
+            }
+        }
+        let id =
+            fs::read_to_string("/proc/sys/kernel/random/uuid").map_err(|source| StateError {
+                action: "generating a client request id from",
+                path: "/proc/sys/kernel/random/uuid".into(),
+                source,
+            })?;
+        let id = id.trim().to_owned();
+        self.write(CLIENT_ID, id.as_bytes())?;
+        Ok(id)
+    }
+
+    /// The last applied feed's body and what it was, if any.
+    #[must_use]
+    pub fn last_feed(&self) -> Option<(Vec<u8>, Applied)> {
+        let body = fs::read(self.dir.join(FEED)).ok()?;
+        let applied = serde_json::from_slice(&fs::read(self.dir.join(APPLIED)).ok()?).ok()?;
+        Some((body, applied))
+    }
+
+    /// What the maps hold, if recorded.
+    #[must_use]
+    pub fn applied(&self) -> Option<Applied> {
+        serde_json::from_slice(&fs::read(self.dir.join(APPLIED)).ok()?).ok()
+    }
+
+    /// Records a feed as applied. Call only once the maps hold it.
+    pub fn save_applied(&self, body: &[u8], applied: &Applied) -> Result<(), StateError> {
+        self.write(FEED, body)?;
+        self.write(
+            APPLIED,
+            &serde_json::to_vec_pretty(applied).expect("serializable"),
+        )
+    }
+
+    pub fn save_status(&self, status: &Status) -> Result<(), StateError> {
+        self.write(
+            STATUS,
+            &serde_json::to_vec_pretty(status).expect("serializable"),
+        )
+    }
+
+    #[must_use]
+    pub fn status(&self) -> Option<Status> {
+        serde_json::from_slice(&fs::read(self.dir.join(STATUS)).ok()?).ok()
+    }
+
+    fn write(&self, name: &str, data: &[u8]) -> Result<(), StateError> {
+        let path = self.dir.join(name);
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        let error = |action| {
+            let path = path.clone();
+            move |source| StateError {
+                action,
+                path,
+                source,
+            }
+        };
+        let mut file = fs::File::create(&tmp).map_err(error("creating"))?;
+        file.write_all(data).map_err(error("writing"))?;
+        file.sync_all().map_err(error("syncing"))?;
+        fs::rename(&tmp, &path).map_err(error("replacing"))?;
+        fs::File::open(&self.dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(error("syncing the directory of"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(what: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("xdp-breakout-state-{what}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn client_id_is_generated_once() {
+        let dir = temp_dir("id");
+        let state = State::open(&dir).unwrap();
+        let id = state.client_id().unwrap();
+        assert_eq!(id.len(), 36);
+        assert_eq!(State::open(&dir).unwrap().client_id().unwrap(), id);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn applied_feed_round_trips_and_leaves_no_temporary_file() {
+        let dir = temp_dir("feed");
+        let state = State::open(&dir).unwrap();
+        assert!(state.last_feed().is_none());
+        let applied = Applied {
+            version: "2026043000".into(),
+            source: "test".into(),
+            applied_at: 1,
+        };
+        state.save_applied(b"[]", &applied).unwrap();
+        assert_eq!(state.last_feed(), Some((b"[]".to_vec(), applied)));
+        let names: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(
+            names
+                .iter()
+                .all(|name| !name.to_string_lossy().ends_with(".tmp")),
+            "{names:?}"
+        );
+        fs::remove_dir_all(dir).unwrap();
+    }
+}

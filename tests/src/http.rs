@@ -1,0 +1,197 @@
+//! A real HTTP/1.1 server on loopback that serves scripted feed responses.
+
+use std::{
+    collections::HashMap,
+    io::{BufRead as _, BufReader, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::Duration,
+};
+
+/// What the server answers on a path.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// Wait this long before answering.
+    pub delay: Duration,
+}
+
+impl Reply {
+    #[must_use]
+    pub fn json(body: &[u8]) -> Self {
+        Self {
+            status: 200,
+            headers: vec![("Content-Type".into(), "application/json".into())],
+            body: body.to_vec(),
+            delay: Duration::ZERO,
+        }
+    }
+
+    #[must_use]
+    pub fn version(version: &str) -> Self {
+        Self::json(format!(r#"{{"instance": "Worldwide", "latest": "{version}"}}"#).as_bytes())
+    }
+
+    #[must_use]
+    pub fn status(status: u16, body: &str) -> Self {
+        Self {
+            status,
+            headers: vec![("Content-Type".into(), "text/html".into())],
+            body: body.as_bytes().to_vec(),
+            delay: Duration::ZERO,
+        }
+    }
+
+    #[must_use]
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    #[must_use]
+    pub const fn delayed(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+}
+
+type Routes = Arc<Mutex<HashMap<String, Reply>>>;
+
+/// Serves until dropped. Paths are matched without the query string; every request target
+/// is recorded.
+pub struct FeedServer {
+    addr: SocketAddr,
+    routes: Routes,
+    requests: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl FeedServer {
+    /// Serves on 127.0.0.1 in the caller's network namespace.
+    ///
+    /// # Panics
+    ///
+    /// When loopback cannot be bound.
+    #[must_use]
+    pub fn start() -> Self {
+        Self::serve(TcpListener::bind("127.0.0.1:0").expect("bind loopback"))
+    }
+
+    /// Serves on a listener bound elsewhere (in another network namespace).
+    ///
+    /// # Panics
+    ///
+    /// When the listener has no address.
+    #[must_use]
+    pub fn serve(listener: TcpListener) -> Self {
+        let addr = listener.local_addr().expect("bound");
+        let routes: Routes = Arc::default();
+        let requests = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let server = Self {
+            addr,
+            routes: Arc::clone(&routes),
+            requests: Arc::clone(&requests),
+            stop: Arc::clone(&stop),
+        };
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                let routes = Arc::clone(&routes);
+                let requests = Arc::clone(&requests);
+                thread::spawn(move || {
+                    let _ = answer(stream, &routes, &requests);
+                });
+            }
+        });
+        server
+    }
+
+    #[must_use]
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Sets the reply for `path` (e.g. `/version/Worldwide`).
+    ///
+    /// # Panics
+    ///
+    /// When a serving thread panicked.
+    pub fn set(&self, path: &str, reply: Reply) {
+        self.routes
+            .lock()
+            .expect("routes")
+            .insert(path.to_owned(), reply);
+    }
+
+    /// The request targets seen so far, query strings included.
+    ///
+    /// # Panics
+    ///
+    /// When a serving thread panicked.
+    #[must_use]
+    pub fn requests(&self) -> Vec<String> {
+        self.requests.lock().expect("requests").clone()
+    }
+}
+
+impl Drop for FeedServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the accept loop so that it sees the flag.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
+    }
+}
+
+fn answer(
+    stream: TcpStream,
+    routes: &Routes,
+    requests: &Mutex<Vec<String>>,
+) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line == "\r\n" || line == "\n" {
+            break;
+        }
+    }
+    let target = request_line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("/")
+        .to_owned();
+    requests.lock().expect("requests").push(target.clone());
+    let path = target.split('?').next().unwrap_or("/").to_owned();
+    let reply = routes
+        .lock()
+        .expect("routes")
+        .get(&path)
+        .cloned()
+        .unwrap_or_else(|| Reply::status(404, "not found"));
+    thread::sleep(reply.delay);
+    let mut stream = stream;
+    let mut head = format!(
+        "HTTP/1.1 {} X\r\nContent-Length: {}\r\nConnection: close\r\n",
+        reply.status,
+        reply.body.len()
+    );
+    for (name, value) in &reply.headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(&reply.body)?;
+    stream.flush()
+}

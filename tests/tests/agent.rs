@@ -1,0 +1,453 @@
+//! The agent against a real HTTP server on loopback serving Microsoft's real responses: it
+//! applies feed versions in turn, the maps then decide exactly what an independent reading of
+//! the feed decides, and every kind of bad answer leaves the maps byte for byte as they were.
+
+use std::{net::IpAddr, path::PathBuf, time::Duration};
+
+use classifier_common::{category, proto};
+use classifier_user::{
+    agent::{Agent, RefreshError, Refreshed, Start},
+    client::FetchError,
+    compile::Compiled,
+    config::Config,
+    datapath::{Datapath, Maps},
+    state::State,
+};
+use ipnet::IpNet;
+use serde_json::Value;
+use tests::{
+    FEED_2026033100, FEED_2026043000,
+    http::{FeedServer, Reply},
+    unavailable,
+};
+
+const FEED_2020: &[u8] = include_bytes!("../fixtures/m365-worldwide-endpoints-2020-05-31.json");
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(what: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("xdp-breakout-{what}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn config(server: &FeedServer) -> Config {
+    let mut config = Config::default();
+    config.feed.url = server.url();
+    config.feed.connect_timeout = Duration::from_secs(1);
+    config.feed.request_timeout = Duration::from_secs(1);
+    config
+}
+
+/// An agent on private maps, or `None` (skip) without BPF outside CI.
+fn agent(config: Config, state_dir: &TempDir) -> Option<(Datapath, Agent)> {
+    let mut datapath = match Datapath::load_private(classifier_user::EBPF_OBJECT) {
+        Ok(datapath) => datapath,
+        Err(error) => {
+            unavailable(
+                "loading BPF programs",
+                &format!("{:#}", anyhow::Error::from(error)),
+            )?;
+            unreachable!()
+        }
+    };
+    let maps = datapath.maps().unwrap();
+    let agent = Agent::new(config, maps, State::open(&state_dir.0).unwrap()).unwrap();
+    Some((datapath, agent))
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+// --- An independent reading of the feed: straight from the JSON, one probe at a time. ---
+
+fn rank(category: &str) -> u8 {
+    match category {
+        "Optimize" => category::OPTIMIZE,
+        "Allow" => category::ALLOW,
+        "Default" => category::DEFAULT,
+        other => panic!("category {other}"),
+    }
+}
+
+fn ports(set: &Value, key: &str) -> Vec<(u16, u16)> {
+    set[key]
+        .as_str()
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('-') {
+            Some((lo, hi)) => (lo.parse().unwrap(), hi.parse().unwrap()),
+            None => (p.parse().unwrap(), p.parse().unwrap()),
+        })
+        .collect()
+}
+
+fn sets_with_ips(feed: &[u8]) -> Vec<Value> {
+    let feed = feed.strip_prefix(b"\xef\xbb\xbf").unwrap_or(feed);
+    let all: Vec<Value> = serde_json::from_slice(feed).unwrap();
+    all.into_iter()
+        .filter(|set| set["ips"].as_array().is_some_and(|ips| !ips.is_empty()))
+        .collect()
+}
+
+fn nets(set: &Value) -> Vec<IpNet> {
+    set["ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|ip| ip.as_str().unwrap().parse().unwrap())
+        .collect()
+}
+
+/// The category of a packet and whether a port rule decided it, per the feed's definition.
+fn reference(sets: &[Value], addr: IpAddr, protocol: u8, port: Option<u16>) -> Option<(u8, bool)> {
+    let holding: Vec<&Value> = sets
+        .iter()
+        .filter(|set| nets(set).iter().any(|net| net.contains(&addr)))
+        .collect();
+    if holding.is_empty() {
+        return None;
+    }
+    let key = if protocol == proto::TCP {
+        "tcpPorts"
+    } else {
+        "udpPorts"
+    };
+    let by_port = port.and_then(|port| {
+        holding
+            .iter()
+            .filter(|set| {
+                ports(set, key)
+                    .iter()
+                    .any(|&(lo, hi)| lo <= port && port <= hi)
+            })
+            .map(|set| rank(set["category"].as_str().unwrap()))
+            .max()
+    });
+    match by_port {
+        Some(category) => Some((category, true)),
+        None => Some((
+            holding
+                .iter()
+                .map(|set| rank(set["category"].as_str().unwrap()))
+                .max()
+                .unwrap(),
+            false,
+        )),
+    }
+}
+
+/// Probes every prefix's first, middle and last address with every port the feed names (and
+/// some it does not), TCP, UDP and without ports, and compares the maps with the reference.
+fn assert_maps_match(maps: &Maps, feed: &[u8]) {
+    let sets = sets_with_ips(feed);
+    let mut unique: Vec<IpNet> = sets.iter().flat_map(nets).collect();
+    unique.sort_unstable();
+    unique.dedup();
+    let installed = maps.installed().unwrap();
+    assert_eq!(installed.len(), unique.len(), "one entry per unique prefix");
+    let mut all_ports: Vec<u16> = sets
+        .iter()
+        .flat_map(|set| [ports(set, "tcpPorts"), ports(set, "udpPorts")].concat())
+        .flat_map(|(lo, hi)| [lo, hi, hi.saturating_add(1)])
+        .chain([1, 8080, 65535])
+        .collect();
+    all_ports.sort_unstable();
+    all_ports.dedup();
+    let mut probes = 0;
+    for net in &unique {
+        let middle = match net {
+            IpNet::V4(n) => {
+                IpAddr::V4((u32::from(n.network()) / 2 + u32::from(n.broadcast()) / 2).into())
+            }
+            IpNet::V6(n) => {
+                IpAddr::V6((u128::from(n.network()) / 2 + u128::from(n.broadcast()) / 2).into())
+            }
+        };
+        for addr in [net.network(), middle, net.broadcast()] {
+            let value = maps.lookup(addr).unwrap();
+            for (protocol, port) in all_ports
+                .iter()
+                .flat_map(|&port| [(proto::TCP, Some(port)), (proto::UDP, Some(port))])
+                .chain([(1, None)])
+            {
+                let expected = reference(&sets, addr, protocol, port);
+                let found = value.map(|v| {
+                    let m = v.classify(protocol, port);
+                    (m.category, m.by_port)
+                });
+                assert_eq!(found, expected, "{addr} proto {protocol} port {port:?}");
+                probes += 1;
+            }
+        }
+    }
+    for addr in ["198.51.100.1", "2001:db8::1", "203.0.113.9"] {
+        assert_eq!(maps.lookup(addr.parse().unwrap()).unwrap(), None, "{addr}");
+    }
+    eprintln!("{probes} probes agree");
+}
+
+#[test]
+fn applies_versions_in_turn_and_the_maps_decide_as_the_feed_says() {
+    let server = FeedServer::start();
+    let state_dir = TempDir::new("versions");
+    let Some((_datapath, mut agent)) = agent(config(&server), &state_dir) else {
+        return;
+    };
+    let rt = runtime();
+
+    // Offline first: the embedded snapshot.
+    assert!(matches!(agent.start().unwrap(), Start::Embedded { .. }));
+    assert_maps_match(agent.maps(), FEED_2026043000);
+
+    for (version, body) in [
+        ("2020053100", FEED_2020),
+        ("2026033100", FEED_2026033100),
+        ("2026043000", FEED_2026043000),
+    ] {
+        server.set("/version/Worldwide", Reply::version(version));
+        server.set("/endpoints/Worldwide", Reply::json(body));
+        let refreshed = rt.block_on(agent.refresh(false)).unwrap();
+        assert!(
+            matches!(&refreshed, Refreshed::Applied { version: v, .. } if v == version),
+            "{refreshed:?}"
+        );
+        assert_maps_match(agent.maps(), body);
+        assert_eq!(agent.status().applied.as_ref().unwrap().version, version);
+    }
+    // The same version again fetches nothing more.
+    let before = server.requests().len();
+    assert_eq!(
+        rt.block_on(agent.refresh(false)).unwrap(),
+        Refreshed::Unchanged {
+            version: "2026043000".into()
+        }
+    );
+    assert_eq!(server.requests().len(), before + 1, "only /version");
+
+    // Every request carries the same client request id, kept in the state directory.
+    let id = std::fs::read_to_string(state_dir.0.join("client-request-id")).unwrap();
+    assert_eq!(id.len(), 36);
+    assert!(
+        server
+            .requests()
+            .iter()
+            .all(|target| target.contains(&format!("clientrequestid={id}")))
+    );
+    // The applied feed is on disk, for the next start.
+    assert_eq!(
+        std::fs::read(state_dir.0.join("feed.json")).unwrap(),
+        FEED_2026043000
+    );
+}
+
+/// The maps, policy and config, to compare byte for byte.
+fn snapshot(maps: &Maps) -> (Compiled, [u8; 4], classifier_common::Config) {
+    (
+        maps.installed().unwrap(),
+        maps.policy().unwrap(),
+        maps.config().unwrap(),
+    )
+}
+
+#[test]
+fn bad_answers_change_nothing_and_say_why() {
+    let server = FeedServer::start();
+    let state_dir = TempDir::new("bad");
+    let mut config = config(&server);
+    config.feed.max_body_bytes = 200_000;
+    let Some((_datapath, mut agent)) = agent(config, &state_dir) else {
+        return;
+    };
+    let rt = runtime();
+    agent.apply_settings().unwrap();
+    server.set("/version/Worldwide", Reply::version("2026043000"));
+    server.set("/endpoints/Worldwide", Reply::json(FEED_2026043000));
+    rt.block_on(agent.refresh(false)).unwrap();
+    let before = snapshot(agent.maps());
+    let feed_on_disk = std::fs::read(state_dir.0.join("feed.json")).unwrap();
+
+    let teams_only = {
+        let sets: Vec<Value> = sets_with_ips(FEED_2026043000)
+            .into_iter()
+            .filter(|set| set["id"] == 11)
+            .collect();
+        serde_json::to_vec(&sets).unwrap()
+    };
+    let invalid_cidr =
+        String::from_utf8_lossy(FEED_2026043000).replace("52.112.0.0/14", "52.112.0.1/14");
+    let oversize = [FEED_2026043000, &vec![b' '; 200_000]].concat();
+    let truncated = &FEED_2026043000[..FEED_2026043000.len() / 2];
+    let cases: Vec<(&str, Reply, Reply, &str)> = vec![
+        (
+            "HTTP 500 on /version",
+            Reply::status(500, "oops"),
+            Reply::json(FEED_2026043000),
+            "/version/Worldwide: HTTP 500",
+        ),
+        (
+            "HTTP 500 on /endpoints",
+            Reply::version("2026050100"),
+            Reply::status(500, "oops"),
+            "/endpoints/Worldwide: HTTP 500",
+        ),
+        (
+            "HTTP 429 with Retry-After",
+            Reply::status(429, "slow down").header("Retry-After", "120"),
+            Reply::json(FEED_2026043000),
+            "HTTP 429 too many requests; retrying in 120s",
+        ),
+        (
+            "HTTP 429 without Retry-After",
+            Reply::version("2026050100"),
+            Reply::status(429, "slow down"),
+            "retrying in 3600s",
+        ),
+        (
+            "a timeout",
+            Reply::version("2026050100"),
+            Reply::json(FEED_2026043000).delayed(Duration::from_secs(3)),
+            "/endpoints/Worldwide: request failed",
+        ),
+        (
+            "truncated JSON",
+            Reply::version("2026050100"),
+            Reply::json(truncated),
+            "refused feed 2026050100",
+        ),
+        (
+            "an HTML error page",
+            Reply::version("2026050100"),
+            Reply::status(200, "<html><body>Service Unavailable</body></html>"),
+            "feed is not valid JSON",
+        ),
+        (
+            "an empty list",
+            Reply::version("2026050100"),
+            Reply::json(b"[]"),
+            "feed has no endpoint sets",
+        ),
+        (
+            "a feed that drops 90% of prefixes",
+            Reply::version("2026050100"),
+            Reply::json(&teams_only),
+            "it has 3 prefixes where 93 are installed, a shrink of more than 50%",
+        ),
+        (
+            "an invalid CIDR",
+            Reply::version("2026050100"),
+            Reply::json(invalid_cidr.as_bytes()),
+            r#"endpoint set 11: ips "52.112.0.1/14": host bits are set"#,
+        ),
+        (
+            "an oversize body",
+            Reply::version("2026050100"),
+            Reply::json(&oversize),
+            "the response is larger than 200000 bytes",
+        ),
+        (
+            "a version that is not one",
+            Reply::json(br#"{"latest": "soon"}"#),
+            Reply::json(FEED_2026043000),
+            "version \"soon\" is not YYYYMMDDNN",
+        ),
+    ];
+    for (name, version, endpoints, expected) in cases {
+        server.set("/version/Worldwide", version);
+        server.set("/endpoints/Worldwide", endpoints);
+        let error = rt.block_on(agent.refresh(false)).expect_err(name);
+        let message = format!("{:#}", anyhow::Error::from(error));
+        assert!(
+            message.contains(expected),
+            "{name}: {message:?} lacks {expected:?}"
+        );
+        eprintln!("{name}: {message}");
+        assert!(snapshot(agent.maps()) == before, "{name}: the maps changed");
+        assert_eq!(
+            std::fs::read(state_dir.0.join("feed.json")).unwrap(),
+            feed_on_disk,
+            "{name}: the saved feed changed"
+        );
+        assert_eq!(
+            agent.status().applied.as_ref().unwrap().version,
+            "2026043000",
+            "{name}"
+        );
+    }
+
+    // 429 carries the wait for the daemon.
+    server.set(
+        "/version/Worldwide",
+        Reply::status(429, "").header("Retry-After", "7"),
+    );
+    let error = rt.block_on(agent.refresh(false)).unwrap_err();
+    assert_eq!(error.retry_after(), Some(Duration::from_secs(7)));
+    // A timeout is a transport error that reqwest knows as one.
+    server.set("/version/Worldwide", Reply::version("2026050100"));
+    server.set(
+        "/endpoints/Worldwide",
+        Reply::json(FEED_2026043000).delayed(Duration::from_secs(3)),
+    );
+    let error = rt.block_on(agent.refresh(false)).unwrap_err();
+    assert!(
+        matches!(&error, RefreshError::Fetch(FetchError::Transport { source, .. }) if source.is_timeout()),
+        "{error:?}"
+    );
+
+    // Forcing applies the shrunken feed.
+    server.set("/endpoints/Worldwide", Reply::json(&teams_only));
+    rt.block_on(agent.refresh(true)).unwrap();
+    assert_eq!(agent.maps().installed().unwrap().len(), 3);
+}
+
+#[test]
+fn start_prefers_the_last_applied_feed_and_reapplies_it_with_the_current_policy() {
+    let server = FeedServer::start();
+    let state_dir = TempDir::new("start");
+    let Some((_first, mut agent)) = agent(config(&server), &state_dir) else {
+        return;
+    };
+    server.set("/version/Worldwide", Reply::version("2020053100"));
+    server.set("/endpoints/Worldwide", Reply::json(FEED_2020));
+    runtime().block_on(agent.refresh(false)).unwrap();
+    drop(agent);
+
+    // A new agent on new maps (as after a reboot), with a policy that excludes Teams media.
+    let mut config = config(&server);
+    config.policy.exclude = vec!["52.112.0.0/14".parse().unwrap()];
+    let Some((_second, mut agent)) = self::agent(config, &state_dir) else {
+        return;
+    };
+    assert!(
+        matches!(agent.start().unwrap(), Start::LastFeed { version, .. } if version == "2020053100")
+    );
+    let teams = agent
+        .maps()
+        .lookup("52.112.1.1".parse().unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (teams.addr_category, teams.n_rules),
+        (category::NONE, 0),
+        "excluded"
+    );
+    assert_eq!(
+        agent.maps().installed().unwrap().len(),
+        155,
+        "the 2020 feed: 50 IPv4 and 105 IPv6"
+    );
+}
