@@ -18,7 +18,7 @@ use aya_ebpf::{
     macros::{btf_map, classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use aya_log_ebpf::{debug, error};
+use aya_log_ebpf::{error, info};
 use classifier_common::{
     Config, Counter, LpmKeyV4, LpmKeyV6, MAX_PREFIXES, MAX_SET_ID, Policy, PrefixRules, STATS_LEN,
     XDP_META_MAGIC, XdpMeta, action, category, flags, stat,
@@ -196,8 +196,9 @@ fn finish(ctx: &XdpContext, verdict: Verdict, config_flags: u32) -> u32 {
     );
     count(verdict.reason, bytes);
     count_set(verdict.set_id, bytes);
+    // Logged at info so that `-v` shows them: the flag, not the level, is the switch.
     if config_flags & flags::DEBUG != 0 {
-        debug!(
+        info!(
             ctx,
             "verdict action={} reason={} category={} set={}",
             verdict.action,

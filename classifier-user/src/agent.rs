@@ -287,15 +287,12 @@ impl Agent {
         let now = now();
         self.status.last_poll = Some(now);
         self.status.next_poll = Some(now + next_poll.as_secs());
-        match error {
-            Some(error) => {
-                self.status.consecutive_failures += 1;
-                self.status.last_error = Some(error);
-            }
-            None => {
-                self.status.consecutive_failures = 0;
-                self.status.last_error = None;
-            }
+        if let Some(error) = error {
+            self.status.consecutive_failures += 1;
+            self.status.last_error = Some(error);
+        } else {
+            self.status.consecutive_failures = 0;
+            self.status.last_error = None;
         }
         self.save_status();
     }
@@ -344,20 +341,20 @@ mod tests {
 
     #[test]
     fn backoff_doubles_up_to_the_poll_interval() {
-        let hour = Duration::from_secs(3600);
+        let hour = Duration::from_hours(1);
         assert_eq!(backoff(1, hour), Duration::from_secs(30));
-        assert_eq!(backoff(2, hour), Duration::from_secs(60));
-        assert_eq!(backoff(5, hour), Duration::from_secs(480));
+        assert_eq!(backoff(2, hour), Duration::from_mins(1));
+        assert_eq!(backoff(5, hour), Duration::from_mins(8));
         assert_eq!(backoff(40, hour), hour);
     }
 
     #[test]
     fn jitter_stays_within_ten_percent() {
-        let hour = Duration::from_secs(3600);
+        let hour = Duration::from_hours(1);
         for _ in 0..100 {
             let wait = jittered(hour);
             assert!(
-                wait >= hour && wait < hour + Duration::from_secs(360),
+                wait >= hour && wait < hour + Duration::from_mins(6),
                 "{wait:?}"
             );
         }

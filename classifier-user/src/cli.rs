@@ -74,6 +74,7 @@ pub enum ConfigCommand {
 
 /// The configuration file and a flag for each of its settings; flags win.
 #[derive(Debug, Default, Args)]
+#[expect(clippy::struct_excessive_bools, reason = "command-line switches")]
 pub struct ConfigArgs {
     /// TOML configuration file [default: /etc/xdp-breakout/config.toml, if present].
     #[arg(long, value_name = "FILE")]
@@ -253,7 +254,7 @@ mod tests {
         assert_eq!(config.interfaces, ["lan0", "lan1"]);
         assert_eq!(config.pin_dir, PathBuf::from("/sys/fs/bpf/t"));
         assert_eq!(config.feed.url, "http://127.0.0.1:8080");
-        assert_eq!(config.feed.poll_interval, Duration::from_secs(300));
+        assert_eq!(config.feed.poll_interval, Duration::from_mins(5));
         assert_eq!(
             config.policy.mark,
             Mark {
@@ -264,6 +265,25 @@ mod tests {
         assert_eq!(config.policy.direct.len(), 1);
         let error = args.effective(&cli.global).unwrap_err().to_string();
         assert!(error.contains("reading /nonexistent.toml"), "{error}");
+    }
+
+    /// The systemd unit runs commands this CLI accepts.
+    #[test]
+    fn systemd_unit_commands_parse() {
+        let unit = include_str!("../../dist/xdp-breakout.service");
+        let commands: Vec<Vec<&str>> = unit
+            .lines()
+            .filter_map(|line| {
+                line.strip_prefix("ExecStart=")
+                    .or_else(|| line.strip_prefix("ExecStartPre="))
+            })
+            .map(|command| command.split_whitespace().collect())
+            .collect();
+        assert_eq!(commands.len(), 2);
+        for command in commands {
+            assert!(command[0].ends_with("/xdp-breakout"), "{command:?}");
+            Cli::try_parse_from(&command).unwrap_or_else(|error| panic!("{command:?}: {error}"));
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use crate::config::FeedConfig;
 
 /// How long to wait after a 429 without `Retry-After` (Microsoft's guidance: hourly).
-pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(3600);
+pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_hours(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {

@@ -118,9 +118,9 @@ impl Default for FeedConfig {
             service_areas: Vec::new(),
             tenant_name: None,
             no_ipv6: false,
-            poll_interval: Duration::from_secs(3600),
+            poll_interval: Duration::from_hours(1),
             connect_timeout: Duration::from_secs(10),
-            request_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_mins(1),
             max_body_bytes: 16 << 20,
             max_shrink_percent: 50,
         }
@@ -367,12 +367,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 #[must_use]
 pub fn format_duration(duration: Duration) -> String {
     let millis = duration.as_millis();
-    if millis % 1000 != 0 {
+    if !millis.is_multiple_of(1000) {
         return format!("{millis}ms");
     }
     let secs = duration.as_secs();
     for (unit, size) in [("d", 86400), ("h", 3600), ("m", 60)] {
-        if secs != 0 && secs % size == 0 {
+        if secs != 0 && secs.is_multiple_of(size) {
             return format!("{}{unit}", secs / size);
         }
     }
@@ -470,12 +470,28 @@ mod tests {
         );
     }
 
+    /// The README's configuration block is the defaults.
+    #[test]
+    fn readme_config_block_is_the_defaults() {
+        let readme = include_str!("../../README.md");
+        let section = &readme[readme.find("### Configuration").expect("section")..];
+        let block = section
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("toml block");
+        assert_eq!(
+            Config::from_toml(block, Path::new("README.md")).unwrap(),
+            Config::default()
+        );
+    }
+
     #[test]
     fn durations_and_marks_parse() {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_mins(5)));
         assert!(parse_duration("5 parsecs").is_err());
-        assert_eq!(format_duration(Duration::from_secs(7200)), "2h");
+        assert_eq!(format_duration(Duration::from_hours(2)), "2h");
         assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
         assert_eq!(
             "0x365/0xffff".parse(),

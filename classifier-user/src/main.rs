@@ -2,7 +2,10 @@
 //!
 //! Exit codes: 0 success, 1 failure (the cause chain is printed), 2 bad usage.
 
-use std::{io, process::ExitCode};
+use std::{
+    io::{self, IsTerminal as _},
+    process::ExitCode,
+};
 
 use clap::Parser as _;
 use classifier_user::{cli::Cli, cmd};
@@ -44,6 +47,7 @@ fn init_logging(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(io::stderr)
+        .with_ansi(io::stderr().is_terminal())
         .without_time()
         .init();
 }

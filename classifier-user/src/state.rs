@@ -56,6 +56,11 @@ pub struct Status {
     pub pid: u32,
 }
 
+/// Plain structs of strings and integers always serialize.
+fn to_json(value: &impl Serialize) -> Vec<u8> {
+    serde_json::to_vec_pretty(value).unwrap_or_default()
+}
+
 pub struct State {
     dir: PathBuf,
 }
@@ -122,17 +127,11 @@ impl State {
     /// Records a feed as applied. Call only once the maps hold it.
     pub fn save_applied(&self, body: &[u8], applied: &Applied) -> Result<(), StateError> {
         self.write(FEED, body)?;
-        self.write(
-            APPLIED,
-            &serde_json::to_vec_pretty(applied).expect("serializable"),
-        )
+        self.write(APPLIED, &to_json(applied))
     }
 
     pub fn save_status(&self, status: &Status) -> Result<(), StateError> {
-        self.write(
-            STATUS,
-            &serde_json::to_vec_pretty(status).expect("serializable"),
-        )
+        self.write(STATUS, &to_json(status))
     }
 
     #[must_use]

@@ -265,6 +265,10 @@ fn snapshot(maps: &Maps) -> (Compiled, [u8; 4], classifier_common::Config) {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "a table of cases, then three follow-ups"
+)]
 fn bad_answers_change_nothing_and_say_why() {
     let server = FeedServer::start();
     let state_dir = TempDir::new("bad");

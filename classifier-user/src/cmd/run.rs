@@ -57,11 +57,11 @@ async fn daemon(global: &GlobalArgs, args: &RunArgs, config: Config) -> anyhow::
     agent.apply_settings()?;
     match agent.start()? {
         Start::LastFeed { version, .. } => {
-            info!("classifying with the last applied feed {version}")
+            info!("classifying with the last applied feed {version}");
         }
         Start::Pinned { prefixes } => info!("adopted {prefixes} pinned prefixes"),
         Start::Embedded { .. } => {
-            info!("classifying with the embedded snapshot until the feed answers")
+            info!("classifying with the embedded snapshot until the feed answers");
         }
     }
     for iface in &config.interfaces {

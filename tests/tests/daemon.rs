@@ -1,0 +1,271 @@
+//! The real `xdp-breakout run` daemon in a throwaway network namespace, fed by a real HTTP
+//! server inside that namespace: it applies versions in turn, survives SIGKILL without a gap
+//! (the data plane keeps classifying, the restart adopts every pinned entry), reloads its
+//! configuration on SIGHUP, forwards kernel logs, and leaves the data plane on SIGTERM.
+
+use std::{
+    fs,
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use classifier_common::{action, stat};
+use classifier_user::{datapath::Maps, state::Status};
+use tests::{
+    FEED_2026033100, FEED_2026043000, PinDir,
+    http::{FeedServer, Reply},
+    ip,
+    netns::{Netns, ifindex, run_checked, send_frames},
+    packet::{L4, Spec},
+    unavailable, xdp_breakout,
+};
+
+struct Daemon {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn start(
+        netns: &Netns,
+        pin_dir: &Path,
+        state_dir: &Path,
+        feed_url: &str,
+        config: &Path,
+        log: PathBuf,
+    ) -> Self {
+        let child = netns
+            .command(xdp_breakout().to_str().unwrap())
+            .arg("--pin-dir")
+            .arg(pin_dir)
+            .args([
+                "-v",
+                "run",
+                "--iface",
+                "lan1",
+                "--poll-interval",
+                "1s",
+                "--feed-url",
+                feed_url,
+            ])
+            .arg("--state-dir")
+            .arg(state_dir)
+            .arg("--config")
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Self { child, log }
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child.
+        assert_eq!(
+            unsafe { libc::kill(i32::try_from(self.child.id()).unwrap(), signal) },
+            0
+        );
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log holds `needle`.
+    fn wait_log(&self, needle: &str) {
+        wait_for(
+            &format!("log line {needle:?}"),
+            || self.log().contains(needle),
+            || self.log(),
+        );
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool, context: impl Fn() -> String) {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "waited 30 s for {what}; {}",
+            context()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn status(state_dir: &Path) -> Option<Status> {
+    serde_json::from_slice(&fs::read(state_dir.join("status.json")).ok()?).ok()
+}
+
+fn applied_version(state_dir: &Path) -> Option<String> {
+    status(state_dir)?.applied.map(|applied| applied.version)
+}
+
+#[test]
+#[expect(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
+fn daemon_follows_the_feed_and_survives_kill_hup_and_term() {
+    let netns = match Netns::new("xbt-daemon") {
+        Ok(netns) => netns,
+        Err(error) => {
+            let _ = unavailable("a network namespace", &error);
+            return;
+        }
+    };
+    for sysctl in [
+        "net.ipv6.conf.all.disable_ipv6=1",
+        "net.ipv6.conf.default.disable_ipv6=1",
+    ] {
+        run_checked(std::process::Command::new("ip").args([
+            "netns",
+            "exec",
+            &netns.name,
+            "sysctl",
+            "-qw",
+            sysctl,
+        ]))
+        .unwrap();
+    }
+    netns
+        .ip(&[
+            "link", "add", "lan0", "type", "veth", "peer", "name", "lan1",
+        ])
+        .unwrap();
+    netns.ip(&["link", "set", "lan0", "up"]).unwrap();
+    netns.ip(&["link", "set", "lan1", "up"]).unwrap();
+
+    // The feed server listens on the namespace's own loopback, where the daemon looks.
+    let server = FeedServer::serve(netns.run(|| TcpListener::bind("127.0.0.1:0").unwrap()));
+    server.set("/version/Worldwide", Reply::version("2026033100"));
+    server.set("/endpoints/Worldwide", Reply::json(FEED_2026033100));
+
+    let pin_dir = PinDir::new("daemon");
+    let work = std::env::temp_dir().join(format!("xdp-breakout-daemon-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work).unwrap();
+    let state_dir = work.join("state");
+    let config = work.join("config.toml");
+    fs::write(&config, "# defaults\n").unwrap();
+    let start = |n: u32| {
+        Daemon::start(
+            &netns,
+            &pin_dir.path,
+            &state_dir,
+            &server.url(),
+            &config,
+            work.join(format!("daemon-{n}.log")),
+        )
+    };
+
+    // Version 2026033100, then 2026043000.
+    let daemon = start(1);
+    wait_for(
+        "version 2026033100",
+        || applied_version(&state_dir).as_deref() == Some("2026033100"),
+        || daemon.log(),
+    );
+    assert!(
+        daemon
+            .log()
+            .contains("classifying with the embedded snapshot"),
+        "{}",
+        daemon.log()
+    );
+    server.set("/version/Worldwide", Reply::version("2026043000"));
+    server.set("/endpoints/Worldwide", Reply::json(FEED_2026043000));
+    wait_for(
+        "version 2026043000",
+        || applied_version(&state_dir).as_deref() == Some("2026043000"),
+        || daemon.log(),
+    );
+    let maps = Maps::from_pins(&pin_dir.path).unwrap();
+    let entries = maps.installed().unwrap();
+    assert_eq!(entries.len(), 93);
+
+    let teams = Spec::new(ip("52.112.1.1"), L4::Udp(3478)).build();
+    let send = |count: usize| {
+        let frames = vec![teams.clone(); count];
+        netns
+            .run(move || send_frames(ifindex("lan0").unwrap(), &frames))
+            .unwrap();
+    };
+    let direct = || maps.stats().unwrap()[stat::DIRECT as usize].packets;
+    send(10);
+    assert_eq!(direct(), 10);
+
+    // SIGKILL: the data plane keeps classifying without its agent.
+    daemon.signal(libc::SIGKILL);
+    drop(daemon);
+    send(10);
+    assert_eq!(direct(), 20, "no gap while the agent is dead");
+    assert_eq!(maps.installed().unwrap(), entries);
+
+    // The restart adopts the pins and the last feed: not one entry lost, counters kept.
+    let daemon = start(2);
+    daemon.wait_log("classifying with the last applied feed 2026043000");
+    daemon.wait_log("attached to lan1");
+    assert_eq!(maps.installed().unwrap(), entries);
+    send(5);
+    assert_eq!(direct(), 25);
+    wait_for(
+        "a poll",
+        || status(&state_dir).is_some_and(|s| s.pid == daemon.child.id() && s.last_poll.is_some()),
+        || daemon.log(),
+    );
+    let status = status(&state_dir).unwrap();
+    assert_eq!(
+        (status.prefixes_v4, status.prefixes_v6, status.last_error),
+        (34, 59, None)
+    );
+
+    // SIGHUP: Allow goes to the tunnel, and kernel decisions are logged.
+    fs::write(
+        &config,
+        "[policy]\ndirect = [\"Optimize\"]\ndebug-log = true\n",
+    )
+    .unwrap();
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_log("SIGHUP: configuration reloaded");
+    assert_eq!(
+        maps.policy().unwrap(),
+        [
+            action::TUNNEL,
+            action::TUNNEL,
+            action::TUNNEL,
+            action::DIRECT
+        ]
+    );
+    send(1);
+    daemon.wait_log("verdict action=1 reason=2 category=3 set=11");
+
+    // A broken file keeps the running configuration.
+    fs::write(&config, "[policy]\ndirect = [\"Fast\"]\n").unwrap();
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_log("SIGHUP: keeping the running configuration");
+    assert!(
+        daemon.log().contains("unknown category"),
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(maps.policy().unwrap()[2], action::TUNNEL);
+
+    // SIGTERM: a clean exit that leaves the data plane in place.
+    let mut daemon = daemon;
+    daemon.signal(libc::SIGTERM);
+    let exit = daemon.child.wait().unwrap();
+    assert!(exit.success(), "{exit}: {}", daemon.log());
+    assert!(daemon.log().contains("the data plane stays attached"));
+    assert!(pin_dir.path.join("xdp_link@lan1").exists());
+    send(1);
+    assert_eq!(direct(), 27);
+    let _ = fs::remove_dir_all(&work);
+}
