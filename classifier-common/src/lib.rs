@@ -344,8 +344,11 @@ pub struct XdpMeta {
     pub category: u8,
     /// Endpoint set, host order.
     pub set_id: u16,
+    /// The [`stat`] reason index.
+    pub reason: u8,
+    pub _pad: [u8; 3],
 }
-const _: () = assert!(size_of::<XdpMeta>() == 8);
+const _: () = assert!(size_of::<XdpMeta>() == 12);
 
 /// "XBRK".
 pub const XDP_META_MAGIC: u32 = 0x5842_524b;

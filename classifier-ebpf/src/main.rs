@@ -232,6 +232,9 @@ fn write_meta(ctx: &XdpContext, verdict: &Verdict) -> Result<(), ()> {
             action: verdict.action,
             category: verdict.category,
             set_id: verdict.set_id,
+            // Reasons are small stat indices.
+            reason: verdict.reason as u8,
+            _pad: [0; 3],
         };
     }
     Ok(())

@@ -183,13 +183,45 @@ impl Agent {
             return Ok(Refreshed::Unchanged { version });
         }
         let body = self.client.endpoints().await?;
-        let source = format!(
+        let report = self.install(&body, &version, &self.endpoints_url(), force)?;
+        Ok(Refreshed::Applied { version, report })
+    }
+
+    /// The service's latest version and its feed body, applying nothing.
+    pub async fn fetch(&self) -> Result<(String, Vec<u8>), RefreshError> {
+        let version = self.client.version().await?;
+        Ok((version, self.client.endpoints().await?))
+    }
+
+    /// Where feeds come from, for messages.
+    #[must_use]
+    pub fn endpoints_url(&self) -> String {
+        format!(
             "{}/endpoints/{}",
             self.config.feed.url.trim_end_matches('/'),
             self.config.feed.instance
-        );
-        let report = self.install(&body, &version, &source, force)?;
-        Ok(Refreshed::Applied { version, report })
+        )
+    }
+
+    /// The shrink limit's verdict on replacing `installed` entries with `target` ones.
+    pub fn check_shrink(
+        &self,
+        installed: usize,
+        target: usize,
+        version: &str,
+        source: &str,
+    ) -> Result<(), RefreshError> {
+        let limit = self.config.feed.max_shrink_percent;
+        if installed > 0 && target * 100 < installed * (100 - usize::from(limit)) {
+            return Err(RefreshError::Shrink {
+                version: version.to_owned(),
+                source_name: source.to_owned(),
+                from: installed,
+                to: target,
+                limit,
+            });
+        }
+        Ok(())
     }
 
     /// Validates, compiles and applies a feed body; records it once the maps hold it.
@@ -201,17 +233,13 @@ impl Agent {
         force: bool,
     ) -> Result<ApplyReport, RefreshError> {
         let compiled = self.compile(body, version, source)?;
-        let installed = self.maps.installed()?.len();
-        let limit = self.config.feed.max_shrink_percent;
-        if !force && installed > 0 && compiled.len() * 100 < installed * (100 - usize::from(limit))
-        {
-            return Err(RefreshError::Shrink {
-                version: version.to_owned(),
-                source_name: source.to_owned(),
-                from: installed,
-                to: compiled.len(),
-                limit,
-            });
+        if !force {
+            self.check_shrink(
+                self.maps.installed()?.len(),
+                compiled.len(),
+                version,
+                source,
+            )?;
         }
         let report = self.maps.apply(&compiled)?;
         let applied = Applied {

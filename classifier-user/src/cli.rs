@@ -5,7 +5,7 @@ use std::{path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand};
 use classifier_common::PIN_DIR;
 
-use crate::config::{CategoryName, Config, Mark, XdpModeName, parse_duration};
+use crate::config::{CategoryName, Config, DEFAULT_STATE_DIR, Mark, XdpModeName, parse_duration};
 
 /// Split-tunnel classifier: sends Microsoft 365 traffic out of the direct uplink.
 ///
@@ -27,6 +27,9 @@ pub struct GlobalArgs {
     /// Directory on bpffs that holds the maps and links [default: /sys/fs/bpf/xdp-breakout].
     #[arg(long, global = true, value_name = "DIR")]
     pub pin_dir: Option<PathBuf>,
+    /// The agent's state directory (last applied feed, status) [default: /var/lib/xdp-breakout].
+    #[arg(long, global = true, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     /// Print machine-readable JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
@@ -43,6 +46,14 @@ impl GlobalArgs {
             .clone()
             .unwrap_or_else(|| PathBuf::from(PIN_DIR))
     }
+
+    /// The state directory: the flag, else the default.
+    #[must_use]
+    pub fn state_dir(&self) -> PathBuf {
+        self.state_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -53,11 +64,80 @@ pub enum Command {
     Attach(AttachArgs),
     /// Detach the programs from interfaces.
     Detach(DetachArgs),
-    /// Show the counters.
+    /// Show attachments, feed version, prefix counts, polls and errors.
+    Status(StatusArgs),
+    /// Show the counters: per outcome, per category and per endpoint set.
     Stats(StatsArgs),
+    /// Ask the live maps what the data plane decides for addresses, and why.
+    Lookup(LookupArgs),
+    /// Run every packet of a capture through the XDP program (BPF_PROG_TEST_RUN).
+    Classify(ClassifyArgs),
+    /// List the installed prefixes with their category and endpoint sets.
+    Prefixes(PrefixesArgs),
+    /// Refresh the pinned maps once, with the agent's validation.
+    Sync(SyncArgs),
     /// Work with the configuration file.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Print a shell completion script.
+    Completions(CompletionsArgs),
+    /// Print the man page (roff).
+    Man,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {}
+
+#[derive(Debug, Args)]
+pub struct LookupArgs {
+    /// Addresses to look up, or `-` to read lines `ADDRESS [tcp|udp PORT]` from stdin.
+    #[arg(required = true, value_name = "ADDRESS")]
+    pub addresses: Vec<String>,
+    /// Protocol of the packet (with --port); without it, a packet without ports.
+    #[arg(long, value_enum, requires = "port")]
+    pub proto: Option<Proto>,
+    /// Destination port (with --proto).
+    #[arg(long, requires = "proto")]
+    pub port: Option<u16>,
+}
+
+/// Transport protocols with ports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+#[derive(Debug, Args)]
+pub struct ClassifyArgs {
+    /// A libpcap capture of Ethernet frames (as `tcpdump -w` writes).
+    #[arg(long, value_name = "FILE")]
+    pub pcap: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct PrefixesArgs {}
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// Install this endpoints feed (JSON of `GET /endpoints/{instance}`) instead of fetching.
+    #[arg(long, value_name = "FILE", conflicts_with = "feed_url")]
+    pub feed_file: Option<PathBuf>,
+    /// Print what would change and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Apply even a feed that shrinks beyond the limit, or the same version again.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Args)]
@@ -85,9 +165,6 @@ pub struct ConfigArgs {
     /// XDP attach mode.
     #[arg(long, value_enum)]
     pub mode: Option<XdpModeName>,
-    /// Directory for the last applied feed, the client request id and the status.
-    #[arg(long, value_name = "DIR")]
-    pub state_dir: Option<PathBuf>,
     /// Base URL of the endpoint web service.
     #[arg(long, value_name = "URL")]
     pub feed_url: Option<String>,
@@ -137,7 +214,6 @@ impl ConfigArgs {
             config: _,
             interfaces,
             mode,
-            state_dir,
             feed_url,
             instance,
             service_areas,
@@ -157,7 +233,9 @@ impl ConfigArgs {
             config.pin_dir.clone_from(pin_dir);
         }
         set(&mut config.mode, *mode);
-        set(&mut config.state_dir, state_dir.clone());
+        if let Some(state_dir) = &global.state_dir {
+            config.state_dir.clone_from(state_dir);
+        }
         set(&mut config.feed.url, feed_url.clone());
         set(&mut config.feed.instance, instance.clone());
         if !service_areas.is_empty() {
@@ -210,7 +288,11 @@ pub struct DetachArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct StatsArgs {}
+pub struct StatsArgs {
+    /// Print again every SECS seconds, with rates, until interrupted.
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub watch: Option<u64>,
+}
 
 #[cfg(test)]
 mod tests {

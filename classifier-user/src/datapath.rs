@@ -94,6 +94,20 @@ pub enum DatapathError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error(
+        "no xdp-breakout maps at {path}: attach (`xdp-breakout attach IFACE`) or run the agent \
+         first, or give the right --pin-dir"
+    )]
+    NoPins { path: PathBuf },
+    #[error(
+        "interface {iface} already has XDP program {name:?} (id {id}); xdp-breakout never \
+         replaces another program: remove it first (`ip link set dev {iface} xdp off`)"
+    )]
+    ForeignXdp {
+        iface: String,
+        name: String,
+        id: u64,
+    },
     #[error("the programs were loaded with private maps; attaching needs a pin directory")]
     Unpinned,
     #[error("interface {iface}: xdp-breakout is not attached (no {path})")]
@@ -254,6 +268,32 @@ impl Datapath {
         Self::finish_load(ebpf, Some(pin_dir.to_owned()))
     }
 
+    /// Loads a second copy of the programs that reads the pinned tries, policy and config but
+    /// counts into private maps: `classify` asks what the data plane would decide without
+    /// adding test packets to its counters.
+    pub fn load_shadow(object: &[u8], pin_dir: &Path) -> Result<Self, DatapathError> {
+        check_pins(pin_dir)?;
+        let shared = [
+            names::PREFIX_V4,
+            names::PREFIX_V6,
+            names::POLICY,
+            names::CONFIG,
+        ];
+        let paths: Vec<(&str, PathBuf)> = shared
+            .iter()
+            .map(|name| (*name, pin_dir.join(name)))
+            .collect();
+        if let Some((_, path)) = paths.iter().find(|(_, path)| !path.exists()) {
+            return Err(DatapathError::NoPins { path: path.clone() });
+        }
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let ebpf = loader.load(object).map_err(DatapathError::Load)?;
+        Self::finish_load(ebpf, None)
+    }
+
     /// Loads the programs with private maps that nothing else sees (tests, `classify`).
     pub fn load_private(object: &[u8]) -> Result<Self, DatapathError> {
         let ebpf = EbpfLoader::new()
@@ -325,6 +365,15 @@ impl Datapath {
             }
         };
         let xdp_pin = xdp_link_pin(&pin_dir, iface);
+        if !xdp_pin.exists()
+            && let Some((id, name)) = attached_xdp(iface)
+        {
+            return Err(DatapathError::ForeignXdp {
+                iface: iface.to_owned(),
+                name,
+                id,
+            });
+        }
         let xdp = self.xdp()?;
         let link_id = match PinnedLink::from_pin(&xdp_pin) {
             Ok(pinned) => {
@@ -386,9 +435,28 @@ fn keep_pinned(link: FdLink, pin: &Path) -> Result<(), aya::pin::PinError> {
 
 fn xdp_attach_hint(mode: XdpMode) -> String {
     match mode {
-        XdpMode::Driver => "attaching XDP in native mode (the driver may lack native XDP: try --mode skb; or another XDP program is attached)".to_owned(),
-        _ => "attaching XDP (another XDP program may be attached: see `ip link show`)".to_owned(),
+        XdpMode::Driver => {
+            "attaching XDP in native mode (if the driver lacks native XDP, try --mode skb)"
+                .to_owned()
+        }
+        _ => "attaching XDP".to_owned(),
     }
+}
+
+/// The XDP program attached to `iface` in this network namespace, as iproute2 reports it:
+/// `(id, name)`. `None` when there is none, or `ip` cannot tell.
+#[must_use]
+pub fn attached_xdp(iface: &str) -> Option<(u64, String)> {
+    let output = std::process::Command::new("ip")
+        .args(["-j", "link", "show", "dev", iface])
+        .output()
+        .ok()?;
+    let links: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+    let prog = &links.get(0)?.get("xdp")?.get("prog")?;
+    Some((
+        prog.get("id")?.as_u64()?,
+        prog.get("name")?.as_str()?.to_owned(),
+    ))
 }
 
 const XDP_LINK_PREFIX: &str = "xdp_link@";
@@ -491,6 +559,12 @@ impl Maps {
     /// Opens the maps pinned in `pin_dir`.
     pub fn from_pins(pin_dir: &Path) -> Result<Self, DatapathError> {
         check_pins(pin_dir)?;
+        let first = pin_dir.join(names::PREFIX_V4);
+        if !first.exists() {
+            return Err(DatapathError::NoPins {
+                path: pin_dir.to_owned(),
+            });
+        }
         let open = |name: &'static str| {
             let path = pin_dir.join(name);
             MapData::from_pin(&path).map_err(|source| DatapathError::OpenPin { path, source })

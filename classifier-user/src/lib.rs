@@ -8,7 +8,9 @@ pub mod cmd;
 pub mod compile;
 pub mod config;
 pub mod datapath;
+pub mod explain;
 pub mod feed;
+pub mod pcap;
 pub mod state;
 
 /// The compiled kernel programs (classifier-ebpf), embedded at build time.

@@ -61,6 +61,12 @@ fn to_json(value: &impl Serialize) -> Vec<u8> {
     serde_json::to_vec_pretty(value).unwrap_or_default()
 }
 
+/// The status file of the agent using `dir`, without creating anything.
+#[must_use]
+pub fn read_status(dir: &Path) -> Option<Status> {
+    serde_json::from_slice(&fs::read(dir.join(STATUS)).ok()?).ok()
+}
+
 pub struct State {
     dir: PathBuf,
 }

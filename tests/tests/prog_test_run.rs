@@ -317,6 +317,8 @@ fn read_meta(out: &[u8]) -> XdpMeta {
         action: out[4],
         category: out[5],
         set_id: u16::from_ne_bytes(field(6..8).try_into().unwrap()),
+        reason: out[8],
+        _pad: [out[9], out[10], out[11]],
     }
 }
 
@@ -364,7 +366,9 @@ fn check_xdp(
             magic: XDP_META_MAGIC,
             action: expect.action,
             category: expect.category,
-            set_id: expect.set_id
+            set_id: expect.set_id,
+            reason: u8::try_from(expect.reason).unwrap(),
+            _pad: [0; 3],
         },
         "{name}: metadata"
     );

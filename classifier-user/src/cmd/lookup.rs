@@ -1,0 +1,222 @@
+//! `xdp-breakout lookup ADDRESS... [--proto tcp|udp --port N]`, or `lookup -` for lines
+//! `ADDRESS [tcp|udp PORT]` on stdin.
+//!
+//! JSON (stable): one object per query and line: `{"address", "proto" ("tcp", "udp" or null),
+//! "port", "prefix" (or null), "endpoint_sets" (ids of the feed's sets whose prefixes hold
+//! the address), "decided_by" (the set whose rule or category decided, or null),
+//! "service_area", "category" ("Optimize", "Allow", "Default" or null), "reason", "action"
+//! ("direct" or "tunnel"), "mark" (the mark a direct packet gets, or null)}`.
+
+use std::{
+    io::{BufRead as _, Write as _},
+    net::IpAddr,
+};
+
+use anyhow::{Context as _, bail};
+use classifier_common::{action, category, proto};
+use serde_json::{Value, json};
+
+use crate::{
+    cli::{GlobalArgs, LookupArgs, Proto},
+    explain::{Catalog, Oracle, reason_name},
+};
+
+/// One question: an address and, for TCP or UDP, a port.
+#[derive(Debug)]
+struct Query {
+    addr: IpAddr,
+    proto: Option<(Proto, u16)>,
+}
+
+fn parse_addr(text: &str) -> anyhow::Result<IpAddr> {
+    text.parse()
+        .map_err(|_| anyhow::anyhow!("{text:?} is not an IP address"))
+}
+
+/// `ADDRESS`, or `ADDRESS tcp|udp PORT`.
+fn parse_line(line: &str) -> anyhow::Result<Query> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    match words[..] {
+        [addr] => Ok(Query {
+            addr: parse_addr(addr)?,
+            proto: None,
+        }),
+        [addr, protocol, port] => {
+            let protocol = match protocol.to_ascii_lowercase().as_str() {
+                "tcp" => Proto::Tcp,
+                "udp" => Proto::Udp,
+                _ => bail!("{protocol:?} is not tcp or udp"),
+            };
+            let port = port
+                .parse()
+                .map_err(|_| anyhow::anyhow!("{port:?} is not a port number"))?;
+            Ok(Query {
+                addr: parse_addr(addr)?,
+                proto: Some((protocol, port)),
+            })
+        }
+        _ => bail!("expected `ADDRESS [tcp|udp PORT]`"),
+    }
+}
+
+pub fn run(global: &GlobalArgs, args: &LookupArgs) -> anyhow::Result<()> {
+    // Parse every argument before the first answer: a typo fails cleanly.
+    let from_stdin = args.addresses.iter().any(|a| a == "-");
+    if from_stdin && args.addresses.len() > 1 {
+        bail!("`-` (read stdin) cannot be mixed with addresses");
+    }
+    let queries: Vec<Query> = if from_stdin {
+        Vec::new()
+    } else {
+        args.addresses
+            .iter()
+            .map(|text| {
+                Ok(Query {
+                    addr: parse_addr(text)?,
+                    proto: args.proto.zip(args.port),
+                })
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
+    let maps = super::pinned_maps(global)?;
+    let oracle = Oracle::new(&maps)?;
+    let catalog = Catalog::load(&global.state_dir());
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if !global.json {
+        writeln!(
+            out,
+            "{:<40} {:<9} {:<24} {:<10} {:<7} {:<11} SETS",
+            "ADDRESS", "PACKET", "PREFIX", "CATEGORY", "ACTION", "REASON"
+        )?;
+    }
+    let mut answer = |query: &Query| -> anyhow::Result<()> {
+        let answer = explain(&oracle, &catalog, query)?;
+        if global.json {
+            serde_json::to_writer(&mut out, &answer)?;
+            writeln!(out)?;
+        } else {
+            print_row(&mut out, &answer)?;
+        }
+        Ok(())
+    };
+    if from_stdin {
+        for (number, line) in std::io::stdin().lock().lines().enumerate() {
+            let line = line.context("reading stdin")?;
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let query =
+                parse_line(line).with_context(|| format!("stdin line {}: {line:?}", number + 1))?;
+            answer(&query)?;
+        }
+    } else {
+        for query in &queries {
+            answer(query)?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn explain(oracle: &Oracle<'_>, catalog: &Catalog, query: &Query) -> anyhow::Result<Value> {
+    let (ip_proto, port, proto_name) = match query.proto {
+        Some((Proto::Tcp, port)) => (proto::TCP, Some(port), Some("tcp")),
+        Some((Proto::Udp, port)) => (proto::UDP, Some(port), Some("udp")),
+        None => (0, None, None),
+    };
+    let decision = oracle.decide(query.addr, ip_proto, port)?;
+    let config = oracle.config();
+    let decided_by = (decision.prefix.is_some() && decision.category != category::NONE)
+        .then_some(decision.set_id);
+    Ok(json!({
+        "address": query.addr,
+        "proto": proto_name,
+        "port": port,
+        "prefix": decision.prefix.map(|p| p.to_string()),
+        "endpoint_sets": catalog.sets_holding(query.addr),
+        "decided_by": decided_by,
+        "service_area": decided_by.map(|id| catalog.service_area(id)),
+        "category": category::name(decision.category),
+        "reason": reason_name(decision.reason),
+        "action": action::name(decision.action),
+        "mark": (decision.action == action::DIRECT).then(|| format!("{:#x}/{:#x}", config.mark, config.mark_mask)),
+    }))
+}
+
+fn print_row(out: &mut impl std::io::Write, answer: &Value) -> std::io::Result<()> {
+    let text = |value: &Value| match value {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".to_owned(),
+        other => other.to_string(),
+    };
+    let packet = match (answer["proto"].as_str(), answer["port"].as_u64()) {
+        (Some(proto), Some(port)) => format!("{proto}/{port}"),
+        _ => "any".to_owned(),
+    };
+    let sets = answer["endpoint_sets"]
+        .as_array()
+        .map_or_else(String::new, |sets| {
+            sets.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        });
+    let decided = match answer["decided_by"].as_u64() {
+        Some(id) => format!(" (decided by {id}, {})", text(&answer["service_area"])),
+        None => String::new(),
+    };
+    writeln!(
+        out,
+        "{:<40} {:<9} {:<24} {:<10} {:<7} {:<11} {}{decided}",
+        text(&answer["address"]),
+        packet,
+        text(&answer["prefix"]),
+        text(&answer["category"]),
+        text(&answer["action"]),
+        text(&answer["reason"]),
+        if sets.is_empty() {
+            "-".to_owned()
+        } else {
+            sets
+        }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_parse_or_say_what_is_wrong() {
+        assert!(parse_line("52.112.1.1").unwrap().proto.is_none());
+        assert_eq!(
+            parse_line("2603:1063::1 UDP 3478").unwrap().proto,
+            Some((Proto::Udp, 3478))
+        );
+        assert!(
+            parse_line("52.112.1.1 sctp 5")
+                .unwrap_err()
+                .to_string()
+                .contains("not tcp or udp")
+        );
+        assert!(
+            parse_line("52.112.1.1 tcp http")
+                .unwrap_err()
+                .to_string()
+                .contains("not a port number")
+        );
+        assert!(
+            parse_line("example.com")
+                .unwrap_err()
+                .to_string()
+                .contains("not an IP address")
+        );
+        assert!(
+            parse_line("1.2.3.4 tcp")
+                .unwrap_err()
+                .to_string()
+                .contains("expected")
+        );
+    }
+}

@@ -1,0 +1,264 @@
+//! What the data plane decides for an address, asked of the live maps, and the feed's words
+//! for it (service areas, endpoint sets), for `lookup`, `prefixes` and `stats`.
+
+use std::{net::IpAddr, path::Path};
+
+use classifier_common::{PrefixRules, action, category, flags, stat};
+use ipnet::IpNet;
+
+use crate::{
+    EMBEDDED_FEED,
+    datapath::{DatapathError, Maps},
+    feed::{EndpointSet, Feed},
+    state::State,
+};
+
+/// The decision for one `(address, protocol, port)`, the same the kernel programs make.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// The longest installed prefix that holds the address.
+    pub prefix: Option<IpNet>,
+    pub category: u8,
+    /// The endpoint set that decided (0: none, or an operator prefix).
+    pub set_id: u16,
+    /// A [`stat`] reason index.
+    pub reason: u32,
+    pub action: u8,
+}
+
+/// The live tries, policy and config, read once for many questions.
+pub struct Oracle<'a> {
+    maps: &'a Maps,
+    policy: [u8; category::COUNT as usize],
+    config: classifier_common::Config,
+}
+
+impl<'a> Oracle<'a> {
+    pub fn new(maps: &'a Maps) -> Result<Self, DatapathError> {
+        Ok(Self {
+            maps,
+            policy: maps.policy()?,
+            config: maps.config()?,
+        })
+    }
+
+    #[must_use]
+    pub const fn config(&self) -> &classifier_common::Config {
+        &self.config
+    }
+
+    /// Decides as `breakout` does; `port` is `None` for a packet without ports.
+    pub fn decide(
+        &self,
+        addr: IpAddr,
+        proto: u8,
+        port: Option<u16>,
+    ) -> Result<Decision, DatapathError> {
+        let Some(rules) = self.maps.lookup(addr)? else {
+            return Ok(Decision {
+                prefix: None,
+                category: category::NONE,
+                set_id: 0,
+                reason: stat::NO_MATCH,
+                action: action::TUNNEL,
+            });
+        };
+        Ok(decide_rules(
+            &rules,
+            addr,
+            proto,
+            port,
+            self.policy,
+            self.config.flags,
+        ))
+    }
+}
+
+fn decide_rules(
+    rules: &PrefixRules,
+    addr: IpAddr,
+    proto: u8,
+    port: Option<u16>,
+    policy: [u8; category::COUNT as usize],
+    config_flags: u32,
+) -> Decision {
+    let prefix = IpNet::new(addr, rules.prefix_len)
+        .ok()
+        .map(|net| net.trunc());
+    let found = rules.classify(proto, port);
+    let (reason, action) = if found.by_port {
+        (stat::MATCH_PORT, policy_action(policy, found.category))
+    } else if config_flags & flags::STRICT_PORTS != 0 {
+        (stat::STRICT_MISS, action::TUNNEL)
+    } else {
+        (stat::MATCH_ADDR, policy_action(policy, found.category))
+    };
+    Decision {
+        prefix,
+        category: found.category,
+        set_id: found.set_id,
+        reason,
+        action,
+    }
+}
+
+fn policy_action(policy: [u8; category::COUNT as usize], category: u8) -> u8 {
+    policy
+        .get(usize::from(category))
+        .copied()
+        .unwrap_or(action::TUNNEL)
+}
+
+/// The name of a [`stat`] index.
+#[must_use]
+pub fn reason_name(reason: u32) -> &'static str {
+    stat::NAMED
+        .iter()
+        .find(|(index, _)| *index == reason)
+        .map_or("unknown", |(_, name)| name)
+}
+
+/// The endpoint sets of the feed the maps were built from: the state directory's last applied
+/// feed, else the embedded snapshot.
+pub struct Catalog {
+    sets: Vec<EndpointSet>,
+    pub source: String,
+}
+
+impl Catalog {
+    #[must_use]
+    pub fn load(state_dir: &Path) -> Self {
+        let saved = State::open(state_dir)
+            .ok()
+            .and_then(|state| state.last_feed());
+        if let Some((body, applied)) = saved
+            && let Ok(feed) = Feed::parse(&body)
+        {
+            return Self {
+                sets: feed.sets,
+                source: format!("feed {}", applied.version),
+            };
+        }
+        let sets = Feed::parse(EMBEDDED_FEED)
+            .map(|feed| feed.sets)
+            .unwrap_or_default();
+        Self {
+            sets,
+            source: format!("embedded snapshot {}", crate::EMBEDDED_FEED_VERSION),
+        }
+    }
+
+    #[must_use]
+    pub fn set(&self, id: u16) -> Option<&EndpointSet> {
+        self.sets.iter().find(|set| set.id == u32::from(id))
+    }
+
+    /// Service area of a set; `operator` for prefixes from the configuration.
+    #[must_use]
+    pub fn service_area(&self, id: u16) -> &str {
+        match id {
+            0 => "operator",
+            id => self
+                .set(id)
+                .map_or("unknown", |set| set.service_area.as_str()),
+        }
+    }
+
+    /// Ids of the sets whose prefixes hold `addr`.
+    #[must_use]
+    pub fn sets_holding(&self, addr: IpAddr) -> Vec<u16> {
+        self.sets
+            .iter()
+            .filter(|set| set.prefixes.iter().any(|net| net.contains(&addr)))
+            .filter_map(|set| u16::try_from(set.id).ok())
+            .collect()
+    }
+}
+
+/// `2026-11-22T03:40:00Z` from seconds since the epoch.
+#[must_use]
+pub fn rfc3339(secs: u64) -> String {
+    let days = i64::try_from(secs / 86400).unwrap_or(0);
+    let rem = secs % 86400;
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use classifier_common::{PortRule, proto};
+
+    use super::*;
+
+    #[test]
+    fn timestamps_are_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_795_318_684), "2026-11-22T03:38:04Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn decisions_follow_rules_policy_and_strict_ports() {
+        let mut rules = PrefixRules::EMPTY;
+        rules.rules[0] = PortRule {
+            port_lo: 587,
+            port_hi: 587,
+            proto: proto::TCP,
+            category: category::ALLOW,
+            set_id: 2,
+        };
+        rules.n_rules = 1;
+        rules.addr_category = category::OPTIMIZE;
+        rules.addr_set = 1;
+        rules.prefix_len = 13;
+        let addr: IpAddr = "40.96.1.1".parse().unwrap();
+        let policy = [
+            action::TUNNEL,
+            action::TUNNEL,
+            action::TUNNEL,
+            action::DIRECT,
+        ];
+        let decision = decide_rules(&rules, addr, proto::TCP, Some(587), policy, 0);
+        assert_eq!(decision.prefix, Some("40.96.0.0/13".parse().unwrap()));
+        assert_eq!(
+            (
+                decision.category,
+                decision.set_id,
+                decision.reason,
+                decision.action
+            ),
+            (category::ALLOW, 2, stat::MATCH_PORT, action::TUNNEL)
+        );
+        let decision = decide_rules(&rules, addr, proto::TCP, Some(9), policy, 0);
+        assert_eq!(
+            (decision.reason, decision.action),
+            (stat::MATCH_ADDR, action::DIRECT)
+        );
+        let decision = decide_rules(
+            &rules,
+            addr,
+            proto::TCP,
+            Some(9),
+            policy,
+            flags::STRICT_PORTS,
+        );
+        assert_eq!(
+            (decision.reason, decision.action),
+            (stat::STRICT_MISS, action::TUNNEL)
+        );
+    }
+}
