@@ -7,6 +7,7 @@
 pub mod http;
 pub mod netns;
 pub mod packet;
+pub mod router;
 
 use std::net::IpAddr;
 
@@ -130,17 +131,26 @@ impl Drop for PinDir {
 /// When it has not been built.
 #[must_use]
 pub fn xdp_breakout() -> std::path::PathBuf {
-    // target/<profile>/deps/<test> -> target/<profile>/xdp-breakout
+    // target/<profile>/deps/<test> or target/<profile>/<bin> -> target/<profile>/xdp-breakout
     let exe = std::env::current_exe().expect("test executable");
-    let bin = exe
-        .parent()
-        .and_then(std::path::Path::parent)
-        .expect("target dir")
-        .join("xdp-breakout");
+    let dir = exe.parent().expect("target dir");
+    let bin = [dir, dir.parent().unwrap_or(dir)]
+        .iter()
+        .map(|dir| dir.join("xdp-breakout"))
+        .find(|bin| bin.exists())
+        .unwrap_or_else(|| dir.join("xdp-breakout"));
     assert!(
         bin.exists(),
         "{} is missing: build it with `cargo build -p classifier-user` (cargo xtask test does)",
         bin.display()
     );
     bin
+}
+
+/// The feed version the agent using `state_dir` says it applied.
+#[must_use]
+pub fn read_applied_version(state_dir: &std::path::Path) -> Option<String> {
+    classifier_user::state::read_status(state_dir)?
+        .applied
+        .map(|applied| applied.version)
 }

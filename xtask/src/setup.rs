@@ -10,16 +10,21 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 
 pub fn run() -> anyhow::Result<()> {
-    if !installed(
-        "dpkg-query",
-        &["-W", "-f=${Status}", "llvm-22-dev"],
-        "install ok installed",
-    ) {
-        eprintln!("xtask: installing llvm-22-dev (bpf-linker links against LLVM 22)");
+    // llvm-22-dev: bpf-linker links against LLVM 22. bpftool and ethtool: the end-to-end
+    // tests read maps with bpftool, as operators do, and turn VLAN offload off.
+    let missing: Vec<&str> = ["llvm-22-dev", "bpftool", "ethtool"]
+        .into_iter()
+        .filter(|package| {
+            !installed("dpkg-query", &["-W", "-f=${Status}", package], "install ok installed")
+        })
+        .collect();
+    if !missing.is_empty() {
+        eprintln!("xtask: installing {} with apt-get", missing.join(", "));
         run_command(Command::new("apt-get").arg("update").arg("-qq"))?;
         run_command(
             Command::new("apt-get")
-                .args(["install", "-y", "-qq", "llvm-22-dev"])
+                .args(["install", "-y", "-qq"])
+                .args(&missing)
                 .env("DEBIAN_FRONTEND", "noninteractive"),
         )?;
     }

@@ -1,0 +1,85 @@
+//! `cargo xtask demo`: a branch router in four throwaway network namespaces (see
+//! `tests::router`), xdp-breakout on its LAN side with the embedded feed, a little Teams,
+//! Exchange and other traffic from a client, where each packet came out, and what an operator
+//! sees. Everything is removed at the end, also on failure; no host interface is touched.
+
+use std::{process::ExitCode, thread, time::Duration};
+
+use tests::router::{
+    Arrivals, EXCHANGE_V4, EXCHANGE_V6, OTHER_V4, OTHER_V6, Options, Router, TEAMS_V4, TEAMS_V6,
+    Upstream, arrived,
+};
+
+fn main() -> ExitCode {
+    let mut router = match Router::new("demo", Options::default()) {
+        Ok(router) => router,
+        Err(error) => {
+            eprintln!("demo: building the namespaces failed (run as root): {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("== a branch router in network namespaces");
+    println!("   client 10.0.1.2 -- lan0 [router: xdp-breakout] wan0 -- direct uplink");
+    println!("                                                 tun0 -- tunnel (default route)");
+    println!("   ip rule fwmark 0x365/0xffff lookup 365; table 365: default via the direct uplink");
+    // The feed server answers nothing: the agent classifies with its embedded snapshot.
+    router.start_daemon(&[]);
+    router.wait_log("attached to lan0");
+    println!("\n== xdp-breakout run --iface lan0  (log)");
+    thread::sleep(Duration::from_millis(300));
+    for line in router.daemon_log().lines() {
+        println!("   {}", line.trim());
+    }
+
+    let arrivals = Arrivals::default();
+    router.listen_udp(3478, &arrivals);
+    router.listen_tcp(443, &arrivals);
+    router.listen_tcp(587, &arrivals);
+    println!("\n== traffic from the client, and where it came out");
+    let udp = [
+        ("Teams media", TEAMS_V4),
+        ("Teams media", TEAMS_V6),
+        ("a non-Microsoft service", OTHER_V4),
+    ];
+    for (_, addr) in udp {
+        router.send_udp(addr, 3478, 5, Duration::from_millis(2));
+    }
+    let tcp = [
+        ("Exchange", EXCHANGE_V4, 443),
+        ("Exchange", EXCHANGE_V6, 443),
+        ("Exchange submission (Allow)", EXCHANGE_V4, 587),
+        ("a non-Microsoft site", OTHER_V6, 443),
+    ];
+    for (_, addr, port) in tcp {
+        let _ = router.connect_tcp(addr, port);
+    }
+    thread::sleep(Duration::from_millis(300));
+    let path = |addr: &str, port: u16| {
+        let direct = arrived(&arrivals, Upstream::Direct, addr, port);
+        let tunnel = arrived(&arrivals, Upstream::Tunnel, addr, port);
+        format!("{direct} via the direct uplink, {tunnel} via the tunnel")
+    };
+    for (what, addr) in udp {
+        println!("   {what:<28} UDP {addr}:3478  ->  {}", path(addr, 3478));
+    }
+    for (what, addr, port) in tcp {
+        println!(
+            "   {what:<28} TCP {addr}:{port}  ->  {} (connections)",
+            path(addr, port)
+        );
+    }
+
+    for args in [
+        &["status"][..],
+        &["stats"],
+        &["lookup", EXCHANGE_V4, "--proto", "tcp", "--port", "587"],
+    ] {
+        println!("\n== xdp-breakout {}", args.join(" "));
+        let output = router.cli(args);
+        print!("{}", String::from_utf8_lossy(&output.stdout));
+        eprint!("{}", String::from_utf8_lossy(&output.stderr));
+    }
+    println!("\n== removing the namespaces and pins");
+    drop(router);
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,337 @@
+//! Real packets through a real Linux router in network namespaces (see `tests::router`): Office
+//! 365 traffic leaves by the direct uplink, everything else by the tunnel, and neither an agent
+//! crash nor a feed change, good or bad, sends a packet the wrong way.
+
+use std::{
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use classifier_common::stat;
+use classifier_user::datapath::Maps;
+use serde_json::{Value, json};
+use tests::{
+    FEED_2026043000,
+    http::Reply,
+    router::{
+        Arrivals, EXCHANGE_V4, EXCHANGE_V6, EXTRA_A, EXTRA_B, OTHER_V4, OTHER_V6, Options, Router,
+        TEAMS_V4, TEAMS_V6, Upstream, arrived,
+    },
+    unavailable,
+};
+
+fn router(what: &str, options: Options) -> Option<Router> {
+    match Router::new(what, options) {
+        Ok(router) => Some(router),
+        Err(error) => {
+            let _ = unavailable("network namespaces for the router", &error);
+            None
+        }
+    }
+}
+
+/// The real feed plus one endpoint set with a single /32, Optimize for UDP 3478.
+fn feed_with(extra: &str, id: u32) -> Vec<u8> {
+    let mut sets: Vec<Value> = serde_json::from_slice(FEED_2026043000).unwrap();
+    sets.push(json!({
+        "id": id,
+        "serviceArea": "Skype",
+        "category": "Optimize",
+        "required": true,
+        "ips": [format!("{extra}/32")],
+        "udpPorts": "3478",
+    }));
+    serde_json::to_vec(&sets).unwrap()
+}
+
+fn serve(router: &Router, version: &str, body: &[u8]) {
+    router
+        .server
+        .set("/version/Worldwide", Reply::version(version));
+    router.server.set("/endpoints/Worldwide", Reply::json(body));
+}
+
+fn wait_version(router: &Router, version: &str) {
+    let start = Instant::now();
+    while router.applied_version().as_deref() != Some(version) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "waited for {version}:\n{}",
+            router.daemon_log()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until the listeners have seen `total` datagrams (they run on their own threads).
+fn settle(arrivals: &Arrivals, total: u64) {
+    let start = Instant::now();
+    while arrivals.lock().unwrap().values().sum::<u64>() < total
+        && start.elapsed() < Duration::from_secs(5)
+    {
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn paths_and_policy(vlan: bool) {
+    let Some(mut router) = router(if vlan { "pv" } else { "pp" }, Options { vlan }) else {
+        return;
+    };
+    serve(&router, "2026043000", FEED_2026043000);
+    let config = router.work_file("config.toml");
+    std::fs::write(&config, "# defaults\n").unwrap();
+    router.start_daemon(&["--config", config.to_str().unwrap()]);
+    wait_version(&router, "2026043000");
+    let arrivals = Arrivals::default();
+    router.listen_udp(3478, &arrivals);
+    router.listen_tcp(443, &arrivals);
+    router.listen_tcp(587, &arrivals);
+
+    router.send_udp(TEAMS_V4, 3478, 10, Duration::ZERO);
+    router.send_udp(TEAMS_V6, 3478, 10, Duration::ZERO);
+    router.send_udp(OTHER_V4, 3478, 10, Duration::ZERO);
+    router.send_udp(OTHER_V6, 3478, 10, Duration::ZERO);
+    assert!(router.connect_tcp(EXCHANGE_V4, 443));
+    assert!(router.connect_tcp(EXCHANGE_V6, 443));
+    assert!(router.connect_tcp(EXCHANGE_V4, 587));
+    assert!(router.connect_tcp(OTHER_V4, 443));
+    settle(&arrivals, 44);
+    let expect = [
+        ("Teams media over IPv4", TEAMS_V4, 3478, 10, 0),
+        ("Teams media over IPv6", TEAMS_V6, 3478, 10, 0),
+        ("other IPv4", OTHER_V4, 3478, 0, 10),
+        ("other IPv6", OTHER_V6, 3478, 0, 10),
+        ("Exchange TCP 443", EXCHANGE_V4, 443, 1, 0),
+        ("Exchange TCP 443 over IPv6", EXCHANGE_V6, 443, 1, 0),
+        (
+            "Exchange TCP 587 (Allow, direct by default)",
+            EXCHANGE_V4,
+            587,
+            1,
+            0,
+        ),
+        ("other TCP 443", OTHER_V4, 443, 0, 1),
+    ];
+    for (what, addr, port, direct, tunnel) in expect {
+        assert_eq!(
+            (
+                arrived(&arrivals, Upstream::Direct, addr, port),
+                arrived(&arrivals, Upstream::Tunnel, addr, port)
+            ),
+            (direct, tunnel),
+            "{what}: (direct, tunnel)"
+        );
+    }
+
+    // Allow to the tunnel: Exchange submission follows, Exchange 443 (Optimize) does not.
+    std::fs::write(&config, "[policy]\ndirect = [\"Optimize\"]\n").unwrap();
+    router.signal_daemon(libc::SIGHUP);
+    router.wait_log("SIGHUP: configuration reloaded");
+    assert!(router.connect_tcp(EXCHANGE_V4, 587));
+    assert!(router.connect_tcp(EXCHANGE_V4, 443));
+    settle(&arrivals, 46);
+    assert_eq!(
+        arrived(&arrivals, Upstream::Tunnel, EXCHANGE_V4, 587),
+        1,
+        "Allow now tunnelled"
+    );
+    assert_eq!(
+        arrived(&arrivals, Upstream::Direct, EXCHANGE_V4, 443),
+        2,
+        "Optimize still direct"
+    );
+}
+
+#[test]
+fn office_traffic_goes_direct_and_the_rest_through_the_tunnel() {
+    paths_and_policy(false);
+}
+
+#[test]
+fn the_same_with_a_vlan_tagged_lan() {
+    paths_and_policy(true);
+}
+
+/// Counters as the CLI and bpftool read them, against the packets sent.
+#[test]
+fn counters_agree_with_the_packets_sent() {
+    let Some(mut router) = router("pc", Options::default()) else {
+        return;
+    };
+    serve(&router, "2026043000", FEED_2026043000);
+    router.start_daemon(&[]);
+    wait_version(&router, "2026043000");
+    let arrivals = Arrivals::default();
+    router.listen_udp(3478, &arrivals);
+    router.send_udp(TEAMS_V4, 3478, 37, Duration::ZERO);
+    router.send_udp(TEAMS_V6, 3478, 5, Duration::ZERO);
+    settle(&arrivals, 42);
+    let stats: Value = serde_json::from_slice(&router.cli(&["--json", "stats"]).stdout).unwrap();
+    assert_eq!(stats["counters"]["direct"]["packets"], 42);
+    assert_eq!(stats["counters"]["tc_mark_meta"]["packets"], 42);
+    assert_eq!(stats["endpoint_sets"][0]["packets"], 42);
+    let dump = Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(router.pins().join("XB_STATS"))
+        .output()
+        .unwrap();
+    assert!(
+        dump.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
+    let dump: Value = serde_json::from_slice(&dump.stdout).unwrap();
+    // With BTF, `bpftool -j` adds a "formatted" object with the named fields.
+    let entry = dump
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["formatted"])
+        .find(|e| e["key"] == stat::DIRECT)
+        .unwrap();
+    let per_cpu: u64 = entry["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["value"]["packets"].as_u64().unwrap())
+        .sum();
+    assert_eq!(per_cpu, 42, "bpftool's per-CPU values, summed");
+}
+
+#[test]
+fn an_agent_crash_sends_no_packet_the_wrong_way() {
+    let Some(mut router) = router("pk", Options::default()) else {
+        return;
+    };
+    serve(&router, "2026043000", FEED_2026043000);
+    router.start_daemon(&[]);
+    wait_version(&router, "2026043000");
+    let arrivals = Arrivals::default();
+    router.listen_udp(3478, &arrivals);
+    // About three seconds of media; the agent is killed in the middle and restarted.
+    let count = 3000;
+    let client = router.client.name.clone();
+    let stream =
+        thread::spawn(move || send_from(&client, TEAMS_V4, 3478, count, Duration::from_millis(1)));
+    thread::sleep(Duration::from_millis(700));
+    router.signal_daemon(libc::SIGKILL);
+    let installed = Maps::from_pins(router.pins()).unwrap().installed().unwrap();
+    thread::sleep(Duration::from_millis(500));
+    router.start_daemon(&[]);
+    router.wait_log("classifying with the last applied feed 2026043000");
+    stream.join().unwrap();
+    settle(&arrivals, u64::from(count));
+    assert_eq!(
+        arrived(&arrivals, Upstream::Tunnel, TEAMS_V4, 3478),
+        0,
+        "not one packet to the tunnel"
+    );
+    assert_eq!(
+        arrived(&arrivals, Upstream::Direct, TEAMS_V4, 3478),
+        u64::from(count),
+        "none lost"
+    );
+    assert_eq!(
+        Maps::from_pins(router.pins()).unwrap().installed().unwrap(),
+        installed,
+        "the restart adopted every entry"
+    );
+}
+
+/// Sends from the namespace named `client` (a thread of its own, for streams).
+fn send_from(client: &str, dst: &str, port: u16, count: u32, gap: Duration) {
+    let path = format!("/run/netns/{client}");
+    let file = std::fs::File::open(&path).unwrap();
+    // SAFETY: setns on a namespace fd for this thread only.
+    assert_eq!(
+        unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) },
+        0
+    );
+    let dst: std::net::IpAddr = dst.parse().unwrap();
+    let socket =
+        std::net::UdpSocket::bind(if dst.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }).unwrap();
+    for _ in 0..count {
+        socket.send_to(b"stream", (dst, port)).unwrap();
+        thread::sleep(gap);
+    }
+}
+
+#[test]
+fn feed_changes_under_load_switch_only_what_changed() {
+    let Some(mut router) = router("pf", Options::default()) else {
+        return;
+    };
+    serve(&router, "2026050100", &feed_with(EXTRA_A, 900));
+    router.start_daemon(&["--poll-interval", "1s"]);
+    wait_version(&router, "2026050100");
+    let arrivals = Arrivals::default();
+    router.listen_udp(3478, &arrivals);
+    router.send_udp(EXTRA_A, 3478, 5, Duration::ZERO);
+    router.send_udp(EXTRA_B, 3478, 5, Duration::ZERO);
+    settle(&arrivals, 10);
+    assert_eq!(arrived(&arrivals, Upstream::Direct, EXTRA_A, 3478), 5);
+    assert_eq!(arrived(&arrivals, Upstream::Tunnel, EXTRA_B, 3478), 5);
+
+    // A new version adds EXTRA_B and removes EXTRA_A while Teams media flows.
+    let count = 2500;
+    let client = router.client.name.clone();
+    let stream =
+        thread::spawn(move || send_from(&client, TEAMS_V4, 3478, count, Duration::from_millis(1)));
+    thread::sleep(Duration::from_millis(300));
+    serve(&router, "2026050200", &feed_with(EXTRA_B, 901));
+    wait_version(&router, "2026050200");
+    // Then a broken feed and a shrunken one: both refused, nothing changes.
+    let installed = Maps::from_pins(router.pins()).unwrap().installed().unwrap();
+    router
+        .server
+        .set("/version/Worldwide", Reply::version("2026050300"));
+    router.server.set(
+        "/endpoints/Worldwide",
+        Reply::json(&FEED_2026043000[..5000]),
+    );
+    router.wait_log("refused feed 2026050300");
+    let shrunk: Vec<Value> = serde_json::from_slice::<Vec<Value>>(FEED_2026043000)
+        .unwrap()
+        .into_iter()
+        .filter(|set| set["id"] == 11)
+        .collect();
+    router
+        .server
+        .set("/version/Worldwide", Reply::version("2026050400"));
+    router.server.set(
+        "/endpoints/Worldwide",
+        Reply::json(&serde_json::to_vec(&shrunk).unwrap()),
+    );
+    router.wait_log("refused feed 2026050400");
+    stream.join().unwrap();
+    assert_eq!(
+        Maps::from_pins(router.pins()).unwrap().installed().unwrap(),
+        installed,
+        "bad feeds change nothing"
+    );
+    assert_eq!(router.applied_version().as_deref(), Some("2026050200"));
+
+    router.send_udp(EXTRA_A, 3478, 5, Duration::ZERO);
+    router.send_udp(EXTRA_B, 3478, 5, Duration::ZERO);
+    settle(&arrivals, 10 + u64::from(count) + 10);
+    assert_eq!(
+        arrived(&arrivals, Upstream::Tunnel, TEAMS_V4, 3478),
+        0,
+        "a prefix in both versions never reached the tunnel"
+    );
+    assert_eq!(
+        arrived(&arrivals, Upstream::Direct, TEAMS_V4, 3478),
+        u64::from(count)
+    );
+    assert_eq!(
+        arrived(&arrivals, Upstream::Direct, EXTRA_B, 3478),
+        5,
+        "the added prefix went direct"
+    );
+    assert_eq!(
+        arrived(&arrivals, Upstream::Tunnel, EXTRA_A, 3478),
+        5,
+        "the removed prefix went to the tunnel"
+    );
+}
