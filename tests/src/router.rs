@@ -143,6 +143,7 @@ impl Router {
         Ok(this)
     }
 
+    #[expect(clippy::too_many_lines, reason = "the topology, link by link")]
     fn wire(&self, options: Options) -> io::Result<()> {
         let (client, router, direct, tunnel) =
             (&self.client, &self.router, &self.direct, &self.tunnel);
@@ -431,7 +432,7 @@ impl Router {
                                     .lock()
                                     .expect("arrivals")
                                     .entry((path, addr, port))
-                                    .or_default() += 1
+                                    .or_default() += 1;
                             }
                             Err(_) => thread::sleep(Duration::from_millis(5)),
                         }
