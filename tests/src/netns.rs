@@ -29,6 +29,46 @@ impl Netns {
         Ok(netns)
     }
 
+    /// A namespace with a veth pair `lan0` <-> `lan1`, both up, and IPv6 off so that no
+    /// neighbour discovery adds packets to the counters; `None` (skip) when namespaces are
+    /// unavailable outside CI.
+    ///
+    /// # Panics
+    ///
+    /// When namespaces are unavailable under `CI=true`, or the pair cannot be made.
+    #[must_use]
+    pub fn with_veth_pair(prefix: &str) -> Option<Self> {
+        let netns = match Self::new(prefix) {
+            Ok(netns) => netns,
+            Err(error) => {
+                crate::unavailable("a network namespace", &error)?;
+                unreachable!()
+            }
+        };
+        for sysctl in [
+            "net.ipv6.conf.all.disable_ipv6=1",
+            "net.ipv6.conf.default.disable_ipv6=1",
+        ] {
+            run_checked(Command::new("ip").args([
+                "netns",
+                "exec",
+                &netns.name,
+                "sysctl",
+                "-qw",
+                sysctl,
+            ]))
+            .expect("sysctl");
+        }
+        netns
+            .ip(&[
+                "link", "add", "lan0", "type", "veth", "peer", "name", "lan1",
+            ])
+            .expect("veth pair");
+        netns.ip(&["link", "set", "lan0", "up"]).expect("lan0 up");
+        netns.ip(&["link", "set", "lan1", "up"]).expect("lan1 up");
+        Some(netns)
+    }
+
     /// `/run/netns/<name>`, for `nsenter --net=`.
     #[must_use]
     pub fn path(&self) -> String {

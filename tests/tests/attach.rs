@@ -2,49 +2,17 @@
 //! namespace; real frames cross the pair; the counters are read back through the pinned maps
 //! and through `xdp-breakout stats --json`; detach leaves nothing attached.
 
-use std::process::Command;
-
 use classifier_common::stat;
 use classifier_user::datapath::Maps;
 use tests::{
     PinDir, ip,
-    netns::{Netns, ifindex, run_checked, send_frames},
+    netns::{Netns, ifindex, send_frames},
     packet::{ETH_P_8021AD, ETH_P_8021Q, L4, Spec},
-    unavailable, xdp_breakout,
+    xdp_breakout,
 };
 
-/// A veth pair `lan0` <-> `lan1` in a new namespace, IPv6 off so that no neighbour discovery
-/// adds packets to the counts.
 fn veth_namespace() -> Option<Netns> {
-    let netns = match Netns::new("xbt-attach") {
-        Ok(netns) => netns,
-        Err(error) => {
-            unavailable("a network namespace", &error)?;
-            unreachable!()
-        }
-    };
-    for sysctl in [
-        "net.ipv6.conf.all.disable_ipv6=1",
-        "net.ipv6.conf.default.disable_ipv6=1",
-    ] {
-        run_checked(Command::new("ip").args([
-            "netns",
-            "exec",
-            &netns.name,
-            "sysctl",
-            "-qw",
-            sysctl,
-        ]))
-        .unwrap();
-    }
-    netns
-        .ip(&[
-            "link", "add", "lan0", "type", "veth", "peer", "name", "lan1",
-        ])
-        .unwrap();
-    netns.ip(&["link", "set", "lan0", "up"]).unwrap();
-    netns.ip(&["link", "set", "lan1", "up"]).unwrap();
-    Some(netns)
+    Netns::with_veth_pair("xbt-attach")
 }
 
 fn cli(netns: &Netns, pin_dir: &PinDir, args: &[&str]) -> std::process::Output {

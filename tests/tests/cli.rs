@@ -14,9 +14,9 @@ use classifier_user::{datapath::Maps, pcap};
 use serde_json::Value;
 use tests::{
     PinDir, ip,
-    netns::{Netns, ifindex, run_checked, send_frames},
+    netns::{Netns, ifindex, send_frames},
     packet::{ETH_P_8021Q, L4, Spec, non_ip},
-    unavailable, xdp_breakout,
+    xdp_breakout,
 };
 
 fn cli(netns: Option<&Netns>, args: &[&str]) -> Output {
@@ -193,34 +193,9 @@ fn frame(addr: &str, question: Option<(&str, u16)>) -> Vec<u8> {
     reason = "one attached data plane, every command against it"
 )]
 fn operator_commands_against_an_attached_data_plane() {
-    let netns = match Netns::new("xbt-cli") {
-        Ok(netns) => netns,
-        Err(error) => {
-            let _ = unavailable("a network namespace", &error);
-            return;
-        }
+    let Some(netns) = Netns::with_veth_pair("xbt-cli") else {
+        return;
     };
-    for sysctl in [
-        "net.ipv6.conf.all.disable_ipv6=1",
-        "net.ipv6.conf.default.disable_ipv6=1",
-    ] {
-        run_checked(Command::new("ip").args([
-            "netns",
-            "exec",
-            &netns.name,
-            "sysctl",
-            "-qw",
-            sysctl,
-        ]))
-        .unwrap();
-    }
-    netns
-        .ip(&[
-            "link", "add", "lan0", "type", "veth", "peer", "name", "lan1",
-        ])
-        .unwrap();
-    netns.ip(&["link", "set", "lan0", "up"]).unwrap();
-    netns.ip(&["link", "set", "lan1", "up"]).unwrap();
     netns.ip(&["link", "set", "lo", "up"]).unwrap();
     let pin_dir = PinDir::new("cli");
     let pins = pin_dir.path.to_str().unwrap().to_owned();
@@ -389,6 +364,28 @@ fn operator_commands_against_an_attached_data_plane() {
     assert_eq!(counters["endpoint_sets"][0]["id"], 11);
     assert_eq!(counters["endpoint_sets"][0]["service_area"], "Skype");
     assert!(ok(&run(&["stats"])).contains("Skype"));
+    // --watch streams one object per interval, with rates from the second on.
+    let mut watch = netns
+        .command(xdp_breakout().to_str().unwrap())
+        .args(global)
+        .args(["--json", "stats", "--watch", "1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(watch.stdout.take().unwrap()));
+    let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let second: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    watch.kill().unwrap();
+    watch.wait().unwrap();
+    assert_eq!(
+        (first["interval_secs"].as_u64(), first.get("rates")),
+        (Some(1), None)
+    );
+    assert_eq!(
+        second["rates"]["direct"]["pps"], 0,
+        "nothing sent during the interval"
+    );
+    assert_eq!(second["counters"]["direct"]["packets"], 4);
 
     // status and prefixes.
     let status: Value = serde_json::from_str(&ok(&run(&["--json", "status"]))).unwrap();

@@ -18,9 +18,9 @@ use tests::{
     FEED_2026033100, FEED_2026043000, PinDir,
     http::{FeedServer, Reply},
     ip,
-    netns::{Netns, ifindex, run_checked, send_frames},
+    netns::{Netns, ifindex, send_frames},
     packet::{L4, Spec},
-    unavailable, xdp_breakout,
+    xdp_breakout,
 };
 
 struct Daemon {
@@ -114,34 +114,9 @@ fn applied_version(state_dir: &Path) -> Option<String> {
 #[test]
 #[expect(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 fn daemon_follows_the_feed_and_survives_kill_hup_and_term() {
-    let netns = match Netns::new("xbt-daemon") {
-        Ok(netns) => netns,
-        Err(error) => {
-            let _ = unavailable("a network namespace", &error);
-            return;
-        }
+    let Some(netns) = Netns::with_veth_pair("xbt-daemon") else {
+        return;
     };
-    for sysctl in [
-        "net.ipv6.conf.all.disable_ipv6=1",
-        "net.ipv6.conf.default.disable_ipv6=1",
-    ] {
-        run_checked(std::process::Command::new("ip").args([
-            "netns",
-            "exec",
-            &netns.name,
-            "sysctl",
-            "-qw",
-            sysctl,
-        ]))
-        .unwrap();
-    }
-    netns
-        .ip(&[
-            "link", "add", "lan0", "type", "veth", "peer", "name", "lan1",
-        ])
-        .unwrap();
-    netns.ip(&["link", "set", "lan0", "up"]).unwrap();
-    netns.ip(&["link", "set", "lan1", "up"]).unwrap();
 
     // The feed server listens on the namespace's own loopback, where the daemon looks.
     let server = FeedServer::serve(netns.run(|| TcpListener::bind("127.0.0.1:0").unwrap()));
