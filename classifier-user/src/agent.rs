@@ -16,7 +16,7 @@ use crate::{
     client::{FeedClient, FetchError},
     compile::{CompileError, Compiled, Filter, compile_filtered},
     config::Config,
-    datapath::{ApplyReport, DatapathError, Maps},
+    datapath::{ApplyReport, DatapathError, Maps, PinLock},
     feed::{Feed, FeedError},
     state::{Applied, State, StateError, Status, now},
 };
@@ -100,6 +100,8 @@ pub enum Start {
 pub struct Agent {
     config: Config,
     maps: Maps,
+    /// The pin directory to lock while the maps change; `None` for private maps.
+    lock_dir: Option<std::path::PathBuf>,
     client: FeedClient,
     state: State,
     status: Status,
@@ -120,10 +122,18 @@ impl Agent {
         Ok(Self {
             config,
             maps,
+            lock_dir: None,
             client,
             state,
             status,
         })
+    }
+
+    /// Locks `pin_dir` around every change of the maps (for pinned maps).
+    #[must_use]
+    pub fn locking(mut self, pin_dir: &std::path::Path) -> Self {
+        self.lock_dir = Some(pin_dir.to_owned());
+        self
     }
 
     #[must_use]
@@ -233,6 +243,7 @@ impl Agent {
         force: bool,
     ) -> Result<ApplyReport, RefreshError> {
         let compiled = self.compile(body, version, source)?;
+        let _lock = self.lock_dir.as_deref().map(PinLock::acquire).transpose()?;
         if !force {
             self.check_shrink(
                 self.maps.installed()?.len(),

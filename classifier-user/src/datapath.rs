@@ -108,6 +108,11 @@ pub enum DatapathError {
         name: String,
         id: u64,
     },
+    #[error(
+        "another xdp-breakout process has been changing {path} for 10 s (its lock is held); \
+         try again when it is done"
+    )]
+    Locked { path: PathBuf },
     #[error("the programs were loaded with private maps; attaching needs a pin directory")]
     Unpinned,
     #[error("interface {iface}: xdp-breakout is not attached (no {path})")]
@@ -200,6 +205,52 @@ fn bpffs_root(pin_dir: &Path) -> &Path {
         root
     } else {
         pin_dir.parent().unwrap_or(pin_dir)
+    }
+}
+
+/// An exclusive lock on a pin directory, held while maps or links there change, so that two
+/// xdp-breakout processes (the agent and an operator's `attach` or `sync`) never interleave
+/// their changes. Released on drop. (xdp-tools locks its bpffs directory the same way.)
+pub struct PinLock {
+    _dir: fs::File,
+}
+
+/// How long to wait for another process's lock.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl PinLock {
+    /// Creates `pin_dir` (mounting bpffs if needed) and locks it.
+    pub fn acquire(pin_dir: &Path) -> Result<Self, DatapathError> {
+        ensure_bpffs(bpffs_root(pin_dir))?;
+        let pin_error = |source| DatapathError::PinDir {
+            path: pin_dir.to_owned(),
+            source,
+        };
+        fs::create_dir_all(pin_dir).map_err(pin_error)?;
+        let dir = fs::File::open(pin_dir).map_err(pin_error)?;
+        let start = std::time::Instant::now();
+        loop {
+            // SAFETY: flock on a descriptor we own.
+            if unsafe {
+                libc::flock(
+                    std::os::fd::AsRawFd::as_raw_fd(&dir),
+                    libc::LOCK_EX | libc::LOCK_NB,
+                )
+            } == 0
+            {
+                return Ok(Self { _dir: dir });
+            }
+            let error = io::Error::last_os_error();
+            if error.kind() != io::ErrorKind::WouldBlock {
+                return Err(pin_error(error));
+            }
+            if start.elapsed() > LOCK_WAIT {
+                return Err(DatapathError::Locked {
+                    path: pin_dir.to_owned(),
+                });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 }
 

@@ -167,3 +167,27 @@ fn attach_to_a_missing_interface_fails_clearly_and_changes_nothing() {
         "a bad feed attaches nothing"
     );
 }
+
+#[test]
+fn a_held_pin_lock_makes_attach_wait_then_fail_clearly() {
+    let Some(netns) = veth_namespace() else {
+        return;
+    };
+    let pin_dir = PinDir::new("locked");
+    let lock = classifier_user::datapath::PinLock::acquire(&pin_dir.path).unwrap();
+    let output = cli(&netns, &pin_dir, &["attach", "lan1"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("another xdp-breakout process has been changing"),
+        "{stderr}"
+    );
+    assert!(!pin_dir.path.join("xdp_link@lan1").exists());
+    drop(lock);
+    let output = cli(&netns, &pin_dir, &["attach", "lan1"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -9,7 +9,7 @@ use crate::{
     EBPF_OBJECT, EMBEDDED_FEED, EMBEDDED_FEED_VERSION,
     cli::{AttachArgs, GlobalArgs},
     compile::compile,
-    datapath::{DEFAULT_POLICY, Datapath},
+    datapath::{DEFAULT_POLICY, Datapath, PinLock},
     feed::Feed,
 };
 
@@ -45,6 +45,7 @@ pub fn run(global: &GlobalArgs, args: &AttachArgs) -> anyhow::Result<()> {
         None => None,
     };
     let pin_dir = global.pin_dir();
+    let _lock = PinLock::acquire(&pin_dir)?;
     let mut datapath = Datapath::load_pinned(EBPF_OBJECT, &pin_dir)
         .with_context(|| format!("loading the programs with pins in {}", pin_dir.display()))?;
     let mut maps = datapath.maps()?;

@@ -21,7 +21,7 @@ use crate::{
     agent::{Agent, Refreshed, Start, backoff, jittered},
     cli::{GlobalArgs, RunArgs},
     config::Config,
-    datapath::{self, Datapath},
+    datapath::{self, Datapath, PinLock},
     state::State,
 };
 
@@ -40,6 +40,8 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<()> {
 
 async fn daemon(global: &GlobalArgs, args: &RunArgs, config: Config) -> anyhow::Result<()> {
     let state = State::open(&config.state_dir)?;
+    // Held while the programs load and attach; then only around each change of the maps.
+    let startup_lock = PinLock::acquire(&config.pin_dir)?;
     let mut datapath = Datapath::load_pinned(EBPF_OBJECT, &config.pin_dir).with_context(|| {
         format!(
             "loading the programs with pins in {}",
@@ -71,6 +73,8 @@ async fn daemon(global: &GlobalArgs, args: &RunArgs, config: Config) -> anyhow::
         info!("attached to {iface} (mark {})", config.policy.mark);
     }
     agent.save_status();
+    drop(startup_lock);
+    let mut agent = agent.locking(&config.pin_dir);
 
     let mut hangup = signal(SignalKind::hangup())?;
     let mut terminate = signal(SignalKind::terminate())?;
@@ -92,6 +96,7 @@ async fn daemon(global: &GlobalArgs, args: &RunArgs, config: Config) -> anyhow::
         logs.abort();
     }
     if agent.config().detach_on_exit {
+        let _lock = PinLock::acquire(&agent.config().pin_dir)?;
         for iface in &agent.config().interfaces {
             datapath::detach(&agent.config().pin_dir, iface)?;
             info!("detached from {iface}");

@@ -31,7 +31,8 @@ pub fn run(global: &GlobalArgs, args: &SyncArgs) -> anyhow::Result<()> {
     };
     let maps = Maps::from_pins(&config.pin_dir)?;
     let state = State::open(&config.state_dir)?;
-    let mut agent = Agent::new(config, maps, state)?;
+    let pin_dir = config.pin_dir.clone();
+    let mut agent = Agent::new(config, maps, state)?.locking(&pin_dir);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
