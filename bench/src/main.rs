@@ -1,1 +1,194 @@
-fn main() {}
+//! xdp-breakout's benchmarks (`cargo xtask bench [--quick]`; needs root): cost per packet with
+//! `BPF_PROG_TEST_RUN`, throughput over a veth pair in a private namespace against nftables,
+//! and map refresh times. Every figure is printed next to its baseline from the same run; a
+//! JSON report and an SVG chart are written under `target/bench/`. Benchmarks report, they
+//! never assert on timing.
+
+mod cost;
+mod frames;
+mod nft;
+mod progs;
+mod refresh;
+mod report;
+mod tables;
+mod throughput;
+
+use std::{
+    path::PathBuf,
+    process::ExitCode,
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::Context as _;
+use clap::Parser;
+
+use crate::report::{Machine, Report, svg_chart};
+
+#[derive(Parser)]
+#[command(
+    name = "bench",
+    about = "xdp-breakout benchmarks (root: BPF and network namespaces)"
+)]
+struct Cli {
+    /// About a minute: fewer repeats, shorter runs, no 1M-prefix nftables set.
+    #[arg(long)]
+    quick: bool,
+    /// Where report.json and cost-per-packet.svg go.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+    /// Skip the veth throughput runs (and with them the nftables figures).
+    #[arg(long)]
+    no_throughput: bool,
+    /// Skip nftables (also when `nft` is not installed).
+    #[arg(long)]
+    no_nft: bool,
+}
+
+/// How long and how often to measure.
+pub struct Settings {
+    pub hot_repeat: u32,
+    pub hot_trials: usize,
+    pub many_frames: usize,
+    pub many_rounds: usize,
+    /// Synthetic table sizes for the cost per packet (and table loads).
+    pub sizes: Vec<usize>,
+    pub throughput_secs: f64,
+    /// Frames per live-frames test run.
+    pub live_repeat: u32,
+    /// Synthetic IPv4 table sizes for throughput (the real feed is always measured).
+    pub throughput_sizes: Vec<usize>,
+}
+
+impl Settings {
+    fn new(quick: bool) -> Self {
+        if quick {
+            Self {
+                hot_repeat: 100_000,
+                hot_trials: 3,
+                many_frames: 4096,
+                many_rounds: 2,
+                sizes: vec![10_000, 100_000, 1_000_000],
+                throughput_secs: 1.0,
+                live_repeat: 1 << 16,
+                throughput_sizes: vec![10_000, 100_000],
+            }
+        } else {
+            Self {
+                hot_repeat: 1_000_000,
+                hot_trials: 5,
+                many_frames: 4096,
+                many_rounds: 8,
+                sizes: vec![10_000, 100_000, 1_000_000],
+                throughput_secs: 3.0,
+                live_repeat: 1 << 16,
+                throughput_sizes: vec![10_000, 100_000, 1_000_000],
+            }
+        }
+    }
+}
+
+/// Peak resident set of this process (`VmHWM`), KiB.
+#[must_use]
+pub fn vm_hwm_kib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| status_kib(&status, "VmHWM:"))
+        .unwrap_or(0.0)
+}
+
+/// A `kB` field of a `/proc/<pid>/status` text.
+#[must_use]
+pub fn status_kib(status: &str, field: &str) -> Option<f64> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+fn nft_installed() -> bool {
+    std::process::Command::new("nft")
+        .arg("--version")
+        .output()
+        .is_ok_and(|output| output.status.success())
+}
+
+fn run(cli: &Cli) -> anyhow::Result<()> {
+    let started = Instant::now();
+    classifier_user::datapath::ensure_bpffs(std::path::Path::new("/sys/fs/bpf"))?;
+    let settings = Settings::new(cli.quick);
+    let machine = Machine::probe();
+    println!(
+        "xdp-breakout benchmarks ({}): {}, {} cores, {} MiB, {}",
+        if cli.quick { "quick" } else { "full" },
+        machine.cpu,
+        machine.cores,
+        machine.memory_mib,
+        machine.kernel
+    );
+    let with_nft = !cli.no_nft && nft_installed();
+    if !cli.no_nft && !with_nft {
+        println!("nft is not installed: skipping the nftables figures (apt-get install nftables)");
+    }
+
+    let cost = cost::run(&settings).context("cost per packet")?;
+    cost.section.print();
+    let mut refresh = refresh::run().context("map refresh")?;
+    refresh.figures.extend(cost.loads.iter().cloned());
+    let mut chart = cost.chart;
+    let mut sections = vec![cost.section];
+    if cli.no_throughput {
+        println!("\n(skipping throughput)");
+    } else {
+        let throughput = throughput::run(&settings, with_nft).context("throughput over veth")?;
+        throughput.section.print();
+        refresh.figures.extend(throughput.nft_loads);
+        chart.extend(throughput.chart);
+        sections.push(throughput.section);
+    }
+    refresh.print();
+    sections.push(refresh);
+
+    std::fs::create_dir_all(&cli.out).with_context(|| format!("creating {}", cli.out.display()))?;
+    let report = Report {
+        machine,
+        mode: if cli.quick { "quick" } else { "full" },
+        command: format!(
+            "cargo xtask bench{}",
+            if cli.quick { " --quick" } else { "" }
+        ),
+        unix_time: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs()),
+        sections,
+    };
+    let json = cli.out.join("report.json");
+    report.write_json(&json)?;
+    let svg = cli.out.join("cost-per-packet.svg");
+    let subtitle = format!(
+        "{}, {} cores, {}; test runs measure the XDP program alone, veth lines the whole path",
+        report.machine.cpu, report.machine.cores, report.machine.kernel
+    );
+    std::fs::write(
+        &svg,
+        svg_chart("xdp-breakout: cost per packet", &subtitle, &chart),
+    )
+    .with_context(|| format!("writing {}", svg.display()))?;
+    println!(
+        "\nwrote {} and {} in {:.0} s",
+        json.display(),
+        svg.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("bench: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -45,19 +45,11 @@ impl Netns {
                 unreachable!()
             }
         };
-        for sysctl in [
+        for setting in [
             "net.ipv6.conf.all.disable_ipv6=1",
             "net.ipv6.conf.default.disable_ipv6=1",
         ] {
-            run_checked(Command::new("ip").args([
-                "netns",
-                "exec",
-                &netns.name,
-                "sysctl",
-                "-qw",
-                sysctl,
-            ]))
-            .expect("sysctl");
+            netns.sysctl(setting).expect("sysctl");
         }
         netns
             .ip(&[
@@ -92,23 +84,37 @@ impl Netns {
         command
     }
 
-    /// Runs `f` on a thread that has entered the namespace.
+    /// Writes a sysctl of the namespace. `/proc/sys/net` shows the reader's namespace, so
+    /// this runs `sysctl` inside it (`ip netns exec`: sysctl needs no bpffs).
+    pub fn sysctl(&self, setting: &str) -> io::Result<()> {
+        run_checked(
+            Command::new("ip").args(["netns", "exec", &self.name, "sysctl", "-qw", setting]),
+        )
+        .map(drop)
+    }
+
+    /// Runs `f` on a thread that has entered the namespace (setns changes only that thread),
+    /// so that interface names, sockets and XDP attachments resolve inside it.
     ///
     /// # Panics
     ///
     /// When the namespace cannot be entered, or `f` panics.
-    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
         let path = self.path();
-        thread::spawn(move || {
-            let file = File::open(&path).expect("open netns");
-            // SAFETY: setns on a namespace fd; it changes only this thread's namespace.
-            let rc =
-                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns {path}: {}", io::Error::last_os_error());
-            f()
+        thread::scope(|scope| {
+            scope
+                .spawn(move || {
+                    let file = File::open(&path).expect("open netns");
+                    // SAFETY: setns on a namespace fd we hold; it changes only this thread.
+                    let rc = unsafe {
+                        libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET)
+                    };
+                    assert_eq!(rc, 0, "setns {path}: {}", io::Error::last_os_error());
+                    f()
+                })
+                .join()
+                .expect("netns thread")
         })
-        .join()
-        .expect("netns thread")
     }
 }
 

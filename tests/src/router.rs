@@ -21,7 +21,7 @@ use std::{
     fs, io,
     net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -109,11 +109,6 @@ impl Drop for Listener {
 /// Datagrams and connections counted per upstream, destination address and port.
 pub type Arrivals = Arc<Mutex<HashMap<(Upstream, IpAddr, u16), u64>>>;
 
-fn sysctl(netns: &Netns, setting: &str) -> io::Result<()> {
-    run_checked(Command::new("ip").args(["netns", "exec", &netns.name, "sysctl", "-qw", setting]))
-        .map(drop)
-}
-
 impl Router {
     /// Builds the four namespaces.
     pub fn new(what: &str, options: Options) -> io::Result<Self> {
@@ -148,11 +143,11 @@ impl Router {
         let (client, router, direct, tunnel) =
             (&self.client, &self.router, &self.direct, &self.tunnel);
         for netns in [client, router, direct, tunnel] {
-            sysctl(netns, "net.ipv6.conf.all.accept_dad=0")?;
-            sysctl(netns, "net.ipv6.conf.default.accept_dad=0")?;
+            netns.sysctl("net.ipv6.conf.all.accept_dad=0")?;
+            netns.sysctl("net.ipv6.conf.default.accept_dad=0")?;
         }
-        sysctl(router, "net.ipv4.ip_forward=1")?;
-        sysctl(router, "net.ipv6.conf.all.forwarding=1")?;
+        router.sysctl("net.ipv4.ip_forward=1")?;
+        router.sysctl("net.ipv6.conf.all.forwarding=1")?;
         let pair = |a: &Netns, a_name: &str, a_mac: &str, b: &Netns, b_name: &str, b_mac: &str| {
             a.ip(&[
                 "link", "add", a_name, "address", a_mac, "type", "veth", "peer", "name", b_name,

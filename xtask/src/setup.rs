@@ -15,7 +15,11 @@ pub fn run() -> anyhow::Result<()> {
     let missing: Vec<&str> = ["llvm-22-dev", "bpftool", "ethtool"]
         .into_iter()
         .filter(|package| {
-            !installed("dpkg-query", &["-W", "-f=${Status}", package], "install ok installed")
+            !installed(
+                "dpkg-query",
+                &["-W", "-f=${Status}", package],
+                "install ok installed",
+            )
         })
         .collect();
     if !missing.is_empty() {

@@ -1,0 +1,337 @@
+//! Throughput over a veth pair in a private namespace.
+//!
+//! `bench_generate` runs in live-frames mode (`BPF_F_TEST_XDP_LIVE_FRAMES`, kernel 5.18) on
+//! a thread inside the namespace and redirects every frame to `va`; the kernel transmits it
+//! into `vb`, where the thing under test runs, then the IP stack (prerouting, policy routing)
+//! drops it on a blackhole route. The generator rewrites the IPv4 destination from a list of
+//! 4096 addresses in installed prefixes: the same packets for every variant.
+//!
+//! A veth only takes redirected frames when its peer has NAPI: an XDP program or GRO
+//! (Documentation/networking/... `veth_xdp_xmit` refuses them otherwise), so every variant has
+//! an XDP program on `vb`; the baselines use `bench_pass`. The whole path runs on the
+//! generator's CPU (the batch is flushed and `vb`'s NAPI polled when the test run re-enables
+//! bottom halves), so each figure is the rate of generator plus receiver: compare them with
+//! each other, not with a NIC.
+
+use std::{net::IpAddr, time::Instant};
+
+use anyhow::{Context as _, ensure};
+use aya::programs::{TcAttachType, TestRun as _, TestRunAttrs, TestRunOptions, XdpMode, tc};
+use classifier_common::stat;
+use classifier_user::{EMBEDDED_FEED, compile::Compiled};
+use tests::netns::{Netns, ifindex};
+
+use crate::{
+    Settings,
+    cost::{load_classifier, size_label},
+    frames, nft,
+    progs::{self, BenchProgs},
+    report::{Figure, Section, Series},
+    tables,
+};
+
+const VA: &str = "va";
+const VB: &str = "vb";
+/// Frames per live-frames batch (the kernel's default is 64).
+const BATCH: u32 = 64;
+
+pub struct ThroughputResults {
+    pub section: Section,
+    /// `nft -f` load times of each set, for the refresh section.
+    pub nft_loads: Vec<Figure>,
+    pub chart: Vec<Series>,
+}
+
+/// Packets per second counted on `vb`, and offered by the generator.
+struct Rate {
+    received: f64,
+    offered: f64,
+}
+
+impl Rate {
+    fn mpps(&self) -> f64 {
+        self.received / 1e6
+    }
+
+    /// Nanoseconds per packet of the whole path.
+    fn ns(&self) -> f64 {
+        1e9 / self.received.max(1.0)
+    }
+}
+
+fn setup(netns: &Netns) -> anyhow::Result<()> {
+    let mac = |mac: [u8; 6]| {
+        mac.iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    netns.ip(&[
+        "link",
+        "add",
+        VA,
+        "address",
+        &mac(frames::SRC_MAC),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        VB,
+        "address",
+        &mac(frames::DST_MAC),
+    ])?;
+    netns.ip(&["addr", "add", "10.200.0.1/24", "dev", VB])?;
+    netns.ip(&["link", "set", VA, "up"])?;
+    netns.ip(&["link", "set", VB, "up"])?;
+    // A router: forwarding on, so that a packet without a route is dropped silently on the
+    // blackhole (with forwarding off, ip_route_input answers with ICMP unreachable).
+    netns.sysctl("net.ipv4.ip_forward=1")?;
+    netns.sysctl("net.ipv4.conf.all.rp_filter=0")?;
+    netns.sysctl("net.ipv4.conf.vb.rp_filter=0")?;
+    netns.ip(&["route", "add", "blackhole", "default"])?;
+    // Policy routing of the direct traffic, as deployed: marked packets use table 100.
+    netns.ip(&["rule", "add", "fwmark", "0x365/0xffff", "lookup", "100"])?;
+    netns.ip(&["route", "add", "blackhole", "default", "table", "100"])?;
+    Ok(())
+}
+
+/// Runs the generator for the configured time; `received` reads the counter on `vb`.
+fn pump(
+    bench: &BenchProgs,
+    frame: &[u8],
+    settings: &Settings,
+    received: &dyn Fn() -> anyhow::Result<u64>,
+) -> anyhow::Result<Rate> {
+    let generator = bench.xdp_ref(progs::GENERATE)?;
+    let push = || {
+        generator
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                repeat: settings.live_repeat,
+                attrs: TestRunAttrs::new().xdp_live_frames(BATCH),
+                ..TestRunOptions::default()
+            })
+            .context("live-frames test run")
+    };
+    push()?; // warm up
+    let generated = || Ok::<_, anyhow::Error>(bench.count(progs::slot::GENERATED)?.packets);
+    let (r0, g0) = (received()?, generated()?);
+    let start = Instant::now();
+    while start.elapsed().as_secs_f64() < settings.throughput_secs {
+        push()?;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let (r1, g1) = (received()?, generated()?);
+    ensure!(r1 > r0, "nothing arrived on {VB}");
+    #[expect(clippy::cast_precision_loss, reason = "packet counts")]
+    Ok(Rate {
+        received: (r1 - r0) as f64 / seconds,
+        offered: (g1 - g0) as f64 / seconds,
+    })
+}
+
+/// A bench program on `vb` (and the tc counter when `tc_count`).
+fn bench_receiver(
+    dsts: &[IpAddr],
+    frame: &[u8],
+    settings: &Settings,
+    xdp: &str,
+    tc_count: bool,
+) -> anyhow::Result<Rate> {
+    let mut bench = BenchProgs::load(ifindex(VA)?, dsts)?;
+    bench
+        .xdp(xdp)?
+        .attach(VB, XdpMode::Driver)
+        .with_context(|| format!("attaching {xdp} to {VB}"))?;
+    if tc_count {
+        // tcx (6.6+) needs no qdisc; older kernels need clsact. Adding it is harmless.
+        let _ = tc::qdisc_add_clsact(VB);
+        bench.tc()?.attach(VB, TcAttachType::Ingress)?;
+    }
+    let slot = if tc_count {
+        progs::slot::TC_COUNT
+    } else {
+        progs::slot::XDP_COUNT
+    };
+    pump(&bench, frame, settings, &|| Ok(bench.count(slot)?.packets))
+    // Dropping `bench` detaches its programs.
+}
+
+/// The classifier on `vb`: XDP `breakout` and tc `breakout_mark`; counts its own verdicts.
+fn classifier_receiver(
+    compiled: &Compiled,
+    dsts: &[IpAddr],
+    frame: &[u8],
+    settings: &Settings,
+) -> anyhow::Result<(Rate, f64)> {
+    let (mut datapath, _) = load_classifier(compiled)?;
+    datapath
+        .xdp()?
+        .attach(VB, XdpMode::Driver)
+        .context("attaching breakout")?;
+    let _ = tc::qdisc_add_clsact(VB);
+    datapath
+        .tc()?
+        .attach(VB, TcAttachType::Ingress)
+        .context("attaching breakout_mark")?;
+    let maps = datapath.maps()?;
+    let bench = BenchProgs::load(ifindex(VA)?, dsts)?;
+    let verdicts = || -> anyhow::Result<(u64, u64)> {
+        let stats = maps.stats()?;
+        let direct = stats[stat::DIRECT as usize].packets;
+        Ok((stats[stat::TUNNEL as usize].packets + direct, direct))
+    };
+    let rate = pump(&bench, frame, settings, &|| Ok(verdicts()?.0))?;
+    let (all, direct) = verdicts()?;
+    #[expect(clippy::cast_precision_loss, reason = "packet counts")]
+    let share = direct as f64 / all.max(1) as f64;
+    Ok((rate, share))
+}
+
+#[expect(
+    clippy::too_many_lines,
+    reason = "one measurement after the other, in order"
+)]
+pub fn run(settings: &Settings, with_nft: bool) -> anyhow::Result<ThroughputResults> {
+    let mut section = Section::new(
+        "Throughput over veth (live-frames generator -> va -> vb)",
+        &format!(
+            "{:.1} s per variant, IPv4 UDP 60-byte frames to 4096 destinations in installed \
+             prefixes, batches of {BATCH}; generator and receiver share one CPU, so compare \
+             the variants with each other",
+            settings.throughput_secs
+        ),
+    );
+    let mut nft_loads = Vec::new();
+    let netns = Netns::new("xbb")?;
+    setup(&netns)?;
+
+    let real = tables::compile_feed(EMBEDDED_FEED)?;
+    let mut tables_under_test = vec![("real feed".to_owned(), 0usize, real)];
+    for &size in &settings.throughput_sizes {
+        let compiled = tables::synthetic_v4(size, 200 + size as u64);
+        tables_under_test.push((format!("{} IPv4", size_label(size)), size, compiled));
+    }
+
+    // Baselines, with the real feed's destinations.
+    let (dsts, _) = tables::destinations(&tables_under_test[0].2, progs::MAX_DST, 7);
+    let frame = frames::udp(dsts[0], frames::UDP_PORT);
+    let (ceiling, counter, pass_tc) = netns.run(|| {
+        anyhow::Ok((
+            bench_receiver(&dsts, &frame, settings, progs::COUNT_DROP, false)?,
+            bench_receiver(&dsts, &frame, settings, progs::COUNT, false)?,
+            bench_receiver(&dsts, &frame, settings, progs::PASS, true)?,
+        ))
+    })?;
+    let ceiling_figure = section.push(
+        Figure::new(
+            "harness ceiling: XDP counter, XDP_DROP",
+            ceiling.mpps(),
+            "Mpps",
+        )
+        .note(format!(
+            "generator offered {:.2} Mpps",
+            ceiling.offered / 1e6
+        )),
+    );
+    section.push(
+        Figure::new(
+            "(a) XDP counter, XDP_PASS into the stack",
+            counter.mpps(),
+            "Mpps",
+        )
+        .vs(&ceiling_figure),
+    );
+    section.push(
+        Figure::new(
+            "(b) no classification: XDP_PASS + tc counter",
+            pass_tc.mpps(),
+            "Mpps",
+        )
+        .note(format!("{:.0} ns per packet, whole path", pass_tc.ns())),
+    );
+
+    let mut classifier_points = Vec::new();
+    let mut nft_points = Vec::new();
+    for (label, size, compiled) in &tables_under_test {
+        let (dsts, _) = tables::destinations(compiled, progs::MAX_DST, 7);
+        let frame = frames::udp(dsts[0], frames::UDP_PORT);
+        // The baseline again, with these destinations and right before: the machine's load
+        // drifts (other builds share it), and each comparison should see the same drift.
+        let local = netns.run(|| bench_receiver(&dsts, &frame, settings, progs::PASS, true))?;
+        let local = section.push(Figure::new(
+            format!("(b) XDP_PASS + tc counter, {label} destinations"),
+            local.mpps(),
+            "Mpps",
+        ));
+        let local_ns = 1e3 / local.value;
+        let (rate, direct) =
+            netns.run(|| classifier_receiver(compiled, &dsts, &frame, settings))?;
+        let extra = rate.ns() - local_ns;
+        let classifier = section.push(
+            Figure::new(format!("(c) classifier, {label}"), rate.mpps(), "Mpps")
+                .vs(&local)
+                .note(format!(
+                    "{extra:+.0} ns per packet over (b); {:.0}% direct",
+                    direct * 100.0
+                )),
+        );
+        if *size > 0 {
+            #[expect(clippy::cast_precision_loss, reason = "at most a million")]
+            classifier_points.push((*size as f64, extra));
+        }
+        if !with_nft {
+            continue;
+        }
+        let load = nft::load(&netns, compiled)?;
+        let mut figure = Figure::new(
+            format!("nft -f: interval sets of {label} prefixes"),
+            load.seconds * 1e3,
+            "ms",
+        );
+        if let Some(kib) = load.peak_rss_kib {
+            figure = figure.note(format!("nft peak RSS {:.0} MiB", kib / 1024.0));
+        }
+        nft_loads.push(figure);
+        let rate = netns.run(|| bench_receiver(&dsts, &frame, settings, progs::PASS, true));
+        nft::unload(&netns)?;
+        let rate = rate?;
+        let extra = rate.ns() - local_ns;
+        let nft = section.push(
+            Figure::new(format!("(d) nftables set, {label}"), rate.mpps(), "Mpps")
+                .vs(&local)
+                .note(format!("{extra:+.0} ns per packet over (b)")),
+        );
+        section.push(
+            Figure::new(
+                format!("classifier / nftables, {label}"),
+                classifier.value / nft.value,
+                "x",
+            )
+            .note("packets per second, same packets, same path"),
+        );
+        if *size > 0 {
+            #[expect(clippy::cast_precision_loss, reason = "at most a million")]
+            nft_points.push((*size as f64, extra));
+        }
+    }
+    let mut chart = vec![Series {
+        label: "classifier, veth throughput (ns over b)".to_owned(),
+        color: "#9467bd",
+        dashed: false,
+        points: classifier_points,
+    }];
+    if with_nft {
+        chart.push(Series {
+            label: "nftables set, veth throughput (ns over b)".to_owned(),
+            color: "#ff7f0e",
+            dashed: false,
+            points: nft_points,
+        });
+    }
+    Ok(ThroughputResults {
+        section,
+        nft_loads,
+        chart,
+    })
+}
