@@ -262,12 +262,8 @@ impl Agent {
         (self.status.prefixes_v4, self.status.prefixes_v6) = (compiled.v4.len(), compiled.v6.len());
         self.status.applied = Some(applied);
         info!(
-            "applied feed {version} from {source}: {} IPv4 and {} IPv6 prefixes ({} added, {} changed, {} removed)",
-            compiled.v4.len(),
-            compiled.v6.len(),
-            report.added,
-            report.changed,
-            report.removed
+            "applied feed {version} from {source}: {}",
+            report.describe(&compiled)
         );
         Ok(report)
     }

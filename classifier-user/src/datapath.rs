@@ -606,6 +606,21 @@ pub struct ApplyReport {
     pub unchanged: usize,
 }
 
+impl ApplyReport {
+    /// `34 IPv4 and 59 IPv6 prefixes (93 added, 0 changed, 0 removed)`, for logs and output.
+    #[must_use]
+    pub fn describe(&self, target: &Compiled) -> String {
+        format!(
+            "{} IPv4 and {} IPv6 prefixes ({} added, {} changed, {} removed)",
+            target.v4.len(),
+            target.v6.len(),
+            self.added,
+            self.changed,
+            self.removed
+        )
+    }
+}
+
 impl Maps {
     /// Opens the maps pinned in `pin_dir`.
     pub fn from_pins(pin_dir: &Path) -> Result<Self, DatapathError> {

@@ -78,15 +78,7 @@ pub fn run(global: &GlobalArgs, args: &AttachArgs) -> anyhow::Result<()> {
     if let Some((feed, source)) = source {
         let compiled = compile(&feed).with_context(|| format!("compiling {source}"))?;
         let report = maps.apply(&compiled)?;
-        writeln!(
-            out,
-            "installed {source}: {} IPv4 and {} IPv6 prefixes ({} added, {} changed, {} removed)",
-            compiled.v4.len(),
-            compiled.v6.len(),
-            report.added,
-            report.changed,
-            report.removed
-        )?;
+        writeln!(out, "installed {source}: {}", report.describe(&compiled))?;
     } else {
         writeln!(out, "kept the {} installed prefixes", installed.len())?;
     }
