@@ -1,4 +1,5 @@
-//! Baselines and a traffic generator for the benchmarks in `bench`.
+//! Programs around the classifier for the benchmarks and the end-to-end tests (the `tests`
+//! crate builds and embeds this object as `tests::HARNESS_OBJECT`).
 //!
 //! - `bench_pass`: `XDP_PASS` and nothing else, the floor of a `BPF_PROG_TEST_RUN`.
 //! - `bench_parse`: the classifier's own parser (the same source file) and one per-CPU
@@ -7,6 +8,9 @@
 //! - `bench_tc_count`: a tc ingress counter, to count where no XDP program does.
 //! - `bench_generate`: run in live-frames mode (`BPF_F_TEST_XDP_LIVE_FRAMES`), it redirects
 //!   every frame to `GEN_IFINDEX`, rewriting the IPv4 destination from `BENCH_DST` in turn.
+//! - `harness_vlan_push` / `harness_vlan_pop`: tag a client's frames with VLAN 100 (tc
+//!   egress) and untag them on the router's LAN (tc ingress), for a tagged LAN on kernels
+//!   built without 802.1Q VLAN devices (`CONFIG_VLAN_8021Q` unset).
 #![no_std]
 #![no_main]
 
@@ -20,7 +24,7 @@ use aya_ebpf::{
         xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS},
     },
     btf_maps::{Array, PerCpuArray},
-    helpers::bpf_redirect,
+    helpers::{bpf_redirect, bpf_skb_vlan_pop, bpf_skb_vlan_push},
     macros::{btf_map, classifier, xdp},
     programs::{TcContext, XdpContext},
 };
@@ -34,6 +38,8 @@ const TC_COUNT: u32 = 1;
 const PARSED: u32 = 2;
 const UNPARSED: u32 = 3;
 const GENERATED: u32 = 4;
+const VLAN_PUSHED: u32 = 5;
+const VLAN_POPPED: u32 = 6;
 
 /// Per-CPU packets and bytes by the indices above; user space sums them.
 #[btf_map]
@@ -188,6 +194,33 @@ fn rewrite_dst(ctx: &XdpContext, n: u32) -> Result<(), ()> {
     let checksum = !(sum as u16);
     header[IPV4_CHECKSUM..IPV4_CHECKSUM + 2].copy_from_slice(&checksum.to_be_bytes());
     Ok(())
+}
+
+/// VLAN the harness tags the LAN with.
+const HARNESS_VLAN: u16 = 100;
+
+/// Tags every frame leaving the client with VLAN 100. With VLAN offload off on the device,
+/// the stack writes the tag into the frame, so the router's XDP program sees it.
+#[classifier]
+pub fn harness_vlan_push(ctx: TcContext) -> i32 {
+    // SAFETY: the helper takes the program's own skb.
+    if unsafe { bpf_skb_vlan_push(ctx.skb.skb, 0x8100_u16.to_be(), HARNESS_VLAN) } == 0 {
+        count(VLAN_PUSHED, u64::from(ctx.len()));
+    }
+    TC_ACT_UNSPEC
+}
+
+/// Removes the tag the stack moved out of a frame (skb_vlan_untag), as a VLAN interface
+/// would; the packet then goes on untagged, with its mark.
+#[classifier]
+pub fn harness_vlan_pop(ctx: TcContext) -> i32 {
+    // SAFETY: the context is the program's own `__sk_buff`.
+    let tagged = unsafe { (*ctx.skb.skb).vlan_present } != 0;
+    // SAFETY: the helper takes the program's own skb.
+    if tagged && unsafe { bpf_skb_vlan_pop(ctx.skb.skb) } == 0 {
+        count(VLAN_POPPED, u64::from(ctx.len()));
+    }
+    TC_ACT_UNSPEC
 }
 
 /// The kernel rejects GPL-only helpers without a GPL-compatible license string.

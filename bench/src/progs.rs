@@ -10,9 +10,8 @@ use aya::{
 };
 use classifier_common::Counter;
 
-/// The compiled bench-ebpf object, embedded at build time.
-pub static BENCH_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench-progs"));
+/// The compiled bench-ebpf object (built by the tests crate, which uses it too).
+pub static BENCH_OBJECT: &[u8] = tests::HARNESS_OBJECT;
 
 /// `BENCH_COUNT` indices (as in bench-ebpf).
 pub mod slot {

@@ -18,6 +18,10 @@ use classifier_user::{
     feed::Feed,
 };
 
+/// bench-ebpf: baselines, the traffic generator and the VLAN tagging programs.
+pub static HARNESS_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench-progs"));
+
 /// The 2026043000 Worldwide feed.
 pub const FEED_2026043000: &[u8] =
     include_bytes!("../fixtures/m365-worldwide-endpoints-2026043000.json");

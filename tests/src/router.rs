@@ -94,6 +94,8 @@ pub struct Router {
     daemon: Option<Child>,
     daemons: u32,
     listeners: Vec<Listener>,
+    /// The VLAN tagging programs (client egress, router LAN ingress), while they run.
+    vlan: Vec<aya::Ebpf>,
 }
 
 struct Listener {
@@ -120,7 +122,7 @@ impl Router {
         let _ = fs::remove_dir_all(&work);
         fs::create_dir_all(&work)?;
         let server = FeedServer::serve(router.run(|| TcpListener::bind("127.0.0.1:0"))?);
-        let this = Self {
+        let mut this = Self {
             client,
             router,
             direct,
@@ -133,13 +135,17 @@ impl Router {
             daemon: None,
             daemons: 0,
             listeners: Vec::new(),
+            vlan: Vec::new(),
         };
-        this.wire(options)?;
+        this.wire()?;
+        if options.vlan {
+            this.tag_lan()?;
+        }
         Ok(this)
     }
 
     #[expect(clippy::too_many_lines, reason = "the topology, link by link")]
-    fn wire(&self, options: Options) -> io::Result<()> {
+    fn wire(&self) -> io::Result<()> {
         let (client, router, direct, tunnel) =
             (&self.client, &self.router, &self.direct, &self.tunnel);
         for netns in [client, router, direct, tunnel] {
@@ -157,34 +163,7 @@ impl Router {
         pair(client, "client0", MAC_CLIENT, router, "lan0", MAC_LAN)?;
         pair(router, "wan0", MAC_WAN, direct, "up0", MAC_DIRECT)?;
         pair(router, "tun0", MAC_TUN, tunnel, "up0", MAC_TUNNEL)?;
-        let (client_if, lan_if) = if options.vlan {
-            // The tag stays in the frame (no VLAN offload), so XDP parses it.
-            run_checked(
-                client
-                    .command("ethtool")
-                    .args(["-K", "client0", "txvlan", "off"]),
-            )?;
-            client.ip(&[
-                "link",
-                "add",
-                "link",
-                "client0",
-                "name",
-                "client0.100",
-                "type",
-                "vlan",
-                "id",
-                "100",
-            ])?;
-            router.ip(&[
-                "link", "add", "link", "lan0", "name", "lan0.100", "type", "vlan", "id", "100",
-            ])?;
-            client.ip(&["link", "set", "client0", "up"])?;
-            router.ip(&["link", "set", "lan0", "up"])?;
-            ("client0.100", "lan0.100")
-        } else {
-            ("client0", "lan0")
-        };
+        let (client_if, lan_if) = ("client0", "lan0");
         let up = |netns: &Netns, dev: &str, v4: &str, v6: &str| -> io::Result<()> {
             netns.ip(&["addr", "add", v4, "dev", dev])?;
             netns.ip(&["addr", "add", v6, "dev", dev, "nodad"])?;
@@ -278,6 +257,62 @@ impl Router {
             }
         }
         Ok(())
+    }
+
+    /// Tags the LAN with VLAN 100: the client's frames carry the tag on the wire, so the
+    /// router's XDP program parses it, and the router untags them after classification. This
+    /// machine's kernel has no 802.1Q devices (`CONFIG_VLAN_8021Q` unset), so two tc programs
+    /// of the harness (bench-ebpf) do what `client0.100` and `lan0.100` would.
+    fn tag_lan(&mut self) -> io::Result<()> {
+        run_checked(
+            self.client
+                .command("ethtool")
+                .args(["-K", "client0", "txvlan", "off"]),
+        )?;
+        let attach = |program: &'static str, iface: &'static str, direction| {
+            move || -> Result<aya::Ebpf, Box<dyn std::error::Error + Send + Sync>> {
+                let mut ebpf = aya::Ebpf::load(crate::HARNESS_OBJECT)?;
+                let classifier: &mut aya::programs::SchedClassifier = ebpf
+                    .program_mut(program)
+                    .ok_or("program missing")?
+                    .try_into()?;
+                classifier.load()?;
+                classifier.attach(iface, direction)?;
+                Ok(ebpf)
+            }
+        };
+        let push = self.client.run(attach(
+            "harness_vlan_push",
+            "client0",
+            aya::programs::TcAttachType::Egress,
+        ));
+        let pop = self.router.run(attach(
+            "harness_vlan_pop",
+            "lan0",
+            aya::programs::TcAttachType::Ingress,
+        ));
+        self.vlan.push(push.map_err(io::Error::other)?);
+        self.vlan.push(pop.map_err(io::Error::other)?);
+        Ok(())
+    }
+
+    /// Frames the router untagged (VLAN mode), summed over CPUs.
+    ///
+    /// # Panics
+    ///
+    /// Outside VLAN mode.
+    #[must_use]
+    pub fn untagged(&self) -> u64 {
+        let map = self.vlan[1].map("BENCH_COUNT").expect("harness counters");
+        let counters = aya::maps::PerCpuArray::<_, classifier_common::Counter>::try_from(map)
+            .expect("per-CPU array");
+        // Index 6: VLAN_POPPED in bench-ebpf.
+        counters
+            .get(&6, 0)
+            .expect("counter")
+            .iter()
+            .map(|c| c.packets)
+            .sum()
     }
 
     /// The pin and state directories, for CLI calls.

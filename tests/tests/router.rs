@@ -97,6 +97,15 @@ fn paths_and_policy(vlan: bool) {
     assert!(router.connect_tcp(EXCHANGE_V4, 587));
     assert!(router.connect_tcp(OTHER_V4, 443));
     settle(&arrivals, 44);
+    if vlan {
+        // Every packet crossed the LAN tagged: 40 datagrams, and the client's side of 4 TCP
+        // handshakes and closes.
+        assert!(
+            router.untagged() >= 40 + 4 * 2,
+            "{} frames untagged",
+            router.untagged()
+        );
+    }
     let expect = [
         ("Teams media over IPv4", TEAMS_V4, 3478, 10, 0),
         ("Teams media over IPv6", TEAMS_V6, 3478, 10, 0),

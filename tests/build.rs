@@ -1,5 +1,6 @@
-//! Compiles bench-ebpf (the baselines and the traffic generator) for the BPF target, as
-//! classifier-user's build script does for the classifier; src/progs.rs embeds the object.
+//! Compiles bench-ebpf (baselines, traffic generator, VLAN tagging: the programs the tests and
+//! benchmarks run around the classifier) for the BPF target, as classifier-user's build script
+//! does for the classifier; src/lib.rs embeds the object as `HARNESS_OBJECT`.
 use std::{env, path::PathBuf};
 
 use anyhow::Context as _;
