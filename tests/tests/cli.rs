@@ -162,6 +162,48 @@ fn bad_arguments_fail_clearly_without_touching_anything() {
     assert!(!Path::new("/sys/fs/bpf/xbt-nothing-here").exists());
 }
 
+/// Pins left by another version of xdp-breakout are refused, not silently reused.
+#[test]
+fn pins_of_another_shape_are_refused() {
+    let pin_dir = PinDir::new("shape");
+    std::fs::create_dir_all(&pin_dir.path).unwrap();
+    let config = pin_dir.path.join("XB_CONFIG");
+    let created = Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&config)
+        .args([
+            "type",
+            "array",
+            "key",
+            "4",
+            "value",
+            "8",
+            "entries",
+            "1",
+            "name",
+            "XB_CONFIG",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let pins = pin_dir.path.to_str().unwrap();
+    for args in [&["lookup", "192.0.2.1"][..], &["stats"]] {
+        fails(
+            &cli(None, &[&["--pin-dir", pins][..], args].concat()),
+            1,
+            "this build expects Array key 4 value 16 entries 1: the pins belong to another version",
+        );
+    }
+    assert!(
+        !pin_dir.path.join("XB_PREFIX_V4").exists(),
+        "nothing was created next to them"
+    );
+}
+
 /// A description, an address, and a protocol and port.
 type Question = (&'static str, &'static str, Option<(&'static str, u16)>);
 
