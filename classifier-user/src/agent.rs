@@ -244,15 +244,11 @@ impl Agent {
     ) -> Result<ApplyReport, RefreshError> {
         let compiled = self.compile(body, version, source)?;
         let _lock = self.lock_dir.as_deref().map(PinLock::acquire).transpose()?;
+        let installed = self.maps.installed()?;
         if !force {
-            self.check_shrink(
-                self.maps.installed()?.len(),
-                compiled.len(),
-                version,
-                source,
-            )?;
+            self.check_shrink(installed.len(), compiled.len(), version, source)?;
         }
-        let report = self.maps.apply(&compiled)?;
+        let report = self.maps.apply_over(&installed, &compiled)?;
         let applied = Applied {
             version: version.to_owned(),
             source: source.to_owned(),

@@ -753,6 +753,16 @@ impl Maps {
     /// prefix's whole value atomically.
     pub fn apply(&mut self, target: &Compiled) -> Result<ApplyReport, DatapathError> {
         let installed = self.installed()?;
+        self.apply_over(&installed, target)
+    }
+
+    /// [`Maps::apply`] when the caller has just read the installed entries (a dump of a
+    /// million-entry trie takes a second; callers that need it too should not pay twice).
+    pub fn apply_over(
+        &mut self,
+        installed: &Compiled,
+        target: &Compiled,
+    ) -> Result<ApplyReport, DatapathError> {
         let mut report = ApplyReport::default();
         let v4_error = |source| DatapathError::Map {
             name: names::PREFIX_V4,
