@@ -417,7 +417,7 @@ impl Datapath {
         };
         let xdp_pin = xdp_link_pin(&pin_dir, iface);
         if !xdp_pin.exists()
-            && let Some((id, name)) = attached_xdp(iface)
+            && let Some(AttachedXdp { id, name, .. }) = attached_xdp(iface)
         {
             return Err(DatapathError::ForeignXdp {
                 iface: iface.to_owned(),
@@ -494,20 +494,37 @@ fn xdp_attach_hint(mode: XdpMode) -> String {
     }
 }
 
-/// The XDP program attached to `iface` in this network namespace, as iproute2 reports it:
-/// `(id, name)`. `None` when there is none, or `ip` cannot tell.
+/// An XDP program attached to an interface, as iproute2 reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttachedXdp {
+    pub id: u64,
+    pub name: String,
+    /// `native`, `skb`, `offload` (iproute2's `XDP_ATTACHED_*` modes 1 to 3) or `unknown`.
+    pub mode: &'static str,
+}
+
+/// The XDP program attached to `iface` in this network namespace; `None` when there is none,
+/// or `ip` cannot tell.
 #[must_use]
-pub fn attached_xdp(iface: &str) -> Option<(u64, String)> {
+pub fn attached_xdp(iface: &str) -> Option<AttachedXdp> {
     let output = std::process::Command::new("ip")
         .args(["-j", "link", "show", "dev", iface])
         .output()
         .ok()?;
     let links: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
-    let prog = &links.get(0)?.get("xdp")?.get("prog")?;
-    Some((
-        prog.get("id")?.as_u64()?,
-        prog.get("name")?.as_str()?.to_owned(),
-    ))
+    let xdp = links.get(0)?.get("xdp")?;
+    let prog = xdp.get("prog")?;
+    let mode = match xdp.get("mode").and_then(serde_json::Value::as_u64) {
+        Some(1) => "native",
+        Some(2) => "skb",
+        Some(3) => "offload",
+        _ => "unknown",
+    };
+    Some(AttachedXdp {
+        id: prog.get("id")?.as_u64()?,
+        name: prog.get("name")?.as_str()?.to_owned(),
+        mode,
+    })
 }
 
 const XDP_LINK_PREFIX: &str = "xdp_link@";

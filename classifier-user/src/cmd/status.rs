@@ -87,7 +87,6 @@ fn interface(pin_dir: &Path, iface: &str) -> Value {
         json!({"link_id": info.id(), "program_id": info.program_id(), "program_name": program_name})
     };
     let mut xdp = link(xdp_link_pin(pin_dir, iface));
-    // iproute2's XDP_ATTACHED_* numbers; an interface of another namespace is not visible.
     let mode = xdp_mode(iface);
     if let Some(object) = xdp.as_object_mut() {
         object.insert("mode".into(), json!(mode));
@@ -95,23 +94,9 @@ fn interface(pin_dir: &Path, iface: &str) -> Value {
     json!({"name": iface, "xdp": xdp, "tc": link(tc_link_pin(pin_dir, iface))})
 }
 
+/// An interface of another network namespace is not visible to `ip`.
 fn xdp_mode(iface: &str) -> &'static str {
-    let Some(_) = attached_xdp(iface) else {
-        return "not visible in this network namespace";
-    };
-    let output = std::process::Command::new("ip")
-        .args(["-j", "link", "show", "dev", iface])
-        .output();
-    let mode = output
-        .ok()
-        .and_then(|output| serde_json::from_slice::<Value>(&output.stdout).ok())
-        .and_then(|links| links[0]["xdp"]["mode"].as_u64());
-    match mode {
-        Some(1) => "native",
-        Some(2) => "skb",
-        Some(3) => "offload",
-        _ => "unknown",
-    }
+    attached_xdp(iface).map_or("not visible in this network namespace", |xdp| xdp.mode)
 }
 
 fn print_human(out: &mut impl std::io::Write, report: &Value) -> std::io::Result<()> {
