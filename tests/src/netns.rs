@@ -104,18 +104,39 @@ impl Netns {
         thread::scope(|scope| {
             scope
                 .spawn(move || {
-                    let file = File::open(&path).expect("open netns");
-                    // SAFETY: setns on a namespace fd we hold; it changes only this thread.
-                    let rc = unsafe {
-                        libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET)
-                    };
-                    assert_eq!(rc, 0, "setns {path}: {}", io::Error::last_os_error());
+                    enter(&path);
                     f()
                 })
                 .join()
                 .expect("netns thread")
         })
     }
+
+    /// Runs `f` on a detached thread that has entered the namespace, for work that goes on
+    /// while the caller does other things (a stream of packets).
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> thread::JoinHandle<T> {
+        let path = self.path();
+        thread::spawn(move || {
+            enter(&path);
+            f()
+        })
+    }
+}
+
+/// Moves the calling thread into the network namespace at `path` (setns changes only the
+/// calling thread).
+///
+/// # Panics
+///
+/// When the namespace cannot be entered.
+fn enter(path: &str) {
+    let file = File::open(path).expect("open netns");
+    // SAFETY: setns on a namespace fd we hold; it changes only this thread.
+    let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns {path}: {}", io::Error::last_os_error());
 }
 
 impl Drop for Netns {

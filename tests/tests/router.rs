@@ -45,6 +45,17 @@ fn feed_with(extra: &str, id: u32) -> Vec<u8> {
     serde_json::to_vec(&sets).unwrap()
 }
 
+/// A router whose agent applied the real feed, counting UDP 3478 in both upstreams.
+fn running(what: &str) -> Option<(Router, Arrivals)> {
+    let mut router = router(what, Options::default())?;
+    serve(&router, "2026043000", FEED_2026043000);
+    router.start_daemon(&[]);
+    wait_version(&router, "2026043000");
+    let arrivals = Arrivals::default();
+    router.listen_udp(3478, &arrivals);
+    Some((router, arrivals))
+}
+
 fn serve(router: &Router, version: &str, body: &[u8]) {
     router
         .server
@@ -165,14 +176,9 @@ fn the_same_with_a_vlan_tagged_lan() {
 /// Counters as the CLI and bpftool read them, against the packets sent.
 #[test]
 fn counters_agree_with_the_packets_sent() {
-    let Some(mut router) = router("pc", Options::default()) else {
+    let Some((router, arrivals)) = running("pc") else {
         return;
     };
-    serve(&router, "2026043000", FEED_2026043000);
-    router.start_daemon(&[]);
-    wait_version(&router, "2026043000");
-    let arrivals = Arrivals::default();
-    router.listen_udp(3478, &arrivals);
     router.send_udp(TEAMS_V4, 3478, 37, Duration::ZERO);
     router.send_udp(TEAMS_V6, 3478, 5, Duration::ZERO);
     settle(&arrivals, 42);
@@ -210,19 +216,12 @@ fn counters_agree_with_the_packets_sent() {
 
 #[test]
 fn an_agent_crash_sends_no_packet_the_wrong_way() {
-    let Some(mut router) = router("pk", Options::default()) else {
+    let Some((mut router, arrivals)) = running("pk") else {
         return;
     };
-    serve(&router, "2026043000", FEED_2026043000);
-    router.start_daemon(&[]);
-    wait_version(&router, "2026043000");
-    let arrivals = Arrivals::default();
-    router.listen_udp(3478, &arrivals);
     // About three seconds of media; the agent is killed in the middle and restarted.
     let count = 3000;
-    let client = router.client.name.clone();
-    let stream =
-        thread::spawn(move || send_from(&client, TEAMS_V4, 3478, count, Duration::from_millis(1)));
+    let stream = router.stream_udp(TEAMS_V4, 3478, count, Duration::from_millis(1));
     thread::sleep(Duration::from_millis(700));
     router.signal_daemon(libc::SIGKILL);
     let installed = Maps::from_pins(router.pins()).unwrap().installed().unwrap();
@@ -248,24 +247,6 @@ fn an_agent_crash_sends_no_packet_the_wrong_way() {
     );
 }
 
-/// Sends from the namespace named `client` (a thread of its own, for streams).
-fn send_from(client: &str, dst: &str, port: u16, count: u32, gap: Duration) {
-    let path = format!("/run/netns/{client}");
-    let file = std::fs::File::open(&path).unwrap();
-    // SAFETY: setns on a namespace fd for this thread only.
-    assert_eq!(
-        unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) },
-        0
-    );
-    let dst: std::net::IpAddr = dst.parse().unwrap();
-    let socket =
-        std::net::UdpSocket::bind(if dst.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }).unwrap();
-    for _ in 0..count {
-        socket.send_to(b"stream", (dst, port)).unwrap();
-        thread::sleep(gap);
-    }
-}
-
 #[test]
 fn feed_changes_under_load_switch_only_what_changed() {
     let Some(mut router) = router("pf", Options::default()) else {
@@ -284,9 +265,7 @@ fn feed_changes_under_load_switch_only_what_changed() {
 
     // A new version adds EXTRA_B and removes EXTRA_A while Teams media flows.
     let count = 2500;
-    let client = router.client.name.clone();
-    let stream =
-        thread::spawn(move || send_from(&client, TEAMS_V4, 3478, count, Duration::from_millis(1)));
+    let stream = router.stream_udp(TEAMS_V4, 3478, count, Duration::from_millis(1));
     thread::sleep(Duration::from_millis(300));
     serve(&router, "2026050200", &feed_with(EXTRA_B, 901));
     wait_version(&router, "2026050200");
