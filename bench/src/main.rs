@@ -114,7 +114,7 @@ fn nft_installed() -> bool {
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
     let started = Instant::now();
-    classifier_user::datapath::ensure_bpffs(std::path::Path::new("/sys/fs/bpf"))?;
+    classifier_user::datapath::ensure_bpffs()?;
     let settings = Settings::new(cli.quick);
     let machine = Machine::probe();
     println!(

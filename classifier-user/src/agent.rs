@@ -13,11 +13,12 @@ use tracing::{info, warn};
 
 use crate::{
     EMBEDDED_FEED, EMBEDDED_FEED_VERSION,
-    client::{FeedClient, FetchError},
+    client::{FeedClient, FetchError, Fetched},
     compile::{CompileError, Compiled, Filter, compile_filtered},
     config::Config,
     datapath::{ApplyReport, DatapathError, Maps, PinLock},
     feed::{Feed, FeedError},
+    gate::{self, Change, GateError},
     state::{Applied, State, StateError, Status, now},
 };
 
@@ -44,16 +45,12 @@ pub enum RefreshError {
         version: String,
         source_name: String,
     },
-    #[error(
-        "refused feed {version} from {source_name}: it has {to} prefixes where {from} are \
-         installed, a shrink of more than {limit}% (force it to apply anyway)"
-    )]
-    Shrink {
+    /// The feed parsed, but the gate refused what it says or how much it changes.
+    #[error("refused feed {version} from {source_name}: {reason}")]
+    Refused {
         version: String,
         source_name: String,
-        from: usize,
-        to: usize,
-        limit: u8,
+        reason: GateError,
     },
     #[error("updating the maps")]
     Maps(#[from] DatapathError),
@@ -182,23 +179,63 @@ impl Agent {
 
     /// Asks the service for its version and applies a new feed when there is one.
     pub async fn refresh(&mut self, force: bool) -> Result<Refreshed, RefreshError> {
-        let version = self.client.version().await?;
-        if !force
-            && self
-                .status
-                .applied
-                .as_ref()
-                .is_some_and(|applied| applied.version == version)
-        {
-            return Ok(Refreshed::Unchanged { version });
+        self.reconcile();
+        let fetched = self.fetcher(force).run().await?;
+        self.accept(fetched, force)
+    }
+
+    /// The fetch half of a refresh, apart from the agent: the daemon drops it to cancel a
+    /// request in flight when a signal comes.
+    #[must_use]
+    pub fn fetcher(&self, force: bool) -> Fetcher {
+        Fetcher {
+            client: self.client.clone(),
+            applied: self.status.applied.as_ref().map(|a| a.version.clone()),
+            force,
         }
-        let body = self.client.endpoints().await?;
-        let report = self.install(&body, &version, &self.endpoints_url(), force)?;
-        Ok(Refreshed::Applied { version, report })
+    }
+
+    /// The apply half of a refresh.
+    pub fn accept(&mut self, fetch: Fetch, force: bool) -> Result<Refreshed, RefreshError> {
+        match fetch {
+            Fetch::Unchanged { version } => Ok(Refreshed::Unchanged { version }),
+            Fetch::New {
+                version,
+                endpoints: Fetched { body, url },
+            } => {
+                let report = self.install(&body, &version, &url, force)?;
+                Ok(Refreshed::Applied { version, report })
+            }
+        }
+    }
+
+    /// Takes in what another process (`xdp-breakout sync`) recorded as applied since this
+    /// agent last looked, so that the next poll compares the service's version with what the
+    /// maps hold, not with what this agent applied last.
+    pub fn reconcile(&mut self) {
+        let recorded = self.state.applied();
+        if recorded == self.status.applied {
+            return;
+        }
+        if let Some(applied) = &recorded {
+            warn!(
+                "the maps were changed by another process: feed {} from {} (applied at {}); \
+                 comparing the service's version with it",
+                applied.version,
+                applied.source,
+                crate::explain::rfc3339(applied.applied_at)
+            );
+        }
+        if let Ok(installed) = self.maps.installed() {
+            (self.status.prefixes_v4, self.status.prefixes_v6) =
+                (installed.v4.len(), installed.v6.len());
+        }
+        self.status.applied = recorded;
+        self.save_status();
     }
 
     /// The service's latest version and its feed body, applying nothing.
-    pub async fn fetch(&self) -> Result<(String, Vec<u8>), RefreshError> {
+    pub async fn fetch(&self) -> Result<(String, Fetched), RefreshError> {
         let version = self.client.version().await?;
         Ok((version, self.client.endpoints().await?))
     }
@@ -213,25 +250,21 @@ impl Agent {
         )
     }
 
-    /// The shrink limit's verdict on replacing `installed` entries with `target` ones.
-    pub fn check_shrink(
+    /// The gate's verdict on replacing `installed` with `target`.
+    pub fn check_change(
         &self,
-        installed: usize,
-        target: usize,
+        installed: &Compiled,
+        target: &Compiled,
         version: &str,
         source: &str,
     ) -> Result<(), RefreshError> {
-        let limit = self.config.feed.max_shrink_percent;
-        if installed > 0 && target * 100 < installed * (100 - usize::from(limit)) {
-            return Err(RefreshError::Shrink {
+        Change::between(installed, target)
+            .check(self.config.change_limits())
+            .map_err(|error| RefreshError::Refused {
                 version: version.to_owned(),
                 source_name: source.to_owned(),
-                from: installed,
-                to: target,
-                limit,
-            });
-        }
-        Ok(())
+                reason: error,
+            })
     }
 
     /// Validates, compiles and applies a feed body; records it once the maps hold it.
@@ -246,13 +279,14 @@ impl Agent {
         let _lock = self.lock_dir.as_deref().map(PinLock::acquire).transpose()?;
         let installed = self.maps.installed()?;
         if !force {
-            self.check_shrink(installed.len(), compiled.len(), version, source)?;
+            self.check_change(&installed, &compiled, version, source)?;
         }
         let report = self.maps.apply_over(&installed, &compiled)?;
         let applied = Applied {
             version: version.to_owned(),
             source: source.to_owned(),
             applied_at: now(),
+            entries: Some(compiled.digest()),
         };
         self.state.save_applied(body, &applied)?;
         (self.status.prefixes_v4, self.status.prefixes_v6) = (compiled.v4.len(), compiled.v6.len());
@@ -275,6 +309,13 @@ impl Agent {
             version: version.to_owned(),
             source_name: source.to_owned(),
             source: error,
+        })?;
+        gate::check_feed(&feed, self.config.prefix_limits()).map_err(|error| {
+            RefreshError::Refused {
+                version: version.to_owned(),
+                source_name: source.to_owned(),
+                reason: error,
+            }
         })?;
         let policy = &self.config.policy;
         let filter = Filter {
@@ -317,9 +358,9 @@ impl Agent {
     pub fn record_poll(&mut self, error: Option<String>, next_poll: Duration) {
         let now = now();
         self.status.last_poll = Some(now);
-        self.status.next_poll = Some(now + next_poll.as_secs());
+        self.status.next_poll = Some(now.saturating_add(next_poll.as_secs()));
         if let Some(error) = error {
-            self.status.consecutive_failures += 1;
+            self.status.consecutive_failures = self.status.consecutive_failures.saturating_add(1);
             self.status.last_error = Some(error);
         } else {
             self.status.consecutive_failures = 0;
@@ -363,7 +404,44 @@ pub fn jittered(poll_interval: Duration) -> Duration {
     } else {
         u128::from(random) % tenth
     };
-    poll_interval + Duration::from_millis(u64::try_from(jitter).unwrap_or(0))
+    poll_interval.saturating_add(Duration::from_millis(u64::try_from(jitter).unwrap_or(0)))
+}
+
+/// The fetch half of a refresh: owns what it needs, so dropping it cancels the request.
+pub struct Fetcher {
+    client: FeedClient,
+    applied: Option<String>,
+    force: bool,
+}
+
+/// What a fetch found.
+#[derive(Debug)]
+pub enum Fetch {
+    /// The service has the version the maps hold.
+    Unchanged { version: String },
+    /// A version to apply, and its endpoints.
+    New { version: String, endpoints: Fetched },
+}
+
+impl Fetcher {
+    /// `/version`, then `/endpoints` when the version is new and not older than the applied.
+    pub async fn run(self) -> Result<Fetch, RefreshError> {
+        let version = self.client.version().await?;
+        if !self.force {
+            if self.applied.as_deref() == Some(version.as_str()) {
+                return Ok(Fetch::Unchanged { version });
+            }
+            gate::check_version(self.applied.as_deref(), &version).map_err(|error| {
+                RefreshError::Refused {
+                    version: version.clone(),
+                    source_name: self.client.version_url(),
+                    reason: error,
+                }
+            })?;
+        }
+        let endpoints = self.client.endpoints().await?;
+        Ok(Fetch::New { version, endpoints })
+    }
 }
 
 #[cfg(test)]

@@ -180,9 +180,33 @@ pub struct ConfigArgs {
     /// How often to check the feed version (30s, 5m, 1h).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub poll_interval: Option<Duration>,
+    /// Accept a plain http:// feed URL (a test server or a mirror on a trusted network).
+    #[arg(long)]
+    pub allow_http: bool,
+    /// Adds tenant-specific URLs to the feed (no effect on addresses).
+    #[arg(long, value_name = "NAME")]
+    pub tenant_name: Option<String>,
+    /// Limit on connecting to the feed server (250ms, 10s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub connect_timeout: Option<Duration>,
+    /// Limit on a whole request to the feed server, body included.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub request_timeout: Option<Duration>,
+    /// Refuse feed responses larger than this.
+    #[arg(long, value_name = "BYTES")]
+    pub max_body_bytes: Option<u64>,
     /// Refuse a feed that removes more than this percentage of the installed prefixes.
     #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(0..=100))]
     pub max_shrink_percent: Option<u8>,
+    /// Refuse a feed whose added and removed prefixes exceed this percentage of the installed.
+    #[arg(long, value_name = "PERCENT")]
+    pub max_churn_percent: Option<u16>,
+    /// Refuse IPv4 prefixes shorter than this.
+    #[arg(long, value_name = "LEN")]
+    pub min_prefix_len_v4: Option<u8>,
+    /// Refuse IPv6 prefixes shorter than this.
+    #[arg(long, value_name = "LEN")]
+    pub min_prefix_len_v6: Option<u8>,
     /// Categories that go direct (repeat): Optimize, Allow, Default.
     #[arg(long = "direct", value_name = "CATEGORY")]
     pub direct: Vec<CategoryName>,
@@ -192,6 +216,15 @@ pub struct ConfigArgs {
     /// Send packets whose port matches no rule of their prefix to the tunnel.
     #[arg(long)]
     pub strict_ports: bool,
+    /// A prefix that always goes direct, as Optimize by address (repeat).
+    #[arg(long = "include", value_name = "PREFIX")]
+    pub include: Vec<ipnet::IpNet>,
+    /// A prefix that never goes direct, even inside a feed prefix (repeat).
+    #[arg(long = "exclude", value_name = "PREFIX")]
+    pub exclude: Vec<ipnet::IpNet>,
+    /// Let --include hold short or special-purpose prefixes.
+    #[arg(long)]
+    pub include_special: bool,
     /// Log every kernel decision (one line per packet: for debugging only).
     #[arg(long)]
     pub debug_log: bool,
@@ -219,10 +252,21 @@ impl ConfigArgs {
             service_areas,
             no_ipv6,
             poll_interval,
+            allow_http,
+            tenant_name,
+            connect_timeout,
+            request_timeout,
+            max_body_bytes,
             max_shrink_percent,
+            max_churn_percent,
+            min_prefix_len_v4,
+            min_prefix_len_v6,
             direct,
             mark,
             strict_ports,
+            include,
+            exclude,
+            include_special,
             debug_log,
             detach_on_exit,
         } = self;
@@ -243,12 +287,29 @@ impl ConfigArgs {
         }
         config.feed.no_ipv6 |= no_ipv6;
         set(&mut config.feed.poll_interval, *poll_interval);
+        config.feed.allow_http |= allow_http;
+        if tenant_name.is_some() {
+            config.feed.tenant_name.clone_from(tenant_name);
+        }
+        set(&mut config.feed.connect_timeout, *connect_timeout);
+        set(&mut config.feed.request_timeout, *request_timeout);
+        set(&mut config.feed.max_body_bytes, *max_body_bytes);
         set(&mut config.feed.max_shrink_percent, *max_shrink_percent);
+        set(&mut config.feed.max_churn_percent, *max_churn_percent);
+        set(&mut config.feed.min_prefix_len_v4, *min_prefix_len_v4);
+        set(&mut config.feed.min_prefix_len_v6, *min_prefix_len_v6);
         if !direct.is_empty() {
             config.policy.direct.clone_from(direct);
         }
         set(&mut config.policy.mark, *mark);
         config.policy.strict_ports |= strict_ports;
+        if !include.is_empty() {
+            config.policy.include.clone_from(include);
+        }
+        if !exclude.is_empty() {
+            config.policy.exclude.clone_from(exclude);
+        }
+        config.policy.include_special |= include_special;
         config.policy.debug_log |= debug_log;
         config.detach_on_exit |= detach_on_exit;
     }
@@ -318,6 +379,7 @@ mod tests {
             "lan1",
             "--feed-url",
             "http://127.0.0.1:8080",
+            "--allow-http",
             "--poll-interval",
             "5m",
             "--direct",

@@ -3,15 +3,26 @@
 //! `GET /version/{instance}` is cheap and polled; `GET /endpoints/{instance}` only when the
 //! version changed. Every request carries the machine's `clientrequestid`. Both answer HTTP 429
 //! when a client asks too often: the error carries the wait (`Retry-After`, else an hour).
+//!
+//! Nothing in an answer is trusted beyond its checks: a redirect may not leave HTTPS, a
+//! `Retry-After` is capped, a version answer must name the instance asked for, and a body
+//! is counted as it arrives.
 
 use std::time::Duration;
 
+use reqwest::Url;
 use serde::Deserialize;
+use tracing::info;
 
 use crate::config::FeedConfig;
 
-/// How long to wait after a 429 without `Retry-After` (Microsoft's guidance: hourly).
+/// How long to wait after a 429 without a `Retry-After` in seconds (Microsoft's guidance:
+/// hourly). An HTTP-date `Retry-After` also waits this long.
 pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_hours(1);
+/// The longest wait a `Retry-After` can impose: a server cannot stop polling for years.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_hours(24);
+/// Redirects followed per request.
+pub const MAX_REDIRECTS: usize = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
@@ -30,6 +41,12 @@ pub enum FetchError {
     },
     #[error("GET {url}: not a version response ({reason})")]
     Version { url: String, reason: String },
+    #[error("GET {url}: the answer is for instance {found:?}, not the configured {expected:?}")]
+    Instance {
+        url: String,
+        found: String,
+        expected: String,
+    },
     #[error("building the HTTP client")]
     Client(#[source] reqwest::Error),
 }
@@ -47,10 +64,46 @@ impl FetchError {
 
 #[derive(Deserialize)]
 struct VersionBody {
+    instance: String,
     latest: String,
 }
 
-/// A client for one instance of the service.
+/// A body and the URL it finally came from (after redirects).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fetched {
+    pub body: Vec<u8>,
+    pub url: String,
+}
+
+/// Whether a redirect from a request that started at `first` may go on to `next` after
+/// `hops` redirects: never from HTTPS to anything else, never to a non-HTTP scheme, and at
+/// most [`MAX_REDIRECTS`].
+pub fn redirect_verdict(first: &Url, next: &Url, hops: usize) -> Result<(), String> {
+    if hops >= MAX_REDIRECTS {
+        return Err(format!("more than {MAX_REDIRECTS} redirects"));
+    }
+    match (first.scheme(), next.scheme()) {
+        ("https", "https") | ("http", "http" | "https") => Ok(()),
+        ("https", scheme) => Err(format!(
+            "a redirect from HTTPS to {scheme}: {next} (a downgrade is never followed)"
+        )),
+        (_, scheme) => Err(format!("a redirect to a {scheme} URL: {next}")),
+    }
+}
+
+/// The wait a 429's `Retry-After` asks for, capped at [`MAX_RETRY_AFTER`].
+#[must_use]
+pub fn retry_after(value: Option<&str>) -> Duration {
+    value
+        .and_then(|value| value.trim().parse::<u64>().ok())
+        .map_or(DEFAULT_RETRY_AFTER, |secs| {
+            Duration::from_secs(secs).min(MAX_RETRY_AFTER)
+        })
+}
+
+/// A client for one instance of the service. Cheap to clone (the connection pool is shared),
+/// so a fetch can run apart from the agent and be dropped to cancel it.
+#[derive(Clone)]
 pub struct FeedClient {
     http: reqwest::Client,
     base: String,
@@ -66,6 +119,17 @@ impl FeedClient {
             .connect_timeout(config.connect_timeout)
             .timeout(config.request_timeout)
             .user_agent(concat!("xdp-breakout/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                let verdict = redirect_verdict(
+                    attempt.previous().first().unwrap_or(attempt.url()),
+                    attempt.url(),
+                    attempt.previous().len().saturating_sub(1),
+                );
+                match verdict {
+                    Ok(()) => attempt.follow(),
+                    Err(reason) => attempt.error(reason),
+                }
+            }))
             .build()
             .map_err(FetchError::Client)?;
         let mut query = Vec::new();
@@ -91,29 +155,42 @@ impl FeedClient {
     /// The latest version (`YYYYMMDDNN`) of the instance's feed.
     pub async fn version(&self) -> Result<String, FetchError> {
         let url = format!("{}/version/{}", self.base, self.instance);
-        let body = self.get(&url, &[]).await?;
+        let Fetched { body, url: from } = self.get(&url, &[]).await?;
         let invalid = |reason: String| FetchError::Version {
-            url: url.clone(),
+            url: from.clone(),
             reason,
         };
         let version: VersionBody =
             serde_json::from_slice(&body).map_err(|error| invalid(error.to_string()))?;
-        if version.latest.len() != 10 || !version.latest.bytes().all(|b| b.is_ascii_digit()) {
+        if !crate::gate::is_version(&version.latest) {
             return Err(invalid(format!(
                 "version {:?} is not YYYYMMDDNN",
                 version.latest
             )));
         }
+        if !version.instance.eq_ignore_ascii_case(&self.instance) {
+            return Err(FetchError::Instance {
+                url: from,
+                found: version.instance,
+                expected: self.instance.clone(),
+            });
+        }
         Ok(version.latest)
     }
 
-    /// The body of `GET /endpoints/{instance}`, unparsed.
-    pub async fn endpoints(&self) -> Result<Vec<u8>, FetchError> {
+    /// `GET /version/{instance}`'s URL, for messages.
+    #[must_use]
+    pub fn version_url(&self) -> String {
+        format!("{}/version/{}", self.base, self.instance)
+    }
+
+    /// The body of `GET /endpoints/{instance}`, unparsed, and where it came from.
+    pub async fn endpoints(&self) -> Result<Fetched, FetchError> {
         let url = format!("{}/endpoints/{}", self.base, self.instance);
         self.get(&url, &self.query).await
     }
 
-    async fn get(&self, url: &str, query: &[(String, String)]) -> Result<Vec<u8>, FetchError> {
+    async fn get(&self, url: &str, query: &[(String, String)]) -> Result<Fetched, FetchError> {
         let transport = |what| {
             let url = url.to_owned();
             move |source| FetchError::Transport { url, what, source }
@@ -125,18 +202,31 @@ impl FeedClient {
             .query(query)
             .send()
             .await
-            .map_err(transport("request failed"))?;
+            .map_err(|source| {
+                let what = if source.is_redirect() {
+                    "refused a redirect"
+                } else {
+                    "request failed"
+                };
+                transport(what)(source)
+            })?;
+        // Where the answer came from, without our query string (the client id).
+        let mut from = response.url().clone();
+        from.set_query(None);
+        let from = from.to_string();
+        if from.trim_end_matches('/') != url.trim_end_matches('/') {
+            info!("GET {url}: redirected to {from}");
+        }
+        let url = from.as_str();
         let status = response.status();
         if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
-            let retry_after = response
+            let header = response
                 .headers()
                 .get(reqwest::header::RETRY_AFTER)
-                .and_then(|value| value.to_str().ok())
-                .and_then(|value| value.trim().parse().ok())
-                .map_or(DEFAULT_RETRY_AFTER, Duration::from_secs);
+                .and_then(|value| value.to_str().ok());
             return Err(FetchError::RateLimited {
                 url: url.to_owned(),
-                retry_after,
+                retry_after: retry_after(header),
             });
         }
         if !status.is_success() {
@@ -167,6 +257,60 @@ impl FeedClient {
             }
             body.extend_from_slice(&chunk);
         }
-        Ok(body)
+        Ok(Fetched { body, url: from })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(text: &str) -> Url {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn redirects_never_leave_https() {
+        let https = url("https://endpoints.office.com/endpoints/Worldwide");
+        assert_eq!(
+            redirect_verdict(
+                &https,
+                &url("https://mirror.example/endpoints/Worldwide"),
+                0
+            ),
+            Ok(())
+        );
+        let error = redirect_verdict(&https, &url("http://endpoints.office.com/x"), 0).unwrap_err();
+        assert!(error.contains("from HTTPS to http"), "{error}");
+        // A chain that went through HTTPS and back is judged from its start.
+        assert!(redirect_verdict(&https, &url("ftp://x/"), 1).is_err());
+        let http = url("http://127.0.0.1/version/Worldwide");
+        assert_eq!(
+            redirect_verdict(&http, &url("http://127.0.0.1/v2"), 0),
+            Ok(())
+        );
+        assert_eq!(
+            redirect_verdict(&http, &url("https://127.0.0.1/v2"), 0),
+            Ok(())
+        );
+        assert!(
+            redirect_verdict(&http, &url("http://127.0.0.1/v2"), MAX_REDIRECTS)
+                .unwrap_err()
+                .contains("more than 5 redirects")
+        );
+    }
+
+    #[test]
+    fn retry_after_is_capped() {
+        assert_eq!(retry_after(Some("120")), Duration::from_mins(2));
+        assert_eq!(retry_after(Some(" 7 ")), Duration::from_secs(7));
+        assert_eq!(retry_after(Some("18446744073709551615")), MAX_RETRY_AFTER);
+        assert_eq!(retry_after(Some("315360000")), MAX_RETRY_AFTER, "ten years");
+        assert_eq!(retry_after(Some("-1")), DEFAULT_RETRY_AFTER);
+        assert_eq!(
+            retry_after(Some("Wed, 21 Oct 2026 07:28:00 GMT")),
+            DEFAULT_RETRY_AFTER
+        );
+        assert_eq!(retry_after(None), DEFAULT_RETRY_AFTER);
     }
 }

@@ -45,6 +45,46 @@ impl Compiled {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// A fingerprint of every entry (FNV-1a, 64 bits): equal digests, equal tables. It ties a
+    /// record of what was applied to what the maps hold now.
+    #[must_use]
+    pub fn digest(&self) -> String {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut hasher = Fnv1a::default();
+        self.v4.len().hash(&mut hasher);
+        for (key, value) in &self.v4 {
+            key.hash(&mut hasher);
+            value.hash(&mut hasher);
+        }
+        self.v6.len().hash(&mut hasher);
+        for (key, value) in &self.v6 {
+            key.hash(&mut hasher);
+            value.hash(&mut hasher);
+        }
+        format!("{:016x}", hasher.finish())
+    }
+}
+
+/// FNV-1a: std's `DefaultHasher` may change between Rust releases, and a digest is stored.
+struct Fnv1a(u64);
+
+impl Default for Fnv1a {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for Fnv1a {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = (self.0 ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
 }
 
 /// The key of `net` in its family's trie.

@@ -9,12 +9,15 @@ use classifier_common::{DEFAULT_MARK, DEFAULT_MARK_MASK, PIN_DIR, action, catego
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::feed::Category;
+use crate::{feed::Category, gate};
 
 /// Where `run` and `config check` look when no `--config` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/xdp-breakout/config.toml";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/xdp-breakout";
 pub const DEFAULT_FEED_URL: &str = "https://endpoints.office.com";
+/// Bounds of `feed.max-body-bytes`: Microsoft's answer is about 100 KiB.
+pub const MIN_BODY_BYTES: u64 = 1 << 10;
+pub const MAX_BODY_BYTES: u64 = 1 << 30;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -77,6 +80,16 @@ pub struct FeedConfig {
     /// A feed that would remove more than this share (percent) of the installed prefixes is
     /// refused unless forced.
     pub max_shrink_percent: u8,
+    /// A feed whose added and removed prefixes together exceed this share (percent) of the
+    /// installed ones is refused unless forced.
+    pub max_churn_percent: u16,
+    /// IPv4 prefixes shorter than this are refused (a feed never needs a /0 or a /4).
+    pub min_prefix_len_v4: u8,
+    /// IPv6 prefixes shorter than this are refused.
+    pub min_prefix_len_v6: u8,
+    /// Accept a plain `http://` URL (a test server, a mirror on a trusted network): anyone on
+    /// the path could then answer for the feed.
+    pub allow_http: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -92,6 +105,9 @@ pub struct PolicyConfig {
     pub include: Vec<IpNet>,
     /// Prefixes that never go direct, even inside a feed prefix.
     pub exclude: Vec<IpNet>,
+    /// Let `include` hold prefixes the feed gate refuses: shorter than the minimum length,
+    /// or in special-purpose space (a private data centre reached over the direct uplink).
+    pub include_special: bool,
     /// Log every decision through aya-log (one line per packet: for debugging only).
     pub debug_log: bool,
 }
@@ -123,6 +139,10 @@ impl Default for FeedConfig {
             request_timeout: Duration::from_mins(1),
             max_body_bytes: 16 << 20,
             max_shrink_percent: 50,
+            max_churn_percent: 100,
+            min_prefix_len_v4: 8,
+            min_prefix_len_v6: 16,
+            allow_http: false,
         }
     }
 }
@@ -141,6 +161,7 @@ impl Default for PolicyConfig {
             },
             include: Vec::new(),
             exclude: Vec::new(),
+            include_special: false,
             debug_log: false,
         }
     }
@@ -173,30 +194,81 @@ impl Config {
         }
     }
 
-    /// Checks what the types cannot.
+    /// Checks what the types cannot: every setting that would make the agent fail on every
+    /// request, or trust what it should not, is refused with its key's name.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |field, message: String| Err(ConfigError::Invalid { field, message });
-        if !INSTANCES.contains(&self.feed.instance.as_str()) {
+        let feed = &self.feed;
+        if !INSTANCES.contains(&feed.instance.as_str()) {
             return invalid(
                 "feed.instance",
+                format!("{:?} is not one of {}", feed.instance, INSTANCES.join(", ")),
+            );
+        }
+        if feed.url.starts_with("http://") {
+            if !feed.allow_http {
+                return invalid(
+                    "feed.url",
+                    format!(
+                        "{:?} is plain HTTP: anyone on the path can answer for the feed; use \
+                         https://, or set feed.allow-http = true (--allow-http) for a server \
+                         on a trusted network",
+                        feed.url
+                    ),
+                );
+            }
+        } else if !feed.url.starts_with("https://") {
+            return invalid("feed.url", format!("{:?} is not an https:// URL", feed.url));
+        }
+        let within = |field, value: Duration, min: Duration, max: Duration| {
+            if value < min || value > max {
+                return invalid(
+                    field,
+                    format!(
+                        "{} is outside {}..={}",
+                        format_duration(value),
+                        format_duration(min),
+                        format_duration(max)
+                    ),
+                );
+            }
+            Ok(())
+        };
+        within(
+            "feed.poll-interval",
+            feed.poll_interval,
+            Duration::from_secs(1),
+            Duration::from_hours(7 * 24),
+        )?;
+        within(
+            "feed.connect-timeout",
+            feed.connect_timeout,
+            Duration::from_millis(100),
+            Duration::from_mins(10),
+        )?;
+        within(
+            "feed.request-timeout",
+            feed.request_timeout,
+            Duration::from_millis(100),
+            Duration::from_hours(1),
+        )?;
+        if !(MIN_BODY_BYTES..=MAX_BODY_BYTES).contains(&feed.max_body_bytes) {
+            return invalid(
+                "feed.max-body-bytes",
                 format!(
-                    "{:?} is not one of {}",
-                    self.feed.instance,
-                    INSTANCES.join(", ")
+                    "{} is outside {MIN_BODY_BYTES}..={MAX_BODY_BYTES}",
+                    feed.max_body_bytes
                 ),
             );
         }
-        if !(self.feed.url.starts_with("https://") || self.feed.url.starts_with("http://")) {
-            return invalid(
-                "feed.url",
-                format!("{:?} is not an http(s) URL", self.feed.url),
-            );
-        }
-        if self.feed.poll_interval < Duration::from_secs(1) {
-            return invalid("feed.poll-interval", "must be at least 1s".to_owned());
-        }
-        if self.feed.max_shrink_percent > 100 {
+        if feed.max_shrink_percent > 100 {
             return invalid("feed.max-shrink-percent", "must be 0..=100".to_owned());
+        }
+        if !(1..=32).contains(&feed.min_prefix_len_v4) {
+            return invalid("feed.min-prefix-len-v4", "must be 1..=32".to_owned());
+        }
+        if !(1..=128).contains(&feed.min_prefix_len_v6) {
+            return invalid("feed.min-prefix-len-v6", "must be 1..=128".to_owned());
         }
         for net in self.policy.include.iter().chain(&self.policy.exclude) {
             if net.trunc() != *net {
@@ -206,7 +278,56 @@ impl Config {
                 );
             }
         }
+        if !self.policy.include_special {
+            for net in &self.policy.include {
+                if let Err(error) = gate::check_prefix(0, *net, self.prefix_limits()) {
+                    let reason = error.to_string();
+                    let reason = reason.split_once(": ips ").map_or(&*reason, |(_, rest)| rest);
+                    return invalid(
+                        "policy.include",
+                        format!("{reason}; set policy.include-special = true if it is meant"),
+                    );
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// What the feed gate demands of every prefix.
+    #[must_use]
+    pub fn prefix_limits(&self) -> gate::PrefixLimits {
+        gate::PrefixLimits {
+            min_len_v4: self.feed.min_prefix_len_v4,
+            min_len_v6: self.feed.min_prefix_len_v6,
+        }
+    }
+
+    /// How much one feed may change the installed prefixes.
+    #[must_use]
+    pub fn change_limits(&self) -> gate::ChangeLimits {
+        gate::ChangeLimits {
+            max_shrink_percent: self.feed.max_shrink_percent,
+            max_churn_percent: self.feed.max_churn_percent,
+        }
+    }
+
+    /// Warnings about settings that are allowed but weaken a guarantee.
+    #[must_use]
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.feed.url.starts_with("http://") {
+            warnings.push(format!(
+                "feed.url {:?} is plain HTTP (allowed by feed.allow-http): anyone on the path \
+                 can answer for the feed",
+                self.feed.url
+            ));
+        }
+        if self.policy.include_special && !self.policy.include.is_empty() {
+            warnings.push(
+                "policy.include-special: include prefixes skip the feed gate's checks".to_owned(),
+            );
+        }
+        warnings
     }
 
     /// The kernel policy: the action of each category code.
@@ -352,13 +473,18 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let number: u64 = number
         .parse()
         .map_err(|_| format!("{text:?} is not a duration like 30s, 5m or 1h"))?;
-    let seconds = |n: u64| Duration::from_secs(n);
+    let scaled = |size: u64| {
+        number
+            .checked_mul(size)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("{text:?} is too long a duration"))
+    };
     match unit {
         "ms" => Ok(Duration::from_millis(number)),
-        "s" | "" => Ok(seconds(number)),
-        "m" => Ok(seconds(number * 60)),
-        "h" => Ok(seconds(number * 3600)),
-        "d" => Ok(seconds(number * 86400)),
+        "s" | "" => scaled(1),
+        "m" => scaled(60),
+        "h" => scaled(3600),
+        "d" => scaled(86400),
         _ => Err(format!("{text:?}: unknown unit {unit:?} (ms, s, m, h, d)")),
     }
 }
@@ -467,6 +593,44 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("host bits")
+        );
+    }
+
+    /// Settings that make every request fail, or trust what should not be trusted, are
+    /// refused with the key's name; `http://` needs an explicit opt-in and then warns.
+    #[test]
+    fn settings_that_cannot_work_or_weaken_trust_are_refused_by_name() {
+        let cases = [
+            ("[feed]\nconnect-timeout = \"0s\"\n", "feed.connect-timeout: 0s is outside"),
+            ("[feed]\nrequest-timeout = \"0ms\"\n", "feed.request-timeout: 0s is outside"),
+            ("[feed]\nrequest-timeout = \"2d\"\n", "feed.request-timeout: 2d is outside"),
+            ("[feed]\nmax-body-bytes = 0\n", "feed.max-body-bytes: 0 is outside"),
+            ("[feed]\npoll-interval = \"30d\"\n", "feed.poll-interval: 30d is outside"),
+            ("[feed]\nmin-prefix-len-v4 = 0\n", "feed.min-prefix-len-v4: must be 1..=32"),
+            ("[feed]\nmin-prefix-len-v6 = 129\n", "feed.min-prefix-len-v6: must be 1..=128"),
+            ("[feed]\nurl = \"http://mirror.example\"\n", "feed.url: \"http://mirror.example\" is plain HTTP"),
+            ("[feed]\nurl = \"ftp://mirror.example\"\n", "is not an https:// URL"),
+            ("[policy]\ninclude = [\"10.1.0.0/16\"]\n", "policy.include: \"10.1.0.0/16\": overlaps 10.0.0.0/8, private-use"),
+            ("[policy]\ninclude = [\"0.0.0.0/0\"]\n", "policy.include: \"0.0.0.0/0\": shorter than /8"),
+        ];
+        for (text, expected) in cases {
+            let config = Config::from_toml(text, Path::new("c")).unwrap();
+            let error = config.validate().unwrap_err().to_string();
+            assert!(error.contains(expected), "{text:?}: {error:?} lacks {expected:?}");
+        }
+        let config = Config::from_toml(
+            "[feed]\nurl = \"http://127.0.0.1:8080\"\nallow-http = true\n[policy]\ninclude = [\"10.1.0.0/16\"]\ninclude-special = true\n",
+            Path::new("c"),
+        )
+        .unwrap();
+        config.validate().unwrap();
+        let warnings = config.warnings();
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].contains("plain HTTP"), "{warnings:?}");
+        assert!(Config::default().warnings().is_empty());
+        assert_eq!(
+            parse_duration("18446744073709551615h"),
+            Err("\"18446744073709551615h\" is too long a duration".to_owned())
         );
     }
 

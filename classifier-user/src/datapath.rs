@@ -48,6 +48,13 @@ pub enum DatapathError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "pin directory {path} is not on a bpffs ({base} is not one): pins live under \
+         /sys/fs/bpf; choose a --pin-dir there, or mount one first (`mount -t bpf bpf DIR`)"
+    )]
+    NotBpffs { path: PathBuf, base: PathBuf },
+    #[error(transparent)]
+    Untrusted(#[from] crate::secure::DirError),
     #[error("creating pin directory {path}")]
     PinDir {
         path: PathBuf,
@@ -168,25 +175,34 @@ const fn size32<T>() -> u32 {
     size_of::<T>() as u32
 }
 
-/// Mounts bpffs on `/sys/fs/bpf` when it is not mounted (a fresh machine has none).
-pub fn ensure_bpffs(path: &Path) -> Result<(), DatapathError> {
+/// Where bpffs belongs, and the only place xdp-breakout ever mounts one.
+pub const BPFFS: &str = "/sys/fs/bpf";
+
+fn is_bpffs(path: &Path) -> bool {
+    let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs writes into the zeroed struct; the path is NUL-terminated.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    unsafe { libc::statfs(c_path.as_ptr(), &raw mut stat) == 0 && stat.f_type == BPF_FS_MAGIC }
+}
+
+/// Mounts bpffs on `/sys/fs/bpf` when nothing is mounted there (a fresh machine has none).
+/// Nowhere else: a mount over another directory would hide what is in it.
+pub fn ensure_bpffs() -> Result<(), DatapathError> {
+    let path = Path::new(BPFFS);
+    if is_bpffs(path) {
+        return Ok(());
+    }
     let mount_error = |source| DatapathError::Mount {
         path: path.to_owned(),
         source,
     };
-    let c_path = CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| mount_error(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
-    // SAFETY: statfs writes into the zeroed struct; the path is NUL-terminated.
-    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(c_path.as_ptr(), &raw mut stat) } == 0 && stat.f_type == BPF_FS_MAGIC {
-        return Ok(());
-    }
-    fs::create_dir_all(path).map_err(mount_error)?;
     // SAFETY: all strings are NUL-terminated; no data argument.
     let rc = unsafe {
         libc::mount(
             c"bpf".as_ptr(),
-            c_path.as_ptr(),
+            c"/sys/fs/bpf".as_ptr(),
             c"bpf".as_ptr(),
             0,
             std::ptr::null(),
@@ -198,14 +214,36 @@ pub fn ensure_bpffs(path: &Path) -> Result<(), DatapathError> {
     Ok(())
 }
 
-/// The bpffs mount that holds `pin_dir`: its nearest ancestor under `/sys/fs/bpf`.
-fn bpffs_root(pin_dir: &Path) -> &Path {
-    let root = Path::new("/sys/fs/bpf");
-    if pin_dir.starts_with(root) {
-        root
-    } else {
-        pin_dir.parent().unwrap_or(pin_dir)
+/// Makes `pin_dir` ready for pins: bpffs on `/sys/fs/bpf` if the directory is there, the
+/// directory on a bpffs, created 0700, owned by us and closed to others.
+pub fn prepare_pin_dir(pin_dir: &Path) -> Result<(), DatapathError> {
+    if pin_dir.starts_with(BPFFS) {
+        ensure_bpffs()?;
     }
+    // The nearest directory that exists decides the file system the new ones land on.
+    let base = pin_dir
+        .ancestors()
+        .find(|dir| dir.exists())
+        .unwrap_or(Path::new("/"));
+    if !is_bpffs(base) {
+        return Err(DatapathError::NotBpffs {
+            path: pin_dir.to_owned(),
+            base: base.to_owned(),
+        });
+    }
+    crate::secure::create_private(pin_dir, "pin directory")?;
+    Ok(())
+}
+
+/// Checks a pin directory that must exist already, before anything in it is trusted.
+pub fn check_pin_dir(pin_dir: &Path) -> Result<(), DatapathError> {
+    if !pin_dir.exists() {
+        return Err(DatapathError::NoPins {
+            path: pin_dir.to_owned(),
+        });
+    }
+    crate::secure::check(pin_dir, "pin directory")?;
+    Ok(())
 }
 
 /// An exclusive lock on a pin directory, held while maps or links there change, so that two
@@ -221,12 +259,11 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 impl PinLock {
     /// Creates `pin_dir` (mounting bpffs if needed) and locks it.
     pub fn acquire(pin_dir: &Path) -> Result<Self, DatapathError> {
-        ensure_bpffs(bpffs_root(pin_dir))?;
+        prepare_pin_dir(pin_dir)?;
         let pin_error = |source| DatapathError::PinDir {
             path: pin_dir.to_owned(),
             source,
         };
-        fs::create_dir_all(pin_dir).map_err(pin_error)?;
         let dir = fs::File::open(pin_dir).map_err(pin_error)?;
         let start = std::time::Instant::now();
         loop {
@@ -301,11 +338,7 @@ impl Datapath {
     /// Loads the programs, adopting maps already pinned in `pin_dir` (so that a restart or an
     /// upgrade keeps every entry and counter) and pinning the ones it creates.
     pub fn load_pinned(object: &[u8], pin_dir: &Path) -> Result<Self, DatapathError> {
-        ensure_bpffs(bpffs_root(pin_dir))?;
-        fs::create_dir_all(pin_dir).map_err(|source| DatapathError::PinDir {
-            path: pin_dir.to_owned(),
-            source,
-        })?;
+        prepare_pin_dir(pin_dir)?;
         check_pins(pin_dir)?;
         let mut loader = EbpfLoader::new();
         let paths: Vec<(&str, PathBuf)> = names::PINNED_MAPS
@@ -323,6 +356,7 @@ impl Datapath {
     /// counts into private maps: `classify` asks what the data plane would decide without
     /// adding test packets to its counters.
     pub fn load_shadow(object: &[u8], pin_dir: &Path) -> Result<Self, DatapathError> {
+        check_pin_dir(pin_dir)?;
         check_pins(pin_dir)?;
         let shared = [
             names::PREFIX_V4,
@@ -556,6 +590,7 @@ pub fn tc_link_pin(pin_dir: &Path, iface: &str) -> PathBuf {
 /// Detaches xdp-breakout from `iface` by removing its link pins (the kernel releases a link
 /// when its last reference goes).
 pub fn detach(pin_dir: &Path, iface: &str) -> Result<(), DatapathError> {
+    check_pin_dir(pin_dir)?;
     let pins = [xdp_link_pin(pin_dir, iface), tc_link_pin(pin_dir, iface)];
     if !pins.iter().any(|pin| pin.exists()) {
         return Err(DatapathError::NotAttached {
@@ -641,6 +676,7 @@ impl ApplyReport {
 impl Maps {
     /// Opens the maps pinned in `pin_dir`.
     pub fn from_pins(pin_dir: &Path) -> Result<Self, DatapathError> {
+        check_pin_dir(pin_dir)?;
         check_pins(pin_dir)?;
         let first = pin_dir.join(names::PREFIX_V4);
         if !first.exists() {

@@ -8,6 +8,7 @@ use ipnet::IpNet;
 
 use crate::{
     EMBEDDED_FEED,
+    compile::{Compiled, compile},
     datapath::{DatapathError, Maps},
     feed::{EndpointSet, Feed},
     state::State,
@@ -24,6 +25,8 @@ pub struct Decision {
     /// A [`stat`] reason index.
     pub reason: u32,
     pub action: u8,
+    /// The entry that decided.
+    pub rules: Option<PrefixRules>,
 }
 
 /// The live tries, policy and config, read once for many questions.
@@ -61,6 +64,7 @@ impl<'a> Oracle<'a> {
                 set_id: 0,
                 reason: stat::NO_MATCH,
                 action: action::TUNNEL,
+                rules: None,
             });
         };
         Ok(decide_rules(
@@ -99,6 +103,7 @@ fn decide_rules(
         set_id: found.set_id,
         reason,
         action,
+        rules: Some(*rules),
     }
 }
 
@@ -118,33 +123,47 @@ pub fn reason_name(reason: u32) -> &'static str {
         .map_or("unknown", |(_, name)| name)
 }
 
-/// The endpoint sets of the feed the maps were built from: the state directory's last applied
-/// feed, else the embedded snapshot.
+/// The endpoint sets of the feed the maps were built from, when that is known: the state
+/// directory's last applied feed while the maps still hold exactly what it compiled to, or
+/// the embedded snapshot when they hold exactly that. Otherwise (another process filled the
+/// maps from a file, another state directory, an operator's edits) no feed names the sets,
+/// and callers say so instead of naming sets from a feed the maps do not hold.
 pub struct Catalog {
     sets: Vec<EndpointSet>,
-    pub source: String,
+    pub source: Option<String>,
 }
 
 impl Catalog {
+    /// The catalog of `installed`, the entries the maps hold now.
     #[must_use]
-    pub fn load(state_dir: &Path) -> Self {
-        let saved = State::open(state_dir)
+    pub fn load(state_dir: &Path, installed: &Compiled) -> Self {
+        let digest = installed.digest();
+        let saved = State::open_existing(state_dir)
             .ok()
             .and_then(|state| state.last_feed());
         if let Some((body, applied)) = saved
+            && applied.entries.as_deref() == Some(digest.as_str())
             && let Ok(feed) = Feed::parse(&body)
         {
             return Self {
                 sets: feed.sets,
-                source: format!("feed {}", applied.version),
+                source: Some(format!("feed {} from {}", applied.version, applied.source)),
             };
         }
-        let sets = Feed::parse(EMBEDDED_FEED)
-            .map(|feed| feed.sets)
-            .unwrap_or_default();
+        if let Ok(feed) = Feed::parse(EMBEDDED_FEED)
+            && compile(&feed).is_ok_and(|compiled| compiled.digest() == digest)
+        {
+            return Self {
+                sets: feed.sets,
+                source: Some(format!(
+                    "embedded snapshot {}",
+                    crate::EMBEDDED_FEED_VERSION
+                )),
+            };
+        }
         Self {
-            sets,
-            source: format!("embedded snapshot {}", crate::EMBEDDED_FEED_VERSION),
+            sets: Vec::new(),
+            source: None,
         }
     }
 
@@ -153,7 +172,8 @@ impl Catalog {
         self.sets.iter().find(|set| set.id == u32::from(id))
     }
 
-    /// Service area of a set; `operator` for prefixes from the configuration.
+    /// Service area of a set; `operator` for prefixes from the configuration, `unknown` when
+    /// no feed the maps hold names it.
     #[must_use]
     pub fn service_area(&self, id: u16) -> &str {
         match id {
@@ -164,14 +184,30 @@ impl Catalog {
         }
     }
 
-    /// Ids of the sets whose prefixes hold `addr`.
+    /// Ids of the sets whose prefixes hold `addr`; without a known feed, the sets named by
+    /// the entry that holds it (`rules`), which is all the maps know.
     #[must_use]
-    pub fn sets_holding(&self, addr: IpAddr) -> Vec<u16> {
-        self.sets
+    pub fn sets_holding(&self, addr: IpAddr, rules: Option<&PrefixRules>) -> Vec<u16> {
+        if self.source.is_some() {
+            return self
+                .sets
+                .iter()
+                .filter(|set| set.prefixes.iter().any(|net| net.contains(&addr)))
+                .filter_map(|set| u16::try_from(set.id).ok())
+                .collect();
+        }
+        let Some(rules) = rules else {
+            return Vec::new();
+        };
+        let mut ids: Vec<u16> = rules.rules[..usize::from(rules.n_rules).min(rules.rules.len())]
             .iter()
-            .filter(|set| set.prefixes.iter().any(|net| net.contains(&addr)))
-            .filter_map(|set| u16::try_from(set.id).ok())
-            .collect()
+            .map(|rule| rule.set_id)
+            .chain([rules.addr_set])
+            .filter(|id| *id != 0)
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
     }
 }
 

@@ -246,10 +246,11 @@ fn parse_ports(text: Option<&str>) -> Result<Vec<PortRange>, String> {
         .filter(|item| !item.is_empty())
     {
         let (lo, hi) = item.split_once('-').unwrap_or((item, item));
-        let port = |s: &str| {
-            s.trim()
-                .parse::<u16>()
-                .map_err(|_| format!("{s:?} is not a port number"))
+        // Port 0 is reserved (RFC 6335) and no destination: it would only widen a range.
+        let port = |s: &str| match s.trim().parse::<u16>() {
+            Ok(0) => Err("port 0 is not a destination port".to_owned()),
+            Ok(port) => Ok(port),
+            Err(_) => Err(format!("{s:?} is not a port number")),
         };
         let (lo, hi) = (port(lo)?, port(hi)?);
         if lo > hi {
@@ -309,7 +310,7 @@ mod tests {
 
     #[test]
     fn rejects_what_would_make_a_wrong_entry() {
-        let cases: [(&[u8], &str); 8] = [
+        let cases: [(&[u8], &str); 10] = [
             (b"[]", "feed has no endpoint sets"),
             (b"<html>502</html>", "not valid JSON"),
             (br#"[{"id":1,"category":"Allow","urls":["a"]}]"#, "no IP prefixes"),
@@ -317,6 +318,8 @@ mod tests {
             (br#"[{"id":1,"category":"Allow","ips":["10.0.0.0/33"]}]"#, "not an IP prefix"),
             (br#"[{"id":1,"category":"Fast","ips":["10.0.0.0/8"]}]"#, "unknown category"),
             (br#"[{"id":1,"category":"Allow","ips":["10.0.0.0/8"],"tcpPorts":"80,99999"}]"#, r#"tcpPorts "80,99999": "99999" is not a port number"#),
+            (br#"[{"id":1,"category":"Allow","ips":["10.0.0.0/8"],"udpPorts":"0"}]"#, r#"udpPorts "0": port 0 is not a destination port"#),
+            (br#"[{"id":1,"category":"Allow","ips":["10.0.0.0/8"],"tcpPorts":"0-443"}]"#, r#"tcpPorts "0-443": port 0"#),
             (br#"[{"id":1,"category":"Allow","ips":["10.0.0.0/8"]},{"id":1,"category":"Allow","ips":["10.0.0.0/8"]}]"#, "appears twice"),
         ];
         for (body, expected) in cases {

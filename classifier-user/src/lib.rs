@@ -10,7 +10,9 @@ pub mod config;
 pub mod datapath;
 pub mod explain;
 pub mod feed;
+pub mod gate;
 pub mod pcap;
+pub mod secure;
 pub mod state;
 
 /// The compiled kernel programs (classifier-ebpf), embedded at build time.

@@ -1,11 +1,15 @@
 //! The agent's state directory: the client request id, the last applied feed and the status.
 //!
 //! Every file is replaced whole (temporary file, fsync, rename, fsync of the directory), so a
-//! crash or power cut leaves the old file or the new one, never half of one.
+//! crash or power cut leaves the old file or the new one, never half of one. The directory is
+//! created 0700 and refused when another user owns it or may write to it
+//! ([`crate::secure`]); temporary files are created new (`O_EXCL`, `O_NOFOLLOW`, 0600) under
+//! a name nobody can guess, so a planted file or symlink is never written through.
 
 use std::{
     fs,
     io::{self, Write as _},
+    os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -18,12 +22,16 @@ const APPLIED: &str = "applied.json";
 const STATUS: &str = "status.json";
 
 #[derive(Debug, thiserror::Error)]
-#[error("{action} {path}")]
-pub struct StateError {
-    action: &'static str,
-    path: PathBuf,
-    #[source]
-    source: io::Error,
+pub enum StateError {
+    #[error("{action} {path}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Untrusted(#[from] crate::secure::DirError),
 }
 
 /// Which feed the maps hold.
@@ -35,6 +43,10 @@ pub struct Applied {
     pub source: String,
     /// Seconds since the epoch.
     pub applied_at: u64,
+    /// [`crate::compile::Compiled::digest`] of the entries it compiled to: the maps hold this
+    /// feed only while their entries have this digest.
+    #[serde(default)]
+    pub entries: Option<String>,
 }
 
 /// What `status` shows; written after every poll. The JSON field names are a stable schema.
@@ -79,13 +91,17 @@ pub fn now() -> u64 {
 }
 
 impl State {
-    /// Opens (creating) the directory.
+    /// Opens the directory, creating it 0700; refuses one another user could change.
     pub fn open(dir: &Path) -> Result<Self, StateError> {
-        fs::create_dir_all(dir).map_err(|source| StateError {
-            action: "creating state directory",
-            path: dir.to_owned(),
-            source,
-        })?;
+        crate::secure::create_private(dir, "state directory")?;
+        Ok(Self {
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// Opens a directory that exists, for reading, without creating anything.
+    pub fn open_existing(dir: &Path) -> Result<Self, StateError> {
+        crate::secure::check(dir, "state directory")?;
         Ok(Self {
             dir: dir.to_owned(),
         })
@@ -94,6 +110,38 @@ impl State {
     #[must_use]
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// A new file `.NAME.PID.RANDOM.tmp`, 0600, that did not exist: never a planted one.
+    fn create_temporary(&self, name: &str) -> io::Result<(PathBuf, fs::File)> {
+        let mut random = [0u8; 8];
+        for _ in 0..16 {
+            // SAFETY: getrandom writes at most `random.len()` bytes into the buffer.
+            let got = unsafe { libc::getrandom(random.as_mut_ptr().cast(), random.len(), 0) };
+            if got != 8 {
+                return Err(io::Error::last_os_error());
+            }
+            let tmp = self.dir.join(format!(
+                ".{name}.{}.{:016x}.tmp",
+                std::process::id(),
+                u64::from_ne_bytes(random)
+            ));
+            match fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(&tmp)
+            {
+                Ok(file) => return Ok((tmp, file)),
+                Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "16 random temporary names were all taken",
+        ))
     }
 
     /// The machine's client request id: generated once, kept across runs, as Microsoft asks.
@@ -105,12 +153,13 @@ impl State {
                 return Ok(id.to_owned());
             }
         }
-        let id =
-            fs::read_to_string("/proc/sys/kernel/random/uuid").map_err(|source| StateError {
+        let id = fs::read_to_string("/proc/sys/kernel/random/uuid").map_err(|source| {
+            StateError::Io {
                 action: "generating a client request id from",
                 path: "/proc/sys/kernel/random/uuid".into(),
                 source,
-            })?;
+            }
+        })?;
         let id = id.trim().to_owned();
         self.write(CLIENT_ID, id.as_bytes())?;
         Ok(id)
@@ -147,19 +196,26 @@ impl State {
 
     fn write(&self, name: &str, data: &[u8]) -> Result<(), StateError> {
         let path = self.dir.join(name);
-        let tmp = self.dir.join(format!(".{name}.tmp"));
         let error = |action| {
             let path = path.clone();
-            move |source| StateError {
+            move |source| StateError::Io {
                 action,
                 path,
                 source,
             }
         };
-        let mut file = fs::File::create(&tmp).map_err(error("creating"))?;
-        file.write_all(data).map_err(error("writing"))?;
-        file.sync_all().map_err(error("syncing"))?;
-        fs::rename(&tmp, &path).map_err(error("replacing"))?;
+        let (tmp, mut file) = self
+            .create_temporary(name)
+            .map_err(error("creating a temporary file for"))?;
+        let written = file
+            .write_all(data)
+            .map_err(error("writing"))
+            .and_then(|()| file.sync_all().map_err(error("syncing")))
+            .and_then(|()| fs::rename(&tmp, &path).map_err(error("replacing")));
+        if written.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        written?;
         fs::File::open(&self.dir)
             .and_then(|dir| dir.sync_all())
             .map_err(error("syncing the directory of"))
@@ -196,6 +252,7 @@ mod tests {
             version: "2026043000".into(),
             source: "test".into(),
             applied_at: 1,
+            entries: None,
         };
         state.save_applied(b"[]", &applied).unwrap();
         assert_eq!(state.last_feed(), Some((b"[]".to_vec(), applied)));
@@ -209,6 +266,42 @@ mod tests {
                 .all(|name| !name.to_string_lossy().ends_with(".tmp")),
             "{names:?}"
         );
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A file planted under the old fixed temporary name (a symlink to a file only root may
+    /// write) is neither followed nor replaced.
+    #[test]
+    fn planted_symlinks_are_never_written_through() {
+        let dir = temp_dir("symlink");
+        let state = State::open(&dir).unwrap();
+        let victim = temp_dir("victim");
+        fs::write(&victim, b"root's file").unwrap();
+        for name in [".feed.json.tmp", ".applied.json.tmp", ".status.json.tmp"] {
+            std::os::unix::fs::symlink(&victim, dir.join(name)).unwrap();
+        }
+        let applied = Applied {
+            version: "2026043000".into(),
+            source: "test".into(),
+            applied_at: 1,
+            entries: None,
+        };
+        state.save_applied(b"[]", &applied).unwrap();
+        state.save_status(&Status::default()).unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"root's file");
+        assert_eq!(state.last_feed(), Some((b"[]".to_vec(), applied)));
+        fs::remove_dir_all(dir).unwrap();
+        fs::remove_file(victim).unwrap();
+    }
+
+    #[test]
+    fn a_directory_others_may_write_to_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = temp_dir("open");
+        fs::create_dir_all(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+        let error = State::open(&dir).err().expect("refused").to_string();
+        assert!(error.contains("has mode 0777"), "{error}");
         fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -113,8 +113,7 @@ impl PinDir {
     #[must_use]
     pub fn new(what: &str) -> Self {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        classifier_user::datapath::ensure_bpffs(std::path::Path::new("/sys/fs/bpf"))
-            .expect("bpffs");
+        classifier_user::datapath::ensure_bpffs().expect("bpffs");
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path =
             std::path::PathBuf::from(format!("/sys/fs/bpf/xbt-{what}-{}-{n}", std::process::id()));

@@ -11,6 +11,7 @@ use crate::{
     compile::compile,
     datapath::{DEFAULT_POLICY, Datapath, PinLock},
     feed::Feed,
+    gate::{self, PrefixLimits},
 };
 
 fn ifindex(iface: &str) -> Option<u32> {
@@ -40,6 +41,8 @@ pub fn run(global: &GlobalArgs, args: &AttachArgs) -> anyhow::Result<()> {
             let body =
                 std::fs::read(path).with_context(|| format!("reading feed {}", path.display()))?;
             let feed = Feed::parse(&body).with_context(|| format!("feed {}", path.display()))?;
+            gate::check_feed(&feed, PrefixLimits::default())
+                .with_context(|| format!("refused feed {}", path.display()))?;
             Some((feed, path.display().to_string()))
         }
         None => None,

@@ -11,6 +11,9 @@ pub fn run(global: &GlobalArgs, command: &ConfigCommand) -> anyhow::Result<()> {
 
 fn print_effective(global: &GlobalArgs, args: &ConfigArgs) -> anyhow::Result<()> {
     let config = args.effective(global)?;
+    for warning in config.warnings() {
+        eprintln!("warning: {warning}");
+    }
     let mut out = std::io::stdout().lock();
     if global.json {
         serde_json::to_writer_pretty(&mut out, &config)?;

@@ -8,7 +8,7 @@
 //! ("direct" or "tunnel"), "mark" (the mark a direct packet gets, or null)}`.
 
 use std::{
-    io::{BufRead as _, Write as _},
+    io::{self, BufRead, Write as _},
     net::IpAddr,
 };
 
@@ -20,6 +20,57 @@ use crate::{
     cli::{GlobalArgs, LookupArgs, Proto},
     explain::{Catalog, Oracle, reason_name},
 };
+
+/// The longest question line read from stdin: an IPv6 address, a protocol and a port fit in
+/// 60 bytes; the rest is room for spaces. A longer line is skipped, not buffered.
+pub const MAX_LINE: usize = 1024;
+
+/// One line of stdin, read without buffering more than [`MAX_LINE`] bytes of it.
+#[derive(Debug, PartialEq, Eq)]
+enum Line {
+    Text(Vec<u8>),
+    /// Longer than [`MAX_LINE`]: its length and first bytes.
+    TooLong {
+        len: usize,
+        start: Vec<u8>,
+    },
+}
+
+/// Reads one line (without its newline); `None` at the end of input.
+fn read_line(reader: &mut impl BufRead) -> io::Result<Option<Line>> {
+    let mut line = Vec::new();
+    let mut len = 0usize;
+    loop {
+        let chunk = reader.fill_buf()?;
+        if chunk.is_empty() {
+            break;
+        }
+        let (part, done) = match chunk.iter().position(|b| *b == b'\n') {
+            Some(end) => (&chunk[..end], Some(end + 1)),
+            None => (chunk, None),
+        };
+        let room = (MAX_LINE + 1).saturating_sub(line.len());
+        line.extend_from_slice(&part[..part.len().min(room)]);
+        len = len.saturating_add(part.len());
+        let used = done.unwrap_or(chunk.len());
+        reader.consume(used);
+        if done.is_some() {
+            return Ok(Some(finish(line, len)));
+        }
+    }
+    Ok((len > 0).then(|| finish(line, len)))
+}
+
+fn finish(mut line: Vec<u8>, len: usize) -> Line {
+    if len > MAX_LINE {
+        line.truncate(40);
+        return Line::TooLong { len, start: line };
+    }
+    if line.last() == Some(&b'\r') {
+        line.pop();
+    }
+    Line::Text(line)
+}
 
 /// One question: an address and, for TCP or UDP, a port.
 #[derive(Debug)]
@@ -80,8 +131,8 @@ pub fn run(global: &GlobalArgs, args: &LookupArgs) -> anyhow::Result<()> {
     };
     let maps = super::pinned_maps(global)?;
     let oracle = Oracle::new(&maps)?;
-    let catalog = Catalog::load(&global.state_dir());
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let catalog = Catalog::load(&global.state_dir(), &maps.installed()?);
+    let mut out = io::BufWriter::new(io::stdout().lock());
     if !global.json {
         writeln!(
             out,
@@ -89,33 +140,69 @@ pub fn run(global: &GlobalArgs, args: &LookupArgs) -> anyhow::Result<()> {
             "ADDRESS", "PACKET", "PREFIX", "CATEGORY", "ACTION", "REASON"
         )?;
     }
-    let mut answer = |query: &Query| -> anyhow::Result<()> {
-        let answer = explain(&oracle, &catalog, query)?;
-        if global.json {
-            serde_json::to_writer(&mut out, &answer)?;
-            writeln!(out)?;
-        } else {
-            print_row(&mut out, &answer)?;
-        }
-        Ok(())
-    };
-    if from_stdin {
-        for (number, line) in std::io::stdin().lock().lines().enumerate() {
-            let line = line.context("reading stdin")?;
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
+    let answer =
+        |query: &Query, out: &mut io::BufWriter<io::StdoutLock<'_>>| -> anyhow::Result<()> {
+            let answer = explain(&oracle, &catalog, query)?;
+            if global.json {
+                serde_json::to_writer(&mut *out, &answer)?;
+                writeln!(out)?;
+            } else {
+                print_row(out, &answer)?;
             }
-            let query =
-                parse_line(line).with_context(|| format!("stdin line {}: {line:?}", number + 1))?;
-            answer(&query)?;
-        }
-    } else {
+            Ok(())
+        };
+    if !from_stdin {
         for query in &queries {
-            answer(query)?;
+            answer(query, &mut out)?;
+        }
+        out.flush()?;
+        return Ok(());
+    }
+    // Each bad line is reported on its own (stderr, or an error object in the JSON stream)
+    // and the rest are answered; the exit status says that some were bad.
+    let (mut questions, mut bad) = (0u64, 0u64);
+    let mut stdin = io::stdin().lock();
+    let mut number = 0u64;
+    while let Some(line) = read_line(&mut stdin).context("reading stdin")? {
+        number += 1;
+        let query = match line {
+            Line::TooLong { len, start } => Err(anyhow::anyhow!(
+                "a line of {len} bytes (starting {:?}), longer than the {MAX_LINE}-byte limit",
+                String::from_utf8_lossy(&start)
+            )),
+            Line::Text(bytes) => match std::str::from_utf8(&bytes) {
+                Err(_) => Err(anyhow::anyhow!("not UTF-8 text")),
+                Ok(line) => {
+                    let line = line.trim();
+                    if line.is_empty() || line.starts_with('#') {
+                        continue;
+                    }
+                    parse_line(line)
+                }
+            },
+        };
+        questions += 1;
+        match query {
+            Ok(query) => answer(&query, &mut out)?,
+            Err(error) => {
+                bad += 1;
+                if global.json {
+                    serde_json::to_writer(
+                        &mut out,
+                        &json!({"line": number, "error": error.to_string()}),
+                    )?;
+                    writeln!(out)?;
+                } else {
+                    out.flush()?;
+                    eprintln!("stdin line {number}: {error}");
+                }
+            }
         }
     }
     out.flush()?;
+    if bad > 0 {
+        bail!("{bad} of {questions} lines on stdin were not questions `ADDRESS [tcp|udp PORT]`");
+    }
     Ok(())
 }
 
@@ -134,7 +221,7 @@ fn explain(oracle: &Oracle<'_>, catalog: &Catalog, query: &Query) -> anyhow::Res
         "proto": proto_name,
         "port": port,
         "prefix": decision.prefix.map(|p| p.to_string()),
-        "endpoint_sets": catalog.sets_holding(query.addr),
+        "endpoint_sets": catalog.sets_holding(query.addr, decision.rules.as_ref()),
         "decided_by": decided_by,
         "service_area": decided_by.map(|id| catalog.service_area(id)),
         "category": category::name(decision.category),
@@ -144,7 +231,7 @@ fn explain(oracle: &Oracle<'_>, catalog: &Catalog, query: &Query) -> anyhow::Res
     }))
 }
 
-fn print_row(out: &mut impl std::io::Write, answer: &Value) -> std::io::Result<()> {
+fn print_row(out: &mut impl io::Write, answer: &Value) -> io::Result<()> {
     let text = |value: &Value| match value {
         Value::String(s) => s.clone(),
         Value::Null => "-".to_owned(),
@@ -186,6 +273,39 @@ fn print_row(out: &mut impl std::io::Write, answer: &Value) -> std::io::Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_lines_are_skipped_not_buffered() {
+        let long = "9".repeat(MAX_LINE * 50);
+        let input = format!("52.112.1.1\r\n{long}\n1.2.3.4 udp 3478\n{long}");
+        let mut reader = io::BufReader::with_capacity(64, input.as_bytes());
+        assert_eq!(
+            read_line(&mut reader).unwrap(),
+            Some(Line::Text(b"52.112.1.1".to_vec()))
+        );
+        assert_eq!(
+            read_line(&mut reader).unwrap(),
+            Some(Line::TooLong {
+                len: MAX_LINE * 50,
+                start: vec![b'9'; 40]
+            })
+        );
+        assert_eq!(
+            read_line(&mut reader).unwrap(),
+            Some(Line::Text(b"1.2.3.4 udp 3478".to_vec()))
+        );
+        assert!(matches!(
+            read_line(&mut reader).unwrap(),
+            Some(Line::TooLong { len, .. }) if len == MAX_LINE * 50
+        ));
+        assert_eq!(read_line(&mut reader).unwrap(), None);
+        let exactly = "1".repeat(MAX_LINE);
+        let mut reader = io::BufReader::new(exactly.as_bytes());
+        assert_eq!(
+            read_line(&mut reader).unwrap(),
+            Some(Line::Text(exactly.into_bytes()))
+        );
+    }
 
     #[test]
     fn lines_parse_or_say_what_is_wrong() {

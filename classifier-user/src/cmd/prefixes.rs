@@ -17,8 +17,8 @@ use crate::{
 
 pub fn run(global: &GlobalArgs, PrefixesArgs {}: &PrefixesArgs) -> anyhow::Result<()> {
     let maps = super::pinned_maps(global)?;
-    let catalog = Catalog::load(&global.state_dir());
     let installed = maps.installed()?;
+    let catalog = Catalog::load(&global.state_dir(), &installed);
     let entries = installed
         .v4
         .iter()

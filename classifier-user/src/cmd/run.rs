@@ -12,13 +12,13 @@ use aya_log::EbpfLogger;
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
-    time::sleep,
+    time::{Instant, sleep_until},
 };
 use tracing::{info, warn};
 
 use crate::{
     EBPF_OBJECT,
-    agent::{Agent, Refreshed, Start, backoff, jittered},
+    agent::{Agent, Fetch, RefreshError, Refreshed, Start, backoff, jittered},
     cli::{GlobalArgs, RunArgs},
     config::Config,
     datapath::{self, Datapath, PinLock},
@@ -39,6 +39,9 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<()> {
 }
 
 async fn daemon(global: &GlobalArgs, args: &RunArgs, config: Config) -> anyhow::Result<()> {
+    for warning in config.warnings() {
+        warn!("{warning}");
+    }
     let state = State::open(&config.state_dir)?;
     // Held while the programs load and attach; then only around each change of the maps.
     let startup_lock = PinLock::acquire(&config.pin_dir)?;
@@ -79,18 +82,40 @@ async fn daemon(global: &GlobalArgs, args: &RunArgs, config: Config) -> anyhow::
     let mut hangup = signal(SignalKind::hangup())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut wait = Duration::ZERO;
+    let mut next_poll = Instant::now();
     loop {
         tokio::select! {
-            () = sleep(wait) => {
-                wait = poll(&mut agent).await;
-            }
+            () = sleep_until(next_poll) => {}
             _ = hangup.recv() => {
                 reload(global, args, &mut agent);
+                continue;
             }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
         }
+        // The fetch owns what it needs, so a signal drops it mid-request: a slow or stalled
+        // feed server never delays a reload or an exit.
+        agent.reconcile();
+        let fetcher = agent.fetcher(false);
+        let outcome = tokio::select! {
+            outcome = fetcher.run() => outcome,
+            _ = hangup.recv() => {
+                info!("SIGHUP: cancelled the feed request in flight");
+                reload(global, args, &mut agent);
+                next_poll = Instant::now();
+                continue;
+            }
+            _ = terminate.recv() => {
+                info!("cancelled the feed request in flight");
+                break;
+            }
+            _ = interrupt.recv() => {
+                info!("cancelled the feed request in flight");
+                break;
+            }
+        };
+        let wait = finish_poll(&mut agent, outcome);
+        next_poll = Instant::now() + wait;
     }
     if let Some(logs) = logs {
         logs.abort();
@@ -107,10 +132,10 @@ async fn daemon(global: &GlobalArgs, args: &RunArgs, config: Config) -> anyhow::
     Ok(())
 }
 
-/// One poll; returns the wait before the next.
-async fn poll(agent: &mut Agent) -> Duration {
+/// Applies what a poll fetched and records the outcome; returns the wait before the next.
+fn finish_poll(agent: &mut Agent, fetched: Result<Fetch, RefreshError>) -> Duration {
     let interval = agent.config().feed.poll_interval;
-    let result = agent.refresh(false).await;
+    let result = fetched.and_then(|fetch| agent.accept(fetch, false));
     let (wait, error) = match result {
         Ok(Refreshed::Unchanged { version }) => {
             info!("feed version {version} is already applied");
@@ -118,7 +143,7 @@ async fn poll(agent: &mut Agent) -> Duration {
         }
         Ok(Refreshed::Applied { .. }) => (jittered(interval), None),
         Err(error) => {
-            let failures = agent.status().consecutive_failures + 1;
+            let failures = agent.status().consecutive_failures.saturating_add(1);
             let wait = error
                 .retry_after()
                 .unwrap_or_else(|| backoff(failures, interval));
@@ -155,6 +180,9 @@ fn reload(global: &GlobalArgs, args: &RunArgs, agent: &mut Agent) {
         running.mode,
     ) {
         warn!("SIGHUP: interfaces, mode, pin and state directories change only on restart");
+    }
+    for warning in config.warnings() {
+        warn!("SIGHUP: {warning}");
     }
     match agent.reconfigure(config) {
         Ok(()) => info!("SIGHUP: configuration reloaded"),

@@ -31,7 +31,7 @@ fn snapshot(maps: &Maps) -> anyhow::Result<Snapshot> {
 
 pub fn run(global: &GlobalArgs, args: &StatsArgs) -> anyhow::Result<()> {
     let maps = super::pinned_maps(global)?;
-    let catalog = Catalog::load(&global.state_dir());
+    let catalog = Catalog::load(&global.state_dir(), &maps.installed()?);
     let mut out = std::io::stdout().lock();
     let Some(secs) = args.watch else {
         let now = snapshot(&maps)?;

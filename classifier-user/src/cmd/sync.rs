@@ -41,15 +41,15 @@ pub fn run(global: &GlobalArgs, args: &SyncArgs) -> anyhow::Result<()> {
         let (body, version, source) = if let Some((body, path)) = feed_file {
             (body, FILE_VERSION.to_owned(), path)
         } else {
-            let (version, body) = runtime.block_on(agent.fetch())?;
-            (body, version, agent.endpoints_url())
+            let (version, fetched) = runtime.block_on(agent.fetch())?;
+            (fetched.body, version, fetched.url)
         };
         let target = agent.compile(&body, &version, &source)?;
         let installed = agent.maps().installed()?;
         let refused = (!args.force)
             .then(|| {
                 agent
-                    .check_shrink(installed.len(), target.len(), &version, &source)
+                    .check_change(&installed, &target, &version, &source)
                     .err()
             })
             .flatten()

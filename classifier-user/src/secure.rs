@@ -1,0 +1,209 @@
+//! Directories that nobody but their owner (root) may change.
+//!
+//! The pin directory holds the links that keep the data plane attached, and the state
+//! directory holds the feed the agent reinstalls at start. Another user who can write into
+//! either can detach the data plane, hold its lock, or plant a feed or a symlink. On a
+//! machine where bpffs is mounted world-writable (mode 1777, as systemd mounts it) any user
+//! can create `/sys/fs/bpf/xdp-breakout` before root does. So both are created 0700 and
+//! refused when they belong to another user or others may write to them.
+
+use std::{
+    fs, io,
+    os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DirError {
+    #[error("creating {what} {path}")]
+    Create {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("reading {what} {path}")]
+    Stat {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "{what} {path} is owned by {owner}, not by {me}: another user could change what is in \
+         it; remove it (`rm -r {path}`) or choose another directory"
+    )]
+    Owner {
+        what: &'static str,
+        path: PathBuf,
+        owner: String,
+        me: String,
+    },
+    #[error(
+        "{what} {path} has mode {mode:04o}: other users may write to it; `chmod go-w {path}` \
+         (xdp-breakout creates it 0700)"
+    )]
+    Writable {
+        what: &'static str,
+        path: PathBuf,
+        mode: u32,
+    },
+    #[error(
+        "{what} {path} is in {parent}, which other users may write to (mode {mode:04o}, no \
+         sticky bit): they could replace it; choose a directory in one only root may change"
+    )]
+    Parent {
+        what: &'static str,
+        path: PathBuf,
+        parent: PathBuf,
+        mode: u32,
+    },
+}
+
+/// `uid 65534 (nobody)`.
+#[must_use]
+pub fn user_name(uid: u32) -> String {
+    let mut buffer = vec![0u8; 4096];
+    // SAFETY: a zeroed passwd is a valid out parameter; the buffer outlives the call and its
+    // length is passed; `result` is null or points at `entry`.
+    let name = unsafe {
+        let mut entry: libc::passwd = std::mem::zeroed();
+        let mut result = std::ptr::null_mut();
+        let rc = libc::getpwuid_r(
+            uid,
+            &raw mut entry,
+            buffer.as_mut_ptr().cast(),
+            buffer.len(),
+            &raw mut result,
+        );
+        (rc == 0 && !result.is_null()).then(|| {
+            std::ffi::CStr::from_ptr(entry.pw_name)
+                .to_string_lossy()
+                .into_owned()
+        })
+    };
+    match name {
+        Some(name) => format!("uid {uid} ({name})"),
+        None => format!("uid {uid}"),
+    }
+}
+
+fn euid() -> u32 {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Creates `path` (and missing parents) with mode 0700, then [`check`]s it.
+pub fn create_private(path: &Path, what: &'static str) -> Result<(), DirError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|source| DirError::Create {
+            what,
+            path: path.to_owned(),
+            source,
+        })?;
+    check(path, what)
+}
+
+/// Refuses `path` unless this process's user owns it and only it may write to it, and its
+/// parent is not open to others (unless sticky, as `/tmp` and bpffs are).
+pub fn check(path: &Path, what: &'static str) -> Result<(), DirError> {
+    let stat = |path: &Path| {
+        fs::metadata(path).map_err(|source| DirError::Stat {
+            what,
+            path: path.to_owned(),
+            source,
+        })
+    };
+    let meta = stat(path)?;
+    let me = euid();
+    if meta.uid() != me {
+        return Err(DirError::Owner {
+            what,
+            path: path.to_owned(),
+            owner: user_name(meta.uid()),
+            me: user_name(me),
+        });
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(DirError::Writable {
+            what,
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        let parent_meta = stat(parent)?;
+        let parent_mode = parent_meta.permissions().mode() & 0o7777;
+        let open = parent_mode & 0o022 != 0;
+        let sticky = parent_mode & 0o1000 != 0;
+        if open && !sticky {
+            return Err(DirError::Parent {
+                what,
+                path: path.to_owned(),
+                parent: parent.to_owned(),
+                mode: parent_mode,
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp(what: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("xdp-breakout-secure-{what}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn created_directories_are_private() {
+        let dir = temp("create");
+        create_private(&dir.join("a/b"), "state directory").unwrap();
+        let mode = fs::metadata(dir.join("a/b")).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn directories_others_may_write_are_refused() {
+        let dir = temp("writable");
+        create_private(&dir, "state directory").unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+        let error = check(&dir, "state directory").unwrap_err().to_string();
+        assert!(
+            error.contains("has mode 0777: other users may write to it"),
+            "{error}"
+        );
+        // Inside a directory open to all without the sticky bit, even a private one is not safe.
+        let inner = dir.join("inner");
+        fs::DirBuilder::new().mode(0o700).create(&inner).unwrap();
+        let error = check(&inner, "state directory").unwrap_err().to_string();
+        assert!(error.contains("which other users may write to"), "{error}");
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o1777)).unwrap();
+        check(&inner, "state directory").unwrap();
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn directories_of_another_user_are_refused_naming_the_owner() {
+        if euid() != 0 {
+            eprintln!("skipped: chown needs root");
+            return;
+        }
+        let dir = temp("owner");
+        create_private(&dir, "pin directory").unwrap();
+        std::os::unix::fs::chown(&dir, Some(65534), None).unwrap();
+        let error = check(&dir, "pin directory").unwrap_err().to_string();
+        assert!(error.contains("is owned by uid 65534"), "{error}");
+        assert!(error.contains("not by uid 0 (root)"), "{error}");
+        fs::remove_dir_all(dir).unwrap();
+    }
+}
