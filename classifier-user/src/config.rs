@@ -282,7 +282,9 @@ impl Config {
             for net in &self.policy.include {
                 if let Err(error) = gate::check_prefix(0, *net, self.prefix_limits()) {
                     let reason = error.to_string();
-                    let reason = reason.split_once(": ips ").map_or(&*reason, |(_, rest)| rest);
+                    let reason = reason
+                        .split_once(": ips ")
+                        .map_or(&*reason, |(_, rest)| rest);
                     return invalid(
                         "policy.include",
                         format!("{reason}; set policy.include-special = true if it is meant"),
@@ -601,22 +603,58 @@ mod tests {
     #[test]
     fn settings_that_cannot_work_or_weaken_trust_are_refused_by_name() {
         let cases = [
-            ("[feed]\nconnect-timeout = \"0s\"\n", "feed.connect-timeout: 0s is outside"),
-            ("[feed]\nrequest-timeout = \"0ms\"\n", "feed.request-timeout: 0s is outside"),
-            ("[feed]\nrequest-timeout = \"2d\"\n", "feed.request-timeout: 2d is outside"),
-            ("[feed]\nmax-body-bytes = 0\n", "feed.max-body-bytes: 0 is outside"),
-            ("[feed]\npoll-interval = \"30d\"\n", "feed.poll-interval: 30d is outside"),
-            ("[feed]\nmin-prefix-len-v4 = 0\n", "feed.min-prefix-len-v4: must be 1..=32"),
-            ("[feed]\nmin-prefix-len-v6 = 129\n", "feed.min-prefix-len-v6: must be 1..=128"),
-            ("[feed]\nurl = \"http://mirror.example\"\n", "feed.url: \"http://mirror.example\" is plain HTTP"),
-            ("[feed]\nurl = \"ftp://mirror.example\"\n", "is not an https:// URL"),
-            ("[policy]\ninclude = [\"10.1.0.0/16\"]\n", "policy.include: \"10.1.0.0/16\": overlaps 10.0.0.0/8, private-use"),
-            ("[policy]\ninclude = [\"0.0.0.0/0\"]\n", "policy.include: \"0.0.0.0/0\": shorter than /8"),
+            (
+                "[feed]\nconnect-timeout = \"0s\"\n",
+                "feed.connect-timeout: 0s is outside",
+            ),
+            (
+                "[feed]\nrequest-timeout = \"0ms\"\n",
+                "feed.request-timeout: 0s is outside",
+            ),
+            (
+                "[feed]\nrequest-timeout = \"2d\"\n",
+                "feed.request-timeout: 2d is outside",
+            ),
+            (
+                "[feed]\nmax-body-bytes = 0\n",
+                "feed.max-body-bytes: 0 is outside",
+            ),
+            (
+                "[feed]\npoll-interval = \"30d\"\n",
+                "feed.poll-interval: 30d is outside",
+            ),
+            (
+                "[feed]\nmin-prefix-len-v4 = 0\n",
+                "feed.min-prefix-len-v4: must be 1..=32",
+            ),
+            (
+                "[feed]\nmin-prefix-len-v6 = 129\n",
+                "feed.min-prefix-len-v6: must be 1..=128",
+            ),
+            (
+                "[feed]\nurl = \"http://mirror.example\"\n",
+                "feed.url: \"http://mirror.example\" is plain HTTP",
+            ),
+            (
+                "[feed]\nurl = \"ftp://mirror.example\"\n",
+                "is not an https:// URL",
+            ),
+            (
+                "[policy]\ninclude = [\"10.1.0.0/16\"]\n",
+                "policy.include: \"10.1.0.0/16\": overlaps 10.0.0.0/8, private-use",
+            ),
+            (
+                "[policy]\ninclude = [\"0.0.0.0/0\"]\n",
+                "policy.include: \"0.0.0.0/0\": shorter than /8",
+            ),
         ];
         for (text, expected) in cases {
             let config = Config::from_toml(text, Path::new("c")).unwrap();
             let error = config.validate().unwrap_err().to_string();
-            assert!(error.contains(expected), "{text:?}: {error:?} lacks {expected:?}");
+            assert!(
+                error.contains(expected),
+                "{text:?}: {error:?} lacks {expected:?}"
+            );
         }
         let config = Config::from_toml(
             "[feed]\nurl = \"http://127.0.0.1:8080\"\nallow-http = true\n[policy]\ninclude = [\"10.1.0.0/16\"]\ninclude-special = true\n",

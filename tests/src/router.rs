@@ -52,9 +52,10 @@ pub const EXCHANGE_V4: &str = "40.96.1.1";
 pub const EXCHANGE_V6: &str = "2603:1006::1";
 pub const OTHER_V4: &str = "198.51.100.1";
 pub const OTHER_V6: &str = "2001:db8:5::1";
-/// Addresses for feeds that add or remove prefixes (not in Microsoft's feed).
-pub const EXTRA_A: &str = "192.0.2.1";
-pub const EXTRA_B: &str = "198.18.0.1";
+/// Addresses for feeds that add or remove prefixes: public unicast (the feed gate refuses
+/// documentation and benchmarking space), not in Microsoft's feed.
+pub const EXTRA_A: &str = "44.10.0.1";
+pub const EXTRA_B: &str = "44.20.0.1";
 pub const TEST_ADDRESSES: [&str; 8] = [
     TEAMS_V4,
     TEAMS_V6,
@@ -343,6 +344,7 @@ impl Router {
                 self.lan,
                 "--feed-url",
                 &self.server.url(),
+                "--allow-http",
             ])
             .args(args)
             .stdout(Stdio::null())

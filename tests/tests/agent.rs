@@ -42,6 +42,7 @@ impl Drop for TempDir {
 fn config(server: &FeedServer) -> Config {
     let mut config = Config::default();
     config.feed.url = server.url();
+    config.feed.allow_http = true;
     config.feed.connect_timeout = Duration::from_secs(1);
     config.feed.request_timeout = Duration::from_secs(1);
     config
@@ -214,8 +215,19 @@ fn applies_versions_in_turn_and_the_maps_decide_as_the_feed_says() {
     assert!(matches!(agent.start().unwrap(), Start::Embedded { .. }));
     assert_maps_match(agent.maps(), FEED_2026043000);
 
+    // A version older than the applied one is refused unless forced.
+    server.set("/version/Worldwide", Reply::version("2020053100"));
+    server.set("/endpoints/Worldwide", Reply::json(FEED_2020));
+    let error = rt.block_on(agent.refresh(false)).unwrap_err().to_string();
+    assert!(
+        error.contains("version 2020053100 is older than the applied 2026043000"),
+        "{error}"
+    );
+    assert_maps_match(agent.maps(), FEED_2026043000);
+    rt.block_on(agent.refresh(true)).unwrap();
+    assert_maps_match(agent.maps(), FEED_2020);
+
     for (version, body) in [
-        ("2020053100", FEED_2020),
         ("2026033100", FEED_2026033100),
         ("2026043000", FEED_2026043000),
     ] {
@@ -294,6 +306,47 @@ fn bad_answers_change_nothing_and_say_why() {
     };
     let invalid_cidr =
         String::from_utf8_lossy(FEED_2026043000).replace("52.112.0.0/14", "52.112.0.1/14");
+    let with = |prefix: &str| {
+        String::from_utf8_lossy(FEED_2026043000)
+            .replace(
+                "\"52.112.0.0/14\"",
+                &format!("\"52.112.0.0/14\", \"{prefix}\""),
+            )
+            .into_bytes()
+    };
+    let port_zero = String::from_utf8_lossy(FEED_2026043000)
+        .replace("\"udpPorts\": \"3478,", "\"udpPorts\": \"0,3478,");
+    assert_ne!(
+        port_zero.as_bytes(),
+        FEED_2026043000,
+        "the fixture has the Teams ports"
+    );
+    // Every prefix replaced by other public ones, and more of them: 93 removed, 129 added.
+    let replaced = {
+        let mut n = 0u32;
+        let mut sets: Vec<Value> = serde_json::from_slice(FEED_2026043000).unwrap();
+        for set in &mut sets {
+            if let Some(ips) = set["ips"].as_array_mut() {
+                let count = ips.len() * 2;
+                *ips = (0..count)
+                    .map(|_| {
+                        n += 1;
+                        Value::from(format!("44.{}.{}.0/24", n / 256, n % 256))
+                    })
+                    .collect();
+            }
+        }
+        serde_json::to_vec(&sets).unwrap()
+    };
+    // The real feed and 1000 more prefixes: nothing removed, far more added.
+    let oversized = {
+        let mut sets: Vec<Value> = serde_json::from_slice(FEED_2026043000).unwrap();
+        let ips: Vec<Value> = (0..1000u32)
+            .map(|n| Value::from(format!("45.{}.{}.0/24", n / 256, n % 256)))
+            .collect();
+        sets.push(serde_json::json!({"id": 900, "serviceArea": "Common", "category": "Optimize", "ips": ips}));
+        serde_json::to_vec(&sets).unwrap()
+    };
     let oversize = [FEED_2026043000, &vec![b' '; 200_000]].concat();
     let truncated = &FEED_2026043000[..FEED_2026043000.len() / 2];
     let cases: Vec<(&str, Reply, Reply, &str)> = vec![
@@ -349,7 +402,70 @@ fn bad_answers_change_nothing_and_say_why() {
             "a feed that drops 90% of prefixes",
             Reply::version("2026050100"),
             Reply::json(&teams_only),
-            "it has 3 prefixes where 93 are installed, a shrink of more than 50%",
+            "it would remove 90 of the 93 installed prefixes, more than the 50% limit \
+             (feed.max-shrink-percent); check it with `xdp-breakout sync --dry-run`, then apply \
+             it with `xdp-breakout sync --force` if it is right",
+        ),
+        (
+            "a feed that replaces every prefix with more others",
+            Reply::version("2026050100"),
+            Reply::json(&replaced),
+            "it would remove 93 of the 93 installed prefixes",
+        ),
+        (
+            "a feed ten times the size",
+            Reply::version("2026050100"),
+            Reply::json(&oversized),
+            "it would add 1000 and remove 0 prefixes where 93 are installed, a churn of more \
+             than 100% (feed.max-churn-percent)",
+        ),
+        (
+            "a default route",
+            Reply::version("2026050100"),
+            Reply::json(&with("0.0.0.0/0")),
+            r#"endpoint set 11: ips "0.0.0.0/0": shorter than /8"#,
+        ),
+        (
+            "an IPv6 default route",
+            Reply::version("2026050100"),
+            Reply::json(&with("::/0")),
+            r#"endpoint set 11: ips "::/0": shorter than /16, the shortest IPv6 prefix"#,
+        ),
+        (
+            "private space",
+            Reply::version("2026050100"),
+            Reply::json(&with("10.0.0.0/8")),
+            r#"endpoint set 11: ips "10.0.0.0/8": overlaps 10.0.0.0/8, private-use (RFC 1918)"#,
+        ),
+        (
+            "inside private space",
+            Reply::version("2026050100"),
+            Reply::json(&with("192.168.10.0/24")),
+            r#"ips "192.168.10.0/24": overlaps 192.168.0.0/16"#,
+        ),
+        (
+            "port 0",
+            Reply::version("2026050100"),
+            Reply::json(port_zero.as_bytes()),
+            "port 0 is not a destination port",
+        ),
+        (
+            "an older version",
+            Reply::version("2026033100"),
+            Reply::json(FEED_2026033100),
+            "version 2026033100 is older than the applied 2026043000",
+        ),
+        (
+            "another instance's version",
+            Reply::json(br#"{"instance": "China", "latest": "2026050100"}"#),
+            Reply::json(FEED_2026043000),
+            r#"the answer is for instance "China", not the configured "Worldwide""#,
+        ),
+        (
+            "a Retry-After of 2^64-1 seconds",
+            Reply::status(429, "").header("Retry-After", "18446744073709551615"),
+            Reply::json(FEED_2026043000),
+            "retrying in 86400s",
         ),
         (
             "an invalid CIDR",
@@ -365,7 +481,7 @@ fn bad_answers_change_nothing_and_say_why() {
         ),
         (
             "a version that is not one",
-            Reply::json(br#"{"latest": "soon"}"#),
+            Reply::json(br#"{"instance": "Worldwide", "latest": "soon"}"#),
             Reply::json(FEED_2026043000),
             "version \"soon\" is not YYYYMMDDNN",
         ),
@@ -412,10 +528,70 @@ fn bad_answers_change_nothing_and_say_why() {
         "{error:?}"
     );
 
+    // A refused oversized feed does not ratchet: the next genuine version applies.
+    server.set("/version/Worldwide", Reply::version("2026050200"));
+    server.set("/endpoints/Worldwide", Reply::json(&with("44.50.0.0/16")));
+    rt.block_on(agent.refresh(false)).unwrap();
+    assert_eq!(agent.maps().installed().unwrap().len(), 94);
+
     // Forcing applies the shrunken feed.
+    server.set("/version/Worldwide", Reply::version("2026050300"));
     server.set("/endpoints/Worldwide", Reply::json(&teams_only));
     rt.block_on(agent.refresh(true)).unwrap();
     assert_eq!(agent.maps().installed().unwrap().len(), 3);
+}
+
+/// A redirect within HTTP is followed and the feed is recorded as coming from where it was
+/// finally served, not from the URL asked for.
+#[test]
+fn redirects_are_followed_only_as_allowed_and_the_final_url_is_recorded() {
+    let server = FeedServer::start();
+    let state_dir = TempDir::new("redirect");
+    let Some((_datapath, mut agent)) = agent(config(&server), &state_dir) else {
+        return;
+    };
+    server.set("/version/Worldwide", Reply::version("2026043000"));
+    server.set(
+        "/endpoints/Worldwide",
+        Reply::status(302, "").header("Location", "/mirror/endpoints"),
+    );
+    server.set("/mirror/endpoints", Reply::json(FEED_2026043000));
+    runtime().block_on(agent.refresh(false)).unwrap();
+    let applied = agent.status().applied.clone().unwrap();
+    assert_eq!(applied.source, format!("{}/mirror/endpoints", server.url()));
+    // A redirect to a non-HTTP scheme is not followed, and a chain ends after 5 hops.
+    server.set("/version/Worldwide", Reply::version("2026050100"));
+    server.set(
+        "/endpoints/Worldwide",
+        Reply::status(302, "").header("Location", "file:///etc/shadow"),
+    );
+    let error = format!(
+        "{:#}",
+        anyhow::Error::from(runtime().block_on(agent.refresh(false)).unwrap_err())
+    );
+    assert!(error.contains("/endpoints/Worldwide: HTTP 302"), "{error}");
+    server.set(
+        "/endpoints/Worldwide",
+        Reply::status(302, "").header("Location", "/hop/1"),
+    );
+    for hop in 1..=6 {
+        let next = format!("/hop/{}", hop + 1);
+        server.set(
+            &format!("/hop/{hop}"),
+            Reply::status(302, "").header("Location", &next),
+        );
+    }
+    server.set("/hop/7", Reply::json(FEED_2026043000));
+    let error = format!(
+        "{:#}",
+        anyhow::Error::from(runtime().block_on(agent.refresh(false)).unwrap_err())
+    );
+    assert!(error.contains("refused a redirect"), "{error}");
+    assert!(error.contains("more than 5 redirects"), "{error}");
+    assert_eq!(
+        agent.status().applied.as_ref().unwrap().version,
+        "2026043000"
+    );
 }
 
 #[test]

@@ -50,6 +50,7 @@ impl Daemon {
                 "1s",
                 "--feed-url",
                 feed_url,
+                "--allow-http",
             ])
             .arg("--state-dir")
             .arg(state_dir)
@@ -120,7 +121,8 @@ fn daemon_follows_the_feed_and_survives_kill_hup_and_term() {
 
     // The feed server listens on the namespace's own loopback, where the daemon looks.
     let server = FeedServer::serve(netns.run(|| TcpListener::bind("127.0.0.1:0").unwrap()));
-    server.set("/version/Worldwide", Reply::version("2026033100"));
+    // Versions newer than the embedded snapshot's 2026043000 (an older one is refused).
+    server.set("/version/Worldwide", Reply::version("2026050100"));
     server.set("/endpoints/Worldwide", Reply::json(FEED_2026033100));
 
     let pin_dir = PinDir::new("daemon");
@@ -141,11 +143,11 @@ fn daemon_follows_the_feed_and_survives_kill_hup_and_term() {
         )
     };
 
-    // Version 2026033100, then 2026043000.
+    // Version 2026050100 (the 2026033100 feed), then 2026060100 (the 2026043000 feed).
     let daemon = start(1);
     wait_for(
-        "version 2026033100",
-        || applied_version(&state_dir).as_deref() == Some("2026033100"),
+        "version 2026050100",
+        || applied_version(&state_dir).as_deref() == Some("2026050100"),
         || daemon.log(),
     );
     assert!(
@@ -155,11 +157,11 @@ fn daemon_follows_the_feed_and_survives_kill_hup_and_term() {
         "{}",
         daemon.log()
     );
-    server.set("/version/Worldwide", Reply::version("2026043000"));
+    server.set("/version/Worldwide", Reply::version("2026060100"));
     server.set("/endpoints/Worldwide", Reply::json(FEED_2026043000));
     wait_for(
-        "version 2026043000",
-        || applied_version(&state_dir).as_deref() == Some("2026043000"),
+        "version 2026060100",
+        || applied_version(&state_dir).as_deref() == Some("2026060100"),
         || daemon.log(),
     );
     let maps = Maps::from_pins(&pin_dir.path).unwrap();
@@ -186,7 +188,7 @@ fn daemon_follows_the_feed_and_survives_kill_hup_and_term() {
 
     // The restart adopts the pins and the last feed: not one entry lost, counters kept.
     let daemon = start(2);
-    daemon.wait_log("classifying with the last applied feed 2026043000");
+    daemon.wait_log("classifying with the last applied feed 2026060100");
     daemon.wait_log("attached to lan1");
     assert_eq!(maps.installed().unwrap(), entries);
     send(5);
@@ -196,9 +198,9 @@ fn daemon_follows_the_feed_and_survives_kill_hup_and_term() {
         || status(&state_dir).is_some_and(|s| s.pid == daemon.child.id() && s.last_poll.is_some()),
         || daemon.log(),
     );
-    let status = status(&state_dir).unwrap();
+    let polled = status(&state_dir).unwrap();
     assert_eq!(
-        (status.prefixes_v4, status.prefixes_v6, status.last_error),
+        (polled.prefixes_v4, polled.prefixes_v6, polled.last_error),
         (34, 59, None)
     );
 
@@ -233,11 +235,98 @@ fn daemon_follows_the_feed_and_survives_kill_hup_and_term() {
     );
     assert_eq!(maps.policy().unwrap()[2], action::TUNNEL);
 
-    // SIGTERM: a clean exit that leaves the data plane in place.
+    // `sync` changes the maps under the running daemon: it notices on its next poll, says so,
+    // and returns the maps to the service's version instead of calling it "already applied".
+    let synced = work.join("synced.json");
+    fs::write(
+        &synced,
+        String::from_utf8_lossy(FEED_2026043000)
+            .replace("\"52.112.0.0/14\"", "\"52.112.0.0/14\", \"44.60.0.0/16\""),
+    )
+    .unwrap();
+    let output = std::process::Command::new(xdp_breakout())
+        .arg("--pin-dir")
+        .arg(&pin_dir.path)
+        .arg("--state-dir")
+        .arg(&state_dir)
+        .args(["sync", "--feed-file"])
+        .arg(&synced)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    daemon.wait_log("the maps were changed by another process");
+    wait_for(
+        "the service's feed back in the maps",
+        || maps.installed().unwrap() == entries,
+        || daemon.log(),
+    );
+    wait_for(
+        "the status to name the service's feed",
+        || {
+            status(&state_dir).is_some_and(|s| {
+                s.applied.is_some_and(|a| {
+                    a.version == "2026060100" && a.source.ends_with("/endpoints/Worldwide")
+                }) && (s.prefixes_v4, s.prefixes_v6) == (34, 59)
+            })
+        },
+        || daemon.log(),
+    );
+
+    // A stalled feed server never holds up a reload or an exit: the request in flight is
+    // cancelled at once (the request timeout is a minute).
+    let endpoints_requests = || {
+        server
+            .requests()
+            .iter()
+            .filter(|target| target.starts_with("/endpoints/"))
+            .count()
+    };
+    let stall = |before: usize| {
+        wait_for(
+            "a request to the stalled server",
+            || endpoints_requests() > before,
+            || daemon.log(),
+        );
+    };
+    let before = endpoints_requests();
+    server.set("/version/Worldwide", Reply::version("2026070100"));
+    server.set(
+        "/endpoints/Worldwide",
+        Reply::json(FEED_2026043000).delayed(Duration::from_secs(90)),
+    );
+    stall(before);
+    let stalled = endpoints_requests();
+    let sent = Instant::now();
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_log("SIGHUP: cancelled the feed request in flight");
+    assert!(
+        sent.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        sent.elapsed()
+    );
+
+    // SIGTERM during the next stalled request (the reload polls again at once): a clean exit
+    // within seconds that leaves the data plane in place.
+    stall(stalled);
     let mut daemon = daemon;
+    let sent = Instant::now();
     daemon.signal(libc::SIGTERM);
     let exit = daemon.child.wait().unwrap();
+    assert!(
+        sent.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        sent.elapsed()
+    );
     assert!(exit.success(), "{exit}: {}", daemon.log());
+    assert!(
+        daemon
+            .log()
+            .contains("cancelled the feed request in flight")
+    );
     assert!(daemon.log().contains("the data plane stays attached"));
     assert!(pin_dir.path.join("xdp_link@lan1").exists());
     send(1);

@@ -177,7 +177,9 @@ pub fn run(global: &GlobalArgs, args: &LookupArgs) -> anyhow::Result<()> {
                     if line.is_empty() || line.starts_with('#') {
                         continue;
                     }
-                    parse_line(line)
+                    // Quoted, and cut: the line is shown, never a megabyte of it.
+                    let shown: String = line.chars().take(80).collect();
+                    parse_line(line).with_context(|| format!("{shown:?}"))
                 }
             },
         };
@@ -189,12 +191,12 @@ pub fn run(global: &GlobalArgs, args: &LookupArgs) -> anyhow::Result<()> {
                 if global.json {
                     serde_json::to_writer(
                         &mut out,
-                        &json!({"line": number, "error": error.to_string()}),
+                        &json!({"line": number, "error": format!("{error:#}")}),
                     )?;
                     writeln!(out)?;
                 } else {
                     out.flush()?;
-                    eprintln!("stdin line {number}: {error}");
+                    eprintln!("stdin line {number}: {error:#}");
                 }
             }
         }
