@@ -300,26 +300,26 @@ fn daemon_follows_the_feed_and_survives_kill_hup_and_term() {
     );
     stall(before);
     let stalled = endpoints_requests();
-    let sent = Instant::now();
+    let hangup_at = Instant::now();
     daemon.signal(libc::SIGHUP);
     daemon.wait_log("SIGHUP: cancelled the feed request in flight");
     assert!(
-        sent.elapsed() < Duration::from_secs(5),
+        hangup_at.elapsed() < Duration::from_secs(5),
         "{:?}",
-        sent.elapsed()
+        hangup_at.elapsed()
     );
 
     // SIGTERM during the next stalled request (the reload polls again at once): a clean exit
     // within seconds that leaves the data plane in place.
     stall(stalled);
     let mut daemon = daemon;
-    let sent = Instant::now();
+    let term_at = Instant::now();
     daemon.signal(libc::SIGTERM);
     let exit = daemon.child.wait().unwrap();
     assert!(
-        sent.elapsed() < Duration::from_secs(5),
+        term_at.elapsed() < Duration::from_secs(5),
         "{:?}",
-        sent.elapsed()
+        term_at.elapsed()
     );
     assert!(exit.success(), "{exit}: {}", daemon.log());
     assert!(
