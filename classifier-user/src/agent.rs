@@ -209,28 +209,44 @@ impl Agent {
         }
     }
 
-    /// Takes in what another process (`xdp-breakout sync`) recorded as applied since this
-    /// agent last looked, so that the next poll compares the service's version with what the
-    /// maps hold, not with what this agent applied last.
+    /// Takes in what another process changed since this agent last looked: a `sync` that
+    /// recorded another feed in the state directory, or an `attach --feed-file` (or any other
+    /// writer) that left the maps holding entries no record describes. The next poll then
+    /// compares the service's version with what the maps hold, not with what this agent
+    /// applied last, and returns the maps to the service's feed.
     pub fn reconcile(&mut self) {
-        let recorded = self.state.applied();
-        if recorded == self.status.applied {
+        let Ok(installed) = self.maps.installed() else {
+            return;
+        };
+        let digest = installed.digest();
+        let mut current = self.state.applied();
+        if let Some(applied) = &current
+            && applied
+                .entries
+                .as_ref()
+                .is_some_and(|entries| *entries != digest)
+        {
+            current = None;
+        }
+        if current == self.status.applied {
             return;
         }
-        if let Some(applied) = &recorded {
-            warn!(
+        match &current {
+            Some(applied) => warn!(
                 "the maps were changed by another process: feed {} from {} (applied at {}); \
                  comparing the service's version with it",
                 applied.version,
                 applied.source,
                 crate::explain::rfc3339(applied.applied_at)
-            );
+            ),
+            None => warn!(
+                "the maps were changed by another process and hold no recorded feed; \
+                 installing the service's feed again"
+            ),
         }
-        if let Ok(installed) = self.maps.installed() {
-            (self.status.prefixes_v4, self.status.prefixes_v6) =
-                (installed.v4.len(), installed.v6.len());
-        }
-        self.status.applied = recorded;
+        (self.status.prefixes_v4, self.status.prefixes_v6) =
+            (installed.v4.len(), installed.v6.len());
+        self.status.applied = current;
         self.save_status();
     }
 

@@ -276,6 +276,28 @@ fn daemon_follows_the_feed_and_survives_kill_hup_and_term() {
         || daemon.log(),
     );
 
+    // `attach --feed-file` changes the maps without a record: noticed and undone as well.
+    let output = netns
+        .command(xdp_breakout().to_str().unwrap())
+        .arg("--pin-dir")
+        .arg(&pin_dir.path)
+        .args(["attach", "--feed-file"])
+        .arg(&synced)
+        .arg("lan1")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    daemon.wait_log("hold no recorded feed; installing the service's feed again");
+    wait_for(
+        "the service's feed back in the maps after attach",
+        || maps.installed().unwrap() == entries,
+        || daemon.log(),
+    );
+
     // A stalled feed server never holds up a reload or an exit: the request in flight is
     // cancelled at once (the request timeout is a minute).
     let endpoints_requests = || {
