@@ -231,18 +231,19 @@ impl Agent {
         if current == self.status.applied {
             return;
         }
-        match &current {
-            Some(applied) => warn!(
+        if let Some(applied) = &current {
+            warn!(
                 "the maps were changed by another process: feed {} from {} (applied at {}); \
                  comparing the service's version with it",
                 applied.version,
                 applied.source,
                 crate::explain::rfc3339(applied.applied_at)
-            ),
-            None => warn!(
+            );
+        } else {
+            warn!(
                 "the maps were changed by another process and hold no recorded feed; \
                  installing the service's feed again"
-            ),
+            );
         }
         (self.status.prefixes_v4, self.status.prefixes_v6) =
             (installed.v4.len(), installed.v6.len());
