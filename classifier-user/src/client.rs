@@ -132,15 +132,11 @@ impl FeedClient {
             }))
             .build()
             .map_err(FetchError::Client)?;
+        // The whole feed, always: `ServiceAreas` and `NoIPv6` are applied when compiling, so
+        // the saved feed can be recompiled with a wider filter after a reload or a restart.
         let mut query = Vec::new();
-        if !config.service_areas.is_empty() {
-            query.push(("ServiceAreas".to_owned(), config.service_areas.join(",")));
-        }
         if let Some(tenant) = &config.tenant_name {
             query.push(("TenantName".to_owned(), tenant.clone()));
-        }
-        if config.no_ipv6 {
-            query.push(("NoIPv6".to_owned(), "true".to_owned()));
         }
         Ok(Self {
             http,

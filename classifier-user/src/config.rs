@@ -361,6 +361,68 @@ impl Config {
     }
 }
 
+/// The settings that take effect only when the agent starts: what it attached to and where
+/// its pins and state live. A reload keeps the running ones (and says so when the file
+/// changed them); the exit path detaches what was attached, not what the file says now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RestartOnly {
+    pub interfaces: Vec<String>,
+    pub mode: XdpModeName,
+    pub pin_dir: PathBuf,
+    pub state_dir: PathBuf,
+}
+
+impl RestartOnly {
+    /// The keys whose values differ between `self` and `other`.
+    #[must_use]
+    pub fn changed(&self, other: &Self) -> Vec<&'static str> {
+        let Self {
+            interfaces,
+            mode,
+            pin_dir,
+            state_dir,
+        } = self;
+        [
+            ("interfaces", *interfaces != other.interfaces),
+            ("mode", *mode != other.mode),
+            ("pin-dir", *pin_dir != other.pin_dir),
+            ("state-dir", *state_dir != other.state_dir),
+        ]
+        .into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect()
+    }
+}
+
+impl Config {
+    /// The restart-only part.
+    #[must_use]
+    pub fn restart_only(&self) -> RestartOnly {
+        RestartOnly {
+            interfaces: self.interfaces.clone(),
+            mode: self.mode,
+            pin_dir: self.pin_dir.clone(),
+            state_dir: self.state_dir.clone(),
+        }
+    }
+
+    /// This configuration with `running`'s restart-only settings: what a reload can take.
+    /// Returns the restart-only keys the new configuration would have changed.
+    #[must_use]
+    pub fn reloadable_over(mut self, running: &RestartOnly) -> (Self, Vec<&'static str>) {
+        let ignored = self.restart_only().changed(running);
+        let RestartOnly {
+            interfaces,
+            mode,
+            pin_dir,
+            state_dir,
+        } = running.clone();
+        (self.interfaces, self.mode, self.pin_dir, self.state_dir) =
+            (interfaces, mode, pin_dir, state_dir);
+        (self, ignored)
+    }
+}
+
 /// XDP attach mode, as written in the file and on the command line.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -670,6 +732,20 @@ mod tests {
             parse_duration("18446744073709551615h"),
             Err("\"18446744073709551615h\" is too long a duration".to_owned())
         );
+    }
+
+    #[test]
+    fn a_reload_keeps_the_restart_only_settings_and_names_them() {
+        let running = Config::from_toml("interfaces = [\"lan1\"]\n", Path::new("c")).unwrap();
+        let new = Config::from_toml(
+            "interfaces = [\"lo\"]\npin-dir = \"/sys/fs/bpf/other\"\n[policy]\nstrict-ports = true\n",
+            Path::new("c"),
+        )
+        .unwrap();
+        let (reloaded, ignored) = new.reloadable_over(&running.restart_only());
+        assert_eq!(ignored, ["interfaces", "pin-dir"]);
+        assert_eq!(reloaded.restart_only(), running.restart_only());
+        assert!(reloaded.policy.strict_ports, "the reloadable part is taken");
     }
 
     /// The README's configuration block is the defaults.

@@ -64,8 +64,10 @@ impl Reply {
 
 type Routes = Arc<Mutex<HashMap<String, Reply>>>;
 
-/// Serves until dropped. Paths are matched without the query string; every request target
-/// is recorded.
+/// Serves until dropped. A request is matched by its path and query string, without the
+/// `clientrequestid` every request carries (`/endpoints/Worldwide?ServiceAreas=Skype` is
+/// another route than `/endpoints/Worldwide`, as it is another answer from Microsoft's
+/// service); every request target is recorded.
 pub struct FeedServer {
     addr: SocketAddr,
     routes: Routes,
@@ -153,6 +155,20 @@ impl Drop for FeedServer {
     }
 }
 
+/// `target` without the `clientrequestid` parameter.
+fn route_key(target: &str) -> String {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let rest: Vec<&str> = query
+        .split('&')
+        .filter(|pair| !pair.is_empty() && !pair.starts_with("clientrequestid="))
+        .collect();
+    if rest.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", rest.join("&"))
+    }
+}
+
 fn answer(
     stream: TcpStream,
     routes: &Routes,
@@ -174,11 +190,10 @@ fn answer(
         .unwrap_or("/")
         .to_owned();
     requests.lock().expect("requests").push(target.clone());
-    let path = target.split('?').next().unwrap_or("/").to_owned();
     let reply = routes
         .lock()
         .expect("routes")
-        .get(&path)
+        .get(&route_key(&target))
         .cloned()
         .unwrap_or_else(|| Reply::status(404, "not found"));
     thread::sleep(reply.delay);

@@ -631,3 +631,58 @@ fn start_prefers_the_last_applied_feed_and_reapplies_it_with_the_current_policy(
         "the 2020 feed: 50 IPv4 and 105 IPv6"
     );
 }
+
+/// A narrowed service-area filter can be widened again by a reload: the agent fetches and
+/// keeps the whole feed and filters when compiling. (It used to send `ServiceAreas` to the
+/// service and keep the narrowed answer, so widening the filter recompiled the narrow copy.)
+#[test]
+fn a_narrowed_filter_widens_again_on_reload() {
+    let server = FeedServer::start();
+    let state_dir = TempDir::new("filter");
+    let mut narrow = config(&server);
+    narrow.feed.service_areas = vec!["Skype".to_owned()];
+    narrow.feed.no_ipv6 = true;
+    let Some((_datapath, mut agent)) = agent(narrow, &state_dir) else {
+        return;
+    };
+    let skype_v4_only = {
+        let sets: Vec<Value> = serde_json::from_slice(FEED_2026043000).unwrap();
+        let sets: Vec<Value> = sets
+            .into_iter()
+            .filter(|set| set["serviceArea"] == "Skype")
+            .map(|mut set| {
+                if let Some(ips) = set["ips"].as_array_mut() {
+                    ips.retain(|ip| !ip.as_str().unwrap().contains(':'));
+                }
+                set
+            })
+            .collect();
+        serde_json::to_vec(&sets).unwrap()
+    };
+    // Microsoft's service filters when asked to; so does this server.
+    server.set("/version/Worldwide", Reply::version("2026043000"));
+    server.set("/endpoints/Worldwide", Reply::json(FEED_2026043000));
+    server.set(
+        "/endpoints/Worldwide?ServiceAreas=Skype&NoIPv6=true",
+        Reply::json(&skype_v4_only),
+    );
+    runtime().block_on(agent.refresh(false)).unwrap();
+    let narrowed = agent.maps().installed().unwrap();
+    assert!(narrowed.v6.is_empty(), "NoIPv6");
+    assert!(!narrowed.v4.is_empty());
+    assert!(narrowed.len() < 93);
+    assert!(
+        server
+            .requests()
+            .iter()
+            .all(|target| !target.contains("ServiceAreas") && !target.contains("NoIPv6")),
+        "{:?}",
+        server.requests()
+    );
+
+    // Widened by a reload: the saved feed compiles to every prefix again, without a fetch.
+    let before = server.requests().len();
+    agent.reconfigure(config(&server)).unwrap();
+    assert_maps_match(agent.maps(), FEED_2026043000);
+    assert_eq!(server.requests().len(), before);
+}

@@ -20,7 +20,7 @@ use crate::{
     EBPF_OBJECT,
     agent::{Agent, Fetch, RefreshError, Refreshed, Start, backoff, jittered},
     cli::{GlobalArgs, RunArgs},
-    config::Config,
+    config::{Config, RestartOnly},
     datapath::{self, Datapath, PinLock},
     state::State,
 };
@@ -78,6 +78,7 @@ async fn daemon(global: &GlobalArgs, args: &RunArgs, config: Config) -> anyhow::
     agent.save_status();
     drop(startup_lock);
     let mut agent = agent.locking(&config.pin_dir);
+    let started = config.restart_only();
 
     let mut hangup = signal(SignalKind::hangup())?;
     let mut terminate = signal(SignalKind::terminate())?;
@@ -87,7 +88,7 @@ async fn daemon(global: &GlobalArgs, args: &RunArgs, config: Config) -> anyhow::
         tokio::select! {
             () = sleep_until(next_poll) => {}
             _ = hangup.recv() => {
-                reload(global, args, &mut agent);
+                reload(global, args, &mut agent, &started);
                 continue;
             }
             _ = terminate.recv() => break,
@@ -101,7 +102,7 @@ async fn daemon(global: &GlobalArgs, args: &RunArgs, config: Config) -> anyhow::
             outcome = fetcher.run() => outcome,
             _ = hangup.recv() => {
                 info!("SIGHUP: cancelled the feed request in flight");
-                reload(global, args, &mut agent);
+                reload(global, args, &mut agent, &started);
                 next_poll = Instant::now();
                 continue;
             }
@@ -121,9 +122,11 @@ async fn daemon(global: &GlobalArgs, args: &RunArgs, config: Config) -> anyhow::
         logs.abort();
     }
     if agent.config().detach_on_exit {
-        let _lock = PinLock::acquire(&agent.config().pin_dir)?;
-        for iface in &agent.config().interfaces {
-            datapath::detach(&agent.config().pin_dir, iface)?;
+        // What was attached at start, whatever a reload's file says now.
+        let _lock = PinLock::acquire(&started.pin_dir)?;
+        for iface in &started.interfaces {
+            datapath::detach(&started.pin_dir, iface)
+                .with_context(|| format!("detaching from {iface}"))?;
             info!("detached from {iface}");
         }
     } else {
@@ -159,7 +162,7 @@ fn finish_poll(agent: &mut Agent, fetched: Result<Fetch, RefreshError>) -> Durat
     wait
 }
 
-fn reload(global: &GlobalArgs, args: &RunArgs, agent: &mut Agent) {
+fn reload(global: &GlobalArgs, args: &RunArgs, agent: &mut Agent, started: &RestartOnly) {
     let config = match args.config.effective(global) {
         Ok(config) => config,
         Err(error) => {
@@ -167,19 +170,12 @@ fn reload(global: &GlobalArgs, args: &RunArgs, agent: &mut Agent) {
             return;
         }
     };
-    let running = agent.config();
-    if (
-        &config.interfaces,
-        &config.pin_dir,
-        &config.state_dir,
-        config.mode,
-    ) != (
-        &running.interfaces,
-        &running.pin_dir,
-        &running.state_dir,
-        running.mode,
-    ) {
-        warn!("SIGHUP: interfaces, mode, pin and state directories change only on restart");
+    let (config, ignored) = config.reloadable_over(started);
+    if !ignored.is_empty() {
+        warn!(
+            "SIGHUP: {} change only on restart; keeping the running values",
+            ignored.join(", ")
+        );
     }
     for warning in config.warnings() {
         warn!("SIGHUP: {warning}");
