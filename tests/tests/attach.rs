@@ -191,3 +191,62 @@ fn a_held_pin_lock_makes_attach_wait_then_fail_clearly() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// A pin that exists under a link's name but is no link (a directory here; a stale or foreign
+/// object in general) is refused by name, and nothing is left attached. (`attach` used to
+/// attach anew, find the pin present, skip pinning and report success: the new link died
+/// with the process.)
+#[test]
+fn a_pin_that_cannot_be_adopted_is_refused_and_nothing_is_attached() {
+    let Some(netns) = veth_namespace() else {
+        return;
+    };
+    let pin_dir = PinDir::new("attach-stale");
+    std::fs::create_dir_all(&pin_dir.path).unwrap();
+    for stale in ["xdp_link@lan1", "tc_link@lan1"] {
+        let path = pin_dir.path.join(stale);
+        std::fs::create_dir(&path).unwrap();
+        let output = cli(&netns, &pin_dir, &["attach", "lan1"]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "{} exists but is no {} link xdp-breakout can adopt",
+                path.display(),
+                if stale.starts_with("xdp") {
+                    "XDP"
+                } else {
+                    "tc"
+                }
+            )),
+            "{stderr}"
+        );
+        std::fs::remove_dir(&path).unwrap();
+        // Whatever was attached before the refusal was pinned, so it is still there; clear
+        // it for the next case.
+        let _ = cli(&netns, &pin_dir, &["detach", "lan1"]);
+    }
+    let link =
+        String::from_utf8_lossy(&netns.ip(&["link", "show", "lan1"]).unwrap().stdout).into_owned();
+    assert!(!link.contains("xdp"), "nothing attached to lan1: {link}");
+    // With the stale pins gone, attach works and keeps its links.
+    let output = cli(&netns, &pin_dir, &["attach", "lan1"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let link =
+        String::from_utf8_lossy(&netns.ip(&["link", "show", "lan1"]).unwrap().stdout).into_owned();
+    assert!(
+        link.contains("xdp"),
+        "XDP on lan1 after the command exited: {link}"
+    );
+    let status = cli(&netns, &pin_dir, &["--json", "status"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["interfaces"][0]["xdp"]["mode"], "native", "{status}");
+    assert_eq!(
+        status["interfaces"][0]["xdp"]["program_name"], "breakout",
+        "{status}"
+    );
+}

@@ -1,0 +1,307 @@
+//! The maps: policy, config, the tries (read whole, written as a diff) and the counters.
+
+use std::{net::IpAddr, path::Path};
+
+use aya::maps::{Array, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key};
+use classifier_common::{
+    Config, Counter, LpmKeyV4, LpmKeyV6, MAX_SET_ID, Policy, PrefixRules, STATS_LEN, category,
+    names,
+};
+
+use super::{
+    DatapathError,
+    pins::{check_pin_dir, check_pins},
+};
+use crate::compile::Compiled;
+
+/// Handles on the six maps, from a loaded object or from pins.
+pub struct Maps {
+    prefix_v4: LpmTrie<MapData, [u8; 4], PrefixRules>,
+    prefix_v6: LpmTrie<MapData, [u8; 16], PrefixRules>,
+    policy: Array<MapData, Policy>,
+    config: Array<MapData, Config>,
+    stats: PerCpuArray<MapData, Counter>,
+    set_stats: PerCpuArray<MapData, Counter>,
+}
+
+/// What [`Maps::apply`] changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    pub added: usize,
+    pub changed: usize,
+    pub removed: usize,
+    pub unchanged: usize,
+}
+
+impl ApplyReport {
+    /// `34 IPv4 and 59 IPv6 prefixes (93 added, 0 changed, 0 removed)`, for logs and output.
+    #[must_use]
+    pub fn describe(&self, target: &Compiled) -> String {
+        format!(
+            "{} IPv4 and {} IPv6 prefixes ({} added, {} changed, {} removed)",
+            target.v4.len(),
+            target.v6.len(),
+            self.added,
+            self.changed,
+            self.removed
+        )
+    }
+}
+
+impl Maps {
+    /// Opens the maps pinned in `pin_dir`.
+    pub fn from_pins(pin_dir: &Path) -> Result<Self, DatapathError> {
+        check_pin_dir(pin_dir)?;
+        check_pins(pin_dir)?;
+        let first = pin_dir.join(names::PREFIX_V4);
+        if !first.exists() {
+            return Err(DatapathError::NoPins {
+                path: pin_dir.to_owned(),
+            });
+        }
+        let open = |name: &'static str| {
+            let path = pin_dir.join(name);
+            MapData::from_pin(&path).map_err(|source| DatapathError::OpenPin { path, source })
+        };
+        Self::from_data([
+            open(names::PREFIX_V4)?,
+            open(names::PREFIX_V6)?,
+            open(names::POLICY)?,
+            open(names::CONFIG)?,
+            open(names::STATS)?,
+            open(names::SET_STATS)?,
+        ])
+    }
+
+    pub(super) fn from_data(data: [MapData; 6]) -> Result<Self, DatapathError> {
+        let [prefix_v4, prefix_v6, policy, config, stats, set_stats] = data;
+        let map_error = |name| move |source| DatapathError::Map { name, source };
+        Ok(Self {
+            prefix_v4: LpmTrie::try_from(Map::LpmTrie(prefix_v4))
+                .map_err(map_error(names::PREFIX_V4))?,
+            prefix_v6: LpmTrie::try_from(Map::LpmTrie(prefix_v6))
+                .map_err(map_error(names::PREFIX_V6))?,
+            policy: Array::try_from(Map::Array(policy)).map_err(map_error(names::POLICY))?,
+            config: Array::try_from(Map::Array(config)).map_err(map_error(names::CONFIG))?,
+            stats: PerCpuArray::try_from(Map::PerCpuArray(stats))
+                .map_err(map_error(names::STATS))?,
+            set_stats: PerCpuArray::try_from(Map::PerCpuArray(set_stats))
+                .map_err(map_error(names::SET_STATS))?,
+        })
+    }
+
+    pub fn config(&self) -> Result<Config, DatapathError> {
+        self.config.get(&0, 0).map_err(|source| DatapathError::Map {
+            name: names::CONFIG,
+            source,
+        })
+    }
+
+    pub fn set_config(&mut self, config: &Config) -> Result<(), DatapathError> {
+        self.config
+            .set(0, config, 0)
+            .map_err(|source| DatapathError::Map {
+                name: names::CONFIG,
+                source,
+            })
+    }
+
+    /// The action of each category, indexed by category code.
+    pub fn policy(&self) -> Result<[u8; category::COUNT as usize], DatapathError> {
+        let mut actions = [0; category::COUNT as usize];
+        for (index, action) in (0..).zip(actions.iter_mut()) {
+            *action = self
+                .policy
+                .get(&index, 0)
+                .map_err(|source| DatapathError::Map {
+                    name: names::POLICY,
+                    source,
+                })?
+                .action;
+        }
+        Ok(actions)
+    }
+
+    pub fn set_policy(
+        &mut self,
+        actions: [u8; category::COUNT as usize],
+    ) -> Result<(), DatapathError> {
+        for (index, action) in (0..).zip(actions) {
+            self.policy
+                .set(
+                    index,
+                    Policy {
+                        action,
+                        _pad: [0; 3],
+                    },
+                    0,
+                )
+                .map_err(|source| DatapathError::Map {
+                    name: names::POLICY,
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// The installed entries.
+    pub fn installed(&self) -> Result<Compiled, DatapathError> {
+        let mut installed = Compiled::default();
+        for item in &self.prefix_v4 {
+            let (key, value) = item.map_err(|source| DatapathError::Map {
+                name: names::PREFIX_V4,
+                source,
+            })?;
+            installed.v4.insert(
+                LpmKeyV4 {
+                    prefix_len: key.prefix_len(),
+                    addr: key.data(),
+                },
+                value,
+            );
+        }
+        for item in &self.prefix_v6 {
+            let (key, value) = item.map_err(|source| DatapathError::Map {
+                name: names::PREFIX_V6,
+                source,
+            })?;
+            installed.v6.insert(
+                LpmKeyV6 {
+                    prefix_len: key.prefix_len(),
+                    addr: key.data(),
+                },
+                value,
+            );
+        }
+        Ok(installed)
+    }
+
+    /// Makes the tries hold exactly `target`: new and changed entries first, stale ones last,
+    /// so a prefix present before and after is never missing. Each update replaces one
+    /// prefix's whole value atomically.
+    pub fn apply(&mut self, target: &Compiled) -> Result<ApplyReport, DatapathError> {
+        let installed = self.installed()?;
+        self.apply_over(&installed, target)
+    }
+
+    /// [`Maps::apply`] when the caller has just read the installed entries (a dump of a
+    /// million-entry trie takes a second; callers that need it too should not pay twice).
+    pub fn apply_over(
+        &mut self,
+        installed: &Compiled,
+        target: &Compiled,
+    ) -> Result<ApplyReport, DatapathError> {
+        let mut report = ApplyReport::default();
+        let v4_error = |source| DatapathError::Map {
+            name: names::PREFIX_V4,
+            source,
+        };
+        let v6_error = |source| DatapathError::Map {
+            name: names::PREFIX_V6,
+            source,
+        };
+        for (key, value) in &target.v4 {
+            match installed.v4.get(key) {
+                Some(old) if old == value => report.unchanged += 1,
+                old => {
+                    self.prefix_v4
+                        .insert(&Key::new(key.prefix_len, key.addr), value, 0)
+                        .map_err(v4_error)?;
+                    if old.is_some() {
+                        report.changed += 1;
+                    } else {
+                        report.added += 1;
+                    }
+                }
+            }
+        }
+        for (key, value) in &target.v6 {
+            match installed.v6.get(key) {
+                Some(old) if old == value => report.unchanged += 1,
+                old => {
+                    self.prefix_v6
+                        .insert(&Key::new(key.prefix_len, key.addr), value, 0)
+                        .map_err(v6_error)?;
+                    if old.is_some() {
+                        report.changed += 1;
+                    } else {
+                        report.added += 1;
+                    }
+                }
+            }
+        }
+        for key in installed
+            .v4
+            .keys()
+            .filter(|key| !target.v4.contains_key(key))
+        {
+            self.prefix_v4
+                .remove(&Key::new(key.prefix_len, key.addr))
+                .map_err(v4_error)?;
+            report.removed += 1;
+        }
+        for key in installed
+            .v6
+            .keys()
+            .filter(|key| !target.v6.contains_key(key))
+        {
+            self.prefix_v6
+                .remove(&Key::new(key.prefix_len, key.addr))
+                .map_err(v6_error)?;
+            report.removed += 1;
+        }
+        Ok(report)
+    }
+
+    /// The longest installed prefix that holds `addr`, as the kernel finds it.
+    pub fn lookup(&self, addr: IpAddr) -> Result<Option<PrefixRules>, DatapathError> {
+        let found = match addr {
+            IpAddr::V4(addr) => self.prefix_v4.get(&Key::new(32, addr.octets()), 0),
+            IpAddr::V6(addr) => self.prefix_v6.get(&Key::new(128, addr.octets()), 0),
+        };
+        match found {
+            Ok(value) => Ok(Some(value)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(DatapathError::Map {
+                name: if addr.is_ipv4() {
+                    names::PREFIX_V4
+                } else {
+                    names::PREFIX_V6
+                },
+                source,
+            }),
+        }
+    }
+
+    /// [`classifier_common::stat`] counters, summed over CPUs, by index.
+    pub fn stats(&self) -> Result<Vec<Counter>, DatapathError> {
+        sum_per_cpu(&self.stats, STATS_LEN, names::STATS)
+    }
+
+    /// Per endpoint set counters, summed over CPUs; sets with no packets are left out.
+    pub fn set_stats(&self) -> Result<Vec<(u16, Counter)>, DatapathError> {
+        let all = sum_per_cpu(&self.set_stats, MAX_SET_ID, names::SET_STATS)?;
+        Ok((0..)
+            .zip(all)
+            .filter(|(_, counter)| counter.packets != 0)
+            .collect())
+    }
+}
+
+fn sum_per_cpu(
+    map: &PerCpuArray<MapData, Counter>,
+    len: u32,
+    name: &'static str,
+) -> Result<Vec<Counter>, DatapathError> {
+    (0..len)
+        .map(|index| {
+            let values = map
+                .get(&index, 0)
+                .map_err(|source| DatapathError::Map { name, source })?;
+            Ok(values.iter().fold(Counter::default(), |sum, cpu| Counter {
+                packets: sum.packets + cpu.packets,
+                bytes: sum.bytes + cpu.bytes,
+            }))
+        })
+        .collect()
+}

@@ -1,0 +1,304 @@
+//! The pin directory: bpffs under it, its lock and ownership, the shapes of the maps pinned
+//! in it, and the names of the link pins.
+
+use std::{
+    ffi::CString,
+    fs, io,
+    os::unix::ffi::OsStrExt as _,
+    path::{Path, PathBuf},
+};
+
+use aya::maps::{MapData, MapType};
+use classifier_common::{
+    Config, Counter, LpmKeyV4, LpmKeyV6, MAX_PREFIXES, MAX_SET_ID, Policy, PrefixRules, STATS_LEN,
+    category, names,
+};
+
+use super::DatapathError;
+
+/// `BPF_FS_MAGIC` from `include/uapi/linux/magic.h`.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// The shape every pinned map must have: (name, type, key size, value size, max entries).
+/// Checked before a pin is reused, because aya opens a pinned map without comparing it.
+pub const MAP_SHAPES: [(&str, MapType, u32, u32, u32); 6] = [
+    (
+        names::PREFIX_V4,
+        MapType::LpmTrie,
+        size32::<LpmKeyV4>(),
+        size32::<PrefixRules>(),
+        MAX_PREFIXES,
+    ),
+    (
+        names::PREFIX_V6,
+        MapType::LpmTrie,
+        size32::<LpmKeyV6>(),
+        size32::<PrefixRules>(),
+        MAX_PREFIXES,
+    ),
+    (
+        names::POLICY,
+        MapType::Array,
+        4,
+        size32::<Policy>(),
+        category::COUNT,
+    ),
+    (names::CONFIG, MapType::Array, 4, size32::<Config>(), 1),
+    (
+        names::STATS,
+        MapType::PerCpuArray,
+        4,
+        size32::<Counter>(),
+        STATS_LEN,
+    ),
+    (
+        names::SET_STATS,
+        MapType::PerCpuArray,
+        4,
+        size32::<Counter>(),
+        MAX_SET_ID,
+    ),
+];
+
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "ABI types are a few hundred bytes"
+)]
+const fn size32<T>() -> u32 {
+    size_of::<T>() as u32
+}
+
+/// Where bpffs belongs, and the only place xdp-breakout ever mounts one.
+pub const BPFFS: &str = "/sys/fs/bpf";
+
+fn is_bpffs(path: &Path) -> bool {
+    let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs writes into the zeroed struct; the path is NUL-terminated.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    unsafe { libc::statfs(c_path.as_ptr(), &raw mut stat) == 0 && stat.f_type == BPF_FS_MAGIC }
+}
+
+/// Mounts bpffs on `/sys/fs/bpf` when nothing is mounted there (a fresh machine has none).
+/// Nowhere else: a mount over another directory would hide what is in it.
+pub fn ensure_bpffs() -> Result<(), DatapathError> {
+    let path = Path::new(BPFFS);
+    if is_bpffs(path) {
+        return Ok(());
+    }
+    let mount_error = |source| DatapathError::Mount {
+        path: path.to_owned(),
+        source,
+    };
+    // SAFETY: all strings are NUL-terminated; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            c"bpf".as_ptr(),
+            c"/sys/fs/bpf".as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(mount_error(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Makes `pin_dir` ready for pins: bpffs on `/sys/fs/bpf` if the directory is there, the
+/// directory on a bpffs, created 0700, owned by us and closed to others.
+pub fn prepare_pin_dir(pin_dir: &Path) -> Result<(), DatapathError> {
+    if pin_dir.starts_with(BPFFS) {
+        ensure_bpffs()?;
+    }
+    // The nearest directory that exists decides the file system the new ones land on.
+    let base = pin_dir
+        .ancestors()
+        .find(|dir| dir.exists())
+        .unwrap_or(Path::new("/"));
+    if !is_bpffs(base) {
+        return Err(DatapathError::NotBpffs {
+            path: pin_dir.to_owned(),
+            base: base.to_owned(),
+        });
+    }
+    crate::secure::create_private(pin_dir, "pin directory")?;
+    Ok(())
+}
+
+/// Checks a pin directory that must exist already, before anything in it is trusted.
+pub fn check_pin_dir(pin_dir: &Path) -> Result<(), DatapathError> {
+    if !pin_dir.exists() {
+        return Err(DatapathError::NoPins {
+            path: pin_dir.to_owned(),
+        });
+    }
+    crate::secure::check(pin_dir, "pin directory")?;
+    Ok(())
+}
+
+/// An exclusive lock on a pin directory, held while maps or links there change, so that two
+/// xdp-breakout processes (the agent and an operator's `attach` or `sync`) never interleave
+/// their changes. Released on drop. (xdp-tools locks its bpffs directory the same way.)
+pub struct PinLock {
+    _dir: fs::File,
+}
+
+/// How long to wait for another process's lock.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl PinLock {
+    /// Creates `pin_dir` (mounting bpffs if needed) and locks it.
+    pub fn acquire(pin_dir: &Path) -> Result<Self, DatapathError> {
+        prepare_pin_dir(pin_dir)?;
+        let pin_error = |source| DatapathError::PinDir {
+            path: pin_dir.to_owned(),
+            source,
+        };
+        let dir = fs::File::open(pin_dir).map_err(pin_error)?;
+        let start = std::time::Instant::now();
+        loop {
+            // SAFETY: flock on a descriptor we own.
+            if unsafe {
+                libc::flock(
+                    std::os::fd::AsRawFd::as_raw_fd(&dir),
+                    libc::LOCK_EX | libc::LOCK_NB,
+                )
+            } == 0
+            {
+                return Ok(Self { _dir: dir });
+            }
+            let error = io::Error::last_os_error();
+            if error.kind() != io::ErrorKind::WouldBlock {
+                return Err(pin_error(error));
+            }
+            if start.elapsed() > LOCK_WAIT {
+                return Err(DatapathError::Locked {
+                    path: pin_dir.to_owned(),
+                });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+/// Checks every map already pinned in `pin_dir` against [`MAP_SHAPES`].
+pub(super) fn check_pins(pin_dir: &Path) -> Result<(), DatapathError> {
+    for (name, map_type, key_size, value_size, max_entries) in MAP_SHAPES {
+        let path = pin_dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let map = MapData::from_pin(&path).map_err(|source| DatapathError::OpenPin {
+            path: path.clone(),
+            source,
+        })?;
+        let info = map.info().map_err(|source| DatapathError::OpenPin {
+            path: path.clone(),
+            source,
+        })?;
+        let found = (
+            info.map_type().ok(),
+            info.key_size(),
+            info.value_size(),
+            info.max_entries(),
+        );
+        if found != (Some(map_type), key_size, value_size, max_entries) {
+            return Err(DatapathError::IncompatiblePin {
+                path,
+                found: format!(
+                    "{:?} key {} value {} entries {}",
+                    found.0, found.1, found.2, found.3
+                ),
+                expected: format!(
+                    "{map_type:?} key {key_size} value {value_size} entries {max_entries}"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+const XDP_LINK_PREFIX: &str = "xdp_link@";
+const TC_LINK_PREFIX: &str = "tc_link@";
+
+/// bpffs refuses names with a dot (`bpf_lookup`: "reserved for future use"), and VLAN
+/// interfaces are called `eth0.100`: escape `%` and `.` as in a URL.
+fn pin_name(prefix: &str, iface: &str) -> String {
+    format!("{prefix}{}", iface.replace('%', "%25").replace('.', "%2e"))
+}
+
+fn iface_from_pin_name(name: &str) -> Option<String> {
+    let escaped = name.strip_prefix(XDP_LINK_PREFIX)?;
+    Some(escaped.replace("%2e", ".").replace("%25", "%"))
+}
+
+/// Where the XDP link of `iface` is pinned.
+#[must_use]
+pub fn xdp_link_pin(pin_dir: &Path, iface: &str) -> PathBuf {
+    pin_dir.join(pin_name(XDP_LINK_PREFIX, iface))
+}
+
+/// Where the tc link of `iface` is pinned.
+#[must_use]
+pub fn tc_link_pin(pin_dir: &Path, iface: &str) -> PathBuf {
+    pin_dir.join(pin_name(TC_LINK_PREFIX, iface))
+}
+
+/// Interfaces with pinned links in `pin_dir`.
+pub fn attached_interfaces(pin_dir: &Path) -> Vec<String> {
+    let mut found: Vec<String> = fs::read_dir(pin_dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|entry| iface_from_pin_name(entry.file_name().to_str()?))
+        .collect();
+    found.sort();
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_pin_names_have_no_dots_and_round_trip() {
+        for iface in ["eth0", "eth0.100", "lan%1.2"] {
+            let pin = xdp_link_pin(Path::new("/sys/fs/bpf/x"), iface);
+            let name = pin.file_name().unwrap().to_str().unwrap();
+            assert!(!name.contains('.'), "{name}");
+            assert_eq!(iface_from_pin_name(name).as_deref(), Some(iface));
+        }
+    }
+}
+
+#[cfg(test)]
+mod object_tests {
+    use super::*;
+
+    /// The names and shapes the agent relies on are the ones the compiled object declares.
+    #[test]
+    fn object_declares_the_contracted_maps_and_programs() {
+        let object =
+            aya_obj::Object::parse(crate::EBPF_OBJECT).expect("the embedded object parses");
+        for (name, map_type, key_size, value_size, max_entries) in MAP_SHAPES {
+            let map = object
+                .maps
+                .get(name)
+                .unwrap_or_else(|| panic!("map {name} missing"));
+            assert_eq!(map.map_type(), map_type as u32, "{name}");
+            assert_eq!(
+                (map.key_size(), map.value_size(), map.max_entries()),
+                (key_size, value_size, max_entries),
+                "{name}"
+            );
+        }
+        for name in [names::XDP_PROGRAM, names::TC_PROGRAM] {
+            assert!(object.programs.contains_key(name), "program {name} missing");
+        }
+        assert!(object.maps.contains_key(names::LOGS), "aya-log ring buffer");
+        assert_eq!(object.license.to_str(), Ok("Dual MIT/GPL"));
+    }
+}
