@@ -49,16 +49,6 @@ impl Category {
             Self::Optimize => category::OPTIMIZE,
         }
     }
-
-    #[must_use]
-    pub const fn from_code(code: u8) -> Option<Self> {
-        match code {
-            category::DEFAULT => Some(Self::Default),
-            category::ALLOW => Some(Self::Allow),
-            category::OPTIMIZE => Some(Self::Optimize),
-            _ => None,
-        }
-    }
 }
 
 impl fmt::Display for Category {

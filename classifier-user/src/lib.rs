@@ -21,6 +21,6 @@ pub static EBPF_OBJECT: &[u8] =
 
 /// The 2026043000 Worldwide feed, so that a router classifies from its first second, offline.
 pub static EMBEDDED_FEED: &[u8] =
-    include_bytes!("../../tests/fixtures/m365-worldwide-endpoints-2026043000.json");
+    include_bytes!("../feeds/m365-worldwide-endpoints-2026043000.json");
 /// Version of [`EMBEDDED_FEED`].
 pub const EMBEDDED_FEED_VERSION: &str = "2026043000";
