@@ -1,11 +1,7 @@
 //! Attaching and detaching: the XDP and tc ingress links of each interface, pinned so that
 //! they outlive the process, and what the kernel says is attached to an interface.
 
-use std::{
-    fs, io,
-    mem::{size_of, size_of_val},
-    path::Path,
-};
+use std::{fs, io, path::Path};
 
 use aya::programs::{
     ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
@@ -210,10 +206,7 @@ pub struct AttachedXdp {
 /// (`RTM_GETLINK`, `IFLA_XDP`); `None` when there is none or the interface does not exist.
 #[must_use]
 pub fn attached_xdp(iface: &str) -> Option<AttachedXdp> {
-    let name = std::ffi::CString::new(iface).ok()?;
-    // SAFETY: a NUL-terminated name.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    let (attached, id) = netlink::xdp_of(i32::try_from(index).ok().filter(|i| *i != 0)?).ok()??;
+    let (attached, id) = crate::netlink::link(crate::netlink::index(iface)?).ok()?.xdp?;
     let mode = match attached {
         1 => "native",
         2 => "skb",
@@ -228,146 +221,3 @@ pub fn attached_xdp(iface: &str) -> Option<AttachedXdp> {
         .unwrap_or_default();
     Some(AttachedXdp { id, name, mode })
 }
-
-/// Just enough rtnetlink to read one interface's `IFLA_XDP` (see `man 7 rtnetlink` and
-/// `include/uapi/linux/if_link.h`).
-mod netlink {
-    use std::{io, mem::size_of};
-
-    use super::size_of_val_u32;
-
-    const IFLA_XDP: u16 = 43;
-    const IFLA_XDP_ATTACHED: u16 = 2;
-    const IFLA_XDP_PROG_ID: u16 = 4;
-    const NLA_TYPE_MASK: u16 = 0x3fff;
-
-    #[repr(C)]
-    struct Request {
-        header: libc::nlmsghdr,
-        info: libc::ifinfomsg,
-    }
-
-    /// `(XDP_ATTACHED_* mode, program id)` of interface `index`, `None` when no program.
-    pub fn xdp_of(index: i32) -> io::Result<Option<(u8, u32)>> {
-        // SAFETY: a plain socket(2) call; the descriptor is owned below.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is a new descriptor that nothing else owns.
-        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
-        let timeout = libc::timeval {
-            tv_sec: 2,
-            tv_usec: 0,
-        };
-        // SAFETY: a valid timeval of the size given.
-        unsafe {
-            libc::setsockopt(
-                raw,
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&raw const timeout).cast(),
-                size_of_val_u32(&timeout),
-            );
-        }
-        // SAFETY: all-zero is a valid nlmsghdr and ifinfomsg.
-        let mut request: Request = unsafe { std::mem::zeroed() };
-        request.header.nlmsg_len = size_of_val_u32(&request);
-        request.header.nlmsg_type = libc::RTM_GETLINK;
-        request.header.nlmsg_flags = u16::try_from(libc::NLM_F_REQUEST).unwrap_or(1);
-        request.header.nlmsg_seq = 1;
-        request.info.ifi_family = u8::try_from(libc::AF_UNSPEC).unwrap_or(0);
-        request.info.ifi_index = index;
-        // SAFETY: sends the bytes of `request`, whose size is given.
-        let sent = unsafe { libc::send(raw, (&raw const request).cast(), size_of::<Request>(), 0) };
-        if sent < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut buffer = vec![0u8; 64 << 10];
-        // SAFETY: receives into `buffer`, whose length is given.
-        let got = unsafe { libc::recv(raw, buffer.as_mut_ptr().cast(), buffer.len(), 0) };
-        let got = usize::try_from(got).map_err(|_| io::Error::last_os_error())?;
-        parse(&buffer[..got])
-    }
-
-    /// The first message of `reply`: an error, or `RTM_NEWLINK` whose attributes follow the
-    /// `ifinfomsg`.
-    fn parse(reply: &[u8]) -> io::Result<Option<(u8, u32)>> {
-        let header = size_of::<libc::nlmsghdr>();
-        let invalid = || io::Error::new(io::ErrorKind::InvalidData, "a short netlink reply");
-        let len = usize::try_from(u32::from_ne_bytes(
-            reply
-                .get(..4)
-                .ok_or_else(invalid)?
-                .try_into()
-                .map_err(|_| invalid())?,
-        ))
-        .map_err(|_| invalid())?;
-        let kind = u16::from_ne_bytes(
-            reply
-                .get(4..6)
-                .ok_or_else(invalid)?
-                .try_into()
-                .map_err(|_| invalid())?,
-        );
-        let message = reply.get(..len.min(reply.len())).ok_or_else(invalid)?;
-        if i32::from(kind) == libc::NLMSG_ERROR {
-            let code = i32::from_ne_bytes(
-                message
-                    .get(header..header + 4)
-                    .ok_or_else(invalid)?
-                    .try_into()
-                    .map_err(|_| invalid())?,
-            );
-            return Err(io::Error::from_raw_os_error(-code));
-        }
-        let attrs = message
-            .get(header + size_of::<libc::ifinfomsg>()..)
-            .ok_or_else(invalid)?;
-        let Some(xdp) = attributes(attrs).find(|(kind, _)| *kind == IFLA_XDP) else {
-            return Ok(None);
-        };
-        let (mut attached, mut id) = (0u8, 0u32);
-        for (kind, value) in attributes(xdp.1) {
-            match kind {
-                IFLA_XDP_ATTACHED => attached = value.first().copied().unwrap_or(0),
-                IFLA_XDP_PROG_ID => {
-                    id = value
-                        .get(..4)
-                        .and_then(|b| b.try_into().ok())
-                        .map_or(0, u32::from_ne_bytes);
-                }
-                _ => {}
-            }
-        }
-        Ok((attached != 0 && id != 0).then_some((attached, id)))
-    }
-
-    /// `(type, payload)` of each netlink attribute in `data`, aligned to 4 bytes.
-    fn attributes(mut data: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-        std::iter::from_fn(move || {
-            let len = usize::from(u16::from_ne_bytes(data.get(..2)?.try_into().ok()?));
-            let kind = u16::from_ne_bytes(data.get(2..4)?.try_into().ok()?) & NLA_TYPE_MASK;
-            if len < 4 || len > data.len() {
-                return None;
-            }
-            let payload = &data[4..len];
-            data = data.get(len.next_multiple_of(4)..).unwrap_or(&[]);
-            Some((kind, payload))
-        })
-    }
-}
-
-/// `size_of_val` as the `u32`/`socklen_t` the kernel interfaces take.
-fn size_of_val_u32<T>(value: &T) -> u32 {
-    u32::try_from(size_of_val(value)).unwrap_or(u32::MAX)
-}
-
-const _: () = assert!(size_of::<libc::nlmsghdr>() == 16);
