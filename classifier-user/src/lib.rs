@@ -11,6 +11,7 @@ pub mod datapath;
 pub mod explain;
 pub mod feed;
 pub mod gate;
+pub mod health;
 pub mod netlink;
 pub mod pcap;
 pub mod secure;

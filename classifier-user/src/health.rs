@@ -1,0 +1,483 @@
+//! Is the direct uplink alive? Probes that leave through it, the link state the kernel
+//! reports, and hysteresis between them.
+//!
+//! Probe sockets carry the direct mark (`SO_MARK`), so the router's own policy routing sends
+//! them exactly where it sends marked LAN traffic: a probe tests the path Microsoft 365
+//! packets take (rule, table, route, NAT), whatever the main table says. Binding them to the
+//! interface instead (`SO_BINDTODEVICE`) would skip the policy rule, so a broken rule or
+//! table would go unnoticed, and it needs a route through the interface in the main table,
+//! which a branch whose default route is the tunnel does not have.
+
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+    str::FromStr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+/// What a probe asks of the direct uplink.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// `tcp://ADDRESS:PORT`: a TCP handshake.
+    Tcp(SocketAddr),
+    /// `icmp://ADDRESS`: an ICMP or ICMPv6 echo.
+    Icmp(IpAddr),
+    /// `http://...` or `https://...`: a GET answered with a status below 400.
+    Http(reqwest::Url),
+}
+
+impl FromStr for Target {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let text = text.trim();
+        let bad = |why: &str| format!("health target {text:?}: {why}");
+        if let Some(rest) = text.strip_prefix("tcp://") {
+            return rest.parse().map(Self::Tcp).map_err(|_| {
+                bad("not ADDRESS:PORT (an IP address, IPv6 in brackets, and a port)")
+            });
+        }
+        if let Some(rest) = text.strip_prefix("icmp://") {
+            return rest
+                .trim_matches(['[', ']'])
+                .parse()
+                .map(Self::Icmp)
+                .map_err(|_| bad("not an IP address"));
+        }
+        if text.starts_with("http://") || text.starts_with("https://") {
+            let url: reqwest::Url = text.parse().map_err(|e| bad(&format!("{e}")))?;
+            if url.host_str().is_none_or(str::is_empty) {
+                return Err(bad("no host"));
+            }
+            return Ok(Self::Http(url));
+        }
+        Err(bad("expected tcp://ADDRESS:PORT, icmp://ADDRESS, http://URL or https://URL"))
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tcp(addr) => write!(f, "tcp://{addr}"),
+            Self::Icmp(addr) => write!(f, "icmp://{addr}"),
+            Self::Http(url) => write!(f, "{url}"),
+        }
+    }
+}
+
+impl Serialize for Target {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Target {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// How many targets must answer for a round to count as a success.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Require {
+    #[default]
+    Any,
+    All,
+}
+
+/// What a dead direct uplink does to direct verdicts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Failover {
+    /// Check the uplink; while it is down, new direct verdicts go to the tunnel.
+    #[default]
+    Tunnel,
+    /// Check nothing: direct verdicts stay direct whatever happens to the uplink.
+    None,
+}
+
+/// The uplink as the agent sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum State {
+    Up,
+    Down,
+    Unchecked,
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Up => "up",
+            Self::Down => "down",
+            Self::Unchecked => "unchecked",
+        })
+    }
+}
+
+/// A change of [`State`], and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transition {
+    pub from: State,
+    pub to: State,
+    pub reason: String,
+}
+
+/// Hysteresis: `fail_after` failed rounds in a row take the uplink down, `recover_after`
+/// good rounds in a row bring it back; a link that goes down takes it down at once, and a
+/// link that comes back still needs the good rounds (a flapping carrier is not trusted).
+#[derive(Clone, Debug)]
+pub struct Tracker {
+    state: State,
+    fail_after: u32,
+    recover_after: u32,
+    failures: u32,
+    successes: u32,
+    link_up: bool,
+    /// Probes configured: without them the link alone decides.
+    probing: bool,
+}
+
+impl Tracker {
+    /// Starts up: the uplink worked until now as far as anyone knows, and starting down
+    /// would move every direct flow at each restart of the agent.
+    #[must_use]
+    pub fn new(fail_after: u32, recover_after: u32, probing: bool) -> Self {
+        Self {
+            state: State::Up,
+            fail_after: fail_after.max(1),
+            recover_after: recover_after.max(1),
+            failures: 0,
+            successes: 0,
+            link_up: true,
+            probing,
+        }
+    }
+
+    #[must_use]
+    pub const fn state(&self) -> State {
+        self.state
+    }
+
+    fn go(&mut self, to: State, reason: String) -> Option<Transition> {
+        if self.state == to {
+            return None;
+        }
+        let from = std::mem::replace(&mut self.state, to);
+        (self.failures, self.successes) = (0, 0);
+        Some(Transition { from, to, reason })
+    }
+
+    /// The outcome of one probe round.
+    pub fn round(&mut self, ok: bool, detail: &str) -> Option<Transition> {
+        if ok {
+            self.failures = 0;
+            self.successes = self.successes.saturating_add(1);
+            if self.state == State::Down && self.link_up && self.successes >= self.recover_after
+            {
+                let n = self.recover_after;
+                return self.go(State::Up, format!("{n} good probe rounds in a row"));
+            }
+        } else {
+            self.successes = 0;
+            self.failures = self.failures.saturating_add(1);
+            if self.state == State::Up && self.failures >= self.fail_after {
+                let n = self.fail_after;
+                return self.go(
+                    State::Down,
+                    format!("{n} failed probe rounds in a row ({detail})"),
+                );
+            }
+        }
+        None
+    }
+
+    /// The link state the kernel reported for the direct interface.
+    pub fn link(&mut self, up: bool, iface: &str) -> Option<Transition> {
+        let was = std::mem::replace(&mut self.link_up, up);
+        if !up {
+            return self.go(State::Down, format!("{iface}: link down"));
+        }
+        if !was && !self.probing {
+            return self.go(State::Up, format!("{iface}: link up"));
+        }
+        None
+    }
+}
+
+/// One probe's answer: how long it took, or why it failed.
+pub type Outcome = Result<Duration, String>;
+
+/// Sends one probe through the direct uplink (sockets marked `mark`), bounded by `timeout`.
+pub async fn probe(target: &Target, mark: u32, timeout: Duration) -> Outcome {
+    let start = Instant::now();
+    let result = tokio::time::timeout(timeout, async {
+        match target {
+            Target::Tcp(addr) => connect(*addr, mark).await.map(drop),
+            Target::Icmp(addr) => {
+                let addr = *addr;
+                tokio::task::spawn_blocking(move || echo(addr, mark, timeout))
+                    .await
+                    .map_err(|e| e.to_string())?
+            }
+            Target::Http(url) => get(url, mark).await,
+        }
+    })
+    .await;
+    match result {
+        Ok(Ok(())) => Ok(start.elapsed()),
+        Ok(Err(error)) => Err(error),
+        Err(_) => Err(format!("no answer within {}ms", timeout.as_millis())),
+    }
+}
+
+/// A TCP connection from a socket that carries the direct mark.
+async fn connect(addr: SocketAddr, mark: u32) -> Result<tokio::net::TcpStream, String> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .and_then(|socket| {
+            socket.set_mark(mark)?;
+            socket.set_nonblocking(true)?;
+            Ok(socket)
+        })
+        .map_err(|e| format!("socket: {e}"))?;
+    let socket = tokio::net::TcpSocket::from_std_stream(socket.into());
+    socket.connect(addr).await.map_err(|e| e.to_string())
+}
+
+/// An ICMP(v6) echo from a raw socket that carries the direct mark.
+fn echo(addr: IpAddr, mark: u32, timeout: Duration) -> Result<(), String> {
+    let (domain, protocol, request_type, reply_type) = match addr {
+        IpAddr::V4(_) => (Domain::IPV4, Protocol::ICMPV4, 8u8, 0u8),
+        IpAddr::V6(_) => (Domain::IPV6, Protocol::ICMPV6, 128, 129),
+    };
+    let socket = Socket::new(domain, Type::RAW, Some(protocol)).map_err(|e| format!("socket: {e}"))?;
+    socket.set_mark(mark).map_err(|e| format!("SO_MARK: {e}"))?;
+    socket
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    let target = SocketAddr::new(addr, 0).into();
+    // Only the target's answers reach this socket.
+    socket.connect(&target).map_err(|e| e.to_string())?;
+    let id = u16::try_from(std::process::id() & 0xffff).unwrap_or(0);
+    let sequence: u16 = rand_u16();
+    let mut request = [request_type, 0, 0, 0, 0, 0, 0, 0, b'x', b'b', b'r', b'k'];
+    request[4..6].copy_from_slice(&id.to_be_bytes());
+    request[6..8].copy_from_slice(&sequence.to_be_bytes());
+    if addr.is_ipv4() {
+        // ICMPv6 checksums are the kernel's (RFC 3542); ICMPv4 ones are ours.
+        let checksum = internet_checksum(&request);
+        request[2..4].copy_from_slice(&checksum.to_be_bytes());
+    }
+    socket.send(&request).map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + timeout;
+    let mut buffer = [std::mem::MaybeUninit::<u8>::uninit(); 1500];
+    while Instant::now() < deadline {
+        let got = socket.recv(&mut buffer).map_err(|e| e.to_string())?;
+        // SAFETY: recv initialised the first `got` bytes.
+        let bytes: Vec<u8> = buffer[..got]
+            .iter()
+            .map(|b| unsafe { b.assume_init() })
+            .collect();
+        // IPv4 raw sockets deliver the IP header; IPv6 ones do not.
+        let icmp = if addr.is_ipv4() {
+            let ihl = usize::from(bytes.first().copied().unwrap_or(0) & 0x0f) * 4;
+            bytes.get(ihl..).unwrap_or(&[])
+        } else {
+            &bytes[..]
+        };
+        if icmp.len() >= 8
+            && icmp[0] == reply_type
+            && icmp[6..8] == sequence.to_be_bytes()
+            && (addr.is_ipv6() || icmp[4..6] == id.to_be_bytes())
+        {
+            return Ok(());
+        }
+    }
+    Err("no echo reply".to_owned())
+}
+
+fn internet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|pair| u32::from(u16::from_be_bytes([pair[0], pair.get(1).copied().unwrap_or(0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !u16::try_from(sum).unwrap_or(0xffff)
+}
+
+fn rand_u16() -> u16 {
+    let mut bytes = [0u8; 2];
+    // SAFETY: getrandom writes at most two bytes into the buffer.
+    unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), 2, 0) };
+    u16::from_ne_bytes(bytes)
+}
+
+/// A GET over a marked connection (TLS for `https`), answered below 400. The host name is
+/// resolved by the system resolver, whose own packets follow the main table.
+async fn get(url: &reqwest::Url, mark: u32) -> Result<(), String> {
+    let host = url.host_str().ok_or("no host")?.to_owned();
+    let port = url.port_or_known_default().ok_or("no port")?;
+    let addr = tokio::net::lookup_host((host.trim_matches(['[', ']']), port))
+        .await
+        .map_err(|e| format!("resolving {host}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{host} has no address"))?;
+    let stream = connect(addr, mark).await?;
+    let path = match url.query() {
+        Some(query) => format!("{}?{query}", url.path()),
+        None => url.path().to_owned(),
+    };
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: xdp-breakout-health\r\nConnection: close\r\n\r\n"
+    );
+    let head = if url.scheme() == "https" {
+        let connector = tokio_rustls::TlsConnector::from(tls_config());
+        let name = tokio_rustls::rustls::pki_types::ServerName::try_from(
+            host.trim_matches(['[', ']']).to_owned(),
+        )
+        .map_err(|e| format!("{host}: {e}"))?;
+        let mut tls = connector
+            .connect(name, stream)
+            .await
+            .map_err(|e| format!("TLS: {e}"))?;
+        exchange(&mut tls, &request).await?
+    } else {
+        let mut stream = stream;
+        exchange(&mut stream, &request).await?
+    };
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| format!("not an HTTP answer: {:?}", head.chars().take(40).collect::<String>()))?;
+    if status >= 400 {
+        return Err(format!("HTTP {status}"));
+    }
+    Ok(())
+}
+
+/// Writes `request`, reads at most the first 1 KiB of the answer.
+async fn exchange<S>(stream: &mut S, request: &str) -> Result<String, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut head = vec![0u8; 1024];
+    let got = stream.read(&mut head).await.map_err(|e| e.to_string())?;
+    head.truncate(got);
+    Ok(String::from_utf8_lossy(&head).into_owned())
+}
+
+fn tls_config() -> Arc<tokio_rustls::rustls::ClientConfig> {
+    use std::sync::OnceLock;
+    static CONFIG: OnceLock<Arc<tokio_rustls::rustls::ClientConfig>> = OnceLock::new();
+    Arc::clone(CONFIG.get_or_init(|| {
+        let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+        for cert in rustls_native_certs::load_native_certs().certs {
+            let _ = roots.add(cert);
+        }
+        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        Arc::new(
+            tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .expect("ring supports the default TLS versions")
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        )
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse_or_say_which_and_why() {
+        assert_eq!(
+            "tcp://52.112.0.1:443".parse(),
+            Ok(Target::Tcp("52.112.0.1:443".parse().unwrap()))
+        );
+        assert_eq!(
+            "tcp://[2603:1063::1]:443".parse(),
+            Ok(Target::Tcp("[2603:1063::1]:443".parse().unwrap()))
+        );
+        assert_eq!(
+            "icmp://2606:4700::1111".parse(),
+            Ok(Target::Icmp("2606:4700::1111".parse().unwrap()))
+        );
+        assert!(matches!("https://www.office.com/".parse(), Ok(Target::Http(_))));
+        for (text, why) in [
+            ("tcp://office.com:443", "not ADDRESS:PORT"),
+            ("tcp://1.2.3.4", "not ADDRESS:PORT"),
+            ("icmp://one.one.one.one", "not an IP address"),
+            ("ftp://x", "expected tcp://"),
+            ("https://", "health target \"https://\""),
+        ] {
+            let error = text.parse::<Target>().unwrap_err();
+            assert!(error.contains(why), "{text}: {error}");
+            assert!(error.starts_with(&format!("health target {text:?}")), "{error}");
+        }
+        for text in ["tcp://52.112.0.1:443", "icmp://1.1.1.1", "https://www.office.com/"] {
+            assert_eq!(text.parse::<Target>().unwrap().to_string(), text);
+        }
+    }
+
+    #[test]
+    fn hysteresis_needs_runs_of_failures_and_successes() {
+        let mut tracker = Tracker::new(3, 5, true);
+        assert_eq!(tracker.round(false, "x"), None);
+        assert_eq!(tracker.round(false, "x"), None);
+        assert_eq!(tracker.round(true, ""), None, "a success resets the failures");
+        assert_eq!(tracker.round(false, "x"), None);
+        assert_eq!(tracker.round(false, "x"), None);
+        let down = tracker.round(false, "tcp://1.2.3.4:443: refused").unwrap();
+        assert_eq!((down.from, down.to), (State::Up, State::Down));
+        assert!(down.reason.contains("3 failed probe rounds in a row (tcp://1.2.3.4:443"));
+        for _ in 0..4 {
+            assert_eq!(tracker.round(true, ""), None);
+        }
+        assert_eq!(tracker.round(false, "x"), None, "a failure resets the successes");
+        for _ in 0..4 {
+            assert_eq!(tracker.round(true, ""), None);
+        }
+        let up = tracker.round(true, "").unwrap();
+        assert_eq!((up.from, up.to), (State::Down, State::Up));
+    }
+
+    #[test]
+    fn a_link_going_down_fails_over_at_once_and_up_needs_probes() {
+        let mut tracker = Tracker::new(3, 2, true);
+        let down = tracker.link(false, "wan0").unwrap();
+        assert_eq!((down.to, down.reason.as_str()), (State::Down, "wan0: link down"));
+        assert_eq!(tracker.link(true, "wan0"), None, "the probes decide the way back");
+        assert_eq!(tracker.round(true, ""), None);
+        assert_eq!(tracker.round(true, "").unwrap().to, State::Up);
+        // Without probes the link decides alone.
+        let mut tracker = Tracker::new(3, 2, false);
+        assert_eq!(tracker.link(false, "wan0").unwrap().to, State::Down);
+        assert_eq!(tracker.link(true, "wan0").unwrap().to, State::Up);
+        // Probes that succeed while the link is down do not bring it up.
+        let mut tracker = Tracker::new(1, 1, true);
+        tracker.link(false, "wan0");
+        assert_eq!(tracker.round(true, ""), None);
+    }
+
+    #[test]
+    fn the_icmp_checksum_is_the_internet_checksum() {
+        // RFC 1071's example: 0x0001 0xf203 0xf4f5 0xf6f7 sums to 0xddf2, complement 0x220d.
+        assert_eq!(internet_checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]), 0x220d);
+    }
+}
