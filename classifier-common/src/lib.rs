@@ -289,6 +289,9 @@ pub mod flags {
     pub const STRICT_PORTS: u32 = 1 << 0;
     /// Log each decision through aya-log (for debugging only: one line per packet).
     pub const DEBUG: u32 = 1 << 1;
+    /// The direct uplink is down (the agent's health checks): a direct verdict goes to the
+    /// tunnel. One write of the config map fails every new direct decision over.
+    pub const UPLINK_DOWN: u32 = 1 << 2;
 }
 
 /// Value of [`names::CONFIG`] (index 0), written by user space, read once per packet.

@@ -96,6 +96,8 @@ pub enum Start {
 
 pub struct Agent {
     config: Config,
+    /// The health checks found the direct uplink dead: direct verdicts go to the tunnel.
+    uplink_down: bool,
     maps: Maps,
     /// The pin directory to lock while the maps change; `None` for private maps.
     lock_dir: Option<std::path::PathBuf>,
@@ -116,8 +118,21 @@ impl Agent {
             pid: std::process::id(),
             ..Status::default()
         };
+        let uplink = Some(crate::state::Uplink {
+            state: if config.health.checks() {
+                crate::health::State::Up
+            } else {
+                crate::health::State::Unchecked
+            },
+            since: None,
+            reason: None,
+            transitions: 0,
+            targets: Vec::new(),
+        });
+        let status = Status { uplink, ..status };
         Ok(Self {
             config,
+            uplink_down: false,
             maps,
             lock_dir: None,
             client,
@@ -143,10 +158,72 @@ impl Agent {
         &self.maps
     }
 
-    /// Writes the policy and the kernel config (mark, strict ports, debug log).
+    /// Writes the policy and the kernel config (mark, strict ports, debug log, and whether
+    /// the direct uplink is down).
     pub fn apply_settings(&mut self) -> Result<(), DatapathError> {
         self.maps.set_policy(self.config.actions())?;
-        self.maps.set_config(&self.config.kernel_config())
+        let mut kernel = self.config.kernel_config();
+        if self.uplink_down {
+            kernel.flags |= classifier_common::flags::UPLINK_DOWN;
+        }
+        self.maps.set_config(&kernel)
+    }
+
+    /// The direct uplink's state, for a reload that restarts the health checks.
+    #[must_use]
+    pub fn uplink_state(&self) -> crate::health::State {
+        self.status
+            .uplink
+            .as_ref()
+            .map_or(crate::health::State::Unchecked, |uplink| uplink.state)
+    }
+
+    /// Takes a report of the health checks: a transition fails direct verdicts over to the
+    /// tunnel (or back) with one write of the config map.
+    pub fn health(&mut self, report: crate::health::Report) -> Result<(), DatapathError> {
+        use crate::health::State;
+        let checks = self.config.health.checks();
+        let uplink = self
+            .status
+            .uplink
+            .get_or_insert_with(|| crate::state::Uplink {
+                state: State::Unchecked,
+                since: None,
+                reason: None,
+                transitions: 0,
+                targets: Vec::new(),
+            });
+        uplink.state = if checks {
+            report.state
+        } else {
+            State::Unchecked
+        };
+        if let Some(results) = report.results {
+            uplink.targets = results;
+        }
+        let mut changed = false;
+        if let Some(transition) = report.transition {
+            uplink.transitions = uplink.transitions.saturating_add(1);
+            uplink.since = Some(now());
+            uplink.reason = Some(transition.reason.clone());
+            let down = transition.to == State::Down && checks;
+            let what = if down {
+                "new direct verdicts go to the tunnel"
+            } else {
+                "direct verdicts go direct again"
+            };
+            warn!(
+                "direct uplink {} -> {}: {}; {what}",
+                transition.from, transition.to, transition.reason
+            );
+            changed = down != self.uplink_down;
+            self.uplink_down = down;
+        }
+        if changed {
+            self.apply_settings()?;
+        }
+        self.save_status();
+        Ok(())
     }
 
     /// Fills the maps at start: the last applied feed, else what is pinned, else the
@@ -361,6 +438,16 @@ impl Agent {
             self.client = FeedClient::new(&config.feed, &self.state.client_id()?)?;
         }
         self.config = config;
+        if !self.config.health.checks() {
+            self.uplink_down = false;
+            if let Some(uplink) = &mut self.status.uplink {
+                uplink.state = crate::health::State::Unchecked;
+            }
+        } else if let Some(uplink) = &mut self.status.uplink
+            && uplink.state == crate::health::State::Unchecked
+        {
+            uplink.state = crate::health::State::Up;
+        }
         self.status.instance.clone_from(&self.config.feed.instance);
         self.status.feed_url.clone_from(&self.config.feed.url);
         self.status.mark = self.config.policy.mark.to_string();

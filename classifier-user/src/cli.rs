@@ -5,7 +5,10 @@ use std::{path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand};
 use classifier_common::PIN_DIR;
 
-use crate::config::{CategoryName, Config, DEFAULT_STATE_DIR, Mark, XdpModeName, parse_duration};
+use crate::{
+    config::{CategoryName, Config, DEFAULT_STATE_DIR, Mark, XdpModeName, parse_duration},
+    health::{Failover, Require, Target},
+};
 
 /// Split-tunnel classifier: sends Microsoft 365 traffic out of the direct uplink.
 ///
@@ -231,6 +234,30 @@ pub struct ConfigArgs {
     /// Detach from the interfaces when the agent exits.
     #[arg(long)]
     pub detach_on_exit: bool,
+    /// What a dead direct uplink does: tunnel (check, and fail over) or none (check nothing).
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub health_failover: Option<Failover>,
+    /// The direct uplink's interface (its link state is watched).
+    #[arg(long, value_name = "IFACE")]
+    pub health_interface: Option<String>,
+    /// A probe through the direct uplink (repeat): tcp://ADDR:PORT, icmp://ADDR, http(s)://URL.
+    #[arg(long = "health-target", value_name = "TARGET")]
+    pub health_targets: Vec<Target>,
+    /// Whether any target or all must answer.
+    #[arg(long, value_enum)]
+    pub health_require: Option<Require>,
+    /// Time between probe rounds.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub health_interval: Option<Duration>,
+    /// Limit on one probe.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub health_timeout: Option<Duration>,
+    /// Failed rounds in a row that take the uplink down.
+    #[arg(long, value_name = "N")]
+    pub health_fail_after: Option<u32>,
+    /// Good rounds in a row that bring it back.
+    #[arg(long, value_name = "N")]
+    pub health_recover_after: Option<u32>,
 }
 
 impl ConfigArgs {
@@ -269,6 +296,14 @@ impl ConfigArgs {
             include_special,
             debug_log,
             detach_on_exit,
+            health_failover,
+            health_interface,
+            health_targets,
+            health_require,
+            health_interval,
+            health_timeout,
+            health_fail_after,
+            health_recover_after,
         } = self;
         if !interfaces.is_empty() {
             config.interfaces.clone_from(interfaces);
@@ -312,6 +347,19 @@ impl ConfigArgs {
         config.policy.include_special |= include_special;
         config.policy.debug_log |= debug_log;
         config.detach_on_exit |= detach_on_exit;
+        let health = &mut config.health;
+        set(&mut health.failover, *health_failover);
+        if health_interface.is_some() {
+            health.interface.clone_from(health_interface);
+        }
+        if !health_targets.is_empty() {
+            health.targets.clone_from(health_targets);
+        }
+        set(&mut health.require, *health_require);
+        set(&mut health.interval, *health_interval);
+        set(&mut health.timeout, *health_timeout);
+        set(&mut health.fail_after, *health_fail_after);
+        set(&mut health.recover_after, *health_recover_after);
     }
 }
 

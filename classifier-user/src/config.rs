@@ -9,7 +9,11 @@ use classifier_common::{DEFAULT_MARK, DEFAULT_MARK_MASK, PIN_DIR, action, catego
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::{feed::Category, gate};
+use crate::{
+    feed::Category,
+    gate,
+    health::{Failover, Require, Target},
+};
 
 /// Where `run` and `config check` look when no `--config` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/xdp-breakout/config.toml";
@@ -52,6 +56,57 @@ pub struct Config {
     pub detach_on_exit: bool,
     pub feed: FeedConfig,
     pub policy: PolicyConfig,
+    pub health: HealthConfig,
+}
+
+/// How the agent checks the direct uplink, and what it does when the uplink is dead.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct HealthConfig {
+    /// `tunnel`: while the uplink is down, new direct verdicts go to the tunnel; `none`:
+    /// check nothing.
+    pub failover: Failover,
+    /// The direct uplink's interface: its carrier and operstate, from netlink; a link that
+    /// goes down fails over at once.
+    pub interface: Option<String>,
+    /// Probes through the direct uplink: `tcp://ADDRESS:PORT`, `icmp://ADDRESS`,
+    /// `http://URL`, `https://URL`.
+    pub targets: Vec<Target>,
+    /// `any` target answering makes a good round, or `all` of them.
+    pub require: Require,
+    /// Time between probe rounds.
+    #[serde(with = "duration_text")]
+    pub interval: Duration,
+    /// Limit on one probe.
+    #[serde(with = "duration_text")]
+    pub timeout: Duration,
+    /// Failed rounds in a row that take the uplink down.
+    pub fail_after: u32,
+    /// Good rounds in a row that bring it back.
+    pub recover_after: u32,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            failover: Failover::Tunnel,
+            interface: None,
+            targets: Vec::new(),
+            require: Require::Any,
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(2),
+            fail_after: 3,
+            recover_after: 5,
+        }
+    }
+}
+
+impl HealthConfig {
+    /// Whether anything is checked.
+    #[must_use]
+    pub fn checks(&self) -> bool {
+        self.failover != Failover::None && (self.interface.is_some() || !self.targets.is_empty())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -122,6 +177,7 @@ impl Default for Config {
             detach_on_exit: false,
             feed: FeedConfig::default(),
             policy: PolicyConfig::default(),
+            health: HealthConfig::default(),
         }
     }
 }
@@ -220,20 +276,6 @@ impl Config {
         } else if !feed.url.starts_with("https://") {
             return invalid("feed.url", format!("{:?} is not an https:// URL", feed.url));
         }
-        let within = |field, value: Duration, min: Duration, max: Duration| {
-            if value < min || value > max {
-                return invalid(
-                    field,
-                    format!(
-                        "{} is outside {}..={}",
-                        format_duration(value),
-                        format_duration(min),
-                        format_duration(max)
-                    ),
-                );
-            }
-            Ok(())
-        };
         within(
             "feed.poll-interval",
             feed.poll_interval,
@@ -270,6 +312,7 @@ impl Config {
         if !(1..=128).contains(&feed.min_prefix_len_v6) {
             return invalid("feed.min-prefix-len-v6", "must be 1..=128".to_owned());
         }
+        self.validate_health()?;
         for net in self.policy.include.iter().chain(&self.policy.exclude) {
             if net.trunc() != *net {
                 return invalid(
@@ -291,6 +334,41 @@ impl Config {
                     );
                 }
             }
+        }
+        Ok(())
+    }
+
+    fn validate_health(&self) -> Result<(), ConfigError> {
+        let invalid = |field, message: String| Err(ConfigError::Invalid { field, message });
+        let health = &self.health;
+        within(
+            "health.interval",
+            health.interval,
+            Duration::from_millis(100),
+            Duration::from_hours(1),
+        )?;
+        within(
+            "health.timeout",
+            health.timeout,
+            Duration::from_millis(10),
+            health.interval,
+        )?;
+        if !(1..=1000).contains(&health.fail_after) {
+            return invalid("health.fail-after", "must be 1..=1000".to_owned());
+        }
+        if !(1..=1000).contains(&health.recover_after) {
+            return invalid("health.recover-after", "must be 1..=1000".to_owned());
+        }
+        if health.targets.len() > 64 {
+            return invalid("health.targets", "at most 64 targets".to_owned());
+        }
+        if let Some(iface) = &health.interface
+            && (iface.is_empty() || iface.len() > 15 || iface.contains(['/', ' ']))
+        {
+            return invalid(
+                "health.interface",
+                format!("{iface:?} is not an interface name"),
+            );
         }
         Ok(())
     }
@@ -323,6 +401,13 @@ impl Config {
                  can answer for the feed",
                 self.feed.url
             ));
+        }
+        if self.health.failover != Failover::None && !self.health.checks() {
+            warnings.push(
+                "health: no interface and no targets: the direct uplink is not checked \
+                 (set health.interface and health.targets, or health.failover = \"none\")"
+                    .to_owned(),
+            );
         }
         if self.policy.include_special && !self.policy.include.is_empty() {
             warnings.push(
@@ -421,6 +506,27 @@ impl Config {
             (interfaces, mode, pin_dir, state_dir);
         (self, ignored)
     }
+}
+
+/// Refuses a duration outside `min..=max`, naming `field`.
+fn within(
+    field: &'static str,
+    value: Duration,
+    min: Duration,
+    max: Duration,
+) -> Result<(), ConfigError> {
+    if value < min || value > max {
+        return Err(ConfigError::Invalid {
+            field,
+            message: format!(
+                "{} is outside {}..={}",
+                format_duration(value),
+                format_duration(min),
+                format_duration(max)
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// XDP attach mode, as written in the file and on the command line.
@@ -725,9 +831,17 @@ mod tests {
         .unwrap();
         config.validate().unwrap();
         let warnings = config.warnings();
-        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert_eq!(warnings.len(), 3, "{warnings:?}");
         assert!(warnings[0].contains("plain HTTP"), "{warnings:?}");
-        assert!(Config::default().warnings().is_empty());
+        assert!(
+            warnings[1].contains("the direct uplink is not checked"),
+            "{warnings:?}"
+        );
+        assert_eq!(
+            Config::default().warnings().len(),
+            1,
+            "the unchecked uplink"
+        );
         assert_eq!(
             parse_duration("18446744073709551615h"),
             Err("\"18446744073709551615h\" is too long a duration".to_owned())

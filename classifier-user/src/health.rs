@@ -56,7 +56,9 @@ impl FromStr for Target {
             }
             return Ok(Self::Http(url));
         }
-        Err(bad("expected tcp://ADDRESS:PORT, icmp://ADDRESS, http://URL or https://URL"))
+        Err(bad(
+            "expected tcp://ADDRESS:PORT, icmp://ADDRESS, http://URL or https://URL",
+        ))
     }
 }
 
@@ -162,6 +164,13 @@ impl Tracker {
         }
     }
 
+    /// Starts in `state` instead (a reload keeps what the uplink was).
+    #[must_use]
+    pub const fn starting(mut self, state: State) -> Self {
+        self.state = state;
+        self
+    }
+
     #[must_use]
     pub const fn state(&self) -> State {
         self.state
@@ -181,8 +190,7 @@ impl Tracker {
         if ok {
             self.failures = 0;
             self.successes = self.successes.saturating_add(1);
-            if self.state == State::Down && self.link_up && self.successes >= self.recover_after
-            {
+            if self.state == State::Down && self.link_up && self.successes >= self.recover_after {
                 let n = self.recover_after;
                 return self.go(State::Up, format!("{n} good probe rounds in a row"));
             }
@@ -211,6 +219,162 @@ impl Tracker {
         }
         None
     }
+}
+
+/// One probe's last answer, as `status` shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeResult {
+    pub target: String,
+    pub ok: bool,
+    /// Round-trip time in microseconds, when it answered.
+    pub rtt_us: Option<u64>,
+    pub error: Option<String>,
+}
+
+/// What the watcher tells the agent after each probe round or link change.
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub state: State,
+    pub transition: Option<Transition>,
+    /// The round's results, when this report is a probe round.
+    pub results: Option<Vec<ProbeResult>>,
+}
+
+/// Watches the direct uplink as `config` says, starting in `initial`, and sends a report for
+/// every probe round and link change until `reports` is closed.
+pub async fn watch(
+    config: crate::config::HealthConfig,
+    mark: u32,
+    initial: State,
+    reports: tokio::sync::mpsc::Sender<Report>,
+) {
+    let crate::config::HealthConfig {
+        failover: _,
+        interface,
+        targets,
+        require,
+        interval,
+        timeout,
+        fail_after,
+        recover_after,
+    } = config;
+    let mut tracker =
+        Tracker::new(fail_after, recover_after, !targets.is_empty()).starting(initial);
+    let send = |tracker: &Tracker, transition, results| Report {
+        state: tracker.state(),
+        transition,
+        results,
+    };
+    let mut monitor = None;
+    if let Some(iface) = &interface {
+        let link = crate::netlink::index(iface).and_then(|index| crate::netlink::link(index).ok());
+        let transition = match link {
+            Some(link) => tracker.link(link.up, iface),
+            None => tracker.link(false, &format!("{iface} (no such interface)")),
+        };
+        if reports
+            .send(send(&tracker, transition, None))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        match crate::netlink::LinkMonitor::new() {
+            Ok(watcher) => monitor = Some(watcher),
+            Err(error) => tracing::warn!("health: cannot watch {iface}'s link: {error}"),
+        }
+    }
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick(), if !targets.is_empty() => {
+                let results = round(&targets, mark, timeout).await;
+                let ok = match require {
+                    Require::Any => results.iter().any(|result| result.ok),
+                    Require::All => results.iter().all(|result| result.ok),
+                };
+                let detail = results
+                    .iter()
+                    .find(|result| !result.ok)
+                    .map(|result| {
+                        format!("{}: {}", result.target, result.error.as_deref().unwrap_or("failed"))
+                    })
+                    .unwrap_or_default();
+                let transition = tracker.round(ok, &detail);
+                if reports.send(send(&tracker, transition, Some(results))).await.is_err() {
+                    return;
+                }
+            }
+            links = next_links(monitor.as_mut()) => {
+                let Some(iface) = &interface else { continue };
+                let index = crate::netlink::index(iface);
+                let changed: Vec<bool> = match links {
+                    Ok(links) => links
+                        .iter()
+                        .filter(|link| Some(link.index) == index || index.is_none())
+                        .map(|link| link.up && index.is_some())
+                        .collect(),
+                    Err(error) => {
+                        tracing::warn!("health: reading link changes: {error}");
+                        monitor = None;
+                        continue;
+                    }
+                };
+                for up in changed {
+                    let transition = tracker.link(up, iface);
+                    if transition.is_some()
+                        && reports.send(send(&tracker, transition, None)).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The next link messages, or never when nothing is watched.
+async fn next_links(
+    monitor: Option<&mut crate::netlink::LinkMonitor>,
+) -> std::io::Result<Vec<crate::netlink::Link>> {
+    match monitor {
+        Some(monitor) => monitor.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Every target probed at once.
+async fn round(targets: &[Target], mark: u32, timeout: Duration) -> Vec<ProbeResult> {
+    let mut set = tokio::task::JoinSet::new();
+    for (n, target) in targets.iter().cloned().enumerate() {
+        set.spawn(async move { (n, probe(&target, mark, timeout).await, target) });
+    }
+    let mut results: Vec<(usize, ProbeResult)> = Vec::with_capacity(targets.len());
+    while let Some(joined) = set.join_next().await {
+        let Ok((n, outcome, target)) = joined else {
+            continue;
+        };
+        let (ok, rtt_us, error) = match outcome {
+            Ok(rtt) => (
+                true,
+                Some(u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX)),
+                None,
+            ),
+            Err(error) => (false, None, Some(error)),
+        };
+        results.push((
+            n,
+            ProbeResult {
+                target: target.to_string(),
+                ok,
+                rtt_us,
+                error,
+            },
+        ));
+    }
+    results.sort_by_key(|(n, _)| *n);
+    results.into_iter().map(|(_, result)| result).collect()
 }
 
 /// One probe's answer: how long it took, or why it failed.
@@ -258,7 +422,8 @@ fn echo(addr: IpAddr, mark: u32, timeout: Duration) -> Result<(), String> {
         IpAddr::V4(_) => (Domain::IPV4, Protocol::ICMPV4, 8u8, 0u8),
         IpAddr::V6(_) => (Domain::IPV6, Protocol::ICMPV6, 128, 129),
     };
-    let socket = Socket::new(domain, Type::RAW, Some(protocol)).map_err(|e| format!("socket: {e}"))?;
+    let socket =
+        Socket::new(domain, Type::RAW, Some(protocol)).map_err(|e| format!("socket: {e}"))?;
     socket.set_mark(mark).map_err(|e| format!("SO_MARK: {e}"))?;
     socket
         .set_read_timeout(Some(timeout))
@@ -307,7 +472,12 @@ fn echo(addr: IpAddr, mark: u32, timeout: Duration) -> Result<(), String> {
 fn internet_checksum(data: &[u8]) -> u16 {
     let mut sum: u32 = data
         .chunks(2)
-        .map(|pair| u32::from(u16::from_be_bytes([pair[0], pair.get(1).copied().unwrap_or(0)])))
+        .map(|pair| {
+            u32::from(u16::from_be_bytes([
+                pair[0],
+                pair.get(1).copied().unwrap_or(0),
+            ]))
+        })
         .sum();
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
@@ -359,7 +529,12 @@ async fn get(url: &reqwest::Url, mark: u32) -> Result<(), String> {
         .split_whitespace()
         .nth(1)
         .and_then(|code| code.parse().ok())
-        .ok_or_else(|| format!("not an HTTP answer: {:?}", head.chars().take(40).collect::<String>()))?;
+        .ok_or_else(|| {
+            format!(
+                "not an HTTP answer: {:?}",
+                head.chars().take(40).collect::<String>()
+            )
+        })?;
     if status >= 400 {
         return Err(format!("HTTP {status}"));
     }
@@ -418,7 +593,10 @@ mod tests {
             "icmp://2606:4700::1111".parse(),
             Ok(Target::Icmp("2606:4700::1111".parse().unwrap()))
         );
-        assert!(matches!("https://www.office.com/".parse(), Ok(Target::Http(_))));
+        assert!(matches!(
+            "https://www.office.com/".parse(),
+            Ok(Target::Http(_))
+        ));
         for (text, why) in [
             ("tcp://office.com:443", "not ADDRESS:PORT"),
             ("tcp://1.2.3.4", "not ADDRESS:PORT"),
@@ -428,9 +606,16 @@ mod tests {
         ] {
             let error = text.parse::<Target>().unwrap_err();
             assert!(error.contains(why), "{text}: {error}");
-            assert!(error.starts_with(&format!("health target {text:?}")), "{error}");
+            assert!(
+                error.starts_with(&format!("health target {text:?}")),
+                "{error}"
+            );
         }
-        for text in ["tcp://52.112.0.1:443", "icmp://1.1.1.1", "https://www.office.com/"] {
+        for text in [
+            "tcp://52.112.0.1:443",
+            "icmp://1.1.1.1",
+            "https://www.office.com/",
+        ] {
             assert_eq!(text.parse::<Target>().unwrap().to_string(), text);
         }
     }
@@ -440,16 +625,27 @@ mod tests {
         let mut tracker = Tracker::new(3, 5, true);
         assert_eq!(tracker.round(false, "x"), None);
         assert_eq!(tracker.round(false, "x"), None);
-        assert_eq!(tracker.round(true, ""), None, "a success resets the failures");
+        assert_eq!(
+            tracker.round(true, ""),
+            None,
+            "a success resets the failures"
+        );
         assert_eq!(tracker.round(false, "x"), None);
         assert_eq!(tracker.round(false, "x"), None);
         let down = tracker.round(false, "tcp://1.2.3.4:443: refused").unwrap();
         assert_eq!((down.from, down.to), (State::Up, State::Down));
-        assert!(down.reason.contains("3 failed probe rounds in a row (tcp://1.2.3.4:443"));
+        assert!(
+            down.reason
+                .contains("3 failed probe rounds in a row (tcp://1.2.3.4:443")
+        );
         for _ in 0..4 {
             assert_eq!(tracker.round(true, ""), None);
         }
-        assert_eq!(tracker.round(false, "x"), None, "a failure resets the successes");
+        assert_eq!(
+            tracker.round(false, "x"),
+            None,
+            "a failure resets the successes"
+        );
         for _ in 0..4 {
             assert_eq!(tracker.round(true, ""), None);
         }
@@ -461,8 +657,15 @@ mod tests {
     fn a_link_going_down_fails_over_at_once_and_up_needs_probes() {
         let mut tracker = Tracker::new(3, 2, true);
         let down = tracker.link(false, "wan0").unwrap();
-        assert_eq!((down.to, down.reason.as_str()), (State::Down, "wan0: link down"));
-        assert_eq!(tracker.link(true, "wan0"), None, "the probes decide the way back");
+        assert_eq!(
+            (down.to, down.reason.as_str()),
+            (State::Down, "wan0: link down")
+        );
+        assert_eq!(
+            tracker.link(true, "wan0"),
+            None,
+            "the probes decide the way back"
+        );
         assert_eq!(tracker.round(true, ""), None);
         assert_eq!(tracker.round(true, "").unwrap().to, State::Up);
         // Without probes the link decides alone.
@@ -478,6 +681,9 @@ mod tests {
     #[test]
     fn the_icmp_checksum_is_the_internet_checksum() {
         // RFC 1071's example: 0x0001 0xf203 0xf4f5 0xf6f7 sums to 0xddf2, complement 0x220d.
-        assert_eq!(internet_checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]), 0x220d);
+        assert_eq!(
+            internet_checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]),
+            0x220d
+        );
     }
 }

@@ -202,7 +202,7 @@ fn parse(message: &[u8]) -> io::Result<Link> {
         let code = i32::from_ne_bytes(code.to_ne_bytes());
         return Err(io::Error::from_raw_os_error(-code));
     }
-    if kind != libc::RTM_NEWLINK {
+    if kind != libc::RTM_NEWLINK && kind != libc::RTM_DELLINK {
         return Err(invalid("not a link message"));
     }
     // struct ifinfomsg { u8 family, u8 pad, u16 type, i32 index, u32 flags, u32 change }
@@ -239,7 +239,10 @@ fn parse(message: &[u8]) -> io::Result<Link> {
         == u32::try_from(libc::IFF_UP | libc::IFF_LOWER_UP).unwrap_or(0);
     Ok(Link {
         index,
-        up: carrier && matches!(operstate, IF_OPER_UP | IF_OPER_UNKNOWN),
+        // A deleted interface is as down as one can be.
+        up: kind == libc::RTM_NEWLINK
+            && carrier
+            && matches!(operstate, IF_OPER_UP | IF_OPER_UNKNOWN),
         xdp,
     })
 }

@@ -66,6 +66,22 @@ pub struct Status {
     pub last_error: Option<String>,
     pub consecutive_failures: u32,
     pub pid: u32,
+    /// The direct uplink's health, when the agent checks it.
+    #[serde(default)]
+    pub uplink: Option<Uplink>,
+}
+
+/// The direct uplink as the agent's health checks see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Uplink {
+    pub state: crate::health::State,
+    /// Seconds since the epoch of the last change, and why it changed.
+    pub since: Option<u64>,
+    pub reason: Option<String>,
+    /// Changes of state since the agent started.
+    pub transitions: u64,
+    /// The last probe round, one result per target.
+    pub targets: Vec<crate::health::ProbeResult>,
 }
 
 /// Plain structs of strings and integers always serialize.

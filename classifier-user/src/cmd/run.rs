@@ -12,6 +12,7 @@ use aya_log::EbpfLogger;
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
+    sync::mpsc,
     time::{Instant, sleep_until},
 };
 use tracing::{info, warn};
@@ -20,8 +21,9 @@ use crate::{
     EBPF_OBJECT,
     agent::{Agent, Fetch, RefreshError, Refreshed, Start, backoff, jittered},
     cli::{GlobalArgs, RunArgs},
-    config::{Config, RestartOnly},
+    config::{Config, HealthConfig, RestartOnly},
     datapath::{self, Datapath, PinLock},
+    health,
     state::State,
 };
 
@@ -80,44 +82,7 @@ async fn daemon(global: &GlobalArgs, args: &RunArgs, config: Config) -> anyhow::
     let mut agent = agent.locking(&config.pin_dir);
     let started = config.restart_only();
 
-    let mut hangup = signal(SignalKind::hangup())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut next_poll = Instant::now();
-    loop {
-        tokio::select! {
-            () = sleep_until(next_poll) => {}
-            _ = hangup.recv() => {
-                reload(global, args, &mut agent, &started);
-                continue;
-            }
-            _ = terminate.recv() => break,
-            _ = interrupt.recv() => break,
-        }
-        // The fetch owns what it needs, so a signal drops it mid-request: a slow or stalled
-        // feed server never delays a reload or an exit.
-        agent.reconcile();
-        let fetcher = agent.fetcher(false);
-        let outcome = tokio::select! {
-            outcome = fetcher.run() => outcome,
-            _ = hangup.recv() => {
-                info!("SIGHUP: cancelled the feed request in flight");
-                reload(global, args, &mut agent, &started);
-                next_poll = Instant::now();
-                continue;
-            }
-            _ = terminate.recv() => {
-                info!("cancelled the feed request in flight");
-                break;
-            }
-            _ = interrupt.recv() => {
-                info!("cancelled the feed request in flight");
-                break;
-            }
-        };
-        let wait = finish_poll(&mut agent, outcome);
-        next_poll = Instant::now() + wait;
-    }
+    serve(global, args, &mut agent, &started).await?;
     if let Some(logs) = logs {
         logs.abort();
     }
@@ -133,6 +98,129 @@ async fn daemon(global: &GlobalArgs, args: &RunArgs, config: Config) -> anyhow::
         info!("exiting; the data plane stays attached and keeps classifying");
     }
     Ok(())
+}
+
+/// Polls the feed and takes health reports until SIGTERM or SIGINT; SIGHUP reloads.
+async fn serve(
+    global: &GlobalArgs,
+    args: &RunArgs,
+    agent: &mut Agent,
+    started: &RestartOnly,
+) -> anyhow::Result<()> {
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut health = Health::spawn(agent);
+    let mut next_poll = Instant::now();
+    'daemon: loop {
+        tokio::select! {
+            () = sleep_until(next_poll) => {}
+            Some(report) = health.next() => {
+                take_report(agent, report);
+                continue;
+            }
+            _ = hangup.recv() => {
+                reload(global, args, agent, started);
+                health.follow(agent);
+                continue;
+            }
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        }
+        // The fetch owns what it needs, so a signal drops it mid-request: a slow or stalled
+        // feed server never delays a reload or an exit. Health reports are taken meanwhile:
+        // a failover never waits for the feed.
+        agent.reconcile();
+        let fetch = agent.fetcher(false).run();
+        tokio::pin!(fetch);
+        let outcome = loop {
+            tokio::select! {
+                outcome = &mut fetch => break outcome,
+                Some(report) = health.next() => take_report(agent, report),
+                _ = hangup.recv() => {
+                    info!("SIGHUP: cancelled the feed request in flight");
+                    reload(global, args, agent, started);
+                    health.follow(agent);
+                    next_poll = Instant::now();
+                    continue 'daemon;
+                }
+                _ = terminate.recv() => {
+                    info!("cancelled the feed request in flight");
+                    break 'daemon;
+                }
+                _ = interrupt.recv() => {
+                    info!("cancelled the feed request in flight");
+                    break 'daemon;
+                }
+            }
+        };
+        let wait = finish_poll(agent, outcome);
+        next_poll = Instant::now() + wait;
+    }
+    drop(health);
+    Ok(())
+}
+
+/// The health checks of the direct uplink, run as a task of their own that reports to the
+/// daemon loop; restarted when a reload changes them.
+struct Health {
+    config: HealthConfig,
+    mark: u32,
+    task: Option<tokio::task::JoinHandle<()>>,
+    reports: Option<mpsc::Receiver<health::Report>>,
+}
+
+impl Health {
+    fn spawn(agent: &Agent) -> Self {
+        let config = agent.config().health.clone();
+        let mark = agent.config().policy.mark.value;
+        let (task, reports) = if config.checks() {
+            let (sender, reports) = mpsc::channel(16);
+            let task = tokio::spawn(health::watch(
+                config.clone(),
+                mark,
+                agent.uplink_state(),
+                sender,
+            ));
+            (Some(task), Some(reports))
+        } else {
+            (None, None)
+        };
+        Self {
+            config,
+            mark,
+            task,
+            reports,
+        }
+    }
+
+    /// Restarts the checks when the agent's configuration of them changed.
+    fn follow(&mut self, agent: &Agent) {
+        if agent.config().health != self.config || agent.config().policy.mark.value != self.mark {
+            *self = Self::spawn(agent);
+        }
+    }
+
+    async fn next(&mut self) -> Option<health::Report> {
+        match &mut self.reports {
+            Some(reports) => reports.recv().await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+impl Drop for Health {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+fn take_report(agent: &mut Agent, report: health::Report) {
+    if let Err(error) = agent.health(report) {
+        warn!("health: {:#}", anyhow::Error::from(error));
+    }
 }
 
 /// Applies what a poll fetched and records the outcome; returns the wait before the next.

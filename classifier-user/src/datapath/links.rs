@@ -206,7 +206,9 @@ pub struct AttachedXdp {
 /// (`RTM_GETLINK`, `IFLA_XDP`); `None` when there is none or the interface does not exist.
 #[must_use]
 pub fn attached_xdp(iface: &str) -> Option<AttachedXdp> {
-    let (attached, id) = crate::netlink::link(crate::netlink::index(iface)?).ok()?.xdp?;
+    let (attached, id) = crate::netlink::link(crate::netlink::index(iface)?)
+        .ok()?
+        .xdp?;
     let mode = match attached {
         1 => "native",
         2 => "skb",
