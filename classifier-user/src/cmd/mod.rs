@@ -1,4 +1,9 @@
 //! One module per verb; each has `run(global, args)`.
+//!
+//! A command that prints a result builds it once as a typed value (`Report`, `Answer`, ...,
+//! `#[derive(Serialize)]` in its module, with a doc comment per field: those docs are the
+//! stable `--json` schema), then serializes that value for `--json` or renders its text from
+//! the same value.
 
 pub mod attach;
 pub mod classify;
@@ -14,6 +19,7 @@ pub mod sync;
 use std::io::Write as _;
 
 use clap::CommandFactory as _;
+use serde::Serialize;
 
 use crate::cli::{Cli, Command};
 
@@ -47,4 +53,71 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 /// Opens the pinned maps with a hint when there are none.
 pub fn pinned_maps(global: &crate::cli::GlobalArgs) -> anyhow::Result<crate::datapath::Maps> {
     Ok(crate::datapath::Maps::from_pins(&global.pin_dir())?)
+}
+
+/// The mark direct packets get, `VALUE/MASK` in hex (`0x365/0xffff`).
+#[must_use]
+pub fn mark(config: &classifier_common::Config) -> String {
+    format!("{:#x}/{:#x}", config.mark, config.mark_mask)
+}
+
+/// `-` for a value the text output has not got.
+fn or_dash(value: Option<impl std::fmt::Display>) -> String {
+    value.map_or_else(|| "-".to_owned(), |value| value.to_string())
+}
+
+/// One JSON document, indented, and a newline.
+fn write_json(out: &mut impl std::io::Write, value: &impl Serialize) -> anyhow::Result<()> {
+    serde_json::to_writer_pretty(&mut *out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod schema_docs {
+    use serde_json::Value;
+
+    /// The `//!` lines of a module's source.
+    pub fn module_doc(source: &str) -> String {
+        source
+            .lines()
+            .filter_map(|line| line.strip_prefix("//!"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// Every field name of `sample`'s JSON, at any depth, is written `"name"` in `doc`: a
+    /// field added to an output type is documented where operators read.
+    pub fn assert_documented_in(sample: &impl serde::Serialize, doc: &str) {
+        fn names(value: &Value, into: &mut Vec<String>) {
+            match value {
+                Value::Object(map) => {
+                    for (name, value) in map {
+                        into.push(name.clone());
+                        names(value, into);
+                    }
+                }
+                Value::Array(items) => {
+                    for item in items {
+                        names(item, into);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut fields = Vec::new();
+        names(
+            &serde_json::to_value(sample).expect("serializes"),
+            &mut fields,
+        );
+        assert!(!fields.is_empty(), "a sample with fields");
+        // Line breaks and the README's indentation may fall anywhere.
+        let doc = doc.split_whitespace().collect::<Vec<_>>().join(" ");
+        for field in &fields {
+            assert!(
+                doc.contains(&format!("\"{field}\"")),
+                "field {field:?} is not documented in:\n{doc}"
+            );
+        }
+    }
 }
