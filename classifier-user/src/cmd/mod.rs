@@ -73,9 +73,25 @@ fn write_json(out: &mut impl std::io::Write, value: &impl Serialize) -> anyhow::
     Ok(())
 }
 
+/// One JSON object on one line, for commands that stream a line per answer.
+fn write_json_line(out: &mut impl std::io::Write, value: &impl Serialize) -> anyhow::Result<()> {
+    serde_json::to_writer(&mut *out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod schema_docs {
     use serde_json::Value;
+
+    /// The README's "Command line" section.
+    pub fn readme_section() -> &'static str {
+        include_str!("../../../README.md")
+            .split("## Command line")
+            .nth(1)
+            .and_then(|section| section.split("\n## ").next())
+            .expect("the README has a Command line section")
+    }
 
     /// The `//!` lines of a module's source.
     pub fn module_doc(source: &str) -> String {
