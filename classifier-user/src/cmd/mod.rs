@@ -21,7 +21,10 @@ use std::io::Write as _;
 use clap::CommandFactory as _;
 use serde::Serialize;
 
-use crate::cli::{Cli, Command};
+use crate::{
+    cli::{Cli, Command},
+    datapath::ApplyReport,
+};
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let Cli { global, command } = cli;
@@ -53,6 +56,36 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 /// Opens the pinned maps with a hint when there are none.
 pub fn pinned_maps(global: &crate::cli::GlobalArgs) -> anyhow::Result<crate::datapath::Maps> {
     Ok(crate::datapath::Maps::from_pins(&global.pin_dir())?)
+}
+
+/// What applying a feed changed in the tries (`attach`, `sync`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Changes {
+    /// Prefixes that were not installed.
+    pub added: usize,
+    /// Installed prefixes whose rules (category, endpoint set, ports) changed.
+    pub changed: usize,
+    /// Installed prefixes the feed no longer has.
+    pub removed: usize,
+    /// Installed prefixes left as they were.
+    pub unchanged: usize,
+}
+
+impl From<ApplyReport> for Changes {
+    fn from(report: ApplyReport) -> Self {
+        let ApplyReport {
+            added,
+            changed,
+            removed,
+            unchanged,
+        } = report;
+        Self {
+            added,
+            changed,
+            removed,
+            unchanged,
+        }
+    }
 }
 
 /// The mark direct packets get, `VALUE/MASK` in hex (`0x365/0xffff`).
