@@ -39,7 +39,8 @@ pub struct Prefixes {
     pub ipv4: usize,
     /// IPv6 prefixes the tries hold.
     pub ipv6: usize,
-    /// What installing the feed changed; all `unchanged` when the prefixes were kept.
+    /// What installing the feed changed, flattened into the object: `added`, `changed`,
+    /// `removed`, and `unchanged` (all of them when the prefixes were kept).
     #[serde(flatten)]
     pub changes: Changes,
 }

@@ -70,6 +70,7 @@ pub struct SetRow<'a> {
     pub service_area: &'a str,
     /// Its category, as in `categories`.
     pub category: &'a str,
+    /// Its `packets` and `bytes` (flattened into the row).
     #[serde(flatten)]
     pub traffic: Traffic,
 }

@@ -79,6 +79,7 @@ pub struct Link {
 /// The XDP link, and the mode the kernel runs it in.
 #[derive(Debug, Serialize)]
 pub struct XdpLink {
+    /// `link_id`, `program_id` and `program_name` (flattened into the object).
     #[serde(flatten)]
     pub link: Link,
     /// How the kernel runs the interface's XDP program (its `XDP_ATTACHED_*`): `native`,

@@ -61,6 +61,7 @@ pub struct Plan {
     pub version: String,
     /// Where the feed comes from: the endpoints URL, or the file's path.
     pub source: String,
+    /// `added`, `changed`, `removed` and `unchanged` (flattened into the object).
     #[serde(flatten)]
     pub diff: Diff,
     /// Why the gate (shrink and churn limits) would refuse the feed; null when it would
