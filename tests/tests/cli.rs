@@ -1,7 +1,8 @@
 //! Every operator command run for real against programs attached in a throwaway namespace:
 //! `lookup` agrees with the data plane's own verdict, `classify --pcap` decides a capture,
-//! `sync --dry-run` changes nothing, and bad arguments fail clearly. Also the CLI contract:
-//! the README documents exactly the commands `--help` lists.
+//! `sync --dry-run` changes nothing, the `--json` forms say what was done, and bad arguments
+//! fail clearly. Also the CLI contract: the README documents exactly the commands `--help`
+//! lists.
 
 use std::{
     collections::BTreeSet,
@@ -13,7 +14,9 @@ use std::{
 use classifier_user::{datapath::Maps, pcap};
 use serde_json::Value;
 use tests::{
-    PinDir, ip,
+    FEED_2026043000, PinDir,
+    http::{FeedServer, Reply},
+    ip,
     netns::{Netns, ifindex, send_frames},
     packet::{ETH_P_8021Q, L4, Spec, non_ip},
     xdp_breakout,
@@ -252,7 +255,17 @@ fn operator_commands_against_an_attached_data_plane() {
     ];
     let run = |args: &[&str]| cli(Some(&netns), &[&global[..], args].concat());
 
-    ok(&run(&["attach", "lan1"]));
+    let attached: Value = serde_json::from_str(&ok(&run(&["--json", "attach", "lan1"]))).unwrap();
+    assert_eq!(
+        attached["prefixes"]["installed"], "embedded snapshot 2026043000",
+        "{attached}"
+    );
+    assert_eq!(attached["prefixes"]["added"], 93, "{attached}");
+    assert_eq!(attached["interfaces"][0]["name"], "lan1", "{attached}");
+    assert_eq!(
+        attached["interfaces"][0]["mark"], "0x365/0xffff",
+        "{attached}"
+    );
 
     // lookup answers what the XDP program decides for the same packets.
     let mut answers = Vec::new();
@@ -495,6 +508,27 @@ fn operator_commands_against_an_attached_data_plane() {
         ok(&run(&["sync", "--feed-file", feed_2020])).contains("75 added, 60 changed, 13 removed")
     );
     assert_eq!(maps.installed().unwrap().len(), 155);
+    // From the service (on the host's loopback: sync needs only the pins), then once more.
+    let server = FeedServer::start();
+    server.set("/version/Worldwide", Reply::version("2026043000"));
+    server.set("/endpoints/Worldwide", Reply::json(FEED_2026043000));
+    let url = server.url();
+    let from_service = [
+        &global[..],
+        &["--json", "sync", "--allow-http", "--feed-url", &url],
+    ]
+    .concat();
+    let synced: Value = serde_json::from_str(&ok(&cli(None, &from_service))).unwrap();
+    assert_eq!(synced["version"], "2026043000", "{synced}");
+    assert_eq!(
+        synced["source"],
+        format!("{url}/endpoints/Worldwide"),
+        "{synced}"
+    );
+    assert_eq!(synced["report"]["removed"], 75, "{synced}");
+    let again: Value = serde_json::from_str(&ok(&cli(None, &from_service))).unwrap();
+    assert_eq!(again["report"], "unchanged", "{again}");
+    assert_eq!(maps.installed().unwrap().len(), 93);
 
     // Attach refuses to replace another XDP program and names it.
     let other = PinDir::new("cli-other");
@@ -513,6 +547,7 @@ fn operator_commands_against_an_attached_data_plane() {
         "try --mode skb",
     );
 
-    ok(&run(&["detach", "lan1"]));
+    let detached: Value = serde_json::from_str(&ok(&run(&["--json", "detach", "lan1"]))).unwrap();
+    assert_eq!(detached["detached"], serde_json::json!(["lan1"]));
     let _ = std::fs::remove_dir_all(&state);
 }

@@ -1,18 +1,60 @@
 //! `xdp-breakout attach IFACE...`
-
-use std::io::Write as _;
+//!
+//! JSON (stable): one document, [`Report`], once every interface is attached: `{"prefixes":
+//! {"installed" (the feed this command installed, or null when it kept the installed
+//! prefixes), "ipv4", "ipv6", "added", "changed", "removed", "unchanged"}, "interfaces":
+//! [{"name", "mark", "strict_ports"}]}`.
 
 use anyhow::Context as _;
 use classifier_common::{Config, flags};
+use serde::Serialize;
 
 use crate::{
     EBPF_OBJECT, EMBEDDED_FEED, EMBEDDED_FEED_VERSION,
     cli::{AttachArgs, GlobalArgs},
-    compile::compile,
-    datapath::{DEFAULT_POLICY, Datapath, PinLock},
+    compile::{Compiled, compile},
+    datapath::{DEFAULT_POLICY, Datapath, Maps, PinLock},
     feed::Feed,
     gate::{self, PrefixLimits},
 };
+
+use super::Changes;
+
+/// What `attach` did.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// What the tries hold now.
+    pub prefixes: Prefixes,
+    /// The interfaces attached, in the order given.
+    pub interfaces: Vec<Attached>,
+}
+
+/// The tries after `attach`.
+#[derive(Debug, Serialize)]
+pub struct Prefixes {
+    /// The feed this command installed: the `--feed-file` path, or `embedded snapshot
+    /// VERSION` for empty tries; null when it kept the prefixes already installed.
+    pub installed: Option<String>,
+    /// IPv4 prefixes the tries hold.
+    pub ipv4: usize,
+    /// IPv6 prefixes the tries hold.
+    pub ipv6: usize,
+    /// What installing the feed changed, flattened into the object: `added`, `changed`,
+    /// `removed`, and `unchanged` (all of them when the prefixes were kept).
+    #[serde(flatten)]
+    pub changes: Changes,
+}
+
+/// An interface the programs are attached to.
+#[derive(Debug, Serialize)]
+pub struct Attached {
+    /// Its name.
+    pub name: String,
+    /// The mark its direct packets get, `VALUE/MASK` in hex (`0x365/0xffff`).
+    pub mark: String,
+    /// Whether a packet whose port matches no rule of its prefix goes to the tunnel.
+    pub strict_ports: bool,
+}
 
 fn ifindex(iface: &str) -> Option<u32> {
     let name = std::ffi::CString::new(iface).ok()?;
@@ -77,29 +119,144 @@ pub fn run(global: &GlobalArgs, args: &AttachArgs) -> anyhow::Result<()> {
         )),
         None => None,
     };
+    let prefixes = fill(&mut maps, &installed, source)?;
+    // The text says each step as it is done; JSON is one document at the end.
     let mut out = std::io::stdout().lock();
-    if let Some((feed, source)) = source {
-        let compiled = compile(&feed).with_context(|| format!("compiling {source}"))?;
-        let report = maps.apply(&compiled)?;
-        writeln!(out, "installed {source}: {}", report.describe(&compiled))?;
-    } else {
-        writeln!(out, "kept the {} installed prefixes", installed.len())?;
+    if !global.json {
+        prefixes.write_text(&mut out)?;
     }
-
     let mode = (*mode).into();
+    let mut interfaces = Vec::with_capacity(ifaces.len());
     for iface in ifaces {
         datapath.attach(iface, mode)?;
-        writeln!(
-            out,
-            "attached to {iface}: mark {:#x}/{:#x}{}",
-            config.mark,
-            config.mark_mask,
-            if config.flags & flags::STRICT_PORTS != 0 {
-                ", strict ports"
-            } else {
-                ""
-            }
+        let attached = Attached {
+            name: iface.clone(),
+            mark: super::mark(&config),
+            strict_ports: config.flags & flags::STRICT_PORTS != 0,
+        };
+        if !global.json {
+            attached.write_text(&mut out)?;
+        }
+        interfaces.push(attached);
+    }
+    if global.json {
+        super::write_json(
+            &mut out,
+            &Report {
+                prefixes,
+                interfaces,
+            },
         )?;
     }
     Ok(())
+}
+
+/// Installs the feed of `source` when there is one, else keeps the `installed` prefixes.
+fn fill(
+    maps: &mut Maps,
+    installed: &Compiled,
+    source: Option<(Feed, String)>,
+) -> anyhow::Result<Prefixes> {
+    let Some((feed, source)) = source else {
+        return Ok(Prefixes {
+            installed: None,
+            ipv4: installed.v4.len(),
+            ipv6: installed.v6.len(),
+            changes: Changes {
+                added: 0,
+                changed: 0,
+                removed: 0,
+                unchanged: installed.len(),
+            },
+        });
+    };
+    let compiled = compile(&feed).with_context(|| format!("compiling {source}"))?;
+    let report = maps.apply(&compiled)?;
+    Ok(Prefixes {
+        installed: Some(source),
+        ipv4: compiled.v4.len(),
+        ipv6: compiled.v6.len(),
+        changes: report.into(),
+    })
+}
+
+impl Prefixes {
+    fn write_text(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        let Self {
+            installed,
+            ipv4,
+            ipv6,
+            changes:
+                Changes {
+                    added,
+                    changed,
+                    removed,
+                    unchanged: _,
+                },
+        } = self;
+        match installed {
+            Some(source) => writeln!(
+                out,
+                "installed {source}: {ipv4} IPv4 and {ipv6} IPv6 prefixes ({added} added, {changed} changed, {removed} removed)"
+            ),
+            None => writeln!(out, "kept the {} installed prefixes", ipv4 + ipv6),
+        }
+    }
+}
+
+impl Attached {
+    fn write_text(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        let Self {
+            name,
+            mark,
+            strict_ports,
+        } = self;
+        writeln!(
+            out,
+            "attached to {name}: mark {mark}{}",
+            if *strict_ports { ", strict ports" } else { "" }
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cmd::schema_docs::{assert_documented_in, module_doc, readme_section};
+
+    #[test]
+    fn every_field_is_documented() {
+        let report = Report {
+            prefixes: Prefixes {
+                installed: Some("embedded snapshot 2026043000".into()),
+                ipv4: 34,
+                ipv6: 59,
+                changes: Changes {
+                    added: 93,
+                    changed: 0,
+                    removed: 0,
+                    unchanged: 0,
+                },
+            },
+            interfaces: vec![Attached {
+                name: "lan0".into(),
+                mark: "0x365/0xffff".into(),
+                strict_ports: true,
+            }],
+        };
+        for doc in [
+            module_doc(include_str!("attach.rs")).as_str(),
+            readme_section(),
+        ] {
+            assert_documented_in(&report, doc);
+        }
+        let mut text = Vec::new();
+        report.prefixes.write_text(&mut text).unwrap();
+        report.interfaces[0].write_text(&mut text).unwrap();
+        assert_eq!(
+            String::from_utf8(text).unwrap(),
+            "installed embedded snapshot 2026043000: 34 IPv4 and 59 IPv6 prefixes (93 added, 0 changed, 0 removed)\n\
+             attached to lan0: mark 0x365/0xffff, strict ports\n"
+        );
+    }
 }

@@ -2,16 +2,16 @@
 //! with BPF_PROG_TEST_RUN, against the live tries, policy and config (its counters are a
 //! private copy: test packets do not show in `stats`).
 //!
-//! JSON (stable): one object per packet and line, `{"index", "length", "action", "reason",
-//! "category", "endpoint_set"}`, then `{"summary": {"packets", "direct", "tunnel",
-//! "reasons": {NAME: N}}}`.
+//! JSON (stable): one object per packet and line, [`Verdict`]: `{"index", "length", "action",
+//! "reason", "category", "endpoint_set"}`, then a last line [`Summary`]: `{"summary":
+//! {"packets", "direct", "tunnel", "reasons": {NAME: N}}}`.
 
 use std::{collections::BTreeMap, io::Write as _};
 
 use anyhow::Context as _;
 use aya::programs::{TestRun as _, TestRunOptions};
 use classifier_common::{XDP_META_MAGIC, action, category, stat};
-use serde_json::json;
+use serde::Serialize;
 
 use crate::{
     EBPF_OBJECT,
@@ -25,6 +25,57 @@ use crate::{
 /// depends only on the headers, so longer frames are cut.
 const MAX_TEST_FRAME: usize = 3000;
 const ETH_HLEN: usize = 14;
+
+/// What the XDP program decided for one packet.
+#[derive(Debug, Serialize)]
+pub struct Verdict {
+    /// The packet's position in the capture, from 0.
+    pub index: usize,
+    /// Its captured length in bytes (the program ran on at most the first 3000).
+    pub length: usize,
+    /// `direct` or `tunnel`.
+    pub action: &'static str,
+    /// Why, as a counter of the README's table counts it (`match_port`, `no_match`,
+    /// `fragment`, `not_ip`, `malformed`, ...).
+    pub reason: &'static str,
+    /// `Optimize`, `Allow` or `Default`; null when no prefix, or an excluded one, holds the
+    /// destination (or the packet has none).
+    pub category: Option<&'static str>,
+    /// The endpoint set that decided; null for none or an operator's prefix.
+    pub endpoint_set: Option<u16>,
+}
+
+/// The last line: totals over the capture.
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    /// The totals.
+    pub summary: Totals,
+}
+
+/// Totals over the capture.
+#[derive(Debug, Default, Serialize)]
+pub struct Totals {
+    /// Packets in the capture.
+    pub packets: usize,
+    /// Packets the program sent direct.
+    pub direct: u64,
+    /// Packets left to the tunnel.
+    pub tunnel: u64,
+    /// Packets per reason, by the reason's name.
+    pub reasons: BTreeMap<&'static str, u64>,
+}
+
+impl Totals {
+    fn count(&mut self, direct: bool, reason: &'static str) {
+        self.packets += 1;
+        if direct {
+            self.direct += 1;
+        } else {
+            self.tunnel += 1;
+        }
+        *self.reasons.entry(reason).or_default() += 1;
+    }
+}
 
 pub fn run(global: &GlobalArgs, args: &ClassifyArgs) -> anyhow::Result<()> {
     let data = std::fs::read(&args.pcap)
@@ -42,8 +93,7 @@ pub fn run(global: &GlobalArgs, args: &ClassifyArgs) -> anyhow::Result<()> {
             "PACKET", "BYTES", "ACTION", "REASON", "CATEGORY"
         )?;
     }
-    let mut reasons: BTreeMap<&str, u64> = BTreeMap::new();
-    let (mut direct, mut tunnel) = (0u64, 0u64);
+    let mut totals = Totals::default();
     let mut buffer = vec![0u8; MAX_TEST_FRAME + 64];
     for (index, packet) in packets.iter().enumerate() {
         let (act, reason, cat, set) = if packet.len() < ETH_HLEN {
@@ -72,59 +122,103 @@ pub fn run(global: &GlobalArgs, args: &ClassifyArgs) -> anyhow::Result<()> {
                 u16::from_ne_bytes([meta[6], meta[7]]),
             )
         };
-        if act == action::DIRECT {
-            direct += 1;
-        } else {
-            tunnel += 1;
-        }
-        *reasons.entry(reason_name(reason)).or_default() += 1;
+        let verdict = Verdict {
+            index,
+            length: packet.len(),
+            action: action::name(act),
+            reason: reason_name(reason),
+            category: category::name(cat),
+            endpoint_set: (set != 0).then_some(set),
+        };
+        totals.count(act == action::DIRECT, verdict.reason);
         if global.json {
-            serde_json::to_writer(
-                &mut out,
-                &json!({
-                    "index": index,
-                    "length": packet.len(),
-                    "action": action::name(act),
-                    "reason": reason_name(reason),
-                    "category": category::name(cat),
-                    "endpoint_set": (set != 0).then_some(set),
-                }),
-            )?;
-            writeln!(out)?;
+            super::write_json_line(&mut out, &verdict)?;
         } else {
-            writeln!(
-                out,
-                "{index:>7} {:>6} {:<7} {:<12} {:<9} {}",
-                packet.len(),
-                action::name(act),
-                reason_name(reason),
-                category::name(cat).unwrap_or("-"),
-                if set == 0 {
-                    "-".to_owned()
-                } else {
-                    set.to_string()
-                }
-            )?;
+            verdict.write_row(&mut out)?;
         }
     }
-    let total = packets.len();
     if global.json {
-        serde_json::to_writer(
-            &mut out,
-            &json!({"summary": {"packets": total, "direct": direct, "tunnel": tunnel, "reasons": reasons}}),
-        )?;
-        writeln!(out)?;
+        super::write_json_line(&mut out, &Summary { summary: totals })?;
     } else {
+        totals.write_text(&mut out)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+impl Verdict {
+    fn write_row(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        let Self {
+            index,
+            length,
+            action,
+            reason,
+            category,
+            endpoint_set,
+        } = self;
+        writeln!(
+            out,
+            "{index:>7} {length:>6} {action:<7} {reason:<12} {:<9} {}",
+            category.unwrap_or("-"),
+            super::or_dash(*endpoint_set)
+        )
+    }
+}
+
+impl Totals {
+    fn write_text(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        let Self {
+            packets,
+            direct,
+            tunnel,
+            reasons,
+        } = self;
         let reasons: Vec<String> = reasons
             .iter()
             .map(|(name, n)| format!("{name} {n}"))
             .collect();
         writeln!(
             out,
-            "\n{total} packets: {direct} direct, {tunnel} tunnel ({})",
+            "\n{packets} packets: {direct} direct, {tunnel} tunnel ({})",
             reasons.join(", ")
-        )?;
+        )
     }
-    out.flush()?;
-    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cmd::schema_docs::{assert_documented_in, module_doc, readme_section};
+
+    #[test]
+    fn every_field_is_documented() {
+        let verdict = Verdict {
+            index: 0,
+            length: 60,
+            action: "direct",
+            reason: "match_port",
+            category: Some("Optimize"),
+            endpoint_set: Some(11),
+        };
+        let mut summary = Summary {
+            summary: Totals::default(),
+        };
+        summary.summary.count(true, verdict.reason);
+        assert_eq!((summary.summary.packets, summary.summary.direct), (1, 1));
+        let mut text = Vec::new();
+        summary.summary.write_text(&mut text).unwrap();
+        assert_eq!(
+            String::from_utf8(text).unwrap(),
+            "\n1 packets: 1 direct, 0 tunnel (match_port 1)\n"
+        );
+        // Reason names are values, not fields.
+        summary.summary.reasons.clear();
+        for doc in [
+            module_doc(include_str!("classify.rs")).as_str(),
+            readme_section(),
+        ] {
+            assert_documented_in(&verdict, doc);
+            assert_documented_in(&summary, doc);
+        }
+    }
 }

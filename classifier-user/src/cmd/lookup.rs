@@ -1,11 +1,12 @@
 //! `xdp-breakout lookup ADDRESS... [--proto tcp|udp --port N]`, or `lookup -` for lines
 //! `ADDRESS [tcp|udp PORT]` on stdin.
 //!
-//! JSON (stable): one object per query and line: `{"address", "proto" ("tcp", "udp" or null),
-//! "port", "prefix" (or null), "endpoint_sets" (ids of the feed's sets whose prefixes hold
-//! the address), "decided_by" (the set whose rule or category decided, or null),
-//! "service_area", "category" ("Optimize", "Allow", "Default" or null), "reason", "action"
-//! ("direct" or "tunnel"), "mark" (the mark a direct packet gets, or null)}`.
+//! JSON (stable): one object per query and line, [`Answer`]: `{"address", "proto" ("tcp",
+//! "udp" or null), "port", "prefix" (or null), "endpoint_sets" (ids of the feed's sets whose
+//! prefixes hold the address), "decided_by" (the set whose rule or category decided, or
+//! null), "service_area", "category" ("Optimize", "Allow", "Default" or null), "reason",
+//! "action" ("direct" or "tunnel"), "mark" (the mark a direct packet gets, or null)}`. With
+//! `lookup -`, a line that is no question gets [`BadLine`] in its place: `{"line", "error"}`.
 
 use std::{
     io::{self, BufRead, Write as _},
@@ -14,8 +15,10 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use classifier_common::{action, category, proto};
-use serde_json::{Value, json};
+use ipnet::IpNet;
+use serde::Serialize;
 
+use super::or_dash;
 use crate::{
     cli::{GlobalArgs, LookupArgs, Proto},
     explain::{Catalog, Oracle, reason_name},
@@ -144,12 +147,10 @@ pub fn run(global: &GlobalArgs, args: &LookupArgs) -> anyhow::Result<()> {
         |query: &Query, out: &mut io::BufWriter<io::StdoutLock<'_>>| -> anyhow::Result<()> {
             let answer = explain(&oracle, &catalog, query)?;
             if global.json {
-                serde_json::to_writer(&mut *out, &answer)?;
-                writeln!(out)?;
+                super::write_json_line(out, &answer)
             } else {
-                print_row(out, &answer)?;
+                Ok(answer.write_row(out)?)
             }
-            Ok(())
         };
     if !from_stdin {
         for query in &queries {
@@ -188,15 +189,15 @@ pub fn run(global: &GlobalArgs, args: &LookupArgs) -> anyhow::Result<()> {
             Ok(query) => answer(&query, &mut out)?,
             Err(error) => {
                 bad += 1;
+                let bad_line = BadLine {
+                    line: number,
+                    error: format!("{error:#}"),
+                };
                 if global.json {
-                    serde_json::to_writer(
-                        &mut out,
-                        &json!({"line": number, "error": format!("{error:#}")}),
-                    )?;
-                    writeln!(out)?;
+                    super::write_json_line(&mut out, &bad_line)?;
                 } else {
                     out.flush()?;
-                    eprintln!("stdin line {number}: {error:#}");
+                    eprintln!("{bad_line}");
                 }
             }
         }
@@ -208,73 +209,127 @@ pub fn run(global: &GlobalArgs, args: &LookupArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn explain(oracle: &Oracle<'_>, catalog: &Catalog, query: &Query) -> anyhow::Result<Value> {
+/// What the data plane decides for one question, and why.
+#[derive(Debug, Serialize)]
+pub struct Answer<'a> {
+    /// The address asked about.
+    pub address: IpAddr,
+    /// `tcp` or `udp`; null for a packet without ports.
+    pub proto: Option<&'static str>,
+    /// The destination port; null for a packet without ports.
+    pub port: Option<u16>,
+    /// The longest installed prefix that holds the address; null when none does.
+    pub prefix: Option<IpNet>,
+    /// Ids of the feed's endpoint sets whose prefixes hold the address; without a feed the
+    /// maps are known to hold, the sets the matching entry names.
+    pub endpoint_sets: Vec<u16>,
+    /// The set whose port rule or category decided (0 for an operator's prefix); null when
+    /// no prefix, or an excluded one, holds the address.
+    pub decided_by: Option<u16>,
+    /// That set's service area (`operator`; `unknown` when no feed the maps hold names it);
+    /// null with `decided_by`.
+    pub service_area: Option<&'a str>,
+    /// `Optimize`, `Allow` or `Default`; null when no prefix, or an excluded one, holds the
+    /// address.
+    pub category: Option<&'static str>,
+    /// Why, as a counter of the README's table counts it: `match_port`, `match_addr`,
+    /// `strict_miss` or `no_match`.
+    pub reason: &'static str,
+    /// `direct` or `tunnel`.
+    pub action: &'static str,
+    /// The mark a direct packet gets, `VALUE/MASK` in hex; null for the tunnel.
+    pub mark: Option<String>,
+}
+
+/// A line of `lookup -` that is no question.
+#[derive(Debug, Serialize)]
+pub struct BadLine {
+    /// Its number on stdin, from 1.
+    pub line: u64,
+    /// What is wrong with it, with the line quoted (cut to 80 characters).
+    pub error: String,
+}
+
+impl std::fmt::Display for BadLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "stdin line {}: {}", self.line, self.error)
+    }
+}
+
+fn explain<'a>(
+    oracle: &Oracle<'_>,
+    catalog: &'a Catalog,
+    query: &Query,
+) -> anyhow::Result<Answer<'a>> {
     let (ip_proto, port, proto_name) = match query.proto {
         Some((Proto::Tcp, port)) => (proto::TCP, Some(port), Some("tcp")),
         Some((Proto::Udp, port)) => (proto::UDP, Some(port), Some("udp")),
         None => (0, None, None),
     };
     let decision = oracle.decide(query.addr, ip_proto, port)?;
-    let config = oracle.config();
     let decided_by = (decision.prefix.is_some() && decision.category != category::NONE)
         .then_some(decision.set_id);
-    Ok(json!({
-        "address": query.addr,
-        "proto": proto_name,
-        "port": port,
-        "prefix": decision.prefix.map(|p| p.to_string()),
-        "endpoint_sets": catalog.sets_holding(query.addr, decision.rules.as_ref()),
-        "decided_by": decided_by,
-        "service_area": decided_by.map(|id| catalog.service_area(id)),
-        "category": category::name(decision.category),
-        "reason": reason_name(decision.reason),
-        "action": action::name(decision.action),
-        "mark": (decision.action == action::DIRECT).then(|| format!("{:#x}/{:#x}", config.mark, config.mark_mask)),
-    }))
+    Ok(Answer {
+        address: query.addr,
+        proto: proto_name,
+        port,
+        prefix: decision.prefix,
+        endpoint_sets: catalog.sets_holding(query.addr, decision.rules.as_ref()),
+        decided_by,
+        service_area: decided_by.map(|id| catalog.service_area(id)),
+        category: category::name(decision.category),
+        reason: reason_name(decision.reason),
+        action: action::name(decision.action),
+        mark: (decision.action == action::DIRECT).then(|| super::mark(oracle.config())),
+    })
 }
 
-fn print_row(out: &mut impl io::Write, answer: &Value) -> io::Result<()> {
-    let text = |value: &Value| match value {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".to_owned(),
-        other => other.to_string(),
-    };
-    let packet = match (answer["proto"].as_str(), answer["port"].as_u64()) {
-        (Some(proto), Some(port)) => format!("{proto}/{port}"),
-        _ => "any".to_owned(),
-    };
-    let sets = answer["endpoint_sets"]
-        .as_array()
-        .map_or_else(String::new, |sets| {
-            sets.iter()
+impl Answer<'_> {
+    fn write_row(&self, out: &mut impl io::Write) -> io::Result<()> {
+        let Self {
+            address,
+            proto,
+            port,
+            prefix,
+            endpoint_sets,
+            decided_by,
+            service_area,
+            category,
+            reason,
+            action,
+            mark: _,
+        } = self;
+        let packet = match (proto, port) {
+            (Some(proto), Some(port)) => format!("{proto}/{port}"),
+            _ => "any".to_owned(),
+        };
+        let sets = if endpoint_sets.is_empty() {
+            "-".to_owned()
+        } else {
+            endpoint_sets
+                .iter()
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join(",")
-        });
-    let decided = match answer["decided_by"].as_u64() {
-        Some(id) => format!(" (decided by {id}, {})", text(&answer["service_area"])),
-        None => String::new(),
-    };
-    writeln!(
-        out,
-        "{:<40} {:<9} {:<24} {:<10} {:<7} {:<11} {}{decided}",
-        text(&answer["address"]),
-        packet,
-        text(&answer["prefix"]),
-        text(&answer["category"]),
-        text(&answer["action"]),
-        text(&answer["reason"]),
-        if sets.is_empty() {
-            "-".to_owned()
-        } else {
-            sets
-        }
-    )
+        };
+        let decided = match decided_by {
+            Some(id) => format!(" (decided by {id}, {})", or_dash(*service_area)),
+            None => String::new(),
+        };
+        writeln!(
+            out,
+            "{:<40} {packet:<9} {:<24} {:<10} {action:<7} {reason:<11} {sets}{decided}",
+            address.to_string(),
+            or_dash(*prefix),
+            or_dash(*category),
+        )
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cmd::schema_docs::{assert_documented_in, module_doc, readme_section};
 
     #[test]
     fn long_lines_are_skipped_not_buffered() {
@@ -307,6 +362,43 @@ mod tests {
             read_line(&mut reader).unwrap(),
             Some(Line::Text(exactly.into_bytes()))
         );
+    }
+
+    #[test]
+    fn every_field_is_documented() {
+        let answer = Answer {
+            address: "52.112.1.1".parse().unwrap(),
+            proto: Some("udp"),
+            port: Some(3478),
+            prefix: Some("52.112.0.0/14".parse().unwrap()),
+            endpoint_sets: vec![11, 12],
+            decided_by: Some(11),
+            service_area: Some("Skype"),
+            category: Some("Optimize"),
+            reason: "match_port",
+            action: "direct",
+            mark: Some("0x365/0xffff".into()),
+        };
+        let mut row = Vec::new();
+        answer.write_row(&mut row).unwrap();
+        let row = String::from_utf8(row).unwrap();
+        assert!(row.starts_with("52.112.1.1 "), "{row}");
+        assert!(
+            row.contains(" udp/3478  52.112.0.0/14 ")
+                && row.ends_with(" 11,12 (decided by 11, Skype)\n"),
+            "{row}"
+        );
+        let bad = BadLine {
+            line: 2,
+            error: "\"example.com\": \"example.com\" is not an IP address".into(),
+        };
+        for doc in [
+            module_doc(include_str!("lookup.rs")).as_str(),
+            readme_section(),
+        ] {
+            assert_documented_in(&answer, doc);
+            assert_documented_in(&bad, doc);
+        }
     }
 
     #[test]

@@ -1,26 +1,136 @@
 //! `xdp-breakout status`: attachments, feed, prefix counts, polls, errors, marking.
 //!
-//! JSON schema (stable): `{"pin_dir", "interfaces": [{"name", "xdp": {"link_id",
-//! "program_id", "program_name", "mode"}, "tc": {...}}], "agent": {"pid", "running"},
-//! "feed": {"instance", "url", "version", "applied_at", "source"}, "prefixes": {"ipv4",
-//! "ipv6"}, "last_poll", "next_poll", "last_error", "consecutive_failures", "mark",
-//! "strict_ports", "policy": {"Optimize": "direct", ...}}`; times are RFC 3339 UTC or null.
+//! JSON (stable): one document, [`Report`]: `{"pin_dir", "interfaces": [{"name", "xdp":
+//! {"link_id", "program_id", "program_name", "mode"}, "tc": {"link_id", "program_id",
+//! "program_name"}}], "agent": {"pid", "running"}, "feed": {"instance", "url", "version",
+//! "applied_at", "source"}, "prefixes": {"ipv4", "ipv6"}, "last_poll", "next_poll",
+//! "last_error", "consecutive_failures", "mark", "strict_ports", "policy": {"Optimize",
+//! "Allow", "Default"}}`; times are RFC 3339 UTC or null. The fields' documentation below
+//! says what each holds.
 
-use std::{io::Write as _, path::Path};
+use std::path::{Path, PathBuf};
 
 use aya::programs::{
     links::{FdLink, PinnedLink},
     loaded_programs,
 };
 use classifier_common::{action, category, flags};
-use serde_json::{Value, json};
+use serde::Serialize;
 
+use super::or_dash;
 use crate::{
     cli::{GlobalArgs, StatusArgs},
     datapath::{self, attached_xdp, tc_link_pin, xdp_link_pin},
     explain::rfc3339,
-    state::read_status,
+    state::{Status, read_status},
 };
+
+/// What `status` shows.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// The pin directory read (`--pin-dir`).
+    pub pin_dir: PathBuf,
+    /// The interfaces with xdp-breakout's links pinned there.
+    pub interfaces: Vec<Interface>,
+    /// The agent using `--state-dir`; null when no agent has written its status there.
+    pub agent: Option<Agent>,
+    /// The feed the agent applied; null without the agent's status.
+    pub feed: Option<Feed>,
+    /// How many prefixes the tries hold.
+    pub prefixes: Prefixes,
+    /// When the agent last asked the feed service; null before its first poll.
+    pub last_poll: Option<String>,
+    /// When it asks next; null without the agent's status.
+    pub next_poll: Option<String>,
+    /// The last poll's failure; null once a poll succeeds.
+    pub last_error: Option<String>,
+    /// Polls that failed in a row; 0 without the agent's status.
+    pub consecutive_failures: u32,
+    /// The mark direct packets get, `VALUE/MASK` in hex (`0x365/0xffff`).
+    pub mark: String,
+    /// Whether a packet whose port matches no rule of its prefix goes to the tunnel.
+    pub strict_ports: bool,
+    /// The action, `direct` or `tunnel`, of each category.
+    pub policy: Policy,
+}
+
+/// An interface xdp-breakout is attached to.
+#[derive(Debug, Serialize)]
+pub struct Interface {
+    /// Its name.
+    pub name: String,
+    /// The XDP link; null when its pin is missing or no link.
+    pub xdp: Option<XdpLink>,
+    /// The tc ingress link; null when its pin is missing or no link.
+    pub tc: Option<Link>,
+}
+
+/// A pinned bpf_link and the program it runs.
+#[derive(Debug, Serialize)]
+pub struct Link {
+    /// The kernel's id of the link (`bpftool link show id N`).
+    pub link_id: u32,
+    /// The kernel's id of its program (`bpftool prog show id N`).
+    pub program_id: u32,
+    /// The program's name (`breakout`, `breakout_mark`); null when the kernel has none.
+    pub program_name: Option<String>,
+}
+
+/// The XDP link, and the mode the kernel runs it in.
+#[derive(Debug, Serialize)]
+pub struct XdpLink {
+    /// `link_id`, `program_id` and `program_name` (flattened into the object).
+    #[serde(flatten)]
+    pub link: Link,
+    /// How the kernel runs the interface's XDP program (its `XDP_ATTACHED_*`): `native`,
+    /// `skb`, `offload`, `multi` or `unknown`; `not visible in this network namespace` when
+    /// the kernel reports none on it here.
+    pub mode: &'static str,
+}
+
+/// The agent's process.
+#[derive(Debug, Serialize)]
+pub struct Agent {
+    /// The pid it recorded.
+    pub pid: u32,
+    /// Whether that pid is an `xdp-breakout` process now.
+    pub running: bool,
+}
+
+/// The feed, as the agent recorded it.
+#[derive(Debug, Serialize)]
+pub struct Feed {
+    /// The Microsoft 365 instance (`Worldwide`, ...).
+    pub instance: String,
+    /// The feed service's base URL.
+    pub url: String,
+    /// The applied version, `YYYYMMDDNN` (`unknown` for a feed file); null before the first.
+    pub version: Option<String>,
+    /// When it was applied.
+    pub applied_at: Option<String>,
+    /// Where it came from: the endpoints URL, a file, or `embedded snapshot VERSION`.
+    pub source: Option<String>,
+}
+
+/// Prefix counts.
+#[derive(Debug, Serialize)]
+pub struct Prefixes {
+    /// Entries of the IPv4 trie.
+    pub ipv4: usize,
+    /// Entries of the IPv6 trie.
+    pub ipv6: usize,
+}
+
+/// The action of each category, `direct` or `tunnel`.
+#[derive(Debug, Serialize)]
+pub struct Policy {
+    #[serde(rename = "Optimize")]
+    pub optimize: &'static str,
+    #[serde(rename = "Allow")]
+    pub allow: &'static str,
+    #[serde(rename = "Default")]
+    pub default: &'static str,
+}
 
 pub fn run(global: &GlobalArgs, StatusArgs {}: &StatusArgs) -> anyhow::Result<()> {
     let pin_dir = global.pin_dir();
@@ -28,70 +138,77 @@ pub fn run(global: &GlobalArgs, StatusArgs {}: &StatusArgs) -> anyhow::Result<()
     let config = maps.config()?;
     let policy = maps.policy()?;
     let installed = maps.installed()?;
-    let agent = read_status(&global.state_dir());
-    let interfaces: Vec<Value> = datapath::attached_interfaces(&pin_dir)
-        .iter()
-        .map(|iface| interface(&pin_dir, iface))
-        .collect();
+    let status = read_status(&global.state_dir());
     let time = |secs: Option<u64>| secs.map(rfc3339);
-    let running = agent.as_ref().is_some_and(|status| {
-        std::fs::read_to_string(format!("/proc/{}/comm", status.pid))
-            .is_ok_and(|comm| comm.trim() == "xdp-breakout")
-    });
-    let report = json!({
-        "pin_dir": pin_dir,
-        "interfaces": interfaces,
-        "agent": agent.as_ref().map(|status| json!({"pid": status.pid, "running": running})),
-        "feed": agent.as_ref().map(|status| json!({
-            "instance": status.instance,
-            "url": status.feed_url,
-            "version": status.applied.as_ref().map(|a| &a.version),
-            "applied_at": time(status.applied.as_ref().map(|a| a.applied_at)),
-            "source": status.applied.as_ref().map(|a| &a.source),
-        })),
-        "prefixes": {"ipv4": installed.v4.len(), "ipv6": installed.v6.len()},
-        "last_poll": time(agent.as_ref().and_then(|s| s.last_poll)),
-        "next_poll": time(agent.as_ref().and_then(|s| s.next_poll)),
-        "last_error": agent.as_ref().and_then(|s| s.last_error.clone()),
-        "consecutive_failures": agent.as_ref().map_or(0, |s| s.consecutive_failures),
-        "mark": format!("{:#x}/{:#x}", config.mark, config.mark_mask),
-        "strict_ports": config.flags & flags::STRICT_PORTS != 0,
-        "policy": {
-            "Optimize": action::name(policy[usize::from(category::OPTIMIZE)]),
-            "Allow": action::name(policy[usize::from(category::ALLOW)]),
-            "Default": action::name(policy[usize::from(category::DEFAULT)]),
+    let agent = status.as_ref();
+    let report = Report {
+        interfaces: datapath::attached_interfaces(&pin_dir)
+            .into_iter()
+            .map(|iface| interface(&pin_dir, iface))
+            .collect(),
+        pin_dir,
+        agent: agent.map(|status| Agent {
+            pid: status.pid,
+            running: std::fs::read_to_string(format!("/proc/{}/comm", status.pid))
+                .is_ok_and(|comm| comm.trim() == "xdp-breakout"),
+        }),
+        feed: agent.map(feed),
+        prefixes: Prefixes {
+            ipv4: installed.v4.len(),
+            ipv6: installed.v6.len(),
         },
-    });
+        last_poll: time(agent.and_then(|s| s.last_poll)),
+        next_poll: time(agent.and_then(|s| s.next_poll)),
+        last_error: agent.and_then(|s| s.last_error.clone()),
+        consecutive_failures: agent.map_or(0, |s| s.consecutive_failures),
+        mark: super::mark(&config),
+        strict_ports: config.flags & flags::STRICT_PORTS != 0,
+        policy: Policy {
+            optimize: action::name(policy[usize::from(category::OPTIMIZE)]),
+            allow: action::name(policy[usize::from(category::ALLOW)]),
+            default: action::name(policy[usize::from(category::DEFAULT)]),
+        },
+    };
     let mut out = std::io::stdout().lock();
     if global.json {
-        serde_json::to_writer_pretty(&mut out, &report)?;
-        writeln!(out)?;
-        return Ok(());
+        return super::write_json(&mut out, &report);
     }
-    print_human(&mut out, &report)?;
+    report.write_text(&mut out)?;
     Ok(())
 }
 
-fn interface(pin_dir: &Path, iface: &str) -> Value {
-    let link = |path: std::path::PathBuf| -> Value {
-        let Ok(pinned) = PinnedLink::from_pin(&path) else {
-            return Value::Null;
-        };
-        let Ok(info) = FdLink::from(pinned).info() else {
-            return Value::Null;
-        };
-        let program_name = loaded_programs()
-            .filter_map(Result::ok)
-            .find(|program| program.id() == info.program_id())
-            .and_then(|program| program.name_as_str().map(str::to_owned));
-        json!({"link_id": info.id(), "program_id": info.program_id(), "program_name": program_name})
-    };
-    let mut xdp = link(xdp_link_pin(pin_dir, iface));
-    let mode = xdp_mode(iface);
-    if let Some(object) = xdp.as_object_mut() {
-        object.insert("mode".into(), json!(mode));
+fn feed(status: &Status) -> Feed {
+    let applied = status.applied.as_ref();
+    Feed {
+        instance: status.instance.clone(),
+        url: status.feed_url.clone(),
+        version: applied.map(|a| a.version.clone()),
+        applied_at: applied.map(|a| rfc3339(a.applied_at)),
+        source: applied.map(|a| a.source.clone()),
     }
-    json!({"name": iface, "xdp": xdp, "tc": link(tc_link_pin(pin_dir, iface))})
+}
+
+fn interface(pin_dir: &Path, name: String) -> Interface {
+    let xdp = link(&xdp_link_pin(pin_dir, &name)).map(|link| XdpLink {
+        link,
+        mode: xdp_mode(&name),
+    });
+    let tc = link(&tc_link_pin(pin_dir, &name));
+    Interface { name, xdp, tc }
+}
+
+/// The link pinned at `path`, if it is one the kernel knows.
+fn link(path: &Path) -> Option<Link> {
+    let info = FdLink::from(PinnedLink::from_pin(path).ok()?).info().ok()?;
+    let program_name = loaded_programs()
+        .filter_map(Result::ok)
+        .find(|program| program.id() == info.program_id())
+        .and_then(|program| program.name_as_str().map(str::to_owned));
+    Some(Link {
+        link_id: info.id(),
+        program_id: info.program_id(),
+        program_name,
+    })
 }
 
 /// An interface of another network namespace is not visible to `ip`.
@@ -99,86 +216,137 @@ fn xdp_mode(iface: &str) -> &'static str {
     attached_xdp(iface).map_or("not visible in this network namespace", |xdp| xdp.mode)
 }
 
-fn print_human(out: &mut impl std::io::Write, report: &Value) -> std::io::Result<()> {
-    let text = |value: &Value| match value {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".to_owned(),
-        other => other.to_string(),
-    };
-    writeln!(out, "pin directory:  {}", text(&report["pin_dir"]))?;
-    let interfaces = report["interfaces"]
-        .as_array()
-        .map_or(&[][..], Vec::as_slice);
-    if interfaces.is_empty() {
-        writeln!(out, "interfaces:     none attached")?;
-    }
-    for iface in interfaces {
+impl Report {
+    fn write_text(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        let Self {
+            pin_dir,
+            interfaces,
+            agent,
+            feed,
+            prefixes,
+            last_poll,
+            next_poll,
+            last_error,
+            consecutive_failures,
+            mark,
+            strict_ports,
+            policy,
+        } = self;
+        writeln!(out, "pin directory:  {}", pin_dir.display())?;
+        if interfaces.is_empty() {
+            writeln!(out, "interfaces:     none attached")?;
+        }
+        for Interface { name, xdp, tc } in interfaces {
+            let xdp_link = xdp.as_ref().map(|xdp| &xdp.link);
+            writeln!(
+                out,
+                "interface:      {name}: XDP program {} ({}, {}), tc program {} ({})",
+                or_dash(xdp_link.map(|link| link.program_id)),
+                or_dash(xdp_link.and_then(|link| link.program_name.as_ref())),
+                or_dash(xdp.as_ref().map(|xdp| xdp.mode)),
+                or_dash(tc.as_ref().map(|link| link.program_id)),
+                or_dash(tc.as_ref().and_then(|link| link.program_name.as_ref())),
+            )?;
+        }
+        match agent {
+            Some(Agent { pid, running }) => writeln!(
+                out,
+                "agent:          pid {pid}, {}",
+                if *running { "running" } else { "not running" }
+            )?,
+            None => writeln!(
+                out,
+                "agent:          no status (not run with this --state-dir)"
+            )?,
+        }
         writeln!(
             out,
-            "interface:      {}: XDP program {} ({}, {}), tc program {} ({})",
-            text(&iface["name"]),
-            text(&iface["xdp"]["program_id"]),
-            text(&iface["xdp"]["program_name"]),
-            text(&iface["xdp"]["mode"]),
-            text(&iface["tc"]["program_id"]),
-            text(&iface["tc"]["program_name"]),
+            "feed:           {} version {} applied {} from {}",
+            or_dash(feed.as_ref().map(|feed| &feed.instance)),
+            or_dash(feed.as_ref().and_then(|feed| feed.version.as_ref())),
+            or_dash(feed.as_ref().and_then(|feed| feed.applied_at.as_ref())),
+            or_dash(feed.as_ref().and_then(|feed| feed.source.as_ref())),
         )?;
-    }
-    match report["agent"].as_object() {
-        Some(agent) => writeln!(
+        writeln!(
             out,
-            "agent:          pid {}, {}",
-            text(&agent["pid"]),
-            if agent["running"] == true {
-                "running"
-            } else {
-                "not running"
-            }
-        )?,
-        None => writeln!(
+            "prefixes:       {} IPv4, {} IPv6",
+            prefixes.ipv4, prefixes.ipv6
+        )?;
+        writeln!(out, "last poll:      {}", or_dash(last_poll.as_ref()))?;
+        writeln!(out, "next poll:      {}", or_dash(next_poll.as_ref()))?;
+        writeln!(
             out,
-            "agent:          no status (not run with this --state-dir)"
-        )?,
+            "last error:     {} ({consecutive_failures} consecutive failures)",
+            or_dash(last_error.as_ref())
+        )?;
+        writeln!(
+            out,
+            "marking:        {mark} for direct; strict ports {}",
+            if *strict_ports { "on" } else { "off" }
+        )?;
+        writeln!(
+            out,
+            "policy:         Optimize {}, Allow {}, Default {}",
+            policy.optimize, policy.allow, policy.default
+        )
     }
-    let feed = &report["feed"];
-    writeln!(
-        out,
-        "feed:           {} version {} applied {} from {}",
-        text(&feed["instance"]),
-        text(&feed["version"]),
-        text(&feed["applied_at"]),
-        text(&feed["source"])
-    )?;
-    writeln!(
-        out,
-        "prefixes:       {} IPv4, {} IPv6",
-        text(&report["prefixes"]["ipv4"]),
-        text(&report["prefixes"]["ipv6"])
-    )?;
-    writeln!(out, "last poll:      {}", text(&report["last_poll"]))?;
-    writeln!(out, "next poll:      {}", text(&report["next_poll"]))?;
-    writeln!(
-        out,
-        "last error:     {} ({} consecutive failures)",
-        text(&report["last_error"]),
-        text(&report["consecutive_failures"])
-    )?;
-    writeln!(
-        out,
-        "marking:        {} for direct; strict ports {}",
-        text(&report["mark"]),
-        if report["strict_ports"] == true {
-            "on"
-        } else {
-            "off"
-        }
-    )?;
-    let policy = &report["policy"];
-    writeln!(
-        out,
-        "policy:         Optimize {}, Allow {}, Default {}",
-        text(&policy["Optimize"]),
-        text(&policy["Allow"]),
-        text(&policy["Default"])
-    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cmd::schema_docs::{assert_documented_in, module_doc};
+
+    #[test]
+    fn every_field_is_documented() {
+        let link = || Link {
+            link_id: 7,
+            program_id: 40,
+            program_name: Some("breakout".into()),
+        };
+        let report = Report {
+            pin_dir: "/sys/fs/bpf/xdp-breakout".into(),
+            interfaces: vec![Interface {
+                name: "lan0".into(),
+                xdp: Some(XdpLink {
+                    link: link(),
+                    mode: "native",
+                }),
+                tc: Some(link()),
+            }],
+            agent: Some(Agent {
+                pid: 1,
+                running: true,
+            }),
+            feed: Some(Feed {
+                instance: "Worldwide".into(),
+                url: "https://endpoints.office.com".into(),
+                version: Some("2026043000".into()),
+                applied_at: Some(rfc3339(0)),
+                source: Some("embedded snapshot 2026043000".into()),
+            }),
+            prefixes: Prefixes { ipv4: 1, ipv6: 2 },
+            last_poll: None,
+            next_poll: None,
+            last_error: None,
+            consecutive_failures: 0,
+            mark: "0x365/0xffff".into(),
+            strict_ports: false,
+            policy: Policy {
+                optimize: "direct",
+                allow: "tunnel",
+                default: "tunnel",
+            },
+        };
+        assert_documented_in(&report, &module_doc(include_str!("status.rs")));
+        let mut text = Vec::new();
+        report.write_text(&mut text).unwrap();
+        let text = String::from_utf8(text).unwrap();
+        assert!(
+            text.contains(
+                "interface:      lan0: XDP program 40 (breakout, native), tc program 40 (breakout)"
+            ),
+            "{text}"
+        );
+    }
 }

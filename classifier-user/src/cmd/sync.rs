@@ -1,14 +1,18 @@
 //! `xdp-breakout sync [--feed-file FILE | --feed-url URL] [--dry-run] [--force]`: one refresh
 //! of the pinned maps through the agent's gate (validation, shrink limit, diff apply, record).
 //!
-//! JSON (stable) of `--dry-run`: `{"version", "source", "added": [PREFIX], "changed":
-//! [PREFIX], "removed": [PREFIX], "unchanged": N, "refused": null or REASON}`.
+//! JSON (stable): one document. [`Synced`]: `{"version", "source", "report": {"added",
+//! "changed", "removed", "unchanged"}}`, or `"report": "unchanged"` when the service's version
+//! was already applied. With `--dry-run`, [`Plan`]: `{"version", "source", "added": [PREFIX],
+//! "changed": [PREFIX], "removed": [PREFIX], "unchanged": N, "refused": null or REASON}`.
 
-use std::{collections::BTreeSet, io::Write as _};
+use std::collections::BTreeSet;
 
 use anyhow::Context as _;
-use serde_json::json;
+use ipnet::IpNet;
+use serde::{Serialize, Serializer};
 
+use super::Changes;
 use crate::{
     agent::{Agent, Refreshed},
     cli::{GlobalArgs, SyncArgs},
@@ -19,6 +23,64 @@ use crate::{
 
 /// The version recorded for a feed file: unknown, so that the agent fetches the service's.
 const FILE_VERSION: &str = "unknown";
+
+/// What `sync` applied.
+#[derive(Debug, Serialize)]
+pub struct Synced {
+    /// The feed's version: the service's `YYYYMMDDNN`, or `unknown` for a feed file.
+    pub version: String,
+    /// Where the feed came from: the endpoints URL, or the file's path.
+    pub source: String,
+    /// What applying it changed in the tries.
+    pub report: Outcome,
+    /// Not in the JSON: the text names a file by its path, a service's feed by its version.
+    #[serde(skip)]
+    pub from_file: bool,
+}
+
+/// What applying a feed did.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Outcome {
+    /// The prefixes added, changed, removed and left as they were.
+    Applied(Changes),
+    /// `"unchanged"`: the service's version was already applied; nothing was fetched or
+    /// changed (`--force` applies it again).
+    #[serde(serialize_with = "unchanged")]
+    Unchanged,
+}
+
+fn unchanged<S: Serializer>(serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str("unchanged")
+}
+
+/// What `sync --dry-run` would change.
+#[derive(Debug, Serialize)]
+pub struct Plan {
+    /// The feed's version: the service's `YYYYMMDDNN`, or `unknown` for a feed file.
+    pub version: String,
+    /// Where the feed comes from: the endpoints URL, or the file's path.
+    pub source: String,
+    /// `added`, `changed`, `removed` and `unchanged` (flattened into the object).
+    #[serde(flatten)]
+    pub diff: Diff,
+    /// Why the gate (shrink and churn limits) would refuse the feed; null when it would
+    /// apply, and always with `--force`.
+    pub refused: Option<String>,
+}
+
+/// The installed prefixes against a feed's: each list IPv4 then IPv6, in address order.
+#[derive(Debug, Default, Serialize)]
+pub struct Diff {
+    /// Prefixes the feed would add.
+    pub added: Vec<IpNet>,
+    /// Installed prefixes whose rules (category, endpoint set, ports) it would change.
+    pub changed: Vec<IpNet>,
+    /// Installed prefixes it would remove.
+    pub removed: Vec<IpNet>,
+    /// How many installed prefixes it would leave as they are.
+    pub unchanged: usize,
+}
 
 pub fn run(global: &GlobalArgs, args: &SyncArgs) -> anyhow::Result<()> {
     let config = args.config.effective(global)?;
@@ -54,88 +116,124 @@ pub fn run(global: &GlobalArgs, args: &SyncArgs) -> anyhow::Result<()> {
             })
             .flatten()
             .map(|error| error.to_string());
-        let diff = diff(&installed, &target);
+        let plan = Plan {
+            diff: diff(&installed, &target),
+            version,
+            source,
+            refused,
+        };
         if global.json {
-            serde_json::to_writer_pretty(
-                &mut out,
-                &json!({
-                    "version": version,
-                    "source": source,
-                    "added": diff.added,
-                    "changed": diff.changed,
-                    "removed": diff.removed,
-                    "unchanged": diff.unchanged,
-                    "refused": refused,
-                }),
-            )?;
-            writeln!(out)?;
-        } else {
-            for (sign, list) in [
-                ("+", &diff.added),
-                ("~", &diff.changed),
-                ("-", &diff.removed),
-            ] {
-                for prefix in list {
-                    writeln!(out, "{sign} {prefix}")?;
-                }
-            }
-            writeln!(
-                out,
-                "dry run, nothing changed: feed {version} from {source} would add {}, change {}, remove {} and keep {} prefixes",
-                diff.added.len(),
-                diff.changed.len(),
-                diff.removed.len(),
-                diff.unchanged
-            )?;
-            if let Some(refused) = refused {
-                writeln!(out, "it would be refused: {refused}")?;
-            }
+            return super::write_json(&mut out, &plan);
         }
+        plan.write_text(&mut out)?;
         return Ok(());
     }
-    match feed_file {
-        Some((body, path)) => {
-            let report = agent.install(&body, FILE_VERSION, &path, args.force)?;
-            writeln!(
-                out,
-                "applied {path}: {} added, {} changed, {} removed, {} unchanged",
-                report.added, report.changed, report.removed, report.unchanged
-            )?;
+    let synced = if let Some((body, path)) = feed_file {
+        let report = agent.install(&body, FILE_VERSION, &path, args.force)?;
+        Synced {
+            version: FILE_VERSION.to_owned(),
+            source: path,
+            report: Outcome::Applied(report.into()),
+            from_file: true,
         }
-        None => match runtime.block_on(agent.refresh(args.force))? {
-            Refreshed::Unchanged { version } => writeln!(
-                out,
-                "version {version} is already applied (--force applies it again)"
-            )?,
-            Refreshed::Applied { version, report } => writeln!(
-                out,
-                "applied feed {version}: {} added, {} changed, {} removed, {} unchanged",
-                report.added, report.changed, report.removed, report.unchanged
-            )?,
-        },
+    } else {
+        let (version, report) = match runtime.block_on(agent.refresh(args.force))? {
+            Refreshed::Unchanged { version } => (version, Outcome::Unchanged),
+            Refreshed::Applied { version, report } => (version, Outcome::Applied(report.into())),
+        };
+        // The agent's record of the feed the maps hold says where it came from.
+        let source = agent
+            .status()
+            .applied
+            .as_ref()
+            .map_or_else(|| agent.endpoints_url(), |applied| applied.source.clone());
+        Synced {
+            version,
+            source,
+            report,
+            from_file: false,
+        }
+    };
+    if global.json {
+        return super::write_json(&mut out, &synced);
     }
+    synced.write_text(&mut out)?;
     Ok(())
 }
 
-struct Diff {
-    added: Vec<String>,
-    changed: Vec<String>,
-    removed: Vec<String>,
-    unchanged: usize,
+impl Synced {
+    fn write_text(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        let Self {
+            version,
+            source,
+            report,
+            from_file,
+        } = self;
+        match report {
+            Outcome::Unchanged => writeln!(
+                out,
+                "version {version} is already applied (--force applies it again)"
+            ),
+            Outcome::Applied(Changes {
+                added,
+                changed,
+                removed,
+                unchanged,
+            }) => {
+                let feed = if *from_file {
+                    source.clone()
+                } else {
+                    format!("feed {version}")
+                };
+                writeln!(
+                    out,
+                    "applied {feed}: {added} added, {changed} changed, {removed} removed, {unchanged} unchanged"
+                )
+            }
+        }
+    }
+}
+
+impl Plan {
+    fn write_text(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        let Self {
+            version,
+            source,
+            diff:
+                Diff {
+                    added,
+                    changed,
+                    removed,
+                    unchanged,
+                },
+            refused,
+        } = self;
+        for (sign, list) in [("+", added), ("~", changed), ("-", removed)] {
+            for prefix in list {
+                writeln!(out, "{sign} {prefix}")?;
+            }
+        }
+        writeln!(
+            out,
+            "dry run, nothing changed: feed {version} from {source} would add {}, change {}, remove {} and keep {unchanged} prefixes",
+            added.len(),
+            changed.len(),
+            removed.len(),
+        )?;
+        if let Some(refused) = refused {
+            writeln!(out, "it would be refused: {refused}")?;
+        }
+        Ok(())
+    }
 }
 
 fn diff(installed: &Compiled, target: &Compiled) -> Diff {
-    let mut diff = Diff {
-        added: Vec::new(),
-        changed: Vec::new(),
-        removed: Vec::new(),
-        unchanged: 0,
-    };
+    let mut diff = Diff::default();
     let v4: BTreeSet<_> = installed.v4.keys().chain(target.v4.keys()).collect();
     for key in v4 {
         classify(
             &mut diff,
-            key_net_v4(key).to_string(),
+            key_net_v4(key),
             installed.v4.get(key),
             target.v4.get(key),
         );
@@ -144,7 +242,7 @@ fn diff(installed: &Compiled, target: &Compiled) -> Diff {
     for key in v6 {
         classify(
             &mut diff,
-            key_net_v6(key).to_string(),
+            key_net_v6(key),
             installed.v6.get(key),
             target.v6.get(key),
         );
@@ -152,11 +250,69 @@ fn diff(installed: &Compiled, target: &Compiled) -> Diff {
     diff
 }
 
-fn classify<T: PartialEq>(diff: &mut Diff, prefix: String, before: Option<&T>, after: Option<&T>) {
+fn classify<T: PartialEq>(diff: &mut Diff, prefix: IpNet, before: Option<&T>, after: Option<&T>) {
     match (before, after) {
         (None, Some(_)) => diff.added.push(prefix),
         (Some(_), None) => diff.removed.push(prefix),
         (Some(a), Some(b)) if a != b => diff.changed.push(prefix),
         _ => diff.unchanged += 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cmd::schema_docs::{assert_documented_in, module_doc, readme_section};
+
+    #[test]
+    fn every_field_is_documented() {
+        let changes = Changes {
+            added: 75,
+            changed: 60,
+            removed: 13,
+            unchanged: 7,
+        };
+        let applied = Synced {
+            version: FILE_VERSION.into(),
+            source: "/tmp/feed.json".into(),
+            report: Outcome::Applied(changes),
+            from_file: true,
+        };
+        let unchanged = Synced {
+            version: "2026043000".into(),
+            source: "https://endpoints.office.com/endpoints/Worldwide".into(),
+            report: Outcome::Unchanged,
+            from_file: false,
+        };
+        assert_eq!(
+            serde_json::to_value(&unchanged).unwrap()["report"],
+            "unchanged"
+        );
+        let plan = Plan {
+            version: "2026043000".into(),
+            source: "/tmp/feed.json".into(),
+            diff: Diff {
+                added: vec!["52.112.0.0/14".parse().unwrap()],
+                changed: Vec::new(),
+                removed: Vec::new(),
+                unchanged: 92,
+            },
+            refused: None,
+        };
+        for doc in [
+            module_doc(include_str!("sync.rs")).as_str(),
+            readme_section(),
+        ] {
+            assert_documented_in(&applied, doc);
+            assert_documented_in(&plan, doc);
+        }
+        let mut text = Vec::new();
+        applied.write_text(&mut text).unwrap();
+        unchanged.write_text(&mut text).unwrap();
+        assert_eq!(
+            String::from_utf8(text).unwrap(),
+            "applied /tmp/feed.json: 75 added, 60 changed, 13 removed, 7 unchanged\n\
+             version 2026043000 is already applied (--force applies it again)\n"
+        );
     }
 }
