@@ -73,10 +73,7 @@ fn probes_answer_and_fail_as_the_network_does() {
     }
     // A target that never answers fails at its timeout, not later.
     let silent = FeedServer::start();
-    silent.set(
-        "/slow",
-        Reply::json(b"{}").delayed(Duration::from_secs(10)),
-    );
+    silent.set("/slow", Reply::json(b"{}").delayed(Duration::from_secs(10)));
     let target: Target = format!("{}/slow", silent.url()).parse().unwrap();
     let start = Instant::now();
     let error = rt

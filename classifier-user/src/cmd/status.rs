@@ -5,7 +5,8 @@
 //! "program_name"}}], "agent": {"pid", "running"}, "feed": {"instance", "url", "version",
 //! "applied_at", "source"}, "prefixes": {"ipv4", "ipv6"}, "last_poll", "next_poll",
 //! "last_error", "consecutive_failures", "mark", "strict_ports", "policy": {"Optimize",
-//! "Allow", "Default"}}`; times are RFC 3339 UTC or null. The fields' documentation below
+//! "Allow", "Default"}, "uplink": {"state", "failing_over", "since", "reason", "transitions",
+//! "targets": [{"target", "ok", "rtt_us", "error"}]}}`; times are RFC 3339 UTC or null. The fields' documentation below
 //! says what each holds.
 
 use std::path::{Path, PathBuf};
@@ -22,6 +23,7 @@ use crate::{
     cli::{GlobalArgs, StatusArgs},
     datapath::{self, attached_xdp, tc_link_pin, xdp_link_pin},
     explain::rfc3339,
+    health::{ProbeResult, State},
     state::{Status, read_status},
 };
 
@@ -52,6 +54,27 @@ pub struct Report {
     pub strict_ports: bool,
     /// The action, `direct` or `tunnel`, of each category.
     pub policy: Policy,
+    /// The direct uplink, as the agent's health checks see it.
+    pub uplink: Uplink,
+}
+
+/// The direct uplink's health.
+#[derive(Debug, Serialize)]
+pub struct Uplink {
+    /// `up`, `down` or `unchecked` (no agent status, no targets or interface, or
+    /// `failover = "none"`).
+    pub state: State,
+    /// Whether the data plane sends direct verdicts to the tunnel now (`XB_CONFIG`'s
+    /// `UPLINK_DOWN` flag, what the kernel reads).
+    pub failing_over: bool,
+    /// When the state last changed; null before a change.
+    pub since: Option<String>,
+    /// Why it last changed.
+    pub reason: Option<String>,
+    /// Changes since the agent started.
+    pub transitions: u64,
+    /// Each target's last probe: `target`, `ok`, `rtt_us` (microseconds), `error`.
+    pub targets: Vec<ProbeResult>,
 }
 
 /// An interface xdp-breakout is attached to.
@@ -168,6 +191,7 @@ pub fn run(global: &GlobalArgs, StatusArgs {}: &StatusArgs) -> anyhow::Result<()
             allow: action::name(policy[usize::from(category::ALLOW)]),
             default: action::name(policy[usize::from(category::DEFAULT)]),
         },
+        uplink: uplink(agent, config.flags & flags::UPLINK_DOWN != 0),
     };
     let mut out = std::io::stdout().lock();
     if global.json {
@@ -175,6 +199,20 @@ pub fn run(global: &GlobalArgs, StatusArgs {}: &StatusArgs) -> anyhow::Result<()
     }
     report.write_text(&mut out)?;
     Ok(())
+}
+
+fn uplink(status: Option<&Status>, failing_over: bool) -> Uplink {
+    let recorded = status.and_then(|status| status.uplink.as_ref());
+    Uplink {
+        state: recorded.map_or(State::Unchecked, |uplink| uplink.state),
+        failing_over,
+        since: recorded.and_then(|uplink| uplink.since).map(rfc3339),
+        reason: recorded.and_then(|uplink| uplink.reason.clone()),
+        transitions: recorded.map_or(0, |uplink| uplink.transitions),
+        targets: recorded
+            .map(|uplink| uplink.targets.clone())
+            .unwrap_or_default(),
+    }
 }
 
 fn feed(status: &Status) -> Feed {
@@ -231,6 +269,7 @@ impl Report {
             mark,
             strict_ports,
             policy,
+            uplink,
         } = self;
         writeln!(out, "pin directory:  {}", pin_dir.display())?;
         if interfaces.is_empty() {
@@ -288,7 +327,34 @@ impl Report {
             out,
             "policy:         Optimize {}, Allow {}, Default {}",
             policy.optimize, policy.allow, policy.default
-        )
+        )?;
+        writeln!(
+            out,
+            "uplink:         {}{} since {} ({}; {} transitions)",
+            uplink.state,
+            if uplink.failing_over {
+                ", direct verdicts go to the tunnel"
+            } else {
+                ""
+            },
+            or_dash(uplink.since.as_ref()),
+            or_dash(uplink.reason.as_ref()),
+            uplink.transitions
+        )?;
+        for probe in &uplink.targets {
+            match (&probe.error, probe.rtt_us) {
+                (None, Some(rtt)) => {
+                    writeln!(out, "probe:          {} ok in {rtt} us", probe.target)?;
+                }
+                (error, _) => writeln!(
+                    out,
+                    "probe:          {} failed: {}",
+                    probe.target,
+                    or_dash(error.as_ref())
+                )?,
+            }
+        }
+        Ok(())
     }
 }
 
@@ -336,6 +402,19 @@ mod tests {
                 optimize: "direct",
                 allow: "tunnel",
                 default: "tunnel",
+            },
+            uplink: Uplink {
+                state: State::Down,
+                failing_over: true,
+                since: Some(rfc3339(0)),
+                reason: Some("wan0: link down".into()),
+                transitions: 1,
+                targets: vec![ProbeResult {
+                    target: "tcp://52.112.0.1:443".into(),
+                    ok: false,
+                    rtt_us: None,
+                    error: Some("no answer within 2000ms".into()),
+                }],
             },
         };
         assert_documented_in(&report, &module_doc(include_str!("status.rs")));
