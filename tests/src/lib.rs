@@ -71,8 +71,18 @@ pub fn load_seeded(feed: &[u8], config: &Config) -> Option<(Datapath, Maps)> {
 }
 
 /// Counter deltas between two snapshots of [`Maps::stats`].
+///
+/// # Panics
+///
+/// When the snapshots have different lengths: counters missing from one side would otherwise
+/// be left out of the comparison, and a test would pass on an empty snapshot.
 #[must_use]
 pub fn delta(before: &[Counter], after: &[Counter]) -> Vec<(usize, Counter)> {
+    assert_eq!(
+        before.len(),
+        after.len(),
+        "counter snapshots of different lengths (before, after)"
+    );
     before
         .iter()
         .zip(after)
@@ -156,4 +166,41 @@ pub fn read_applied_version(state_dir: &std::path::Path) -> Option<String> {
     classifier_user::state::read_status(state_dir)?
         .applied
         .map(|applied| applied.version)
+}
+
+#[cfg(test)]
+mod tests {
+    use classifier_common::Counter;
+
+    use super::delta;
+
+    const ONE: Counter = Counter {
+        packets: 1,
+        bytes: 60,
+    };
+    const TWO: Counter = Counter {
+        packets: 2,
+        bytes: 120,
+    };
+
+    #[test]
+    fn delta_lists_the_counters_that_moved() {
+        assert_eq!(
+            delta(&[ONE, ONE, TWO], &[ONE, TWO, TWO]),
+            [(1, ONE)],
+            "only index 1 moved, by one packet of 60 bytes"
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "counter snapshots of different lengths")]
+    fn delta_refuses_an_empty_snapshot() {
+        let _ = delta(&[ONE, TWO], &[]);
+    }
+
+    #[test]
+    #[should_panic(expected = "counter snapshots of different lengths")]
+    fn delta_refuses_a_shorter_snapshot() {
+        let _ = delta(&[ONE], &[TWO, TWO]);
+    }
 }
