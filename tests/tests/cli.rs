@@ -50,6 +50,24 @@ fn json_lines(text: &str) -> Vec<Value> {
         .collect()
 }
 
+/// `classify --json` output split into its per-packet decisions and its summary (the last
+/// line), so that callers compare every decision and none is taken for the summary.
+fn classified(output: &str) -> (Vec<Value>, Value) {
+    let mut lines = json_lines(output);
+    let last = lines.pop().expect("classify printed nothing");
+    let summary = last
+        .get("summary")
+        .unwrap_or_else(|| panic!("the last line is not the summary: {last}"))
+        .clone();
+    for line in &lines {
+        assert!(
+            line.get("index").is_some(),
+            "not a packet's decision: {line}"
+        );
+    }
+    (lines, summary)
+}
+
 #[test]
 fn readme_documents_exactly_the_commands_of_help() {
     let help = ok(&cli(None, &["--help"]));
@@ -273,25 +291,40 @@ fn operator_commands_against_an_attached_data_plane() {
         .map(|(_, addr, q)| frame(addr, *q))
         .collect();
     std::fs::write(&capture, pcap::write(&frames)).unwrap();
-    let verdicts = json_lines(&ok(&run(&[
+    let (verdicts, _) = classified(&ok(&run(&[
         "--json",
         "classify",
         "--pcap",
         capture.to_str().unwrap(),
     ])));
-    for ((what, answer), verdict) in answers.iter().zip(&verdicts) {
-        for (lookup_key, classify_key) in [
-            ("action", "action"),
-            ("reason", "reason"),
-            ("category", "category"),
-            ("decided_by", "endpoint_set"),
-        ] {
-            assert_eq!(
-                answer[lookup_key], verdict[classify_key],
-                "{what}: lookup {answer} vs classify {verdict}"
-            );
-        }
-    }
+    assert_eq!(
+        verdicts.len(),
+        answers.len(),
+        "classify decides each question's packet once"
+    );
+    // The same fields under each command's names: lookup's `decided_by` is classify's
+    // `endpoint_set`.
+    let from_lookup: Vec<(&str, [&Value; 4])> = answers
+        .iter()
+        .map(|(what, a)| {
+            let fields = [&a["action"], &a["reason"], &a["category"], &a["decided_by"]];
+            (*what, fields)
+        })
+        .collect();
+    let from_classify: Vec<(&str, [&Value; 4])> = answers
+        .iter()
+        .zip(&verdicts)
+        .map(|((what, _), v)| {
+            let fields = [
+                &v["action"],
+                &v["reason"],
+                &v["category"],
+                &v["endpoint_set"],
+            ];
+            (*what, fields)
+        })
+        .collect();
+    assert_eq!(from_lookup, from_classify, "lookup against classify");
     let by_name = |what: &str| &answers.iter().find(|(w, _)| *w == what).unwrap().1;
     assert_eq!(by_name("Exchange Allow")["category"], "Allow");
     assert_eq!(by_name("Exchange Allow")["prefix"], "40.96.0.0/13");
@@ -368,7 +401,8 @@ fn operator_commands_against_an_attached_data_plane() {
         "--pcap",
         capture.to_str().unwrap(),
     ]));
-    let decided: Vec<(String, String)> = json_lines(&output)[..6]
+    let (packets, summary) = classified(&output);
+    let decided: Vec<(String, String)> = packets
         .iter()
         .map(|v| {
             (
@@ -386,7 +420,7 @@ fn operator_commands_against_an_attached_data_plane() {
         ("tunnel", "malformed"),
     ];
     assert_eq!(decided, expected.map(|(a, r)| (a.to_owned(), r.to_owned())));
-    assert_eq!(json_lines(&output)[6]["summary"]["direct"], 3);
+    assert_eq!(summary["direct"], 3);
     assert_eq!(
         Maps::from_pins(&pin_dir.path).unwrap().stats().unwrap(),
         before,
