@@ -1,13 +1,14 @@
 //! Support for xdp-breakout's privileged tests: packet building, loading the programs seeded
 //! with the real feed, and throwaway network namespaces.
 //!
-//! Under `CI=true` a test that cannot get BPF or a network namespace fails; elsewhere it says
-//! why and skips.
+//! Under `CI=true` a test that cannot get BPF or a network namespace fails; elsewhere it skips
+//! and [`skips`] records it where `cargo test` and `cargo xtask test` show it.
 
 pub mod http;
 pub mod netns;
 pub mod packet;
 pub mod router;
+pub mod skips;
 
 use std::net::IpAddr;
 
@@ -35,14 +36,20 @@ pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|value| value == "true" || value == "1")
 }
 
-/// Reports that a privileged facility is missing: fails in CI, skips elsewhere.
+/// Reports that a privileged facility is missing: fails in CI; elsewhere records the running
+/// test as skipped (see [`skips`]) and returns `None`, for the test to return at once.
 ///
 /// # Panics
 ///
 /// Under `CI=true`.
 pub fn unavailable(what: &str, error: &dyn std::fmt::Display) -> Option<std::convert::Infallible> {
     assert!(!in_ci(), "{what} is unavailable under CI=true: {error}");
-    eprintln!("skipping: {what} is unavailable ({error}); run as root with CAP_BPF");
+    // A command's error ends with its stderr's line break.
+    let error = error.to_string();
+    skips::record(&format!(
+        "{what} is unavailable ({}); run as root with CAP_BPF and CAP_NET_ADMIN",
+        error.trim_end()
+    ));
     None
 }
 
