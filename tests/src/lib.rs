@@ -1,9 +1,11 @@
 //! Support for xdp-breakout's privileged tests: packet building, loading the programs seeded
-//! with the real feed, and throwaway network namespaces.
+//! with the real feed, throwaway network namespaces, control of the real daemon, and a branch
+//! router built of namespaces.
 //!
 //! Under `CI=true` a test that cannot get BPF or a network namespace fails; elsewhere it skips
 //! and [`skips`] records it where `cargo test` and `cargo xtask test` show it.
 
+pub mod daemon;
 pub mod http;
 pub mod netns;
 pub mod packet;
@@ -165,14 +167,6 @@ pub fn xdp_breakout() -> std::path::PathBuf {
         bin.display()
     );
     bin
-}
-
-/// The feed version the agent using `state_dir` says it applied.
-#[must_use]
-pub fn read_applied_version(state_dir: &std::path::Path) -> Option<String> {
-    classifier_user::state::read_status(state_dir)?
-        .applied
-        .map(|applied| applied.version)
 }
 
 #[cfg(test)]
