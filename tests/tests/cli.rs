@@ -15,7 +15,7 @@ use tests::{
     PinDir, ip,
     netns::{Netns, ifindex, send_frames},
     packet::{ETH_P_8021Q, L4, Spec, non_ip},
-    xdp_breakout,
+    unavailable, xdp_breakout,
 };
 
 fn cli(netns: Option<&Netns>, args: &[&str]) -> Output {
@@ -140,7 +140,8 @@ fn bad_arguments_fail_clearly_without_touching_anything() {
     assert!(!Path::new("/sys/fs/bpf/xbt-nothing-here").exists());
 }
 
-/// Pins left by another version of xdp-breakout are refused, not silently reused.
+/// Pins left by another version of xdp-breakout are refused, not silently reused. Skips (fails
+/// under `CI=true`) when bpftool cannot create a map, as the other tests do without BPF.
 #[test]
 fn pins_of_another_shape_are_refused() {
     let pin_dir = PinDir::new("shape");
@@ -163,11 +164,11 @@ fn pins_of_another_shape_are_refused() {
         ])
         .output()
         .unwrap();
-    assert!(
-        created.status.success(),
-        "{}",
-        String::from_utf8_lossy(&created.stderr)
-    );
+    if !created.status.success() {
+        let error = String::from_utf8_lossy(&created.stderr);
+        let _ = unavailable("creating a BPF map with bpftool", &error);
+        return;
+    }
     let pins = pin_dir.path.to_str().unwrap();
     for args in [&["lookup", "192.0.2.1"][..], &["stats"]] {
         fails(
