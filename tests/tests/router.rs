@@ -25,7 +25,7 @@ fn router(what: &str, options: Options) -> Option<Router> {
     match Router::new(what, options) {
         Ok(router) => Some(router),
         Err(error) => {
-            let _ = unavailable("network namespaces for the router", &error);
+            let _ = unavailable("a router of four network namespaces", &error);
             None
         }
     }
