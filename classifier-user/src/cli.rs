@@ -405,13 +405,63 @@ pub struct StatsArgs {
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory as _;
+    use std::collections::BTreeSet;
+
+    use clap::{CommandFactory as _, error::ErrorKind};
 
     use super::*;
 
     #[test]
     fn command_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// The README's command block lists exactly the commands `--help` lists (the visible
+    /// subcommands of the clap tree), and each command has its own help, so the documentation
+    /// cannot drift from the CLI.
+    #[test]
+    fn readme_documents_exactly_the_commands_of_help() {
+        let cli = Cli::command();
+        let commands: BTreeSet<&str> = cli
+            .get_subcommands()
+            .filter(|command| !command.is_hide_set())
+            .map(clap::Command::get_name)
+            .collect();
+        assert!(commands.len() >= 12, "{commands:?}");
+        let readme = include_str!("../../README.md");
+        let section = readme
+            .split("## Command line")
+            .nth(1)
+            .expect("the README has a Command line section")
+            .split("\n## ")
+            .next()
+            .unwrap_or_default();
+        let block = section
+            .split("```text")
+            .nth(1)
+            .expect("the Command line section opens with a text block")
+            .split("```")
+            .next()
+            .unwrap_or_default();
+        let documented: BTreeSet<&str> = block
+            .lines()
+            .filter(|line| line.starts_with("  ") && !line.trim().is_empty())
+            .filter_map(|line| line.split_whitespace().next())
+            .collect();
+        assert_eq!(
+            documented, commands,
+            "README's command block and --help differ"
+        );
+        for command in commands {
+            let help = Cli::try_parse_from(["xdp-breakout", command, "--help"])
+                .expect_err("--help stops parsing");
+            assert_eq!(help.kind(), ErrorKind::DisplayHelp, "{command}: {help}");
+            let text = help.to_string();
+            assert!(
+                text.contains(&format!("Usage: xdp-breakout {command}")),
+                "{command}: {text}"
+            );
+        }
     }
 
     #[test]

@@ -1,13 +1,16 @@
 //! Support for xdp-breakout's privileged tests: packet building, loading the programs seeded
-//! with the real feed, and throwaway network namespaces.
+//! with the real feed, throwaway network namespaces, control of the real daemon, and a branch
+//! router built of namespaces.
 //!
-//! Under `CI=true` a test that cannot get BPF or a network namespace fails; elsewhere it says
-//! why and skips.
+//! Under `CI=true` a test that cannot get BPF or a network namespace fails; elsewhere it skips
+//! and [`skips`] records it where `cargo test` and `cargo xtask test` show it.
 
+pub mod daemon;
 pub mod http;
 pub mod netns;
 pub mod packet;
 pub mod router;
+pub mod skips;
 
 use std::net::IpAddr;
 
@@ -35,14 +38,20 @@ pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|value| value == "true" || value == "1")
 }
 
-/// Reports that a privileged facility is missing: fails in CI, skips elsewhere.
+/// Reports that a privileged facility is missing: fails in CI; elsewhere records the running
+/// test as skipped (see [`skips`]) and returns `None`, for the test to return at once.
 ///
 /// # Panics
 ///
 /// Under `CI=true`.
 pub fn unavailable(what: &str, error: &dyn std::fmt::Display) -> Option<std::convert::Infallible> {
     assert!(!in_ci(), "{what} is unavailable under CI=true: {error}");
-    eprintln!("skipping: {what} is unavailable ({error}); run as root with CAP_BPF");
+    // A command's error ends with its stderr's line break.
+    let error = error.to_string();
+    skips::record(&format!(
+        "{what} is unavailable ({}); run as root with CAP_BPF and CAP_NET_ADMIN",
+        error.trim_end()
+    ));
     None
 }
 
@@ -71,8 +80,18 @@ pub fn load_seeded(feed: &[u8], config: &Config) -> Option<(Datapath, Maps)> {
 }
 
 /// Counter deltas between two snapshots of [`Maps::stats`].
+///
+/// # Panics
+///
+/// When the snapshots have different lengths: counters missing from one side would otherwise
+/// be left out of the comparison, and a test would pass on an empty snapshot.
 #[must_use]
 pub fn delta(before: &[Counter], after: &[Counter]) -> Vec<(usize, Counter)> {
+    assert_eq!(
+        before.len(),
+        after.len(),
+        "counter snapshots of different lengths (before, after)"
+    );
     before
         .iter()
         .zip(after)
@@ -150,10 +169,39 @@ pub fn xdp_breakout() -> std::path::PathBuf {
     bin
 }
 
-/// The feed version the agent using `state_dir` says it applied.
-#[must_use]
-pub fn read_applied_version(state_dir: &std::path::Path) -> Option<String> {
-    classifier_user::state::read_status(state_dir)?
-        .applied
-        .map(|applied| applied.version)
+#[cfg(test)]
+mod tests {
+    use classifier_common::Counter;
+
+    use super::delta;
+
+    const ONE: Counter = Counter {
+        packets: 1,
+        bytes: 60,
+    };
+    const TWO: Counter = Counter {
+        packets: 2,
+        bytes: 120,
+    };
+
+    #[test]
+    fn delta_lists_the_counters_that_moved() {
+        assert_eq!(
+            delta(&[ONE, ONE, TWO], &[ONE, TWO, TWO]),
+            [(1, ONE)],
+            "only index 1 moved, by one packet of 60 bytes"
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "counter snapshots of different lengths")]
+    fn delta_refuses_an_empty_snapshot() {
+        let _ = delta(&[ONE, TWO], &[]);
+    }
+
+    #[test]
+    #[should_panic(expected = "counter snapshots of different lengths")]
+    fn delta_refuses_a_shorter_snapshot() {
+        let _ = delta(&[ONE], &[TWO, TWO]);
+    }
 }

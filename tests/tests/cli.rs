@@ -1,11 +1,9 @@
 //! Every operator command run for real against programs attached in a throwaway namespace:
 //! `lookup` agrees with the data plane's own verdict, `classify --pcap` decides a capture,
 //! `sync --dry-run` changes nothing, the `--json` forms say what was done, and bad arguments
-//! fail clearly. Also the CLI contract: the README documents exactly the commands `--help`
-//! lists.
+//! fail clearly. Also `completions` and `man` from the real binary.
 
 use std::{
-    collections::BTreeSet,
     fmt::Write as _,
     path::Path,
     process::{Command, Output},
@@ -19,7 +17,7 @@ use tests::{
     ip,
     netns::{Netns, ifindex, send_frames},
     packet::{ETH_P_8021Q, L4, Spec, non_ip},
-    xdp_breakout,
+    unavailable, xdp_breakout,
 };
 
 fn cli(netns: Option<&Netns>, args: &[&str]) -> Output {
@@ -53,50 +51,29 @@ fn json_lines(text: &str) -> Vec<Value> {
         .collect()
 }
 
-#[test]
-fn readme_documents_exactly_the_commands_of_help() {
-    let help = ok(&cli(None, &["--help"]));
-    let commands: BTreeSet<String> = help
-        .split("Commands:")
-        .nth(1)
-        .unwrap()
-        .lines()
-        .skip(1)
-        .take_while(|line| !line.trim().is_empty())
-        .filter_map(|line| line.split_whitespace().next())
-        .filter(|name| *name != "help")
-        .map(str::to_owned)
-        .collect();
-    assert!(commands.len() >= 12, "{commands:?}");
-    let readme = include_str!("../../README.md");
-    let section = readme
-        .split("## Command line")
-        .nth(1)
-        .unwrap()
-        .split("\n## ")
-        .next()
-        .unwrap();
-    let block = section
-        .split("```text")
-        .nth(1)
-        .unwrap()
-        .split("```")
-        .next()
-        .unwrap();
-    let documented: BTreeSet<String> = block
-        .lines()
-        .filter(|line| line.starts_with("  ") && !line.trim().is_empty())
-        .filter_map(|line| line.split_whitespace().next())
-        .map(str::to_owned)
-        .collect();
-    assert_eq!(
-        documented, commands,
-        "README's command block and --help differ"
-    );
-    for command in &commands {
-        let help = ok(&cli(None, &[command, "--help"]));
-        assert!(help.contains("Usage: xdp-breakout"), "{command}");
+/// `classify --json` output split into its per-packet decisions and its summary (the last
+/// line), so that callers compare every decision and none is taken for the summary.
+fn classified(output: &str) -> (Vec<Value>, Value) {
+    let mut lines = json_lines(output);
+    let last = lines.pop().expect("classify printed nothing");
+    let summary = last
+        .get("summary")
+        .unwrap_or_else(|| panic!("the last line is not the summary: {last}"))
+        .clone();
+    for line in &lines {
+        assert!(
+            line.get("index").is_some(),
+            "not a packet's decision: {line}"
+        );
     }
+    (lines, summary)
+}
+
+/// `completions` and `man` print what clap_complete and clap_mangen generate from the command
+/// tree. (That the README lists exactly the commands of `--help` is a host unit test in
+/// classifier-user's `cli` module.)
+#[test]
+fn completions_and_man_page_are_printed() {
     assert!(ok(&cli(None, &["completions", "bash"])).contains("xdp-breakout"));
     assert!(ok(&cli(None, &["man"])).contains(".TH xdp-breakout 1"));
 }
@@ -165,7 +142,8 @@ fn bad_arguments_fail_clearly_without_touching_anything() {
     assert!(!Path::new("/sys/fs/bpf/xbt-nothing-here").exists());
 }
 
-/// Pins left by another version of xdp-breakout are refused, not silently reused.
+/// Pins left by another version of xdp-breakout are refused, not silently reused. Skips (fails
+/// under `CI=true`) when bpftool cannot create a map, as the other tests do without BPF.
 #[test]
 fn pins_of_another_shape_are_refused() {
     let pin_dir = PinDir::new("shape");
@@ -188,11 +166,11 @@ fn pins_of_another_shape_are_refused() {
         ])
         .output()
         .unwrap();
-    assert!(
-        created.status.success(),
-        "{}",
-        String::from_utf8_lossy(&created.stderr)
-    );
+    if !created.status.success() {
+        let error = String::from_utf8_lossy(&created.stderr);
+        let _ = unavailable("creating a BPF map with bpftool", &error);
+        return;
+    }
     let pins = pin_dir.path.to_str().unwrap();
     for args in [&["lookup", "192.0.2.1"][..], &["stats"]] {
         fails(
@@ -286,25 +264,40 @@ fn operator_commands_against_an_attached_data_plane() {
         .map(|(_, addr, q)| frame(addr, *q))
         .collect();
     std::fs::write(&capture, pcap::write(&frames)).unwrap();
-    let verdicts = json_lines(&ok(&run(&[
+    let (verdicts, _) = classified(&ok(&run(&[
         "--json",
         "classify",
         "--pcap",
         capture.to_str().unwrap(),
     ])));
-    for ((what, answer), verdict) in answers.iter().zip(&verdicts) {
-        for (lookup_key, classify_key) in [
-            ("action", "action"),
-            ("reason", "reason"),
-            ("category", "category"),
-            ("decided_by", "endpoint_set"),
-        ] {
-            assert_eq!(
-                answer[lookup_key], verdict[classify_key],
-                "{what}: lookup {answer} vs classify {verdict}"
-            );
-        }
-    }
+    assert_eq!(
+        verdicts.len(),
+        answers.len(),
+        "classify decides each question's packet once"
+    );
+    // The same fields under each command's names: lookup's `decided_by` is classify's
+    // `endpoint_set`.
+    let from_lookup: Vec<(&str, [&Value; 4])> = answers
+        .iter()
+        .map(|(what, a)| {
+            let fields = [&a["action"], &a["reason"], &a["category"], &a["decided_by"]];
+            (*what, fields)
+        })
+        .collect();
+    let from_classify: Vec<(&str, [&Value; 4])> = answers
+        .iter()
+        .zip(&verdicts)
+        .map(|((what, _), v)| {
+            let fields = [
+                &v["action"],
+                &v["reason"],
+                &v["category"],
+                &v["endpoint_set"],
+            ];
+            (*what, fields)
+        })
+        .collect();
+    assert_eq!(from_lookup, from_classify, "lookup against classify");
     let by_name = |what: &str| &answers.iter().find(|(w, _)| *w == what).unwrap().1;
     assert_eq!(by_name("Exchange Allow")["category"], "Allow");
     assert_eq!(by_name("Exchange Allow")["prefix"], "40.96.0.0/13");
@@ -381,7 +374,8 @@ fn operator_commands_against_an_attached_data_plane() {
         "--pcap",
         capture.to_str().unwrap(),
     ]));
-    let decided: Vec<(String, String)> = json_lines(&output)[..6]
+    let (packets, summary) = classified(&output);
+    let decided: Vec<(String, String)> = packets
         .iter()
         .map(|v| {
             (
@@ -399,7 +393,7 @@ fn operator_commands_against_an_attached_data_plane() {
         ("tunnel", "malformed"),
     ];
     assert_eq!(decided, expected.map(|(a, r)| (a.to_owned(), r.to_owned())));
-    assert_eq!(json_lines(&output)[6]["summary"]["direct"], 3);
+    assert_eq!(summary["direct"], 3);
     assert_eq!(
         Maps::from_pins(&pin_dir.path).unwrap().stats().unwrap(),
         before,

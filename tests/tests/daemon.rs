@@ -4,113 +4,23 @@
 //! configuration on SIGHUP, forwards kernel logs, and leaves the data plane on SIGTERM.
 
 use std::{
+    ffi::OsStr,
     fs,
     net::TcpListener,
-    path::{Path, PathBuf},
-    process::{Child, Stdio},
-    thread,
     time::{Duration, Instant},
 };
 
 use classifier_common::{action, stat};
-use classifier_user::{datapath::Maps, state::Status};
+use classifier_user::datapath::Maps;
 use tests::{
     FEED_2026033100, FEED_2026043000, PinDir,
+    daemon::{Daemon, Setup, applied_version, status, wait_for},
     http::{FeedServer, Reply},
     ip,
     netns::{Netns, ifindex, send_frames},
     packet::{L4, Spec},
     xdp_breakout,
 };
-
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn start(
-        netns: &Netns,
-        pin_dir: &Path,
-        state_dir: &Path,
-        feed_url: &str,
-        config: &Path,
-        log: PathBuf,
-    ) -> Self {
-        let child = netns
-            .command(xdp_breakout().to_str().unwrap())
-            .arg("--pin-dir")
-            .arg(pin_dir)
-            .args([
-                "-v",
-                "run",
-                "--iface",
-                "lan1",
-                "--poll-interval",
-                "1s",
-                "--feed-url",
-                feed_url,
-                "--allow-http",
-            ])
-            .arg("--state-dir")
-            .arg(state_dir)
-            .arg("--config")
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Self { child, log }
-    }
-
-    fn signal(&self, signal: i32) {
-        // SAFETY: kill(2) on our own child.
-        assert_eq!(
-            unsafe { libc::kill(i32::try_from(self.child.id()).unwrap(), signal) },
-            0
-        );
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits until the log holds `needle`.
-    fn wait_log(&self, needle: &str) {
-        wait_for(
-            &format!("log line {needle:?}"),
-            || self.log().contains(needle),
-            || self.log(),
-        );
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_for(what: &str, mut done: impl FnMut() -> bool, context: impl Fn() -> String) {
-    let start = Instant::now();
-    while !done() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "waited 30 s for {what}; {}",
-            context()
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn status(state_dir: &Path) -> Option<Status> {
-    serde_json::from_slice(&fs::read(state_dir.join("status.json")).ok()?).ok()
-}
-
-fn applied_version(state_dir: &Path) -> Option<String> {
-    status(state_dir)?.applied.map(|applied| applied.version)
-}
 
 #[test]
 #[expect(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
@@ -132,16 +42,21 @@ fn daemon_follows_the_feed_and_survives_kill_hup_and_term() {
     let state_dir = work.join("state");
     let config = work.join("config.toml");
     fs::write(&config, "# defaults\n").unwrap();
-    let start = |n: u32| {
-        Daemon::start(
-            &netns,
-            &pin_dir.path,
-            &state_dir,
-            &server.url(),
-            &config,
-            work.join(format!("daemon-{n}.log")),
-        )
+    let feed_url = server.url();
+    let setup = Setup {
+        netns: &netns,
+        pin_dir: &pin_dir.path,
+        state_dir: &state_dir,
+        iface: "lan1",
+        feed_url: &feed_url,
     };
+    let args: [&OsStr; 4] = [
+        "--poll-interval".as_ref(),
+        "1s".as_ref(),
+        "--config".as_ref(),
+        config.as_ref(),
+    ];
+    let start = |n: u32| Daemon::start(&setup, args, work.join(format!("daemon-{n}.log")));
 
     // Version 2026050100 (the 2026033100 feed), then 2026060100 (the 2026043000 feed).
     let daemon = start(1);
@@ -195,7 +110,7 @@ fn daemon_follows_the_feed_and_survives_kill_hup_and_term() {
     assert_eq!(direct(), 25);
     wait_for(
         "a poll",
-        || status(&state_dir).is_some_and(|s| s.pid == daemon.child.id() && s.last_poll.is_some()),
+        || status(&state_dir).is_some_and(|s| s.pid == daemon.pid() && s.last_poll.is_some()),
         || daemon.log(),
     );
     let polled = status(&state_dir).unwrap();
@@ -337,7 +252,7 @@ fn daemon_follows_the_feed_and_survives_kill_hup_and_term() {
     let mut daemon = daemon;
     let term_at = Instant::now();
     daemon.signal(libc::SIGTERM);
-    let exit = daemon.child.wait().unwrap();
+    let exit = daemon.wait();
     assert!(
         term_at.elapsed() < Duration::from_secs(5),
         "{:?}",

@@ -25,7 +25,7 @@ fn router(what: &str, options: Options) -> Option<Router> {
     match Router::new(what, options) {
         Ok(router) => Some(router),
         Err(error) => {
-            let _ = unavailable("network namespaces for the router", &error);
+            let _ = unavailable("a router of four network namespaces", &error);
             None
         }
     }
@@ -50,7 +50,7 @@ fn running(what: &str) -> Option<(Router, Arrivals)> {
     let mut router = router(what, Options::default())?;
     serve(&router, "2026043000", FEED_2026043000);
     router.start_daemon(&[]);
-    wait_version(&router, "2026043000");
+    router.wait_version("2026043000");
     let arrivals = Arrivals::default();
     router.listen_udp(3478, &arrivals);
     Some((router, arrivals))
@@ -61,18 +61,6 @@ fn serve(router: &Router, version: &str, body: &[u8]) {
         .server
         .set("/version/Worldwide", Reply::version(version));
     router.server.set("/endpoints/Worldwide", Reply::json(body));
-}
-
-fn wait_version(router: &Router, version: &str) {
-    let start = Instant::now();
-    while router.applied_version().as_deref() != Some(version) {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "waited for {version}:\n{}",
-            router.daemon_log()
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Waits until the listeners have seen `total` datagrams (they run on their own threads).
@@ -93,7 +81,7 @@ fn paths_and_policy(vlan: bool) {
     let config = router.work_file("config.toml");
     std::fs::write(&config, "# defaults\n").unwrap();
     router.start_daemon(&["--config", config.to_str().unwrap()]);
-    wait_version(&router, "2026043000");
+    router.wait_version("2026043000");
     let arrivals = Arrivals::default();
     router.listen_udp(3478, &arrivals);
     router.listen_tcp(443, &arrivals);
@@ -254,7 +242,7 @@ fn feed_changes_under_load_switch_only_what_changed() {
     };
     serve(&router, "2026050100", &feed_with(EXTRA_A, 900));
     router.start_daemon(&["--poll-interval", "1s"]);
-    wait_version(&router, "2026050100");
+    router.wait_version("2026050100");
     let arrivals = Arrivals::default();
     router.listen_udp(3478, &arrivals);
     router.send_udp(EXTRA_A, 3478, 5, Duration::ZERO);
@@ -268,7 +256,7 @@ fn feed_changes_under_load_switch_only_what_changed() {
     let stream = router.stream_udp(TEAMS_V4, 3478, count, Duration::from_millis(1));
     thread::sleep(Duration::from_millis(300));
     serve(&router, "2026050200", &feed_with(EXTRA_B, 901));
-    wait_version(&router, "2026050200");
+    router.wait_version("2026050200");
     // Then a broken feed and a shrunken one: both refused, nothing changes.
     let installed = Maps::from_pins(router.pins()).unwrap().installed().unwrap();
     router

@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod setup;
+mod skips;
 
 use std::process::{Command, ExitCode};
 
@@ -72,11 +73,19 @@ pub fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
 
+/// True when running in CI, where no privileged test may skip (as `tests::in_ci`).
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|value| value == "true" || value == "1")
+}
+
 /// Every package, the privileged `tests` crate included. The binary is built first: the attach
-/// tests run the real `xdp-breakout`.
+/// tests run the real `xdp-breakout`. Ends with the privileged tests that skipped (libtest
+/// counts them as passed), also when a test failed.
 fn test(args: &[String]) -> anyhow::Result<()> {
+    let log = skips::log_path(&mut cargo())?;
+    skips::clear(&log)?;
     run_command(cargo().args(["build", "--package", "classifier-user", "--bins"]))?;
-    run_command(
+    let tested = run_command(
         cargo()
             .args([
                 "test",
@@ -86,6 +95,16 @@ fn test(args: &[String]) -> anyhow::Result<()> {
                 "classifier-user",
             ])
             .args(["--package", "xtask", "--package", "tests", "--"])
-            .args(args),
-    )
+            .args(args)
+            .env(skips::LOG_ENV, &log),
+    );
+    let recorded = skips::read(&log)?;
+    let skipped = skips::parse(&recorded);
+    eprintln!("xtask: {}", skips::summary(&skipped));
+    tested?;
+    // The tests fail instead of skipping under CI=true; this catches a skip that forgets to.
+    if in_ci() && !skipped.is_empty() {
+        bail!("CI=true, and privileged tests skipped");
+    }
+    Ok(())
 }

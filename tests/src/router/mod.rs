@@ -1,0 +1,211 @@
+//! A branch router in four network namespaces, for end-to-end tests and the demo.
+//!
+//! ```text
+//!  client                router                              direct (uplink)
+//!  client0 ---------- lan0   [xdp-breakout: XDP + tc]   wan0 ---- up0   answers Microsoft
+//!  10.0.1.2           10.0.1.1                         10.0.2.1   10.0.2.2   and other
+//!  fd00:1::2          fd00:1::1                        fd00:2::1  fd00:2::2  test addresses
+//!                                                       tun0 ---- up0   tunnel (default)
+//!                                                      10.0.3.1   10.0.3.2   the same
+//!                                                      fd00:3::1  fd00:3::2  addresses
+//! ```
+//!
+//! The router forwards; `ip rule fwmark 0x365/0xffff lookup 365` sends marked packets to
+//! table 365 (default via `direct`), everything else takes the main default route (via
+//! `tunnel`). Both upstreams own every test address, so where a packet arrives shows the
+//! path it took. Everything is removed on drop, also when a test fails.
+//!
+//! [`topology`] wires the namespaces, [`traffic`] sends and counts packets, and the agent on
+//! the router is run with the harness's daemon control ([`crate::daemon`]).
+
+pub mod topology;
+pub mod traffic;
+
+use std::{
+    fs, io,
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::ExitStatus,
+};
+
+pub use self::{
+    topology::{
+        EXCHANGE_V4, EXCHANGE_V6, EXTRA_A, EXTRA_B, OTHER_V4, OTHER_V6, Options, TEAMS_V4,
+        TEAMS_V6, TEST_ADDRESSES,
+    },
+    traffic::{Arrivals, Upstream, arrived},
+};
+use crate::{
+    PinDir,
+    daemon::{self, Daemon, Setup},
+    http::FeedServer,
+    netns::Netns,
+    xdp_breakout,
+};
+
+pub struct Router {
+    pub client: Netns,
+    pub router: Netns,
+    pub direct: Netns,
+    pub tunnel: Netns,
+    pub pin_dir: PinDir,
+    pub work: PathBuf,
+    /// The feed server, listening on the router's loopback.
+    pub server: FeedServer,
+    /// The LAN interface xdp-breakout is attached to.
+    pub lan: &'static str,
+    daemon: Option<Daemon>,
+    /// Daemons started so far; the last one's log is `daemon-<daemons>.log`.
+    daemons: u32,
+    listeners: Vec<traffic::Listener>,
+    /// The VLAN tagging programs (client egress, router LAN ingress), while they run.
+    vlan: Vec<aya::Ebpf>,
+}
+
+impl Router {
+    /// Builds the four namespaces.
+    pub fn new(what: &str, options: Options) -> io::Result<Self> {
+        let client = Netns::new(&format!("xb{what}-c"))?;
+        let router = Netns::new(&format!("xb{what}-r"))?;
+        let direct = Netns::new(&format!("xb{what}-d"))?;
+        let tunnel = Netns::new(&format!("xb{what}-t"))?;
+        let work = std::env::temp_dir().join(format!("xdp-breakout-{what}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&work);
+        fs::create_dir_all(&work)?;
+        let server = FeedServer::serve(router.run(|| TcpListener::bind("127.0.0.1:0"))?);
+        let mut this = Self {
+            client,
+            router,
+            direct,
+            tunnel,
+            pin_dir: PinDir::new(what),
+            work,
+            server,
+            // XDP sits on the physical LAN interface, below any VLAN interface.
+            lan: "lan0",
+            daemon: None,
+            daemons: 0,
+            listeners: Vec::new(),
+            vlan: Vec::new(),
+        };
+        this.wire()?;
+        if options.vlan {
+            this.tag_lan()?;
+        }
+        Ok(this)
+    }
+
+    /// The pin and state directories, for CLI calls.
+    #[must_use]
+    pub fn state_dir(&self) -> PathBuf {
+        self.work.join("state")
+    }
+
+    fn daemon_log_path(&self) -> PathBuf {
+        self.work.join(format!("daemon-{}.log", self.daemons))
+    }
+
+    /// Starts `xdp-breakout run` on the router (the feed from the router's own server).
+    ///
+    /// # Panics
+    ///
+    /// When the binary cannot be started.
+    pub fn start_daemon(&mut self, args: &[&str]) {
+        self.daemons += 1;
+        let state_dir = self.state_dir();
+        let setup = Setup {
+            netns: &self.router,
+            pin_dir: &self.pin_dir.path,
+            state_dir: &state_dir,
+            iface: self.lan,
+            feed_url: &self.server.url(),
+        };
+        self.daemon = Some(Daemon::start(&setup, args, self.daemon_log_path()));
+    }
+
+    /// The log of the running (or last) daemon.
+    #[must_use]
+    pub fn daemon_log(&self) -> String {
+        daemon::read_log(&self.daemon_log_path())
+    }
+
+    /// Sends `signal` to the daemon; waits for it to exit unless it is SIGHUP.
+    ///
+    /// # Panics
+    ///
+    /// When no daemon runs.
+    pub fn signal_daemon(&mut self, signal: i32) -> Option<ExitStatus> {
+        let daemon = self.daemon.as_mut().expect("a daemon");
+        daemon.signal(signal);
+        if signal == libc::SIGHUP {
+            return None;
+        }
+        let status = daemon.wait();
+        self.daemon = None;
+        Some(status)
+    }
+
+    /// Waits until the log of the running (or last) daemon contains `needle`.
+    ///
+    /// # Panics
+    ///
+    /// After 30 s.
+    pub fn wait_log(&self, needle: &str) {
+        daemon::wait_log(&self.daemon_log_path(), needle);
+    }
+
+    /// The version the agent's status says it applied.
+    #[must_use]
+    pub fn applied_version(&self) -> Option<String> {
+        daemon::applied_version(&self.state_dir())
+    }
+
+    /// Waits until the agent's status says it applied `version`.
+    ///
+    /// # Panics
+    ///
+    /// After 30 s.
+    pub fn wait_version(&self, version: &str) {
+        daemon::wait_for(
+            &format!("version {version}"),
+            || self.applied_version().as_deref() == Some(version),
+            || self.daemon_log(),
+        );
+    }
+
+    /// Runs the CLI on the router with this router's pin and state directories.
+    ///
+    /// # Panics
+    ///
+    /// When the binary cannot be started.
+    #[must_use]
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        self.router
+            .command(xdp_breakout().to_str().expect("UTF-8 path"))
+            .arg("--pin-dir")
+            .arg(&self.pin_dir.path)
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .args(args)
+            .output()
+            .expect("xdp-breakout")
+    }
+
+    #[must_use]
+    pub fn work_file(&self, name: &str) -> PathBuf {
+        self.work.join(name)
+    }
+
+    #[must_use]
+    pub fn pins(&self) -> &Path {
+        &self.pin_dir.path
+    }
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        self.listeners.clear();
+        self.daemon = None;
+        let _ = fs::remove_dir_all(&self.work);
+    }
+}

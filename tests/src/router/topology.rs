@@ -1,0 +1,219 @@
+//! The router's wiring: four namespaces joined by veth pairs, their addresses, static
+//! neighbours (so no packet waits on ARP or neighbour discovery), the routes and the fwmark
+//! rule of policy routing, and the test addresses both upstreams own. With
+//! [`Options::vlan`], the LAN is tagged.
+
+use std::io;
+
+use super::Router;
+use crate::netns::{Netns, run_checked};
+
+/// Addresses both upstreams answer on: Microsoft 365 ones from the 2026043000 feed, and
+/// others.
+pub const TEAMS_V4: &str = "52.112.1.1";
+pub const TEAMS_V6: &str = "2603:1063::1";
+pub const EXCHANGE_V4: &str = "40.96.1.1";
+pub const EXCHANGE_V6: &str = "2603:1006::1";
+pub const OTHER_V4: &str = "198.51.100.1";
+pub const OTHER_V6: &str = "2001:db8:5::1";
+/// Addresses for feeds that add or remove prefixes: public unicast (the feed gate refuses
+/// documentation and benchmarking space), not in Microsoft's feed.
+pub const EXTRA_A: &str = "44.10.0.1";
+pub const EXTRA_B: &str = "44.20.0.1";
+pub const TEST_ADDRESSES: [&str; 8] = [
+    TEAMS_V4,
+    TEAMS_V6,
+    EXCHANGE_V4,
+    EXCHANGE_V6,
+    OTHER_V4,
+    OTHER_V6,
+    EXTRA_A,
+    EXTRA_B,
+];
+
+const MAC_CLIENT: &str = "02:00:00:00:01:02";
+const MAC_LAN: &str = "02:00:00:00:01:01";
+const MAC_WAN: &str = "02:00:00:00:02:01";
+const MAC_DIRECT: &str = "02:00:00:00:02:02";
+const MAC_TUN: &str = "02:00:00:00:03:01";
+const MAC_TUNNEL: &str = "02:00:00:00:03:02";
+
+/// How the router is built.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    /// The LAN is VLAN 100, tagged in the frames (the tag is not offloaded).
+    pub vlan: bool,
+}
+
+impl Router {
+    #[expect(clippy::too_many_lines, reason = "the topology, link by link")]
+    pub(super) fn wire(&self) -> io::Result<()> {
+        let (client, router, direct, tunnel) =
+            (&self.client, &self.router, &self.direct, &self.tunnel);
+        for netns in [client, router, direct, tunnel] {
+            netns.sysctl("net.ipv6.conf.all.accept_dad=0")?;
+            netns.sysctl("net.ipv6.conf.default.accept_dad=0")?;
+        }
+        router.sysctl("net.ipv4.ip_forward=1")?;
+        router.sysctl("net.ipv6.conf.all.forwarding=1")?;
+        let pair = |a: &Netns, a_name: &str, a_mac: &str, b: &Netns, b_name: &str, b_mac: &str| {
+            a.ip(&[
+                "link", "add", a_name, "address", a_mac, "type", "veth", "peer", "name", b_name,
+                "address", b_mac, "netns", &b.name,
+            ])
+        };
+        pair(client, "client0", MAC_CLIENT, router, "lan0", MAC_LAN)?;
+        pair(router, "wan0", MAC_WAN, direct, "up0", MAC_DIRECT)?;
+        pair(router, "tun0", MAC_TUN, tunnel, "up0", MAC_TUNNEL)?;
+        let (client_if, lan_if) = ("client0", "lan0");
+        let up = |netns: &Netns, dev: &str, v4: &str, v6: &str| -> io::Result<()> {
+            netns.ip(&["addr", "add", v4, "dev", dev])?;
+            netns.ip(&["addr", "add", v6, "dev", dev, "nodad"])?;
+            netns.ip(&["link", "set", dev, "up"]).map(drop)
+        };
+        up(client, client_if, "10.0.1.2/24", "fd00:1::2/64")?;
+        up(router, lan_if, "10.0.1.1/24", "fd00:1::1/64")?;
+        up(router, "wan0", "10.0.2.1/24", "fd00:2::1/64")?;
+        up(direct, "up0", "10.0.2.2/24", "fd00:2::2/64")?;
+        up(router, "tun0", "10.0.3.1/24", "fd00:3::1/64")?;
+        up(tunnel, "up0", "10.0.3.2/24", "fd00:3::2/64")?;
+        let neigh = |netns: &Netns, addr: &str, mac: &str, dev: &str| {
+            netns
+                .ip(&[
+                    "neigh",
+                    "replace",
+                    addr,
+                    "lladdr",
+                    mac,
+                    "dev",
+                    dev,
+                    "nud",
+                    "permanent",
+                ])
+                .map(drop)
+        };
+        neigh(client, "10.0.1.1", MAC_LAN, client_if)?;
+        neigh(client, "fd00:1::1", MAC_LAN, client_if)?;
+        neigh(router, "10.0.1.2", MAC_CLIENT, lan_if)?;
+        neigh(router, "fd00:1::2", MAC_CLIENT, lan_if)?;
+        neigh(router, "10.0.2.2", MAC_DIRECT, "wan0")?;
+        neigh(router, "fd00:2::2", MAC_DIRECT, "wan0")?;
+        neigh(router, "10.0.3.2", MAC_TUNNEL, "tun0")?;
+        neigh(router, "fd00:3::2", MAC_TUNNEL, "tun0")?;
+        neigh(direct, "10.0.2.1", MAC_WAN, "up0")?;
+        neigh(direct, "fd00:2::1", MAC_WAN, "up0")?;
+        neigh(tunnel, "10.0.3.1", MAC_TUN, "up0")?;
+        neigh(tunnel, "fd00:3::1", MAC_TUN, "up0")?;
+        client.ip(&["route", "add", "default", "via", "10.0.1.1"])?;
+        client.ip(&["-6", "route", "add", "default", "via", "fd00:1::1"])?;
+        // The tunnel is the default; table 365 is the direct uplink, for marked packets.
+        router.ip(&["route", "add", "default", "via", "10.0.3.2"])?;
+        router.ip(&["-6", "route", "add", "default", "via", "fd00:3::2"])?;
+        router.ip(&["route", "add", "default", "via", "10.0.2.2", "table", "365"])?;
+        router.ip(&[
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            "fd00:2::2",
+            "table",
+            "365",
+        ])?;
+        router.ip(&[
+            "rule",
+            "add",
+            "fwmark",
+            "0x365/0xffff",
+            "lookup",
+            "365",
+            "priority",
+            "1000",
+        ])?;
+        router.ip(&[
+            "-6",
+            "rule",
+            "add",
+            "fwmark",
+            "0x365/0xffff",
+            "lookup",
+            "365",
+            "priority",
+            "1000",
+        ])?;
+        for (upstream, gw4, gw6) in [
+            (direct, "10.0.2.1", "fd00:2::1"),
+            (tunnel, "10.0.3.1", "fd00:3::1"),
+        ] {
+            upstream.ip(&["route", "add", "10.0.1.0/24", "via", gw4])?;
+            upstream.ip(&["-6", "route", "add", "fd00:1::/64", "via", gw6])?;
+            for addr in TEST_ADDRESSES {
+                let prefix = if addr.contains(':') { "128" } else { "32" };
+                let mut args = vec!["addr", "add"];
+                let with_len = format!("{addr}/{prefix}");
+                args.extend([with_len.as_str(), "dev", "lo"]);
+                if addr.contains(':') {
+                    args.push("nodad");
+                }
+                upstream.ip(&args)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Tags the LAN with VLAN 100: the client's frames carry the tag on the wire, so the
+    /// router's XDP program parses it, and the router untags them after classification. This
+    /// machine's kernel has no 802.1Q devices (`CONFIG_VLAN_8021Q` unset), so two tc programs
+    /// of the harness (bench-ebpf) do what `client0.100` and `lan0.100` would.
+    pub(super) fn tag_lan(&mut self) -> io::Result<()> {
+        run_checked(
+            self.client
+                .command("ethtool")
+                .args(["-K", "client0", "txvlan", "off"]),
+        )?;
+        let attach = |program: &'static str, iface: &'static str, direction| {
+            move || -> Result<aya::Ebpf, Box<dyn std::error::Error + Send + Sync>> {
+                let mut ebpf = aya::Ebpf::load(crate::HARNESS_OBJECT)?;
+                let classifier: &mut aya::programs::SchedClassifier = ebpf
+                    .program_mut(program)
+                    .ok_or("program missing")?
+                    .try_into()?;
+                classifier.load()?;
+                classifier.attach(iface, direction)?;
+                Ok(ebpf)
+            }
+        };
+        let push = self.client.run(attach(
+            "harness_vlan_push",
+            "client0",
+            aya::programs::TcAttachType::Egress,
+        ));
+        let pop = self.router.run(attach(
+            "harness_vlan_pop",
+            "lan0",
+            aya::programs::TcAttachType::Ingress,
+        ));
+        self.vlan.push(push.map_err(io::Error::other)?);
+        self.vlan.push(pop.map_err(io::Error::other)?);
+        Ok(())
+    }
+
+    /// Frames the router untagged (VLAN mode), summed over CPUs.
+    ///
+    /// # Panics
+    ///
+    /// Outside VLAN mode.
+    #[must_use]
+    pub fn untagged(&self) -> u64 {
+        let map = self.vlan[1].map("BENCH_COUNT").expect("harness counters");
+        let counters = aya::maps::PerCpuArray::<_, classifier_common::Counter>::try_from(map)
+            .expect("per-CPU array");
+        // Index 6: VLAN_POPPED in bench-ebpf.
+        counters
+            .get(&6, 0)
+            .expect("counter")
+            .iter()
+            .map(|c| c.packets)
+            .sum()
+    }
+}
