@@ -122,6 +122,9 @@ pub mod stat {
     pub const ERROR: u32 = 9;
     /// Note: the driver gave no metadata room, the tc program classifies the packet itself.
     pub const NO_META: u32 = 10;
+    /// Note: a direct verdict went to the tunnel because the direct uplink is down
+    /// ([`flags::UPLINK_DOWN`](crate::flags::UPLINK_DOWN)); counted under `TUNNEL`.
+    pub const FAILOVER: u32 = 12;
     /// tc: mark set from the XDP program's metadata.
     pub const TC_MARK_META: u32 = 16;
     /// tc: mark set from the tc program's own classification (no metadata).
@@ -130,7 +133,7 @@ pub mod stat {
     pub const TC_PASS: u32 = 18;
 
     /// The indices user space shows, with their names.
-    pub const NAMED: [(u32, &str); 14] = [
+    pub const NAMED: [(u32, &str); 15] = [
         (TUNNEL, "tunnel"),
         (DIRECT, "direct"),
         (MATCH_PORT, "match_port"),
@@ -142,6 +145,7 @@ pub mod stat {
         (MALFORMED, "malformed"),
         (ERROR, "error"),
         (NO_META, "no_meta"),
+        (FAILOVER, "failover"),
         (TC_MARK_META, "tc_mark_meta"),
         (TC_MARK_SELF, "tc_mark_self"),
         (TC_PASS, "tc_pass"),

@@ -172,7 +172,22 @@ fn count_set(set_id: u16, bytes: u64) {
 pub fn breakout(ctx: XdpContext) -> u32 {
     let config = config();
     let verdict = try_breakout(&ctx, config.flags).unwrap_or_else(Verdict::from);
-    finish(&ctx, verdict, config.flags)
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    finish(&ctx, failover(verdict, config.flags, bytes), config.flags)
+}
+
+/// While the agent finds the direct uplink dead, a direct verdict goes to the tunnel: one
+/// flag in the config map fails every new decision over, with no rewrite of the tries.
+#[inline(always)]
+fn failover(verdict: Verdict, config_flags: u32, bytes: u64) -> Verdict {
+    if verdict.action == action::DIRECT && config_flags & flags::UPLINK_DOWN != 0 {
+        count(stat::FAILOVER, bytes);
+        return Verdict {
+            action: action::TUNNEL,
+            ..verdict
+        };
+    }
+    verdict
 }
 
 #[inline(always)]
@@ -253,7 +268,8 @@ pub fn breakout_mark(ctx: TcContext) -> i32 {
     let (direct, by_meta) = match read_meta(&ctx) {
         Some(meta) => (meta.action == action::DIRECT, true),
         None => (
-            classify_skb(&ctx, config.flags).action == action::DIRECT,
+            failover(classify_skb(&ctx, config.flags), config.flags, bytes).action
+                == action::DIRECT,
             false,
         ),
     };

@@ -67,14 +67,12 @@ impl<'a> Oracle<'a> {
                 rules: None,
             });
         };
-        Ok(decide_rules(
-            &rules,
-            addr,
-            proto,
-            port,
-            self.policy,
-            self.config.flags,
-        ))
+        let mut decision = decide_rules(&rules, addr, proto, port, self.policy, self.config.flags);
+        // As the kernel does: while the direct uplink is down, direct goes to the tunnel.
+        if decision.action == action::DIRECT && self.config.flags & flags::UPLINK_DOWN != 0 {
+            decision.action = action::TUNNEL;
+        }
+        Ok(decision)
     }
 }
 

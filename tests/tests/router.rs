@@ -311,3 +311,119 @@ fn feed_changes_under_load_switch_only_what_changed() {
         "the removed prefix went to the tunnel"
     );
 }
+
+/// Sends one Teams media datagram every 20 ms until it arrives through `path`; returns how
+/// long that took.
+fn time_until_arrival(router: &Router, arrivals: &Arrivals, path: Upstream, limit: Duration) -> Duration {
+    let start = Instant::now();
+    let before = arrived(arrivals, path, TEAMS_V4, 3478);
+    while arrived(arrivals, path, TEAMS_V4, 3478) == before {
+        assert!(
+            start.elapsed() < limit,
+            "nothing arrived through {path:?} within {limit:?}; {}",
+            router.daemon_log()
+        );
+        router.send_udp(TEAMS_V4, 3478, 1, Duration::ZERO);
+        thread::sleep(Duration::from_millis(20));
+    }
+    start.elapsed()
+}
+
+fn nft(router: &Router, script: &str) {
+    let output = router
+        .direct
+        .command("nft")
+        .arg(script)
+        .output()
+        .expect("nft");
+    assert!(output.status.success(), "nft {script}: {}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// A dead direct uplink sends new Microsoft 365 packets through the tunnel within
+/// `interval × fail-after` (plus slack), back direct within `interval × recover-after` after
+/// it recovers, and at once when its link loses carrier; `status` says so throughout.
+#[test]
+#[expect(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
+fn a_dead_direct_uplink_fails_over_to_the_tunnel_and_back() {
+    let Some(mut router) = router("fo", Options::default()) else {
+        return;
+    };
+    serve(&router, "2026043000", FEED_2026043000);
+    let arrivals = Arrivals::default();
+    router.listen_udp(3478, &arrivals);
+    // The probe's target answers in the direct upstream only.
+    router.listen_tcp(443, &arrivals);
+    let (interval, fail_after, recover_after) = (Duration::from_millis(200), 3, 3);
+    router.start_daemon(&[
+        "--health-target",
+        &format!("tcp://{TEAMS_V4}:443"),
+        "--health-interface",
+        "wan0",
+        "--health-interval",
+        "200ms",
+        "--health-timeout",
+        "150ms",
+        "--health-fail-after",
+        "3",
+        "--health-recover-after",
+        "3",
+    ]);
+    router.wait_version("2026043000");
+    let slack = Duration::from_secs(1);
+    time_until_arrival(&router, &arrivals, Upstream::Direct, Duration::from_secs(5));
+    let status = || -> Value {
+        serde_json::from_slice(&router.cli(&["--json", "status"]).stdout).expect("status JSON")
+    };
+    assert_eq!(status()["uplink"]["state"], "up", "{}", status());
+
+    // Black hole: the uplink's link stays up, nothing comes back.
+    nft(&router, "add table inet blackhole");
+    nft(
+        &router,
+        "add chain inet blackhole input { type filter hook input priority 0; policy drop; }",
+    );
+    let took = time_until_arrival(
+        &router,
+        &arrivals,
+        Upstream::Tunnel,
+        interval * fail_after + Duration::from_millis(150) + slack * 3,
+    );
+    eprintln!("failover after a black hole: {took:?}");
+    assert!(took <= interval * fail_after + Duration::from_millis(150) + slack, "{took:?}");
+    let down = status();
+    assert_eq!(down["uplink"]["state"], "down", "{down}");
+    assert_eq!(down["uplink"]["failing_over"], true, "{down}");
+    assert!(
+        down["uplink"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("3 failed probe rounds in a row"),
+        "{down}"
+    );
+    assert_eq!(down["uplink"]["targets"][0]["ok"], false, "{down}");
+    router.wait_log("direct uplink up -> down");
+    let maps = Maps::from_pins(router.pins()).unwrap();
+    assert!(maps.stats().unwrap()[stat::FAILOVER as usize].packets > 0);
+
+    // Recovery: good rounds bring it back.
+    nft(&router, "delete table inet blackhole");
+    let took = time_until_arrival(
+        &router,
+        &arrivals,
+        Upstream::Direct,
+        interval * recover_after + slack * 3,
+    );
+    eprintln!("failback: {took:?}");
+    assert!(took <= interval * recover_after + slack, "{took:?}");
+    router.wait_log("direct uplink down -> up");
+
+    // Carrier loss on the uplink fails over at once, whatever the probes say.
+    let output = router.direct.ip(&["link", "set", "up0", "down"]).unwrap();
+    assert!(output.status.success());
+    let took = time_until_arrival(&router, &arrivals, Upstream::Tunnel, slack * 3);
+    eprintln!("failover after carrier loss: {took:?}");
+    assert!(took <= slack, "{took:?}");
+    let down = status();
+    assert_eq!(down["uplink"]["reason"], "wan0: link down", "{down}");
+    assert_eq!(down["uplink"]["transitions"], 3, "{down}");
+}
