@@ -314,7 +314,12 @@ fn feed_changes_under_load_switch_only_what_changed() {
 
 /// Sends one Teams media datagram every 20 ms until it arrives through `path`; returns how
 /// long that took.
-fn time_until_arrival(router: &Router, arrivals: &Arrivals, path: Upstream, limit: Duration) -> Duration {
+fn time_until_arrival(
+    router: &Router,
+    arrivals: &Arrivals,
+    path: Upstream,
+    limit: Duration,
+) -> Duration {
     let start = Instant::now();
     let before = arrived(arrivals, path, TEAMS_V4, 3478);
     while arrived(arrivals, path, TEAMS_V4, 3478) == before {
@@ -336,14 +341,17 @@ fn nft(router: &Router, script: &str) {
         .arg(script)
         .output()
         .expect("nft");
-    assert!(output.status.success(), "nft {script}: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "nft {script}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 /// A dead direct uplink sends new Microsoft 365 packets through the tunnel within
 /// `interval × fail-after` (plus slack), back direct within `interval × recover-after` after
 /// it recovers, and at once when its link loses carrier; `status` says so throughout.
 #[test]
-#[expect(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 fn a_dead_direct_uplink_fails_over_to_the_tunnel_and_back() {
     let Some(mut router) = router("fo", Options::default()) else {
         return;
@@ -389,7 +397,10 @@ fn a_dead_direct_uplink_fails_over_to_the_tunnel_and_back() {
         interval * fail_after + Duration::from_millis(150) + slack * 3,
     );
     eprintln!("failover after a black hole: {took:?}");
-    assert!(took <= interval * fail_after + Duration::from_millis(150) + slack, "{took:?}");
+    assert!(
+        took <= interval * fail_after + Duration::from_millis(150) + slack,
+        "{took:?}"
+    );
     let down = status();
     assert_eq!(down["uplink"]["state"], "down", "{down}");
     assert_eq!(down["uplink"]["failing_over"], true, "{down}");

@@ -12,23 +12,33 @@ const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 pub fn run() -> anyhow::Result<()> {
     // llvm-22-dev: bpf-linker links against LLVM 22. bpftool and ethtool: the end-to-end
     // tests read maps with bpftool, as operators do, and turn VLAN offload off. systemd:
-    // systemd-analyze rates the unit's sandbox.
-    let missing: Vec<&str> = ["llvm-22-dev", "bpftool", "ethtool", "systemd"]
-        .into_iter()
-        .filter(|package| {
-            !installed(
-                "dpkg-query",
-                &["-W", "-f=${Status}", package],
-                "install ok installed",
-            )
-        })
-        .collect();
+    // systemd-analyze rates the unit's sandbox. wireguard-go and wireguard-tools: the router
+    // harness's tunnel is WireGuard, in user space (this kernel has no WireGuard module).
+    // nftables: the harness's NAT and black holes.
+    let missing: Vec<&str> = [
+        "llvm-22-dev",
+        "bpftool",
+        "ethtool",
+        "systemd",
+        "wireguard-go",
+        "wireguard-tools",
+        "nftables",
+    ]
+    .into_iter()
+    .filter(|package| {
+        !installed(
+            "dpkg-query",
+            &["-W", "-f=${Status}", package],
+            "install ok installed",
+        )
+    })
+    .collect();
     if !missing.is_empty() {
         eprintln!("xtask: installing {} with apt-get", missing.join(", "));
         run_command(Command::new("apt-get").arg("update").arg("-qq"))?;
         run_command(
             Command::new("apt-get")
-                .args(["install", "-y", "-qq"])
+                .args(["install", "-y", "-qq", "--no-install-recommends"])
                 .args(&missing)
                 .env("DEBIAN_FRONTEND", "noninteractive"),
         )?;

@@ -19,8 +19,11 @@ fn main() -> ExitCode {
         }
     };
     println!("== a branch router in network namespaces");
-    println!("   client 10.0.1.2 -- lan0 [router: xdp-breakout] wan0 -- direct uplink");
-    println!("                                                 tun0 -- tunnel (default route)");
+    println!("   client 10.0.1.2 -- lan0 [router: xdp-breakout] wan0 -- direct uplink (masquerade)");
+    println!(
+        "                                                 {} -- WireGuard tunnel (default route)",
+        router.tun
+    );
     println!("   ip rule fwmark 0x365/0xffff lookup 365; table 365: default via the direct uplink");
     // The feed server answers nothing: the agent classifies with its embedded snapshot.
     router.start_daemon(&[]);

@@ -3,17 +3,19 @@
 //! ```text
 //!  client                router                              direct (uplink)
 //!  client0 ---------- lan0   [xdp-breakout: XDP + tc]   wan0 ---- up0   answers Microsoft
-//!  10.0.1.2           10.0.1.1                         10.0.2.1   10.0.2.2   and other
+//!  10.0.1.2           10.0.1.1          masquerade --> 10.0.2.1   10.0.2.2   and other
 //!  fd00:1::2          fd00:1::1                        fd00:2::1  fd00:2::2  test addresses
-//!                                                       tun0 ---- up0   tunnel (default)
-//!                                                      10.0.3.1   10.0.3.2   the same
-//!                                                      fd00:3::1  fd00:3::2  addresses
+//!                                          WireGuard    xwg..r ==== xwg..t   tunnel (default)
+//!                                          over         10.9.0.1   10.9.0.2   the same
+//!                                                       wgu0 ---- up0        addresses
+//!                                                      10.0.3.1   10.0.3.2
 //! ```
 //!
 //! The router forwards; `ip rule fwmark 0x365/0xffff lookup 365` sends marked packets to
-//! table 365 (default via `direct`), everything else takes the main default route (via
-//! `tunnel`). Both upstreams own every test address, so where a packet arrives shows the
-//! path it took. Everything is removed on drop, also when a test fails.
+//! table 365 (default via `direct`, source-NATed to the router's address), everything else
+//! takes the main default route through the WireGuard tunnel. Both upstreams own every test
+//! address, so where a packet arrives shows the path it took. Everything is removed on drop,
+//! also when a test fails.
 //!
 //! [`topology`] wires the namespaces, [`traffic`] sends and counts packets, and the agent on
 //! the router is run with the harness's daemon control ([`crate::daemon`]).
@@ -60,6 +62,12 @@ pub struct Router {
     listeners: Vec<traffic::Listener>,
     /// The VLAN tagging programs (client egress, router LAN ingress), while they run.
     vlan: Vec<aya::Ebpf>,
+    /// The router's and the far end's WireGuard interfaces: unique names, since
+    /// `wireguard-go`'s control sockets share `/var/run/wireguard/` across namespaces.
+    pub tun: String,
+    pub tunnel_tun: String,
+    /// The two `wireguard-go` processes.
+    wireguard: Vec<std::process::Child>,
 }
 
 impl Router {
@@ -73,6 +81,7 @@ impl Router {
         let _ = fs::remove_dir_all(&work);
         fs::create_dir_all(&work)?;
         let server = FeedServer::serve(router.run(|| TcpListener::bind("127.0.0.1:0"))?);
+        let id = tunnel_id();
         let mut this = Self {
             client,
             router,
@@ -87,8 +96,12 @@ impl Router {
             daemons: 0,
             listeners: Vec::new(),
             vlan: Vec::new(),
+            tun: format!("xwg{id}r"),
+            tunnel_tun: format!("xwg{id}t"),
+            wireguard: Vec::new(),
         };
         this.wire()?;
+        this.wireguard()?;
         if options.vlan {
             this.tag_lan()?;
         }
@@ -202,10 +215,23 @@ impl Router {
     }
 }
 
+/// A number no other router of this machine uses now: the process id and a counter, short
+/// enough for a 15-byte interface name.
+fn tunnel_id() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{}{n}", std::process::id() % 100_000)
+}
+
 impl Drop for Router {
     fn drop(&mut self) {
         self.listeners.clear();
         self.daemon = None;
+        for mut child in self.wireguard.drain(..) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         let _ = fs::remove_dir_all(&self.work);
     }
 }

@@ -1,9 +1,19 @@
 //! The router's wiring: four namespaces joined by veth pairs, their addresses, static
 //! neighbours (so no packet waits on ARP or neighbour discovery), the routes and the fwmark
-//! rule of policy routing, and the test addresses both upstreams own. With
+//! rule of policy routing, and the test addresses both upstreams own. The direct uplink
+//! source-NATs (nftables masquerade, IPv4 and IPv6, as the README's recipe does), so the
+//! direct upstream has no route back to the LAN; the tunnel is a real WireGuard tunnel
+//! (Debian's `wireguard-go` on TUN, keys made per run) over an underlay veth. With
 //! [`Options::vlan`], the LAN is tagged.
 
-use std::io;
+use std::{
+    fs,
+    io::{self, Write as _},
+    os::unix::fs::OpenOptionsExt as _,
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
 
 use super::Router;
 use crate::netns::{Netns, run_checked};
@@ -35,7 +45,7 @@ const MAC_CLIENT: &str = "02:00:00:00:01:02";
 const MAC_LAN: &str = "02:00:00:00:01:01";
 const MAC_WAN: &str = "02:00:00:00:02:01";
 const MAC_DIRECT: &str = "02:00:00:00:02:02";
-const MAC_TUN: &str = "02:00:00:00:03:01";
+const MAC_UNDERLAY: &str = "02:00:00:00:03:01";
 const MAC_TUNNEL: &str = "02:00:00:00:03:02";
 
 /// How the router is built.
@@ -64,7 +74,7 @@ impl Router {
         };
         pair(client, "client0", MAC_CLIENT, router, "lan0", MAC_LAN)?;
         pair(router, "wan0", MAC_WAN, direct, "up0", MAC_DIRECT)?;
-        pair(router, "tun0", MAC_TUN, tunnel, "up0", MAC_TUNNEL)?;
+        pair(router, "wgu0", MAC_UNDERLAY, tunnel, "up0", MAC_TUNNEL)?;
         let (client_if, lan_if) = ("client0", "lan0");
         let up = |netns: &Netns, dev: &str, v4: &str, v6: &str| -> io::Result<()> {
             netns.ip(&["addr", "add", v4, "dev", dev])?;
@@ -75,7 +85,7 @@ impl Router {
         up(router, lan_if, "10.0.1.1/24", "fd00:1::1/64")?;
         up(router, "wan0", "10.0.2.1/24", "fd00:2::1/64")?;
         up(direct, "up0", "10.0.2.2/24", "fd00:2::2/64")?;
-        up(router, "tun0", "10.0.3.1/24", "fd00:3::1/64")?;
+        up(router, "wgu0", "10.0.3.1/24", "fd00:3::1/64")?;
         up(tunnel, "up0", "10.0.3.2/24", "fd00:3::2/64")?;
         let neigh = |netns: &Netns, addr: &str, mac: &str, dev: &str| {
             netns
@@ -98,17 +108,16 @@ impl Router {
         neigh(router, "fd00:1::2", MAC_CLIENT, lan_if)?;
         neigh(router, "10.0.2.2", MAC_DIRECT, "wan0")?;
         neigh(router, "fd00:2::2", MAC_DIRECT, "wan0")?;
-        neigh(router, "10.0.3.2", MAC_TUNNEL, "tun0")?;
-        neigh(router, "fd00:3::2", MAC_TUNNEL, "tun0")?;
+        neigh(router, "10.0.3.2", MAC_TUNNEL, "wgu0")?;
+        neigh(router, "fd00:3::2", MAC_TUNNEL, "wgu0")?;
         neigh(direct, "10.0.2.1", MAC_WAN, "up0")?;
         neigh(direct, "fd00:2::1", MAC_WAN, "up0")?;
-        neigh(tunnel, "10.0.3.1", MAC_TUN, "up0")?;
-        neigh(tunnel, "fd00:3::1", MAC_TUN, "up0")?;
+        neigh(tunnel, "10.0.3.1", MAC_UNDERLAY, "up0")?;
+        neigh(tunnel, "fd00:3::1", MAC_UNDERLAY, "up0")?;
         client.ip(&["route", "add", "default", "via", "10.0.1.1"])?;
         client.ip(&["-6", "route", "add", "default", "via", "fd00:1::1"])?;
-        // The tunnel is the default; table 365 is the direct uplink, for marked packets.
-        router.ip(&["route", "add", "default", "via", "10.0.3.2"])?;
-        router.ip(&["-6", "route", "add", "default", "via", "fd00:3::2"])?;
+        // The tunnel (see `wireguard`) is the default; table 365 is the direct uplink, for
+        // marked packets.
         router.ip(&["route", "add", "default", "via", "10.0.2.2", "table", "365"])?;
         router.ip(&[
             "-6",
@@ -141,12 +150,25 @@ impl Router {
             "priority",
             "1000",
         ])?;
-        for (upstream, gw4, gw6) in [
-            (direct, "10.0.2.1", "fd00:2::1"),
-            (tunnel, "10.0.3.1", "fd00:3::1"),
+        // The direct uplink hides the LAN behind the router's address; the tunnel's far end
+        // routes the LAN back through the tunnel, as a VPN hub does.
+        for (command, what) in [
+            ("add table inet breakout", "table"),
+            (
+                "add chain inet breakout postrouting { type nat hook postrouting priority srcnat; }",
+                "chain",
+            ),
+            (
+                "add rule inet breakout postrouting oifname \"wan0\" masquerade",
+                "rule",
+            ),
         ] {
-            upstream.ip(&["route", "add", "10.0.1.0/24", "via", gw4])?;
-            upstream.ip(&["-6", "route", "add", "fd00:1::/64", "via", gw6])?;
+            run_checked(router.command("nft").arg(command))
+                .map_err(|error| io::Error::other(format!("nft {what}: {error}")))?;
+        }
+        router.sysctl("net.ipv4.conf.all.rp_filter=2")?;
+        router.sysctl("net.ipv4.conf.wan0.rp_filter=2")?;
+        for upstream in [direct, tunnel] {
             for addr in TEST_ADDRESSES {
                 let prefix = if addr.contains(':') { "128" } else { "32" };
                 let mut args = vec!["addr", "add"];
@@ -158,6 +180,106 @@ impl Router {
                 upstream.ip(&args)?;
             }
         }
+        Ok(())
+    }
+
+    /// A WireGuard tunnel between the router and the tunnel namespace over the underlay
+    /// veth (wired first: a handshake that finds no route waits 5 s to try again), and the
+    /// routes through it: a `wireguard-go` process in each (the kernel here has no WireGuard module), keys
+    /// generated for this run, the router's peer taking every address and the far end the
+    /// LAN's prefixes.
+    pub(super) fn wireguard(&mut self) -> io::Result<()> {
+        let key = |name: &str| -> io::Result<(PathBuf, String)> {
+            let private = run_checked(Command::new("wg").arg("genkey"))?.stdout;
+            let path = self.work.join(name);
+            fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)?
+                .write_all(&private)?;
+            let mut pubkey = Command::new("wg")
+                .arg("pubkey")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()?;
+            pubkey
+                .stdin
+                .take()
+                .ok_or_else(|| io::Error::other("wg pubkey: no stdin"))?
+                .write_all(&private)?;
+            let public = pubkey.wait_with_output()?;
+            Ok((
+                path,
+                String::from_utf8_lossy(&public.stdout).trim().to_owned(),
+            ))
+        };
+        let (router_key, router_pub) = key("wg-router.key")?;
+        let (tunnel_key, tunnel_pub) = key("wg-tunnel.key")?;
+        let ends = [
+            (
+                &self.router,
+                self.tun.clone(),
+                router_key,
+                tunnel_pub,
+                "0.0.0.0/0,::/0",
+                "10.0.3.2:51820",
+                ["10.9.0.1/30", "fd00:9::1/126"],
+            ),
+            (
+                &self.tunnel,
+                self.tunnel_tun.clone(),
+                tunnel_key,
+                router_pub,
+                "10.0.1.0/24,fd00:1::/64,10.9.0.0/30,fd00:9::/126",
+                "10.0.3.1:51820",
+                ["10.9.0.2/30", "fd00:9::2/126"],
+            ),
+        ];
+        for (netns, name, key, peer, allowed, endpoint, addresses) in ends {
+            let log = fs::File::create(self.work.join(format!("{name}.log")))?;
+            let child = netns
+                .command("wireguard-go")
+                .args(["-f", &name])
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .map_err(|error| io::Error::other(format!("wireguard-go: {error}")))?;
+            self.wireguard.push(child);
+            let start = Instant::now();
+            while netns.ip(&["link", "show", &name]).is_err() {
+                if start.elapsed() > Duration::from_secs(5) {
+                    return Err(io::Error::other(format!("wireguard-go made no {name}")));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            run_checked(
+                netns
+                    .command("wg")
+                    .args(["set", &name, "private-key"])
+                    .arg(&key)
+                    .args([
+                        "listen-port",
+                        "51820",
+                        "peer",
+                        &peer,
+                        "allowed-ips",
+                        allowed,
+                        "endpoint",
+                        endpoint,
+                        "persistent-keepalive",
+                        "1",
+                    ]),
+            )?;
+            netns.ip(&["addr", "add", addresses[0], "dev", &name])?;
+            netns.ip(&["addr", "add", addresses[1], "dev", &name, "nodad"])?;
+            netns.ip(&["link", "set", &name, "up"])?;
+        }
+        let (router, tunnel) = (&self.router, &self.tunnel);
+        router.ip(&["route", "add", "default", "dev", &self.tun])?;
+        router.ip(&["-6", "route", "add", "default", "dev", &self.tun])?;
+        tunnel.ip(&["route", "add", "10.0.1.0/24", "dev", &self.tunnel_tun])?;
+        tunnel.ip(&["-6", "route", "add", "fd00:1::/64", "dev", &self.tunnel_tun])?;
         Ok(())
     }
 
