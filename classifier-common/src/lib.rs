@@ -122,6 +122,8 @@ pub mod stat {
     pub const ERROR: u32 = 9;
     /// Note: the driver gave no metadata room, the tc program classifies the packet itself.
     pub const NO_META: u32 = 10;
+    /// Destination in an operator's `exclude` prefix (an entry of category none): tunnel.
+    pub const EXCLUDED: u32 = 11;
     /// Note: a direct verdict went to the tunnel because the direct uplink is down
     /// ([`flags::UPLINK_DOWN`](crate::flags::UPLINK_DOWN)); counted under `TUNNEL`.
     pub const FAILOVER: u32 = 12;
@@ -133,7 +135,7 @@ pub mod stat {
     pub const TC_PASS: u32 = 18;
 
     /// The indices user space shows, with their names.
-    pub const NAMED: [(u32, &str); 15] = [
+    pub const NAMED: [(u32, &str); 16] = [
         (TUNNEL, "tunnel"),
         (DIRECT, "direct"),
         (MATCH_PORT, "match_port"),
@@ -145,6 +147,7 @@ pub mod stat {
         (MALFORMED, "malformed"),
         (ERROR, "error"),
         (NO_META, "no_meta"),
+        (EXCLUDED, "excluded"),
         (FAILOVER, "failover"),
         (TC_MARK_META, "tc_mark_meta"),
         (TC_MARK_SELF, "tc_mark_self"),
@@ -360,6 +363,137 @@ const _: () = assert!(size_of::<XdpMeta>() == 12);
 /// "XBRK".
 pub const XDP_META_MAGIC: u32 = 0x5842_524b;
 
+impl XdpMeta {
+    /// Decodes the metadata the XDP program wrote in front of a packet: `None` unless the
+    /// bytes hold a whole `XdpMeta` with our magic (another program's metadata, or none).
+    #[must_use]
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() < size_of::<Self>() {
+            return None;
+        }
+        let field = |at: usize, len: usize| bytes.get(at..at + len);
+        let magic = u32::from_ne_bytes(field(0, 4)?.try_into().ok()?);
+        if magic != XDP_META_MAGIC {
+            return None;
+        }
+        let set_id = u16::from_ne_bytes(field(6, 2)?.try_into().ok()?);
+        Some(Self {
+            magic,
+            action: *bytes.get(4)?,
+            category: *bytes.get(5)?,
+            set_id,
+            reason: *bytes.get(8)?,
+            _pad: [0; 3],
+        })
+    }
+}
+
+/// What the data plane decides for a packet: the one rule that the kernel programs apply and
+/// that `lookup` explains, so that the two cannot drift.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// [`action`].
+    pub action: u8,
+    /// A [`stat`] reason index.
+    pub reason: u32,
+    /// [`category`] of the packet.
+    pub category: u8,
+    /// The endpoint set that decided (0: none, or an operator prefix).
+    pub set_id: u16,
+    /// A direct verdict sent to the tunnel because the direct uplink is down.
+    pub failover: bool,
+}
+
+impl Decision {
+    /// To the tunnel for `reason`, with no category.
+    #[expect(
+        clippy::inline_always,
+        reason = "called from the kernel programs' hot path"
+    )]
+    #[inline(always)]
+    #[must_use]
+    pub const fn tunnel(reason: u32) -> Self {
+        Self {
+            action: action::TUNNEL,
+            reason,
+            category: category::NONE,
+            set_id: 0,
+            failover: false,
+        }
+    }
+}
+
+/// Decides a packet from the entry of the longest installed prefix that holds its
+/// destination (`rules`, `None` when none does), its protocol and destination port (`None`
+/// without ports), whether it is a non-first fragment, the [`flags`] of [`Config`], and the
+/// policy (`policy(category)` is the action of a category, `None` when it cannot be read).
+///
+/// - No prefix: tunnel, `NO_MATCH` (`FRAGMENT` for a non-first fragment).
+/// - An `exclude` entry (category none): tunnel, `EXCLUDED`.
+/// - A non-first fragment: by its destination alone, `FRAGMENT`, in both port modes: its
+///   first fragment most likely matched a port rule, and a datagram whose fragments take two
+///   uplinks (two source NATs) never reassembles.
+/// - A port rule holds the packet: its category, `MATCH_PORT`.
+/// - None does: strict ports sends it to the tunnel (`STRICT_MISS`); otherwise the prefix's
+///   highest category, `MATCH_ADDR`.
+/// - The category's action comes from the policy; a failed read is `ERROR`, tunnel.
+/// - A direct action becomes tunnel while [`flags::UPLINK_DOWN`] is set (`failover`).
+#[expect(
+    clippy::inline_always,
+    reason = "the kernel programs must inline the policy closure and the rule scan"
+)]
+#[inline(always)]
+pub fn decide(
+    rules: Option<&PrefixRules>,
+    proto: u8,
+    port: Option<u16>,
+    later_fragment: bool,
+    config_flags: u32,
+    policy: impl FnOnce(u8) -> Option<u8>,
+) -> Decision {
+    let Some(rules) = rules else {
+        return Decision::tunnel(if later_fragment {
+            stat::FRAGMENT
+        } else {
+            stat::NO_MATCH
+        });
+    };
+    let found = rules.classify(proto, if later_fragment { None } else { port });
+    if found.category == category::NONE {
+        return Decision::tunnel(stat::EXCLUDED);
+    }
+    let reason = if later_fragment {
+        stat::FRAGMENT
+    } else if found.by_port {
+        stat::MATCH_PORT
+    } else if config_flags & flags::STRICT_PORTS != 0 {
+        return Decision {
+            action: action::TUNNEL,
+            reason: stat::STRICT_MISS,
+            category: found.category,
+            set_id: found.set_id,
+            failover: false,
+        };
+    } else {
+        stat::MATCH_ADDR
+    };
+    let Some(policy_action) = policy(found.category) else {
+        return Decision::tunnel(stat::ERROR);
+    };
+    let failover = policy_action == action::DIRECT && config_flags & flags::UPLINK_DOWN != 0;
+    Decision {
+        action: if failover {
+            action::TUNNEL
+        } else {
+            policy_action
+        },
+        reason,
+        category: found.category,
+        set_id: found.set_id,
+        failover,
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: every type is #[repr(C)], made only of integers, with explicit padding.
@@ -375,6 +509,105 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn exchange() -> PrefixRules {
+        let mut rules = PrefixRules::EMPTY;
+        rules.rules[0] = PortRule {
+            port_lo: 587,
+            port_hi: 587,
+            proto: proto::TCP,
+            category: category::ALLOW,
+            set_id: 2,
+        };
+        rules.n_rules = 1;
+        rules.addr_category = category::OPTIMIZE;
+        rules.addr_set = 1;
+        rules.prefix_len = 13;
+        rules
+    }
+
+    /// Optimize direct, the rest tunnel.
+    #[expect(clippy::unnecessary_wraps, reason = "the shape decide() takes")]
+    fn policy(category: u8) -> Option<u8> {
+        Some(if category == category::OPTIMIZE {
+            action::DIRECT
+        } else {
+            action::TUNNEL
+        })
+    }
+
+    #[test]
+    fn decide_covers_every_reason() {
+        use action::{DIRECT, TUNNEL};
+        let rules = exchange();
+        let excluded = PrefixRules::EMPTY;
+        let d = |rules: Option<&PrefixRules>, port, fragment, flags| {
+            let d = decide(rules, proto::TCP, port, fragment, flags, policy);
+            (d.action, d.reason, d.category, d.set_id, d.failover)
+        };
+        assert_eq!(
+            d(None, Some(443), false, 0),
+            (TUNNEL, stat::NO_MATCH, 0, 0, false)
+        );
+        assert_eq!(
+            d(None, None, true, 0),
+            (TUNNEL, stat::FRAGMENT, 0, 0, false)
+        );
+        assert_eq!(
+            d(Some(&excluded), Some(443), false, 0),
+            (TUNNEL, stat::EXCLUDED, 0, 0, false)
+        );
+        assert_eq!(
+            d(Some(&rules), Some(587), false, 0),
+            (TUNNEL, stat::MATCH_PORT, category::ALLOW, 2, false)
+        );
+        assert_eq!(
+            d(Some(&rules), Some(9), false, 0),
+            (DIRECT, stat::MATCH_ADDR, category::OPTIMIZE, 1, false)
+        );
+        assert_eq!(
+            d(Some(&rules), Some(9), false, flags::STRICT_PORTS),
+            (TUNNEL, stat::STRICT_MISS, category::OPTIMIZE, 1, false)
+        );
+        // A later fragment of a 587 datagram has no port: by address, in strict mode too.
+        assert_eq!(
+            d(Some(&rules), Some(587), true, flags::STRICT_PORTS),
+            (DIRECT, stat::FRAGMENT, category::OPTIMIZE, 1, false)
+        );
+        assert_eq!(
+            d(Some(&rules), Some(9), false, flags::UPLINK_DOWN),
+            (TUNNEL, stat::MATCH_ADDR, category::OPTIMIZE, 1, true)
+        );
+        assert_eq!(
+            d(Some(&rules), Some(587), false, flags::UPLINK_DOWN),
+            (TUNNEL, stat::MATCH_PORT, category::ALLOW, 2, false),
+            "only direct verdicts fail over"
+        );
+        let failed = decide(Some(&rules), proto::TCP, Some(9), false, 0, |_| None);
+        assert_eq!((failed.action, failed.reason), (TUNNEL, stat::ERROR));
+    }
+
+    #[test]
+    fn metadata_decodes_only_with_our_magic() {
+        let meta = XdpMeta {
+            magic: XDP_META_MAGIC,
+            action: action::DIRECT,
+            category: category::OPTIMIZE,
+            set_id: 11,
+            reason: 2,
+            _pad: [0; 3],
+        };
+        let mut bytes = [0u8; 12];
+        bytes[..4].copy_from_slice(&XDP_META_MAGIC.to_ne_bytes());
+        bytes[4] = action::DIRECT;
+        bytes[5] = category::OPTIMIZE;
+        bytes[6..8].copy_from_slice(&11u16.to_ne_bytes());
+        bytes[8] = 2;
+        assert_eq!(XdpMeta::from_bytes(&bytes), Some(meta));
+        assert_eq!(XdpMeta::from_bytes(&bytes[..11]), None, "short");
+        bytes[0] ^= 1;
+        assert_eq!(XdpMeta::from_bytes(&bytes), None, "another program's");
+    }
 
     fn rules(list: &[PortRule]) -> PrefixRules {
         let mut value = PrefixRules::EMPTY;

@@ -18,10 +18,10 @@ use aya_ebpf::{
     macros::{btf_map, classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use aya_log_ebpf::{error, info};
+use aya_log_ebpf::info;
 use classifier_common::{
-    Config, Counter, LpmKeyV4, LpmKeyV6, MAX_PREFIXES, MAX_SET_ID, Policy, PrefixRules, STATS_LEN,
-    XDP_META_MAGIC, XdpMeta, action, category, flags, stat,
+    Config, Counter, Decision, LpmKeyV4, LpmKeyV6, MAX_PREFIXES, MAX_SET_ID, Policy, PrefixRules,
+    STATS_LEN, XDP_META_MAGIC, XdpMeta, action, category, decide, flags, stat,
 };
 
 use crate::parse::{Cursor, Dst, Packet, Unparsed, parse};
@@ -61,36 +61,13 @@ static XB_SET_STATS: PerCpuArray<Counter, { MAX_SET_ID as usize }> = PerCpuArray
 const _: () = assert!(size_of::<Key<[u8; 4]>>() == size_of::<LpmKeyV4>());
 const _: () = assert!(size_of::<Key<[u8; 16]>>() == size_of::<LpmKeyV6>());
 
-/// A decision and why it was made.
-#[derive(Clone, Copy)]
-struct Verdict {
-    action: u8,
-    /// A `stat` reason index.
-    reason: u32,
-    category: u8,
-    set_id: u16,
-}
-
-impl Verdict {
-    #[inline(always)]
-    const fn tunnel(reason: u32) -> Self {
-        Self {
-            action: action::TUNNEL,
-            reason,
-            category: category::NONE,
-            set_id: 0,
-        }
-    }
-}
-
-impl From<Unparsed> for Verdict {
-    #[inline(always)]
-    fn from(unparsed: Unparsed) -> Self {
-        Self::tunnel(match unparsed {
-            Unparsed::NotIp => stat::NOT_IP,
-            Unparsed::Malformed => stat::MALFORMED,
-        })
-    }
+/// A packet that could not be parsed passes to the tunnel, counted by why.
+#[inline(always)]
+fn unparsed(unparsed: Unparsed) -> Decision {
+    Decision::tunnel(match unparsed {
+        Unparsed::NotIp => stat::NOT_IP,
+        Unparsed::Malformed => stat::MALFORMED,
+    })
 }
 
 #[inline(always)]
@@ -98,48 +75,27 @@ fn config() -> Config {
     XB_CONFIG.get(0).copied().unwrap_or_default()
 }
 
-/// One trie lookup, one bounded rule scan, one policy read.
+/// One trie lookup, one bounded rule scan, one policy read; the rule itself is
+/// `classifier_common::decide`, which `lookup` applies too.
 #[inline(always)]
-fn classify(packet: &Packet, config_flags: u32) -> Verdict {
+fn classify(packet: &Packet, config_flags: u32) -> Decision {
     // Prefix length 32 (128) asks for the longest prefix that holds the whole address.
     let rules = match packet.dst {
         Dst::V4(addr) => XB_PREFIX_V4.get(&Key::new(32, addr)),
         Dst::V6(addr) => XB_PREFIX_V6.get(&Key::new(128, addr)),
     };
-    let Some(rules) = rules else {
-        return Verdict::tunnel(if packet.later_fragment {
-            stat::FRAGMENT
-        } else {
-            stat::NO_MATCH
-        });
-    };
-    let found = rules.classify(packet.proto, packet.port);
-    // Non-first fragments have no ports and are classified by their destination in both
-    // modes: the first fragment most likely matched a port rule, and a datagram whose
-    // fragments take two uplinks (two source NATs) never reassembles.
-    let reason = if packet.later_fragment {
-        stat::FRAGMENT
-    } else if found.by_port {
-        stat::MATCH_PORT
-    } else if config_flags & flags::STRICT_PORTS != 0 {
-        return Verdict {
-            action: action::TUNNEL,
-            reason: stat::STRICT_MISS,
-            category: found.category,
-            set_id: found.set_id,
-        };
-    } else {
-        stat::MATCH_ADDR
-    };
-    let Some(policy) = XB_POLICY.get(u32::from(found.category)) else {
-        return Verdict::tunnel(stat::ERROR);
-    };
-    Verdict {
-        action: policy.action,
-        reason,
-        category: found.category,
-        set_id: found.set_id,
-    }
+    decide(
+        rules,
+        packet.proto,
+        packet.port,
+        packet.later_fragment,
+        config_flags,
+        |category| {
+            XB_POLICY
+                .get(u32::from(category))
+                .map(|policy| policy.action)
+        },
+    )
 }
 
 #[inline(always)]
@@ -171,27 +127,12 @@ fn count_set(set_id: u16, bytes: u64) {
 #[xdp]
 pub fn breakout(ctx: XdpContext) -> u32 {
     let config = config();
-    let verdict = try_breakout(&ctx, config.flags).unwrap_or_else(Verdict::from);
-    let bytes = (ctx.data_end() - ctx.data()) as u64;
-    finish(&ctx, failover(verdict, config.flags, bytes), config.flags)
-}
-
-/// While the agent finds the direct uplink dead, a direct verdict goes to the tunnel: one
-/// flag in the config map fails every new decision over, with no rewrite of the tries.
-#[inline(always)]
-fn failover(verdict: Verdict, config_flags: u32, bytes: u64) -> Verdict {
-    if verdict.action == action::DIRECT && config_flags & flags::UPLINK_DOWN != 0 {
-        count(stat::FAILOVER, bytes);
-        return Verdict {
-            action: action::TUNNEL,
-            ..verdict
-        };
-    }
-    verdict
+    let verdict = try_breakout(&ctx, config.flags).unwrap_or_else(unparsed);
+    finish(&ctx, verdict, config.flags)
 }
 
 #[inline(always)]
-fn try_breakout(ctx: &XdpContext, config_flags: u32) -> Result<Verdict, Unparsed> {
+fn try_breakout(ctx: &XdpContext, config_flags: u32) -> Result<Decision, Unparsed> {
     // SAFETY: data .. data_end is the frame, valid while the program runs.
     let packet = parse(&mut unsafe { Cursor::new(ctx.data(), ctx.data_end()) })?;
     Ok(classify(&packet, config_flags))
@@ -199,8 +140,13 @@ fn try_breakout(ctx: &XdpContext, config_flags: u32) -> Result<Verdict, Unparsed
 
 /// The one exit: count, hand the verdict to tc, pass.
 #[inline(always)]
-fn finish(ctx: &XdpContext, verdict: Verdict, config_flags: u32) -> u32 {
+fn finish(ctx: &XdpContext, verdict: Decision, config_flags: u32) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
+    // While the agent finds the direct uplink dead, `decide` sends direct verdicts to the
+    // tunnel: one flag in the config map fails every new decision over.
+    if verdict.failover {
+        count(stat::FAILOVER, bytes);
+    }
     count(
         if verdict.action == action::DIRECT {
             stat::DIRECT
@@ -229,7 +175,7 @@ fn finish(ctx: &XdpContext, verdict: Verdict, config_flags: u32) -> u32 {
 }
 
 #[inline(always)]
-fn write_meta(ctx: &XdpContext, verdict: &Verdict) -> Result<(), ()> {
+fn write_meta(ctx: &XdpContext, verdict: &Decision) -> Result<(), ()> {
     const LEN: usize = size_of::<XdpMeta>();
     // SAFETY: the helper checks the room itself; packet pointers are re-read afterwards.
     // Drivers without metadata support (xdp_set_data_meta_invalid) return -ENOTSUPP.
@@ -267,11 +213,13 @@ pub fn breakout_mark(ctx: TcContext) -> i32 {
     let bytes = u64::from(ctx.len());
     let (direct, by_meta) = match read_meta(&ctx) {
         Some(meta) => (meta.action == action::DIRECT, true),
-        None => (
-            failover(classify_skb(&ctx, config.flags), config.flags, bytes).action
-                == action::DIRECT,
-            false,
-        ),
+        None => {
+            let decision = classify_skb(&ctx, config.flags, bytes);
+            if decision.failover {
+                count(stat::FAILOVER, bytes);
+            }
+            (decision.action == action::DIRECT, false)
+        }
     };
     if direct {
         // SAFETY: the context is the program's own `__sk_buff`.
@@ -304,20 +252,22 @@ fn read_meta(ctx: &TcContext) -> Option<XdpMeta> {
 }
 
 #[inline(always)]
-fn classify_skb(ctx: &TcContext, config_flags: u32) -> Verdict {
+fn classify_skb(ctx: &TcContext, config_flags: u32, bytes: u64) -> Decision {
     // Headers may sit in paged data (GRO, some drivers): make the first bytes linear, once.
     let want = ctx.len().min(TC_PULL_LEN);
     if ((ctx.data_end() - ctx.data()) as u32) < want {
-        // SAFETY: the helper validates the length against the skb.
+        // SAFETY: the helper validates the length against the skb. A failure is counted,
+        // not logged: no per-packet logging on the hot path. The parse below then sees
+        // only the linear part, and a truncated header is malformed, as it should be.
         if unsafe { bpf_skb_pull_data(ctx.skb.skb.cast(), want) } != 0 {
-            error!(ctx, "bpf_skb_pull_data({}) failed", want);
+            count(stat::ERROR, bytes);
         }
     }
     // SAFETY: data .. data_end is the linear part of the skb, valid while the program runs
     // (re-read after the pull, which moves it).
     match parse(&mut unsafe { Cursor::new(ctx.data(), ctx.data_end()) }) {
         Ok(packet) => classify(&packet, config_flags),
-        Err(unparsed) => Verdict::from(unparsed),
+        Err(why) => unparsed(why),
     }
 }
 

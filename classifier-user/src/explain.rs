@@ -3,7 +3,7 @@
 
 use std::{net::IpAddr, path::Path};
 
-use classifier_common::{PrefixRules, action, category, flags, stat};
+use classifier_common::{PrefixRules, category, stat};
 use ipnet::IpNet;
 
 use crate::{
@@ -50,66 +50,36 @@ impl<'a> Oracle<'a> {
         &self.config
     }
 
-    /// Decides as `breakout` does; `port` is `None` for a packet without ports.
+    /// Decides as `breakout` does, with the same `classifier_common::decide`; `port` is
+    /// `None` for a packet without ports.
     pub fn decide(
         &self,
         addr: IpAddr,
         proto: u8,
         port: Option<u16>,
     ) -> Result<Decision, DatapathError> {
-        let Some(rules) = self.maps.lookup(addr)? else {
-            return Ok(Decision {
-                prefix: None,
-                category: category::NONE,
-                set_id: 0,
-                reason: stat::NO_MATCH,
-                action: action::TUNNEL,
-                rules: None,
-            });
-        };
-        let mut decision = decide_rules(&rules, addr, proto, port, self.policy, self.config.flags);
-        // As the kernel does: while the direct uplink is down, direct goes to the tunnel.
-        if decision.action == action::DIRECT && self.config.flags & flags::UPLINK_DOWN != 0 {
-            decision.action = action::TUNNEL;
-        }
-        Ok(decision)
+        let rules = self.maps.lookup(addr)?;
+        let decided = classifier_common::decide(
+            rules.as_ref(),
+            proto,
+            port,
+            false,
+            self.config.flags,
+            |category| self.policy.get(usize::from(category)).copied(),
+        );
+        Ok(Decision {
+            prefix: rules.and_then(|rules| {
+                IpNet::new(addr, rules.prefix_len)
+                    .ok()
+                    .map(|net| net.trunc())
+            }),
+            category: decided.category,
+            set_id: decided.set_id,
+            reason: decided.reason,
+            action: decided.action,
+            rules,
+        })
     }
-}
-
-fn decide_rules(
-    rules: &PrefixRules,
-    addr: IpAddr,
-    proto: u8,
-    port: Option<u16>,
-    policy: [u8; category::COUNT as usize],
-    config_flags: u32,
-) -> Decision {
-    let prefix = IpNet::new(addr, rules.prefix_len)
-        .ok()
-        .map(|net| net.trunc());
-    let found = rules.classify(proto, port);
-    let (reason, action) = if found.by_port {
-        (stat::MATCH_PORT, policy_action(policy, found.category))
-    } else if config_flags & flags::STRICT_PORTS != 0 {
-        (stat::STRICT_MISS, action::TUNNEL)
-    } else {
-        (stat::MATCH_ADDR, policy_action(policy, found.category))
-    };
-    Decision {
-        prefix,
-        category: found.category,
-        set_id: found.set_id,
-        reason,
-        action,
-        rules: Some(*rules),
-    }
-}
-
-fn policy_action(policy: [u8; category::COUNT as usize], category: u8) -> u8 {
-    policy
-        .get(usize::from(category))
-        .copied()
-        .unwrap_or(action::TUNNEL)
 }
 
 /// The name of a [`stat`] index.
@@ -234,8 +204,6 @@ pub fn rfc3339(secs: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use classifier_common::{PortRule, proto};
-
     use super::*;
 
     #[test]
@@ -243,56 +211,5 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_795_318_684), "2026-11-22T03:38:04Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-    }
-
-    #[test]
-    fn decisions_follow_rules_policy_and_strict_ports() {
-        let mut rules = PrefixRules::EMPTY;
-        rules.rules[0] = PortRule {
-            port_lo: 587,
-            port_hi: 587,
-            proto: proto::TCP,
-            category: category::ALLOW,
-            set_id: 2,
-        };
-        rules.n_rules = 1;
-        rules.addr_category = category::OPTIMIZE;
-        rules.addr_set = 1;
-        rules.prefix_len = 13;
-        let addr: IpAddr = "40.96.1.1".parse().unwrap();
-        let policy = [
-            action::TUNNEL,
-            action::TUNNEL,
-            action::TUNNEL,
-            action::DIRECT,
-        ];
-        let decision = decide_rules(&rules, addr, proto::TCP, Some(587), policy, 0);
-        assert_eq!(decision.prefix, Some("40.96.0.0/13".parse().unwrap()));
-        assert_eq!(
-            (
-                decision.category,
-                decision.set_id,
-                decision.reason,
-                decision.action
-            ),
-            (category::ALLOW, 2, stat::MATCH_PORT, action::TUNNEL)
-        );
-        let decision = decide_rules(&rules, addr, proto::TCP, Some(9), policy, 0);
-        assert_eq!(
-            (decision.reason, decision.action),
-            (stat::MATCH_ADDR, action::DIRECT)
-        );
-        let decision = decide_rules(
-            &rules,
-            addr,
-            proto::TCP,
-            Some(9),
-            policy,
-            flags::STRICT_PORTS,
-        );
-        assert_eq!(
-            (decision.reason, decision.action),
-            (stat::STRICT_MISS, action::TUNNEL)
-        );
     }
 }

@@ -20,6 +20,8 @@ struct Expect {
     reason: u32,
     category: u8,
     set_id: u16,
+    /// A direct verdict the uplink's failure sent to the tunnel (the `failover` note).
+    failover: bool,
 }
 
 const fn direct(reason: u32, category: u8, set_id: u16) -> Expect {
@@ -28,6 +30,7 @@ const fn direct(reason: u32, category: u8, set_id: u16) -> Expect {
         reason,
         category,
         set_id,
+        failover: false,
     }
 }
 
@@ -37,6 +40,15 @@ const fn tunnel(reason: u32, category: u8, set_id: u16) -> Expect {
         reason,
         category,
         set_id,
+        failover: false,
+    }
+}
+
+/// Direct by its category, sent to the tunnel because the direct uplink is down.
+const fn failed_over(reason: u32, category: u8, set_id: u16) -> Expect {
+    Expect {
+        failover: true,
+        ..tunnel(reason, category, set_id)
     }
 }
 
@@ -311,15 +323,7 @@ fn config(strict_ports: bool) -> Config {
 }
 
 fn read_meta(out: &[u8]) -> XdpMeta {
-    let field = |range: std::ops::Range<usize>| out[range].to_vec();
-    XdpMeta {
-        magic: u32::from_ne_bytes(field(0..4).try_into().unwrap()),
-        action: out[4],
-        category: out[5],
-        set_id: u16::from_ne_bytes(field(6..8).try_into().unwrap()),
-        reason: out[8],
-        _pad: [out[9], out[10], out[11]],
-    }
+    XdpMeta::from_bytes(out).expect("our metadata in front of the frame")
 }
 
 /// Runs `frame` through the XDP program; checks the verdict, the metadata and the counters.
@@ -381,6 +385,9 @@ fn check_xdp(
         stat::TUNNEL
     };
     let mut expected = vec![(action_index as usize, one), (expect.reason as usize, one)];
+    if expect.failover {
+        expected.push((stat::FAILOVER as usize, one));
+    }
     expected.sort_by_key(|(index, _)| *index);
     assert_eq!(
         delta(&stats_before, &maps.stats().unwrap()),
@@ -472,6 +479,92 @@ fn xdp_policy_decides_the_action_of_a_category() {
         &spec(443),
         tunnel(stat::MATCH_PORT, category::OPTIMIZE, 1),
     );
+}
+
+/// The operator's `include` and `exclude` prefixes, compiled with the feed: an include is
+/// Optimize by address (set 0), an exclude shadows the feed inside it and counts as
+/// `excluded`, the rest of the covering prefix keeps its rules; and while the direct uplink
+/// is down, a direct verdict goes to the tunnel, counted as `failover`.
+#[test]
+fn xdp_include_exclude_and_failover() {
+    let Some((mut datapath, mut maps)) = load_seeded(FEED_2026043000, &config(false)) else {
+        return;
+    };
+    let include: [ipnet::IpNet; 1] = ["44.30.0.0/16".parse().unwrap()];
+    let exclude: [ipnet::IpNet; 1] = ["52.112.0.0/16".parse().unwrap()];
+    let feed = classifier_user::feed::Feed::parse(FEED_2026043000).unwrap();
+    let compiled = classifier_user::compile::compile_filtered(
+        &feed,
+        &classifier_user::compile::Filter {
+            include: &include,
+            exclude: &exclude,
+            ..classifier_user::compile::Filter::default()
+        },
+    )
+    .unwrap();
+    maps.apply(&compiled).unwrap();
+    let rows = [
+        row(
+            "an operator's include, TCP 443: Optimize by address",
+            Spec::new(ip("44.30.1.1"), L4::Tcp(443)).build(),
+            direct(stat::MATCH_ADDR, category::OPTIMIZE, 0),
+        ),
+        row(
+            "Teams media inside the excluded /16 of Teams' /14",
+            Spec::new(ip(TEAMS_V4), L4::Udp(3478)).build(),
+            tunnel(stat::EXCLUDED, category::NONE, 0),
+        ),
+        row(
+            "ICMP inside the excluded /16: excluded, not match_addr",
+            Spec::new(ip(TEAMS_V4), L4::Icmp).build(),
+            tunnel(stat::EXCLUDED, category::NONE, 0),
+        ),
+        row(
+            "Teams media in the /14 outside the exclude",
+            Spec::new(ip("52.113.1.1"), L4::Udp(3478)).build(),
+            direct(stat::MATCH_PORT, category::OPTIMIZE, 11),
+        ),
+    ];
+    for Row {
+        name,
+        frame,
+        expect,
+        ..
+    } in &rows
+    {
+        check_xdp(&mut datapath, &mut maps, name, frame, *expect);
+    }
+    maps.set_config(&Config {
+        flags: flags::UPLINK_DOWN,
+        ..Config::default()
+    })
+    .unwrap();
+    let rows = [
+        row(
+            "uplink down: Teams media fails over to the tunnel",
+            Spec::new(ip(TEAMS_V4_B), L4::Udp(3478)).build(),
+            failed_over(stat::MATCH_PORT, category::OPTIMIZE, 11),
+        ),
+        row(
+            "uplink down: the operator's include fails over too",
+            Spec::new(ip("44.30.1.1"), L4::Tcp(443)).build(),
+            failed_over(stat::MATCH_ADDR, category::OPTIMIZE, 0),
+        ),
+        row(
+            "uplink down: a tunnel verdict is no failover",
+            Spec::new(ip(OTHER_V4), L4::Udp(3478)).build(),
+            NOT_MICROSOFT,
+        ),
+    ];
+    for Row {
+        name,
+        frame,
+        expect,
+        ..
+    } in &rows
+    {
+        check_xdp(&mut datapath, &mut maps, name, frame, *expect);
+    }
 }
 
 /// Every truncation of every header is malformed, passes, and is counted.
@@ -579,12 +672,23 @@ fn run_tc(
     (result.return_value, mark)
 }
 
-/// Name, frame, config, mark before, mark after, the counter that moves.
-type TcRow<'a> = (&'a str, &'a [u8], Config, u32, u32, u32);
+/// One run of the tc program on a packet without XDP metadata.
+struct TcRow<'a> {
+    /// The case, in words.
+    name: &'a str,
+    frame: &'a [u8],
+    config: Config,
+    /// `skb->mark` before and after.
+    mark_in: u32,
+    mark_out: u32,
+    /// The counters that move, by one packet each.
+    counters: &'a [u32],
+}
 
 /// Without XDP metadata (a driver with no metadata room) the tc program classifies the packet
 /// itself; it sets only the bits of the mask.
 #[test]
+#[expect(clippy::too_many_lines, reason = "a table of cases")]
 fn tc_marks_direct_packets_and_keeps_other_mark_bits() {
     let Some((mut datapath, mut maps)) = load_seeded(FEED_2026043000, &config(false)) else {
         return;
@@ -595,72 +699,91 @@ fn tc_marks_direct_packets_and_keeps_other_mark_bits() {
         .build();
     let exchange_587 = Spec::new(ip(EXCHANGE_V4), L4::Tcp(587)).build();
     let other = Spec::new(ip(OTHER_V4), L4::Tcp(443)).build();
-    let rows: [TcRow<'_>; 7] = [
-        (
-            "Teams media gets 0x365 in the low 16 bits, upper bits kept",
-            &teams,
-            Config::default(),
-            0xabcd_0000,
-            0xabcd_0365,
-            stat::TC_MARK_SELF,
-        ),
-        (
-            "tagged IPv6 Teams media",
-            &teams_v6_tagged,
-            Config::default(),
-            0,
-            0x365,
-            stat::TC_MARK_SELF,
-        ),
-        (
-            "our bits are overwritten, not ORed",
-            &teams,
-            Config::default(),
-            0x0000_fcfc,
-            0x0000_0365,
-            stat::TC_MARK_SELF,
-        ),
-        (
-            "Exchange 587 (Allow) is direct",
-            &exchange_587,
-            Config::default(),
-            7 << 20,
-            (7 << 20) | 0x365,
-            stat::TC_MARK_SELF,
-        ),
-        (
-            "a non-Microsoft packet keeps its mark",
-            &other,
-            Config::default(),
-            0x1234_5678,
-            0x1234_5678,
-            stat::TC_PASS,
-        ),
-        (
-            "a custom mark 0x10000/0x10000 keeps the low bits",
-            &teams,
-            Config {
+    let rows: [TcRow<'_>; 8] = [
+        TcRow {
+            name: "Teams media gets 0x365 in the low 16 bits, upper bits kept",
+            frame: &teams,
+            config: Config::default(),
+            mark_in: 0xabcd_0000,
+            mark_out: 0xabcd_0365,
+            counters: &[stat::TC_MARK_SELF],
+        },
+        TcRow {
+            name: "tagged IPv6 Teams media",
+            frame: &teams_v6_tagged,
+            config: Config::default(),
+            mark_in: 0,
+            mark_out: 0x365,
+            counters: &[stat::TC_MARK_SELF],
+        },
+        TcRow {
+            name: "our bits are overwritten, not ORed",
+            frame: &teams,
+            config: Config::default(),
+            mark_in: 0x0000_fcfc,
+            mark_out: 0x0000_0365,
+            counters: &[stat::TC_MARK_SELF],
+        },
+        TcRow {
+            name: "Exchange 587 (Allow) is direct",
+            frame: &exchange_587,
+            config: Config::default(),
+            mark_in: 7 << 20,
+            mark_out: (7 << 20) | 0x365,
+            counters: &[stat::TC_MARK_SELF],
+        },
+        TcRow {
+            name: "a non-Microsoft packet keeps its mark",
+            frame: &other,
+            config: Config::default(),
+            mark_in: 0x1234_5678,
+            mark_out: 0x1234_5678,
+            counters: &[stat::TC_PASS],
+        },
+        TcRow {
+            name: "a custom mark 0x10000/0x10000 keeps the low bits",
+            frame: &teams,
+            config: Config {
                 mark: 0x1_0000,
                 mark_mask: 0x1_0000,
                 ..Config::default()
             },
-            0x365,
-            0x1_0365,
-            stat::TC_MARK_SELF,
-        ),
-        (
-            "strict ports: ICMP to Teams keeps its mark",
-            &Spec::new(ip(TEAMS_V4), L4::Icmp).build(),
-            Config {
+            mark_in: 0x365,
+            mark_out: 0x1_0365,
+            counters: &[stat::TC_MARK_SELF],
+        },
+        TcRow {
+            name: "strict ports: ICMP to Teams keeps its mark",
+            frame: &Spec::new(ip(TEAMS_V4), L4::Icmp).build(),
+            config: Config {
                 flags: flags::STRICT_PORTS,
                 ..Config::default()
             },
-            0x42,
-            0x42,
-            stat::TC_PASS,
-        ),
+            mark_in: 0x42,
+            mark_out: 0x42,
+            counters: &[stat::TC_PASS],
+        },
+        TcRow {
+            name: "the direct uplink is down: Teams media keeps its mark, counted as failover",
+            frame: &teams,
+            config: Config {
+                flags: flags::UPLINK_DOWN,
+                ..Config::default()
+            },
+            mark_in: 0x42,
+            mark_out: 0x42,
+            counters: &[stat::TC_PASS, stat::FAILOVER],
+        },
     ];
-    for (name, frame, config, mark_in, mark_out, counter) in rows {
+    for TcRow {
+        name,
+        frame,
+        config,
+        mark_in,
+        mark_out,
+        counters,
+    } in rows
+    {
         maps.set_config(&config).unwrap();
         let before = maps.stats().unwrap();
         let (verdict, mark) = run_tc(&mut datapath, frame, mark_in);
@@ -675,7 +798,12 @@ fn tc_marks_direct_packets_and_keeps_other_mark_bits() {
                 .iter()
                 .map(|(i, c)| (*i, c.packets))
                 .collect::<Vec<_>>(),
-            [(counter as usize, 1)],
+            {
+                let mut expected: Vec<(usize, u64)> =
+                    counters.iter().map(|c| (*c as usize, 1)).collect();
+                expected.sort_unstable();
+                expected
+            },
             "{name}: counters"
         );
     }

@@ -19,7 +19,9 @@ fn main() -> ExitCode {
         }
     };
     println!("== a branch router in network namespaces");
-    println!("   client 10.0.1.2 -- lan0 [router: xdp-breakout] wan0 -- direct uplink (masquerade)");
+    println!(
+        "   client 10.0.1.2 -- lan0 [router: xdp-breakout] wan0 -- direct uplink (masquerade)"
+    );
     println!(
         "                                                 {} -- WireGuard tunnel (default route)",
         router.tun
