@@ -2,7 +2,7 @@
 //! crate builds and embeds this object as `tests::HARNESS_OBJECT`).
 //!
 //! - `bench_pass`: `XDP_PASS` and nothing else, the floor of a `BPF_PROG_TEST_RUN`.
-//! - `bench_parse`: the classifier's own parser (the same source file) and one per-CPU
+//! - `bench_parse`: the classifier's own parser (`classifier_ebpf::parse`) and one per-CPU
 //!   counter: what classification costs before its trie lookup.
 //! - `bench_count` / `bench_count_drop`: an XDP counter that passes (or drops) every frame.
 //! - `bench_tc_count`: a tc ingress counter, to count where no XDP program does.
@@ -13,9 +13,6 @@
 //!   built without 802.1Q VLAN devices (`CONFIG_VLAN_8021Q` unset).
 #![no_std]
 #![no_main]
-
-#[path = "../../classifier-ebpf/src/parse.rs"]
-mod parse;
 
 use aya_ebpf::{
     Global,
@@ -29,39 +26,25 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use classifier_common::Counter;
+use classifier_ebpf::{
+    counter,
+    parse::{Cursor, Dst, parse},
+};
+use harness_common::{
+    BENCH_COUNT_LEN, MAX_DST, Sink,
+    slot::{GENERATED, PARSED, TC_COUNT, UNPARSED, VLAN_POPPED, VLAN_PUSHED, XDP_COUNT},
+};
 
-use crate::parse::{Cursor, Dst, parse};
-
-/// `BENCH_COUNT` indices.
-const XDP_COUNT: u32 = 0;
-const TC_COUNT: u32 = 1;
-const PARSED: u32 = 2;
-const UNPARSED: u32 = 3;
-const GENERATED: u32 = 4;
-const VLAN_PUSHED: u32 = 5;
-const VLAN_POPPED: u32 = 6;
-
-/// Per-CPU packets and bytes by the indices above; user space sums them.
+/// Per-CPU packets and bytes by `harness_common::slot`; user space sums them.
 #[btf_map]
-static BENCH_COUNT: PerCpuArray<Counter, 8> = PerCpuArray::new();
-
-/// What `bench_parse` found last, per CPU, so that no parsed field is optimised away.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Sink {
-    pub addr: [u8; 16],
-    pub port: u16,
-    pub proto: u8,
-    pub later_fragment: u8,
-    pub _pad: [u8; 4],
-}
+static BENCH_COUNT: PerCpuArray<Counter, BENCH_COUNT_LEN> = PerCpuArray::new();
 
 #[btf_map]
 static BENCH_SINK: PerCpuArray<Sink, 1> = PerCpuArray::new();
 
 /// Destination IPv4 addresses (network order) that `bench_generate` writes in turn.
 #[btf_map]
-static BENCH_DST: Array<[u8; 4], 4096> = Array::new();
+static BENCH_DST: Array<[u8; 4], MAX_DST> = Array::new();
 
 /// The next `BENCH_DST` index, per CPU.
 #[btf_map]
@@ -76,13 +59,7 @@ static GEN_DST_COUNT: Global<u32> = Global::new(0);
 
 #[inline(always)]
 fn count(index: u32, bytes: u64) {
-    if let Some(counter) = BENCH_COUNT.get_ptr_mut(index) {
-        // SAFETY: a per-CPU slot; nothing else on this CPU runs while the program does.
-        unsafe {
-            (*counter).packets += 1;
-            (*counter).bytes += bytes;
-        }
-    }
+    counter::add(&BENCH_COUNT, index, bytes);
 }
 
 #[inline(always)]

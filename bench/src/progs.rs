@@ -13,13 +13,7 @@ use classifier_common::Counter;
 /// The compiled bench-ebpf object (built by the tests crate, which uses it too).
 pub static BENCH_OBJECT: &[u8] = tests::HARNESS_OBJECT;
 
-/// `BENCH_COUNT` indices (as in bench-ebpf).
-pub mod slot {
-    pub const XDP_COUNT: u32 = 0;
-    pub const TC_COUNT: u32 = 1;
-    pub const PARSED: u32 = 2;
-    pub const GENERATED: u32 = 4;
-}
+pub use harness_common::slot;
 
 pub const PASS: &str = "bench_pass";
 pub const PARSE: &str = "bench_parse";
@@ -29,8 +23,7 @@ pub const TC_COUNT: &str = "bench_tc_count";
 pub const GENERATE: &str = "bench_generate";
 
 const XDP_PROGRAMS: [&str; 5] = [PASS, PARSE, COUNT, COUNT_DROP, GENERATE];
-/// As `BENCH_DST` in bench-ebpf.
-pub const MAX_DST: usize = 4096;
+pub use harness_common::MAX_DST;
 
 pub struct BenchProgs {
     ebpf: Ebpf,
@@ -95,14 +88,11 @@ impl BenchProgs {
 
     /// A `BENCH_COUNT` slot, summed over CPUs.
     pub fn count(&self, index: u32) -> anyhow::Result<Counter> {
-        let map: PerCpuArray<&MapData, Counter> =
-            PerCpuArray::try_from(self.ebpf.map("BENCH_COUNT").context("map BENCH_COUNT")?)?;
-        Ok(map
-            .get(&index, 0)?
-            .iter()
-            .fold(Counter::default(), |sum, cpu| Counter {
-                packets: sum.packets + cpu.packets,
-                bytes: sum.bytes + cpu.bytes,
-            }))
+        let map: PerCpuArray<&MapData, Counter> = PerCpuArray::try_from(
+            self.ebpf
+                .map(harness_common::BENCH_COUNT)
+                .context("map BENCH_COUNT")?,
+        )?;
+        Ok(map.get(&index, 0)?.iter().sum())
     }
 }

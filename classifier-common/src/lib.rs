@@ -341,6 +341,25 @@ pub struct Counter {
 }
 const _: () = assert!(size_of::<Counter>() == 16);
 
+impl core::ops::Add for Counter {
+    type Output = Self;
+
+    /// Wrapping, as the kernel's counters do.
+    fn add(self, other: Self) -> Self {
+        Self {
+            packets: self.packets.wrapping_add(other.packets),
+            bytes: self.bytes.wrapping_add(other.bytes),
+        }
+    }
+}
+
+/// The sum of per-CPU values.
+impl<'a> core::iter::Sum<&'a Counter> for Counter {
+    fn sum<I: Iterator<Item = &'a Self>>(iter: I) -> Self {
+        iter.fold(Self::default(), |sum, counter| sum + *counter)
+    }
+}
+
 /// What the XDP program leaves in front of the packet (`bpf_xdp_adjust_meta`) for the tc
 /// program. The kernel wants metadata sizes that are multiples of 4 and at most 32 bytes.
 #[repr(C)]
@@ -497,13 +516,10 @@ pub fn decide(
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: every type is #[repr(C)], made only of integers, with explicit padding.
-    unsafe impl aya::Pod for super::LpmKeyV4 {}
-    unsafe impl aya::Pod for super::LpmKeyV6 {}
     unsafe impl aya::Pod for super::PrefixRules {}
     unsafe impl aya::Pod for super::Policy {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::Counter {}
-    unsafe impl aya::Pod for super::XdpMeta {}
 }
 
 #[cfg(test)]

@@ -9,8 +9,6 @@
 #![no_std]
 #![no_main]
 
-mod parse;
-
 use aya_ebpf::{
     bindings::{TC_ACT_UNSPEC, xdp_action::XDP_PASS},
     btf_maps::{Array, LpmTrie, PerCpuArray, lpm_trie::Key},
@@ -24,7 +22,10 @@ use classifier_common::{
     STATS_LEN, XDP_META_MAGIC, XdpMeta, action, category, decide, flags, stat,
 };
 
-use crate::parse::{Cursor, Dst, Packet, Unparsed, parse};
+use classifier_ebpf::{
+    counter,
+    parse::{Cursor, Dst, Packet, Unparsed, parse},
+};
 
 // The map names are the contract in `classifier_common::names`; a test reads them back
 // from the object. `BPF_F_NO_PREALLOC` is the trie's default flag and the kernel requires it.
@@ -100,26 +101,13 @@ fn classify(packet: &Packet, config_flags: u32) -> Decision {
 
 #[inline(always)]
 fn count(map_index: u32, bytes: u64) {
-    if let Some(counter) = XB_STATS.get_ptr_mut(map_index) {
-        // SAFETY: a per-CPU slot; nothing else on this CPU runs while the program does.
-        unsafe {
-            (*counter).packets += 1;
-            (*counter).bytes += bytes;
-        }
-    }
+    counter::add(&XB_STATS, map_index, bytes);
 }
 
 #[inline(always)]
 fn count_set(set_id: u16, bytes: u64) {
-    if set_id == 0 {
-        return;
-    }
-    if let Some(counter) = XB_SET_STATS.get_ptr_mut(u32::from(set_id)) {
-        // SAFETY: as in `count`.
-        unsafe {
-            (*counter).packets += 1;
-            (*counter).bytes += bytes;
-        }
+    if set_id != 0 {
+        counter::add(&XB_SET_STATS, u32::from(set_id), bytes);
     }
 }
 

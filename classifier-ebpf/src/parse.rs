@@ -74,6 +74,7 @@ impl Cursor<'_> {
     ///
     /// `start .. end` must be the packet's bytes, valid for the cursor's lifetime.
     #[inline(always)]
+    #[must_use]
     pub unsafe fn new(start: usize, end: usize) -> Self {
         Self {
             pos: start,

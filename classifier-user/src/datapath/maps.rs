@@ -298,10 +298,7 @@ fn sum_per_cpu(
             let values = map
                 .get(&index, 0)
                 .map_err(|source| DatapathError::Map { name, source })?;
-            Ok(values.iter().fold(Counter::default(), |sum, cpu| Counter {
-                packets: sum.packets + cpu.packets,
-                bytes: sum.bytes + cpu.bytes,
-            }))
+            Ok(values.iter().sum())
         })
         .collect()
 }

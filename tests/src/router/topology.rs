@@ -327,15 +327,16 @@ impl Router {
     /// Outside VLAN mode.
     #[must_use]
     pub fn untagged(&self) -> u64 {
-        let map = self.vlan[1].map("BENCH_COUNT").expect("harness counters");
+        let map = self.vlan[1]
+            .map(harness_common::BENCH_COUNT)
+            .expect("harness counters");
         let counters = aya::maps::PerCpuArray::<_, classifier_common::Counter>::try_from(map)
             .expect("per-CPU array");
-        // Index 6: VLAN_POPPED in bench-ebpf.
         counters
-            .get(&6, 0)
+            .get(&harness_common::slot::VLAN_POPPED, 0)
             .expect("counter")
             .iter()
-            .map(|c| c.packets)
-            .sum()
+            .sum::<classifier_common::Counter>()
+            .packets
     }
 }
