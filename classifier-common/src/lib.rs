@@ -29,10 +29,15 @@ pub mod names {
     pub const STATS: &str = "XB_STATS";
     /// Per-CPU [`crate::Counter`] by endpoint set id.
     pub const SET_STATS: &str = "XB_SET_STATS";
+    /// Connections and the action of their first packet: [`crate::FlowKey`] ->
+    /// [`crate::FlowValue`].
+    pub const FLOWS: &str = "XB_FLOWS";
     /// aya-log's ring buffer (its name is fixed by aya-log).
     pub const LOGS: &str = "AYA_LOGS";
     /// Every map the agent pins, in pin order.
-    pub const PINNED_MAPS: [&str; 6] = [PREFIX_V4, PREFIX_V6, POLICY, CONFIG, STATS, SET_STATS];
+    pub const PINNED_MAPS: [&str; 7] = [
+        PREFIX_V4, PREFIX_V6, POLICY, CONFIG, STATS, SET_STATS, FLOWS,
+    ];
 
     /// The XDP program (function name in the object file).
     pub const XDP_PROGRAM: &str = "breakout";
@@ -49,6 +54,13 @@ pub const MAX_RULES: usize = 16;
 pub const MAX_SET_ID: u32 = 4096;
 /// Entries of [`names::STATS`].
 pub const STATS_LEN: u32 = 32;
+/// Entries of [`names::FLOWS`] unless the agent's configuration says otherwise (its
+/// `[flows] table-size` sets the map's size at load).
+pub const DEFAULT_FLOWS: u32 = 1 << 16;
+/// Idle time after which a flow is forgotten, when [`Config`] leaves it 0: TCP connections
+/// idle for long (IMAP IDLE, keepalives of 30 min and more); other flows for short.
+pub const DEFAULT_TCP_IDLE_S: u16 = 7200;
+pub const DEFAULT_OTHER_IDLE_S: u16 = 120;
 
 /// Endpoint categories, lowest first: a packet that belongs to several sets takes the highest.
 pub mod category {
@@ -124,6 +136,14 @@ pub mod stat {
     pub const NO_META: u32 = 10;
     /// Destination in an operator's `exclude` prefix (an entry of category none): tunnel.
     pub const EXCLUDED: u32 = 11;
+    /// Note: a packet of a known flow took its flow's action, without a trie lookup.
+    pub const FLOW_HIT: u32 = 13;
+    /// Note: a new flow entered the flow table.
+    pub const FLOW_NEW: u32 = 14;
+    /// Note: the kernel closed a flow (TCP FIN or RST, or idle past its timeout). Flows the
+    /// table evicts when full are `FLOW_NEW` minus this minus the flows in the table
+    /// (`flow_evicted`, computed by user space: an LRU map evicts silently).
+    pub const FLOW_CLOSED: u32 = 15;
     /// Note: a direct verdict went to the tunnel because the direct uplink is down
     /// ([`flags::UPLINK_DOWN`](crate::flags::UPLINK_DOWN)); counted under `TUNNEL`.
     pub const FAILOVER: u32 = 12;
@@ -133,9 +153,12 @@ pub mod stat {
     pub const TC_MARK_SELF: u32 = 17;
     /// tc: verdict tunnel, mark left as it was.
     pub const TC_PASS: u32 = 18;
+    /// Flows the full flow table evicted: never written by the kernel (an LRU map evicts
+    /// silently); user space shows `FLOW_NEW - FLOW_CLOSED - flows in the table` here.
+    pub const FLOW_EVICTED: u32 = 19;
 
     /// The indices user space shows, with their names.
-    pub const NAMED: [(u32, &str); 16] = [
+    pub const NAMED: [(u32, &str); 20] = [
         (TUNNEL, "tunnel"),
         (DIRECT, "direct"),
         (MATCH_PORT, "match_port"),
@@ -149,6 +172,10 @@ pub mod stat {
         (NO_META, "no_meta"),
         (EXCLUDED, "excluded"),
         (FAILOVER, "failover"),
+        (FLOW_HIT, "flow_hit"),
+        (FLOW_NEW, "flow_new"),
+        (FLOW_CLOSED, "flow_closed"),
+        (FLOW_EVICTED, "flow_evicted"),
         (TC_MARK_META, "tc_mark_meta"),
         (TC_MARK_SELF, "tc_mark_self"),
         (TC_PASS, "tc_pass"),
@@ -311,9 +338,53 @@ pub struct Config {
     pub mark_mask: u32,
     /// [`flags`] bits, host order.
     pub flags: u32,
-    pub _pad: u32,
+    /// Seconds a TCP flow may be idle before it is classified afresh; 0 means
+    /// [`DEFAULT_TCP_IDLE_S`]. Host order.
+    pub tcp_idle_s: u16,
+    /// The same for every other flow; 0 means [`DEFAULT_OTHER_IDLE_S`].
+    pub other_idle_s: u16,
 }
 const _: () = assert!(size_of::<Config>() == 16);
+
+/// Key of [`names::FLOWS`]: a TCP or UDP connection by its 5-tuple, any other protocol by
+/// its addresses. Addresses in network order (IPv4 in the first 4 bytes, the rest zero),
+/// everything else host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// 0 for protocols without ports.
+    pub sport: u16,
+    pub dport: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// 4 or 6.
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<FlowKey>() == 40);
+
+/// Value of [`names::FLOWS`]: what the first packet of a flow got, kept for its life.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowValue {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of its first and last packet.
+    pub first_ns: u64,
+    pub last_ns: u64,
+    /// Packets and bytes seen by the XDP program, first packet included.
+    pub packets: u64,
+    pub bytes: u64,
+    /// [`action`] of every packet of the flow (tunnel after a failover).
+    pub action: u8,
+    /// [`category`] and endpoint set of the first packet.
+    pub category: u8,
+    pub set_id: u16,
+    /// [`stat`] reason of the first packet.
+    pub reason: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<FlowValue>() == 40);
 
 /// Default `mark/mask`: 0x365 ("365") in the low 16 bits.
 pub const DEFAULT_MARK: u32 = 0x365;
@@ -325,7 +396,8 @@ impl Default for Config {
             mark: DEFAULT_MARK,
             mark_mask: DEFAULT_MARK_MASK,
             flags: 0,
-            _pad: 0,
+            tcp_idle_s: DEFAULT_TCP_IDLE_S,
+            other_idle_s: DEFAULT_OTHER_IDLE_S,
         }
     }
 }
@@ -520,6 +592,8 @@ mod pod {
     unsafe impl aya::Pod for super::Policy {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::Counter {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowValue {}
 }
 
 #[cfg(test)]

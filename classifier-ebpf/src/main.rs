@@ -11,15 +11,16 @@
 
 use aya_ebpf::{
     bindings::{TC_ACT_UNSPEC, xdp_action::XDP_PASS},
-    btf_maps::{Array, LpmTrie, PerCpuArray, lpm_trie::Key},
-    helpers::{bpf_skb_pull_data, bpf_xdp_adjust_meta},
+    btf_maps::{Array, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
+    helpers::{bpf_ktime_get_ns, bpf_skb_pull_data, bpf_xdp_adjust_meta},
     macros::{btf_map, classifier, xdp},
     programs::{TcContext, XdpContext},
 };
 use aya_log_ebpf::info;
 use classifier_common::{
-    Config, Counter, Decision, LpmKeyV4, LpmKeyV6, MAX_PREFIXES, MAX_SET_ID, Policy, PrefixRules,
-    STATS_LEN, XDP_META_MAGIC, XdpMeta, action, category, decide, flags, stat,
+    Config, Counter, DEFAULT_FLOWS, DEFAULT_OTHER_IDLE_S, DEFAULT_TCP_IDLE_S, Decision, FlowKey,
+    FlowValue, LpmKeyV4, LpmKeyV6, MAX_PREFIXES, MAX_SET_ID, Policy, PrefixRules, STATS_LEN,
+    XDP_META_MAGIC, XdpMeta, action, category, decide, flags, proto, stat,
 };
 
 use classifier_ebpf::{
@@ -57,6 +58,13 @@ static XB_STATS: PerCpuArray<Counter, { STATS_LEN as usize }> = PerCpuArray::new
 /// `XB_SET_STATS`.
 #[btf_map]
 static XB_SET_STATS: PerCpuArray<Counter, { MAX_SET_ID as usize }> = PerCpuArray::new();
+
+/// Flows (5-tuples; addresses and protocol without ports) and the action of their first
+/// packet, so that a connection keeps its uplink across feed updates and policy reloads, and
+/// a known flow skips the trie. An LRU hash: a full table forgets its least recent flow.
+/// The agent sets its size at load (`[flows] table-size`); pinned as `XB_FLOWS`.
+#[btf_map]
+static XB_FLOWS: LruHashMap<FlowKey, FlowValue, { DEFAULT_FLOWS as usize }> = LruHashMap::new();
 
 // Compile-time proof that the keys above are the common crate's key types.
 const _: () = assert!(size_of::<Key<[u8; 4]>>() == size_of::<LpmKeyV4>());
@@ -115,15 +123,133 @@ fn count_set(set_id: u16, bytes: u64) {
 #[xdp]
 pub fn breakout(ctx: XdpContext) -> u32 {
     let config = config();
-    let verdict = try_breakout(&ctx, config.flags).unwrap_or_else(unparsed);
+    let verdict = try_breakout(&ctx, &config).unwrap_or_else(unparsed);
     finish(&ctx, verdict, config.flags)
 }
 
 #[inline(always)]
-fn try_breakout(ctx: &XdpContext, config_flags: u32) -> Result<Decision, Unparsed> {
+fn try_breakout(ctx: &XdpContext, config: &Config) -> Result<Decision, Unparsed> {
     // SAFETY: data .. data_end is the frame, valid while the program runs.
     let packet = parse(&mut unsafe { Cursor::new(ctx.data(), ctx.data_end()) })?;
-    Ok(classify(&packet, config_flags))
+    // A non-first fragment has no ports, so no flow of its own: its destination decides, as
+    // it did before flows (`decide`). It never enters the table.
+    if packet.later_fragment {
+        return Ok(classify(&packet, config.flags));
+    }
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    let key = flow_key(&packet);
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(flow) = XB_FLOWS.get_ptr_mut(&key) {
+        // SAFETY: the map's value, valid while the program runs; concurrent updates of the
+        // statistics from two CPUs may lose an increment, which is acceptable for them.
+        let flow = unsafe { &mut *flow };
+        if now.saturating_sub(flow.last_ns) <= idle_ns(config, packet.proto) {
+            return Ok(known_flow(&key, flow, &packet, config.flags, now, bytes));
+        }
+        // Idle past its timeout: forgotten, and this packet starts it afresh.
+        count(stat::FLOW_CLOSED, bytes);
+    }
+    let decision = classify(&packet, config.flags);
+    if !packet.tcp_end {
+        let flow = FlowValue {
+            first_ns: now,
+            last_ns: now,
+            packets: 1,
+            bytes,
+            action: decision.action,
+            category: decision.category,
+            set_id: decision.set_id,
+            // Reasons are small stat indices.
+            reason: decision.reason as u8,
+            _pad: [0; 3],
+        };
+        if XB_FLOWS.insert(&key, &flow, 0).is_ok() {
+            count(stat::FLOW_NEW, bytes);
+        }
+    }
+    Ok(decision)
+}
+
+/// A packet of a flow in the table takes the flow's action: the connection stays on the
+/// uplink its first packet took. Only a failover moves it off the direct uplink (it is dead
+/// anyway), and for good: the flow stays in the tunnel after the failback.
+#[inline(always)]
+fn known_flow(
+    key: &FlowKey,
+    flow: &mut FlowValue,
+    packet: &Packet,
+    config_flags: u32,
+    now: u64,
+    bytes: u64,
+) -> Decision {
+    flow.last_ns = now;
+    flow.packets += 1;
+    flow.bytes += bytes;
+    let failover = flow.action == action::DIRECT && config_flags & flags::UPLINK_DOWN != 0;
+    if failover {
+        flow.action = action::TUNNEL;
+    }
+    let decision = Decision {
+        action: flow.action,
+        reason: u32::from(flow.reason),
+        category: flow.category,
+        set_id: flow.set_id,
+        failover,
+    };
+    count(stat::FLOW_HIT, bytes);
+    if packet.tcp_end {
+        // The connection ends: its last packets take its action, then it is forgotten.
+        if XB_FLOWS.remove(key).is_ok() {
+            count(stat::FLOW_CLOSED, bytes);
+        }
+    }
+    decision
+}
+
+/// The flow a packet belongs to.
+#[inline(always)]
+fn flow_key(packet: &Packet) -> FlowKey {
+    let mut key = FlowKey {
+        src: [0; 16],
+        dst: [0; 16],
+        sport: packet.sport,
+        dport: packet.port.unwrap_or(0),
+        proto: packet.proto,
+        family: 4,
+        _pad: [0; 2],
+    };
+    match (packet.src, packet.dst) {
+        (Dst::V4(src), Dst::V4(dst)) => {
+            key.src[..4].copy_from_slice(&src);
+            key.dst[..4].copy_from_slice(&dst);
+        }
+        (Dst::V6(src), Dst::V6(dst)) => {
+            key.src = src;
+            key.dst = dst;
+            key.family = 6;
+        }
+        // The parser gives both addresses of one header.
+        _ => {}
+    }
+    key
+}
+
+/// How long a flow of `ip_proto` may be idle before it is classified afresh.
+#[inline(always)]
+fn idle_ns(config: &Config, ip_proto: u8) -> u64 {
+    let secs = if ip_proto == proto::TCP {
+        if config.tcp_idle_s == 0 {
+            DEFAULT_TCP_IDLE_S
+        } else {
+            config.tcp_idle_s
+        }
+    } else if config.other_idle_s == 0 {
+        DEFAULT_OTHER_IDLE_S
+    } else {
+        config.other_idle_s
+    };
+    u64::from(secs) * 1_000_000_000
 }
 
 /// The one exit: count, hand the verdict to tc, pass.
@@ -254,7 +380,29 @@ fn classify_skb(ctx: &TcContext, config_flags: u32, bytes: u64) -> Decision {
     // SAFETY: data .. data_end is the linear part of the skb, valid while the program runs
     // (re-read after the pull, which moves it).
     match parse(&mut unsafe { Cursor::new(ctx.data(), ctx.data_end()) }) {
-        Ok(packet) => classify(&packet, config_flags),
+        Ok(packet) => {
+            // The XDP program already looked the flow up (and recorded it): take its action,
+            // read only, so that a driver without metadata room keeps connections sticky too.
+            if !packet.later_fragment
+                // SAFETY: the map's value, read while the program runs.
+                && let Some(flow) = unsafe { XB_FLOWS.get(&flow_key(&packet)) }
+            {
+                let failover =
+                    flow.action == action::DIRECT && config_flags & flags::UPLINK_DOWN != 0;
+                return Decision {
+                    action: if failover {
+                        action::TUNNEL
+                    } else {
+                        flow.action
+                    },
+                    reason: u32::from(flow.reason),
+                    category: flow.category,
+                    set_id: flow.set_id,
+                    failover,
+                };
+            }
+            classify(&packet, config_flags)
+        }
         Err(why) => unparsed(why),
     }
 }

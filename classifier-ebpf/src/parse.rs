@@ -41,7 +41,7 @@ pub enum Unparsed {
     Malformed,
 }
 
-/// The destination address, as the bytes of the header.
+/// An address, as the bytes of the header.
 #[derive(Clone, Copy)]
 pub enum Dst {
     V4([u8; 4]),
@@ -52,6 +52,12 @@ pub enum Dst {
 #[derive(Clone, Copy)]
 pub struct Packet {
     pub dst: Dst,
+    /// The source address (same family as `dst`).
+    pub src: Dst,
+    /// TCP or UDP source port, host order; 0 otherwise.
+    pub sport: u16,
+    /// A TCP segment with FIN or RST: the connection ends.
+    pub tcp_end: bool,
     /// The upper-layer protocol (after IPv6 extension headers).
     pub proto: u8,
     /// TCP or UDP destination port, host order; `None` for other protocols and for
@@ -107,7 +113,7 @@ impl<'a> Cursor<'a> {
 }
 
 /// Parses Ethernet, up to two VLAN tags, IPv4 or IPv6 (with extension headers) and the TCP or
-/// UDP destination port.
+/// UDP ports (and TCP's FIN and RST, which end a flow).
 #[inline(always)]
 pub fn parse(cursor: &mut Cursor<'_>) -> Result<Packet, Unparsed> {
     match parse_ethernet(cursor)? {
@@ -143,23 +149,29 @@ fn parse_ipv4(cursor: &mut Cursor<'_>) -> Result<Packet, Unparsed> {
     if ip.version() != 4 || header_len < Ipv4Hdr::LEN {
         return Err(Unparsed::Malformed);
     }
-    let dst = Dst::V4(ip.dst_addr);
+    let (dst, src) = (Dst::V4(ip.dst_addr), Dst::V4(ip.src_addr));
     let proto = ip.proto;
     // Options: the IHL is at most 15 words, so this is at most 40 bytes.
     cursor.skip(header_len - Ipv4Hdr::LEN);
     if ip.frag_offset() != 0 {
         return Ok(Packet {
             dst,
+            src,
+            sport: 0,
+            tcp_end: false,
             proto,
             port: None,
             later_fragment: true,
         });
     }
-    let port = parse_port(cursor, proto)?;
+    let ports = parse_ports(cursor, proto)?;
     Ok(Packet {
         dst,
+        src,
+        sport: ports.source,
+        tcp_end: ports.end,
         proto,
-        port,
+        port: ports.destination,
         later_fragment: false,
     })
 }
@@ -170,7 +182,7 @@ fn parse_ipv6(cursor: &mut Cursor<'_>) -> Result<Packet, Unparsed> {
     if ip.version() != 6 {
         return Err(Unparsed::Malformed);
     }
-    let dst = Dst::V6(ip.dst_addr);
+    let (dst, src) = (Dst::V6(ip.dst_addr), Dst::V6(ip.src_addr));
     let mut next = ip.next_hdr;
     for _ in 0..MAX_EXT_HDRS {
         match next {
@@ -182,6 +194,9 @@ fn parse_ipv6(cursor: &mut Cursor<'_>) -> Result<Packet, Unparsed> {
                 if !first {
                     return Ok(Packet {
                         dst,
+                        src,
+                        sport: 0,
+                        tcp_end: false,
                         proto: next_hdr,
                         port: None,
                         later_fragment: true,
@@ -190,11 +205,14 @@ fn parse_ipv6(cursor: &mut Cursor<'_>) -> Result<Packet, Unparsed> {
                 next = next_hdr;
             }
             _ => {
-                let port = parse_port(cursor, next)?;
+                let ports = parse_ports(cursor, next)?;
                 return Ok(Packet {
                     dst,
+                    src,
+                    sport: ports.source,
+                    tcp_end: ports.end,
                     proto: next,
-                    port,
+                    port: ports.destination,
                     later_fragment: false,
                 });
             }
@@ -222,18 +240,40 @@ fn parse_ipv6_fragment_header(cursor: &mut Cursor<'_>) -> Result<(u8, bool), Unp
     Ok((header[0], offset == 0))
 }
 
-/// The destination port of TCP and UDP, which must be whole; `None` for other protocols.
+/// What the transport header says.
+struct Ports {
+    /// Host order; `None` for protocols without ports.
+    destination: Option<u16>,
+    /// Host order; 0 without ports.
+    source: u16,
+    /// TCP FIN or RST.
+    end: bool,
+}
+
+/// The ports of TCP and UDP, whose header must be whole, and TCP's FIN and RST.
 #[inline(always)]
-fn parse_port(cursor: &mut Cursor, ip_proto: u8) -> Result<Option<u16>, Unparsed> {
+fn parse_ports(cursor: &mut Cursor, ip_proto: u8) -> Result<Ports, Unparsed> {
     match ip_proto {
         proto::TCP => {
             let tcp: &TcpHdr = cursor.take()?;
-            Ok(Some(u16::from_be_bytes(tcp.dest)))
+            Ok(Ports {
+                destination: Some(u16::from_be_bytes(tcp.dest)),
+                source: u16::from_be_bytes(tcp.source),
+                end: tcp.fin() != 0 || tcp.rst() != 0,
+            })
         }
         proto::UDP => {
             let udp: &UdpHdr = cursor.take()?;
-            Ok(Some(udp.dst_port()))
+            Ok(Ports {
+                destination: Some(udp.dst_port()),
+                source: udp.src_port(),
+                end: false,
+            })
         }
-        _ => Ok(None),
+        _ => Ok(Ports {
+            destination: None,
+            source: 0,
+            end: false,
+        }),
     }
 }

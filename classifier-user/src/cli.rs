@@ -77,6 +77,8 @@ pub enum Command {
     Classify(ClassifyArgs),
     /// List the installed prefixes with their category and endpoint sets.
     Prefixes(PrefixesArgs),
+    /// List the flow table: connections and the uplink each keeps.
+    Flows(FlowsArgs),
     /// Refresh the pinned maps once, with the agent's validation.
     Sync(SyncArgs),
     /// Work with the configuration file.
@@ -120,6 +122,9 @@ pub struct ClassifyArgs {
 
 #[derive(Debug, Args)]
 pub struct PrefixesArgs {}
+
+#[derive(Debug, Args)]
+pub struct FlowsArgs {}
 
 #[derive(Debug, Args)]
 pub struct SyncArgs {
@@ -258,6 +263,15 @@ pub struct ConfigArgs {
     /// Good rounds in a row that bring it back.
     #[arg(long, value_name = "N")]
     pub health_recover_after: Option<u32>,
+    /// Entries of the flow table (takes effect at start).
+    #[arg(long, value_name = "N")]
+    pub flows_table_size: Option<u32>,
+    /// A TCP flow idle this long is classified afresh.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub flows_tcp_idle: Option<Duration>,
+    /// The same for other flows.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub flows_other_idle: Option<Duration>,
 }
 
 impl ConfigArgs {
@@ -304,6 +318,9 @@ impl ConfigArgs {
             health_timeout,
             health_fail_after,
             health_recover_after,
+            flows_table_size,
+            flows_tcp_idle,
+            flows_other_idle,
         } = self;
         if !interfaces.is_empty() {
             config.interfaces.clone_from(interfaces);
@@ -360,6 +377,9 @@ impl ConfigArgs {
         set(&mut health.timeout, *health_timeout);
         set(&mut health.fail_after, *health_fail_after);
         set(&mut health.recover_after, *health_recover_after);
+        set(&mut config.flows.table_size, *flows_table_size);
+        set(&mut config.flows.tcp_idle, *flows_tcp_idle);
+        set(&mut config.flows.other_idle, *flows_other_idle);
     }
 }
 

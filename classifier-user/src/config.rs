@@ -57,6 +57,32 @@ pub struct Config {
     pub feed: FeedConfig,
     pub policy: PolicyConfig,
     pub health: HealthConfig,
+    pub flows: FlowsConfig,
+}
+
+/// The flow table: connections keep the action of their first packet.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct FlowsConfig {
+    /// Entries of the flow table (an LRU map: a full table evicts its least recent flow).
+    /// Takes effect at start: a new size starts an empty table.
+    pub table_size: u32,
+    /// A TCP flow idle this long is classified afresh by its next packet.
+    #[serde(with = "duration_text")]
+    pub tcp_idle: Duration,
+    /// The same for UDP and other protocols.
+    #[serde(with = "duration_text")]
+    pub other_idle: Duration,
+}
+
+impl Default for FlowsConfig {
+    fn default() -> Self {
+        Self {
+            table_size: classifier_common::DEFAULT_FLOWS,
+            tcp_idle: Duration::from_secs(u64::from(classifier_common::DEFAULT_TCP_IDLE_S)),
+            other_idle: Duration::from_secs(u64::from(classifier_common::DEFAULT_OTHER_IDLE_S)),
+        }
+    }
 }
 
 /// How the agent checks the direct uplink, and what it does when the uplink is dead.
@@ -178,6 +204,7 @@ impl Default for Config {
             feed: FeedConfig::default(),
             policy: PolicyConfig::default(),
             health: HealthConfig::default(),
+            flows: FlowsConfig::default(),
         }
     }
 }
@@ -313,6 +340,21 @@ impl Config {
             return invalid("feed.min-prefix-len-v6", "must be 1..=128".to_owned());
         }
         self.validate_health()?;
+        if !(64..=1 << 24).contains(&self.flows.table_size) {
+            return invalid("flows.table-size", "must be 64..=16777216".to_owned());
+        }
+        within(
+            "flows.tcp-idle",
+            self.flows.tcp_idle,
+            Duration::from_secs(1),
+            Duration::from_secs(u64::from(u16::MAX)),
+        )?;
+        within(
+            "flows.other-idle",
+            self.flows.other_idle,
+            Duration::from_secs(1),
+            Duration::from_secs(u64::from(u16::MAX)),
+        )?;
         for net in self.policy.include.iter().chain(&self.policy.exclude) {
             if net.trunc() != *net {
                 return invalid(
@@ -437,11 +479,13 @@ impl Config {
         if self.policy.debug_log {
             flags |= classifier_common::flags::DEBUG;
         }
+        let seconds = |d: Duration| u16::try_from(d.as_secs()).unwrap_or(u16::MAX);
         classifier_common::Config {
             mark: self.policy.mark.value,
             mark_mask: self.policy.mark.mask,
             flags,
-            _pad: 0,
+            tcp_idle_s: seconds(self.flows.tcp_idle),
+            other_idle_s: seconds(self.flows.other_idle),
         }
     }
 }
@@ -455,6 +499,8 @@ pub struct RestartOnly {
     pub mode: XdpModeName,
     pub pin_dir: PathBuf,
     pub state_dir: PathBuf,
+    /// `flows.table-size`: the map's size is set when it is created.
+    pub flow_table_size: u32,
 }
 
 impl RestartOnly {
@@ -466,12 +512,17 @@ impl RestartOnly {
             mode,
             pin_dir,
             state_dir,
+            flow_table_size,
         } = self;
         [
             ("interfaces", *interfaces != other.interfaces),
             ("mode", *mode != other.mode),
             ("pin-dir", *pin_dir != other.pin_dir),
             ("state-dir", *state_dir != other.state_dir),
+            (
+                "flows.table-size",
+                *flow_table_size != other.flow_table_size,
+            ),
         ]
         .into_iter()
         .filter_map(|(key, changed)| changed.then_some(key))
@@ -488,6 +539,7 @@ impl Config {
             mode: self.mode,
             pin_dir: self.pin_dir.clone(),
             state_dir: self.state_dir.clone(),
+            flow_table_size: self.flows.table_size,
         }
     }
 
@@ -501,9 +553,11 @@ impl Config {
             mode,
             pin_dir,
             state_dir,
+            flow_table_size,
         } = running.clone();
         (self.interfaces, self.mode, self.pin_dir, self.state_dir) =
             (interfaces, mode, pin_dir, state_dir);
+        self.flows.table_size = flow_table_size;
         (self, ignored)
     }
 }

@@ -334,6 +334,8 @@ fn check_xdp(
     frame: &[u8],
     expect: Expect,
 ) {
+    // Each row is a first packet: no flow of an earlier row decides it.
+    maps.clear_flows().unwrap();
     let stats_before = maps.stats().unwrap();
     let sets_before = maps.set_stats().unwrap();
     let mut out = vec![0u8; frame.len() + 64];
@@ -387,6 +389,10 @@ fn check_xdp(
     let mut expected = vec![(action_index as usize, one), (expect.reason as usize, one)];
     if expect.failover {
         expected.push((stat::FAILOVER as usize, one));
+    }
+    // Every parsed packet but a later fragment starts a flow.
+    if ![stat::NOT_IP, stat::MALFORMED, stat::FRAGMENT].contains(&expect.reason) {
+        expected.push((stat::FLOW_NEW as usize, one));
     }
     expected.sort_by_key(|(index, _)| *index);
     assert_eq!(
@@ -565,6 +571,118 @@ fn xdp_include_exclude_and_failover() {
     {
         check_xdp(&mut datapath, &mut maps, name, frame, *expect);
     }
+}
+
+/// Runs `frame` through the XDP program as it is (flows kept); its verdict and the counters
+/// that moved, by index and packets.
+fn run_flow(
+    datapath: &mut classifier_user::datapath::Datapath,
+    maps: &classifier_user::datapath::Maps,
+    frame: &[u8],
+) -> (XdpMeta, Vec<(usize, u64)>) {
+    let before = maps.stats().unwrap();
+    let mut out = vec![0u8; frame.len() + 64];
+    datapath
+        .xdp()
+        .unwrap()
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ..TestRunOptions::default()
+        })
+        .unwrap();
+    let moved = delta(&before, &maps.stats().unwrap())
+        .into_iter()
+        .map(|(index, counter)| (index, counter.packets))
+        .collect();
+    (read_meta(&out), moved)
+}
+
+/// A connection keeps the action of its first packet: a later packet of the same 5-tuple
+/// skips the trie (`flow_hit`) and keeps it after the feed and the policy change, while a new
+/// connection takes the new verdict; a failover moves it to the tunnel for good; FIN ends it.
+#[test]
+fn xdp_known_flows_keep_their_action() {
+    let Some((mut datapath, mut maps)) = load_seeded(FEED_2026043000, &config(false)) else {
+        return;
+    };
+    maps.clear_flows().unwrap();
+    // Untagged IPv4: the UDP or TCP header starts at byte 34; its source port is 34..36.
+    let teams = Spec::new(ip(TEAMS_V4), L4::Udp(3478)).build();
+    let other_port = patched(teams.clone(), 35, 0x99);
+    let (meta, moved) = run_flow(&mut datapath, &maps, &teams);
+    assert_eq!((meta.action, meta.reason), (action::DIRECT, 2));
+    let first = [
+        (stat::DIRECT as usize, 1),
+        (stat::MATCH_PORT as usize, 1),
+        (stat::FLOW_NEW as usize, 1),
+    ];
+    assert_eq!(moved, first);
+
+    // Optimize goes to the tunnel now: the known flow stays direct, a new one does not.
+    maps.set_policy([action::TUNNEL; 4]).unwrap();
+    let (meta, moved) = run_flow(&mut datapath, &maps, &teams);
+    assert_eq!((meta.action, meta.set_id), (action::DIRECT, 11), "sticky");
+    assert_eq!(
+        moved,
+        [
+            (stat::DIRECT as usize, 1),
+            (stat::MATCH_PORT as usize, 1),
+            (stat::FLOW_HIT as usize, 1),
+        ]
+    );
+    let (meta, _) = run_flow(&mut datapath, &maps, &other_port);
+    assert_eq!(
+        meta.action,
+        action::TUNNEL,
+        "a new connection takes the new verdict"
+    );
+    assert_eq!(maps.flows().unwrap().len(), 2);
+
+    // The prefix leaves the feed: the known flow still stays direct.
+    let mut without = maps.installed().unwrap();
+    without.v4.retain(|key, _| key.addr[..2] != [52, 112]);
+    maps.apply(&without).unwrap();
+    assert_eq!(
+        run_flow(&mut datapath, &maps, &teams).0.action,
+        action::DIRECT
+    );
+
+    // A failover moves it to the tunnel, counted, and it stays there after the failback.
+    maps.set_config(&Config {
+        flags: flags::UPLINK_DOWN,
+        ..Config::default()
+    })
+    .unwrap();
+    let (meta, moved) = run_flow(&mut datapath, &maps, &teams);
+    assert_eq!(meta.action, action::TUNNEL);
+    assert!(moved.contains(&(stat::FAILOVER as usize, 1)), "{moved:?}");
+    maps.set_config(&Config::default()).unwrap();
+    assert_eq!(
+        run_flow(&mut datapath, &maps, &teams).0.action,
+        action::TUNNEL
+    );
+
+    // TCP: FIN ends the flow; the next connection on the same ports is a new flow.
+    maps.set_policy(classifier_user::datapath::DEFAULT_POLICY)
+        .unwrap();
+    let exchange = Spec::new(ip(EXCHANGE_V4), L4::Tcp(443)).build();
+    let fin = patched(exchange.clone(), 47, 0x11);
+    assert!(
+        run_flow(&mut datapath, &maps, &exchange)
+            .1
+            .contains(&(stat::FLOW_NEW as usize, 1))
+    );
+    let (_, moved) = run_flow(&mut datapath, &maps, &fin);
+    assert!(
+        moved.contains(&(stat::FLOW_CLOSED as usize, 1)),
+        "{moved:?}"
+    );
+    assert!(
+        run_flow(&mut datapath, &maps, &exchange)
+            .1
+            .contains(&(stat::FLOW_NEW as usize, 1))
+    );
 }
 
 /// Every truncation of every header is malformed, passes, and is counted.

@@ -91,7 +91,7 @@ pub fn run(global: &GlobalArgs, args: &AttachArgs) -> anyhow::Result<()> {
     };
     let pin_dir = global.pin_dir();
     let _lock = PinLock::acquire(&pin_dir)?;
-    let mut datapath = Datapath::load_pinned(EBPF_OBJECT, &pin_dir)
+    let mut datapath = Datapath::load_pinned(EBPF_OBJECT, &pin_dir, None)
         .with_context(|| format!("loading the programs with pins in {}", pin_dir.display()))?;
     let mut maps = datapath.maps()?;
 

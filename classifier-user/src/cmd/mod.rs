@@ -9,6 +9,7 @@ pub mod attach;
 pub mod classify;
 pub mod config;
 pub mod detach;
+pub mod flows;
 pub mod lookup;
 pub mod prefixes;
 pub mod run;
@@ -37,6 +38,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Lookup(args) => lookup::run(&global, &args),
         Command::Classify(args) => classify::run(&global, &args),
         Command::Prefixes(args) => prefixes::run(&global, &args),
+        Command::Flows(args) => flows::run(&global, &args),
         Command::Sync(args) => sync::run(&global, &args),
         Command::Config(command) => config::run(&global, &command),
         Command::Completions(args) => {

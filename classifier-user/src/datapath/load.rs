@@ -12,7 +12,7 @@ use classifier_common::names;
 
 use super::{
     DatapathError, Maps,
-    pins::{check_pin_dir, check_pins, prepare_pin_dir},
+    pins::{check_pin_dir, check_pins, pinned_flow_table_size, prepare_pin_dir},
 };
 
 /// The loaded object: programs loaded into the kernel, maps created or adopted.
@@ -23,11 +23,32 @@ pub struct Datapath {
 
 impl Datapath {
     /// Loads the programs, adopting maps already pinned in `pin_dir` (so that a restart or an
-    /// upgrade keeps every entry and counter) and pinning the ones it creates.
-    pub fn load_pinned(object: &[u8], pin_dir: &Path) -> Result<Self, DatapathError> {
+    /// upgrade keeps every entry and counter) and pinning the ones it creates. The flow table
+    /// has `flow_table_size` entries (`None`: the pinned table's size, else the default): a
+    /// pinned one of another size is replaced by an empty one (its flows are classified
+    /// afresh by their next packet).
+    pub fn load_pinned(
+        object: &[u8],
+        pin_dir: &Path,
+        flow_table_size: Option<u32>,
+    ) -> Result<Self, DatapathError> {
         prepare_pin_dir(pin_dir)?;
-        check_pins(pin_dir)?;
+        let flow_table_size = flow_table_size
+            .or_else(|| pinned_flow_table_size(pin_dir))
+            .unwrap_or(classifier_common::DEFAULT_FLOWS);
+        if let Some(pinned) = pinned_flow_table_size(pin_dir)
+            && pinned != flow_table_size
+        {
+            tracing::warn!(
+                "the flow table changes from {pinned} to {flow_table_size} entries: a new, empty \
+                 one replaces it, and its flows are classified afresh"
+            );
+            let path = pin_dir.join(names::FLOWS);
+            std::fs::remove_file(&path).map_err(|source| DatapathError::PinDir { path, source })?;
+        }
+        check_pins(pin_dir, Some(flow_table_size))?;
         let mut loader = EbpfLoader::new();
+        loader.map_max_entries(names::FLOWS, flow_table_size);
         let paths: Vec<(&str, PathBuf)> = names::PINNED_MAPS
             .iter()
             .map(|name| (*name, pin_dir.join(name)))
@@ -44,7 +65,7 @@ impl Datapath {
     /// adding test packets to its counters.
     pub fn load_shadow(object: &[u8], pin_dir: &Path) -> Result<Self, DatapathError> {
         check_pin_dir(pin_dir)?;
-        check_pins(pin_dir)?;
+        check_pins(pin_dir, None)?;
         let shared = [
             names::PREFIX_V4,
             names::PREFIX_V6,
@@ -105,7 +126,11 @@ impl Datapath {
                 .map_mut(name)
                 .ok_or(DatapathError::MissingMap { name })?;
             // The object keeps its own handle; ours is a second fd on the same map.
-            let (Map::LpmTrie(data) | Map::Array(data) | Map::PerCpuArray(data)) = map else {
+            let (Map::LpmTrie(data)
+            | Map::Array(data)
+            | Map::PerCpuArray(data)
+            | Map::LruHashMap(data)) = map
+            else {
                 return Err(DatapathError::MissingMap { name });
             };
             let info = data
@@ -113,14 +138,17 @@ impl Datapath {
                 .map_err(|source| DatapathError::Map { name, source })?;
             MapData::from_id(info.id()).map_err(|source| DatapathError::Map { name, source })
         };
-        Maps::from_data([
-            take(names::PREFIX_V4)?,
-            take(names::PREFIX_V6)?,
-            take(names::POLICY)?,
-            take(names::CONFIG)?,
-            take(names::STATS)?,
-            take(names::SET_STATS)?,
-        ])
+        Maps::from_data(
+            [
+                take(names::PREFIX_V4)?,
+                take(names::PREFIX_V6)?,
+                take(names::POLICY)?,
+                take(names::CONFIG)?,
+                take(names::STATS)?,
+                take(names::SET_STATS)?,
+            ],
+            Some(take(names::FLOWS)?),
+        )
     }
 }
 

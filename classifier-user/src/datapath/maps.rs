@@ -2,10 +2,10 @@
 
 use std::{net::IpAddr, path::Path};
 
-use aya::maps::{Array, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key};
+use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key};
 use classifier_common::{
-    Config, Counter, LpmKeyV4, LpmKeyV6, MAX_SET_ID, Policy, PrefixRules, STATS_LEN, category,
-    names,
+    Config, Counter, FlowKey, FlowValue, LpmKeyV4, LpmKeyV6, MAX_SET_ID, Policy, PrefixRules,
+    STATS_LEN, category, names, stat,
 };
 
 use super::{
@@ -22,6 +22,15 @@ pub struct Maps {
     config: Array<MapData, Config>,
     stats: PerCpuArray<MapData, Counter>,
     set_stats: PerCpuArray<MapData, Counter>,
+    /// Absent in pins of a version before flows (until the agent restarts).
+    flows: Option<HashMap<MapData, FlowKey, FlowValue>>,
+}
+
+/// A flow of the flow table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Flow {
+    pub key: FlowKey,
+    pub value: FlowValue,
 }
 
 /// What [`Maps::apply`] changed.
@@ -52,7 +61,7 @@ impl Maps {
     /// Opens the maps pinned in `pin_dir`.
     pub fn from_pins(pin_dir: &Path) -> Result<Self, DatapathError> {
         check_pin_dir(pin_dir)?;
-        check_pins(pin_dir)?;
+        check_pins(pin_dir, None)?;
         let first = pin_dir.join(names::PREFIX_V4);
         if !first.exists() {
             return Err(DatapathError::NoPins {
@@ -63,17 +72,28 @@ impl Maps {
             let path = pin_dir.join(name);
             MapData::from_pin(&path).map_err(|source| DatapathError::OpenPin { path, source })
         };
-        Self::from_data([
-            open(names::PREFIX_V4)?,
-            open(names::PREFIX_V6)?,
-            open(names::POLICY)?,
-            open(names::CONFIG)?,
-            open(names::STATS)?,
-            open(names::SET_STATS)?,
-        ])
+        let flows = pin_dir
+            .join(names::FLOWS)
+            .exists()
+            .then(|| open(names::FLOWS))
+            .transpose()?;
+        Self::from_data(
+            [
+                open(names::PREFIX_V4)?,
+                open(names::PREFIX_V6)?,
+                open(names::POLICY)?,
+                open(names::CONFIG)?,
+                open(names::STATS)?,
+                open(names::SET_STATS)?,
+            ],
+            flows,
+        )
     }
 
-    pub(super) fn from_data(data: [MapData; 6]) -> Result<Self, DatapathError> {
+    pub(super) fn from_data(
+        data: [MapData; 6],
+        flows: Option<MapData>,
+    ) -> Result<Self, DatapathError> {
         let [prefix_v4, prefix_v6, policy, config, stats, set_stats] = data;
         let map_error = |name| move |source| DatapathError::Map { name, source };
         Ok(Self {
@@ -87,7 +107,49 @@ impl Maps {
                 .map_err(map_error(names::STATS))?,
             set_stats: PerCpuArray::try_from(Map::PerCpuArray(set_stats))
                 .map_err(map_error(names::SET_STATS))?,
+            flows: flows
+                .map(|data| HashMap::try_from(Map::LruHashMap(data)))
+                .transpose()
+                .map_err(map_error(names::FLOWS))?,
         })
+    }
+
+    /// Forgets every flow: their next packets are classified afresh (tests, and a fresh
+    /// start of a test run).
+    pub fn clear_flows(&mut self) -> Result<(), DatapathError> {
+        let Some(flows) = &mut self.flows else {
+            return Ok(());
+        };
+        let keys: Vec<FlowKey> = flows.keys().filter_map(Result::ok).collect();
+        for key in keys {
+            match flows.remove(&key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(source) => {
+                    return Err(DatapathError::Map {
+                        name: names::FLOWS,
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every flow of the flow table (none without one).
+    pub fn flows(&self) -> Result<Vec<Flow>, DatapathError> {
+        let Some(flows) = &self.flows else {
+            return Ok(Vec::new());
+        };
+        flows
+            .iter()
+            .map(|item| {
+                let (key, value) = item.map_err(|source| DatapathError::Map {
+                    name: names::FLOWS,
+                    source,
+                })?;
+                Ok(Flow { key, value })
+            })
+            .collect()
     }
 
     pub fn config(&self) -> Result<Config, DatapathError> {
@@ -273,9 +335,22 @@ impl Maps {
         }
     }
 
-    /// [`classifier_common::stat`] counters, summed over CPUs, by index.
+    /// [`classifier_common::stat`] counters, summed over CPUs, by index; `FLOW_EVICTED`
+    /// computed from the flow counters and the flows in the table.
     pub fn stats(&self) -> Result<Vec<Counter>, DatapathError> {
-        sum_per_cpu(&self.stats, STATS_LEN, names::STATS)
+        let mut counters = sum_per_cpu(&self.stats, STATS_LEN, names::STATS)?;
+        let live = self.flows.as_ref().map_or(0, |flows| flows.keys().count());
+        let slot = |index: u32| counters.get(index as usize).map_or(0, |c| c.packets);
+        let evicted = slot(stat::FLOW_NEW)
+            .saturating_sub(slot(stat::FLOW_CLOSED))
+            .saturating_sub(u64::try_from(live).unwrap_or(u64::MAX));
+        if let Some(counter) = counters.get_mut(stat::FLOW_EVICTED as usize) {
+            *counter = Counter {
+                packets: evicted,
+                bytes: 0,
+            };
+        }
+        Ok(counters)
     }
 
     /// Per endpoint set counters, summed over CPUs; sets with no packets are left out.

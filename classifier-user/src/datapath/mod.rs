@@ -23,7 +23,7 @@ use classifier_common::{action, category};
 
 pub use links::{AttachedXdp, attached_xdp, detach};
 pub use load::Datapath;
-pub use maps::{ApplyReport, Maps};
+pub use maps::{ApplyReport, Flow, Maps};
 pub use pins::{
     BPFFS, MAP_SHAPES, PinLock, attached_interfaces, check_pin_dir, ensure_bpffs, prepare_pin_dir,
     tc_link_pin, xdp_link_pin,

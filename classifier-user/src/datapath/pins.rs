@@ -10,8 +10,8 @@ use std::{
 
 use aya::maps::{MapData, MapType};
 use classifier_common::{
-    Config, Counter, LpmKeyV4, LpmKeyV6, MAX_PREFIXES, MAX_SET_ID, Policy, PrefixRules, STATS_LEN,
-    category, names,
+    Config, Counter, DEFAULT_FLOWS, FlowKey, FlowValue, LpmKeyV4, LpmKeyV6, MAX_PREFIXES,
+    MAX_SET_ID, Policy, PrefixRules, STATS_LEN, category, names,
 };
 
 use super::DatapathError;
@@ -21,7 +21,10 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// The shape every pinned map must have: (name, type, key size, value size, max entries).
 /// Checked before a pin is reused, because aya opens a pinned map without comparing it.
-pub const MAP_SHAPES: [(&str, MapType, u32, u32, u32); 6] = [
+///
+/// The flow table's size is the agent's to choose (`[flows] table-size`); the object declares
+/// [`DEFAULT_FLOWS`].
+pub const MAP_SHAPES: [(&str, MapType, u32, u32, u32); 7] = [
     (
         names::PREFIX_V4,
         MapType::LpmTrie,
@@ -57,6 +60,13 @@ pub const MAP_SHAPES: [(&str, MapType, u32, u32, u32); 6] = [
         4,
         size32::<Counter>(),
         MAX_SET_ID,
+    ),
+    (
+        names::FLOWS,
+        MapType::LruHash,
+        size32::<FlowKey>(),
+        size32::<FlowValue>(),
+        DEFAULT_FLOWS,
     ),
 ];
 
@@ -184,13 +194,31 @@ impl PinLock {
     }
 }
 
-/// Checks every map already pinned in `pin_dir` against [`MAP_SHAPES`].
-pub(super) fn check_pins(pin_dir: &Path) -> Result<(), DatapathError> {
+/// The size of the flow table pinned in `pin_dir`, if there is one.
+pub(super) fn pinned_flow_table_size(pin_dir: &Path) -> Option<u32> {
+    let map = MapData::from_pin(pin_dir.join(names::FLOWS)).ok()?;
+    Some(map.info().ok()?.max_entries())
+}
+
+/// Checks every map already pinned in `pin_dir` against [`MAP_SHAPES`]; the flow table's size
+/// against `flow_table_size` when given (any size when not: readers take what is there).
+pub(super) fn check_pins(
+    pin_dir: &Path,
+    flow_table_size: Option<u32>,
+) -> Result<(), DatapathError> {
     for (name, map_type, key_size, value_size, max_entries) in MAP_SHAPES {
         let path = pin_dir.join(name);
         if !path.exists() {
             continue;
         }
+        let max_entries = if name == names::FLOWS {
+            match flow_table_size {
+                Some(size) => size,
+                None => pinned_flow_table_size(pin_dir).unwrap_or(max_entries),
+            }
+        } else {
+            max_entries
+        };
         let map = MapData::from_pin(&path).map_err(|source| DatapathError::OpenPin {
             path: path.clone(),
             source,

@@ -1,0 +1,189 @@
+//! `xdp-breakout flows`: the flow table, the connections and the action each keeps.
+//!
+//! JSON (stable): an array of [`Row`], `{"src", "dst", "proto", "sport", "dport", "action",
+//! "category", "endpoint_set", "reason", "packets", "bytes", "idle_s", "age_s"}`, most
+//! recently seen first.
+
+use std::{
+    io::Write as _,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use classifier_common::{FlowKey, action, category, proto};
+use serde::Serialize;
+
+use crate::{
+    cli::{FlowsArgs, GlobalArgs},
+    datapath::Flow,
+    explain::reason_name,
+};
+
+/// One flow.
+#[derive(Debug, Serialize)]
+pub struct Row {
+    /// Source and destination address.
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    /// `tcp`, `udp`, or the IP protocol number.
+    pub proto: String,
+    /// Ports; 0 for protocols without ports.
+    pub sport: u16,
+    pub dport: u16,
+    /// `direct` or `tunnel`: what every packet of the flow gets.
+    pub action: &'static str,
+    /// The category of its first packet (`Optimize`, `Allow`, `Default`), or null.
+    pub category: Option<&'static str>,
+    /// The endpoint set that decided its first packet (0: none, or an operator prefix).
+    pub endpoint_set: u16,
+    /// Why its first packet got its action (a counter name: `match_port`, `no_match`, ...).
+    pub reason: &'static str,
+    /// Packets and bytes the XDP program saw of it.
+    pub packets: u64,
+    pub bytes: u64,
+    /// Seconds since its last packet, and since its first.
+    pub idle_s: u64,
+    pub age_s: u64,
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds, the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) };
+    u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap_or(0)
+}
+
+fn address(bytes: [u8; 16], family: u8) -> IpAddr {
+    if family == 4 {
+        IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(bytes))
+    }
+}
+
+fn row(flow: &Flow, now: u64) -> Row {
+    let Flow { key, value } = flow;
+    let FlowKey {
+        src,
+        dst,
+        sport,
+        dport,
+        proto: ip_proto,
+        family,
+        _pad,
+    } = *key;
+    let seconds = |ns: u64| now.saturating_sub(ns) / 1_000_000_000;
+    Row {
+        src: address(src, family),
+        dst: address(dst, family),
+        proto: match ip_proto {
+            proto::TCP => "tcp".to_owned(),
+            proto::UDP => "udp".to_owned(),
+            other => other.to_string(),
+        },
+        sport,
+        dport,
+        action: action::name(value.action),
+        category: category::name(value.category),
+        endpoint_set: value.set_id,
+        reason: reason_name(u32::from(value.reason)),
+        packets: value.packets,
+        bytes: value.bytes,
+        idle_s: seconds(value.last_ns),
+        age_s: seconds(value.first_ns),
+    }
+}
+
+pub fn run(global: &GlobalArgs, FlowsArgs {}: &FlowsArgs) -> anyhow::Result<()> {
+    let maps = super::pinned_maps(global)?;
+    let mut flows = maps.flows()?;
+    flows.sort_by_key(|flow| std::cmp::Reverse(flow.value.last_ns));
+    let now = monotonic_ns();
+    let rows: Vec<Row> = flows.iter().map(|flow| row(flow, now)).collect();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if global.json {
+        return super::write_json(&mut out, &rows);
+    }
+    writeln!(
+        out,
+        "{:<41} {:<41} {:<5} {:<7} {:<9} {:<11} {:>10} {:>7} {:>7}",
+        "SOURCE",
+        "DESTINATION",
+        "PROTO",
+        "ACTION",
+        "CATEGORY",
+        "REASON",
+        "PACKETS",
+        "IDLE_S",
+        "AGE_S"
+    )?;
+    for row in &rows {
+        let with_port = |addr: IpAddr, port: u16| match (addr, port) {
+            (_, 0) => addr.to_string(),
+            (IpAddr::V4(_), port) => format!("{addr}:{port}"),
+            (IpAddr::V6(_), port) => format!("[{addr}]:{port}"),
+        };
+        writeln!(
+            out,
+            "{:<41} {:<41} {:<5} {:<7} {:<9} {:<11} {:>10} {:>7} {:>7}",
+            with_port(row.src, row.sport),
+            with_port(row.dst, row.dport),
+            row.proto,
+            row.action,
+            row.category.unwrap_or("-"),
+            row.reason,
+            row.packets,
+            row.idle_s,
+            row.age_s
+        )?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use classifier_common::FlowValue;
+
+    use super::*;
+    use crate::cmd::schema_docs::{assert_documented_in, module_doc};
+
+    #[test]
+    fn every_field_is_documented_and_addresses_read_back() {
+        let mut src = [0u8; 16];
+        src[..4].copy_from_slice(&[10, 0, 1, 2]);
+        let mut dst = [0u8; 16];
+        dst[..4].copy_from_slice(&[52, 112, 1, 1]);
+        let flow = Flow {
+            key: FlowKey {
+                src,
+                dst,
+                sport: 40000,
+                dport: 3478,
+                proto: proto::UDP,
+                family: 4,
+                _pad: [0; 2],
+            },
+            value: FlowValue {
+                first_ns: 1_000_000_000,
+                last_ns: 3_000_000_000,
+                packets: 5,
+                bytes: 500,
+                action: action::DIRECT,
+                category: category::OPTIMIZE,
+                set_id: 11,
+                reason: 2,
+                _pad: [0; 3],
+            },
+        };
+        let row = row(&flow, 10_000_000_000);
+        assert_eq!(row.src.to_string(), "10.0.1.2");
+        assert_eq!(row.dst.to_string(), "52.112.1.1");
+        assert_eq!((row.idle_s, row.age_s), (7, 9));
+        assert_eq!((row.proto.as_str(), row.reason), ("udp", "match_port"));
+        assert_documented_in(&[row], &module_doc(include_str!("flows.rs")));
+    }
+}
