@@ -438,3 +438,234 @@ fn a_dead_direct_uplink_fails_over_to_the_tunnel_and_back() {
     assert_eq!(down["uplink"]["reason"], "wan0: link down", "{down}");
     assert_eq!(down["uplink"]["transitions"], 3, "{down}");
 }
+
+/// The 2026043000 feed without Exchange's 40.96.0.0/13 and Teams' 52.112.0.0/14.
+fn feed_without_exchange_and_teams() -> Vec<u8> {
+    let text = String::from_utf8_lossy(FEED_2026043000)
+        .replace("\"40.96.0.0/13\",", "")
+        .replace("\"52.112.0.0/14\",", "");
+    assert_ne!(
+        text.as_bytes(),
+        FEED_2026043000,
+        "the fixture lists both prefixes"
+    );
+    text.into_bytes()
+}
+
+/// How many connections `arrivals` counts through `path` to `addr:port`.
+fn connections(arrivals: &Arrivals, path: Upstream, addr: &str, port: u16) -> u64 {
+    arrived(arrivals, path, addr, port)
+}
+
+/// Opens one connection and says where it arrived.
+fn new_connection_path(router: &Router, arrivals: &Arrivals, addr: &str) -> Upstream {
+    let (direct, tunnel) = (
+        connections(arrivals, Upstream::Direct, addr, 443),
+        connections(arrivals, Upstream::Tunnel, addr, 443),
+    );
+    let streams = router.open_streams(addr, 443, 1);
+    assert!(
+        streams.progress(2, Duration::from_secs(5)),
+        "{:?}",
+        streams.errors()
+    );
+    drop(streams);
+    if connections(arrivals, Upstream::Direct, addr, 443) > direct {
+        Upstream::Direct
+    } else {
+        assert!(connections(arrivals, Upstream::Tunnel, addr, 443) > tunnel);
+        Upstream::Tunnel
+    }
+}
+
+/// Connections keep the uplink their first packet took. 20 long-lived TCP connections and a
+/// UDP call (50 datagrams a second each way, one 5-tuple) to Microsoft 365 run through a feed
+/// update that removes their prefixes and a SIGHUP that sends Optimize to the tunnel: none
+/// resets or stalls, the call loses nothing, and new connections follow each new verdict.
+/// Then a failover breaks the direct ones (their uplink is dead), new connections go through
+/// the tunnel, and those survive the failback.
+#[test]
+#[expect(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
+fn connections_keep_their_uplink_through_feed_updates_reloads_and_failover() {
+    let Some(mut router) = router("sticky", Options::default()) else {
+        return;
+    };
+    serve(&router, "2026043000", FEED_2026043000);
+    let arrivals = Arrivals::default();
+    router.serve_tcp_echo(443, &arrivals);
+    router.serve_udp_echo(3478, &arrivals);
+    let config = router.work_file("config.toml");
+    std::fs::write(&config, "").unwrap();
+    router.start_daemon(&[
+        "--poll-interval",
+        "1s",
+        "--config",
+        config.to_str().unwrap(),
+        // The probes connect to Teams (counted apart from the Exchange connections).
+        "--health-target",
+        &format!("tcp://{TEAMS_V4}:443"),
+        "--health-interval",
+        "200ms",
+        "--health-timeout",
+        "150ms",
+        "--health-fail-after",
+        "3",
+        "--health-recover-after",
+        "3",
+    ]);
+    router.wait_version("2026043000");
+    let streams = router.open_streams(EXCHANGE_V4, 443, 20);
+    assert!(
+        streams.progress(3, Duration::from_secs(10)),
+        "{:?}",
+        streams.errors()
+    );
+    assert_eq!(
+        connections(&arrivals, Upstream::Direct, EXCHANGE_V4, 443),
+        20
+    );
+    let call = router.start_call(TEAMS_V4, 3478);
+
+    // A feed update removes their prefixes.
+    serve(&router, "2026050100", &feed_without_exchange_and_teams());
+    router.wait_version("2026050100");
+    assert!(
+        streams.progress(5, Duration::from_secs(10)),
+        "{:?}",
+        streams.errors()
+    );
+    assert_eq!(
+        new_connection_path(&router, &arrivals, EXCHANGE_V4),
+        Upstream::Tunnel,
+        "a new connection follows the new feed"
+    );
+
+    // The prefixes come back, and a SIGHUP sends Optimize to the tunnel.
+    serve(&router, "2026050200", FEED_2026043000);
+    router.wait_version("2026050200");
+    assert_eq!(
+        new_connection_path(&router, &arrivals, EXCHANGE_V4),
+        Upstream::Direct
+    );
+    std::fs::write(&config, "[policy]\ndirect = [\"Allow\"]\n").unwrap();
+    router.signal_daemon(libc::SIGHUP);
+    router.wait_log("SIGHUP: configuration reloaded");
+    assert!(
+        streams.progress(5, Duration::from_secs(10)),
+        "{:?}",
+        streams.errors()
+    );
+    assert_eq!(
+        new_connection_path(&router, &arrivals, EXCHANGE_V4),
+        Upstream::Tunnel,
+        "a new connection follows the new policy"
+    );
+    assert_eq!(
+        streams.errors(),
+        Vec::<String>::new(),
+        "no connection reset or stalled"
+    );
+    assert_eq!(
+        connections(&arrivals, Upstream::Tunnel, EXCHANGE_V4, 443),
+        2,
+        "only the two new connections went to the tunnel"
+    );
+    let (sent, received) = call.finish();
+    assert!(sent >= 100, "{sent}");
+    assert_eq!(received, sent, "the call lost datagrams");
+    assert_eq!(arrived(&arrivals, Upstream::Tunnel, TEAMS_V4, 3478), 0);
+    drop(streams);
+
+    // Optimize direct again; then the direct uplink dies.
+    std::fs::write(&config, "").unwrap();
+    router.signal_daemon(libc::SIGHUP);
+    router.wait_log("SIGHUP: configuration reloaded");
+    let direct_streams = router.open_streams(EXCHANGE_V4, 443, 5);
+    assert!(direct_streams.progress(3, Duration::from_secs(10)));
+    nft(&router, "add table inet blackhole");
+    nft(
+        &router,
+        "add chain inet blackhole input { type filter hook input priority 0; policy drop; }",
+    );
+    // New connections leave through the tunnel within the failover window.
+    let window = Duration::from_millis(200 * 3 + 150) + Duration::from_secs(1);
+    let start = Instant::now();
+    router.wait_log("direct uplink up -> down");
+    let took = start.elapsed();
+    eprintln!("failed over {took:?} after the black hole");
+    assert!(took < window, "{took:?}");
+    let before = connections(&arrivals, Upstream::Tunnel, EXCHANGE_V4, 443);
+    let during = router.open_streams(EXCHANGE_V4, 443, 1);
+    assert!(
+        during.progress(2, Duration::from_secs(5)),
+        "{:?}",
+        during.errors()
+    );
+    assert_eq!(
+        connections(&arrivals, Upstream::Tunnel, EXCHANGE_V4, 443),
+        before + 1
+    );
+    // Failback: the connection opened during the failover keeps the tunnel, untouched.
+    nft(&router, "delete table inet blackhole");
+    router.wait_log("direct uplink down -> up");
+    assert!(
+        during.progress(10, Duration::from_secs(10)),
+        "{:?}",
+        during.errors()
+    );
+    assert_eq!(during.errors(), Vec::<String>::new());
+    assert_eq!(
+        new_connection_path(&router, &arrivals, EXCHANGE_V4),
+        Upstream::Direct
+    );
+    // The ones that were direct broke with their uplink, as expected.
+    drop(direct_streams);
+}
+
+/// A flow table of 64 entries and 500 flows: the table evicts, the evictions are counted,
+/// no packet is dropped, and every flow is classified right.
+#[test]
+fn a_full_flow_table_evicts_and_classifies_every_flow_right() {
+    let Some(mut router) = router("evict", Options::default()) else {
+        return;
+    };
+    serve(&router, "2026043000", FEED_2026043000);
+    let arrivals = Arrivals::default();
+    router.listen_udp(3478, &arrivals);
+    router.start_daemon(&["--flows-table-size", "64"]);
+    router.wait_version("2026043000");
+    // 250 Teams and 250 other flows, one datagram each from a socket of its own.
+    for n in 0..250 {
+        router.send_udp(TEAMS_V4, 3478, 1, Duration::ZERO);
+        router.send_udp(OTHER_V4, 3478, 1, Duration::ZERO);
+        if n % 50 == 0 {
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+    settle(&arrivals, 500);
+    assert_eq!(arrived(&arrivals, Upstream::Direct, TEAMS_V4, 3478), 250);
+    assert_eq!(arrived(&arrivals, Upstream::Tunnel, OTHER_V4, 3478), 250);
+    assert_eq!(arrived(&arrivals, Upstream::Tunnel, TEAMS_V4, 3478), 0);
+    let stats: Value =
+        serde_json::from_slice(&router.cli(&["--json", "stats"]).stdout).expect("stats JSON");
+    let counter = |name: &str| stats["counters"][name]["packets"].as_u64().unwrap();
+    assert_eq!(counter("flow_new"), 500, "{stats}");
+    let flows: Value =
+        serde_json::from_slice(&router.cli(&["--json", "flows"]).stdout).expect("flows JSON");
+    let live = flows.as_array().unwrap().len() as u64;
+    assert!(live <= 64, "{live}");
+    assert_eq!(
+        counter("flow_evicted"),
+        500 - counter("flow_closed") - live,
+        "{stats}"
+    );
+    assert!(counter("flow_evicted") >= 500 - 64, "{stats}");
+    let teams = flows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|flow| flow["dst"] == TEAMS_V4)
+        .expect("a Teams flow");
+    assert_eq!(teams["action"], "direct", "{teams}");
+    assert_eq!(teams["dport"], 3478, "{teams}");
+}

@@ -35,7 +35,7 @@ pub use self::{
         EXCHANGE_V4, EXCHANGE_V6, EXTRA_A, EXTRA_B, OTHER_V4, OTHER_V6, Options, TEAMS_V4,
         TEAMS_V6, TEST_ADDRESSES,
     },
-    traffic::{Arrivals, Upstream, arrived},
+    traffic::{Arrivals, Call, Streams, Upstream, arrived},
 };
 use crate::{
     PinDir,
