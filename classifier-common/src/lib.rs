@@ -326,6 +326,9 @@ pub mod flags {
     /// The direct uplink is down (the agent's health checks): a direct verdict goes to the
     /// tunnel. One write of the config map fails every new direct decision over.
     pub const UPLINK_DOWN: u32 = 1 << 2;
+    /// Classify every packet afresh, without the flow table (the benchmarks' first-packet
+    /// cost; never set by the agent).
+    pub const FLOWS_OFF: u32 = 1 << 3;
 }
 
 /// Value of [`names::CONFIG`] (index 0), written by user space, read once per packet.

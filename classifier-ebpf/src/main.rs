@@ -133,7 +133,7 @@ fn try_breakout(ctx: &XdpContext, config: &Config) -> Result<Decision, Unparsed>
     let packet = parse(&mut unsafe { Cursor::new(ctx.data(), ctx.data_end()) })?;
     // A non-first fragment has no ports, so no flow of its own: its destination decides, as
     // it did before flows (`decide`). It never enters the table.
-    if packet.later_fragment {
+    if packet.later_fragment || config.flags & flags::FLOWS_OFF != 0 {
         return Ok(classify(&packet, config.flags));
     }
     let bytes = (ctx.data_end() - ctx.data()) as u64;
