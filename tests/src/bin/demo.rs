@@ -27,8 +27,19 @@ fn main() -> ExitCode {
         router.tun
     );
     println!("   ip rule fwmark 0x365/0xffff lookup 365; table 365: default via the direct uplink");
-    // The feed server answers nothing: the agent classifies with its embedded snapshot.
-    router.start_daemon(&[]);
+    // The feed server answers nothing: the agent classifies with its embedded snapshot. It
+    // checks the direct uplink with a TCP probe every 200 ms.
+    let probe = format!("tcp://{TEAMS_V4}:443");
+    router.start_daemon(&[
+        "--health-target",
+        &probe,
+        "--health-interface",
+        "wan0",
+        "--health-interval",
+        "200ms",
+        "--health-timeout",
+        "150ms",
+    ]);
     router.wait_log("attached to lan0");
     println!("\n== xdp-breakout run --iface lan0  (log)");
     thread::sleep(Duration::from_millis(300));
@@ -84,6 +95,54 @@ fn main() -> ExitCode {
         print!("{}", String::from_utf8_lossy(&output.stdout));
         eprint!("{}", String::from_utf8_lossy(&output.stderr));
     }
+    println!("\n== xdp-breakout flows  (the first lines)");
+    let output = router.cli(&["flows"]);
+    for line in String::from_utf8_lossy(&output.stdout).lines().take(6) {
+        println!("{line}");
+    }
+
+    println!("\n== the direct uplink dies (its upstream drops everything; the link stays up)");
+    let blackhole = |args: &[&str]| {
+        let _ = router.direct.command("nft").args(args).output();
+    };
+    blackhole(&["add", "table", "inet", "blackhole"]);
+    blackhole(&[
+        "add",
+        "chain",
+        "inet",
+        "blackhole",
+        "input",
+        "{ type filter hook input priority 0; policy drop; }",
+    ]);
+    router.wait_log("direct uplink up -> down");
+    for line in router.daemon_log().lines().filter(|line| line.contains("direct uplink")) {
+        println!("   {}", line.trim());
+    }
+    let before = arrived(&arrivals, Upstream::Tunnel, TEAMS_V4, 3478);
+    router.send_udp(TEAMS_V4, 3478, 5, Duration::from_millis(2));
+    thread::sleep(Duration::from_millis(300));
+    println!(
+        "   Teams media UDP {TEAMS_V4}:3478 now  ->  {} via the tunnel",
+        arrived(&arrivals, Upstream::Tunnel, TEAMS_V4, 3478) - before
+    );
+    let output = router.cli(&["status"]);
+    for line in String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| line.starts_with("uplink") || line.starts_with("probe"))
+    {
+        println!("{line}");
+    }
+    println!("\n== the direct uplink recovers");
+    blackhole(&["delete", "table", "inet", "blackhole"]);
+    router.wait_log("direct uplink down -> up");
+    let output = router.cli(&["status"]);
+    for line in String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| line.starts_with("uplink"))
+    {
+        println!("{line}");
+    }
+
     println!("\n== removing the namespaces and pins");
     drop(router);
     ExitCode::SUCCESS
