@@ -127,6 +127,7 @@ impl Agent {
             since: None,
             reason: None,
             transitions: 0,
+            failed_probes: 0,
             targets: Vec::new(),
         });
         let status = Status { uplink, ..status };
@@ -191,6 +192,7 @@ impl Agent {
                 since: None,
                 reason: None,
                 transitions: 0,
+                failed_probes: 0,
                 targets: Vec::new(),
             });
         uplink.state = if checks {
@@ -199,6 +201,14 @@ impl Agent {
             State::Unchecked
         };
         if let Some(results) = report.results {
+            for failed in results.iter().filter(|result| !result.ok) {
+                uplink.failed_probes = uplink.failed_probes.saturating_add(1);
+                info!(
+                    "health: probe {} failed: {}",
+                    failed.target,
+                    failed.error.as_deref().unwrap_or("no answer")
+                );
+            }
             uplink.targets = results;
         }
         let mut changed = false;

@@ -80,6 +80,9 @@ pub struct Uplink {
     pub reason: Option<String>,
     /// Changes of state since the agent started.
     pub transitions: u64,
+    /// Probes that failed since the agent started (each is logged at info level).
+    #[serde(default)]
+    pub failed_probes: u64,
     /// The last probe round, one result per target.
     pub targets: Vec<crate::health::ProbeResult>,
 }

@@ -6,7 +6,8 @@
 //! "applied_at", "source"}, "prefixes": {"ipv4", "ipv6"}, "last_poll", "next_poll",
 //! "last_error", "consecutive_failures", "mark", "strict_ports", "policy": {"Optimize",
 //! "Allow", "Default"}, "uplink": {"state", "failing_over", "since", "reason", "transitions",
-//! "targets": [{"target", "ok", "rtt_us", "error"}]}}`; times are RFC 3339 UTC or null. The fields' documentation below
+//! "failed_probes", "targets": [{"target", "ok", "rtt_us", "error"}]}}`; times are RFC 3339
+//! UTC or null. The fields' documentation below
 //! says what each holds.
 
 use std::path::{Path, PathBuf};
@@ -73,6 +74,8 @@ pub struct Uplink {
     pub reason: Option<String>,
     /// Changes since the agent started.
     pub transitions: u64,
+    /// Probes that failed since the agent started.
+    pub failed_probes: u64,
     /// Each target's last probe: `target`, `ok`, `rtt_us` (microseconds), `error`.
     pub targets: Vec<ProbeResult>,
 }
@@ -209,6 +212,7 @@ fn uplink(status: Option<&Status>, failing_over: bool) -> Uplink {
         since: recorded.and_then(|uplink| uplink.since).map(rfc3339),
         reason: recorded.and_then(|uplink| uplink.reason.clone()),
         transitions: recorded.map_or(0, |uplink| uplink.transitions),
+        failed_probes: recorded.map_or(0, |uplink| uplink.failed_probes),
         targets: recorded
             .map(|uplink| uplink.targets.clone())
             .unwrap_or_default(),
@@ -330,7 +334,7 @@ impl Report {
         )?;
         writeln!(
             out,
-            "uplink:         {}{} since {} ({}; {} transitions)",
+            "uplink:         {}{} since {} ({}; {} transitions, {} failed probes)",
             uplink.state,
             if uplink.failing_over {
                 ", direct verdicts go to the tunnel"
@@ -339,7 +343,8 @@ impl Report {
             },
             or_dash(uplink.since.as_ref()),
             or_dash(uplink.reason.as_ref()),
-            uplink.transitions
+            uplink.transitions,
+            uplink.failed_probes
         )?;
         for probe in &uplink.targets {
             match (&probe.error, probe.rtt_us) {
@@ -409,6 +414,7 @@ mod tests {
                 since: Some(rfc3339(0)),
                 reason: Some("wan0: link down".into()),
                 transitions: 1,
+                failed_probes: 3,
                 targets: vec![ProbeResult {
                     target: "tcp://52.112.0.1:443".into(),
                     ok: false,

@@ -101,6 +101,15 @@ fn main() -> ExitCode {
         println!("{line}");
     }
 
+    show_failover(&router, &arrivals);
+
+    println!("\n== removing the namespaces and pins");
+    drop(router);
+    ExitCode::SUCCESS
+}
+
+/// Black-holes the direct uplink, shows the failover, and lifts the black hole.
+fn show_failover(router: &Router, arrivals: &Arrivals) {
     println!("\n== the direct uplink dies (its upstream drops everything; the link stays up)");
     let blackhole = |args: &[&str]| {
         let _ = router.direct.command("nft").args(args).output();
@@ -115,15 +124,19 @@ fn main() -> ExitCode {
         "{ type filter hook input priority 0; policy drop; }",
     ]);
     router.wait_log("direct uplink up -> down");
-    for line in router.daemon_log().lines().filter(|line| line.contains("direct uplink")) {
+    for line in router
+        .daemon_log()
+        .lines()
+        .filter(|line| line.contains("direct uplink"))
+    {
         println!("   {}", line.trim());
     }
-    let before = arrived(&arrivals, Upstream::Tunnel, TEAMS_V4, 3478);
+    let before = arrived(arrivals, Upstream::Tunnel, TEAMS_V4, 3478);
     router.send_udp(TEAMS_V4, 3478, 5, Duration::from_millis(2));
     thread::sleep(Duration::from_millis(300));
     println!(
         "   Teams media UDP {TEAMS_V4}:3478 now  ->  {} via the tunnel",
-        arrived(&arrivals, Upstream::Tunnel, TEAMS_V4, 3478) - before
+        arrived(arrivals, Upstream::Tunnel, TEAMS_V4, 3478) - before
     );
     let output = router.cli(&["status"]);
     for line in String::from_utf8_lossy(&output.stdout)
@@ -142,8 +155,4 @@ fn main() -> ExitCode {
     {
         println!("{line}");
     }
-
-    println!("\n== removing the namespaces and pins");
-    drop(router);
-    ExitCode::SUCCESS
 }
