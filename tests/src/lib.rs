@@ -8,6 +8,7 @@
 pub mod daemon;
 pub mod http;
 pub mod netns;
+pub mod output;
 pub mod packet;
 pub mod router;
 pub mod skips;
@@ -167,6 +168,26 @@ pub fn xdp_breakout() -> std::path::PathBuf {
         bin.display()
     );
     bin
+}
+
+/// A directory of a test's own under the temporary directory (named for `what` and this
+/// process), removed on drop; not created, so that code under test can create it as it
+/// would (0700, ...).
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    #[must_use]
+    pub fn new(what: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("xdp-breakout-{what}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 #[cfg(test)]

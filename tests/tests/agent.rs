@@ -2,7 +2,7 @@
 //! applies feed versions in turn, the maps then decide exactly what an independent reading of
 //! the feed decides, and every kind of bad answer leaves the maps byte for byte as they were.
 
-use std::{net::IpAddr, path::PathBuf, time::Duration};
+use std::{net::IpAddr, time::Duration};
 
 use classifier_common::{category, proto};
 use classifier_user::{
@@ -16,28 +16,12 @@ use classifier_user::{
 use ipnet::IpNet;
 use serde_json::Value;
 use tests::{
-    FEED_2026033100, FEED_2026043000,
+    FEED_2026033100, FEED_2026043000, TempDir,
     http::{FeedServer, Reply},
     unavailable,
 };
 
 const FEED_2020: &[u8] = include_bytes!("../fixtures/m365-worldwide-endpoints-2020-05-31.json");
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(what: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("xdp-breakout-{what}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn config(server: &FeedServer) -> Config {
     let mut config = Config::default();

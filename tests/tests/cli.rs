@@ -16,6 +16,7 @@ use tests::{
     http::{FeedServer, Reply},
     ip,
     netns::{Netns, ifindex, send_frames},
+    output::ok,
     packet::{ETH_P_8021Q, L4, Spec, non_ip},
     unavailable, xdp_breakout,
 };
@@ -29,20 +30,8 @@ fn cli(netns: Option<&Netns>, args: &[&str]) -> Output {
     command.args(args).output().unwrap()
 }
 
-fn ok(output: &Output) -> String {
-    assert!(
-        output.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&output.stderr),
-        String::from_utf8_lossy(&output.stdout)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
 fn fails(output: &Output, code: i32, needle: &str) {
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(code), "{stderr}");
-    assert!(stderr.contains(needle), "{stderr:?} lacks {needle:?}");
+    tests::output::fails(output, code, needle);
 }
 
 fn json_lines(text: &str) -> Vec<Value> {

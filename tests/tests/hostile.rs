@@ -7,50 +7,25 @@
 use std::{
     fs,
     os::unix::fs::PermissionsExt as _,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Output, Stdio},
 };
 
 use serde_json::Value;
-use tests::{FEED_2026043000, PinDir, netns::Netns, xdp_breakout};
+use tests::{FEED_2026043000, PinDir, TempDir, netns::Netns, output::ok, xdp_breakout};
 
 fn output(command: &mut Command) -> Output {
     command.output().expect("running xdp-breakout")
 }
 
-fn ok(output: &Output) -> String {
-    assert!(
-        output.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&output.stderr),
-        String::from_utf8_lossy(&output.stdout)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
+fn fails(output: &Output, needle: &str) {
+    tests::output::fails(output, 1, needle);
 }
 
-fn fails(output: &Output, needle: &str) -> String {
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains(needle), "{stderr:?} lacks {needle:?}");
-    stderr
-}
-
-/// A directory of this test's own under /tmp, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(what: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("xbt-{what}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).expect("creating a temporary directory");
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
+fn temp_dir(what: &str) -> TempDir {
+    let dir = TempDir::new(what);
+    fs::create_dir_all(&dir.0).expect("creating a temporary directory");
+    dir
 }
 
 /// Mount points below `dir`, from this process's mount table.
@@ -96,7 +71,7 @@ fn directories_and_input_others_control_are_refused() {
     };
     let bin = xdp_breakout();
     let bin = bin.to_str().expect("UTF-8 path");
-    let work = TempDir::new("hostile");
+    let work = temp_dir("hostile");
     let state = work.0.join("state");
 
     // A pin directory outside bpffs: refused, and nothing is mounted over its parent, whose

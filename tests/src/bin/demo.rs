@@ -7,7 +7,7 @@ use std::{process::ExitCode, thread, time::Duration};
 
 use tests::router::{
     Arrivals, EXCHANGE_V4, EXCHANGE_V6, OTHER_V4, OTHER_V6, Options, Router, TEAMS_V4, TEAMS_V6,
-    Upstream, arrived,
+    Upstream, arrived, fast_health,
 };
 
 fn main() -> ExitCode {
@@ -29,17 +29,10 @@ fn main() -> ExitCode {
     println!("   ip rule fwmark 0x365/0xffff lookup 365; table 365: default via the direct uplink");
     // The feed server answers nothing: the agent classifies with its embedded snapshot. It
     // checks the direct uplink with a TCP probe every 200 ms.
-    let probe = format!("tcp://{TEAMS_V4}:443");
-    router.start_daemon(&[
-        "--health-target",
-        &probe,
-        "--health-interface",
-        "wan0",
-        "--health-interval",
-        "200ms",
-        "--health-timeout",
-        "150ms",
-    ]);
+    let health = fast_health(&format!("tcp://{TEAMS_V4}:443"));
+    let mut args: Vec<&str> = health.iter().map(String::as_str).collect();
+    args.extend(["--health-interface", "wan0"]);
+    router.start_daemon(&args);
     router.wait_log("attached to lan0");
     println!("\n== xdp-breakout run --iface lan0  (log)");
     thread::sleep(Duration::from_millis(300));
