@@ -246,10 +246,14 @@ impl Router {
                 .spawn()
                 .map_err(|error| io::Error::other(format!("wireguard-go: {error}")))?;
             self.wireguard.push(child);
+            // The TUN device comes first, the control socket that `wg` talks to after it.
+            let socket = PathBuf::from(format!("/var/run/wireguard/{name}.sock"));
             let start = Instant::now();
-            while netns.ip(&["link", "show", &name]).is_err() {
+            while netns.ip(&["link", "show", &name]).is_err() || !socket.exists() {
                 if start.elapsed() > Duration::from_secs(5) {
-                    return Err(io::Error::other(format!("wireguard-go made no {name}")));
+                    return Err(io::Error::other(format!(
+                        "wireguard-go made no {name} with a control socket"
+                    )));
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
