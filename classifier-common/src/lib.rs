@@ -528,8 +528,9 @@ impl Decision {
 ///   first fragment most likely matched a port rule, and a datagram whose fragments take two
 ///   uplinks (two source NATs) never reassembles.
 /// - A port rule holds the packet: its category, `MATCH_PORT`.
-/// - None does: strict ports sends it to the tunnel (`STRICT_MISS`); otherwise the prefix's
-///   highest category, `MATCH_ADDR`.
+/// - None does: strict ports sends it to the tunnel (`STRICT_MISS`), unless the prefix's
+///   category comes from an operator's `include` (set 0); otherwise the prefix's highest
+///   category, `MATCH_ADDR`.
 /// - The category's action comes from the policy; a failed read is `ERROR`, tunnel.
 /// - A direct action becomes tunnel while [`flags::UPLINK_DOWN`] is set (`failover`).
 #[expect(
@@ -560,7 +561,9 @@ pub fn decide(
         stat::FRAGMENT
     } else if found.by_port {
         stat::MATCH_PORT
-    } else if config_flags & flags::STRICT_PORTS != 0 {
+    } else if config_flags & flags::STRICT_PORTS != 0 && found.set_id != 0 {
+        // Strict ports is about the feed's port lists; an operator's `include` (set 0) has
+        // none and goes direct by address, as configured.
         return Decision {
             action: action::TUNNEL,
             reason: stat::STRICT_MISS,
@@ -675,6 +678,13 @@ mod tests {
             d(Some(&rules), Some(587), false, flags::UPLINK_DOWN),
             (TUNNEL, stat::MATCH_PORT, category::ALLOW, 2, false),
             "only direct verdicts fail over"
+        );
+        let mut include = PrefixRules::EMPTY;
+        include.addr_category = category::OPTIMIZE;
+        assert_eq!(
+            d(Some(&include), Some(443), false, flags::STRICT_PORTS),
+            (DIRECT, stat::MATCH_ADDR, category::OPTIMIZE, 0, false),
+            "an operator's include is direct by address, strict ports or not"
         );
         let failed = decide(Some(&rules), proto::TCP, Some(9), false, 0, |_| None);
         assert_eq!((failed.action, failed.reason), (TUNNEL, stat::ERROR));

@@ -88,23 +88,34 @@ fn config() -> Config {
 /// `classifier_common::decide`, which `lookup` applies too.
 #[inline(always)]
 fn classify(packet: &Packet, config_flags: u32) -> Decision {
-    // Prefix length 32 (128) asks for the longest prefix that holds the whole address.
-    let rules = match packet.dst {
-        Dst::V4(addr) => XB_PREFIX_V4.get(&Key::new(32, addr)),
-        Dst::V6(addr) => XB_PREFIX_V6.get(&Key::new(128, addr)),
+    let policy = |category: u8| {
+        XB_POLICY
+            .get(u32::from(category))
+            .map(|policy| policy.action)
     };
-    decide(
-        rules,
-        packet.proto,
-        packet.port,
-        packet.later_fragment,
-        config_flags,
-        |category| {
-            XB_POLICY
-                .get(u32::from(category))
-                .map(|policy| policy.action)
-        },
-    )
+    // One `decide` per family: with a single call after the lookup, LLVM merges the two trie
+    // lookups into one call that sees both maps, and the kernel keeps the generic lookup
+    // helper (an indirect call, 12-15 ns a packet) instead of binding each call to its map's
+    // own lookup. `tests/object.rs` checks every lookup sees one map.
+    // Prefix length 32 (128) asks for the longest prefix that holds the whole address.
+    match packet.dst {
+        Dst::V4(addr) => decide(
+            XB_PREFIX_V4.get(&Key::new(32, addr)),
+            packet.proto,
+            packet.port,
+            packet.later_fragment,
+            config_flags,
+            policy,
+        ),
+        Dst::V6(addr) => decide(
+            XB_PREFIX_V6.get(&Key::new(128, addr)),
+            packet.proto,
+            packet.port,
+            packet.later_fragment,
+            config_flags,
+            policy,
+        ),
+    }
 }
 
 #[inline(always)]

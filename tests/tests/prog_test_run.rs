@@ -540,6 +540,15 @@ fn xdp_include_exclude_and_failover() {
     {
         check_xdp(&mut datapath, &mut maps, name, frame, *expect);
     }
+    // Strict ports is about the feed's port lists: an include has none and stays direct.
+    maps.set_config(&config(true)).unwrap();
+    check_xdp(
+        &mut datapath,
+        &mut maps,
+        "strict ports: an operator's include, TCP 443, stays direct",
+        &Spec::new(ip("44.30.1.1"), L4::Tcp(443)).build(),
+        direct(stat::MATCH_ADDR, category::OPTIMIZE, 0),
+    );
     maps.set_config(&Config {
         flags: flags::UPLINK_DOWN,
         ..Config::default()
