@@ -18,6 +18,7 @@ use tests::{
     http::{FeedServer, Reply},
     ip,
     netns::{Netns, ifindex, send_frames},
+    output::ok,
     packet::{L4, Spec},
     xdp_breakout,
 };
@@ -159,20 +160,21 @@ fn daemon_follows_the_feed_and_survives_kill_hup_and_term() {
             .replace("\"52.112.0.0/14\"", "\"52.112.0.0/14\", \"44.60.0.0/16\""),
     )
     .unwrap();
-    let output = std::process::Command::new(xdp_breakout())
-        .arg("--pin-dir")
-        .arg(&pin_dir.path)
-        .arg("--state-dir")
-        .arg(&state_dir)
-        .args(["sync", "--feed-file"])
-        .arg(&synced)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    // Another process writes the maps (in the daemon's namespace, with its pin directory).
+    let other_writer = |args: &[&str], after_feed: &[&str]| {
+        let _ = ok(&netns
+            .command(xdp_breakout().to_str().unwrap())
+            .arg("--pin-dir")
+            .arg(&pin_dir.path)
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .args(args)
+            .arg(&synced)
+            .args(after_feed)
+            .output()
+            .unwrap());
+    };
+    other_writer(&["sync", "--feed-file"], &[]);
     daemon.wait_log("the maps were changed by another process");
     wait_for(
         "the service's feed back in the maps",
@@ -192,20 +194,7 @@ fn daemon_follows_the_feed_and_survives_kill_hup_and_term() {
     );
 
     // `attach --feed-file` changes the maps without a record: noticed and undone as well.
-    let output = netns
-        .command(xdp_breakout().to_str().unwrap())
-        .arg("--pin-dir")
-        .arg(&pin_dir.path)
-        .args(["attach", "--feed-file"])
-        .arg(&synced)
-        .arg("lan1")
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    other_writer(&["attach", "--feed-file"], &["lan1"]);
     daemon.wait_log("hold no recorded feed; installing the service's feed again");
     wait_for(
         "the service's feed back in the maps after attach",

@@ -107,6 +107,18 @@ fn directories_and_input_others_control_are_refused() {
                 .args(args),
         )
     };
+    let teams_media = || -> Value {
+        let args = [
+            "--json",
+            "lookup",
+            "52.112.1.1",
+            "--proto",
+            "udp",
+            "--port",
+            "3478",
+        ];
+        serde_json::from_str(&ok(&run(&args))).expect("lookup JSON")
+    };
     fs::create_dir(&pin_dir.path).unwrap();
     std::os::unix::fs::chown(&pin_dir.path, Some(65534), Some(65534)).unwrap();
     fails(
@@ -151,16 +163,7 @@ fn directories_and_input_others_control_are_refused() {
         other.to_str().unwrap(),
         "lan1",
     ]));
-    let answer: Value = serde_json::from_str(&ok(&run(&[
-        "--json",
-        "lookup",
-        "52.112.1.1",
-        "--proto",
-        "udp",
-        "--port",
-        "3478",
-    ])))
-    .unwrap();
+    let answer = teams_media();
     assert_eq!(answer["decided_by"], 77, "{answer}");
     assert_eq!(answer["endpoint_sets"], serde_json::json!([77]), "{answer}");
     assert_eq!(answer["service_area"], "unknown", "{answer}");
@@ -171,16 +174,7 @@ fn directories_and_input_others_control_are_refused() {
         "--feed-file",
         feed.to_str().unwrap(),
     ]));
-    let answer: Value = serde_json::from_str(&ok(&run(&[
-        "--json",
-        "lookup",
-        "52.112.1.1",
-        "--proto",
-        "udp",
-        "--port",
-        "3478",
-    ])))
-    .unwrap();
+    let answer = teams_media();
     assert_eq!(
         answer["endpoint_sets"],
         serde_json::json!([11, 12]),
