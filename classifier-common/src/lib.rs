@@ -11,6 +11,8 @@
 
 use core::mem::size_of;
 
+pub mod index;
+
 /// Name under `/sys/fs/bpf` of the directory that holds every pin.
 pub const PIN_DIR: &str = "/sys/fs/bpf/xdp-breakout";
 
@@ -32,11 +34,26 @@ pub mod names {
     /// Connections and the action of their first packet: [`crate::FlowKey`] ->
     /// [`crate::FlowValue`].
     pub const FLOWS: &str = "XB_FLOWS";
+    /// The compiled index beside the tries: [`crate::index::Slot`]s, two halves.
+    pub const INDEX_SLOTS: &str = "XB_IDX_SLOTS";
+    /// The index's [`crate::PrefixRules`], by value id, two halves.
+    pub const INDEX_VALUES: &str = "XB_IDX_VALUES";
+    /// Single entry: [`crate::index::IndexCtl`], which half is live.
+    pub const INDEX_CTL: &str = "XB_IDX_CTL";
     /// aya-log's ring buffer (its name is fixed by aya-log).
     pub const LOGS: &str = "AYA_LOGS";
     /// Every map the agent pins, in pin order.
-    pub const PINNED_MAPS: [&str; 7] = [
-        PREFIX_V4, PREFIX_V6, POLICY, CONFIG, STATS, SET_STATS, FLOWS,
+    pub const PINNED_MAPS: [&str; 10] = [
+        PREFIX_V4,
+        PREFIX_V6,
+        POLICY,
+        CONFIG,
+        STATS,
+        SET_STATS,
+        FLOWS,
+        INDEX_SLOTS,
+        INDEX_VALUES,
+        INDEX_CTL,
     ];
 
     /// The XDP program (function name in the object file).
@@ -57,6 +74,10 @@ pub const STATS_LEN: u32 = 32;
 /// Entries of [`names::FLOWS`] unless the agent's configuration says otherwise (its
 /// `[flows] table-size` sets the map's size at load).
 pub const DEFAULT_FLOWS: u32 = 1 << 16;
+/// Entries of [`names::INDEX_SLOTS`] and [`names::INDEX_VALUES`] (both halves) unless the
+/// agent's configuration says otherwise (`[index] memory-mib`): 24 MiB and 1 MiB.
+pub const DEFAULT_INDEX_SLOTS: u32 = 1 << 20;
+pub const DEFAULT_INDEX_VALUES: u32 = 1 << 13;
 /// Idle time after which a flow is forgotten, when [`Config`] leaves it 0: TCP connections
 /// idle for long (IMAP IDLE, keepalives of 30 min and more); other flows for short.
 pub const DEFAULT_TCP_IDLE_S: u16 = 7200;
@@ -600,6 +621,8 @@ mod pod {
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowValue {}
+    unsafe impl aya::Pod for super::index::Slot {}
+    unsafe impl aya::Pod for super::index::IndexCtl {}
 }
 
 #[cfg(test)]

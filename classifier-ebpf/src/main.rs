@@ -10,7 +10,7 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{TC_ACT_UNSPEC, xdp_action::XDP_PASS},
+    bindings::{BPF_F_MMAPABLE, TC_ACT_UNSPEC, xdp_action::XDP_PASS},
     btf_maps::{Array, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
     helpers::{bpf_ktime_get_ns, bpf_skb_pull_data, bpf_xdp_adjust_meta},
     macros::{btf_map, classifier, xdp},
@@ -18,9 +18,12 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::info;
 use classifier_common::{
-    Config, Counter, DEFAULT_FLOWS, DEFAULT_OTHER_IDLE_S, DEFAULT_TCP_IDLE_S, Decision, FlowKey,
-    FlowValue, LpmKeyV4, LpmKeyV6, MAX_PREFIXES, MAX_SET_ID, Policy, PrefixRules, STATS_LEN,
-    XDP_META_MAGIC, XdpMeta, action, category, decide, flags, proto, stat,
+    Config, Counter, DEFAULT_FLOWS, DEFAULT_INDEX_SLOTS, DEFAULT_INDEX_VALUES,
+    DEFAULT_OTHER_IDLE_S, DEFAULT_TCP_IDLE_S, Decision, FlowKey, FlowValue, LpmKeyV4, LpmKeyV6,
+    MAX_PREFIXES, MAX_SET_ID, Policy, PrefixRules, STATS_LEN, XDP_META_MAGIC, XdpMeta, action,
+    category, decide, flags,
+    index::{self, IndexCtl, Slot, Slots},
+    proto, stat,
 };
 
 use classifier_ebpf::{
@@ -66,6 +69,26 @@ static XB_SET_STATS: PerCpuArray<Counter, { MAX_SET_ID as usize }> = PerCpuArray
 #[btf_map]
 static XB_FLOWS: LruHashMap<FlowKey, FlowValue, { DEFAULT_FLOWS as usize }> = LruHashMap::new();
 
+/// The compiled index (`classifier_common::index`): two halves of slots, the live one and the
+/// one user space builds next, filled through a shared mapping. Sized at load (`[index]
+/// memory-mib`); pinned as `XB_IDX_SLOTS`.
+#[btf_map]
+static XB_IDX_SLOTS: Array<Slot, { DEFAULT_INDEX_SLOTS as usize }, { BPF_F_MMAPABLE as usize }> =
+    Array::new();
+
+/// The index's rules by value id, two halves. Pinned as `XB_IDX_VALUES`.
+#[btf_map]
+static XB_IDX_VALUES: Array<
+    PrefixRules,
+    { DEFAULT_INDEX_VALUES as usize },
+    { BPF_F_MMAPABLE as usize },
+> = Array::new();
+
+/// Index 0: which half of the index is live, or none (then the tries decide). Pinned as
+/// `XB_IDX_CTL`.
+#[btf_map]
+static XB_IDX_CTL: Array<IndexCtl, 1, { BPF_F_MMAPABLE as usize }> = Array::new();
+
 // Compile-time proof that the keys above are the common crate's key types.
 const _: () = assert!(size_of::<Key<[u8; 4]>>() == size_of::<LpmKeyV4>());
 const _: () = assert!(size_of::<Key<[u8; 16]>>() == size_of::<LpmKeyV6>());
@@ -84,8 +107,69 @@ fn config() -> Config {
     XB_CONFIG.get(0).copied().unwrap_or_default()
 }
 
-/// One trie lookup, one bounded rule scan, one policy read; the rule itself is
-/// `classifier_common::decide`, which `lookup` applies too.
+/// The live half of the index: its slots from `base`.
+struct LiveHalf {
+    base: u32,
+}
+
+impl Slots for LiveHalf {
+    #[inline(always)]
+    fn slot(&self, index: u32) -> Option<&Slot> {
+        XB_IDX_SLOTS.get(self.base.wrapping_add(index))
+    }
+}
+
+/// The live half and the first value of its rules, `None` while no index is live.
+#[inline(always)]
+fn live_index() -> Option<(LiveHalf, u32)> {
+    let ctl = XB_IDX_CTL.get_ptr(0)?;
+    // SAFETY: the map's value; user space switches halves with one aligned 64-bit store,
+    // read once here, so a packet walks one half from start to end. The half it walks is
+    // not rewritten before an RCU grace period has passed since the switch.
+    let live = unsafe { core::ptr::read_volatile(&raw const (*ctl).live) };
+    if live == index::LIVE_OFF {
+        return None;
+    }
+    Some((
+        LiveHalf {
+            base: (live >> 32) as u32,
+        },
+        live as u32,
+    ))
+}
+
+/// The rules of the longest prefix holding the destination, by the index when one is live
+/// (`Some(None)`: no prefix), `None` when the tries must answer.
+#[inline(always)]
+fn index_rules(found: Option<u32>, value_base: u32) -> Option<Option<&'static PrefixRules>> {
+    match found? {
+        index::NO_VALUE => Some(None),
+        id => XB_IDX_VALUES.get(value_base.wrapping_add(id)).map(Some),
+    }
+}
+
+#[inline(always)]
+fn rules_v4(addr: [u8; 4]) -> Option<&'static PrefixRules> {
+    if let Some((half, values)) = live_index()
+        && let Some(found) = index_rules(index::find_v4(&half, addr), values)
+    {
+        return found;
+    }
+    XB_PREFIX_V4.get(&Key::new(32, addr))
+}
+
+#[inline(always)]
+fn rules_v6(addr: [u8; 16]) -> Option<&'static PrefixRules> {
+    if let Some((half, values)) = live_index()
+        && let Some(found) = index_rules(index::find_v6(&half, addr), values)
+    {
+        return found;
+    }
+    XB_PREFIX_V6.get(&Key::new(128, addr))
+}
+
+/// One index walk (or trie lookup), one bounded rule scan, one policy read; the rule itself
+/// is `classifier_common::decide`, which `lookup` applies too.
 #[inline(always)]
 fn classify(packet: &Packet, config_flags: u32) -> Decision {
     let policy = |category: u8| {
@@ -100,7 +184,7 @@ fn classify(packet: &Packet, config_flags: u32) -> Decision {
     // Prefix length 32 (128) asks for the longest prefix that holds the whole address.
     match packet.dst {
         Dst::V4(addr) => decide(
-            XB_PREFIX_V4.get(&Key::new(32, addr)),
+            rules_v4(addr),
             packet.proto,
             packet.port,
             packet.later_fragment,
@@ -108,7 +192,7 @@ fn classify(packet: &Packet, config_flags: u32) -> Decision {
             policy,
         ),
         Dst::V6(addr) => decide(
-            XB_PREFIX_V6.get(&Key::new(128, addr)),
+            rules_v6(addr),
             packet.proto,
             packet.port,
             packet.later_fragment,

@@ -12,6 +12,7 @@ pub mod explain;
 pub mod feed;
 pub mod gate;
 pub mod health;
+pub mod index;
 pub mod netlink;
 pub mod pcap;
 pub mod secure;

@@ -1,0 +1,510 @@
+//! Compiled trie entries → the index the kernel walks beside the tries (the layout is
+//! `classifier_common::index`'s): leaf-pushed, so every position of a node holds the answer
+//! of the longest prefix that covers it, and popcount-compressed, so a node costs 24 bytes
+//! plus one entry per run of equal leaves.
+
+use std::collections::HashMap;
+
+use classifier_common::{
+    PrefixRules,
+    index::{
+        DIR_BITS, DIR_ENTRIES, DIR_V4, DIR_V6, ENTRIES_PER_SLOT, FIRST_FREE_SLOT, NO_VALUE, NODE,
+        STRIDE, Slot,
+    },
+};
+
+use crate::compile::Compiled;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum IndexError {
+    #[error(
+        "the index needs more than {capacity} slots for these prefixes (a half of `[index] \
+         memory-mib`); the tries alone classify until it is raised"
+    )]
+    Slots { capacity: u32 },
+    #[error(
+        "the index needs {needed} distinct rule sets, a half holds {capacity}; the tries \
+         alone classify until `[index] memory-mib` is raised"
+    )]
+    Values { needed: usize, capacity: u32 },
+}
+
+/// One half of the index, ready to be copied: `slots` from the half's first slot (direct
+/// tables, nodes, leaves), `values` by value id (0 unused).
+#[derive(Debug, Default)]
+pub struct Built {
+    pub slots: Vec<Slot>,
+    pub values: Vec<PrefixRules>,
+}
+
+/// Builds the index of `compiled` for a half of `half_slots` slots and `half_values` values.
+///
+/// The index answers with the rules of the longest prefix, like the tries, except for
+/// `prefix_len`, which it leaves 0: the kernel never reads it, and rules that differ only in
+/// it share one value.
+pub fn build(compiled: &Compiled, half_slots: u32, half_values: u32) -> Result<Built, IndexError> {
+    let mut values = vec![PrefixRules::EMPTY];
+    let mut ids = HashMap::new();
+    let mut value_id = |rules: &PrefixRules| {
+        let mut rules = *rules;
+        rules.prefix_len = 0;
+        *ids.entry(rules).or_insert_with(|| {
+            values.push(rules);
+            u32::try_from(values.len() - 1).expect("fewer values than prefixes")
+        })
+    };
+    let v4: Vec<Prefix> = compiled
+        .v4
+        .iter()
+        .map(|(key, rules)| Prefix {
+            addr: u128::from(u32::from_be_bytes(key.addr)) << 96,
+            len: key.prefix_len,
+            value: value_id(rules),
+        })
+        .collect();
+    let v6: Vec<Prefix> = compiled
+        .v6
+        .iter()
+        .map(|(key, rules)| Prefix {
+            addr: u128::from_be_bytes(key.addr),
+            len: key.prefix_len,
+            value: value_id(rules),
+        })
+        .collect();
+    if values.len() > half_values as usize {
+        return Err(IndexError::Values {
+            needed: values.len() - 1,
+            capacity: half_values.saturating_sub(1),
+        });
+    }
+    if half_slots < FIRST_FREE_SLOT || half_slots >= NODE {
+        return Err(IndexError::Slots {
+            capacity: half_slots,
+        });
+    }
+    let mut builder = Builder {
+        nodes: Vec::new(),
+        leaves: Vec::new(),
+        free: half_slots.saturating_sub(FIRST_FREE_SLOT),
+        capacity: half_slots,
+    };
+    let mut direct = vec![NO_VALUE; (FIRST_FREE_SLOT * ENTRIES_PER_SLOT) as usize];
+    for (prefixes, base) in [(v4, DIR_V4), (v6, DIR_V6)] {
+        let mut prefixes = prefixes;
+        prefixes.sort_unstable_by_key(|prefix| (prefix.addr, prefix.len));
+        let table = builder.direct(&prefixes)?;
+        direct[base as usize..(base + DIR_ENTRIES) as usize].copy_from_slice(&table);
+    }
+    Ok(builder.finish(&direct, values))
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Prefix {
+    /// Left-aligned in 128 bits (IPv4 in the top 32).
+    addr: u128,
+    len: u32,
+    value: u32,
+}
+
+impl Prefix {
+    /// The `width` bits of the address at `offset`.
+    fn bits(&self, offset: u32, width: u32) -> usize {
+        ((self.addr << offset) >> (128 - width)) as usize
+    }
+}
+
+struct Builder {
+    /// Nodes as laid out after the direct tables; `base_leaf` counts from the first leaf
+    /// until `finish` moves the leaves behind the nodes.
+    nodes: Vec<Slot>,
+    leaves: Vec<u32>,
+    /// Slots left for nodes and leaves.
+    free: u32,
+    capacity: u32,
+}
+
+/// What a region's positions hold before its nodes are built.
+struct Level {
+    /// Per position: the value of the longest prefix covering it.
+    entries: Vec<u32>,
+    /// Positions that hold a longer prefix, with the range of `prefixes` inside them.
+    children: Vec<(usize, std::ops::Range<usize>)>,
+}
+
+/// The `2^width` positions at `offset` of a region holding `prefixes` (sorted by address,
+/// then length; those no longer than `offset` cover the whole region and are already in
+/// `inherited`).
+fn level(prefixes: &[Prefix], offset: u32, width: u32, inherited: u32) -> Level {
+    let end = offset + width;
+    // Leaf pushing: in address-then-length order a prefix comes before every prefix it holds,
+    // so painting in order leaves the longest one on each position.
+    let mut entries = vec![inherited; 1 << width];
+    for prefix in prefixes {
+        if prefix.len > offset && prefix.len <= end {
+            let first = prefix.bits(offset, width);
+            let count = 1usize << (end - prefix.len);
+            entries[first..first + count].fill(prefix.value);
+        }
+    }
+    let mut children = Vec::new();
+    let mut start = 0;
+    while start < prefixes.len() {
+        let position = prefixes[start].bits(offset, width);
+        let run = prefixes[start..]
+            .iter()
+            .take_while(|prefix| prefix.bits(offset, width) == position)
+            .count();
+        if prefixes[start..start + run]
+            .iter()
+            .any(|prefix| prefix.len > end)
+        {
+            children.push((position, start..start + run));
+        }
+        start += run;
+    }
+    Level { entries, children }
+}
+
+/// The value of a `/0` in `prefixes`, which covers what no longer prefix does.
+fn default_route(prefixes: &[Prefix]) -> u32 {
+    prefixes
+        .iter()
+        .find(|prefix| prefix.len == 0)
+        .map_or(NO_VALUE, |prefix| prefix.value)
+}
+
+impl Builder {
+    /// The direct table of one family.
+    fn direct(&mut self, prefixes: &[Prefix]) -> Result<Vec<u32>, IndexError> {
+        let Level {
+            mut entries,
+            children,
+        } = level(prefixes, 0, DIR_BITS, default_route(prefixes));
+        let base = self.alloc_nodes(children.len())?;
+        for (i, (position, range)) in children.into_iter().enumerate() {
+            let slot = base + u32::try_from(i).expect("at most 2^16");
+            let inherited = entries[position];
+            entries[position] = NODE | slot;
+            self.fill(slot, &prefixes[range], DIR_BITS, inherited)?;
+        }
+        Ok(entries)
+    }
+
+    /// Writes the node at `slot` for the next [`STRIDE`] bits at `offset`, then its children
+    /// (allocated as one block, as `base_node + rank` wants).
+    fn fill(
+        &mut self,
+        slot: u32,
+        prefixes: &[Prefix],
+        offset: u32,
+        inherited: u32,
+    ) -> Result<(), IndexError> {
+        let Level { entries, children } = level(prefixes, offset, STRIDE, inherited);
+        let base_node = self.alloc_nodes(children.len())?;
+        let mut vector = 0u64;
+        for (position, _) in &children {
+            vector |= 1 << position;
+        }
+        let mut leafvec = 0u64;
+        let mut leaves = Vec::new();
+        for (position, &entry) in entries.iter().enumerate() {
+            if vector & (1 << position) == 0 && leaves.last() != Some(&entry) {
+                leafvec |= 1 << position;
+                leaves.push(entry);
+            }
+        }
+        let base_leaf = u32::try_from(self.leaves.len()).expect("leaves fit u32");
+        self.reserve(u32::try_from(leaves.len()).expect("at most 64"), 0)?;
+        self.leaves.extend_from_slice(&leaves);
+        let at = (slot - FIRST_FREE_SLOT) as usize;
+        self.nodes[at] = Slot::node(vector, leafvec, base_node, base_leaf);
+        for (i, (position, range)) in children.into_iter().enumerate() {
+            let child = base_node + u32::try_from(i).expect("at most 64");
+            self.fill(child, &prefixes[range], offset + STRIDE, entries[position])?;
+        }
+        Ok(())
+    }
+
+    /// `count` consecutive node slots; returns the first.
+    fn alloc_nodes(&mut self, count: usize) -> Result<u32, IndexError> {
+        let count = u32::try_from(count).map_err(|_| IndexError::Slots {
+            capacity: self.capacity,
+        })?;
+        self.reserve(0, count)?;
+        let first = FIRST_FREE_SLOT + u32::try_from(self.nodes.len()).expect("nodes fit u32");
+        self.nodes
+            .resize(self.nodes.len() + count as usize, Slot::default());
+        Ok(first)
+    }
+
+    /// Accounts `leaves` entries and `nodes` slots against the half.
+    fn reserve(&mut self, leaves: u32, nodes: u32) -> Result<(), IndexError> {
+        let used = u32::try_from(self.leaves.len()).unwrap_or(u32::MAX);
+        let leaf_slots =
+            (used + leaves).div_ceil(ENTRIES_PER_SLOT) - used.div_ceil(ENTRIES_PER_SLOT);
+        let needed = nodes.saturating_add(leaf_slots);
+        if needed > self.free {
+            return Err(IndexError::Slots {
+                capacity: self.capacity,
+            });
+        }
+        self.free -= needed;
+        Ok(())
+    }
+
+    /// Lays the half out: direct tables, nodes, then leaves (their `base_leaf` moved).
+    fn finish(self, direct: &[u32], values: Vec<PrefixRules>) -> Built {
+        let node_count = u32::try_from(self.nodes.len()).expect("nodes fit u32");
+        let leaf_base = (FIRST_FREE_SLOT + node_count) * ENTRIES_PER_SLOT;
+        let mut slots = Vec::with_capacity(
+            direct.len().div_ceil(6) + self.nodes.len() + self.leaves.len().div_ceil(6),
+        );
+        slots.extend(direct.chunks(6).map(pack));
+        slots.extend(self.nodes.into_iter().map(|mut node| {
+            node.words[5] += leaf_base;
+            node
+        }));
+        slots.extend(self.leaves.chunks(6).map(pack));
+        Built { slots, values }
+    }
+}
+
+fn pack(entries: &[u32]) -> Slot {
+    let mut slot = Slot::default();
+    slot.words[..entries.len()].copy_from_slice(entries);
+    slot
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use classifier_common::{
+        LpmKeyV4, LpmKeyV6,
+        index::{find_v4, find_v6},
+    };
+
+    use super::*;
+
+    /// splitmix64.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+    }
+
+    fn rules(set: u16, len: u32) -> PrefixRules {
+        let mut rules = PrefixRules::EMPTY;
+        rules.addr_category = 3;
+        rules.addr_set = set;
+        rules.prefix_len = u8::try_from(len).unwrap();
+        rules
+    }
+
+    /// The longest prefix by brute force, as the trie answers.
+    fn longest_v4(compiled: &Compiled, addr: u32) -> Option<PrefixRules> {
+        (0..=32u32)
+            .rev()
+            .find_map(|len| {
+                let masked = addr
+                    .checked_shr(32 - len)
+                    .unwrap_or(0)
+                    .checked_shl(32 - len);
+                compiled.v4.get(&LpmKeyV4 {
+                    prefix_len: len,
+                    addr: masked.unwrap_or(0).to_be_bytes(),
+                })
+            })
+            .copied()
+    }
+
+    fn longest_v6(compiled: &Compiled, addr: u128) -> Option<PrefixRules> {
+        (0..=128u32)
+            .rev()
+            .find_map(|len| {
+                let masked = addr
+                    .checked_shr(128 - len)
+                    .unwrap_or(0)
+                    .checked_shl(128 - len);
+                compiled.v6.get(&LpmKeyV6 {
+                    prefix_len: len,
+                    addr: masked.unwrap_or(0).to_be_bytes(),
+                })
+            })
+            .copied()
+    }
+
+    fn answer(built: &Built, found: Option<u32>) -> Option<PrefixRules> {
+        let id = found.expect("a consistent index");
+        (id != NO_VALUE).then(|| built.values[id as usize])
+    }
+
+    fn without_len(rules: Option<PrefixRules>) -> Option<PrefixRules> {
+        rules.map(|mut rules| {
+            rules.prefix_len = 0;
+            rules
+        })
+    }
+
+    /// Random prefixes of every length, nested and overlapping, and addresses in and next to
+    /// them.
+    fn check_random(seed: u64, count: usize) {
+        let mut rng = Rng(seed);
+        let mut compiled = Compiled::default();
+        for i in 0..count {
+            let len = u32::try_from(rng.next() % 33).unwrap();
+            // Few distinct high bits, so prefixes nest and share nodes.
+            let addr = (rng.next() as u32 & 0xff0f_ffff) | 0x0a00_0000;
+            let masked = addr
+                .checked_shr(32 - len)
+                .unwrap_or(0)
+                .checked_shl(32 - len)
+                .unwrap_or(0);
+            let set = u16::try_from(i % 500).unwrap();
+            compiled.v4.insert(
+                LpmKeyV4 {
+                    prefix_len: len,
+                    addr: masked.to_be_bytes(),
+                },
+                rules(set, len),
+            );
+            let len6 = u32::try_from(rng.next() % 129).unwrap();
+            let addr6 =
+                (u128::from(rng.next()) << 64 | u128::from(rng.next())) & !(0xffu128 << 100);
+            let masked6 = addr6
+                .checked_shr(128 - len6)
+                .unwrap_or(0)
+                .checked_shl(128 - len6)
+                .unwrap_or(0);
+            compiled.v6.insert(
+                LpmKeyV6 {
+                    prefix_len: len6,
+                    addr: masked6.to_be_bytes(),
+                },
+                rules(set, len6),
+            );
+        }
+        let built = build(&compiled, 1 << 22, 1 << 12).unwrap();
+        let keys4: Vec<LpmKeyV4> = compiled.v4.keys().copied().collect();
+        let keys6: Vec<LpmKeyV6> = compiled.v6.keys().copied().collect();
+        for _ in 0..20_000 {
+            let key = keys4[(rng.next() % keys4.len() as u64) as usize];
+            let base = u32::from_be_bytes(key.addr);
+            let host = (rng.next() as u32).checked_shr(key.prefix_len).unwrap_or(0);
+            for addr in [base | host, base.wrapping_sub(1), rng.next() as u32] {
+                let found = answer(&built, find_v4(built.slots.as_slice(), addr.to_be_bytes()));
+                assert_eq!(
+                    found,
+                    without_len(longest_v4(&compiled, addr)),
+                    "{}",
+                    Ipv4Addr::from(addr)
+                );
+            }
+            let key = keys6[(rng.next() % keys6.len() as u64) as usize];
+            let base = u128::from_be_bytes(key.addr);
+            let host = (u128::from(rng.next()) << 64 | u128::from(rng.next()))
+                .checked_shr(key.prefix_len)
+                .unwrap_or(0);
+            for addr in [base | host, base.wrapping_sub(1)] {
+                let found = answer(&built, find_v6(built.slots.as_slice(), addr.to_be_bytes()));
+                assert_eq!(
+                    found,
+                    without_len(longest_v6(&compiled, addr)),
+                    "{}",
+                    Ipv6Addr::from(addr)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn answers_as_the_longest_prefix_over_random_tables() {
+        for seed in 1..=4 {
+            check_random(seed, 3000);
+        }
+    }
+
+    #[test]
+    fn empty_table_answers_no_prefix() {
+        let built = build(&Compiled::default(), FIRST_FREE_SLOT, 1).unwrap();
+        assert_eq!(built.slots.len(), FIRST_FREE_SLOT as usize);
+        assert_eq!(
+            find_v4(built.slots.as_slice(), [1, 2, 3, 4]),
+            Some(NO_VALUE)
+        );
+        assert_eq!(find_v6(built.slots.as_slice(), [0x20; 16]), Some(NO_VALUE));
+    }
+
+    #[test]
+    fn default_route_and_host_routes() {
+        let mut compiled = Compiled::default();
+        compiled.v4.insert(
+            LpmKeyV4 {
+                prefix_len: 0,
+                addr: [0; 4],
+            },
+            rules(1, 0),
+        );
+        compiled.v4.insert(
+            LpmKeyV4 {
+                prefix_len: 32,
+                addr: [192, 0, 2, 1],
+            },
+            rules(2, 32),
+        );
+        compiled.v6.insert(
+            LpmKeyV6 {
+                prefix_len: 128,
+                addr: [0xff; 16],
+            },
+            rules(3, 128),
+        );
+        let built = build(&compiled, 1 << 16, 16).unwrap();
+        let set = |found| answer(&built, found).map(|rules| rules.addr_set);
+        assert_eq!(
+            set(find_v4(built.slots.as_slice(), [192, 0, 2, 1])),
+            Some(2)
+        );
+        assert_eq!(
+            set(find_v4(built.slots.as_slice(), [192, 0, 2, 0])),
+            Some(1)
+        );
+        assert_eq!(
+            set(find_v4(built.slots.as_slice(), [192, 0, 2, 2])),
+            Some(1)
+        );
+        assert_eq!(set(find_v6(built.slots.as_slice(), [0xff; 16])), Some(3));
+        let mut next = [0xff; 16];
+        next[15] = 0xfe;
+        assert_eq!(set(find_v6(built.slots.as_slice(), next)), None);
+    }
+
+    #[test]
+    fn a_half_too_small_is_an_error_not_a_partial_index() {
+        let mut compiled = Compiled::default();
+        for i in 0..1000u32 {
+            compiled.v4.insert(
+                LpmKeyV4 {
+                    prefix_len: 32,
+                    addr: (i << 12).to_be_bytes(),
+                },
+                rules(1, 32),
+            );
+        }
+        let capacity = FIRST_FREE_SLOT + 100;
+        assert_eq!(
+            build(&compiled, capacity, 16).unwrap_err(),
+            IndexError::Slots { capacity }
+        );
+        assert!(matches!(
+            build(&compiled, 1 << 20, 1),
+            Err(IndexError::Values { .. })
+        ));
+    }
+}
