@@ -41,8 +41,27 @@ pub const LEVELS_V6: u32 = (128 - DIR_BITS).div_ceil(STRIDE);
 pub const NODE: u32 = 1 << 31;
 /// Value id of "no prefix holds the address".
 pub const NO_VALUE: u32 = 0;
-/// [`IndexCtl::live`] while no index is live: the kernel reads the tries.
-pub const LIVE_OFF: u64 = u64::MAX;
+/// [`IndexCtl::live`] while no index is live (a new, zeroed map too): the kernel reads the
+/// tries.
+pub const LIVE_OFF: u64 = 0;
+/// Set in [`IndexCtl::live`] while a half is live.
+pub const LIVE_ON: u64 = 1 << 63;
+
+/// The [`IndexCtl::live`] word of a half starting at `slot_base` and `value_base`.
+#[must_use]
+pub const fn live_word(slot_base: u32, value_base: u32) -> u64 {
+    LIVE_ON | ((slot_base as u64) << 32) | value_base as u64
+}
+
+/// The first slot and the first value of the live half, `None` when none is live.
+#[inline(always)]
+#[must_use]
+pub const fn live_half(live: u64) -> Option<(u32, u32)> {
+    if live & LIVE_ON == 0 {
+        return None;
+    }
+    Some((((live >> 32) as u32) & !(1 << 31), live as u32))
+}
 
 /// One element of the index array: a node, or six entries (leaves, or direct table entries).
 /// Host byte order.
@@ -85,16 +104,17 @@ impl Slot {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IndexCtl {
-    /// The live half: its first slot in the high 32 bits, its first value in the low 32
-    /// bits; [`LIVE_OFF`] when none is live. Written with one atomic store.
+    /// The live half ([`live_word`]): [`LIVE_ON`], its first slot in bits 32..63, its first
+    /// value in the low 32 bits; [`LIVE_OFF`] when none is live. Written with one atomic
+    /// store.
     pub live: u64,
     /// Switches so far.
     pub seq: u64,
     /// The `seq` after which a grace period has passed: the other half has no reader left.
     pub released: u64,
-    /// Slots and values of one half (half of each map).
-    pub half_slots: u32,
-    pub half_values: u32,
+    /// Slots and values the live half uses (for `status`; the kernel never reads them).
+    pub used_slots: u32,
+    pub used_values: u32,
 }
 const _: () = assert!(size_of::<IndexCtl>() == 32);
 
@@ -117,12 +137,11 @@ impl Slots for [Slot] {
 fn entry<S: Slots + ?Sized>(slots: &S, index: u32) -> Option<u32> {
     let slot = slots.slot(index / ENTRIES_PER_SLOT)?;
     let lane = (index % ENTRIES_PER_SLOT) as usize;
-    // An explicit bound the verifier can follow (it does not track `%`).
-    if lane < 6 {
-        Some(slot.words[lane])
-    } else {
-        None
-    }
+    // The verifier does not follow `%`, so it needs an explicit bound, which LLVM would drop
+    // as redundant unless the value passes through memory it cannot see into.
+    // SAFETY: a read of a local.
+    let lane = unsafe { core::ptr::read_volatile(&raw const lane) };
+    slot.words.get(lane).copied()
 }
 
 /// From a node entry to the entry of position `chunk` (0..64) of that node.

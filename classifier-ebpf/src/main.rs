@@ -127,15 +127,8 @@ fn live_index() -> Option<(LiveHalf, u32)> {
     // read once here, so a packet walks one half from start to end. The half it walks is
     // not rewritten before an RCU grace period has passed since the switch.
     let live = unsafe { core::ptr::read_volatile(&raw const (*ctl).live) };
-    if live == index::LIVE_OFF {
-        return None;
-    }
-    Some((
-        LiveHalf {
-            base: (live >> 32) as u32,
-        },
-        live as u32,
-    ))
+    let (base, values) = index::live_half(live)?;
+    Some((LiveHalf { base }, values))
 }
 
 /// The rules of the longest prefix holding the destination, by the index when one is live

@@ -266,6 +266,9 @@ pub struct ConfigArgs {
     /// Entries of the flow table (takes effect at start).
     #[arg(long, value_name = "N")]
     pub flows_table_size: Option<u32>,
+    /// Kernel memory for the compiled index, MiB; 0 turns it off (takes effect at start).
+    #[arg(long, value_name = "MIB")]
+    pub index_memory_mib: Option<u32>,
     /// A TCP flow idle this long is classified afresh.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub flows_tcp_idle: Option<Duration>,
@@ -319,6 +322,7 @@ impl ConfigArgs {
             health_fail_after,
             health_recover_after,
             flows_table_size,
+            index_memory_mib,
             flows_tcp_idle,
             flows_other_idle,
         } = self;
@@ -378,6 +382,7 @@ impl ConfigArgs {
         set(&mut health.fail_after, *health_fail_after);
         set(&mut health.recover_after, *health_recover_after);
         set(&mut config.flows.table_size, *flows_table_size);
+        set(&mut config.index.memory_mib, *index_memory_mib);
         set(&mut config.flows.tcp_idle, *flows_tcp_idle);
         set(&mut config.flows.other_idle, *flows_other_idle);
     }

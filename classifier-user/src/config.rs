@@ -58,6 +58,29 @@ pub struct Config {
     pub policy: PolicyConfig,
     pub health: HealthConfig,
     pub flows: FlowsConfig,
+    pub index: IndexConfig,
+}
+
+/// The compiled index beside the tries: a cost per packet that does not grow with the table.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct IndexConfig {
+    /// Kernel memory for the index, both halves (the live one and the next), in MiB; 0 turns
+    /// it off. A table that does not fit is classified by the tries alone, and the agent
+    /// says so. Takes effect at start.
+    pub memory_mib: u32,
+}
+
+/// The default index: 12 MiB a half, which holds the union of Microsoft 365, AWS and Azure's
+/// published ranges with room to spare.
+pub const DEFAULT_INDEX_MIB: u32 = 25;
+
+impl Default for IndexConfig {
+    fn default() -> Self {
+        Self {
+            memory_mib: DEFAULT_INDEX_MIB,
+        }
+    }
 }
 
 /// The flow table: connections keep the action of their first packet.
@@ -205,6 +228,7 @@ impl Default for Config {
             policy: PolicyConfig::default(),
             health: HealthConfig::default(),
             flows: FlowsConfig::default(),
+            index: IndexConfig::default(),
         }
     }
 }
@@ -342,6 +366,9 @@ impl Config {
         self.validate_health()?;
         if !(64..=1 << 24).contains(&self.flows.table_size) {
             return invalid("flows.table-size", "must be 64..=16777216".to_owned());
+        }
+        if self.index.memory_mib != 0 && !(2..=4096).contains(&self.index.memory_mib) {
+            return invalid("index.memory-mib", "must be 0 (off) or 2..=4096".to_owned());
         }
         within(
             "flows.tcp-idle",
@@ -501,6 +528,8 @@ pub struct RestartOnly {
     pub state_dir: PathBuf,
     /// `flows.table-size`: the map's size is set when it is created.
     pub flow_table_size: u32,
+    /// `index.memory-mib`: the same.
+    pub index_memory_mib: u32,
 }
 
 impl RestartOnly {
@@ -513,6 +542,7 @@ impl RestartOnly {
             pin_dir,
             state_dir,
             flow_table_size,
+            index_memory_mib,
         } = self;
         [
             ("interfaces", *interfaces != other.interfaces),
@@ -522,6 +552,10 @@ impl RestartOnly {
             (
                 "flows.table-size",
                 *flow_table_size != other.flow_table_size,
+            ),
+            (
+                "index.memory-mib",
+                *index_memory_mib != other.index_memory_mib,
             ),
         ]
         .into_iter()
@@ -540,6 +574,18 @@ impl Config {
             pin_dir: self.pin_dir.clone(),
             state_dir: self.state_dir.clone(),
             flow_table_size: self.flows.table_size,
+            index_memory_mib: self.index.memory_mib,
+        }
+    }
+
+    /// The sizes of the maps sized at load.
+    #[must_use]
+    pub fn map_sizes(&self) -> crate::datapath::MapSizes {
+        let (slots, values) = crate::datapath::MapSizes::index_memory(self.index.memory_mib);
+        crate::datapath::MapSizes {
+            flows: Some(self.flows.table_size),
+            index_slots: Some(slots),
+            index_values: Some(values),
         }
     }
 
@@ -554,10 +600,12 @@ impl Config {
             pin_dir,
             state_dir,
             flow_table_size,
+            index_memory_mib,
         } = running.clone();
         (self.interfaces, self.mode, self.pin_dir, self.state_dir) =
             (interfaces, mode, pin_dir, state_dir);
         self.flows.table_size = flow_table_size;
+        self.index.memory_mib = index_memory_mib;
         (self, ignored)
     }
 }

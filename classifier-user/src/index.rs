@@ -15,7 +15,7 @@ use classifier_common::{
 
 use crate::compile::Compiled;
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum IndexError {
     #[error(
         "the index needs more than {capacity} slots for these prefixes (a half of `[index] \

@@ -13,7 +13,7 @@ use crate::{
     EBPF_OBJECT, EMBEDDED_FEED, EMBEDDED_FEED_VERSION,
     cli::{AttachArgs, GlobalArgs},
     compile::{Compiled, compile},
-    datapath::{DEFAULT_POLICY, Datapath, Maps, PinLock},
+    datapath::{DEFAULT_POLICY, Datapath, MapSizes, Maps, PinLock},
     feed::Feed,
     gate::{self, PrefixLimits},
 };
@@ -91,7 +91,7 @@ pub fn run(global: &GlobalArgs, args: &AttachArgs) -> anyhow::Result<()> {
     };
     let pin_dir = global.pin_dir();
     let _lock = PinLock::acquire(&pin_dir)?;
-    let mut datapath = Datapath::load_pinned(EBPF_OBJECT, &pin_dir, None)
+    let mut datapath = Datapath::load_pinned(EBPF_OBJECT, &pin_dir, &MapSizes::default())
         .with_context(|| format!("loading the programs with pins in {}", pin_dir.display()))?;
     let mut maps = datapath.maps()?;
 

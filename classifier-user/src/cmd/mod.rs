@@ -80,6 +80,7 @@ impl From<ApplyReport> for Changes {
             changed,
             removed,
             unchanged,
+            ..
         } = report;
         Self {
             added,

@@ -47,14 +47,13 @@ async fn daemon(global: &GlobalArgs, args: &RunArgs, config: Config) -> anyhow::
     let state = State::open(&config.state_dir)?;
     // Held while the programs load and attach; then only around each change of the maps.
     let startup_lock = PinLock::acquire(&config.pin_dir)?;
-    let mut datapath =
-        Datapath::load_pinned(EBPF_OBJECT, &config.pin_dir, Some(config.flows.table_size))
-            .with_context(|| {
-                format!(
-                    "loading the programs with pins in {}",
-                    config.pin_dir.display()
-                )
-            })?;
+    let mut datapath = Datapath::load_pinned(EBPF_OBJECT, &config.pin_dir, &config.map_sizes())
+        .with_context(|| {
+            format!(
+                "loading the programs with pins in {}",
+                config.pin_dir.display()
+            )
+        })?;
     let logs = match EbpfLogger::init(datapath.ebpf()) {
         Ok(logger) => Some(tokio::spawn(forward_kernel_logs(logger))),
         Err(error) => {

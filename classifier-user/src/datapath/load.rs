@@ -11,8 +11,8 @@ use aya::{
 use classifier_common::names;
 
 use super::{
-    DatapathError, Maps,
-    pins::{check_pin_dir, check_pins, pinned_flow_table_size, prepare_pin_dir},
+    DatapathError, IndexMaps, Maps,
+    pins::{MapSizes, SIZED_MAPS, check_pin_dir, check_pins, pinned_size, prepare_pin_dir},
 };
 
 /// The loaded object: programs loaded into the kernel, maps created or adopted.
@@ -23,32 +23,54 @@ pub struct Datapath {
 
 impl Datapath {
     /// Loads the programs, adopting maps already pinned in `pin_dir` (so that a restart or an
-    /// upgrade keeps every entry and counter) and pinning the ones it creates. The flow table
-    /// has `flow_table_size` entries (`None`: the pinned table's size, else the default): a
-    /// pinned one of another size is replaced by an empty one (its flows are classified
-    /// afresh by their next packet).
+    /// upgrade keeps every entry and counter) and pinning the ones it creates. The maps sized
+    /// at load take `sizes` (`None`: the pinned map's size, else the default): a pinned one of
+    /// another size is replaced by an empty one. A new flow table classifies its flows
+    /// afresh by their next packet; a new index is off (the tries decide) until the next
+    /// apply builds it.
     pub fn load_pinned(
         object: &[u8],
         pin_dir: &Path,
-        flow_table_size: Option<u32>,
+        sizes: &MapSizes,
     ) -> Result<Self, DatapathError> {
         prepare_pin_dir(pin_dir)?;
-        let flow_table_size = flow_table_size
-            .or_else(|| pinned_flow_table_size(pin_dir))
-            .unwrap_or(classifier_common::DEFAULT_FLOWS);
-        if let Some(pinned) = pinned_flow_table_size(pin_dir)
-            && pinned != flow_table_size
-        {
-            tracing::warn!(
-                "the flow table changes from {pinned} to {flow_table_size} entries: a new, empty \
-                 one replaces it, and its flows are classified afresh"
-            );
-            let path = pin_dir.join(names::FLOWS);
-            std::fs::remove_file(&path).map_err(|source| DatapathError::PinDir { path, source })?;
+        let mut resolved = MapSizes::default();
+        let mut stale = Vec::new();
+        for (name, default) in SIZED_MAPS {
+            let pinned = pinned_size(pin_dir, name);
+            let size = sizes.get(name).or(pinned).unwrap_or(default);
+            if let Some(pinned) = pinned
+                && pinned != size
+            {
+                tracing::warn!(
+                    "map {name} changes from {pinned} to {size} entries: a new, empty one \
+                     replaces it"
+                );
+                stale.push(name);
+            }
+            match name {
+                names::FLOWS => resolved.flows = Some(size),
+                names::INDEX_SLOTS => resolved.index_slots = Some(size),
+                _ => resolved.index_values = Some(size),
+            }
         }
-        check_pins(pin_dir, Some(flow_table_size))?;
+        // The index maps go together: a control word must never name halves of another map.
+        if stale.iter().any(|name| name.starts_with("XB_IDX")) {
+            stale.retain(|name| !name.starts_with("XB_IDX"));
+            stale.extend([names::INDEX_SLOTS, names::INDEX_VALUES, names::INDEX_CTL]);
+        }
+        for name in stale {
+            let path = pin_dir.join(name);
+            match std::fs::remove_file(&path) {
+                Err(source) if source.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(DatapathError::PinDir { path, source });
+                }
+                _ => {}
+            }
+        }
+        check_pins(pin_dir, &resolved)?;
         let mut loader = EbpfLoader::new();
-        loader.map_max_entries(names::FLOWS, flow_table_size);
+        size_maps(&mut loader, &resolved);
         let paths: Vec<(&str, PathBuf)> = names::PINNED_MAPS
             .iter()
             .map(|name| (*name, pin_dir.join(name)))
@@ -65,14 +87,14 @@ impl Datapath {
     /// adding test packets to its counters.
     pub fn load_shadow(object: &[u8], pin_dir: &Path) -> Result<Self, DatapathError> {
         check_pin_dir(pin_dir)?;
-        check_pins(pin_dir, None)?;
+        check_pins(pin_dir, &MapSizes::default())?;
         let shared = [
             names::PREFIX_V4,
             names::PREFIX_V6,
             names::POLICY,
             names::CONFIG,
         ];
-        let paths: Vec<(&str, PathBuf)> = shared
+        let mut paths: Vec<(&str, PathBuf)> = shared
             .iter()
             .map(|name| (*name, pin_dir.join(name)))
             .collect();
@@ -80,6 +102,16 @@ impl Datapath {
             return Err(DatapathError::NoPins { path: path.clone() });
         }
         let mut loader = EbpfLoader::new();
+        // The live index too, when the pins have one, sized as pinned.
+        let index = [names::INDEX_SLOTS, names::INDEX_VALUES, names::INDEX_CTL];
+        if index.iter().all(|name| pin_dir.join(name).exists()) {
+            for name in index {
+                if let Some(size) = pinned_size(pin_dir, name) {
+                    loader.map_max_entries(name, size);
+                }
+                paths.push((name, pin_dir.join(name)));
+            }
+        }
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
@@ -89,9 +121,14 @@ impl Datapath {
 
     /// Loads the programs with private maps that nothing else sees (tests, `classify`).
     pub fn load_private(object: &[u8]) -> Result<Self, DatapathError> {
-        let ebpf = EbpfLoader::new()
-            .load(object)
-            .map_err(DatapathError::Load)?;
+        Self::load_private_sized(object, &MapSizes::default())
+    }
+
+    /// [`Datapath::load_private`] with the maps sized at load sized (benchmarks, tests).
+    pub fn load_private_sized(object: &[u8], sizes: &MapSizes) -> Result<Self, DatapathError> {
+        let mut loader = EbpfLoader::new();
+        size_maps(&mut loader, sizes);
+        let ebpf = loader.load(object).map_err(DatapathError::Load)?;
         Self::finish_load(ebpf, None)
     }
 
@@ -138,6 +175,11 @@ impl Datapath {
                 .map_err(|source| DatapathError::Map { name, source })?;
             MapData::from_id(info.id()).map_err(|source| DatapathError::Map { name, source })
         };
+        let index = IndexMaps::new(
+            &take(names::INDEX_SLOTS)?,
+            &take(names::INDEX_VALUES)?,
+            &take(names::INDEX_CTL)?,
+        )?;
         Maps::from_data(
             [
                 take(names::PREFIX_V4)?,
@@ -148,7 +190,16 @@ impl Datapath {
                 take(names::SET_STATS)?,
             ],
             Some(take(names::FLOWS)?),
+            Some(index),
         )
+    }
+}
+
+fn size_maps(loader: &mut EbpfLoader, sizes: &MapSizes) {
+    for (name, _) in SIZED_MAPS {
+        if let Some(size) = sizes.get(name) {
+            loader.map_max_entries(name, size);
+        }
     }
 }
 

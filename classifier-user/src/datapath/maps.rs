@@ -9,10 +9,13 @@ use classifier_common::{
 };
 
 use super::{
-    DatapathError,
+    DatapathError, IndexMaps, Installed,
     pins::{check_pin_dir, check_pins},
 };
-use crate::compile::Compiled;
+use crate::{
+    compile::Compiled,
+    index::{IndexError, build},
+};
 
 /// Handles on the six maps, from a loaded object or from pins.
 pub struct Maps {
@@ -24,6 +27,8 @@ pub struct Maps {
     set_stats: PerCpuArray<MapData, Counter>,
     /// Absent in pins of a version before flows (until the agent restarts).
     flows: Option<HashMap<MapData, FlowKey, FlowValue>>,
+    /// Absent in pins of a version before the index (until the agent restarts).
+    index: Option<IndexMaps>,
 }
 
 /// A flow of the flow table.
@@ -40,6 +45,10 @@ pub struct ApplyReport {
     pub changed: usize,
     pub removed: usize,
     pub unchanged: usize,
+    /// The index made live before the tries were written, if one was.
+    pub index: Option<Installed>,
+    /// Why no index is live (the tries decide), if the table does not fit it.
+    pub index_error: Option<IndexError>,
 }
 
 impl ApplyReport {
@@ -61,7 +70,7 @@ impl Maps {
     /// Opens the maps pinned in `pin_dir`.
     pub fn from_pins(pin_dir: &Path) -> Result<Self, DatapathError> {
         check_pin_dir(pin_dir)?;
-        check_pins(pin_dir, None)?;
+        check_pins(pin_dir, &super::MapSizes::default())?;
         let first = pin_dir.join(names::PREFIX_V4);
         if !first.exists() {
             return Err(DatapathError::NoPins {
@@ -77,6 +86,15 @@ impl Maps {
             .exists()
             .then(|| open(names::FLOWS))
             .transpose()?;
+        let index = if pin_dir.join(names::INDEX_CTL).exists() {
+            Some(IndexMaps::new(
+                &open(names::INDEX_SLOTS)?,
+                &open(names::INDEX_VALUES)?,
+                &open(names::INDEX_CTL)?,
+            )?)
+        } else {
+            None
+        };
         Self::from_data(
             [
                 open(names::PREFIX_V4)?,
@@ -87,12 +105,14 @@ impl Maps {
                 open(names::SET_STATS)?,
             ],
             flows,
+            index,
         )
     }
 
     pub(super) fn from_data(
         data: [MapData; 6],
         flows: Option<MapData>,
+        index: Option<IndexMaps>,
     ) -> Result<Self, DatapathError> {
         let [prefix_v4, prefix_v6, policy, config, stats, set_stats] = data;
         let map_error = |name| move |source| DatapathError::Map { name, source };
@@ -111,7 +131,14 @@ impl Maps {
                 .map(|data| HashMap::try_from(Map::LruHashMap(data)))
                 .transpose()
                 .map_err(map_error(names::FLOWS))?,
+            index,
         })
+    }
+
+    /// The index maps, when the pins have them.
+    #[must_use]
+    pub fn index(&self) -> Option<&IndexMaps> {
+        self.index.as_ref()
     }
 
     /// Forgets every flow: their next packets are classified afresh (tests, and a fresh
@@ -254,6 +281,19 @@ impl Maps {
         target: &Compiled,
     ) -> Result<ApplyReport, DatapathError> {
         let mut report = ApplyReport::default();
+        // The index first: one switch moves the data plane to the whole new table at once; the
+        // tries, the record that `lookup` and `bpftool` read, follow as a diff.
+        if let Some(index) = &mut self.index {
+            let (half_slots, half_values) = index.half();
+            match build(target, half_slots, half_values) {
+                Ok(built) => report.index = Some(index.install(&built)?),
+                Err(error) => {
+                    // Off before the tries change: they then move as a diff, with no gap.
+                    index.disable()?;
+                    report.index_error = Some(error);
+                }
+            }
+        }
         let v4_error = |source| DatapathError::Map {
             name: names::PREFIX_V4,
             source,

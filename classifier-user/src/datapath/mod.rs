@@ -11,6 +11,7 @@
 //! - [`links`]: attaching and detaching, and what the kernel says is attached;
 //! - [`maps`]: the maps, applied as a diff, and per-CPU sums.
 
+pub mod index;
 pub mod links;
 pub mod load;
 pub mod maps;
@@ -21,12 +22,13 @@ use std::{io, path::PathBuf};
 use aya::{maps::MapError, programs::ProgramError};
 use classifier_common::{action, category};
 
+pub use index::{IndexMaps, Installed};
 pub use links::{AttachedXdp, attached_xdp, detach};
 pub use load::Datapath;
 pub use maps::{ApplyReport, Flow, Maps};
 pub use pins::{
-    BPFFS, MAP_SHAPES, PinLock, attached_interfaces, check_pin_dir, ensure_bpffs, prepare_pin_dir,
-    tc_link_pin, xdp_link_pin,
+    BPFFS, MAP_SHAPES, MapSizes, PinLock, attached_interfaces, check_pin_dir, ensure_bpffs,
+    prepare_pin_dir, tc_link_pin, xdp_link_pin,
 };
 
 /// Optimize and Allow go direct, as Microsoft recommends; Default follows the tunnel.
@@ -128,6 +130,24 @@ pub enum DatapathError {
     Locked { path: PathBuf },
     #[error("the programs were loaded with private maps; attaching needs a pin directory")]
     Unpinned,
+    #[error("mapping map {name} into memory")]
+    Mmap {
+        name: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "an index of {slots} slots and {values} values does not fit a half of the index maps \
+         ({half_slots} slots, {half_values} values)"
+    )]
+    IndexSize {
+        slots: usize,
+        values: usize,
+        half_slots: u32,
+        half_values: u32,
+    },
+    #[error("waiting for readers of the old index half (membarrier)")]
+    Grace(#[source] io::Error),
     #[error("interface {iface}: xdp-breakout is not attached (no {path})")]
     NotAttached { iface: String, path: PathBuf },
 }

@@ -10,8 +10,10 @@ use std::{
 
 use aya::maps::{MapData, MapType};
 use classifier_common::{
-    Config, Counter, DEFAULT_FLOWS, FlowKey, FlowValue, LpmKeyV4, LpmKeyV6, MAX_PREFIXES,
-    MAX_SET_ID, Policy, PrefixRules, STATS_LEN, category, names,
+    Config, Counter, DEFAULT_FLOWS, DEFAULT_INDEX_SLOTS, DEFAULT_INDEX_VALUES, FlowKey, FlowValue,
+    LpmKeyV4, LpmKeyV6, MAX_PREFIXES, MAX_SET_ID, Policy, PrefixRules, STATS_LEN, category,
+    index::{IndexCtl, Slot},
+    names,
 };
 
 use super::DatapathError;
@@ -24,7 +26,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 ///
 /// The flow table's size is the agent's to choose (`[flows] table-size`); the object declares
 /// [`DEFAULT_FLOWS`].
-pub const MAP_SHAPES: [(&str, MapType, u32, u32, u32); 7] = [
+pub const MAP_SHAPES: [(&str, MapType, u32, u32, u32); 10] = [
     (
         names::PREFIX_V4,
         MapType::LpmTrie,
@@ -68,6 +70,66 @@ pub const MAP_SHAPES: [(&str, MapType, u32, u32, u32); 7] = [
         size32::<FlowValue>(),
         DEFAULT_FLOWS,
     ),
+    (
+        names::INDEX_SLOTS,
+        MapType::Array,
+        4,
+        size32::<Slot>(),
+        DEFAULT_INDEX_SLOTS,
+    ),
+    (
+        names::INDEX_VALUES,
+        MapType::Array,
+        4,
+        size32::<PrefixRules>(),
+        DEFAULT_INDEX_VALUES,
+    ),
+    (names::INDEX_CTL, MapType::Array, 4, size32::<IndexCtl>(), 1),
+];
+
+/// The sizes of the maps sized at load (the flow table, the index); `None`: the pinned
+/// map's size, else the object's default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MapSizes {
+    pub flows: Option<u32>,
+    pub index_slots: Option<u32>,
+    pub index_values: Option<u32>,
+}
+
+impl MapSizes {
+    /// The size asked for map `name`, if it is one sized at load.
+    #[must_use]
+    pub fn get(&self, name: &str) -> Option<u32> {
+        match name {
+            names::FLOWS => self.flows,
+            names::INDEX_SLOTS => self.index_slots,
+            names::INDEX_VALUES => self.index_values,
+            _ => None,
+        }
+    }
+
+    /// Slots and values for an index of `memory_mib` MiB (both halves): 1/32 for values, the
+    /// rest for slots. 0 turns the index off (maps of two entries).
+    #[must_use]
+    pub fn index_memory(memory_mib: u32) -> (u32, u32) {
+        if memory_mib == 0 {
+            return (2, 2);
+        }
+        let bytes = u64::from(memory_mib) << 20;
+        let values = (bytes / 32 / size_of::<PrefixRules>() as u64).max(512) & !1;
+        let slots = (bytes - values * size_of::<PrefixRules>() as u64) / size_of::<Slot>() as u64;
+        (
+            u32::try_from(slots & !1).unwrap_or(u32::MAX - 1),
+            u32::try_from(values).unwrap_or(u32::MAX - 1),
+        )
+    }
+}
+
+/// Maps sized at load, with their defaults; the index maps go together.
+pub(super) const SIZED_MAPS: [(&str, u32); 3] = [
+    (names::FLOWS, DEFAULT_FLOWS),
+    (names::INDEX_SLOTS, DEFAULT_INDEX_SLOTS),
+    (names::INDEX_VALUES, DEFAULT_INDEX_VALUES),
 ];
 
 #[expect(
@@ -194,28 +256,25 @@ impl PinLock {
     }
 }
 
-/// The size of the flow table pinned in `pin_dir`, if there is one.
-pub(super) fn pinned_flow_table_size(pin_dir: &Path) -> Option<u32> {
-    let map = MapData::from_pin(pin_dir.join(names::FLOWS)).ok()?;
+/// The size of map `name` pinned in `pin_dir`, if there is one.
+pub(super) fn pinned_size(pin_dir: &Path, name: &str) -> Option<u32> {
+    let map = MapData::from_pin(pin_dir.join(name)).ok()?;
     Some(map.info().ok()?.max_entries())
 }
 
-/// Checks every map already pinned in `pin_dir` against [`MAP_SHAPES`]; the flow table's size
-/// against `flow_table_size` when given (any size when not: readers take what is there).
-pub(super) fn check_pins(
-    pin_dir: &Path,
-    flow_table_size: Option<u32>,
-) -> Result<(), DatapathError> {
+/// Checks every map already pinned in `pin_dir` against [`MAP_SHAPES`]; the sizes of the maps
+/// sized at load against `sizes` when given (any size when not: readers take what is there).
+pub(super) fn check_pins(pin_dir: &Path, sizes: &MapSizes) -> Result<(), DatapathError> {
     for (name, map_type, key_size, value_size, max_entries) in MAP_SHAPES {
         let path = pin_dir.join(name);
         if !path.exists() {
             continue;
         }
-        let max_entries = if name == names::FLOWS {
-            match flow_table_size {
-                Some(size) => size,
-                None => pinned_flow_table_size(pin_dir).unwrap_or(max_entries),
-            }
+        let max_entries = if SIZED_MAPS.iter().any(|(sized, _)| *sized == name) {
+            sizes
+                .get(name)
+                .or_else(|| pinned_size(pin_dir, name))
+                .unwrap_or(max_entries)
         } else {
             max_entries
         };

@@ -1,0 +1,278 @@
+//! The index maps, mapped into this process: a new table is copied into the half nobody
+//! reads, then made live with one atomic store of the control word. The half that was live is
+//! written again only after an RCU grace period (`membarrier(MEMBARRIER_CMD_GLOBAL)` waits
+//! for one): XDP and tc programs run inside RCU read-side sections, so by then no packet is
+//! still walking it.
+
+use std::{
+    io,
+    os::fd::{AsFd as _, AsRawFd as _},
+    ptr::NonNull,
+    sync::atomic::{AtomicU64, Ordering, fence},
+    time::{Duration, Instant},
+};
+
+use aya::maps::MapData;
+use classifier_common::{
+    PrefixRules,
+    index::{IndexCtl, LIVE_OFF, Slot, live_half, live_word},
+    names,
+};
+
+use super::DatapathError;
+use crate::index::Built;
+
+/// A shared, writable mapping of an array map's values.
+struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory shared with the kernel; access goes through `&self` or
+// `&mut self` like a slice.
+unsafe impl Send for Mapping {}
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    fn new(name: &'static str, data: &MapData, len: usize) -> Result<Self, DatapathError> {
+        let fd = data.fd().as_fd().as_raw_fd();
+        // SAFETY: a fresh shared mapping of a BPF_F_MMAPABLE array of at least `len` bytes;
+        // the kernel checks the size and the flag.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(DatapathError::Mmap {
+                name,
+                source: io::Error::last_os_error(),
+            });
+        }
+        let ptr = NonNull::new(ptr.cast()).ok_or(DatapathError::Mmap {
+            name,
+            source: io::Error::other("mmap returned null"),
+        })?;
+        Ok(Self { ptr, len })
+    }
+
+    /// The mapping as `T`s (`size_of::<T>()` divides the kernel's element size: arrays
+    /// round elements up to 8 bytes, and every type here is a multiple of 8).
+    fn as_slice<T>(&self) -> &[T] {
+        // SAFETY: page-aligned, `len` bytes, and every bit pattern is a valid `T` (plain
+        // integers).
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().cast(), self.len / size_of::<T>()) }
+    }
+
+    fn as_mut_slice<T>(&mut self) -> &mut [T] {
+        // SAFETY: as above; `&mut self` keeps this process's writers apart, the pin lock
+        // other processes'.
+        unsafe {
+            std::slice::from_raw_parts_mut(self.ptr.as_ptr().cast(), self.len / size_of::<T>())
+        }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping, not used after this.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// The three index maps, mapped.
+pub struct IndexMaps {
+    slots: Mapping,
+    values: Mapping,
+    ctl: Mapping,
+    half_slots: u32,
+    half_values: u32,
+}
+
+/// What [`IndexMaps::install`] took.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Installed {
+    /// From the start of the copy until the new half was live.
+    pub switch: Duration,
+    /// The grace period after the switch (the old half is free when it ends).
+    pub grace: Duration,
+    /// Slots and values written.
+    pub slots: usize,
+    pub values: usize,
+}
+
+impl IndexMaps {
+    /// Maps the index maps (the three of [`names`]: slots, values, control).
+    pub fn new(slots: &MapData, values: &MapData, ctl: &MapData) -> Result<Self, DatapathError> {
+        let entries = |name: &'static str, data: &MapData| {
+            data.info()
+                .map(|info| info.max_entries())
+                .map_err(|source| DatapathError::Map { name, source })
+        };
+        let slot_entries = entries(names::INDEX_SLOTS, slots)?;
+        let value_entries = entries(names::INDEX_VALUES, values)?;
+        let bytes = |entries: u32, size: usize| entries as usize * size;
+        let this = Self {
+            slots: Mapping::new(
+                names::INDEX_SLOTS,
+                slots,
+                bytes(slot_entries, size_of::<Slot>()),
+            )?,
+            values: Mapping::new(
+                names::INDEX_VALUES,
+                values,
+                bytes(value_entries, size_of::<PrefixRules>()),
+            )?,
+            ctl: Mapping::new(names::INDEX_CTL, ctl, size_of::<IndexCtl>())?,
+            half_slots: slot_entries / 2,
+            half_values: value_entries / 2,
+        };
+        Ok(this)
+    }
+
+    /// Slots and values of one half: what a table may use.
+    #[must_use]
+    pub fn half(&self) -> (u32, u32) {
+        (self.half_slots, self.half_values)
+    }
+
+    /// Bytes of kernel memory the index maps take (both halves).
+    #[must_use]
+    pub fn memory_bytes(&self) -> usize {
+        self.slots.len + self.values.len
+    }
+
+    fn word(&self, field: usize) -> &AtomicU64 {
+        let words: &[u64] = self.ctl.as_slice();
+        // SAFETY: an aligned u64 of the shared mapping; every access to it is atomic.
+        unsafe { AtomicU64::from_ptr(std::ptr::from_ref(&words[field]).cast_mut()) }
+    }
+
+    fn live(&self) -> &AtomicU64 {
+        self.word(0)
+    }
+
+    fn seq(&self) -> &AtomicU64 {
+        self.word(1)
+    }
+
+    fn released(&self) -> &AtomicU64 {
+        self.word(2)
+    }
+
+    /// Slots and values the live half uses (`used_slots`, `used_values` of the control).
+    fn usage(&self) -> &AtomicU64 {
+        self.word(3)
+    }
+
+    /// What the live index uses: `(slots, values)`, `None` when the tries decide.
+    #[must_use]
+    pub fn used(&self) -> Option<(u32, u32)> {
+        live_half(self.live().load(Ordering::Acquire))?;
+        let usage = self.usage().load(Ordering::Acquire);
+        // `used_slots` comes first in the struct: the low half on a little-endian host.
+        let (first, second) = (usage as u32, (usage >> 32) as u32);
+        Some(if cfg!(target_endian = "little") {
+            (first, second)
+        } else {
+            (second, first)
+        })
+    }
+
+    /// The live half as the kernel reads it: its slots and values; `None` when the tries
+    /// decide.
+    #[must_use]
+    pub fn live_half(&self) -> Option<(&[Slot], &[PrefixRules])> {
+        let (slot_base, value_base) = live_half(self.live().load(Ordering::Acquire))?;
+        let slots: &[Slot] = self.slots.as_slice();
+        let values: &[PrefixRules] = self.values.as_slice();
+        Some((
+            slots.get(slot_base as usize..(slot_base + self.half_slots) as usize)?,
+            values.get(value_base as usize..(value_base + self.half_values) as usize)?,
+        ))
+    }
+
+    /// Makes `built` the live index: copied into the half nobody reads, then switched.
+    pub fn install(&mut self, built: &Built) -> Result<Installed, DatapathError> {
+        if built.slots.len() > self.half_slots as usize
+            || built.values.len() > self.half_values as usize
+        {
+            return Err(DatapathError::IndexSize {
+                slots: built.slots.len(),
+                values: built.values.len(),
+                half_slots: self.half_slots,
+                half_values: self.half_values,
+            });
+        }
+        self.wait_released()?;
+        let start = Instant::now();
+        let next = match live_half(self.live().load(Ordering::Acquire)) {
+            Some((0, _)) => 1,
+            _ => 0,
+        };
+        let slot_base = next * self.half_slots;
+        let value_base = next * self.half_values;
+        let slots: &mut [Slot] = self.slots.as_mut_slice();
+        slots[slot_base as usize..][..built.slots.len()].copy_from_slice(&built.slots);
+        let values: &mut [PrefixRules] = self.values.as_mut_slice();
+        values[value_base as usize..][..built.values.len()].copy_from_slice(&built.values);
+        fence(Ordering::Release);
+        self.live()
+            .store(live_word(slot_base, value_base), Ordering::Release);
+        self.seq().fetch_add(1, Ordering::AcqRel);
+        let switch = start.elapsed();
+        let (used_slots, used_values) = (built.slots.len() as u64, built.values.len() as u64);
+        self.usage().store(
+            if cfg!(target_endian = "little") {
+                used_slots | (used_values << 32)
+            } else {
+                used_values | (used_slots << 32)
+            },
+            Ordering::Release,
+        );
+        let grace = self.wait_released()?;
+        Ok(Installed {
+            switch,
+            grace,
+            slots: built.slots.len(),
+            values: built.values.len(),
+        })
+    }
+
+    /// No index: the tries decide every packet.
+    pub fn disable(&mut self) -> Result<(), DatapathError> {
+        if self.live().load(Ordering::Acquire) != LIVE_OFF {
+            self.live().store(LIVE_OFF, Ordering::Release);
+            self.seq().fetch_add(1, Ordering::AcqRel);
+        }
+        self.wait_released().map(drop)
+    }
+
+    /// Waits, when a switch may still have readers of the other half, until none has.
+    fn wait_released(&self) -> Result<Duration, DatapathError> {
+        let start = Instant::now();
+        let seq = self.seq().load(Ordering::Acquire);
+        if self.released().load(Ordering::Acquire) != seq {
+            synchronize_rcu()?;
+            self.released().store(seq, Ordering::Release);
+        }
+        Ok(start.elapsed())
+    }
+}
+
+/// Waits for an RCU grace period: `membarrier(MEMBARRIER_CMD_GLOBAL)` calls
+/// `synchronize_rcu()` (on more than one CPU; on one, no reader can run meanwhile).
+fn synchronize_rcu() -> Result<(), DatapathError> {
+    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
+    // SAFETY: a syscall without pointers.
+    let ret = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+    if ret != 0 {
+        return Err(DatapathError::Grace(io::Error::last_os_error()));
+    }
+    Ok(())
+}
