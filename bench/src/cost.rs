@@ -17,7 +17,8 @@ use classifier_common::{Config, names};
 use classifier_user::{
     EMBEDDED_FEED,
     compile::Compiled,
-    datapath::{DEFAULT_POLICY, Datapath},
+    datapath::{ApplyReport, DEFAULT_POLICY, Datapath, MapSizes},
+    index,
 };
 
 use crate::{
@@ -32,6 +33,7 @@ const XDP_PASS: u32 = 2;
 /// What the cost section found, for the refresh section and the chart.
 pub struct CostResults {
     pub section: Section,
+    pub goals: GoalInputs,
     /// Loading each synthetic table from empty, and the kernel memory it takes.
     pub loads: Vec<Figure>,
     pub chart: Vec<Series>,
@@ -105,24 +107,55 @@ fn flow_hit(datapath: &mut Datapath, frame: &[u8], settings: &Settings) -> anyho
     result
 }
 
-/// The classifier loaded with private maps holding `compiled`; returns it and the seconds
-/// the apply took.
-pub fn load_classifier(compiled: &Compiled) -> anyhow::Result<(Datapath, f64)> {
+/// The classifier loaded with private maps holding `compiled`, its index sized for the table
+/// (two halves of what it needs, as an operator sets `[index] memory-mib`).
+pub struct Loaded {
+    pub datapath: Datapath,
+    /// The apply from empty: index first, then the tries.
+    pub report: ApplyReport,
+    /// The whole apply, tries included.
+    pub seconds: f64,
+}
+
+/// Index map sizes that hold `compiled`: twice what one half needs.
+pub fn index_sizes(compiled: &Compiled) -> anyhow::Result<MapSizes> {
+    let built = index::build(compiled, classifier_common::index::NODE - 1, 1 << 30)?;
+    let slots = u32::try_from(built.slots.len())?;
+    let values = u32::try_from(built.values.len())?.max(2);
+    Ok(MapSizes {
+        flows: None,
+        index_slots: Some(2 * slots),
+        index_values: Some(2 * values),
+    })
+}
+
+pub fn load_classifier(compiled: &Compiled) -> anyhow::Result<Loaded> {
     let mut datapath =
-        Datapath::load_private(classifier_user::EBPF_OBJECT).context("loading the classifier")?;
+        Datapath::load_private_sized(classifier_user::EBPF_OBJECT, &index_sizes(compiled)?)
+            .context("loading the classifier")?;
     let mut maps = datapath.maps()?;
     maps.set_policy(DEFAULT_POLICY)?;
     maps.set_config(&first_packets())?;
     let start = Instant::now();
-    maps.apply(compiled).context("filling the tries")?;
-    Ok((datapath, start.elapsed().as_secs_f64()))
+    let report = maps.apply(compiled).context("filling the index and the tries")?;
+    let seconds = start.elapsed().as_secs_f64();
+    ensure!(
+        report.index.is_some(),
+        "no index: {:?}",
+        report.index_error
+    );
+    Ok(Loaded {
+        datapath,
+        report,
+        seconds,
+    })
 }
 
 /// Kernel memory of one of the classifier's maps (`memlock` in its fdinfo: the kernel's own
 /// accounting since 6.4).
 fn map_memory_kib(datapath: &mut Datapath, name: &str) -> Option<f64> {
     use std::os::fd::{AsFd as _, AsRawFd as _};
-    let Some(Map::LpmTrie(data)) = datapath.ebpf().map(name) else {
+    let (Map::LpmTrie(data) | Map::Array(data)) = datapath.ebpf().map(name)? else {
         return None;
     };
     let fd = data.fd().as_fd().as_raw_fd();
@@ -134,6 +167,19 @@ fn map_memory_kib(datapath: &mut Datapath, name: &str) -> Option<f64> {
         .parse()
         .ok()?;
     Some(bytes / 1024.0)
+}
+
+/// Switches the index on (rebuilt from the tries) or off.
+fn use_index(datapath: &mut Datapath, on: bool) -> anyhow::Result<()> {
+    let mut maps = datapath.maps()?;
+    if on {
+        let installed = maps.installed()?;
+        let report = maps.apply_over(&installed, &installed)?;
+        ensure!(report.index.is_some(), "no index: {:?}", report.index_error);
+    } else if let Some(index) = maps.index_mut() {
+        index.disable()?;
+    }
+    Ok(())
 }
 
 struct Family {
@@ -150,6 +196,163 @@ const V6: Family = Family {
     map: names::PREFIX_V6,
 };
 
+/// Baselines of one family, from the same run.
+struct Baselines {
+    floor_hot: Figure,
+    floor_many: Figure,
+    parse_hot: Figure,
+    parse_many: Figure,
+}
+
+/// What the classifier costs on one table in one mode.
+struct Rows {
+    one: f64,
+    many: f64,
+    hit: f64,
+}
+
+fn measure(datapath: &mut Datapath, frames: &[Vec<u8>], settings: &Settings) -> anyhow::Result<Rows> {
+    let xdp = datapath.xdp()?;
+    let one = hot(xdp, &frames[0], settings)?;
+    let many = many(xdp, frames, settings)?;
+    let hit = flow_hit(datapath, &frames[0], settings)?;
+    Ok(Rows { one, many, hit })
+}
+
+/// Pushes the rows of the tries, then the index's against them; returns the index's.
+fn push_rows(
+    section: &mut Section,
+    label: &str,
+    base: &Baselines,
+    tries: &Rows,
+    index: &Rows,
+) -> (Figure, Figure, Figure) {
+    let over_parse = |figure: Figure, parse: &Figure| {
+        let extra = figure.value - parse.value;
+        figure.note(format!("{extra:+.1} ns over parse"))
+    };
+    let rows = [
+        ("one packet", tries.one, index.one, &base.floor_hot, &base.parse_hot),
+        ("many destinations", tries.many, index.many, &base.floor_many, &base.parse_many),
+        ("flow hit", tries.hit, index.hit, &base.floor_hot, &base.parse_hot),
+    ];
+    let mut out = Vec::new();
+    for (what, tries, index, floor, parse) in rows {
+        let tries = section.push(over_parse(
+            Figure::new(format!("classifier (tries), {label}, {what}"), tries, "ns").vs(floor),
+            parse,
+        ));
+        out.push(section.push(over_parse(
+            Figure::new(format!("classifier (index), {label}, {what}"), index, "ns").vs(&tries),
+            parse,
+        )));
+    }
+    let [one, many, hit] = <[Figure; 3]>::try_from(out).expect("three rows");
+    (one, many, hit)
+}
+
+/// Traffic with the flow table on: `flows` flows over Zipf-ranked destinations, packets
+/// drawn by Zipf from the flows (a few elephants, a long tail), and every packet a new flow.
+fn mixes(
+    datapath: &mut Datapath,
+    dsts: &[IpAddr],
+    settings: &Settings,
+    seed: u64,
+) -> anyhow::Result<(f64, f64, f64)> {
+    let mut rng = tables::Rng::new(seed);
+    let flows = 4096.min(dsts.len() * 16).max(1);
+    let zipf_dst = Zipf::new(dsts.len());
+    let flow_frames: Vec<Vec<u8>> = (0..flows)
+        .map(|i| {
+            let dst = dsts[zipf_dst.sample(&mut rng)];
+            frames::udp_from(1024 + u16::try_from(i).unwrap_or(0), dst, frames::UDP_PORT)
+        })
+        .collect();
+    let zipf_flow = Zipf::new(flows);
+    let packets = settings.many_frames * settings.many_rounds;
+    let order: Vec<usize> = (0..packets).map(|_| zipf_flow.sample(&mut rng)).collect();
+    let mut maps = datapath.maps()?;
+    maps.set_config(&Config::default())?;
+    maps.clear_flows()?;
+    let xdp = datapath.xdp()?;
+    let mut total = 0.0;
+    let mut seen = std::collections::HashSet::new();
+    for &flow in &order {
+        total += once(xdp, &flow_frames[flow])?;
+        seen.insert(flow);
+    }
+    #[expect(clippy::cast_precision_loss, reason = "thousands")]
+    let zipf = total / order.len() as f64;
+    #[expect(clippy::cast_precision_loss, reason = "thousands")]
+    let new_share = seen.len() as f64 / order.len() as f64;
+    // Every packet a new flow: each round's frames have fresh source ports, and the table is
+    // emptied between rounds (not timed).
+    let mut total = 0.0;
+    let mut runs = 0u32;
+    for round in 0..settings.many_rounds {
+        maps.clear_flows()?;
+        let xdp = datapath.xdp()?;
+        for (i, dst) in dsts.iter().take(settings.many_frames).enumerate() {
+            let sport = u16::try_from((i + round * 7919) % 60_000).unwrap_or(0) + 1024;
+            total += once(xdp, &frames::udp_from(sport, *dst, frames::UDP_PORT))?;
+            runs += 1;
+        }
+    }
+    maps.clear_flows()?;
+    maps.set_config(&first_packets())?;
+    Ok((zipf, new_share, total / f64::from(runs.max(1))))
+}
+
+/// One run of `frame`, ns.
+fn once(prog: &Xdp, frame: &[u8]) -> anyhow::Result<f64> {
+    let result = prog.test_run(TestRunOptions {
+        data_in: Some(frame),
+        repeat: 1,
+        ..TestRunOptions::default()
+    })?;
+    Ok(result.duration.as_secs_f64() * 1e9)
+}
+
+/// Zipf (s = 1) over `n` ranks, by inverse CDF.
+struct Zipf {
+    cdf: Vec<f64>,
+}
+
+impl Zipf {
+    fn new(n: usize) -> Self {
+        let mut sum = 0.0;
+        #[expect(clippy::cast_precision_loss, reason = "thousands")]
+        let cdf = (0..n.max(1))
+            .map(|rank| {
+                sum += 1.0 / (rank + 1) as f64;
+                sum
+            })
+            .collect();
+        Self { cdf }
+    }
+
+    fn sample(&self, rng: &mut tables::Rng) -> usize {
+        let total = self.cdf.last().copied().unwrap_or(1.0);
+        #[expect(clippy::cast_precision_loss, reason = "53 bits of randomness")]
+        let pick = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * total;
+        self.cdf.partition_point(|&c| c < pick).min(self.cdf.len() - 1)
+    }
+}
+
+/// The figures the goals of the README's Performance section are computed from.
+#[derive(Default)]
+pub struct GoalInputs {
+    /// (family, real feed many destinations, largest table many destinations) with the index.
+    pub first_packet: Vec<(&'static str, f64, f64)>,
+    /// (family, real feed flow hit, largest table flow hit).
+    pub flow_hit: Vec<(&'static str, f64, f64)>,
+    /// (family, ms until the index of the largest table was live, ms of the whole apply).
+    pub load: Vec<(&'static str, f64, f64)>,
+    /// (family, index MiB both halves, trie MiB) at the largest table.
+    pub memory: Vec<(&'static str, f64, f64)>,
+    pub largest: usize,
+}
+
 #[expect(
     clippy::too_many_lines,
     reason = "one measurement after the other, in order"
@@ -161,8 +364,10 @@ pub fn run(settings: &Settings) -> anyhow::Result<CostResults> {
             "one packet: median of {} trials of {} runs; many destinations: {} frames to \
              different installed prefixes, one run each, {} rounds (both without the flow \
              table: every run is a first packet); flow hit: the one packet again with the \
-             flow table on, so every run but the first finds its flow; UDP to port {}, \
-             60/78-byte frames",
+             flow table on, so every run but the first finds its flow; each with the index \
+             and with the tries alone (index switched off), ratios index / tries; mixes (flow \
+             table on): Zipf flows over Zipf destinations, and every packet a new flow; UDP to \
+             port {}, 60/78-byte frames",
             settings.hot_trials,
             settings.hot_repeat,
             settings.many_frames,
@@ -171,6 +376,10 @@ pub fn run(settings: &Settings) -> anyhow::Result<CostResults> {
         ),
     );
     let mut loads = Vec::new();
+    let mut goals = GoalInputs {
+        largest: settings.sizes.iter().copied().max().unwrap_or(0),
+        ..GoalInputs::default()
+    };
 
     let real = tables::compile_feed(EMBEDDED_FEED)?;
     let (real_v4, real_v6) = tables::destinations(&real, settings.many_frames, 1);
@@ -208,65 +417,40 @@ pub fn run(settings: &Settings) -> anyhow::Result<CostResults> {
             )
             .vs(&floor_many),
         );
-        baselines.push((floor_hot, floor_many, parse_hot, parse_many));
+        baselines.push(Baselines {
+            floor_hot,
+            floor_many,
+            parse_hot,
+            parse_many,
+        });
     }
     let parsed = bench.count(progs::slot::PARSED)?;
     ensure!(parsed.packets > 0, "the parse baseline parsed nothing");
     drop(bench);
 
-    let over_parse = |figure: Figure, parse: &Figure| {
-        let extra = figure.value - parse.value;
-        figure.note(format!("{extra:+.1} ns over parse"))
-    };
-
+    let mut chart_points: [Vec<(f64, f64)>; 6] = Default::default();
     // The real feed: both families in one load, as the agent installs it.
-    let (mut datapath, _) = load_classifier(&real)?;
-    for (index, (family, frames, count)) in [
-        (&V4, &frames_v4, real.v4.len()),
-        (&V6, &frames_v6, real.v6.len()),
+    let mut real_rows = Vec::new();
+    let Loaded { mut datapath, .. } = load_classifier(&real)?;
+    for (index, (family, frames, dsts, count)) in [
+        (&V4, &frames_v4, &real_v4, real.v4.len()),
+        (&V6, &frames_v6, &real_v6, real.v6.len()),
     ]
     .into_iter()
     .enumerate()
     {
-        let (floor_hot, floor_many, parse_hot, parse_many) = &baselines[index];
-        let xdp = datapath.xdp()?;
-        let figure = Figure::new(
-            format!(
-                "classifier, real feed ({count} {} prefixes), one packet",
-                family.name
-            ),
-            hot(xdp, &frames[0], settings)?,
-            "ns",
-        )
-        .vs(floor_hot);
-        section.push(over_parse(figure, parse_hot));
-        let figure = Figure::new(
-            format!(
-                "classifier, real feed ({count} {} prefixes), many destinations",
-                family.name
-            ),
-            many(xdp, frames, settings)?,
-            "ns",
-        )
-        .vs(floor_many);
-        section.push(over_parse(figure, parse_many));
-        let figure = Figure::new(
-            format!(
-                "classifier, real feed ({count} {} prefixes), flow hit",
-                family.name
-            ),
-            flow_hit(&mut datapath, &frames[0], settings)?,
-            "ns",
-        )
-        .vs(floor_hot);
-        section.push(over_parse(figure, parse_hot));
+        let label = format!("real feed ({count} {} prefixes)", family.name);
+        let with_index = measure(&mut datapath, frames, settings)?;
+        use_index(&mut datapath, false)?;
+        let tries = measure(&mut datapath, frames, settings)?;
+        use_index(&mut datapath, true)?;
+        let (_, many, hit) = push_rows(&mut section, &label, &baselines[index], &tries, &with_index);
+        let (zipf, share, fresh) = mixes(&mut datapath, dsts, settings, 7 + index as u64)?;
+        push_mixes(&mut section, &label, zipf, share, fresh);
+        real_rows.push((many.value, hit.value));
     }
     drop(datapath);
 
-    let mut hot_v4 = Vec::new();
-    let mut many_v4 = Vec::new();
-    let mut hot_v6 = Vec::new();
-    let mut many_v6 = Vec::new();
     for &size in &settings.sizes {
         for (index, family) in [&V4, &V6].into_iter().enumerate() {
             let seed = 100 + size as u64 + index as u64;
@@ -276,67 +460,85 @@ pub fn run(settings: &Settings) -> anyhow::Result<CostResults> {
                 tables::synthetic_v6(size, seed)
             };
             let (dst_v4, dst_v6) = tables::destinations(&compiled, settings.many_frames, seed);
-            let frames = frames_to(if index == 0 { &dst_v4 } else { &dst_v6 });
-            let (mut datapath, seconds) = load_classifier(&compiled)?;
+            let dsts = if index == 0 { dst_v4 } else { dst_v6 };
+            let frames = frames_to(&dsts);
+            let Loaded {
+                mut datapath,
+                report,
+                seconds,
+            } = load_classifier(&compiled)?;
             let label = size_label(size);
+            let ready_ms = report.ready.as_secs_f64() * 1e3;
+            #[expect(clippy::cast_precision_loss, reason = "at most a million")]
+            let per_second = size as f64 / seconds;
             loads.push(
                 Figure::new(
-                    format!("apply {label} {} prefixes to empty tries", family.name),
-                    seconds * 1e3,
+                    format!("apply {label} {} prefixes from empty: the index live", family.name),
+                    ready_ms,
                     "ms",
                 )
                 .note(format!(
-                    "{:.0} prefixes/s",
-                    f64::from(u32::try_from(size).unwrap_or(u32::MAX)) / seconds
+                    "build + copy + switch; {} slots, {} rule sets",
+                    report.index.map_or(0, |index| index.slots),
+                    report.index.map_or(0, |index| index.values.saturating_sub(1))
                 )),
             );
-            if let Some(kib) = map_memory_kib(&mut datapath, family.map) {
-                loads.push(Figure::new(
+            loads.push(
+                Figure::new(
                     format!(
-                        "kernel memory of the {} trie, {label} prefixes",
+                        "apply {label} {} prefixes from empty: the tries filled too",
                         family.name
                     ),
-                    kib / 1024.0,
+                    seconds * 1e3,
+                    "ms",
+                )
+                .note(format!("{per_second:.0} prefixes/s; the record, after the switch")),
+            );
+            let trie_mib = map_memory_kib(&mut datapath, family.map).map(|kib| kib / 1024.0);
+            if let Some(mib) = trie_mib {
+                loads.push(Figure::new(
+                    format!("kernel memory of the {} trie, {label} prefixes", family.name),
+                    mib,
                     "MiB",
                 ));
             }
-            drop(compiled);
-            let (floor_hot, floor_many, parse_hot, parse_many) = &baselines[index];
-            let xdp = datapath.xdp()?;
-            let one = hot(xdp, &frames[0], settings)?;
-            let spread = many(xdp, &frames, settings)?;
-            let figure = Figure::new(
-                format!("classifier, {label} {} prefixes, one packet", family.name),
-                one,
-                "ns",
-            )
-            .vs(floor_hot);
-            section.push(over_parse(figure, parse_hot));
-            let figure = Figure::new(
+            let index_mib = [names::INDEX_SLOTS, names::INDEX_VALUES]
+                .iter()
+                .filter_map(|name| map_memory_kib(&mut datapath, name))
+                .sum::<f64>()
+                / 1024.0;
+            let mut figure = Figure::new(
                 format!(
-                    "classifier, {label} {} prefixes, many destinations",
+                    "kernel memory of the index (both halves), {label} {} prefixes",
                     family.name
                 ),
-                spread,
-                "ns",
-            )
-            .vs(floor_many);
-            section.push(over_parse(figure, parse_many));
-            let figure = Figure::new(
-                format!("classifier, {label} {} prefixes, flow hit", family.name),
-                flow_hit(&mut datapath, &frames[0], settings)?,
-                "ns",
-            )
-            .vs(floor_hot);
-            section.push(over_parse(figure, parse_hot));
+                index_mib,
+                "MiB",
+            );
+            if let Some(mib) = trie_mib {
+                figure = figure.note(format!("{:.2}x the trie", index_mib / mib));
+            }
+            loads.push(figure);
+            drop(compiled);
+            let with_index = measure(&mut datapath, &frames, settings)?;
+            use_index(&mut datapath, false)?;
+            let tries = measure(&mut datapath, &frames, settings)?;
+            use_index(&mut datapath, true)?;
+            let label = format!("{label} {} prefixes", family.name);
+            let (_, many, hit) = push_rows(&mut section, &label, &baselines[index], &tries, &with_index);
+            let (zipf, share, fresh) = mixes(&mut datapath, &dsts, settings, seed)?;
+            push_mixes(&mut section, &label, zipf, share, fresh);
             #[expect(clippy::cast_precision_loss, reason = "at most a million")]
             let x = size as f64;
-            if index == 0 {
-                hot_v4.push((x, one));
-                many_v4.push((x, spread));
-            } else {
-                hot_v6.push((x, one));
-                many_v6.push((x, spread));
+            let base = index * 3;
+            chart_points[base].push((x, tries.many));
+            chart_points[base + 1].push((x, with_index.many));
+            chart_points[base + 2].push((x, with_index.hit));
+            if size == goals.largest {
+                goals.first_packet.push((family.name, real_rows[index].0, many.value));
+                goals.flow_hit.push((family.name, real_rows[index].1, hit.value));
+                goals.load.push((family.name, ready_ms, seconds * 1e3));
+                goals.memory.push((family.name, index_mib, trie_mib.unwrap_or(0.0)));
             }
         }
     }
@@ -357,55 +559,51 @@ pub fn run(settings: &Settings) -> anyhow::Result<CostResults> {
             })
             .collect::<Vec<_>>()
     };
+    let [tries_v4, index_v4, hit_v4, tries_v6, index_v6, hit_v6] = chart_points;
+    let series = |label: &str, color, dashed, points| Series {
+        label: label.to_owned(),
+        color,
+        dashed,
+        points,
+    };
     let chart = vec![
-        Series {
-            label: "classifier IPv4, one packet (hot)".to_owned(),
-            color: "#1f77b4",
-            dashed: false,
-            points: hot_v4,
-        },
-        Series {
-            label: "classifier IPv4, many destinations".to_owned(),
-            color: "#d62728",
-            dashed: false,
-            points: many_v4,
-        },
-        Series {
-            label: "classifier IPv6, one packet (hot)".to_owned(),
-            color: "#1f77b4",
-            dashed: true,
-            points: hot_v6,
-        },
-        Series {
-            label: "classifier IPv6, many destinations".to_owned(),
-            color: "#d62728",
-            dashed: true,
-            points: many_v6,
-        },
-        Series {
-            label: "parse + count IPv4 (no lookup)".to_owned(),
-            color: "#7f7f7f",
-            dashed: true,
-            points: flat(baselines[0].2.value),
-        },
-        Series {
-            label: "floor: XDP_PASS, one packet".to_owned(),
-            color: "#2ca02c",
-            dashed: false,
-            points: flat(baselines[0].0.value),
-        },
-        Series {
-            label: "floor: XDP_PASS, many dst.".to_owned(),
-            color: "#2ca02c",
-            dashed: true,
-            points: flat(baselines[0].1.value),
-        },
+        series("tries alone IPv4, many destinations", "#d62728", false, tries_v4),
+        series("tries alone IPv6, many destinations", "#d62728", true, tries_v6),
+        series("index IPv4, many destinations", "#1f77b4", false, index_v4),
+        series("index IPv6, many destinations", "#1f77b4", true, index_v6),
+        series("flow hit IPv4", "#9467bd", false, hit_v4),
+        series("flow hit IPv6", "#9467bd", true, hit_v6),
+        series(
+            "parse + count IPv4 (no lookup)",
+            "#7f7f7f",
+            true,
+            flat(baselines[0].parse_many.value),
+        ),
+        series(
+            "floor: XDP_PASS, many dst.",
+            "#2ca02c",
+            true,
+            flat(baselines[0].floor_many.value),
+        ),
     ];
     Ok(CostResults {
         section,
         loads,
         chart,
+        goals,
     })
+}
+
+fn push_mixes(section: &mut Section, label: &str, zipf: f64, share: f64, fresh: f64) {
+    section.push(
+        Figure::new(format!("classifier (index), {label}, Zipf flows"), zipf, "ns")
+            .note(format!("{:.1}% of packets start a flow", share * 100.0)),
+    );
+    section.push(Figure::new(
+        format!("classifier (index), {label}, every packet a new flow"),
+        fresh,
+        "ns",
+    ));
 }
 
 /// 10k, 100k, 1M.

@@ -21,8 +21,14 @@ const PAYLOAD: usize = 18;
 /// A UDP frame to `dst`:`port`.
 #[must_use]
 pub fn udp(dst: IpAddr, port: u16) -> Vec<u8> {
+    udp_from(4321, dst, port)
+}
+
+/// A UDP frame from source port `sport` to `dst`:`port`: one flow per source port.
+#[must_use]
+pub fn udp_from(sport: u16, dst: IpAddr, port: u16) -> Vec<u8> {
     let mut udp = Vec::with_capacity(8 + PAYLOAD);
-    udp.extend_from_slice(&4321u16.to_be_bytes());
+    udp.extend_from_slice(&sport.to_be_bytes());
     udp.extend_from_slice(&port.to_be_bytes());
     udp.extend_from_slice(&u16_len(8 + PAYLOAD).to_be_bytes());
     // No UDP checksum: IPv4 allows it, and nothing on the measured path verifies it.

@@ -6,6 +6,7 @@
 
 mod cost;
 mod frames;
+mod goals;
 mod nft;
 mod progs;
 mod refresh;
@@ -133,20 +134,25 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     let cost = cost::run(&settings).context("cost per packet")?;
     cost.section.print();
     let mut refresh = refresh::run().context("map refresh")?;
-    refresh.figures.extend(cost.loads.iter().cloned());
+    refresh.section.figures.extend(cost.loads.iter().cloned());
     let mut chart = cost.chart;
     let mut sections = vec![cost.section];
+    let mut throughput_goals = Vec::new();
     if cli.no_throughput {
         println!("\n(skipping throughput)");
     } else {
         let throughput = throughput::run(&settings, with_nft).context("throughput over veth")?;
         throughput.section.print();
-        refresh.figures.extend(throughput.nft_loads);
+        refresh.section.figures.extend(throughput.nft_loads);
         chart.extend(throughput.chart);
         sections.push(throughput.section);
+        throughput_goals = throughput.goals;
     }
-    refresh.print();
-    sections.push(refresh);
+    refresh.section.print();
+    sections.push(refresh.section);
+    let goals = goals::section(&cost.goals, &throughput_goals, refresh.diff_ms);
+    goals.print();
+    sections.push(goals);
 
     std::fs::create_dir_all(&cli.out).with_context(|| format!("creating {}", cli.out.display()))?;
     let report = Report {

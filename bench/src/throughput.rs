@@ -35,8 +35,19 @@ const VB: &str = "vb";
 /// Frames per live-frames batch (the kernel's default is 64).
 const BATCH: u32 = 64;
 
+/// Classifier against nftables at one size, for the goals.
+pub struct ThroughputGoal {
+    pub label: String,
+    pub size: usize,
+    /// Packets per second, classifier / nftables.
+    pub ratio: f64,
+    /// ns the classifier adds over the baseline / ns nftables adds.
+    pub added: f64,
+}
+
 pub struct ThroughputResults {
     pub section: Section,
+    pub goals: Vec<ThroughputGoal>,
     /// `nft -f` load times of each set, for the refresh section.
     pub nft_loads: Vec<Figure>,
     pub chart: Vec<Series>,
@@ -163,8 +174,12 @@ fn classifier_receiver(
     dsts: &[IpAddr],
     frame: &[u8],
     settings: &Settings,
+    flows: bool,
 ) -> anyhow::Result<(Rate, f64)> {
-    let (mut datapath, _) = load_classifier(compiled)?;
+    let mut datapath = load_classifier(compiled)?.datapath;
+    if flows {
+        datapath.maps()?.set_config(&classifier_common::Config::default())?;
+    }
     datapath
         .xdp()?
         .attach(VB, XdpMode::Driver)
@@ -251,7 +266,8 @@ pub fn run(settings: &Settings, with_nft: bool) -> anyhow::Result<ThroughputResu
         .note(format!("{:.0} ns per packet, whole path", pass_tc.ns())),
     );
 
-    let mut classifier_points = Vec::new();
+    let mut classifier_points = [Vec::new(), Vec::new()];
+    let mut goals = Vec::new();
     let mut nft_points = Vec::new();
     for (label, size, compiled) in &tables_under_test {
         let (dsts, _) = tables::destinations(compiled, progs::MAX_DST, 7);
@@ -265,20 +281,29 @@ pub fn run(settings: &Settings, with_nft: bool) -> anyhow::Result<ThroughputResu
             "Mpps",
         ));
         let local_ns = 1e3 / local.value;
-        let (rate, direct) =
-            netns.run(|| classifier_receiver(compiled, &dsts, &frame, settings))?;
-        let extra = rate.ns() - local_ns;
-        let classifier = section.push(
-            Figure::new(format!("(c) classifier, {label}"), rate.mpps(), "Mpps")
-                .vs(&local)
-                .note(format!(
-                    "{extra:+.0} ns per packet over (b); {:.0}% direct",
-                    direct * 100.0
-                )),
-        );
-        if *size > 0 {
-            #[expect(clippy::cast_precision_loss, reason = "at most a million")]
-            classifier_points.push((*size as f64, extra));
+        let mut classifier = Vec::new();
+        for flows in [false, true] {
+            let (rate, direct) =
+                netns.run(|| classifier_receiver(compiled, &dsts, &frame, settings, flows))?;
+            let extra = rate.ns() - local_ns;
+            let name = if flows {
+                format!("(c) classifier, flow table on, {label}")
+            } else {
+                format!("(c) classifier, every packet classified, {label}")
+            };
+            let figure = section.push(
+                Figure::new(name, rate.mpps(), "Mpps")
+                    .vs(&local)
+                    .note(format!(
+                        "{extra:+.0} ns per packet over (b); {:.0}% direct",
+                        direct * 100.0
+                    )),
+            );
+            if *size > 0 {
+                #[expect(clippy::cast_precision_loss, reason = "at most a million")]
+                classifier_points[usize::from(flows)].push((*size as f64, extra));
+            }
+            classifier.push((figure, extra));
         }
         if !with_nft {
             continue;
@@ -302,25 +327,46 @@ pub fn run(settings: &Settings, with_nft: bool) -> anyhow::Result<ThroughputResu
                 .vs(&local)
                 .note(format!("{extra:+.0} ns per packet over (b)")),
         );
-        section.push(
-            Figure::new(
-                format!("classifier / nftables, {label}"),
-                classifier.value / nft.value,
-                "x",
-            )
-            .note("packets per second, same packets, same path"),
-        );
+        for ((figure, ours), what) in classifier.iter().zip(["every packet classified", "flow table on"]) {
+            let ratio = section.push(
+                Figure::new(
+                    format!("classifier / nftables, {what}, {label}"),
+                    figure.value / nft.value,
+                    "x",
+                )
+                .note(format!(
+                    "packets per second, same packets, same path; adds {:.2}x the ns nftables \
+                     adds",
+                    ours / extra
+                )),
+            );
+            goals.push(ThroughputGoal {
+                label: format!("{what}, {label}"),
+                size: *size,
+                ratio: ratio.value,
+                added: ours / extra,
+            });
+        }
         if *size > 0 {
             #[expect(clippy::cast_precision_loss, reason = "at most a million")]
             nft_points.push((*size as f64, extra));
         }
     }
-    let mut chart = vec![Series {
-        label: "classifier, veth throughput (ns over b)".to_owned(),
-        color: "#9467bd",
-        dashed: false,
-        points: classifier_points,
-    }];
+    let [every, flows] = classifier_points;
+    let mut chart = vec![
+        Series {
+            label: "classifier, veth, every packet classified (ns over b)".to_owned(),
+            color: "#8c564b",
+            dashed: false,
+            points: every,
+        },
+        Series {
+            label: "classifier, veth, flow table on (ns over b)".to_owned(),
+            color: "#8c564b",
+            dashed: true,
+            points: flows,
+        },
+    ];
     if with_nft {
         chart.push(Series {
             label: "nftables set, veth throughput (ns over b)".to_owned(),
@@ -333,5 +379,6 @@ pub fn run(settings: &Settings, with_nft: bool) -> anyhow::Result<ThroughputResu
         section,
         nft_loads,
         chart,
+        goals,
     })
 }

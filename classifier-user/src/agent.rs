@@ -399,6 +399,9 @@ impl Agent {
             "applied feed {version} from {source}: {}",
             report.describe(&compiled)
         );
+        if let Some(error) = report.index_error {
+            warn!("{error}");
+        }
         Ok(report)
     }
 

@@ -15,7 +15,7 @@ use std::{
 use aya::maps::MapData;
 use classifier_common::{
     PrefixRules,
-    index::{IndexCtl, LIVE_OFF, Slot, live_half, live_word},
+    index::{FIRST_FREE_SLOT, IndexCtl, LIVE_OFF, Slot, live_half, live_word},
     names,
 };
 
@@ -133,6 +133,12 @@ impl IndexMaps {
             half_values: value_entries / 2,
         };
         Ok(this)
+    }
+
+    /// False when `[index] memory-mib = 0` made the maps too small for any table.
+    #[must_use]
+    pub fn enabled(&self) -> bool {
+        self.half_slots >= FIRST_FREE_SLOT && self.half_values >= 2
     }
 
     /// Slots and values of one half: what a table may use.

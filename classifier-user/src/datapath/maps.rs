@@ -49,14 +49,28 @@ pub struct ApplyReport {
     pub index: Option<Installed>,
     /// Why no index is live (the tries decide), if the table does not fit it.
     pub index_error: Option<IndexError>,
+    /// From the start of the apply until the data plane classified by the new table: the
+    /// index switch, or with no index the end of the tries' diff.
+    pub ready: std::time::Duration,
 }
 
 impl ApplyReport {
-    /// `34 IPv4 and 59 IPv6 prefixes (93 added, 0 changed, 0 removed)`, for logs and output.
+    /// `34 IPv4 and 59 IPv6 prefixes (93 added, 0 changed, 0 removed); index live after
+    /// 0.31 ms (21911 slots, 61 rule sets)`, for logs and output.
     #[must_use]
     pub fn describe(&self, target: &Compiled) -> String {
+        let index = match (self.index, self.index_error) {
+            (Some(index), _) => format!(
+                "; index live after {:.2} ms ({} slots, {} rule sets)",
+                self.ready.as_secs_f64() * 1e3,
+                index.slots,
+                index.values.saturating_sub(1)
+            ),
+            (None, Some(error)) => format!("; no index: {error}"),
+            (None, None) => String::new(),
+        };
         format!(
-            "{} IPv4 and {} IPv6 prefixes ({} added, {} changed, {} removed)",
+            "{} IPv4 and {} IPv6 prefixes ({} added, {} changed, {} removed){index}",
             target.v4.len(),
             target.v6.len(),
             self.added,
@@ -139,6 +153,11 @@ impl Maps {
     #[must_use]
     pub fn index(&self) -> Option<&IndexMaps> {
         self.index.as_ref()
+    }
+
+    /// The index maps, to switch the index off (benchmarks compare it with the tries).
+    pub fn index_mut(&mut self) -> Option<&mut IndexMaps> {
+        self.index.as_mut()
     }
 
     /// Forgets every flow: their next packets are classified afresh (tests, and a fresh
@@ -280,17 +299,26 @@ impl Maps {
         installed: &Compiled,
         target: &Compiled,
     ) -> Result<ApplyReport, DatapathError> {
+        let start = std::time::Instant::now();
         let mut report = ApplyReport::default();
         // The index first: one switch moves the data plane to the whole new table at once; the
         // tries, the record that `lookup` and `bpftool` read, follow as a diff.
         if let Some(index) = &mut self.index {
             let (half_slots, half_values) = index.half();
-            match build(target, half_slots, half_values) {
-                Ok(built) => report.index = Some(index.install(&built)?),
-                Err(error) => {
-                    // Off before the tries change: they then move as a diff, with no gap.
-                    index.disable()?;
-                    report.index_error = Some(error);
+            if !index.enabled() {
+                index.disable()?;
+            } else {
+                match build(target, half_slots, half_values) {
+                    Ok(built) => {
+                        let installed = index.install(&built)?;
+                        report.ready = start.elapsed().saturating_sub(installed.grace);
+                        report.index = Some(installed);
+                    }
+                    Err(error) => {
+                        // Off before the tries change: they then move as a diff, with no gap.
+                        index.disable()?;
+                        report.index_error = Some(error);
+                    }
                 }
             }
         }
@@ -351,6 +379,9 @@ impl Maps {
                 .remove(&Key::new(key.prefix_len, key.addr))
                 .map_err(v6_error)?;
             report.removed += 1;
+        }
+        if report.index.is_none() {
+            report.ready = start.elapsed();
         }
         Ok(report)
     }

@@ -1,0 +1,87 @@
+//! The goals the README's Performance section states, computed from the other sections'
+//! figures of the same run: each a ratio or a time, with its bound and whether it holds.
+
+use crate::{
+    cost::{GoalInputs, size_label},
+    report::{Figure, Section},
+    throughput::ThroughputGoal,
+};
+
+/// A figure with its bound: `at most` when `upper`, else `at least`.
+fn goal(name: String, value: f64, unit: &'static str, bound: f64, upper: bool) -> Figure {
+    let met = if upper { value <= bound } else { value >= bound };
+    Figure::new(name, value, unit).note(format!(
+        "goal {} {bound}: {}",
+        if upper { "<=" } else { ">=" },
+        if met { "met" } else { "MISSED" }
+    ))
+}
+
+pub fn section(cost: &GoalInputs, throughput: &[ThroughputGoal], diff_ms: f64) -> Section {
+    let mut section = Section::new(
+        "Goals",
+        "ratios within this run: the largest synthetic table against the real feed, the \
+         classifier against nftables on the same path, the index's memory against the trie's",
+    );
+    let largest = size_label(cost.largest);
+    for (family, real, large) in &cost.first_packet {
+        section.push(goal(
+            format!("1. first packet (many destinations), {largest} / real feed, {family}"),
+            large / real,
+            "x",
+            2.0,
+            true,
+        ));
+    }
+    for (family, real, large) in &cost.flow_hit {
+        section.push(goal(
+            format!("2. flow hit, {largest} / real feed, {family}"),
+            large / real,
+            "x",
+            1.1,
+            true,
+        ));
+    }
+    for entry in throughput.iter().filter(|entry| entry.size >= 100_000) {
+        section.push(goal(
+            format!("3. classifier / nftables, {}", entry.label),
+            entry.ratio,
+            "x",
+            2.0,
+            false,
+        ));
+        section.push(goal(
+            format!("3. ns added over no classification / nftables', {}", entry.label),
+            entry.added,
+            "x",
+            0.2,
+            true,
+        ));
+    }
+    for (family, ready, _) in &cost.load {
+        section.push(goal(
+            format!("4. {largest} {family} prefixes from empty until the index is live"),
+            *ready,
+            "ms",
+            500.0,
+            true,
+        ));
+    }
+    section.push(goal(
+        "4. the real feed's update (2026033100 -> 2026043000) until the index is live".to_owned(),
+        diff_ms,
+        "ms",
+        1.0,
+        true,
+    ));
+    for (family, index, trie) in &cost.memory {
+        section.push(goal(
+            format!("5. index memory (both halves) / trie memory, {largest} {family}"),
+            index / trie,
+            "x",
+            2.0,
+            true,
+        ));
+    }
+    section
+}
