@@ -357,6 +357,26 @@ pub struct GoalInputs {
     clippy::too_many_lines,
     reason = "one measurement after the other, in order"
 )]
+pub fn experiment(settings: &Settings) -> anyhow::Result<()> {
+    for size in [10_000usize, 1_000_000] {
+        let compiled = tables::synthetic_v4(size, 5);
+        let mut loaded = load_classifier(&compiled)?;
+        for count in [1usize, 34, 256, 1024, 4096] {
+            let (dsts, _) = tables::destinations(&compiled, count, 9);
+            let frames = frames_to(&dsts);
+            let frames: Vec<Vec<u8>> = frames.iter().cycle().take(4096).cloned().collect();
+            let xdp = loaded.datapath.xdp()?;
+            let index = many(xdp, &frames, settings)?;
+            use_index(&mut loaded.datapath, false)?;
+            let xdp = loaded.datapath.xdp()?;
+            let tries = many(xdp, &frames, settings)?;
+            use_index(&mut loaded.datapath, true)?;
+            println!("{size} prefixes, {count} destinations: index {index:.0} ns, tries {tries:.0} ns");
+        }
+    }
+    Ok(())
+}
+
 pub fn run(settings: &Settings) -> anyhow::Result<CostResults> {
     let mut section = Section::new(
         "Cost per packet (BPF_PROG_TEST_RUN)",

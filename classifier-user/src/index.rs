@@ -83,9 +83,8 @@ pub fn build(compiled: &Compiled, half_slots: u32, half_values: u32) -> Result<B
         });
     }
     let mut builder = Builder {
-        nodes: Vec::new(),
-        leaves: Vec::new(),
-        free: half_slots.saturating_sub(FIRST_FREE_SLOT),
+        arena: Vec::new(),
+        lanes: 0,
         capacity: half_slots,
     };
     let mut direct = vec![NO_VALUE; (FIRST_FREE_SLOT * ENTRIES_PER_SLOT) as usize];
@@ -113,14 +112,25 @@ impl Prefix {
     }
 }
 
+/// Lays nodes and leaves out in one arena after the direct tables, subtree by subtree: a
+/// node's children as one block (as `base_node + rank` wants), their leaves right behind it,
+/// then each child's own subtree. A lookup's path thus stays within a page or two, which is
+/// what a cold lookup pays for (each new page a TLB miss).
 struct Builder {
-    /// Nodes as laid out after the direct tables; `base_leaf` counts from the first leaf
-    /// until `finish` moves the leaves behind the nodes.
-    nodes: Vec<Slot>,
-    leaves: Vec<u32>,
-    /// Slots left for nodes and leaves.
-    free: u32,
+    /// Slots from [`FIRST_FREE_SLOT`] on.
+    arena: Vec<Slot>,
+    /// Entries used in the last slot of `arena` when it holds leaves (0: a fresh slot next).
+    lanes: u32,
     capacity: u32,
+}
+
+/// A node about to be written: its position data, and its children's ranges.
+struct Pending {
+    vector: u64,
+    leafvec: u64,
+    leaves: Vec<u32>,
+    entries: Vec<u32>,
+    children: Vec<(usize, std::ops::Range<usize>)>,
 }
 
 /// What a region's positions hold before its nodes are built.
@@ -174,97 +184,115 @@ fn default_route(prefixes: &[Prefix]) -> u32 {
 }
 
 impl Builder {
-    /// The direct table of one family.
+    /// The direct table of one family; each of its nodes heads a contiguous subtree.
     fn direct(&mut self, prefixes: &[Prefix]) -> Result<Vec<u32>, IndexError> {
         let Level {
             mut entries,
             children,
         } = level(prefixes, 0, DIR_BITS, default_route(prefixes));
-        let base = self.alloc_nodes(children.len())?;
-        for (i, (position, range)) in children.into_iter().enumerate() {
-            let slot = base + u32::try_from(i).expect("at most 2^16");
+        for (position, range) in children {
+            let slot = self.alloc_nodes(1)?;
             let inherited = entries[position];
             entries[position] = NODE | slot;
-            self.fill(slot, &prefixes[range], DIR_BITS, inherited)?;
+            self.block(slot, &[(inherited, &prefixes[range])], DIR_BITS)?;
         }
         Ok(entries)
     }
 
-    /// Writes the node at `slot` for the next [`STRIDE`] bits at `offset`, then its children
-    /// (allocated as one block, as `base_node + rank` wants).
-    fn fill(
+    /// Writes the nodes of a block that starts at `base` (one per `(inherited, prefixes)`,
+    /// for the [`STRIDE`] bits at `offset`), their leaves right behind the block, then each
+    /// node's children block and subtree in turn.
+    fn block(
         &mut self,
-        slot: u32,
-        prefixes: &[Prefix],
+        base: u32,
+        nodes: &[(u32, &[Prefix])],
         offset: u32,
-        inherited: u32,
     ) -> Result<(), IndexError> {
-        let Level { entries, children } = level(prefixes, offset, STRIDE, inherited);
-        let base_node = self.alloc_nodes(children.len())?;
-        let mut vector = 0u64;
-        for (position, _) in &children {
-            vector |= 1 << position;
-        }
-        let mut leafvec = 0u64;
-        let mut leaves = Vec::new();
-        for (position, &entry) in entries.iter().enumerate() {
-            if vector & (1 << position) == 0 && leaves.last() != Some(&entry) {
-                leafvec |= 1 << position;
-                leaves.push(entry);
+        let mut pending = Vec::with_capacity(nodes.len());
+        for &(inherited, prefixes) in nodes {
+            let Level { entries, children } = level(prefixes, offset, STRIDE, inherited);
+            let mut vector = 0u64;
+            for (position, _) in &children {
+                vector |= 1 << position;
             }
+            let mut leafvec = 0u64;
+            let mut leaves = Vec::new();
+            for (position, &entry) in entries.iter().enumerate() {
+                if vector & (1 << position) == 0 && leaves.last() != Some(&entry) {
+                    leafvec |= 1 << position;
+                    leaves.push(entry);
+                }
+            }
+            pending.push(Pending {
+                vector,
+                leafvec,
+                leaves,
+                entries,
+                children,
+            });
         }
-        let base_leaf = u32::try_from(self.leaves.len()).expect("leaves fit u32");
-        self.reserve(u32::try_from(leaves.len()).expect("at most 64"), 0)?;
-        self.leaves.extend_from_slice(&leaves);
-        let at = (slot - FIRST_FREE_SLOT) as usize;
-        self.nodes[at] = Slot::node(vector, leafvec, base_node, base_leaf);
-        for (i, (position, range)) in children.into_iter().enumerate() {
-            let child = base_node + u32::try_from(i).expect("at most 64");
-            self.fill(child, &prefixes[range], offset + STRIDE, entries[position])?;
+        for (i, node) in pending.iter().enumerate() {
+            let base_leaf = self.alloc_leaves(&node.leaves)?;
+            let slot = base + u32::try_from(i).expect("at most 64");
+            self.arena[(slot - FIRST_FREE_SLOT) as usize] =
+                Slot::node(node.vector, node.leafvec, 0, base_leaf);
+        }
+        for ((i, node), &(_, prefixes)) in pending.iter().enumerate().zip(nodes) {
+            if node.children.is_empty() {
+                continue;
+            }
+            let children = self.alloc_nodes(node.children.len())?;
+            let slot = base + u32::try_from(i).expect("at most 64");
+            self.arena[(slot - FIRST_FREE_SLOT) as usize].words[4] = children;
+            let next: Vec<(u32, &[Prefix])> = node
+                .children
+                .iter()
+                .map(|(position, range)| (node.entries[*position], &prefixes[range.clone()]))
+                .collect();
+            self.block(children, &next, offset + STRIDE)?;
         }
         Ok(())
     }
 
-    /// `count` consecutive node slots; returns the first.
+    /// `count` consecutive node slots after what is laid out; returns the first.
     fn alloc_nodes(&mut self, count: usize) -> Result<u32, IndexError> {
-        let count = u32::try_from(count).map_err(|_| IndexError::Slots {
-            capacity: self.capacity,
-        })?;
-        self.reserve(0, count)?;
-        let first = FIRST_FREE_SLOT + u32::try_from(self.nodes.len()).expect("nodes fit u32");
-        self.nodes
-            .resize(self.nodes.len() + count as usize, Slot::default());
-        Ok(first)
-    }
-
-    /// Accounts `leaves` entries and `nodes` slots against the half.
-    fn reserve(&mut self, leaves: u32, nodes: u32) -> Result<(), IndexError> {
-        let used = u32::try_from(self.leaves.len()).unwrap_or(u32::MAX);
-        let leaf_slots =
-            (used + leaves).div_ceil(ENTRIES_PER_SLOT) - used.div_ceil(ENTRIES_PER_SLOT);
-        let needed = nodes.saturating_add(leaf_slots);
-        if needed > self.free {
+        self.lanes = 0;
+        let first = FIRST_FREE_SLOT + u32::try_from(self.arena.len()).expect("slots fit u32");
+        let end = u64::from(first) + count as u64;
+        if end > u64::from(self.capacity) {
             return Err(IndexError::Slots {
                 capacity: self.capacity,
             });
         }
-        self.free -= needed;
-        Ok(())
+        self.arena
+            .resize(self.arena.len() + count, Slot::default());
+        Ok(first)
     }
 
-    /// Lays the half out: direct tables, nodes, then leaves (their `base_leaf` moved).
+    /// Packs `leaves` after what is laid out; returns the entry index of the first.
+    fn alloc_leaves(&mut self, leaves: &[u32]) -> Result<u32, IndexError> {
+        let mut first = None;
+        for &leaf in leaves {
+            if self.lanes == 0 || self.lanes == ENTRIES_PER_SLOT {
+                self.alloc_nodes(1)?;
+            }
+            let slot = FIRST_FREE_SLOT + u32::try_from(self.arena.len() - 1).expect("fits");
+            let index = slot * ENTRIES_PER_SLOT + self.lanes;
+            first.get_or_insert(index);
+            self.arena
+                .last_mut()
+                .expect("just allocated")
+                .words[self.lanes as usize] = leaf;
+            self.lanes += 1;
+        }
+        Ok(first.unwrap_or(0))
+    }
+
+    /// The half: direct tables, then the arena.
     fn finish(self, direct: &[u32], values: Vec<PrefixRules>) -> Built {
-        let node_count = u32::try_from(self.nodes.len()).expect("nodes fit u32");
-        let leaf_base = (FIRST_FREE_SLOT + node_count) * ENTRIES_PER_SLOT;
-        let mut slots = Vec::with_capacity(
-            direct.len().div_ceil(6) + self.nodes.len() + self.leaves.len().div_ceil(6),
-        );
+        let mut slots = Vec::with_capacity(direct.len().div_ceil(6) + self.arena.len());
         slots.extend(direct.chunks(6).map(pack));
-        slots.extend(self.nodes.into_iter().map(|mut node| {
-            node.words[5] += leaf_base;
-            node
-        }));
-        slots.extend(self.leaves.chunks(6).map(pack));
+        slots.extend(self.arena);
         Built { slots, values }
     }
 }
