@@ -119,13 +119,10 @@ pub struct Loaded {
 
 /// Index map sizes that hold `compiled`: twice what one half needs.
 pub fn index_sizes(compiled: &Compiled) -> anyhow::Result<MapSizes> {
-    let built = index::build(compiled, classifier_common::index::NODE - 1, 1 << 30)?;
-    let slots = u32::try_from(built.slots.len())?;
-    let values = u32::try_from(built.values.len())?.max(2);
+    let built = index::build(compiled, classifier_common::index::NODE - 1)?;
     Ok(MapSizes {
         flows: None,
-        index_slots: Some(2 * slots),
-        index_values: Some(2 * values),
+        index_slots: Some(2 * u32::try_from(built.slots.len())?),
     })
 }
 
@@ -137,13 +134,11 @@ pub fn load_classifier(compiled: &Compiled) -> anyhow::Result<Loaded> {
     maps.set_policy(DEFAULT_POLICY)?;
     maps.set_config(&first_packets())?;
     let start = Instant::now();
-    let report = maps.apply(compiled).context("filling the index and the tries")?;
+    let report = maps
+        .apply(compiled)
+        .context("filling the index and the tries")?;
     let seconds = start.elapsed().as_secs_f64();
-    ensure!(
-        report.index.is_some(),
-        "no index: {:?}",
-        report.index_error
-    );
+    ensure!(report.index.is_some(), "no index: {:?}", report.index_error);
     Ok(Loaded {
         datapath,
         report,
@@ -211,7 +206,11 @@ struct Rows {
     hit: f64,
 }
 
-fn measure(datapath: &mut Datapath, frames: &[Vec<u8>], settings: &Settings) -> anyhow::Result<Rows> {
+fn measure(
+    datapath: &mut Datapath,
+    frames: &[Vec<u8>],
+    settings: &Settings,
+) -> anyhow::Result<Rows> {
     let xdp = datapath.xdp()?;
     let one = hot(xdp, &frames[0], settings)?;
     let many = many(xdp, frames, settings)?;
@@ -232,9 +231,27 @@ fn push_rows(
         figure.note(format!("{extra:+.1} ns over parse"))
     };
     let rows = [
-        ("one packet", tries.one, index.one, &base.floor_hot, &base.parse_hot),
-        ("many destinations", tries.many, index.many, &base.floor_many, &base.parse_many),
-        ("flow hit", tries.hit, index.hit, &base.floor_hot, &base.parse_hot),
+        (
+            "one packet",
+            tries.one,
+            index.one,
+            &base.floor_hot,
+            &base.parse_hot,
+        ),
+        (
+            "many destinations",
+            tries.many,
+            index.many,
+            &base.floor_many,
+            &base.parse_many,
+        ),
+        (
+            "flow hit",
+            tries.hit,
+            index.hit,
+            &base.floor_hot,
+            &base.parse_hot,
+        ),
     ];
     let mut out = Vec::new();
     for (what, tries, index, floor, parse) in rows {
@@ -335,7 +352,9 @@ impl Zipf {
         let total = self.cdf.last().copied().unwrap_or(1.0);
         #[expect(clippy::cast_precision_loss, reason = "53 bits of randomness")]
         let pick = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * total;
-        self.cdf.partition_point(|&c| c < pick).min(self.cdf.len() - 1)
+        self.cdf
+            .partition_point(|&c| c < pick)
+            .min(self.cdf.len() - 1)
     }
 }
 
@@ -371,7 +390,9 @@ pub fn experiment(settings: &Settings) -> anyhow::Result<()> {
             let xdp = loaded.datapath.xdp()?;
             let tries = many(xdp, &frames, settings)?;
             use_index(&mut loaded.datapath, true)?;
-            println!("{size} prefixes, {count} destinations: index {index:.0} ns, tries {tries:.0} ns");
+            println!(
+                "{size} prefixes, {count} destinations: index {index:.0} ns, tries {tries:.0} ns"
+            );
         }
     }
     Ok(())
@@ -464,7 +485,8 @@ pub fn run(settings: &Settings) -> anyhow::Result<CostResults> {
         use_index(&mut datapath, false)?;
         let tries = measure(&mut datapath, frames, settings)?;
         use_index(&mut datapath, true)?;
-        let (_, many, hit) = push_rows(&mut section, &label, &baselines[index], &tries, &with_index);
+        let (_, many, hit) =
+            push_rows(&mut section, &label, &baselines[index], &tries, &with_index);
         let (zipf, share, fresh) = mixes(&mut datapath, dsts, settings, 7 + index as u64)?;
         push_mixes(&mut section, &label, zipf, share, fresh);
         real_rows.push((many.value, hit.value));
@@ -493,14 +515,18 @@ pub fn run(settings: &Settings) -> anyhow::Result<CostResults> {
             let per_second = size as f64 / seconds;
             loads.push(
                 Figure::new(
-                    format!("apply {label} {} prefixes from empty: the index live", family.name),
+                    format!(
+                        "apply {label} {} prefixes from empty: the index live",
+                        family.name
+                    ),
                     ready_ms,
                     "ms",
                 )
                 .note(format!(
-                    "build + copy + switch; {} slots, {} rule sets",
+                    "build + copy + switch; {} slots, {} rule sets in {} copies",
                     report.index.map_or(0, |index| index.slots),
-                    report.index.map_or(0, |index| index.values.saturating_sub(1))
+                    report.index.map_or(0, |index| index.rule_sets),
+                    report.index.map_or(0, |index| index.rule_copies)
                 )),
             );
             loads.push(
@@ -512,17 +538,22 @@ pub fn run(settings: &Settings) -> anyhow::Result<CostResults> {
                     seconds * 1e3,
                     "ms",
                 )
-                .note(format!("{per_second:.0} prefixes/s; the record, after the switch")),
+                .note(format!(
+                    "{per_second:.0} prefixes/s; the record, after the switch"
+                )),
             );
             let trie_mib = map_memory_kib(&mut datapath, family.map).map(|kib| kib / 1024.0);
             if let Some(mib) = trie_mib {
                 loads.push(Figure::new(
-                    format!("kernel memory of the {} trie, {label} prefixes", family.name),
+                    format!(
+                        "kernel memory of the {} trie, {label} prefixes",
+                        family.name
+                    ),
                     mib,
                     "MiB",
                 ));
             }
-            let index_mib = [names::INDEX_SLOTS, names::INDEX_VALUES]
+            let index_mib = [names::INDEX_SLOTS]
                 .iter()
                 .filter_map(|name| map_memory_kib(&mut datapath, name))
                 .sum::<f64>()
@@ -545,7 +576,8 @@ pub fn run(settings: &Settings) -> anyhow::Result<CostResults> {
             let tries = measure(&mut datapath, &frames, settings)?;
             use_index(&mut datapath, true)?;
             let label = format!("{label} {} prefixes", family.name);
-            let (_, many, hit) = push_rows(&mut section, &label, &baselines[index], &tries, &with_index);
+            let (_, many, hit) =
+                push_rows(&mut section, &label, &baselines[index], &tries, &with_index);
             let (zipf, share, fresh) = mixes(&mut datapath, &dsts, settings, seed)?;
             push_mixes(&mut section, &label, zipf, share, fresh);
             #[expect(clippy::cast_precision_loss, reason = "at most a million")]
@@ -555,10 +587,16 @@ pub fn run(settings: &Settings) -> anyhow::Result<CostResults> {
             chart_points[base + 1].push((x, with_index.many));
             chart_points[base + 2].push((x, with_index.hit));
             if size == goals.largest {
-                goals.first_packet.push((family.name, real_rows[index].0, many.value));
-                goals.flow_hit.push((family.name, real_rows[index].1, hit.value));
+                goals
+                    .first_packet
+                    .push((family.name, real_rows[index].0, many.value));
+                goals
+                    .flow_hit
+                    .push((family.name, real_rows[index].1, hit.value));
                 goals.load.push((family.name, ready_ms, seconds * 1e3));
-                goals.memory.push((family.name, index_mib, trie_mib.unwrap_or(0.0)));
+                goals
+                    .memory
+                    .push((family.name, index_mib, trie_mib.unwrap_or(0.0)));
             }
         }
     }
@@ -587,8 +625,18 @@ pub fn run(settings: &Settings) -> anyhow::Result<CostResults> {
         points,
     };
     let chart = vec![
-        series("tries alone IPv4, many destinations", "#d62728", false, tries_v4),
-        series("tries alone IPv6, many destinations", "#d62728", true, tries_v6),
+        series(
+            "tries alone IPv4, many destinations",
+            "#d62728",
+            false,
+            tries_v4,
+        ),
+        series(
+            "tries alone IPv6, many destinations",
+            "#d62728",
+            true,
+            tries_v6,
+        ),
         series("index IPv4, many destinations", "#1f77b4", false, index_v4),
         series("index IPv6, many destinations", "#1f77b4", true, index_v6),
         series("flow hit IPv4", "#9467bd", false, hit_v4),
@@ -616,8 +664,12 @@ pub fn run(settings: &Settings) -> anyhow::Result<CostResults> {
 
 fn push_mixes(section: &mut Section, label: &str, zipf: f64, share: f64, fresh: f64) {
     section.push(
-        Figure::new(format!("classifier (index), {label}, Zipf flows"), zipf, "ns")
-            .note(format!("{:.1}% of packets start a flow", share * 100.0)),
+        Figure::new(
+            format!("classifier (index), {label}, Zipf flows"),
+            zipf,
+            "ns",
+        )
+        .note(format!("{:.1}% of packets start a flow", share * 100.0)),
     );
     section.push(Figure::new(
         format!("classifier (index), {label}, every packet a new flow"),

@@ -9,7 +9,11 @@ use crate::{
 
 /// A figure with its bound: `at most` when `upper`, else `at least`.
 fn goal(name: String, value: f64, unit: &'static str, bound: f64, upper: bool) -> Figure {
-    let met = if upper { value <= bound } else { value >= bound };
+    let met = if upper {
+        value <= bound
+    } else {
+        value >= bound
+    };
     Figure::new(name, value, unit).note(format!(
         "goal {} {bound}: {}",
         if upper { "<=" } else { ">=" },
@@ -51,7 +55,10 @@ pub fn section(cost: &GoalInputs, throughput: &[ThroughputGoal], diff_ms: f64) -
             false,
         ));
         section.push(goal(
-            format!("3. ns added over no classification / nftables', {}", entry.label),
+            format!(
+                "3. ns added over no classification / nftables', {}",
+                entry.label
+            ),
             entry.added,
             "x",
             0.2,

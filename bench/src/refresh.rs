@@ -69,7 +69,9 @@ pub fn run() -> anyhow::Result<Refresh> {
             report.removed,
             report.unchanged,
             seconds * 1e3,
-            report.index.map_or(0.0, |index| index.grace.as_secs_f64() * 1e3)
+            report
+                .index
+                .map_or(0.0, |index| index.grace.as_secs_f64() * 1e3)
         )),
     );
     Ok(Refresh {

@@ -178,7 +178,9 @@ fn classifier_receiver(
 ) -> anyhow::Result<(Rate, f64)> {
     let mut datapath = load_classifier(compiled)?.datapath;
     if flows {
-        datapath.maps()?.set_config(&classifier_common::Config::default())?;
+        datapath
+            .maps()?
+            .set_config(&classifier_common::Config::default())?;
     }
     datapath
         .xdp()?
@@ -291,14 +293,12 @@ pub fn run(settings: &Settings, with_nft: bool) -> anyhow::Result<ThroughputResu
             } else {
                 format!("(c) classifier, every packet classified, {label}")
             };
-            let figure = section.push(
-                Figure::new(name, rate.mpps(), "Mpps")
-                    .vs(&local)
-                    .note(format!(
-                        "{extra:+.0} ns per packet over (b); {:.0}% direct",
-                        direct * 100.0
-                    )),
-            );
+            let figure = section.push(Figure::new(name, rate.mpps(), "Mpps").vs(&local).note(
+                format!(
+                    "{extra:+.0} ns per packet over (b); {:.0}% direct",
+                    direct * 100.0
+                ),
+            ));
             if *size > 0 {
                 #[expect(clippy::cast_precision_loss, reason = "at most a million")]
                 classifier_points[usize::from(flows)].push((*size as f64, extra));
@@ -327,7 +327,10 @@ pub fn run(settings: &Settings, with_nft: bool) -> anyhow::Result<ThroughputResu
                 .vs(&local)
                 .note(format!("{extra:+.0} ns per packet over (b)")),
         );
-        for ((figure, ours), what) in classifier.iter().zip(["every packet classified", "flow table on"]) {
+        for ((figure, ours), what) in classifier
+            .iter()
+            .zip(["every packet classified", "flow table on"])
+        {
             let ratio = section.push(
                 Figure::new(
                     format!("classifier / nftables, {what}, {label}"),

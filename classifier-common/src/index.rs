@@ -5,19 +5,22 @@
 //! Layout. [`names::INDEX_SLOTS`](crate::names::INDEX_SLOTS) is an array of 24-byte
 //! [`Slot`]s in two halves: the live table and the one being built. A half holds, in order:
 //! the IPv4 direct table (65536 entries, one per `/16`), the IPv6 direct table (one per
-//! `/16`), then nodes and leaves. An *entry* is a `u32`: [`NODE`] plus the slot of a node,
-//! or a value id (0: no prefix). Entries are packed six to a slot and addressed in `u32`
-//! units from the start of the half.
+//! `/16`), then nodes, leaves and rules. An *entry* is a `u32`: [`NODE`] plus the slot of a
+//! node, or the slot of the rules of the longest prefix (0: no prefix). Entries are packed
+//! six to a slot and addressed in `u32` units from the start of the half.
 //!
 //! A node splits the next [`STRIDE`] bits of the address into 64 positions. Bit `p` of
 //! `vector` says position `p` is a child node, the `popcount(vector & below(p))`-th after
 //! `base_node`. Every other position is a leaf; `leafvec` marks where a run of equal leaves
-//! begins, and the leaf of `p` is the `popcount(leafvec & upto(p))`-th from `base_leaf`. A
-//! value id indexes [`names::INDEX_VALUES`](crate::names::INDEX_VALUES), the half's
-//! deduplicated [`PrefixRules`](crate::PrefixRules).
+//! begins, and the leaf of `p` is the `popcount(leafvec & upto(p))`-th from `base_leaf`.
+//!
+//! Rules are [`PrefixRules`] packed into whole slots (see [`rules_word`] and [`Packed`]) next to the leaves
+//! that use them, so that a lookup reads its node, leaf and rules from the same page or two.
 //!
 //! [`names::INDEX_CTL`](crate::names::INDEX_CTL) says which half is live in one 64-bit word,
 //! so a new table is written beside the live one and switched with one store.
+
+use crate::{MAX_RULES, PortRule, PrefixRules, Rules};
 
 /// Bits of the address the direct tables index.
 pub const DIR_BITS: u32 = 16;
@@ -39,7 +42,8 @@ pub const LEVELS_V4: u32 = (32 - DIR_BITS).div_ceil(STRIDE);
 pub const LEVELS_V6: u32 = (128 - DIR_BITS).div_ceil(STRIDE);
 /// The high bit of an entry marks a node reference.
 pub const NODE: u32 = 1 << 31;
-/// Value id of "no prefix holds the address".
+/// The leaf of "no prefix holds the address" (slot 0 belongs to a direct table, never to
+/// rules).
 pub const NO_VALUE: u32 = 0;
 /// [`IndexCtl::live`] while no index is live (a new, zeroed map too): the kernel reads the
 /// tries.
@@ -47,20 +51,108 @@ pub const LIVE_OFF: u64 = 0;
 /// Set in [`IndexCtl::live`] while a half is live.
 pub const LIVE_ON: u64 = 1 << 63;
 
-/// The [`IndexCtl::live`] word of a half starting at `slot_base` and `value_base`.
+/// The [`IndexCtl::live`] word of a half starting at `slot_base`.
 #[must_use]
-pub const fn live_word(slot_base: u32, value_base: u32) -> u64 {
-    LIVE_ON | ((slot_base as u64) << 32) | value_base as u64
+pub const fn live_word(slot_base: u32) -> u64 {
+    LIVE_ON | slot_base as u64
 }
 
-/// The first slot and the first value of the live half, `None` when none is live.
+/// The first slot of the live half, `None` when none is live.
 #[inline(always)]
 #[must_use]
-pub const fn live_half(live: u64) -> Option<(u32, u32)> {
+pub const fn live_half(live: u64) -> Option<u32> {
     if live & LIVE_ON == 0 {
         return None;
     }
-    Some((((live >> 32) as u32) & !(1 << 31), live as u32))
+    Some(live as u32)
+}
+
+/// Entries that [`PrefixRules`] with `n_rules` rules take: a header and two per rule.
+#[must_use]
+pub const fn rules_len(n_rules: usize) -> usize {
+    1 + 2 * n_rules
+}
+
+/// Entry `word` of the packed form of `rules`: the header (`n_rules`, `addr_category`,
+/// `addr_set`), then per rule `port_lo | port_hi << 16` and `proto | category << 8 | set_id
+/// << 16`. `prefix_len` is not kept: the kernel never reads it.
+#[must_use]
+pub fn rules_word(rules: &PrefixRules, word: usize) -> u32 {
+    if word == 0 {
+        return u32::from(rules.n_rules)
+            | u32::from(rules.addr_category) << 8
+            | u32::from(rules.addr_set) << 16;
+    }
+    let Some(rule) = rules.rules.get((word - 1) / 2) else {
+        return 0;
+    };
+    if word % 2 == 1 {
+        u32::from(rule.port_lo) | u32::from(rule.port_hi) << 16
+    } else {
+        u32::from(rule.proto) | u32::from(rule.category) << 8 | u32::from(rule.set_id) << 16
+    }
+}
+
+/// The rules packed at slot `at` (a leaf), read in place.
+pub struct Packed<'a, S: ?Sized> {
+    slots: &'a S,
+    /// Entry index of the header.
+    first: u32,
+    header: u32,
+}
+
+impl<'a, S: Slots + ?Sized> Packed<'a, S> {
+    /// The rules a leaf names: `Some(None)` for [`NO_VALUE`], `None` when the header cannot
+    /// be read.
+    #[inline(always)]
+    pub fn at(slots: &'a S, leaf: u32) -> Option<Option<Self>> {
+        if leaf == NO_VALUE {
+            return Some(None);
+        }
+        let first = leaf.wrapping_mul(ENTRIES_PER_SLOT);
+        let header = entry(slots, first)?;
+        Some(Some(Self {
+            slots,
+            first,
+            header,
+        }))
+    }
+
+    /// Unpacked (`prefix_len` 0); `None` when a rule cannot be read.
+    pub fn unpack(&self) -> Option<PrefixRules> {
+        let (n_rules, addr_category, addr_set) = self.header();
+        let mut rules = PrefixRules::EMPTY;
+        (rules.n_rules, rules.addr_category, rules.addr_set) = (n_rules, addr_category, addr_set);
+        for i in 0..usize::from(n_rules).min(MAX_RULES) {
+            rules.rules[i] = self.rule(i)?;
+        }
+        Some(rules)
+    }
+}
+
+impl<S: Slots + ?Sized> Rules for Packed<'_, S> {
+    #[inline(always)]
+    fn header(&self) -> (u8, u8, u16) {
+        (
+            self.header as u8,
+            (self.header >> 8) as u8,
+            (self.header >> 16) as u16,
+        )
+    }
+
+    #[inline(always)]
+    fn rule(&self, i: usize) -> Option<PortRule> {
+        let word = self.first.wrapping_add(1 + 2 * i as u32);
+        let ports = entry(self.slots, word)?;
+        let kind = entry(self.slots, word.wrapping_add(1))?;
+        Some(PortRule {
+            port_lo: ports as u16,
+            port_hi: (ports >> 16) as u16,
+            proto: kind as u8,
+            category: (kind >> 8) as u8,
+            set_id: (kind >> 16) as u16,
+        })
+    }
 }
 
 /// One element of the index array: a node, or six entries (leaves, or direct table entries).
@@ -104,17 +196,17 @@ impl Slot {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IndexCtl {
-    /// The live half ([`live_word`]): [`LIVE_ON`], its first slot in bits 32..63, its first
-    /// value in the low 32 bits; [`LIVE_OFF`] when none is live. Written with one atomic
-    /// store.
+    /// The live half ([`live_word`]): [`LIVE_ON`] and its first slot in the low 32 bits;
+    /// [`LIVE_OFF`] when none is live. Written with one atomic store.
     pub live: u64,
     /// Switches so far.
     pub seq: u64,
     /// The `seq` after which a grace period has passed: the other half has no reader left.
     pub released: u64,
-    /// Slots and values the live half uses (for `status`; the kernel never reads them).
+    /// Slots the live half uses and rule sets it packs (for `status`; the kernel never reads
+    /// them).
     pub used_slots: u32,
-    pub used_values: u32,
+    pub used_rules: u32,
 }
 const _: () = assert!(size_of::<IndexCtl>() == 32);
 
@@ -158,8 +250,8 @@ fn step<S: Slots + ?Sized>(slots: &S, node: u32, chunk: u32) -> Option<u32> {
     entry(slots, node.words[5].wrapping_add(rank).wrapping_sub(1))
 }
 
-/// The value id of the longest prefix holding an IPv4 address (network order), or
-/// [`NO_VALUE`]; `None` when the half is inconsistent (a reference past its end, a walk
+/// The leaf of the longest prefix holding an IPv4 address (network order): the slot of its
+/// rules ([`Packed`]), or [`NO_VALUE`]; `None` when the half is inconsistent (a reference past its end, a walk
 /// deeper than an address): the caller falls back to the trie.
 #[inline(always)]
 pub fn find_v4<S: Slots + ?Sized>(slots: &S, addr: [u8; 4]) -> Option<u32> {

@@ -36,14 +36,12 @@ pub mod names {
     pub const FLOWS: &str = "XB_FLOWS";
     /// The compiled index beside the tries: [`crate::index::Slot`]s, two halves.
     pub const INDEX_SLOTS: &str = "XB_IDX_SLOTS";
-    /// The index's [`crate::PrefixRules`], by value id, two halves.
-    pub const INDEX_VALUES: &str = "XB_IDX_VALUES";
     /// Single entry: [`crate::index::IndexCtl`], which half is live.
     pub const INDEX_CTL: &str = "XB_IDX_CTL";
     /// aya-log's ring buffer (its name is fixed by aya-log).
     pub const LOGS: &str = "AYA_LOGS";
     /// Every map the agent pins, in pin order.
-    pub const PINNED_MAPS: [&str; 10] = [
+    pub const PINNED_MAPS: [&str; 9] = [
         PREFIX_V4,
         PREFIX_V6,
         POLICY,
@@ -52,7 +50,6 @@ pub mod names {
         SET_STATS,
         FLOWS,
         INDEX_SLOTS,
-        INDEX_VALUES,
         INDEX_CTL,
     ];
 
@@ -74,10 +71,9 @@ pub const STATS_LEN: u32 = 32;
 /// Entries of [`names::FLOWS`] unless the agent's configuration says otherwise (its
 /// `[flows] table-size` sets the map's size at load).
 pub const DEFAULT_FLOWS: u32 = 1 << 16;
-/// Entries of [`names::INDEX_SLOTS`] and [`names::INDEX_VALUES`] (both halves) unless the
-/// agent's configuration says otherwise (`[index] memory-mib`): 24 MiB and 1 MiB.
+/// Entries of [`names::INDEX_SLOTS`] (both halves) unless the agent's configuration says
+/// otherwise (`[index] memory-mib`): 24 MiB.
 pub const DEFAULT_INDEX_SLOTS: u32 = 1 << 20;
-pub const DEFAULT_INDEX_VALUES: u32 = 1 << 13;
 /// Idle time after which a flow is forgotten, when [`Config`] leaves it 0: TCP connections
 /// idle for long (IMAP IDLE, keepalives of 30 min and more); other flows for short.
 pub const DEFAULT_TCP_IDLE_S: u16 = 7200;
@@ -283,38 +279,72 @@ impl PrefixRules {
     /// The category and endpoint set for a packet, ignoring strict ports: the first rule whose
     /// protocol and port range hold the packet, else the address category. `port` is `None`
     /// for a packet without ports (another protocol, or a non-first fragment).
-    ///
-    /// The kernel programs and user space (explaining a lookup) run this same loop.
-    #[expect(
-        clippy::inline_always,
-        reason = "the kernel programs must inline the bounded loop"
-    )]
-    #[inline(always)]
     #[must_use]
     pub fn classify(&self, proto: u8, port: Option<u16>) -> RuleMatch {
-        if let Some(port) = port {
-            let n = usize::from(self.n_rules);
-            // Indexing below a constant bound keeps the loop visible to the verifier.
-            for i in 0..MAX_RULES {
-                if i >= n {
-                    break;
-                }
-                let rule = &self.rules[i];
-                if rule.proto == proto && rule.port_lo <= port && port <= rule.port_hi {
-                    return RuleMatch {
-                        category: rule.category,
-                        set_id: rule.set_id,
-                        by_port: true,
-                    };
-                }
-            }
-        }
-        RuleMatch {
+        classify_rules(self, proto, port).unwrap_or(RuleMatch {
             category: self.addr_category,
             set_id: self.addr_set,
             by_port: false,
+        })
+    }
+}
+
+/// Where a prefix's rules are read from: a trie's [`PrefixRules`], or the index's packed copy
+/// of them ([`index::Packed`]).
+pub trait Rules {
+    /// `n_rules`, `addr_category`, `addr_set`.
+    fn header(&self) -> (u8, u8, u16);
+    /// Rule `i` (below `n_rules`), `None` when it cannot be read.
+    fn rule(&self, i: usize) -> Option<PortRule>;
+}
+
+impl Rules for PrefixRules {
+    #[inline(always)]
+    fn header(&self) -> (u8, u8, u16) {
+        (self.n_rules, self.addr_category, self.addr_set)
+    }
+
+    #[inline(always)]
+    fn rule(&self, i: usize) -> Option<PortRule> {
+        self.rules.get(i).copied()
+    }
+}
+
+/// [`PrefixRules::classify`] for any [`Rules`]; `None` when a rule cannot be read. The
+/// kernel programs and user space (explaining a lookup) run this same loop.
+#[expect(
+    clippy::inline_always,
+    reason = "the kernel programs must inline the bounded loop"
+)]
+#[inline(always)]
+pub fn classify_rules<R: Rules + ?Sized>(
+    rules: &R,
+    proto: u8,
+    port: Option<u16>,
+) -> Option<RuleMatch> {
+    let (n_rules, addr_category, addr_set) = rules.header();
+    if let Some(port) = port {
+        let n = usize::from(n_rules);
+        // A constant bound keeps the loop visible to the verifier.
+        for i in 0..MAX_RULES {
+            if i >= n {
+                break;
+            }
+            let rule = rules.rule(i)?;
+            if rule.proto == proto && rule.port_lo <= port && port <= rule.port_hi {
+                return Some(RuleMatch {
+                    category: rule.category,
+                    set_id: rule.set_id,
+                    by_port: true,
+                });
+            }
         }
     }
+    Some(RuleMatch {
+        category: addr_category,
+        set_id: addr_set,
+        by_port: false,
+    })
 }
 
 /// The result of [`PrefixRules::classify`] (not an ABI type).
@@ -538,8 +568,8 @@ impl Decision {
     }
 }
 
-/// Decides a packet from the entry of the longest installed prefix that holds its
-/// destination (`rules`, `None` when none does), its protocol and destination port (`None`
+/// Decides a packet from the rules of the longest installed prefix that holds its
+/// destination (`rules`, `None` when none does; a rule that cannot be read is `ERROR`), its protocol and destination port (`None`
 /// without ports), whether it is a non-first fragment, the [`flags`] of [`Config`], and the
 /// policy (`policy(category)` is the action of a category, `None` when it cannot be read).
 ///
@@ -559,8 +589,8 @@ impl Decision {
     reason = "the kernel programs must inline the policy closure and the rule scan"
 )]
 #[inline(always)]
-pub fn decide(
-    rules: Option<&PrefixRules>,
+pub fn decide<R: Rules + ?Sized>(
+    rules: Option<&R>,
     proto: u8,
     port: Option<u16>,
     later_fragment: bool,
@@ -574,7 +604,9 @@ pub fn decide(
             stat::NO_MATCH
         });
     };
-    let found = rules.classify(proto, if later_fragment { None } else { port });
+    let Some(found) = classify_rules(rules, proto, if later_fragment { None } else { port }) else {
+        return Decision::tunnel(stat::ERROR);
+    };
     if found.category == category::NONE {
         return Decision::tunnel(stat::EXCLUDED);
     }

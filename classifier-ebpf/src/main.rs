@@ -18,11 +18,10 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::info;
 use classifier_common::{
-    Config, Counter, DEFAULT_FLOWS, DEFAULT_INDEX_SLOTS, DEFAULT_INDEX_VALUES,
-    DEFAULT_OTHER_IDLE_S, DEFAULT_TCP_IDLE_S, Decision, FlowKey, FlowValue, LpmKeyV4, LpmKeyV6,
-    MAX_PREFIXES, MAX_SET_ID, Policy, PrefixRules, STATS_LEN, XDP_META_MAGIC, XdpMeta, action,
-    category, decide, flags,
-    index::{self, IndexCtl, Slot, Slots},
+    Config, Counter, DEFAULT_FLOWS, DEFAULT_INDEX_SLOTS, DEFAULT_OTHER_IDLE_S, DEFAULT_TCP_IDLE_S,
+    Decision, FlowKey, FlowValue, LpmKeyV4, LpmKeyV6, MAX_PREFIXES, MAX_SET_ID, Policy,
+    PrefixRules, STATS_LEN, XDP_META_MAGIC, XdpMeta, action, category, decide, flags,
+    index::{self, IndexCtl, Packed, Slot, Slots},
     proto, stat,
 };
 
@@ -76,14 +75,6 @@ static XB_FLOWS: LruHashMap<FlowKey, FlowValue, { DEFAULT_FLOWS as usize }> = Lr
 static XB_IDX_SLOTS: Array<Slot, { DEFAULT_INDEX_SLOTS as usize }, { BPF_F_MMAPABLE as usize }> =
     Array::new();
 
-/// The index's rules by value id, two halves. Pinned as `XB_IDX_VALUES`.
-#[btf_map]
-static XB_IDX_VALUES: Array<
-    PrefixRules,
-    { DEFAULT_INDEX_VALUES as usize },
-    { BPF_F_MMAPABLE as usize },
-> = Array::new();
-
 /// Index 0: which half of the index is live, or none (then the tries decide). Pinned as
 /// `XB_IDX_CTL`.
 #[btf_map]
@@ -119,46 +110,18 @@ impl Slots for LiveHalf {
     }
 }
 
-/// The live half and the first value of its rules, `None` while no index is live.
+/// The control word of the index: which half is live, if any (`index::live_half`). Read
+/// once per packet, as a plain integer: an `Option` kept across the branches below leaves
+/// LLVM an undefined payload to spill, which the verifier refuses.
 #[inline(always)]
-fn live_index() -> Option<(LiveHalf, u32)> {
-    let ctl = XB_IDX_CTL.get_ptr(0)?;
+fn live_word() -> u64 {
+    let Some(ctl) = XB_IDX_CTL.get_ptr(0) else {
+        return index::LIVE_OFF;
+    };
     // SAFETY: the map's value; user space switches halves with one aligned 64-bit store,
     // read once here, so a packet walks one half from start to end. The half it walks is
     // not rewritten before an RCU grace period has passed since the switch.
-    let live = unsafe { core::ptr::read_volatile(&raw const (*ctl).live) };
-    let (base, values) = index::live_half(live)?;
-    Some((LiveHalf { base }, values))
-}
-
-/// The rules of the longest prefix holding the destination, by the index when one is live
-/// (`Some(None)`: no prefix), `None` when the tries must answer.
-#[inline(always)]
-fn index_rules(found: Option<u32>, value_base: u32) -> Option<Option<&'static PrefixRules>> {
-    match found? {
-        index::NO_VALUE => Some(None),
-        id => XB_IDX_VALUES.get(value_base.wrapping_add(id)).map(Some),
-    }
-}
-
-#[inline(always)]
-fn rules_v4(addr: [u8; 4]) -> Option<&'static PrefixRules> {
-    if let Some((half, values)) = live_index()
-        && let Some(found) = index_rules(index::find_v4(&half, addr), values)
-    {
-        return found;
-    }
-    XB_PREFIX_V4.get(&Key::new(32, addr))
-}
-
-#[inline(always)]
-fn rules_v6(addr: [u8; 16]) -> Option<&'static PrefixRules> {
-    if let Some((half, values)) = live_index()
-        && let Some(found) = index_rules(index::find_v6(&half, addr), values)
-    {
-        return found;
-    }
-    XB_PREFIX_V6.get(&Key::new(128, addr))
+    unsafe { core::ptr::read_volatile(&raw const (*ctl).live) }
 }
 
 /// One index walk (or trie lookup), one bounded rule scan, one policy read; the rule itself
@@ -175,23 +138,57 @@ fn classify(packet: &Packet, config_flags: u32) -> Decision {
     // helper (an indirect call, 12-15 ns a packet) instead of binding each call to its map's
     // own lookup. `tests/object.rs` checks every lookup sees one map.
     // Prefix length 32 (128) asks for the longest prefix that holds the whole address.
+    // Either answer is read in place: the tries' value, or the index's packed rules.
+    let live = live_word();
     match packet.dst {
-        Dst::V4(addr) => decide(
-            rules_v4(addr),
-            packet.proto,
-            packet.port,
-            packet.later_fragment,
-            config_flags,
-            policy,
-        ),
-        Dst::V6(addr) => decide(
-            rules_v6(addr),
-            packet.proto,
-            packet.port,
-            packet.later_fragment,
-            config_flags,
-            policy,
-        ),
+        Dst::V4(addr) => {
+            if let Some(base) = index::live_half(live)
+                && let half = (LiveHalf { base })
+                && let Some(leaf) = index::find_v4(&half, addr)
+                && let Some(found) = Packed::at(&half, leaf)
+            {
+                return decide(
+                    found.as_ref(),
+                    packet.proto,
+                    packet.port,
+                    packet.later_fragment,
+                    config_flags,
+                    policy,
+                );
+            }
+            decide(
+                XB_PREFIX_V4.get(&Key::new(32, addr)),
+                packet.proto,
+                packet.port,
+                packet.later_fragment,
+                config_flags,
+                policy,
+            )
+        }
+        Dst::V6(addr) => {
+            if let Some(base) = index::live_half(live)
+                && let half = (LiveHalf { base })
+                && let Some(leaf) = index::find_v6(&half, addr)
+                && let Some(found) = Packed::at(&half, leaf)
+            {
+                return decide(
+                    found.as_ref(),
+                    packet.proto,
+                    packet.port,
+                    packet.later_fragment,
+                    config_flags,
+                    policy,
+                );
+            }
+            decide(
+                XB_PREFIX_V6.get(&Key::new(128, addr)),
+                packet.proto,
+                packet.port,
+                packet.later_fragment,
+                config_flags,
+                policy,
+            )
+        }
     }
 }
 

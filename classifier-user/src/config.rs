@@ -581,11 +581,11 @@ impl Config {
     /// The sizes of the maps sized at load.
     #[must_use]
     pub fn map_sizes(&self) -> crate::datapath::MapSizes {
-        let (slots, values) = crate::datapath::MapSizes::index_memory(self.index.memory_mib);
         crate::datapath::MapSizes {
             flows: Some(self.flows.table_size),
-            index_slots: Some(slots),
-            index_values: Some(values),
+            index_slots: Some(crate::datapath::MapSizes::index_slots(
+                self.index.memory_mib,
+            )),
         }
     }
 

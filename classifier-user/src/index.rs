@@ -3,13 +3,16 @@
 //! of the longest prefix that covers it, and popcount-compressed, so a node costs 24 bytes
 //! plus one entry per run of equal leaves.
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    hash::{BuildHasherDefault, Hasher},
+};
 
 use classifier_common::{
     PrefixRules,
     index::{
         DIR_BITS, DIR_ENTRIES, DIR_V4, DIR_V6, ENTRIES_PER_SLOT, FIRST_FREE_SLOT, NO_VALUE, NODE,
-        STRIDE, Slot,
+        STRIDE, Slot, rules_len, rules_word,
     },
 };
 
@@ -22,29 +25,31 @@ pub enum IndexError {
          memory-mib`); the tries alone classify until it is raised"
     )]
     Slots { capacity: u32 },
-    #[error(
-        "the index needs {needed} distinct rule sets, a half holds {capacity}; the tries \
-         alone classify until `[index] memory-mib` is raised"
-    )]
-    Values { needed: usize, capacity: u32 },
 }
 
-/// One half of the index, ready to be copied: `slots` from the half's first slot (direct
-/// tables, nodes, leaves), `values` by value id (0 unused).
+/// One half of the index, ready to be copied from the half's first slot: direct tables,
+/// then nodes, leaves and rules.
 #[derive(Debug, Default)]
 pub struct Built {
     pub slots: Vec<Slot>,
-    pub values: Vec<PrefixRules>,
+    /// Distinct rule sets, and the copies laid out (each subtree has its own).
+    pub rule_sets: usize,
+    pub rule_copies: usize,
 }
 
-/// Builds the index of `compiled` for a half of `half_slots` slots and `half_values` values.
+/// Builds the index of `compiled` for a half of `half_slots` slots.
 ///
 /// The index answers with the rules of the longest prefix, like the tries, except for
-/// `prefix_len`, which it leaves 0: the kernel never reads it, and rules that differ only in
-/// it share one value.
-pub fn build(compiled: &Compiled, half_slots: u32, half_values: u32) -> Result<Built, IndexError> {
+/// `prefix_len`, which it leaves 0: the kernel never reads it.
+pub fn build(compiled: &Compiled, half_slots: u32) -> Result<Built, IndexError> {
+    if !(FIRST_FREE_SLOT..NODE).contains(&half_slots) {
+        return Err(IndexError::Slots {
+            capacity: half_slots,
+        });
+    }
+    // Rule sets by id (0: none), so that leaves compare as integers while they are laid out.
     let mut values = vec![PrefixRules::EMPTY];
-    let mut ids = HashMap::new();
+    let mut ids: HashMap<PrefixRules, u32, BuildHasherDefault<Fx>> = HashMap::default();
     let mut value_id = |rules: &PrefixRules| {
         let mut rules = *rules;
         rules.prefix_len = 0;
@@ -71,21 +76,14 @@ pub fn build(compiled: &Compiled, half_slots: u32, half_values: u32) -> Result<B
             value: value_id(rules),
         })
         .collect();
-    if values.len() > half_values as usize {
-        return Err(IndexError::Values {
-            needed: values.len() - 1,
-            capacity: half_values.saturating_sub(1),
-        });
-    }
-    if half_slots < FIRST_FREE_SLOT || half_slots >= NODE {
-        return Err(IndexError::Slots {
-            capacity: half_slots,
-        });
-    }
     let mut builder = Builder {
         arena: Vec::new(),
         lanes: 0,
         capacity: half_slots,
+        placed: vec![(0, 0); values.len()],
+        subtree: 0,
+        copies: 0,
+        values,
     };
     let mut direct = vec![NO_VALUE; (FIRST_FREE_SLOT * ENTRIES_PER_SLOT) as usize];
     for (prefixes, base) in [(v4, DIR_V4), (v6, DIR_V6)] {
@@ -94,7 +92,51 @@ pub fn build(compiled: &Compiled, half_slots: u32, half_values: u32) -> Result<B
         let table = builder.direct(&prefixes)?;
         direct[base as usize..(base + DIR_ENTRIES) as usize].copy_from_slice(&table);
     }
-    Ok(builder.finish(&direct, values))
+    // The direct tables' own leaves share one copy of their rules, after every subtree.
+    builder.subtree += 1;
+    for entry in &mut direct {
+        if *entry & NODE == 0 {
+            *entry = builder.place(*entry)?;
+        }
+    }
+    Ok(builder.finish(&direct))
+}
+
+/// FxHash (rustc's): rule sets are hashed once per prefix, a million times for a full
+/// table, and SipHash's defence against chosen keys buys nothing for entries we compiled.
+#[derive(Default)]
+struct Fx(u64);
+
+impl Hasher for Fx {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.write_u64(u64::from(byte));
+        }
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u16(&mut self, n: u16) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7cc1_b727_220a_95);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -122,6 +164,13 @@ struct Builder {
     /// Entries used in the last slot of `arena` when it holds leaves (0: a fresh slot next).
     lanes: u32,
     capacity: u32,
+    /// Rule sets by id.
+    values: Vec<PrefixRules>,
+    /// Per id: the subtree that last laid it out, and where.
+    placed: Vec<(u32, u32)>,
+    /// The subtree being laid out (1 and up).
+    subtree: u32,
+    copies: usize,
 }
 
 /// A node about to be written: its position data, and its children's ranges.
@@ -191,6 +240,7 @@ impl Builder {
             children,
         } = level(prefixes, 0, DIR_BITS, default_route(prefixes));
         for (position, range) in children {
+            self.subtree += 1;
             let slot = self.alloc_nodes(1)?;
             let inherited = entries[position];
             entries[position] = NODE | slot;
@@ -231,6 +281,13 @@ impl Builder {
                 children,
             });
         }
+        // The rules these leaves name, once per subtree, right behind the block; then the
+        // leaves, naming them by slot.
+        for node in &mut pending {
+            for leaf in &mut node.leaves {
+                *leaf = self.place(*leaf)?;
+            }
+        }
         for (i, node) in pending.iter().enumerate() {
             let base_leaf = self.alloc_leaves(&node.leaves)?;
             let slot = base + u32::try_from(i).expect("at most 64");
@@ -254,6 +311,28 @@ impl Builder {
         Ok(())
     }
 
+    /// The leaf for rule set `id`: its rules' slot, laid out now unless this subtree already
+    /// has them.
+    fn place(&mut self, id: u32) -> Result<u32, IndexError> {
+        if id == NO_VALUE {
+            return Ok(NO_VALUE);
+        }
+        let (subtree, slot) = self.placed[id as usize];
+        if subtree == self.subtree {
+            return Ok(slot);
+        }
+        let rules = self.values[id as usize];
+        let len = rules_len(usize::from(rules.n_rules));
+        let first = self.alloc_nodes(len.div_ceil(ENTRIES_PER_SLOT as usize))?;
+        for word in 0..len {
+            let at = (first - FIRST_FREE_SLOT) as usize + word / 6;
+            self.arena[at].words[word % 6] = rules_word(&rules, word);
+        }
+        self.placed[id as usize] = (self.subtree, first);
+        self.copies += 1;
+        Ok(first)
+    }
+
     /// `count` consecutive node slots after what is laid out; returns the first.
     fn alloc_nodes(&mut self, count: usize) -> Result<u32, IndexError> {
         self.lanes = 0;
@@ -264,8 +343,7 @@ impl Builder {
                 capacity: self.capacity,
             });
         }
-        self.arena
-            .resize(self.arena.len() + count, Slot::default());
+        self.arena.resize(self.arena.len() + count, Slot::default());
         Ok(first)
     }
 
@@ -279,21 +357,22 @@ impl Builder {
             let slot = FIRST_FREE_SLOT + u32::try_from(self.arena.len() - 1).expect("fits");
             let index = slot * ENTRIES_PER_SLOT + self.lanes;
             first.get_or_insert(index);
-            self.arena
-                .last_mut()
-                .expect("just allocated")
-                .words[self.lanes as usize] = leaf;
+            self.arena.last_mut().expect("just allocated").words[self.lanes as usize] = leaf;
             self.lanes += 1;
         }
         Ok(first.unwrap_or(0))
     }
 
     /// The half: direct tables, then the arena.
-    fn finish(self, direct: &[u32], values: Vec<PrefixRules>) -> Built {
+    fn finish(self, direct: &[u32]) -> Built {
         let mut slots = Vec::with_capacity(direct.len().div_ceil(6) + self.arena.len());
         slots.extend(direct.chunks(6).map(pack));
         slots.extend(self.arena);
-        Built { slots, values }
+        Built {
+            slots,
+            rule_sets: self.values.len() - 1,
+            rule_copies: self.copies,
+        }
     }
 }
 
@@ -309,7 +388,7 @@ mod tests {
 
     use classifier_common::{
         LpmKeyV4, LpmKeyV6,
-        index::{find_v4, find_v6},
+        index::{Packed, find_v4, find_v6},
     };
 
     use super::*;
@@ -327,11 +406,23 @@ mod tests {
         }
     }
 
+    /// Rules with 0 to 3 port rules (`set % 4`), so that packing them is checked too.
     fn rules(set: u16, len: u32) -> PrefixRules {
         let mut rules = PrefixRules::EMPTY;
         rules.addr_category = 3;
         rules.addr_set = set;
         rules.prefix_len = u8::try_from(len).unwrap();
+        for i in 0..usize::from(set % 4) {
+            let port = 1000 * u16::try_from(i).unwrap() + set;
+            rules.rules[i] = classifier_common::PortRule {
+                port_lo: port,
+                port_hi: port + 7,
+                proto: if i % 2 == 0 { 6 } else { 17 },
+                category: u8::try_from(1 + i % 3).unwrap(),
+                set_id: set ^ 0x5a5,
+            };
+        }
+        rules.n_rules = u8::try_from(set % 4).unwrap();
         rules
     }
 
@@ -369,8 +460,10 @@ mod tests {
     }
 
     fn answer(built: &Built, found: Option<u32>) -> Option<PrefixRules> {
-        let id = found.expect("a consistent index");
-        (id != NO_VALUE).then(|| built.values[id as usize])
+        let at = found.expect("a consistent index");
+        Packed::at(built.slots.as_slice(), at)
+            .expect("a readable header")
+            .map(|packed| packed.unpack().expect("whole rules"))
     }
 
     fn without_len(rules: Option<PrefixRules>) -> Option<PrefixRules> {
@@ -418,7 +511,7 @@ mod tests {
                 rules(set, len6),
             );
         }
-        let built = build(&compiled, 1 << 22, 1 << 12).unwrap();
+        let built = build(&compiled, 1 << 22).unwrap();
         let keys4: Vec<LpmKeyV4> = compiled.v4.keys().copied().collect();
         let keys6: Vec<LpmKeyV6> = compiled.v6.keys().copied().collect();
         for _ in 0..20_000 {
@@ -460,7 +553,7 @@ mod tests {
 
     #[test]
     fn empty_table_answers_no_prefix() {
-        let built = build(&Compiled::default(), FIRST_FREE_SLOT, 1).unwrap();
+        let built = build(&Compiled::default(), FIRST_FREE_SLOT).unwrap();
         assert_eq!(built.slots.len(), FIRST_FREE_SLOT as usize);
         assert_eq!(
             find_v4(built.slots.as_slice(), [1, 2, 3, 4]),
@@ -493,7 +586,7 @@ mod tests {
             },
             rules(3, 128),
         );
-        let built = build(&compiled, 1 << 16, 16).unwrap();
+        let built = build(&compiled, 1 << 16).unwrap();
         let set = |found| answer(&built, found).map(|rules| rules.addr_set);
         assert_eq!(
             set(find_v4(built.slots.as_slice(), [192, 0, 2, 1])),
@@ -527,12 +620,8 @@ mod tests {
         }
         let capacity = FIRST_FREE_SLOT + 100;
         assert_eq!(
-            build(&compiled, capacity, 16).unwrap_err(),
+            build(&compiled, capacity).unwrap_err(),
             IndexError::Slots { capacity }
         );
-        assert!(matches!(
-            build(&compiled, 1 << 20, 1),
-            Err(IndexError::Values { .. })
-        ));
     }
 }

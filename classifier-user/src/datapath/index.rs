@@ -14,7 +14,6 @@ use std::{
 
 use aya::maps::MapData;
 use classifier_common::{
-    PrefixRules,
     index::{FIRST_FREE_SLOT, IndexCtl, LIVE_OFF, Slot, live_half, live_word},
     names,
 };
@@ -43,7 +42,7 @@ impl Mapping {
                 std::ptr::null_mut(),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
+                libc::MAP_SHARED | libc::MAP_POPULATE,
                 fd,
                 0,
             )
@@ -85,13 +84,11 @@ impl Drop for Mapping {
     }
 }
 
-/// The three index maps, mapped.
+/// The index maps, mapped.
 pub struct IndexMaps {
     slots: Mapping,
-    values: Mapping,
     ctl: Mapping,
     half_slots: u32,
-    half_values: u32,
 }
 
 /// What [`IndexMaps::install`] took.
@@ -101,56 +98,50 @@ pub struct Installed {
     pub switch: Duration,
     /// The grace period after the switch (the old half is free when it ends).
     pub grace: Duration,
-    /// Slots and values written.
+    /// Slots written, distinct rule sets and their copies (one per subtree using them).
     pub slots: usize,
-    pub values: usize,
+    pub rule_sets: usize,
+    pub rule_copies: usize,
 }
 
 impl IndexMaps {
-    /// Maps the index maps (the three of [`names`]: slots, values, control).
-    pub fn new(slots: &MapData, values: &MapData, ctl: &MapData) -> Result<Self, DatapathError> {
-        let entries = |name: &'static str, data: &MapData| {
-            data.info()
-                .map(|info| info.max_entries())
-                .map_err(|source| DatapathError::Map { name, source })
-        };
-        let slot_entries = entries(names::INDEX_SLOTS, slots)?;
-        let value_entries = entries(names::INDEX_VALUES, values)?;
-        let bytes = |entries: u32, size: usize| entries as usize * size;
-        let this = Self {
+    /// Maps the index maps ([`names::INDEX_SLOTS`], [`names::INDEX_CTL`]), populated at once
+    /// so that no page fault lands in a later switch.
+    pub fn new(slots: &MapData, ctl: &MapData) -> Result<Self, DatapathError> {
+        let entries = slots
+            .info()
+            .map(|info| info.max_entries())
+            .map_err(|source| DatapathError::Map {
+                name: names::INDEX_SLOTS,
+                source,
+            })?;
+        Ok(Self {
             slots: Mapping::new(
                 names::INDEX_SLOTS,
                 slots,
-                bytes(slot_entries, size_of::<Slot>()),
-            )?,
-            values: Mapping::new(
-                names::INDEX_VALUES,
-                values,
-                bytes(value_entries, size_of::<PrefixRules>()),
+                entries as usize * size_of::<Slot>(),
             )?,
             ctl: Mapping::new(names::INDEX_CTL, ctl, size_of::<IndexCtl>())?,
-            half_slots: slot_entries / 2,
-            half_values: value_entries / 2,
-        };
-        Ok(this)
+            half_slots: entries / 2,
+        })
     }
 
-    /// False when `[index] memory-mib = 0` made the maps too small for any table.
+    /// False when `[index] memory-mib = 0` made the map too small for any table.
     #[must_use]
     pub fn enabled(&self) -> bool {
-        self.half_slots >= FIRST_FREE_SLOT && self.half_values >= 2
+        self.half_slots >= FIRST_FREE_SLOT
     }
 
-    /// Slots and values of one half: what a table may use.
+    /// Slots of one half: what a table may use.
     #[must_use]
-    pub fn half(&self) -> (u32, u32) {
-        (self.half_slots, self.half_values)
+    pub fn half_slots(&self) -> u32 {
+        self.half_slots
     }
 
-    /// Bytes of kernel memory the index maps take (both halves).
+    /// Bytes of kernel memory the index takes (both halves).
     #[must_use]
     pub fn memory_bytes(&self) -> usize {
-        self.slots.len + self.values.len
+        self.slots.len
     }
 
     fn word(&self, field: usize) -> &AtomicU64 {
@@ -171,12 +162,12 @@ impl IndexMaps {
         self.word(2)
     }
 
-    /// Slots and values the live half uses (`used_slots`, `used_values` of the control).
+    /// `used_slots` and `used_rules` of the control, as one word.
     fn usage(&self) -> &AtomicU64 {
         self.word(3)
     }
 
-    /// What the live index uses: `(slots, values)`, `None` when the tries decide.
+    /// What the live index uses: `(slots, rule sets)`, `None` when the tries decide.
     #[must_use]
     pub fn used(&self) -> Option<(u32, u32)> {
         live_half(self.live().load(Ordering::Acquire))?;
@@ -190,54 +181,41 @@ impl IndexMaps {
         })
     }
 
-    /// The live half as the kernel reads it: its slots and values; `None` when the tries
-    /// decide.
+    /// The live half as the kernel reads it; `None` when the tries decide.
     #[must_use]
-    pub fn live_half(&self) -> Option<(&[Slot], &[PrefixRules])> {
-        let (slot_base, value_base) = live_half(self.live().load(Ordering::Acquire))?;
+    pub fn live_half(&self) -> Option<&[Slot]> {
+        let base = live_half(self.live().load(Ordering::Acquire))?;
         let slots: &[Slot] = self.slots.as_slice();
-        let values: &[PrefixRules] = self.values.as_slice();
-        Some((
-            slots.get(slot_base as usize..(slot_base + self.half_slots) as usize)?,
-            values.get(value_base as usize..(value_base + self.half_values) as usize)?,
-        ))
+        slots.get(base as usize..(base + self.half_slots) as usize)
     }
 
     /// Makes `built` the live index: copied into the half nobody reads, then switched.
     pub fn install(&mut self, built: &Built) -> Result<Installed, DatapathError> {
-        if built.slots.len() > self.half_slots as usize
-            || built.values.len() > self.half_values as usize
-        {
+        if built.slots.len() > self.half_slots as usize {
             return Err(DatapathError::IndexSize {
                 slots: built.slots.len(),
-                values: built.values.len(),
                 half_slots: self.half_slots,
-                half_values: self.half_values,
             });
         }
         self.wait_released()?;
         let start = Instant::now();
-        let next = match live_half(self.live().load(Ordering::Acquire)) {
-            Some((0, _)) => 1,
+        let base = match live_half(self.live().load(Ordering::Acquire)) {
+            Some(0) => self.half_slots,
             _ => 0,
         };
-        let slot_base = next * self.half_slots;
-        let value_base = next * self.half_values;
         let slots: &mut [Slot] = self.slots.as_mut_slice();
-        slots[slot_base as usize..][..built.slots.len()].copy_from_slice(&built.slots);
-        let values: &mut [PrefixRules] = self.values.as_mut_slice();
-        values[value_base as usize..][..built.values.len()].copy_from_slice(&built.values);
+        slots[base as usize..][..built.slots.len()].copy_from_slice(&built.slots);
         fence(Ordering::Release);
-        self.live()
-            .store(live_word(slot_base, value_base), Ordering::Release);
+        self.live().store(live_word(base), Ordering::Release);
         self.seq().fetch_add(1, Ordering::AcqRel);
         let switch = start.elapsed();
-        let (used_slots, used_values) = (built.slots.len() as u64, built.values.len() as u64);
+        let used = |n: usize| u64::try_from(n).unwrap_or(u64::MAX) & u64::from(u32::MAX);
+        let (used_slots, used_rules) = (used(built.slots.len()), used(built.rule_sets));
         self.usage().store(
             if cfg!(target_endian = "little") {
-                used_slots | (used_values << 32)
+                used_slots | (used_rules << 32)
             } else {
-                used_values | (used_slots << 32)
+                used_rules | (used_slots << 32)
             },
             Ordering::Release,
         );
@@ -246,7 +224,8 @@ impl IndexMaps {
             switch,
             grace,
             slots: built.slots.len(),
-            values: built.values.len(),
+            rule_sets: built.rule_sets,
+            rule_copies: built.rule_copies,
         })
     }
 

@@ -48,16 +48,15 @@ impl Datapath {
                 );
                 stale.push(name);
             }
-            match name {
-                names::FLOWS => resolved.flows = Some(size),
-                names::INDEX_SLOTS => resolved.index_slots = Some(size),
-                _ => resolved.index_values = Some(size),
+            if name == names::FLOWS {
+                resolved.flows = Some(size);
+            } else {
+                resolved.index_slots = Some(size);
             }
         }
-        // The index maps go together: a control word must never name halves of another map.
-        if stale.iter().any(|name| name.starts_with("XB_IDX")) {
-            stale.retain(|name| !name.starts_with("XB_IDX"));
-            stale.extend([names::INDEX_SLOTS, names::INDEX_VALUES, names::INDEX_CTL]);
+        // The index maps go together: a control word must never name a half of another map.
+        if stale.contains(&names::INDEX_SLOTS) {
+            stale.push(names::INDEX_CTL);
         }
         for name in stale {
             let path = pin_dir.join(name);
@@ -103,7 +102,7 @@ impl Datapath {
         }
         let mut loader = EbpfLoader::new();
         // The live index too, when the pins have one, sized as pinned.
-        let index = [names::INDEX_SLOTS, names::INDEX_VALUES, names::INDEX_CTL];
+        let index = [names::INDEX_SLOTS, names::INDEX_CTL];
         if index.iter().all(|name| pin_dir.join(name).exists()) {
             for name in index {
                 if let Some(size) = pinned_size(pin_dir, name) {
@@ -175,11 +174,7 @@ impl Datapath {
                 .map_err(|source| DatapathError::Map { name, source })?;
             MapData::from_id(info.id()).map_err(|source| DatapathError::Map { name, source })
         };
-        let index = IndexMaps::new(
-            &take(names::INDEX_SLOTS)?,
-            &take(names::INDEX_VALUES)?,
-            &take(names::INDEX_CTL)?,
-        )?;
+        let index = IndexMaps::new(&take(names::INDEX_SLOTS)?, &take(names::INDEX_CTL)?)?;
         Maps::from_data(
             [
                 take(names::PREFIX_V4)?,

@@ -64,7 +64,7 @@ impl ApplyReport {
                 "; index live after {:.2} ms ({} slots, {} rule sets)",
                 self.ready.as_secs_f64() * 1e3,
                 index.slots,
-                index.values.saturating_sub(1)
+                index.rule_sets
             ),
             (None, Some(error)) => format!("; no index: {error}"),
             (None, None) => String::new(),
@@ -103,7 +103,6 @@ impl Maps {
         let index = if pin_dir.join(names::INDEX_CTL).exists() {
             Some(IndexMaps::new(
                 &open(names::INDEX_SLOTS)?,
-                &open(names::INDEX_VALUES)?,
                 &open(names::INDEX_CTL)?,
             )?)
         } else {
@@ -304,11 +303,11 @@ impl Maps {
         // The index first: one switch moves the data plane to the whole new table at once; the
         // tries, the record that `lookup` and `bpftool` read, follow as a diff.
         if let Some(index) = &mut self.index {
-            let (half_slots, half_values) = index.half();
+            let half_slots = index.half_slots();
             if !index.enabled() {
                 index.disable()?;
             } else {
-                match build(target, half_slots, half_values) {
+                match build(target, half_slots) {
                     Ok(built) => {
                         let installed = index.install(&built)?;
                         report.ready = start.elapsed().saturating_sub(installed.grace);

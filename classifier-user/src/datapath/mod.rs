@@ -136,16 +136,8 @@ pub enum DatapathError {
         #[source]
         source: io::Error,
     },
-    #[error(
-        "an index of {slots} slots and {values} values does not fit a half of the index maps \
-         ({half_slots} slots, {half_values} values)"
-    )]
-    IndexSize {
-        slots: usize,
-        values: usize,
-        half_slots: u32,
-        half_values: u32,
-    },
+    #[error("an index of {slots} slots does not fit a half of the index map ({half_slots})")]
+    IndexSize { slots: usize, half_slots: u32 },
     #[error("waiting for readers of the old index half (membarrier)")]
     Grace(#[source] io::Error),
     #[error("interface {iface}: xdp-breakout is not attached (no {path})")]

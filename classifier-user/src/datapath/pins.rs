@@ -10,8 +10,8 @@ use std::{
 
 use aya::maps::{MapData, MapType};
 use classifier_common::{
-    Config, Counter, DEFAULT_FLOWS, DEFAULT_INDEX_SLOTS, DEFAULT_INDEX_VALUES, FlowKey, FlowValue,
-    LpmKeyV4, LpmKeyV6, MAX_PREFIXES, MAX_SET_ID, Policy, PrefixRules, STATS_LEN, category,
+    Config, Counter, DEFAULT_FLOWS, DEFAULT_INDEX_SLOTS, FlowKey, FlowValue, LpmKeyV4, LpmKeyV6,
+    MAX_PREFIXES, MAX_SET_ID, Policy, PrefixRules, STATS_LEN, category,
     index::{IndexCtl, Slot},
     names,
 };
@@ -26,7 +26,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 ///
 /// The flow table's size is the agent's to choose (`[flows] table-size`); the object declares
 /// [`DEFAULT_FLOWS`].
-pub const MAP_SHAPES: [(&str, MapType, u32, u32, u32); 10] = [
+pub const MAP_SHAPES: [(&str, MapType, u32, u32, u32); 9] = [
     (
         names::PREFIX_V4,
         MapType::LpmTrie,
@@ -77,13 +77,6 @@ pub const MAP_SHAPES: [(&str, MapType, u32, u32, u32); 10] = [
         size32::<Slot>(),
         DEFAULT_INDEX_SLOTS,
     ),
-    (
-        names::INDEX_VALUES,
-        MapType::Array,
-        4,
-        size32::<PrefixRules>(),
-        DEFAULT_INDEX_VALUES,
-    ),
     (names::INDEX_CTL, MapType::Array, 4, size32::<IndexCtl>(), 1),
 ];
 
@@ -93,7 +86,6 @@ pub const MAP_SHAPES: [(&str, MapType, u32, u32, u32); 10] = [
 pub struct MapSizes {
     pub flows: Option<u32>,
     pub index_slots: Option<u32>,
-    pub index_values: Option<u32>,
 }
 
 impl MapSizes {
@@ -103,33 +95,23 @@ impl MapSizes {
         match name {
             names::FLOWS => self.flows,
             names::INDEX_SLOTS => self.index_slots,
-            names::INDEX_VALUES => self.index_values,
             _ => None,
         }
     }
 
-    /// Slots and values for an index of `memory_mib` MiB (both halves): 1/32 for values, the
-    /// rest for slots. 0 turns the index off (maps of two entries).
+    /// Slots for an index of `memory_mib` MiB (both halves); 0 turns the index off (a map
+    /// of two slots).
     #[must_use]
-    pub fn index_memory(memory_mib: u32) -> (u32, u32) {
-        if memory_mib == 0 {
-            return (2, 2);
-        }
-        let bytes = u64::from(memory_mib) << 20;
-        let values = (bytes / 32 / size_of::<PrefixRules>() as u64).max(512) & !1;
-        let slots = (bytes - values * size_of::<PrefixRules>() as u64) / size_of::<Slot>() as u64;
-        (
-            u32::try_from(slots & !1).unwrap_or(u32::MAX - 1),
-            u32::try_from(values).unwrap_or(u32::MAX - 1),
-        )
+    pub fn index_slots(memory_mib: u32) -> u32 {
+        let slots = (u64::from(memory_mib) << 20) / size_of::<Slot>() as u64;
+        u32::try_from(slots & !1).unwrap_or(u32::MAX - 1).max(2)
     }
 }
 
-/// Maps sized at load, with their defaults; the index maps go together.
-pub(super) const SIZED_MAPS: [(&str, u32); 3] = [
+/// Maps sized at load, with their defaults.
+pub(super) const SIZED_MAPS: [(&str, u32); 2] = [
     (names::FLOWS, DEFAULT_FLOWS),
     (names::INDEX_SLOTS, DEFAULT_INDEX_SLOTS),
-    (names::INDEX_VALUES, DEFAULT_INDEX_VALUES),
 ];
 
 #[expect(
