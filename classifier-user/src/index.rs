@@ -6,10 +6,11 @@
 use std::{
     collections::HashMap,
     hash::{BuildHasherDefault, Hasher},
+    ops::Range,
 };
 
 use classifier_common::{
-    PrefixRules,
+    MAX_RULES, PrefixRules,
     index::{
         DIR_BITS, DIR_ENTRIES, DIR_V4, DIR_V6, ENTRIES_PER_SLOT, FIRST_FREE_SLOT, NO_VALUE, NODE,
         STRIDE, Slot, rules_len, rules_word,
@@ -37,23 +38,52 @@ pub struct Built {
     pub rule_copies: usize,
 }
 
-/// Builds the index of `compiled` for a half of `half_slots` slots.
-///
-/// The index answers with the rules of the longest prefix, like the tries, except for
-/// `prefix_len`, which it leaves 0: the kernel never reads it.
+/// Builds the index of `compiled` for a half of `half_slots` slots, in memory of its own
+/// (tests, benchmarks; the data plane's is built in place with [`build_into`]).
 pub fn build(compiled: &Compiled, half_slots: u32) -> Result<Built, IndexError> {
     if !(FIRST_FREE_SLOT..NODE).contains(&half_slots) {
         return Err(IndexError::Slots {
             capacity: half_slots,
         });
     }
+    // Zeroed pages that are never touched cost nothing.
+    let mut slots = vec![Slot::default(); half_slots as usize];
+    let stats = build_into(compiled, &mut slots)?;
+    slots.truncate(stats.slots);
+    Ok(Built {
+        slots,
+        rule_sets: stats.rule_sets,
+        rule_copies: stats.rule_copies,
+    })
+}
+
+/// What [`build_into`] laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stats {
+    /// Slots used from the start of the half.
+    pub slots: usize,
+    /// Distinct rule sets, and the copies laid out (each subtree has its own).
+    pub rule_sets: usize,
+    pub rule_copies: usize,
+}
+
+/// Builds the index of `compiled` into `half` (a half of the index map, not live): direct
+/// tables, then nodes, leaves and rules. Slots past the returned count keep what they held.
+///
+/// The index answers with the rules of the longest prefix, like the tries, except for
+/// `prefix_len`, which it leaves 0: the kernel never reads it.
+pub fn build_into(compiled: &Compiled, half: &mut [Slot]) -> Result<Stats, IndexError> {
+    let capacity = u32::try_from(half.len()).unwrap_or(u32::MAX);
+    if !(FIRST_FREE_SLOT..NODE).contains(&capacity) {
+        return Err(IndexError::Slots { capacity });
+    }
     // Rule sets by id (0: none), so that leaves compare as integers while they are laid out.
     let mut values = vec![PrefixRules::EMPTY];
-    let mut ids: HashMap<PrefixRules, u32, BuildHasherDefault<Fx>> = HashMap::default();
+    let mut ids: HashMap<RulesKey, u32, BuildHasherDefault<Fx>> = HashMap::default();
     let mut value_id = |rules: &PrefixRules| {
         let mut rules = *rules;
         rules.prefix_len = 0;
-        *ids.entry(rules).or_insert_with(|| {
+        *ids.entry(RulesKey(rules)).or_insert_with(|| {
             values.push(rules);
             u32::try_from(values.len() - 1).expect("fewer values than prefixes")
         })
@@ -77,13 +107,15 @@ pub fn build(compiled: &Compiled, half_slots: u32) -> Result<Built, IndexError> 
         })
         .collect();
     let mut builder = Builder {
-        arena: Vec::new(),
+        arena: half,
+        used: FIRST_FREE_SLOT as usize,
         lanes: 0,
-        capacity: half_slots,
+        capacity,
         placed: vec![(0, 0); values.len()],
         subtree: 0,
         copies: 0,
         values,
+        scratch: Vec::new(),
     };
     let mut direct = vec![NO_VALUE; (FIRST_FREE_SLOT * ENTRIES_PER_SLOT) as usize];
     for (prefixes, base) in [(v4, DIR_V4), (v6, DIR_V6)] {
@@ -100,6 +132,32 @@ pub fn build(compiled: &Compiled, half_slots: u32) -> Result<Built, IndexError> 
         }
     }
     Ok(builder.finish(&direct))
+}
+
+/// Rule sets as hash keys: hashed by what the kernel reads (header and the rules in use), not
+/// by all sixteen rule slots.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct RulesKey(PrefixRules);
+
+impl std::hash::Hash for RulesKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let rules = &self.0;
+        let n = usize::from(rules.n_rules).min(rules.rules.len());
+        state.write_u64(
+            u64::from(rules.n_rules)
+                | u64::from(rules.addr_category) << 8
+                | u64::from(rules.addr_set) << 16,
+        );
+        for rule in &rules.rules[..n] {
+            state.write_u64(
+                u64::from(rule.port_lo)
+                    | u64::from(rule.port_hi) << 16
+                    | u64::from(rule.proto) << 32
+                    | u64::from(rule.category) << 40
+                    | u64::from(rule.set_id) << 48,
+            );
+        }
+    }
 }
 
 /// FxHash (rustc's): rule sets are hashed once per prefix, a million times for a full
@@ -158,9 +216,11 @@ impl Prefix {
 /// node's children as one block (as `base_node + rank` wants), their leaves right behind it,
 /// then each child's own subtree. A lookup's path thus stays within a page or two, which is
 /// what a cold lookup pays for (each new page a TLB miss).
-struct Builder {
-    /// Slots from [`FIRST_FREE_SLOT`] on.
-    arena: Vec<Slot>,
+struct Builder<'a> {
+    /// The half from its first slot; the direct tables' slots are written last.
+    arena: &'a mut [Slot],
+    /// Slots laid out.
+    used: usize,
     /// Entries used in the last slot of `arena` when it holds leaves (0: a fresh slot next).
     lanes: u32,
     capacity: u32,
@@ -171,33 +231,43 @@ struct Builder {
     /// The subtree being laid out (1 and up).
     subtree: u32,
     copies: usize,
+    /// Buffers by depth.
+    scratch: Vec<Scratch>,
 }
 
-/// A node about to be written: its position data, and its children's ranges.
-struct Pending {
+/// A node of a block about to be written.
+struct PendingNode {
     vector: u64,
     leafvec: u64,
-    leaves: Vec<u32>,
-    entries: Vec<u32>,
-    children: Vec<(usize, std::ops::Range<usize>)>,
+    leaves: [u32; 64],
+    n_leaves: usize,
+    /// Its children in the block's `children`: `first .. first + count`.
+    first_child: usize,
+    n_children: usize,
 }
 
-/// What a region's positions hold before its nodes are built.
-struct Level {
-    /// Per position: the value of the longest prefix covering it.
-    entries: Vec<u32>,
-    /// Positions that hold a longer prefix, with the range of `prefixes` inside them.
-    children: Vec<(usize, std::ops::Range<usize>)>,
+/// Buffers of one depth, reused from block to block.
+#[derive(Default)]
+struct Scratch {
+    pending: Vec<PendingNode>,
+    /// Per child: the leaf it inherits, and its range of prefixes.
+    children: Vec<(u32, Range<usize>)>,
 }
 
-/// The `2^width` positions at `offset` of a region holding `prefixes` (sorted by address,
-/// then length; those no longer than `offset` cover the whole region and are already in
-/// `inherited`).
-fn level(prefixes: &[Prefix], offset: u32, width: u32, inherited: u32) -> Level {
+/// Paints the `2^width` positions at `offset` of a region holding `prefixes` (sorted by
+/// address, then length; those no longer than `offset` cover the whole region and are
+/// already in `inherited`), and calls `child` for each position that holds a longer prefix,
+/// with its painted entry and the range of `prefixes` inside it.
+fn level(
+    prefixes: &[Prefix],
+    offset: u32,
+    width: u32,
+    entries: &mut [u32],
+    mut child: impl FnMut(usize, u32, Range<usize>),
+) {
     let end = offset + width;
     // Leaf pushing: in address-then-length order a prefix comes before every prefix it holds,
     // so painting in order leaves the longest one on each position.
-    let mut entries = vec![inherited; 1 << width];
     for prefix in prefixes {
         if prefix.len > offset && prefix.len <= end {
             let first = prefix.bits(offset, width);
@@ -205,23 +275,20 @@ fn level(prefixes: &[Prefix], offset: u32, width: u32, inherited: u32) -> Level 
             entries[first..first + count].fill(prefix.value);
         }
     }
-    let mut children = Vec::new();
     let mut start = 0;
     while start < prefixes.len() {
         let position = prefixes[start].bits(offset, width);
-        let run = prefixes[start..]
-            .iter()
-            .take_while(|prefix| prefix.bits(offset, width) == position)
-            .count();
-        if prefixes[start..start + run]
-            .iter()
-            .any(|prefix| prefix.len > end)
-        {
-            children.push((position, start..start + run));
+        let mut stop = start + 1;
+        let mut longer = prefixes[start].len > end;
+        while stop < prefixes.len() && prefixes[stop].bits(offset, width) == position {
+            longer |= prefixes[stop].len > end;
+            stop += 1;
         }
-        start += run;
+        if longer {
+            child(position, entries[position], start..stop);
+        }
+        start = stop;
     }
-    Level { entries, children }
 }
 
 /// The value of a `/0` in `prefixes`, which covers what no longer prefix does.
@@ -232,82 +299,110 @@ fn default_route(prefixes: &[Prefix]) -> u32 {
         .map_or(NO_VALUE, |prefix| prefix.value)
 }
 
-impl Builder {
+impl Builder<'_> {
     /// The direct table of one family; each of its nodes heads a contiguous subtree.
     fn direct(&mut self, prefixes: &[Prefix]) -> Result<Vec<u32>, IndexError> {
-        let Level {
-            mut entries,
-            children,
-        } = level(prefixes, 0, DIR_BITS, default_route(prefixes));
-        for (position, range) in children {
+        let mut entries = vec![default_route(prefixes); DIR_ENTRIES as usize];
+        let mut children = Vec::new();
+        level(
+            prefixes,
+            0,
+            DIR_BITS,
+            &mut entries,
+            |position, inherited, range| {
+                children.push((position, inherited, range));
+            },
+        );
+        for (position, inherited, range) in children {
             self.subtree += 1;
             let slot = self.alloc_nodes(1)?;
-            let inherited = entries[position];
             entries[position] = NODE | slot;
-            self.block(slot, &[(inherited, &prefixes[range])], DIR_BITS)?;
+            self.block(slot, &[(inherited, range)], prefixes, DIR_BITS, 0)?;
         }
         Ok(entries)
     }
 
-    /// Writes the nodes of a block that starts at `base` (one per `(inherited, prefixes)`,
-    /// for the [`STRIDE`] bits at `offset`), their leaves right behind the block, then each
-    /// node's children block and subtree in turn.
+    /// Writes the nodes of a block that starts at `base` (one per `(inherited, range of
+    /// prefixes)`, for the [`STRIDE`] bits at `offset`), the rules and leaves they need right
+    /// behind it, then each node's children block and subtree in turn.
     fn block(
         &mut self,
         base: u32,
-        nodes: &[(u32, &[Prefix])],
+        nodes: &[(u32, Range<usize>)],
+        prefixes: &[Prefix],
         offset: u32,
+        depth: usize,
     ) -> Result<(), IndexError> {
-        let mut pending = Vec::with_capacity(nodes.len());
-        for &(inherited, prefixes) in nodes {
-            let Level { entries, children } = level(prefixes, offset, STRIDE, inherited);
+        if self.scratch.len() <= depth {
+            self.scratch.resize_with(depth + 1, Scratch::default);
+        }
+        let mut scratch = std::mem::take(&mut self.scratch[depth]);
+        scratch.pending.clear();
+        scratch.children.clear();
+        for (inherited, range) in nodes {
+            let mut entries = [*inherited; 64];
+            let first_child = scratch.children.len();
             let mut vector = 0u64;
-            for (position, _) in &children {
-                vector |= 1 << position;
-            }
-            let mut leafvec = 0u64;
-            let mut leaves = Vec::new();
+            level(
+                &prefixes[range.clone()],
+                offset,
+                STRIDE,
+                &mut entries,
+                |position, inherited, sub| {
+                    vector |= 1 << position;
+                    scratch
+                        .children
+                        .push((inherited, range.start + sub.start..range.start + sub.end));
+                },
+            );
+            let mut node = PendingNode {
+                vector,
+                leafvec: 0,
+                leaves: [0; 64],
+                n_leaves: 0,
+                first_child,
+                n_children: scratch.children.len() - first_child,
+            };
+            let mut last = None;
             for (position, &entry) in entries.iter().enumerate() {
-                if vector & (1 << position) == 0 && leaves.last() != Some(&entry) {
-                    leafvec |= 1 << position;
-                    leaves.push(entry);
+                if vector & (1 << position) == 0 && last != Some(entry) {
+                    node.leafvec |= 1 << position;
+                    node.leaves[node.n_leaves] = entry;
+                    node.n_leaves += 1;
+                    last = Some(entry);
                 }
             }
-            pending.push(Pending {
-                vector,
-                leafvec,
-                leaves,
-                entries,
-                children,
-            });
+            scratch.pending.push(node);
         }
         // The rules these leaves name, once per subtree, right behind the block; then the
         // leaves, naming them by slot.
-        for node in &mut pending {
-            for leaf in &mut node.leaves {
+        for node in &mut scratch.pending {
+            for leaf in &mut node.leaves[..node.n_leaves] {
                 *leaf = self.place(*leaf)?;
             }
         }
-        for (i, node) in pending.iter().enumerate() {
-            let base_leaf = self.alloc_leaves(&node.leaves)?;
+        for (i, node) in scratch.pending.iter().enumerate() {
+            let base_leaf = self.alloc_leaves(&node.leaves[..node.n_leaves])?;
             let slot = base + u32::try_from(i).expect("at most 64");
-            self.arena[(slot - FIRST_FREE_SLOT) as usize] =
-                Slot::node(node.vector, node.leafvec, 0, base_leaf);
+            self.arena[slot as usize] = Slot::node(node.vector, node.leafvec, 0, base_leaf);
         }
-        for ((i, node), &(_, prefixes)) in pending.iter().enumerate().zip(nodes) {
-            if node.children.is_empty() {
+        for (i, node) in scratch.pending.iter().enumerate() {
+            if node.n_children == 0 {
                 continue;
             }
-            let children = self.alloc_nodes(node.children.len())?;
+            let children = self.alloc_nodes(node.n_children)?;
             let slot = base + u32::try_from(i).expect("at most 64");
-            self.arena[(slot - FIRST_FREE_SLOT) as usize].words[4] = children;
-            let next: Vec<(u32, &[Prefix])> = node
-                .children
-                .iter()
-                .map(|(position, range)| (node.entries[*position], &prefixes[range.clone()]))
-                .collect();
-            self.block(children, &next, offset + STRIDE)?;
+            self.arena[slot as usize].words[4] = children;
+            let range = node.first_child..node.first_child + node.n_children;
+            self.block(
+                children,
+                &scratch.children[range],
+                prefixes,
+                offset + STRIDE,
+                depth + 1,
+            )?;
         }
+        self.scratch[depth] = scratch;
         Ok(())
     }
 
@@ -321,30 +416,30 @@ impl Builder {
         if subtree == self.subtree {
             return Ok(slot);
         }
-        let rules = self.values[id as usize];
-        let len = rules_len(usize::from(rules.n_rules));
+        let n_rules = usize::from(self.values[id as usize].n_rules).min(MAX_RULES);
+        let len = rules_len(n_rules);
         let first = self.alloc_nodes(len.div_ceil(ENTRIES_PER_SLOT as usize))?;
+        let rules = &self.values[id as usize];
         for word in 0..len {
-            let at = (first - FIRST_FREE_SLOT) as usize + word / 6;
-            self.arena[at].words[word % 6] = rules_word(&rules, word);
+            self.arena[first as usize + word / 6].words[word % 6] = rules_word(rules, word);
         }
         self.placed[id as usize] = (self.subtree, first);
         self.copies += 1;
         Ok(first)
     }
 
-    /// `count` consecutive node slots after what is laid out; returns the first.
+    /// `count` consecutive node slots after what is laid out, zeroed; returns the first.
     fn alloc_nodes(&mut self, count: usize) -> Result<u32, IndexError> {
         self.lanes = 0;
-        let first = FIRST_FREE_SLOT + u32::try_from(self.arena.len()).expect("slots fit u32");
-        let end = u64::from(first) + count as u64;
-        if end > u64::from(self.capacity) {
+        let first = self.used;
+        let Some(slots) = self.arena.get_mut(first..first + count) else {
             return Err(IndexError::Slots {
                 capacity: self.capacity,
             });
-        }
-        self.arena.resize(self.arena.len() + count, Slot::default());
-        Ok(first)
+        };
+        slots.fill(Slot::default());
+        self.used += count;
+        Ok(u32::try_from(first).expect("the half has fewer than 2^31 slots"))
     }
 
     /// Packs `leaves` after what is laid out; returns the entry index of the first.
@@ -354,22 +449,21 @@ impl Builder {
             if self.lanes == 0 || self.lanes == ENTRIES_PER_SLOT {
                 self.alloc_nodes(1)?;
             }
-            let slot = FIRST_FREE_SLOT + u32::try_from(self.arena.len() - 1).expect("fits");
-            let index = slot * ENTRIES_PER_SLOT + self.lanes;
-            first.get_or_insert(index);
-            self.arena.last_mut().expect("just allocated").words[self.lanes as usize] = leaf;
+            let slot = u32::try_from(self.used - 1).expect("fits");
+            first.get_or_insert(slot * ENTRIES_PER_SLOT + self.lanes);
+            self.arena[self.used - 1].words[self.lanes as usize] = leaf;
             self.lanes += 1;
         }
         Ok(first.unwrap_or(0))
     }
 
-    /// The half: direct tables, then the arena.
-    fn finish(self, direct: &[u32]) -> Built {
-        let mut slots = Vec::with_capacity(direct.len().div_ceil(6) + self.arena.len());
-        slots.extend(direct.chunks(6).map(pack));
-        slots.extend(self.arena);
-        Built {
-            slots,
+    /// The direct tables written over the half's first slots.
+    fn finish(self, direct: &[u32]) -> Stats {
+        for (slot, entries) in self.arena.iter_mut().zip(direct.chunks(6)) {
+            *slot = pack(entries);
+        }
+        Stats {
+            slots: self.used,
             rule_sets: self.values.len() - 1,
             rule_copies: self.copies,
         }

@@ -19,7 +19,10 @@ use classifier_common::{
 };
 
 use super::DatapathError;
-use crate::index::Built;
+use crate::{
+    compile::Compiled,
+    index::{IndexError, build_into},
+};
 
 /// A shared, writable mapping of an array map's values.
 struct Mapping {
@@ -91,10 +94,10 @@ pub struct IndexMaps {
     half_slots: u32,
 }
 
-/// What [`IndexMaps::install`] took.
+/// What [`IndexMaps::rebuild`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Installed {
-    /// From the start of the copy until the new half was live.
+    /// From the start of the build until the new half was live.
     pub switch: Duration,
     /// The grace period after the switch (the old half is free when it ends).
     pub grace: Duration,
@@ -189,28 +192,30 @@ impl IndexMaps {
         slots.get(base as usize..(base + self.half_slots) as usize)
     }
 
-    /// Makes `built` the live index: copied into the half nobody reads, then switched.
-    pub fn install(&mut self, built: &Built) -> Result<Installed, DatapathError> {
-        if built.slots.len() > self.half_slots as usize {
-            return Err(DatapathError::IndexSize {
-                slots: built.slots.len(),
-                half_slots: self.half_slots,
-            });
-        }
+    /// Builds the index of `compiled` in the half nobody reads, then makes it live with one
+    /// store. A table that does not fit is an `Err` inside, and the live half stays live.
+    pub fn rebuild(
+        &mut self,
+        compiled: &Compiled,
+    ) -> Result<Result<Installed, IndexError>, DatapathError> {
         self.wait_released()?;
         let start = Instant::now();
         let base = match live_half(self.live().load(Ordering::Acquire)) {
             Some(0) => self.half_slots,
             _ => 0,
         };
+        let half_slots = self.half_slots as usize;
         let slots: &mut [Slot] = self.slots.as_mut_slice();
-        slots[base as usize..][..built.slots.len()].copy_from_slice(&built.slots);
+        let stats = match build_into(compiled, &mut slots[base as usize..][..half_slots]) {
+            Ok(stats) => stats,
+            Err(error) => return Ok(Err(error)),
+        };
         fence(Ordering::Release);
         self.live().store(live_word(base), Ordering::Release);
         self.seq().fetch_add(1, Ordering::AcqRel);
         let switch = start.elapsed();
         let used = |n: usize| u64::try_from(n).unwrap_or(u64::MAX) & u64::from(u32::MAX);
-        let (used_slots, used_rules) = (used(built.slots.len()), used(built.rule_sets));
+        let (used_slots, used_rules) = (used(stats.slots), used(stats.rule_sets));
         self.usage().store(
             if cfg!(target_endian = "little") {
                 used_slots | (used_rules << 32)
@@ -220,13 +225,13 @@ impl IndexMaps {
             Ordering::Release,
         );
         let grace = self.wait_released()?;
-        Ok(Installed {
+        Ok(Ok(Installed {
             switch,
             grace,
-            slots: built.slots.len(),
-            rule_sets: built.rule_sets,
-            rule_copies: built.rule_copies,
-        })
+            slots: stats.slots,
+            rule_sets: stats.rule_sets,
+            rule_copies: stats.rule_copies,
+        }))
     }
 
     /// No index: the tries decide every packet.

@@ -12,10 +12,7 @@ use super::{
     DatapathError, IndexMaps, Installed,
     pins::{check_pin_dir, check_pins},
 };
-use crate::{
-    compile::Compiled,
-    index::{IndexError, build},
-};
+use crate::{compile::Compiled, index::IndexError};
 
 /// Handles on the six maps, from a loaded object or from pins.
 pub struct Maps {
@@ -303,13 +300,9 @@ impl Maps {
         // The index first: one switch moves the data plane to the whole new table at once; the
         // tries, the record that `lookup` and `bpftool` read, follow as a diff.
         if let Some(index) = &mut self.index {
-            let half_slots = index.half_slots();
-            if !index.enabled() {
-                index.disable()?;
-            } else {
-                match build(target, half_slots) {
-                    Ok(built) => {
-                        let installed = index.install(&built)?;
+            if index.enabled() {
+                match index.rebuild(target)? {
+                    Ok(installed) => {
                         report.ready = start.elapsed().saturating_sub(installed.grace);
                         report.index = Some(installed);
                     }
@@ -319,6 +312,8 @@ impl Maps {
                         report.index_error = Some(error);
                     }
                 }
+            } else {
+                index.disable()?;
             }
         }
         let v4_error = |source| DatapathError::Map {
