@@ -131,9 +131,6 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         println!("nft is not installed: skipping the nftables figures (apt-get install nftables)");
     }
 
-    if std::env::var_os("XB_EXPERIMENT").is_some() {
-        return cost::experiment(&settings);
-    }
     let cost = cost::run(&settings).context("cost per packet")?;
     cost.section.print();
     let mut refresh = refresh::run().context("map refresh")?;

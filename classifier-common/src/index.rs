@@ -13,6 +13,8 @@
 //! `vector` says position `p` is a child node, the `popcount(vector & below(p))`-th after
 //! `base_node`. Every other position is a leaf; `leafvec` marks where a run of equal leaves
 //! begins, and the leaf of `p` is the `popcount(leafvec & upto(p))`-th from `base_leaf`.
+//! A subtree that holds a single longer prefix is a *tail* instead (see [`tail_slots`]): one
+//! comparison replaces the chain of nodes down to it.
 //!
 //! Rules are [`PrefixRules`] packed into whole slots (see [`rules_word`] and [`Packed`]) next to the leaves
 //! that use them, so that a lookup reads its node, leaf and rules from the same page or two.
@@ -236,23 +238,82 @@ fn entry<S: Slots + ?Sized>(slots: &S, index: u32) -> Option<u32> {
     slot.words.get(lane).copied()
 }
 
-/// From a node entry to the entry of position `chunk` (0..64) of that node.
+/// From a node entry to the entry of position `chunk` (0..64) of that node, for the address
+/// `high`, `low` (left-aligned: IPv4 in the top 32 bits of `high`).
 #[inline(always)]
-fn step<S: Slots + ?Sized>(slots: &S, node: u32, chunk: u32) -> Option<u32> {
+fn step<S: Slots + ?Sized>(slots: &S, node: u32, chunk: u32, high: u64, low: u64) -> Option<u32> {
     let node = slots.slot(node & !NODE)?;
-    let bit = 1u64 << (chunk & 63);
     let vector = node.vector();
+    let leafvec = node.leafvec();
+    if vector == 0 && leafvec == 0 {
+        return tail(slots, node, high, low);
+    }
+    let bit = 1u64 << (chunk & 63);
     if vector & bit != 0 {
         let rank = (vector & (bit - 1)).count_ones();
         return Some(NODE | node.words[4].wrapping_add(rank));
     }
-    let rank = (node.leafvec() & (bit << 1).wrapping_sub(1)).count_ones();
+    let rank = (leafvec & (bit << 1).wrapping_sub(1)).count_ones();
     entry(slots, node.words[5].wrapping_add(rank).wrapping_sub(1))
 }
 
+/// A tail: what a subtree holding one longer prefix compresses to, instead of a chain of
+/// nodes. Its slot has no vector and no leafvec; `words[4]` is the slot of the prefix
+/// (address left-aligned in `words[0..4]`, low word first; the leaf when the address is
+/// outside it in `words[4]`; its length in `words[5]`), `words[5]` the leaf when inside.
+#[inline(always)]
+fn tail<S: Slots + ?Sized>(slots: &S, node: &Slot, high: u64, low: u64) -> Option<u32> {
+    let prefix = slots.slot(node.words[4])?;
+    let key_high = u64::from(prefix.words[0]) | (u64::from(prefix.words[1]) << 32);
+    let key_low = u64::from(prefix.words[2]) | (u64::from(prefix.words[3]) << 32);
+    let len = prefix.words[5];
+    let inside = if len == 0 {
+        true
+    } else if len <= 64 {
+        (high ^ key_high) >> ((64 - len) & 63) == 0
+    } else if len <= 128 {
+        high == key_high && (low ^ key_low) >> ((128 - len) & 63) == 0
+    } else {
+        return None;
+    };
+    Some(if inside {
+        node.words[5]
+    } else {
+        prefix.words[4]
+    })
+}
+
+/// The slots of a tail for a prefix of `len` bits at `high`, `low` (left-aligned), given
+/// the slot of its second half and the leaves inside and outside the prefix.
+#[must_use]
+pub fn tail_slots(
+    prefix_slot: u32,
+    high: u64,
+    low: u64,
+    len: u32,
+    inside: u32,
+    outside: u32,
+) -> [Slot; 2] {
+    [
+        Slot {
+            words: [0, 0, 0, 0, prefix_slot, inside],
+        },
+        Slot {
+            words: [
+                high as u32,
+                (high >> 32) as u32,
+                low as u32,
+                (low >> 32) as u32,
+                outside,
+                len,
+            ],
+        },
+    ]
+}
+
 /// The leaf of the longest prefix holding an IPv4 address (network order): the slot of its
-/// rules ([`Packed`]), or [`NO_VALUE`]; `None` when the half is inconsistent (a reference past its end, a walk
-/// deeper than an address): the caller falls back to the trie.
+/// rules ([`Packed`]), or [`NO_VALUE`]; `None` when the half is inconsistent (a reference
+/// past its end, a walk deeper than an address): the caller falls back to the trie.
 #[inline(always)]
 pub fn find_v4<S: Slots + ?Sized>(slots: &S, addr: [u8; 4]) -> Option<u32> {
     let key = u64::from(u32::from_be_bytes(addr)) << 32;
@@ -262,7 +323,7 @@ pub fn find_v4<S: Slots + ?Sized>(slots: &S, addr: [u8; 4]) -> Option<u32> {
         if found & NODE == 0 {
             return Some(found);
         }
-        found = step(slots, found, ((key >> (58 - offset)) & 63) as u32)?;
+        found = step(slots, found, ((key >> (58 - offset)) & 63) as u32, key, 0)?;
         offset += STRIDE;
     }
     if found & NODE == 0 { Some(found) } else { None }
@@ -291,7 +352,7 @@ pub fn find_v6<S: Slots + ?Sized>(slots: &S, addr: [u8; 16]) -> Option<u32> {
         } else {
             low << (offset - 122)
         };
-        found = step(slots, found, (chunk & 63) as u32)?;
+        found = step(slots, found, (chunk & 63) as u32, high, low)?;
         offset += STRIDE;
     }
     if found & NODE == 0 { Some(found) } else { None }

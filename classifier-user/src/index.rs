@@ -13,7 +13,7 @@ use classifier_common::{
     MAX_RULES, PrefixRules,
     index::{
         DIR_BITS, DIR_ENTRIES, DIR_V4, DIR_V6, ENTRIES_PER_SLOT, FIRST_FREE_SLOT, NO_VALUE, NODE,
-        STRIDE, Slot, rules_len, rules_word,
+        STRIDE, Slot, rules_len, rules_word, tail_slots,
     },
 };
 
@@ -237,6 +237,8 @@ struct Builder<'a> {
 
 /// A node of a block about to be written.
 struct PendingNode {
+    /// Its place in the block.
+    at: usize,
     vector: u64,
     leafvec: u64,
     leaves: [u32; 64],
@@ -246,24 +248,30 @@ struct PendingNode {
     n_children: usize,
 }
 
+/// A node to lay out: the leaf it inherits, its range of prefixes, and its one longer prefix
+/// when it is a tail.
+type Child = (u32, Range<usize>, Option<usize>);
+
 /// Buffers of one depth, reused from block to block.
 #[derive(Default)]
 struct Scratch {
     pending: Vec<PendingNode>,
-    /// Per child: the leaf it inherits, and its range of prefixes.
-    children: Vec<(u32, Range<usize>)>,
+    /// Per child: the leaf it inherits, its range of prefixes, and its one longer prefix
+    /// when it is a tail.
+    children: Vec<Child>,
 }
 
 /// Paints the `2^width` positions at `offset` of a region holding `prefixes` (sorted by
 /// address, then length; those no longer than `offset` cover the whole region and are
 /// already in `inherited`), and calls `child` for each position that holds a longer prefix,
-/// with its painted entry and the range of `prefixes` inside it.
+/// with its painted entry, the range of `prefixes` inside it, and the index of the longer
+/// prefix when it is the only one.
 fn level(
     prefixes: &[Prefix],
     offset: u32,
     width: u32,
     entries: &mut [u32],
-    mut child: impl FnMut(usize, u32, Range<usize>),
+    mut child: impl FnMut(usize, u32, Range<usize>, Option<usize>),
 ) {
     let end = offset + width;
     // Leaf pushing: in address-then-length order a prefix comes before every prefix it holds,
@@ -278,14 +286,22 @@ fn level(
     let mut start = 0;
     while start < prefixes.len() {
         let position = prefixes[start].bits(offset, width);
-        let mut stop = start + 1;
-        let mut longer = prefixes[start].len > end;
+        let mut stop = start;
+        let (mut longer, mut last) = (0, 0);
         while stop < prefixes.len() && prefixes[stop].bits(offset, width) == position {
-            longer |= prefixes[stop].len > end;
+            if prefixes[stop].len > end {
+                longer += 1;
+                last = stop;
+            }
             stop += 1;
         }
-        if longer {
-            child(position, entries[position], start..stop);
+        if longer > 0 {
+            child(
+                position,
+                entries[position],
+                start..stop,
+                (longer == 1).then_some(last),
+            );
         }
         start = stop;
     }
@@ -309,15 +325,15 @@ impl Builder<'_> {
             0,
             DIR_BITS,
             &mut entries,
-            |position, inherited, range| {
-                children.push((position, inherited, range));
+            |position, inherited, range, single| {
+                children.push((position, (inherited, range, single)));
             },
         );
-        for (position, inherited, range) in children {
+        for (position, child) in children {
             self.subtree += 1;
             let slot = self.alloc_nodes(1)?;
             entries[position] = NODE | slot;
-            self.block(slot, &[(inherited, range)], prefixes, DIR_BITS, 0)?;
+            self.block(slot, &[child], prefixes, DIR_BITS, 0)?;
         }
         Ok(entries)
     }
@@ -328,18 +344,41 @@ impl Builder<'_> {
     fn block(
         &mut self,
         base: u32,
-        nodes: &[(u32, Range<usize>)],
+        nodes: &[Child],
         prefixes: &[Prefix],
         offset: u32,
         depth: usize,
     ) -> Result<(), IndexError> {
+        // Tails first: their second slots and rules right behind the block.
+        for (i, (inherited, _, single)) in nodes.iter().enumerate() {
+            if let Some(at) = *single {
+                let prefix = prefixes[at];
+                let inside = self.place(prefix.value)?;
+                let outside = self.place(*inherited)?;
+                let second = self.alloc_nodes(1)?;
+                let [first, key] = tail_slots(
+                    second,
+                    (prefix.addr >> 64) as u64,
+                    prefix.addr as u64,
+                    prefix.len,
+                    inside,
+                    outside,
+                );
+                self.arena[second as usize] = key;
+                self.arena[base as usize + i] = first;
+            }
+        }
         if self.scratch.len() <= depth {
             self.scratch.resize_with(depth + 1, Scratch::default);
         }
         let mut scratch = std::mem::take(&mut self.scratch[depth]);
         scratch.pending.clear();
         scratch.children.clear();
-        for (inherited, range) in nodes {
+        // Nodes that are no tails, in block order; `pending[k].0` is the position in the block.
+        for (i, (inherited, range, single)) in nodes.iter().enumerate() {
+            if single.is_some() {
+                continue;
+            }
             let mut entries = [*inherited; 64];
             let first_child = scratch.children.len();
             let mut vector = 0u64;
@@ -348,14 +387,17 @@ impl Builder<'_> {
                 offset,
                 STRIDE,
                 &mut entries,
-                |position, inherited, sub| {
+                |position, inherited, sub, single| {
                     vector |= 1 << position;
-                    scratch
-                        .children
-                        .push((inherited, range.start + sub.start..range.start + sub.end));
+                    scratch.children.push((
+                        inherited,
+                        range.start + sub.start..range.start + sub.end,
+                        single.map(|at| range.start + at),
+                    ));
                 },
             );
             let mut node = PendingNode {
+                at: i,
                 vector,
                 leafvec: 0,
                 leaves: [0; 64],
@@ -381,17 +423,17 @@ impl Builder<'_> {
                 *leaf = self.place(*leaf)?;
             }
         }
-        for (i, node) in scratch.pending.iter().enumerate() {
+        for node in &scratch.pending {
             let base_leaf = self.alloc_leaves(&node.leaves[..node.n_leaves])?;
-            let slot = base + u32::try_from(i).expect("at most 64");
+            let slot = base + u32::try_from(node.at).expect("at most 64");
             self.arena[slot as usize] = Slot::node(node.vector, node.leafvec, 0, base_leaf);
         }
-        for (i, node) in scratch.pending.iter().enumerate() {
+        for node in &scratch.pending {
             if node.n_children == 0 {
                 continue;
             }
             let children = self.alloc_nodes(node.n_children)?;
-            let slot = base + u32::try_from(i).expect("at most 64");
+            let slot = base + u32::try_from(node.at).expect("at most 64");
             self.arena[slot as usize].words[4] = children;
             let range = node.first_child..node.first_child + node.n_children;
             self.block(
