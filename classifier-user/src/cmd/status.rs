@@ -6,7 +6,8 @@
 //! "applied_at", "source"}, "prefixes": {"ipv4", "ipv6"}, "last_poll", "next_poll",
 //! "last_error", "consecutive_failures", "mark", "strict_ports", "policy": {"Optimize",
 //! "Allow", "Default"}, "uplink": {"state", "failing_over", "since", "reason", "transitions",
-//! "failed_probes", "targets": [{"target", "ok", "rtt_us", "error"}]}}`; times are RFC 3339
+//! "failed_probes", "targets": [{"target", "ok", "rtt_us", "error"}]}, "index": {"live",
+//! "slots_used", "slots_per_half", "rule_sets", "memory_mib"}}`; times are RFC 3339
 //! UTC or null. The fields' documentation below
 //! says what each holds.
 
@@ -57,6 +58,23 @@ pub struct Report {
     pub policy: Policy,
     /// The direct uplink, as the agent's health checks see it.
     pub uplink: Uplink,
+    /// The compiled index beside the tries; null in pins of a version before it.
+    pub index: Option<Index>,
+}
+
+/// The compiled index (`XB_IDX_SLOTS`, `XB_IDX_CTL`).
+#[derive(Debug, Serialize)]
+pub struct Index {
+    /// Whether the data plane classifies by the index (else by the tries: no table applied
+    /// since the agent started, a table too big for `[index] memory-mib`, or memory 0).
+    pub live: bool,
+    /// Slots the live half uses (24 bytes each), and what a half holds.
+    pub slots_used: u32,
+    pub slots_per_half: u32,
+    /// Distinct rule sets in the live half.
+    pub rule_sets: u32,
+    /// Kernel memory of both halves, MiB.
+    pub memory_mib: f64,
 }
 
 /// The direct uplink's health.
@@ -195,6 +213,18 @@ pub fn run(global: &GlobalArgs, StatusArgs {}: &StatusArgs) -> anyhow::Result<()
             default: action::name(policy[usize::from(category::DEFAULT)]),
         },
         uplink: uplink(agent, config.flags & flags::UPLINK_DOWN != 0),
+        index: maps.index().map(|index| {
+            let used = index.used();
+            #[expect(clippy::cast_precision_loss, reason = "MiB for display")]
+            let memory_mib = index.memory_bytes() as f64 / f64::from(1 << 20);
+            Index {
+                live: used.is_some(),
+                slots_used: used.map_or(0, |(slots, _)| slots),
+                slots_per_half: index.half_slots(),
+                rule_sets: used.map_or(0, |(_, rules)| rules),
+                memory_mib,
+            }
+        }),
     };
     let mut out = std::io::stdout().lock();
     if global.json {
@@ -274,6 +304,7 @@ impl Report {
             strict_ports,
             policy,
             uplink,
+            index,
         } = self;
         writeln!(out, "pin directory:  {}", pin_dir.display())?;
         if interfaces.is_empty() {
@@ -359,6 +390,22 @@ impl Report {
                 )?,
             }
         }
+        match index {
+            Some(index) if index.live => writeln!(
+                out,
+                "index:          live, {} of {} slots a half, {} rule sets ({:.1} MiB both halves)",
+                index.slots_used, index.slots_per_half, index.rule_sets, index.memory_mib
+            )?,
+            Some(index) => writeln!(
+                out,
+                "index:          off, the tries classify ({:.1} MiB reserved)",
+                index.memory_mib
+            )?,
+            None => writeln!(
+                out,
+                "index:          none in these pins (restart the agent)"
+            )?,
+        }
         Ok(())
     }
 }
@@ -422,6 +469,13 @@ mod tests {
                     error: Some("no answer within 2000ms".into()),
                 }],
             },
+            index: Some(Index {
+                live: true,
+                slots_used: 21_911,
+                slots_per_half: 524_288,
+                rule_sets: 61,
+                memory_mib: 24.0,
+            }),
         };
         assert_documented_in(&report, &module_doc(include_str!("status.rs")));
         let mut text = Vec::new();
