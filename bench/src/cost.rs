@@ -139,6 +139,8 @@ pub fn load_classifier(compiled: &Compiled) -> anyhow::Result<Loaded> {
     let mut maps = datapath.maps()?;
     maps.set_policy(DEFAULT_POLICY)?;
     maps.set_config(&first_packets())?;
+    // The index at every size, to measure it where the agent would keep to the tries too.
+    maps.index_mut().context("index maps")?.walk_from(0);
     let start = Instant::now();
     let report = maps
         .apply(compiled)
@@ -173,6 +175,7 @@ fn map_memory_kib(datapath: &mut Datapath, name: &str) -> Option<f64> {
 /// Switches the index on (rebuilt from the tries) or off.
 fn use_index(datapath: &mut Datapath, on: bool) -> anyhow::Result<()> {
     let mut maps = datapath.maps()?;
+    maps.index_mut().context("index maps")?.walk_from(0);
     if on {
         let installed = maps.installed()?;
         let report = maps.apply_over(&installed, &installed)?;

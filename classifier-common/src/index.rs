@@ -52,11 +52,16 @@ pub const NO_VALUE: u32 = 0;
 pub const LIVE_OFF: u64 = 0;
 /// Set in [`IndexCtl::live`] while a half is live.
 pub const LIVE_ON: u64 = 1 << 63;
+/// Set in [`IndexCtl::live`] when the kernel walks the index for IPv4 (IPv6) destinations;
+/// clear, the tries decide that family (a table below the size where the index pays).
+pub const LIVE_V4: u64 = 1 << 62;
+pub const LIVE_V6: u64 = 1 << 61;
 
-/// The [`IndexCtl::live`] word of a half starting at `slot_base`.
+/// The [`IndexCtl::live`] word of a half starting at `slot_base`, walked for the families
+/// asked.
 #[must_use]
-pub const fn live_word(slot_base: u32) -> u64 {
-    LIVE_ON | slot_base as u64
+pub const fn live_word(slot_base: u32, v4: bool, v6: bool) -> u64 {
+    LIVE_ON | if v4 { LIVE_V4 } else { 0 } | if v6 { LIVE_V6 } else { 0 } | slot_base as u64
 }
 
 /// The first slot of the live half, `None` when none is live.
@@ -67,6 +72,26 @@ pub const fn live_half(live: u64) -> Option<u32> {
         return None;
     }
     Some(live as u32)
+}
+
+/// The first slot of the live half if the kernel walks it for IPv4 destinations.
+#[inline(always)]
+#[must_use]
+pub const fn live_v4(live: u64) -> Option<u32> {
+    if live & LIVE_V4 == 0 {
+        return None;
+    }
+    live_half(live)
+}
+
+/// The same for IPv6.
+#[inline(always)]
+#[must_use]
+pub const fn live_v6(live: u64) -> Option<u32> {
+    if live & LIVE_V6 == 0 {
+        return None;
+    }
+    live_half(live)
 }
 
 /// Entries that [`PrefixRules`] with `n_rules` rules take: a header and two per rule.
@@ -198,8 +223,9 @@ impl Slot {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IndexCtl {
-    /// The live half ([`live_word`]): [`LIVE_ON`] and its first slot in the low 32 bits;
-    /// [`LIVE_OFF`] when none is live. Written with one atomic store.
+    /// The live half ([`live_word`]): [`LIVE_ON`], [`LIVE_V4`] and [`LIVE_V6`] for the
+    /// families walked, and its first slot in the low 32 bits; [`LIVE_OFF`] when none is
+    /// live. Written with one atomic store.
     pub live: u64,
     /// Switches so far.
     pub seq: u64,

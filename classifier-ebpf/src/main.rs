@@ -142,7 +142,7 @@ fn classify(packet: &Packet, config_flags: u32) -> Decision {
     let live = live_word();
     match packet.dst {
         Dst::V4(addr) => {
-            if let Some(base) = index::live_half(live)
+            if let Some(base) = index::live_v4(live)
                 && let half = (LiveHalf { base })
                 && let Some(leaf) = index::find_v4(&half, addr)
                 && let Some(found) = Packed::at(&half, leaf)
@@ -166,7 +166,7 @@ fn classify(packet: &Packet, config_flags: u32) -> Decision {
             )
         }
         Dst::V6(addr) => {
-            if let Some(base) = index::live_half(live)
+            if let Some(base) = index::live_v6(live)
                 && let half = (LiveHalf { base })
                 && let Some(leaf) = index::find_v6(&half, addr)
                 && let Some(found) = Packed::at(&half, leaf)

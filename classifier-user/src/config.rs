@@ -71,9 +71,9 @@ pub struct IndexConfig {
     pub memory_mib: u32,
 }
 
-/// The default index: 12 MiB a half, which holds the union of Microsoft 365, AWS and Azure's
-/// published ranges with room to spare.
-pub const DEFAULT_INDEX_MIB: u32 = 25;
+/// The default index: 12 MiB a half (the object's `DEFAULT_INDEX_SLOTS`), which holds the
+/// union of Microsoft 365, AWS and Azure's published ranges with room to spare.
+pub const DEFAULT_INDEX_MIB: u32 = 24;
 
 impl Default for IndexConfig {
     fn default() -> Self {

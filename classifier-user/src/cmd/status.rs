@@ -7,7 +7,8 @@
 //! "last_error", "consecutive_failures", "mark", "strict_ports", "policy": {"Optimize",
 //! "Allow", "Default"}, "uplink": {"state", "failing_over", "since", "reason", "transitions",
 //! "failed_probes", "targets": [{"target", "ok", "rtt_us", "error"}]}, "index": {"live",
-//! "slots_used", "slots_per_half", "rule_sets", "memory_mib"}}`; times are RFC 3339
+//! "ipv4", "ipv6", "slots_used", "slots_per_half", "rule_sets", "memory_mib"}}`; times are
+//! RFC 3339
 //! UTC or null. The fields' documentation below
 //! says what each holds.
 
@@ -68,6 +69,10 @@ pub struct Index {
     /// Whether the data plane classifies by the index (else by the tries: no table applied
     /// since the agent started, a table too big for `[index] memory-mib`, or memory 0).
     pub live: bool,
+    /// Whether it decides IPv4 and IPv6 destinations: a family with fewer than 1000
+    /// prefixes keeps to the tries, which are as fast at that size.
+    pub ipv4: bool,
+    pub ipv6: bool,
     /// Slots the live half uses (24 bytes each), and what a half holds.
     pub slots_used: u32,
     pub slots_per_half: u32,
@@ -217,8 +222,11 @@ pub fn run(global: &GlobalArgs, StatusArgs {}: &StatusArgs) -> anyhow::Result<()
             let used = index.used();
             #[expect(clippy::cast_precision_loss, reason = "MiB for display")]
             let memory_mib = index.memory_bytes() as f64 / f64::from(1 << 20);
+            let (ipv4, ipv6) = index.walks();
             Index {
                 live: used.is_some(),
+                ipv4,
+                ipv6,
                 slots_used: used.map_or(0, |(slots, _)| slots),
                 slots_per_half: index.half_slots(),
                 rule_sets: used.map_or(0, |(_, rules)| rules),
@@ -393,8 +401,18 @@ impl Report {
         match index {
             Some(index) if index.live => writeln!(
                 out,
-                "index:          live, {} of {} slots a half, {} rule sets ({:.1} MiB both halves)",
-                index.slots_used, index.slots_per_half, index.rule_sets, index.memory_mib
+                "index:          live for {}, {} of {} slots a half, {} rule sets ({:.1} MiB \
+                 both halves)",
+                match (index.ipv4, index.ipv6) {
+                    (true, true) => "IPv4 and IPv6",
+                    (true, false) => "IPv4 (IPv6: the tries, under 1000 prefixes)",
+                    (false, true) => "IPv6 (IPv4: the tries, under 1000 prefixes)",
+                    (false, false) => "neither (the tries: under 1000 prefixes a family)",
+                },
+                index.slots_used,
+                index.slots_per_half,
+                index.rule_sets,
+                index.memory_mib
             )?,
             Some(index) => writeln!(
                 out,
@@ -471,6 +489,8 @@ mod tests {
             },
             index: Some(Index {
                 live: true,
+                ipv4: true,
+                ipv6: false,
                 slots_used: 21_911,
                 slots_per_half: 524_288,
                 rule_sets: 61,

@@ -87,16 +87,27 @@ impl Drop for Mapping {
     }
 }
 
+/// Below this many prefixes of a family the kernel keeps to the tries for it: a small trie
+/// stays in the caches, and `cargo xtask bench` measures the index no faster there (the
+/// crossover lies between its 100- and 1000-prefix rows; see the README's Performance).
+pub const INDEX_FROM_PREFIXES: usize = 1000;
+
 /// The index maps, mapped.
 pub struct IndexMaps {
     slots: Mapping,
     ctl: Mapping,
     half_slots: u32,
+    /// [`INDEX_FROM_PREFIXES`], unless a benchmark asks for the index at every size.
+    from_prefixes: usize,
 }
 
 /// What [`IndexMaps::rebuild`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Installed {
+    /// Whether the kernel walks it for IPv4 and for IPv6 destinations (the family has
+    /// [`INDEX_FROM_PREFIXES`] prefixes or more), or keeps to the tries.
+    pub v4: bool,
+    pub v6: bool,
     /// From the start of the build until the new half was live.
     pub switch: Duration,
     /// The grace period after the switch (the old half is free when it ends).
@@ -126,6 +137,7 @@ impl IndexMaps {
             )?,
             ctl: Mapping::new(names::INDEX_CTL, ctl, size_of::<IndexCtl>())?,
             half_slots: entries / 2,
+            from_prefixes: INDEX_FROM_PREFIXES,
         })
     }
 
@@ -133,6 +145,11 @@ impl IndexMaps {
     #[must_use]
     pub fn enabled(&self) -> bool {
         self.half_slots >= FIRST_FREE_SLOT
+    }
+
+    /// Walk the index for a family from `prefixes` prefixes on (benchmarks: 0, every size).
+    pub fn walk_from(&mut self, prefixes: usize) {
+        self.from_prefixes = prefixes;
     }
 
     /// Slots of one half: what a table may use.
@@ -184,6 +201,16 @@ impl IndexMaps {
         })
     }
 
+    /// Whether the kernel walks the live half for IPv4 and for IPv6 destinations.
+    #[must_use]
+    pub fn walks(&self) -> (bool, bool) {
+        let live = self.live().load(Ordering::Acquire);
+        (
+            classifier_common::index::live_v4(live).is_some(),
+            classifier_common::index::live_v6(live).is_some(),
+        )
+    }
+
     /// The live half as the kernel reads it; `None` when the tries decide.
     #[must_use]
     pub fn live_half(&self) -> Option<&[Slot]> {
@@ -210,8 +237,13 @@ impl IndexMaps {
             Ok(stats) => stats,
             Err(error) => return Ok(Err(error)),
         };
+        let (v4, v6) = (
+            compiled.v4.len() >= self.from_prefixes,
+            compiled.v6.len() >= self.from_prefixes,
+        );
         fence(Ordering::Release);
-        self.live().store(live_word(base), Ordering::Release);
+        self.live()
+            .store(live_word(base, v4, v6), Ordering::Release);
         self.seq().fetch_add(1, Ordering::AcqRel);
         let switch = start.elapsed();
         let used = |n: usize| u64::try_from(n).unwrap_or(u64::MAX) & u64::from(u32::MAX);
@@ -226,6 +258,8 @@ impl IndexMaps {
         );
         let grace = self.wait_released()?;
         Ok(Ok(Installed {
+            v4,
+            v6,
             switch,
             grace,
             slots: stats.slots,

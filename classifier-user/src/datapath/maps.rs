@@ -58,10 +58,16 @@ impl ApplyReport {
     pub fn describe(&self, target: &Compiled) -> String {
         let index = match (self.index, self.index_error) {
             (Some(index), _) => format!(
-                "; index live after {:.2} ms ({} slots, {} rule sets)",
+                "; index live after {:.2} ms ({} slots, {} rule sets; walked for {})",
                 self.ready.as_secs_f64() * 1e3,
                 index.slots,
-                index.rule_sets
+                index.rule_sets,
+                match (index.v4, index.v6) {
+                    (true, true) => "IPv4 and IPv6",
+                    (true, false) => "IPv4, the tries decide IPv6",
+                    (false, true) => "IPv6, the tries decide IPv4",
+                    (false, false) => "neither: the tries are as fast at this size",
+                }
             ),
             (None, Some(error)) => format!("; no index: {error}"),
             (None, None) => String::new(),
