@@ -33,10 +33,10 @@ const XDP_PASS: u32 = 2;
 /// What the cost section found, for the refresh section and the chart.
 pub struct CostResults {
     pub section: Section,
-    pub goals: GoalInputs,
     /// Loading each synthetic table from empty, and the kernel memory it takes.
     pub loads: Vec<Figure>,
     pub chart: Vec<Series>,
+    pub goals: GoalInputs,
 }
 
 /// Average ns of one run of `prog` on `frame`, median over trials of `repeat` runs.
@@ -302,15 +302,15 @@ fn mixes(
     maps.clear_flows()?;
     let xdp = datapath.xdp()?;
     let mut total = 0.0;
-    let mut seen = std::collections::HashSet::new();
+    let mut started = std::collections::HashSet::new();
     for &flow in &order {
         total += once(xdp, &flow_frames[flow])?;
-        seen.insert(flow);
+        started.insert(flow);
     }
     #[expect(clippy::cast_precision_loss, reason = "thousands")]
     let zipf = total / order.len() as f64;
     #[expect(clippy::cast_precision_loss, reason = "thousands")]
-    let new_share = seen.len() as f64 / order.len() as f64;
+    let new_share = started.len() as f64 / order.len() as f64;
     // Every packet a new flow: each round's frames have fresh source ports, and the table is
     // emptied between rounds (not timed).
     let mut total = 0.0;

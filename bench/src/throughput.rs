@@ -47,10 +47,10 @@ pub struct ThroughputGoal {
 
 pub struct ThroughputResults {
     pub section: Section,
-    pub goals: Vec<ThroughputGoal>,
     /// `nft -f` load times of each set, for the refresh section.
     pub nft_loads: Vec<Figure>,
     pub chart: Vec<Series>,
+    pub goals: Vec<ThroughputGoal>,
 }
 
 /// Packets per second counted on `vb`, and offered by the generator.

@@ -16,11 +16,20 @@
 //! A subtree that holds a single longer prefix is a *tail* instead (see [`tail_slots`]): one
 //! comparison replaces the chain of nodes down to it.
 //!
-//! Rules are [`PrefixRules`] packed into whole slots (see [`rules_word`] and [`Packed`]) next to the leaves
-//! that use them, so that a lookup reads its node, leaf and rules from the same page or two.
+//! Rules are [`PrefixRules`] packed into whole slots (see [`rules_word`] and [`Packed`]) next
+//! to the leaves that use them, so that a lookup reads its node, leaf and rules from the same
+//! page or two.
 //!
 //! [`names::INDEX_CTL`](crate::names::INDEX_CTL) says which half is live in one 64-bit word,
 //! so a new table is written beside the live one and switched with one store.
+#![allow(
+    clippy::inline_always,
+    reason = "the kernel programs must inline every step of the walk"
+)]
+#![allow(
+    clippy::cast_possible_truncation,
+    reason = "fields are packed into and out of 32-bit words on purpose"
+)]
 
 use crate::{MAX_RULES, PortRule, PrefixRules, Rules};
 
@@ -146,6 +155,7 @@ impl<'a, S: Slots + ?Sized> Packed<'a, S> {
     }
 
     /// Unpacked (`prefix_len` 0); `None` when a rule cannot be read.
+    #[must_use]
     pub fn unpack(&self) -> Option<PrefixRules> {
         let (n_rules, addr_category, addr_set) = self.header();
         let mut rules = PrefixRules::EMPTY;

@@ -298,6 +298,10 @@ pub trait Rules {
     fn rule(&self, i: usize) -> Option<PortRule>;
 }
 
+#[expect(
+    clippy::inline_always,
+    reason = "the kernel programs must inline the rule scan"
+)]
 impl Rules for PrefixRules {
     #[inline(always)]
     fn header(&self) -> (u8, u8, u16) {

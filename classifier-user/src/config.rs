@@ -303,6 +303,7 @@ impl Config {
 
     /// Checks what the types cannot: every setting that would make the agent fail on every
     /// request, or trust what it should not, is refused with its key's name.
+    #[expect(clippy::too_many_lines, reason = "one check per key, in file order")]
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |field, message: String| Err(ConfigError::Invalid { field, message });
         let feed = &self.feed;

@@ -72,6 +72,10 @@ pub struct Stats {
 ///
 /// The index answers with the rules of the longest prefix, like the tries, except for
 /// `prefix_len`, which it leaves 0: the kernel never reads it.
+///
+/// # Panics
+///
+/// Only on a table of 2^32 distinct rule sets or more, which no map holds.
 pub fn build_into(compiled: &Compiled, half: &mut [Slot]) -> Result<Stats, IndexError> {
     let capacity = u32::try_from(half.len()).unwrap_or(u32::MAX);
     if !(FIRST_FREE_SLOT..NODE).contains(&capacity) {
@@ -189,7 +193,7 @@ impl Hasher for Fx {
     }
 
     fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7cc1_b727_220a_95);
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x517c_c1b7_2722_0a95);
     }
 
     fn write_usize(&mut self, n: usize) {
@@ -359,7 +363,7 @@ impl Builder<'_> {
                 let [first, key] = tail_slots(
                     second,
                     (prefix.addr >> 64) as u64,
-                    prefix.addr as u64,
+                    u64::try_from(prefix.addr & u128::from(u64::MAX)).expect("masked to 64 bits"),
                     prefix.len,
                     inside,
                     outside,
@@ -519,6 +523,7 @@ fn pack(entries: &[u32]) -> Slot {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation, reason = "random bits cut to size")]
 mod tests {
     use std::net::{Ipv4Addr, Ipv6Addr};
 

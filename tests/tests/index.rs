@@ -2,6 +2,7 @@
 //! addresses over random tables and over every feed in `tests/fixtures`, the same verdicts
 //! through the XDP program, no gap while the index switches halves, and the tries alone
 //! when a table does not fit.
+#![allow(clippy::cast_possible_truncation, reason = "random bits cut to size")]
 
 use std::{
     collections::BTreeMap,
@@ -97,7 +98,7 @@ fn random_table(seed: u64, count: usize) -> Compiled {
     while compiled.v6.len() < count {
         let len = 8 + u32::try_from(rng.below(121)).expect("small");
         let random = (u128::from(rng.next()) << 64) | u128::from(rng.next());
-        let addr = (random & !(0xfff_ffu128 << 108)) | (0x2a0_3u128 << 112);
+        let addr = (random & !(0x000f_ffff_u128 << 108)) | (0x2a03_u128 << 112);
         let masked = addr
             .checked_shr(128 - len)
             .unwrap_or(0)
@@ -245,7 +246,9 @@ fn index_and_trie_agree_on_every_fixture_feed() {
             return;
         };
         let report = maps.apply(&compiled).expect("apply");
-        let index = report.index.unwrap_or_else(|| panic!("{:?}", report.index_error));
+        let index = report
+            .index
+            .unwrap_or_else(|| panic!("{:?}", report.index_error));
         // A feed of a few dozen prefixes a family: built, but the kernel keeps to the tries.
         assert!(!index.v4 && !index.v6, "{index:?}");
         assert_eq!(maps.index().expect("index maps").walks(), (false, false));
@@ -284,8 +287,13 @@ fn the_xdp_program_decides_the_same_by_index_and_by_trie() {
         return;
     };
     let report = maps.apply(&compiled).expect("apply");
-    let index = report.index.unwrap_or_else(|| panic!("{:?}", report.index_error));
-    assert!(index.v4 && index.v6, "20000 prefixes a family: walked for both");
+    let index = report
+        .index
+        .unwrap_or_else(|| panic!("{:?}", report.index_error));
+    assert!(
+        index.v4 && index.v6,
+        "20000 prefixes a family: walked for both"
+    );
     let frames: Vec<Vec<u8>> = addresses(&compiled, 20_000, 3)
         .into_iter()
         .map(frame)
@@ -311,7 +319,7 @@ fn the_xdp_program_decides_the_same_by_index_and_by_trie() {
         stat::EXCLUDED,
     ] {
         assert!(
-            reasons.get(&u8::try_from(reason).expect("small")).is_some(),
+            reasons.contains_key(&u8::try_from(reason).expect("small")),
             "no frame decided by reason {reason}: {reasons:?}"
         );
     }

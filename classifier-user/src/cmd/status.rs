@@ -297,6 +297,7 @@ fn xdp_mode(iface: &str) -> &'static str {
 }
 
 impl Report {
+    #[expect(clippy::too_many_lines, reason = "one line per field, in order")]
     fn write_text(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
         let Self {
             pin_dir,

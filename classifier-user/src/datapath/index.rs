@@ -189,6 +189,10 @@ impl IndexMaps {
 
     /// What the live index uses: `(slots, rule sets)`, `None` when the tries decide.
     #[must_use]
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "two u32 fields of one word"
+    )]
     pub fn used(&self) -> Option<(u32, u32)> {
         live_half(self.live().load(Ordering::Acquire))?;
         let usage = self.usage().load(Ordering::Acquire);
