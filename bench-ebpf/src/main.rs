@@ -28,7 +28,7 @@ use aya_ebpf::{
 use classifier_common::Counter;
 use classifier_ebpf::{
     counter,
-    parse::{Cursor, Dst, parse},
+    parse::{Cursor, parse},
 };
 use harness_common::{
     BENCH_COUNT_LEN, MAX_DST, Sink,
@@ -82,16 +82,12 @@ pub fn bench_parse(ctx: XdpContext) -> u32 {
     };
     count(PARSED, xdp_len(&ctx));
     if let Some(sink) = BENCH_SINK.get_ptr_mut(0) {
-        let mut addr = [0; 16];
-        match packet.dst {
-            Dst::V4(v4) => addr[..4].copy_from_slice(&v4),
-            Dst::V6(v6) => addr = v6,
-        }
+        let addr = packet.dst.bytes;
         // SAFETY: as in `count`.
         unsafe {
             *sink = Sink {
                 addr,
-                port: packet.port.unwrap_or(0),
+                port: packet.dport,
                 proto: packet.proto,
                 later_fragment: u8::from(packet.later_fragment),
                 _pad: [0; 4],

@@ -13,8 +13,10 @@
 //! `vector` says position `p` is a child node, the `popcount(vector & below(p))`-th after
 //! `base_node`. Every other position is a leaf; `leafvec` marks where a run of equal leaves
 //! begins, and the leaf of `p` is the `popcount(leafvec & upto(p))`-th from `base_leaf`.
-//! A subtree that holds a single longer prefix is a *tail* instead (see [`tail_slots`]): one
-//! comparison replaces the chain of nodes down to it.
+//! A subtree that holds a single longer prefix is a *tail* instead (see [`tail_slot`]): one
+//! comparison replaces the chain of nodes down to it. A direct table entry says so with
+//! [`TAIL`]; a node with its `leafvec` bit at the child's position (a bit leaves never use
+//! there).
 //!
 //! Rules are [`PrefixRules`] packed into whole slots (see [`rules_word`] and [`Packed`]) next
 //! to the leaves that use them, so that a lookup reads its node, leaf and rules from the same
@@ -53,6 +55,12 @@ pub const LEVELS_V4: u32 = (32 - DIR_BITS).div_ceil(STRIDE);
 pub const LEVELS_V6: u32 = (128 - DIR_BITS).div_ceil(STRIDE);
 /// The high bit of an entry marks a node reference.
 pub const NODE: u32 = 1 << 31;
+/// With [`NODE`], the node is a tail (one slot, [`tail_slot`]).
+pub const TAIL: u32 = 1 << 30;
+/// The slot of a node reference; a half has fewer slots.
+pub const SLOT_MASK: u32 = TAIL - 1;
+/// The longest prefix a tail holds; a longer one gets nodes down to it.
+pub const TAIL_MAX_LEN: u32 = 96;
 /// The leaf of "no prefix holds the address" (slot 0 belongs to a direct table, never to
 /// rules).
 pub const NO_VALUE: u32 = 0;
@@ -274,77 +282,57 @@ fn entry<S: Slots + ?Sized>(slots: &S, index: u32) -> Option<u32> {
     slot.words.get(lane).copied()
 }
 
-/// From a node entry to the entry of position `chunk` (0..64) of that node, for the address
-/// `high`, `low` (left-aligned: IPv4 in the top 32 bits of `high`).
+/// From a node entry to the entry of position `chunk` (0..64) of that node.
 #[inline(always)]
-fn step<S: Slots + ?Sized>(slots: &S, node: u32, chunk: u32, high: u64, low: u64) -> Option<u32> {
-    let node = slots.slot(node & !NODE)?;
+fn step<S: Slots + ?Sized>(slots: &S, node: u32, chunk: u32) -> Option<u32> {
+    let node = slots.slot(node & SLOT_MASK)?;
     let vector = node.vector();
     let leafvec = node.leafvec();
-    if vector == 0 && leafvec == 0 {
-        return tail(slots, node, high, low);
-    }
     let bit = 1u64 << (chunk & 63);
     if vector & bit != 0 {
-        let rank = (vector & (bit - 1)).count_ones();
-        return Some(NODE | node.words[4].wrapping_add(rank));
+        let child = node.words[4].wrapping_add((vector & (bit - 1)).count_ones()) & SLOT_MASK;
+        // At a child's position `leafvec` marks a tail.
+        return Some(NODE | if leafvec & bit != 0 { TAIL } else { 0 } | child);
     }
-    let rank = (leafvec & (bit << 1).wrapping_sub(1)).count_ones();
+    let rank = (leafvec & !vector & (bit << 1).wrapping_sub(1)).count_ones();
     entry(slots, node.words[5].wrapping_add(rank).wrapping_sub(1))
 }
 
-/// A tail: what a subtree holding one longer prefix compresses to, instead of a chain of
-/// nodes. Its slot has no vector and no leafvec; `words[4]` is the slot of the prefix
-/// (address left-aligned in `words[0..4]`, low word first; the leaf when the address is
-/// outside it in `words[4]`; its length in `words[5]`), `words[5]` the leaf when inside.
+/// A tail: what a subtree holding one longer prefix (of at most [`TAIL_MAX_LEN`] bits)
+/// compresses to, instead of a chain of nodes, in one slot ([`tail_slot`]): the prefix's
+/// address (its first 96 bits, left-aligned), its length, and the leaves for an address
+/// inside and outside it.
 #[inline(always)]
-fn tail<S: Slots + ?Sized>(slots: &S, node: &Slot, high: u64, low: u64) -> Option<u32> {
-    let prefix = slots.slot(node.words[4])?;
-    let key_high = u64::from(prefix.words[0]) | (u64::from(prefix.words[1]) << 32);
-    let key_low = u64::from(prefix.words[2]) | (u64::from(prefix.words[3]) << 32);
-    let len = prefix.words[5];
+fn tail<S: Slots + ?Sized>(slots: &S, at: u32, high: u64, low: u64) -> Option<u32> {
+    let tail = slots.slot(at & SLOT_MASK)?;
+    let key_high = u64::from(tail.words[0]) | (u64::from(tail.words[1]) << 32);
+    let len = tail.words[3];
     let inside = if len == 0 {
         true
     } else if len <= 64 {
         (high ^ key_high) >> ((64 - len) & 63) == 0
-    } else if len <= 128 {
-        high == key_high && (low ^ key_low) >> ((128 - len) & 63) == 0
+    } else if len <= TAIL_MAX_LEN {
+        high == key_high && (((low >> 32) as u32) ^ tail.words[2]) >> ((96 - len) & 31) == 0
     } else {
         return None;
     };
-    Some(if inside {
-        node.words[5]
-    } else {
-        prefix.words[4]
-    })
+    Some(if inside { tail.words[4] } else { tail.words[5] })
 }
 
-/// The slots of a tail for a prefix of `len` bits at `high`, `low` (left-aligned), given
-/// the slot of its second half and the leaves inside and outside the prefix.
+/// The slot of a tail for a prefix of `len` bits (at most [`TAIL_MAX_LEN`]) at `high`, `low`
+/// (left-aligned), with the leaves inside and outside it.
 #[must_use]
-pub fn tail_slots(
-    prefix_slot: u32,
-    high: u64,
-    low: u64,
-    len: u32,
-    inside: u32,
-    outside: u32,
-) -> [Slot; 2] {
-    [
-        Slot {
-            words: [0, 0, 0, 0, prefix_slot, inside],
-        },
-        Slot {
-            words: [
-                high as u32,
-                (high >> 32) as u32,
-                low as u32,
-                (low >> 32) as u32,
-                outside,
-                len,
-            ],
-        },
-    ]
+pub fn tail_slot(high: u64, low: u64, len: u32, inside: u32, outside: u32) -> Slot {
+    Slot {
+        words: [
+            high as u32,
+            (high >> 32) as u32,
+            (low >> 32) as u32,
+            len,
+            inside,
+            outside,
+        ],
+    }
 }
 
 /// The leaf of the longest prefix holding an IPv4 address (network order): the slot of its
@@ -359,10 +347,19 @@ pub fn find_v4<S: Slots + ?Sized>(slots: &S, addr: [u8; 4]) -> Option<u32> {
         if found & NODE == 0 {
             return Some(found);
         }
-        found = step(slots, found, ((key >> (58 - offset)) & 63) as u32, key, 0)?;
+        if found & TAIL != 0 {
+            return tail(slots, found, key, 0);
+        }
+        found = step(slots, found, ((key >> (58 - offset)) & 63) as u32)?;
         offset += STRIDE;
     }
-    if found & NODE == 0 { Some(found) } else { None }
+    if found & NODE == 0 {
+        return Some(found);
+    }
+    if found & TAIL != 0 {
+        return tail(slots, found, key, 0);
+    }
+    None
 }
 
 /// [`find_v4`] for an IPv6 address (network order).
@@ -379,6 +376,9 @@ pub fn find_v6<S: Slots + ?Sized>(slots: &S, addr: [u8; 16]) -> Option<u32> {
         if found & NODE == 0 {
             return Some(found);
         }
+        if found & TAIL != 0 {
+            return tail(slots, found, high, low);
+        }
         // Six bits at `offset`: never across the two words (16 + 6k hits 64 exactly); the
         // last chunk (124..130) pads with zeros.
         let chunk = if offset < 64 {
@@ -388,8 +388,14 @@ pub fn find_v6<S: Slots + ?Sized>(slots: &S, addr: [u8; 16]) -> Option<u32> {
         } else {
             low << (offset - 122)
         };
-        found = step(slots, found, (chunk & 63) as u32, high, low)?;
+        found = step(slots, found, (chunk & 63) as u32)?;
         offset += STRIDE;
     }
-    if found & NODE == 0 { Some(found) } else { None }
+    if found & NODE == 0 {
+        return Some(found);
+    }
+    if found & TAIL != 0 {
+        return tail(slots, found, high, low);
+    }
+    None
 }

@@ -27,7 +27,7 @@ use classifier_common::{
 
 use classifier_ebpf::{
     counter,
-    parse::{Cursor, Dst, Packet, Unparsed, parse},
+    parse::{Cursor, Packet, Unparsed, parse},
 };
 
 // The map names are the contract in `classifier_common::names`; a test reads them back
@@ -140,55 +140,54 @@ fn classify(packet: &Packet, config_flags: u32) -> Decision {
     // Prefix length 32 (128) asks for the longest prefix that holds the whole address.
     // Either answer is read in place: the tries' value, or the index's packed rules.
     let live = live_word();
-    match packet.dst {
-        Dst::V4(addr) => {
-            if let Some(base) = index::live_v4(live)
-                && let half = (LiveHalf { base })
-                && let Some(leaf) = index::find_v4(&half, addr)
-                && let Some(found) = Packed::at(&half, leaf)
-            {
-                return decide(
-                    found.as_ref(),
-                    packet.proto,
-                    packet.port,
-                    packet.later_fragment,
-                    config_flags,
-                    policy,
-                );
-            }
-            decide(
-                XB_PREFIX_V4.get(&Key::new(32, addr)),
+    if !packet.dst.v6 {
+        let addr = packet.dst.v4_bytes();
+        if let Some(base) = index::live_v4(live)
+            && let half = (LiveHalf { base })
+            && let Some(leaf) = index::find_v4(&half, addr)
+            && let Some(found) = Packed::at(&half, leaf)
+        {
+            return decide(
+                found.as_ref(),
                 packet.proto,
-                packet.port,
+                packet.port(),
                 packet.later_fragment,
                 config_flags,
                 policy,
-            )
+            );
         }
-        Dst::V6(addr) => {
-            if let Some(base) = index::live_v6(live)
-                && let half = (LiveHalf { base })
-                && let Some(leaf) = index::find_v6(&half, addr)
-                && let Some(found) = Packed::at(&half, leaf)
-            {
-                return decide(
-                    found.as_ref(),
-                    packet.proto,
-                    packet.port,
-                    packet.later_fragment,
-                    config_flags,
-                    policy,
-                );
-            }
-            decide(
-                XB_PREFIX_V6.get(&Key::new(128, addr)),
+        decide(
+            XB_PREFIX_V4.get(&Key::new(32, addr)),
+            packet.proto,
+            packet.port(),
+            packet.later_fragment,
+            config_flags,
+            policy,
+        )
+    } else {
+        let addr = packet.dst.bytes;
+        if let Some(base) = index::live_v6(live)
+            && let half = (LiveHalf { base })
+            && let Some(leaf) = index::find_v6(&half, addr)
+            && let Some(found) = Packed::at(&half, leaf)
+        {
+            return decide(
+                found.as_ref(),
                 packet.proto,
-                packet.port,
+                packet.port(),
                 packet.later_fragment,
                 config_flags,
                 policy,
-            )
+            );
         }
+        decide(
+            XB_PREFIX_V6.get(&Key::new(128, addr)),
+            packet.proto,
+            packet.port(),
+            packet.later_fragment,
+            config_flags,
+            policy,
+        )
     }
 }
 
@@ -295,29 +294,16 @@ fn known_flow(
 /// The flow a packet belongs to.
 #[inline(always)]
 fn flow_key(packet: &Packet) -> FlowKey {
-    let mut key = FlowKey {
-        src: [0; 16],
-        dst: [0; 16],
+    // The parser gives both addresses of one header, IPv4 zero-padded.
+    FlowKey {
+        src: packet.src.bytes,
+        dst: packet.dst.bytes,
         sport: packet.sport,
-        dport: packet.port.unwrap_or(0),
+        dport: packet.dport,
         proto: packet.proto,
-        family: 4,
+        family: if packet.dst.v6 { 6 } else { 4 },
         _pad: [0; 2],
-    };
-    match (packet.src, packet.dst) {
-        (Dst::V4(src), Dst::V4(dst)) => {
-            key.src[..4].copy_from_slice(&src);
-            key.dst[..4].copy_from_slice(&dst);
-        }
-        (Dst::V6(src), Dst::V6(dst)) => {
-            key.src = src;
-            key.dst = dst;
-            key.family = 6;
-        }
-        // The parser gives both addresses of one header.
-        _ => {}
     }
-    key
 }
 
 /// How long a flow of `ip_proto` may be idle before it is classified afresh.

@@ -41,28 +41,56 @@ pub enum Unparsed {
     Malformed,
 }
 
-/// An address, as the bytes of the header.
+/// An address, as the bytes of the header: IPv4 in the first four bytes, the rest zero.
+///
+/// A struct, not an enum of a 4- and a 16-byte variant: an enum leaves 12 bytes of an IPv4
+/// address undefined, and LLVM may keep them in a register it later spills, which the
+/// verifier refuses (`!read_ok`).
 #[derive(Clone, Copy)]
-pub enum Dst {
-    V4([u8; 4]),
-    V6([u8; 16]),
+pub struct Addr {
+    pub v6: bool,
+    pub bytes: [u8; 16],
+}
+
+impl Addr {
+    #[inline(always)]
+    fn v4(addr: [u8; 4]) -> Self {
+        let mut bytes = [0; 16];
+        bytes[..4].copy_from_slice(&addr);
+        Self { v6: false, bytes }
+    }
+
+    #[inline(always)]
+    fn v6(bytes: [u8; 16]) -> Self {
+        Self { v6: true, bytes }
+    }
+
+    /// The IPv4 address (meaningful when not `v6`).
+    #[inline(always)]
+    #[must_use]
+    pub fn v4_bytes(&self) -> [u8; 4] {
+        [self.bytes[0], self.bytes[1], self.bytes[2], self.bytes[3]]
+    }
 }
 
 /// What the classifier needs from a packet.
 #[derive(Clone, Copy)]
 pub struct Packet {
-    pub dst: Dst,
+    pub dst: Addr,
     /// The source address (same family as `dst`).
-    pub src: Dst,
+    pub src: Addr,
     /// TCP or UDP source port, host order; 0 otherwise.
     pub sport: u16,
     /// A TCP segment with FIN or RST: the connection ends.
     pub tcp_end: bool,
     /// The upper-layer protocol (after IPv6 extension headers).
     pub proto: u8,
-    /// TCP or UDP destination port, host order; `None` for other protocols and for
+    /// TCP or UDP destination port, host order (0 without one; see [`Packet::port`]); for
     /// non-first fragments.
-    pub port: Option<u16>,
+    pub dport: u16,
+    /// `dport` holds a port: TCP or UDP, not a later fragment. (Not an `Option<u16>`: a
+    /// `None` leaves its payload undefined, which LLVM may spill, and the verifier refuses.)
+    pub has_port: bool,
     /// A non-first fragment: its ports are in the first fragment.
     pub later_fragment: bool,
 }
@@ -149,7 +177,7 @@ fn parse_ipv4(cursor: &mut Cursor<'_>) -> Result<Packet, Unparsed> {
     if ip.version() != 4 || header_len < Ipv4Hdr::LEN {
         return Err(Unparsed::Malformed);
     }
-    let (dst, src) = (Dst::V4(ip.dst_addr), Dst::V4(ip.src_addr));
+    let (dst, src) = (Addr::v4(ip.dst_addr), Addr::v4(ip.src_addr));
     let proto = ip.proto;
     // Options: the IHL is at most 15 words, so this is at most 40 bytes.
     cursor.skip(header_len - Ipv4Hdr::LEN);
@@ -160,7 +188,8 @@ fn parse_ipv4(cursor: &mut Cursor<'_>) -> Result<Packet, Unparsed> {
             sport: 0,
             tcp_end: false,
             proto,
-            port: None,
+            dport: 0,
+            has_port: false,
             later_fragment: true,
         });
     }
@@ -171,7 +200,8 @@ fn parse_ipv4(cursor: &mut Cursor<'_>) -> Result<Packet, Unparsed> {
         sport: ports.source,
         tcp_end: ports.end,
         proto,
-        port: ports.destination,
+        dport: ports.destination,
+        has_port: ports.has_destination,
         later_fragment: false,
     })
 }
@@ -182,7 +212,7 @@ fn parse_ipv6(cursor: &mut Cursor<'_>) -> Result<Packet, Unparsed> {
     if ip.version() != 6 {
         return Err(Unparsed::Malformed);
     }
-    let (dst, src) = (Dst::V6(ip.dst_addr), Dst::V6(ip.src_addr));
+    let (dst, src) = (Addr::v6(ip.dst_addr), Addr::v6(ip.src_addr));
     let mut next = ip.next_hdr;
     for _ in 0..MAX_EXT_HDRS {
         match next {
@@ -198,7 +228,8 @@ fn parse_ipv6(cursor: &mut Cursor<'_>) -> Result<Packet, Unparsed> {
                         sport: 0,
                         tcp_end: false,
                         proto: next_hdr,
-                        port: None,
+                        dport: 0,
+                        has_port: false,
                         later_fragment: true,
                     });
                 }
@@ -212,7 +243,8 @@ fn parse_ipv6(cursor: &mut Cursor<'_>) -> Result<Packet, Unparsed> {
                     sport: ports.source,
                     tcp_end: ports.end,
                     proto: next,
-                    port: ports.destination,
+                    dport: ports.destination,
+                    has_port: ports.has_destination,
                     later_fragment: false,
                 });
             }
@@ -240,10 +272,25 @@ fn parse_ipv6_fragment_header(cursor: &mut Cursor<'_>) -> Result<(u8, bool), Unp
     Ok((header[0], offset == 0))
 }
 
+impl Packet {
+    /// The destination port, `None` without one.
+    #[inline(always)]
+    #[must_use]
+    pub fn port(&self) -> Option<u16> {
+        if self.has_port {
+            Some(self.dport)
+        } else {
+            None
+        }
+    }
+}
+
 /// What the transport header says.
 struct Ports {
     /// Host order; `None` for protocols without ports.
-    destination: Option<u16>,
+    destination: u16,
+    /// TCP or UDP: `destination` holds a port.
+    has_destination: bool,
     /// Host order; 0 without ports.
     source: u16,
     /// TCP FIN or RST.
@@ -257,7 +304,8 @@ fn parse_ports(cursor: &mut Cursor, ip_proto: u8) -> Result<Ports, Unparsed> {
         proto::TCP => {
             let tcp: &TcpHdr = cursor.take()?;
             Ok(Ports {
-                destination: Some(u16::from_be_bytes(tcp.dest)),
+                destination: u16::from_be_bytes(tcp.dest),
+                has_destination: true,
                 source: u16::from_be_bytes(tcp.source),
                 end: tcp.fin() != 0 || tcp.rst() != 0,
             })
@@ -265,13 +313,15 @@ fn parse_ports(cursor: &mut Cursor, ip_proto: u8) -> Result<Ports, Unparsed> {
         proto::UDP => {
             let udp: &UdpHdr = cursor.take()?;
             Ok(Ports {
-                destination: Some(udp.dst_port()),
+                destination: udp.dst_port(),
+                has_destination: true,
                 source: udp.src_port(),
                 end: false,
             })
         }
         _ => Ok(Ports {
-            destination: None,
+            destination: 0,
+            has_destination: false,
             source: 0,
             end: false,
         }),

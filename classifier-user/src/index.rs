@@ -13,7 +13,7 @@ use classifier_common::{
     MAX_RULES, PrefixRules,
     index::{
         DIR_BITS, DIR_ENTRIES, DIR_V4, DIR_V6, ENTRIES_PER_SLOT, FIRST_FREE_SLOT, NO_VALUE, NODE,
-        STRIDE, Slot, rules_len, rules_word, tail_slots,
+        SLOT_MASK, STRIDE, Slot, TAIL, TAIL_MAX_LEN, rules_len, rules_word, tail_slot,
     },
 };
 
@@ -41,7 +41,7 @@ pub struct Built {
 /// Builds the index of `compiled` for a half of `half_slots` slots, in memory of its own
 /// (tests, benchmarks; the data plane's is built in place with [`build_into`]).
 pub fn build(compiled: &Compiled, half_slots: u32) -> Result<Built, IndexError> {
-    if !(FIRST_FREE_SLOT..NODE).contains(&half_slots) {
+    if !(FIRST_FREE_SLOT..=SLOT_MASK).contains(&half_slots) {
         return Err(IndexError::Slots {
             capacity: half_slots,
         });
@@ -78,7 +78,7 @@ pub struct Stats {
 /// Only on a table of 2^32 distinct rule sets or more, which no map holds.
 pub fn build_into(compiled: &Compiled, half: &mut [Slot]) -> Result<Stats, IndexError> {
     let capacity = u32::try_from(half.len()).unwrap_or(u32::MAX);
-    if !(FIRST_FREE_SLOT..NODE).contains(&capacity) {
+    if !(FIRST_FREE_SLOT..=SLOT_MASK).contains(&capacity) {
         return Err(IndexError::Slots { capacity });
     }
     // Rule sets by id (0: none), so that leaves compare as integers while they are laid out.
@@ -330,13 +330,14 @@ impl Builder<'_> {
             DIR_BITS,
             &mut entries,
             |position, inherited, range, single| {
+                let single = single.filter(|&at| prefixes[at].len <= TAIL_MAX_LEN);
                 children.push((position, (inherited, range, single)));
             },
         );
         for (position, child) in children {
             self.subtree += 1;
             let slot = self.alloc_nodes(1)?;
-            entries[position] = NODE | slot;
+            entries[position] = NODE | if child.2.is_some() { TAIL } else { 0 } | slot;
             self.block(slot, &[child], prefixes, DIR_BITS, 0)?;
         }
         Ok(entries)
@@ -353,23 +354,19 @@ impl Builder<'_> {
         offset: u32,
         depth: usize,
     ) -> Result<(), IndexError> {
-        // Tails first: their second slots and rules right behind the block.
+        // Tails first, and the rules they name right behind the block.
         for (i, (inherited, _, single)) in nodes.iter().enumerate() {
             if let Some(at) = *single {
                 let prefix = prefixes[at];
                 let inside = self.place(prefix.value)?;
                 let outside = self.place(*inherited)?;
-                let second = self.alloc_nodes(1)?;
-                let [first, key] = tail_slots(
-                    second,
+                self.arena[base as usize + i] = tail_slot(
                     (prefix.addr >> 64) as u64,
                     u64::try_from(prefix.addr & u128::from(u64::MAX)).expect("masked to 64 bits"),
                     prefix.len,
                     inside,
                     outside,
                 );
-                self.arena[second as usize] = key;
-                self.arena[base as usize + i] = first;
             }
         }
         if self.scratch.len() <= depth {
@@ -386,24 +383,32 @@ impl Builder<'_> {
             let mut entries = [*inherited; 64];
             let first_child = scratch.children.len();
             let mut vector = 0u64;
+            let mut tails = 0u64;
             level(
                 &prefixes[range.clone()],
                 offset,
                 STRIDE,
                 &mut entries,
                 |position, inherited, sub, single| {
+                    let single = single
+                        .map(|at| range.start + at)
+                        .filter(|&at| prefixes[at].len <= TAIL_MAX_LEN);
                     vector |= 1 << position;
+                    if single.is_some() {
+                        tails |= 1 << position;
+                    }
                     scratch.children.push((
                         inherited,
                         range.start + sub.start..range.start + sub.end,
-                        single.map(|at| range.start + at),
+                        single,
                     ));
                 },
             );
             let mut node = PendingNode {
                 at: i,
                 vector,
-                leafvec: 0,
+                // A tail child is marked by its bit in `leafvec`.
+                leafvec: tails,
                 leaves: [0; 64],
                 n_leaves: 0,
                 first_child,
