@@ -63,7 +63,7 @@ pub fn run() -> anyhow::Result<Refresh> {
         )
         .note(format!(
             "{} added, {} changed, {} removed, {} unchanged; the tries' diff done after {:.2} \
-             ms, the old half free after a grace period of {:.1} ms",
+             ms, after waiting {:.1} ms for the readers of the previous switch",
             report.added,
             report.changed,
             report.removed,

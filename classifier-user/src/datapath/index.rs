@@ -1,8 +1,8 @@
-//! The index maps, mapped into this process: a new table is copied into the half nobody
-//! reads, then made live with one atomic store of the control word. The half that was live is
+//! The index maps, mapped into this process: a new table is built in the half nobody reads,
+//! then made live with one atomic store of the control word. The half that was live is
 //! written again only after an RCU grace period (`membarrier(MEMBARRIER_CMD_GLOBAL)` waits
-//! for one): XDP and tc programs run inside RCU read-side sections, so by then no packet is
-//! still walking it.
+//! for one, at the start of the next build if the period may not have passed): XDP and tc
+//! programs run inside RCU read-side sections, so by then no packet is still walking it.
 
 use std::{
     io,
@@ -110,7 +110,8 @@ pub struct Installed {
     pub v6: bool,
     /// From the start of the build until the new half was live.
     pub switch: Duration,
-    /// The grace period after the switch (the old half is free when it ends).
+    /// The wait, before the build, for readers of the half it overwrites (the grace period
+    /// after the previous switch, if it has not passed yet; usually none).
     pub grace: Duration,
     /// Slots written, distinct rule sets and their copies (one per subtree using them).
     pub slots: usize,
@@ -229,7 +230,7 @@ impl IndexMaps {
         &mut self,
         compiled: &Compiled,
     ) -> Result<Result<Installed, IndexError>, DatapathError> {
-        self.wait_released()?;
+        let grace = self.wait_released()?;
         let start = Instant::now();
         let base = match live_half(self.live().load(Ordering::Acquire)) {
             Some(0) => self.half_slots,
@@ -260,7 +261,8 @@ impl IndexMaps {
             },
             Ordering::Release,
         );
-        let grace = self.wait_released()?;
+        // No wait here: the next rebuild waits for this switch's grace period, if it comes
+        // before the period has passed (`wait_released`).
         Ok(Ok(Installed {
             v4,
             v6,

@@ -1,6 +1,6 @@
 //! The maps: policy, config, the tries (read whole, written as a diff) and the counters.
 
-use std::{net::IpAddr, path::Path};
+use std::{collections::BTreeMap, net::IpAddr, path::Path};
 
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key};
 use classifier_common::{
@@ -9,7 +9,7 @@ use classifier_common::{
 };
 
 use super::{
-    DatapathError, IndexMaps, Installed,
+    DatapathError, IndexMaps, Installed, batch,
     pins::{check_pin_dir, check_pins},
 };
 use crate::{compile::Compiled, index::IndexError};
@@ -309,6 +309,8 @@ impl Maps {
             if index.enabled() {
                 match index.rebuild(target)? {
                     Ok(installed) => {
+                        // A wait for the previous switch's readers (back-to-back applies) is reported
+                        // apart, in `installed.grace`.
                         report.ready = start.elapsed().saturating_sub(installed.grace);
                         report.index = Some(installed);
                     }
@@ -322,64 +324,17 @@ impl Maps {
                 index.disable()?;
             }
         }
-        let v4_error = |source| DatapathError::Map {
-            name: names::PREFIX_V4,
-            source,
-        };
-        let v6_error = |source| DatapathError::Map {
-            name: names::PREFIX_V6,
-            source,
-        };
-        for (key, value) in &target.v4 {
-            match installed.v4.get(key) {
-                Some(old) if old == value => report.unchanged += 1,
-                old => {
-                    self.prefix_v4
-                        .insert(&Key::new(key.prefix_len, key.addr), value, 0)
-                        .map_err(v4_error)?;
-                    if old.is_some() {
-                        report.changed += 1;
-                    } else {
-                        report.added += 1;
-                    }
-                }
-            }
-        }
-        for (key, value) in &target.v6 {
-            match installed.v6.get(key) {
-                Some(old) if old == value => report.unchanged += 1,
-                old => {
-                    self.prefix_v6
-                        .insert(&Key::new(key.prefix_len, key.addr), value, 0)
-                        .map_err(v6_error)?;
-                    if old.is_some() {
-                        report.changed += 1;
-                    } else {
-                        report.added += 1;
-                    }
-                }
-            }
-        }
-        for key in installed
-            .v4
-            .keys()
-            .filter(|key| !target.v4.contains_key(key))
-        {
-            self.prefix_v4
-                .remove(&Key::new(key.prefix_len, key.addr))
-                .map_err(v4_error)?;
-            report.removed += 1;
-        }
-        for key in installed
-            .v6
-            .keys()
-            .filter(|key| !target.v6.contains_key(key))
-        {
-            self.prefix_v6
-                .remove(&Key::new(key.prefix_len, key.addr))
-                .map_err(v6_error)?;
-            report.removed += 1;
-        }
+        // New and changed entries of both families, then stale ones: a prefix present before
+        // and after is never missing. Each write replaces one prefix's whole value.
+        let (v4_keys, v4_values) = changes(&installed.v4, &target.v4, &mut report);
+        let (v6_keys, v6_values) = changes(&installed.v6, &target.v6, &mut report);
+        write(&mut self.prefix_v4, names::PREFIX_V4, &v4_keys, &v4_values)?;
+        write(&mut self.prefix_v6, names::PREFIX_V6, &v6_keys, &v6_values)?;
+        let v4_stale = stale(&installed.v4, &target.v4);
+        let v6_stale = stale(&installed.v6, &target.v6);
+        report.removed = v4_stale.len() + v6_stale.len();
+        remove(&mut self.prefix_v4, names::PREFIX_V4, &v4_stale)?;
+        remove(&mut self.prefix_v6, names::PREFIX_V6, &v6_stale)?;
         if report.index.is_none() {
             report.ready = start.elapsed();
         }
@@ -432,6 +387,129 @@ impl Maps {
             .filter(|(_, counter)| counter.packets != 0)
             .collect())
     }
+}
+
+/// A trie key: the kernel's `struct bpf_lpm_trie_key_u8` layout, which `LpmKeyV4` and
+/// `LpmKeyV6` have.
+trait TrieKey: Copy + Ord {
+    type Data: aya::Pod;
+    fn aya_key(&self) -> Key<Self::Data>;
+}
+
+impl TrieKey for LpmKeyV4 {
+    type Data = [u8; 4];
+    fn aya_key(&self) -> Key<[u8; 4]> {
+        Key::new(self.prefix_len, self.addr)
+    }
+}
+
+impl TrieKey for LpmKeyV6 {
+    type Data = [u8; 16];
+    fn aya_key(&self) -> Key<[u8; 16]> {
+        Key::new(self.prefix_len, self.addr)
+    }
+}
+
+/// The entries of `target` that `installed` lacks or holds with another value, counted in
+/// `report`.
+fn changes<K: TrieKey>(
+    installed: &BTreeMap<K, PrefixRules>,
+    target: &BTreeMap<K, PrefixRules>,
+    report: &mut ApplyReport,
+) -> (Vec<K>, Vec<PrefixRules>) {
+    let mut keys = Vec::new();
+    let mut values = Vec::new();
+    for (key, value) in target {
+        match installed.get(key) {
+            Some(old) if old == value => report.unchanged += 1,
+            old => {
+                if old.is_some() {
+                    report.changed += 1;
+                } else {
+                    report.added += 1;
+                }
+                keys.push(*key);
+                values.push(*value);
+            }
+        }
+    }
+    (keys, values)
+}
+
+/// The keys of `installed` that `target` lacks.
+fn stale<K: TrieKey>(
+    installed: &BTreeMap<K, PrefixRules>,
+    target: &BTreeMap<K, PrefixRules>,
+) -> Vec<K> {
+    installed
+        .keys()
+        .filter(|key| !target.contains_key(key))
+        .copied()
+        .collect()
+}
+
+/// Writes `keys -> values` into a trie: one batch syscall per 65536 entries, or one per entry
+/// where the kernel has no batch operations.
+fn write<K: TrieKey>(
+    trie: &mut LpmTrie<MapData, K::Data, PrefixRules>,
+    name: &'static str,
+    keys: &[K],
+    values: &[PrefixRules],
+) -> Result<(), DatapathError> {
+    use aya::maps::IterableMap as _;
+    use std::os::fd::AsFd as _;
+    if keys.is_empty() {
+        return Ok(());
+    }
+    match batch::update(trie.map().fd().as_fd(), keys, values) {
+        Ok(()) => return Ok(()),
+        Err(error) if !batch::unsupported(&error) => {
+            return Err(DatapathError::Map {
+                name,
+                source: MapError::SyscallError(aya::sys::SyscallError {
+                    call: "bpf_map_update_batch",
+                    io_error: error,
+                }),
+            });
+        }
+        Err(_) => {}
+    }
+    for (key, value) in keys.iter().zip(values) {
+        trie.insert(&key.aya_key(), value, 0)
+            .map_err(|source| DatapathError::Map { name, source })?;
+    }
+    Ok(())
+}
+
+/// Removes `keys` from a trie, as [`write`] writes.
+fn remove<K: TrieKey>(
+    trie: &mut LpmTrie<MapData, K::Data, PrefixRules>,
+    name: &'static str,
+    keys: &[K],
+) -> Result<(), DatapathError> {
+    use aya::maps::IterableMap as _;
+    use std::os::fd::AsFd as _;
+    if keys.is_empty() {
+        return Ok(());
+    }
+    match batch::delete(trie.map().fd().as_fd(), keys) {
+        Ok(()) => return Ok(()),
+        Err(error) if !batch::unsupported(&error) => {
+            return Err(DatapathError::Map {
+                name,
+                source: MapError::SyscallError(aya::sys::SyscallError {
+                    call: "bpf_map_delete_batch",
+                    io_error: error,
+                }),
+            });
+        }
+        Err(_) => {}
+    }
+    for key in keys {
+        trie.remove(&key.aya_key())
+            .map_err(|source| DatapathError::Map { name, source })?;
+    }
+    Ok(())
 }
 
 fn sum_per_cpu(

@@ -11,6 +11,7 @@
 //! - [`links`]: attaching and detaching, and what the kernel says is attached;
 //! - [`maps`]: the maps, applied as a diff, and per-CPU sums.
 
+mod batch;
 pub mod index;
 pub mod links;
 pub mod load;
