@@ -529,6 +529,17 @@ pub fn run(settings: &Settings) -> anyhow::Result<CostResults> {
                     "{per_second:.0} prefixes/s; the record, after the switch"
                 )),
             );
+            let start = Instant::now();
+            let dumped = datapath.maps()?.installed()?.len();
+            ensure!(dumped == size, "dumped {dumped} of {size} entries");
+            loads.push(
+                Figure::new(
+                    format!("read {label} {} prefixes back from the tries", family.name),
+                    start.elapsed().as_secs_f64() * 1e3,
+                    "ms",
+                )
+                .note("BPF_MAP_LOOKUP_BATCH, as the agent checks what the maps hold"),
+            );
             let trie_mib = map_memory_kib(&mut datapath, family.map).map(|kib| kib / 1024.0);
             if let Some(mib) = trie_mib {
                 loads.push(Figure::new(

@@ -1,5 +1,6 @@
-//! `BPF_MAP_UPDATE_BATCH` and `BPF_MAP_DELETE_BATCH` (kernel 5.6): aya 0.14 has no batch
-//! operations, and a million trie entries written one syscall each take seconds. The kernel's
+//! `BPF_MAP_LOOKUP_BATCH`, `BPF_MAP_UPDATE_BATCH` and `BPF_MAP_DELETE_BATCH` (kernel 5.6):
+//! aya 0.14 has no batch operations, and a million trie entries read or written one syscall
+//! each take seconds. The kernel's
 //! generic batch loop writes each element as `BPF_MAP_UPDATE_ELEM` would, in order, so the
 //! diff's order (new and changed entries first, stale ones last) holds.
 
@@ -8,6 +9,7 @@ use std::{
     os::fd::{AsRawFd as _, BorrowedFd},
 };
 
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 
@@ -66,6 +68,50 @@ pub fn delete<K>(fd: BorrowedFd<'_>, keys: &[K]) -> io::Result<()> {
         })?;
     }
     Ok(())
+}
+
+/// Every entry of the map, read in chunks (the kernel walks the map as `get_next_key` does).
+/// `zero_key` and `zero_value` fill the buffers before the kernel writes them.
+pub fn lookup<K: Copy, V: Copy>(
+    fd: BorrowedFd<'_>,
+    zero_key: K,
+    zero_value: V,
+) -> io::Result<Vec<(K, V)>> {
+    const READ: usize = 4096;
+    let mut entries = Vec::new();
+    let mut keys = vec![zero_key; READ];
+    let mut values = vec![zero_value; READ];
+    // The kernel's position between calls: a key (the generic batch uses the next key).
+    let mut token = [zero_key; 2];
+    let mut first = true;
+    loop {
+        let (in_batch, out_batch) = token.split_at_mut(1);
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { in_batch.as_ptr() as u64 },
+            out_batch: out_batch.as_mut_ptr() as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            ..BatchAttr::default()
+        };
+        let done = match call(BPF_MAP_LOOKUP_BATCH, fd, READ, &mut attr) {
+            Ok(()) => false,
+            // The end of the map: the last entries come with it.
+            Err((_, error)) if error.raw_os_error() == Some(libc::ENOENT) => true,
+            Err((_, error)) => return Err(error),
+        };
+        let filled = (attr.count as usize).min(READ);
+        entries.extend(
+            keys[..filled]
+                .iter()
+                .copied()
+                .zip(values[..filled].iter().copied()),
+        );
+        if done || filled == 0 {
+            return Ok(entries);
+        }
+        token[0] = token[1];
+        first = false;
+    }
 }
 
 /// Whether an error means the kernel has no batch operations for this map (then the caller

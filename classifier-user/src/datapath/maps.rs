@@ -256,34 +256,24 @@ impl Maps {
 
     /// The installed entries.
     pub fn installed(&self) -> Result<Compiled, DatapathError> {
-        let mut installed = Compiled::default();
-        for item in &self.prefix_v4 {
-            let (key, value) = item.map_err(|source| DatapathError::Map {
-                name: names::PREFIX_V4,
-                source,
-            })?;
-            installed.v4.insert(
+        Ok(Compiled {
+            v4: dump(
+                &self.prefix_v4,
+                names::PREFIX_V4,
                 LpmKeyV4 {
-                    prefix_len: key.prefix_len(),
-                    addr: key.data(),
+                    prefix_len: 0,
+                    addr: [0; 4],
                 },
-                value,
-            );
-        }
-        for item in &self.prefix_v6 {
-            let (key, value) = item.map_err(|source| DatapathError::Map {
-                name: names::PREFIX_V6,
-                source,
-            })?;
-            installed.v6.insert(
+            )?,
+            v6: dump(
+                &self.prefix_v6,
+                names::PREFIX_V6,
                 LpmKeyV6 {
-                    prefix_len: key.prefix_len(),
-                    addr: key.data(),
+                    prefix_len: 0,
+                    addr: [0; 16],
                 },
-                value,
-            );
-        }
-        Ok(installed)
+            )?,
+        })
     }
 
     /// Makes the tries hold exactly `target`: new and changed entries first, stale ones last,
@@ -394,12 +384,19 @@ impl Maps {
 trait TrieKey: Copy + Ord {
     type Data: aya::Pod;
     fn aya_key(&self) -> Key<Self::Data>;
+    fn from_aya(key: &Key<Self::Data>) -> Self;
 }
 
 impl TrieKey for LpmKeyV4 {
     type Data = [u8; 4];
     fn aya_key(&self) -> Key<[u8; 4]> {
         Key::new(self.prefix_len, self.addr)
+    }
+    fn from_aya(key: &Key<[u8; 4]>) -> Self {
+        Self {
+            prefix_len: key.prefix_len(),
+            addr: key.data(),
+        }
     }
 }
 
@@ -408,6 +405,42 @@ impl TrieKey for LpmKeyV6 {
     fn aya_key(&self) -> Key<[u8; 16]> {
         Key::new(self.prefix_len, self.addr)
     }
+    fn from_aya(key: &Key<[u8; 16]>) -> Self {
+        Self {
+            prefix_len: key.prefix_len(),
+            addr: key.data(),
+        }
+    }
+}
+
+/// Every entry of a trie: batch reads of 4096 entries, or one entry a syscall where the
+/// kernel has no batch operations.
+fn dump<K: TrieKey>(
+    trie: &LpmTrie<MapData, K::Data, PrefixRules>,
+    name: &'static str,
+    zero: K,
+) -> Result<BTreeMap<K, PrefixRules>, DatapathError> {
+    use aya::maps::IterableMap as _;
+    use std::os::fd::AsFd as _;
+    match batch::lookup(trie.map().fd().as_fd(), zero, PrefixRules::EMPTY) {
+        Ok(entries) => return Ok(entries.into_iter().collect()),
+        Err(error) if !batch::unsupported(&error) => {
+            return Err(DatapathError::Map {
+                name,
+                source: MapError::SyscallError(aya::sys::SyscallError {
+                    call: "bpf_map_lookup_batch",
+                    io_error: error,
+                }),
+            });
+        }
+        Err(_) => {}
+    }
+    let mut entries = BTreeMap::new();
+    for item in trie {
+        let (key, value) = item.map_err(|source| DatapathError::Map { name, source })?;
+        entries.insert(K::from_aya(&key), value);
+    }
+    Ok(entries)
 }
 
 /// The entries of `target` that `installed` lacks or holds with another value, counted in
