@@ -1,7 +1,8 @@
 //! xdp-breakout's kernel side.
 //!
 //! `breakout` (XDP, on the LAN interface) classifies each packet by a longest-prefix match of
-//! its destination and records the verdict in XDP metadata; `breakout_mark` (tc ingress, same
+//! its destination (a walk of the compiled index, `classifier_common::index`, or a lookup in
+//! the tries while no index is live) and records the verdict in XDP metadata; `breakout_mark` (tc ingress, same
 //! interface) turns a direct verdict into `skb->mark` for policy routing, classifying the
 //! packet itself when the driver gave no metadata room. Neither ever drops a packet: every
 //! path ends in a pass. Failing open is deliberate: a router that loses its classifier must

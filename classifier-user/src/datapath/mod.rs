@@ -9,7 +9,10 @@
 //!   pinned in it), link pin names;
 //! - [`load`]: loading the object with pinned, shadow or private maps;
 //! - [`links`]: attaching and detaching, and what the kernel says is attached;
-//! - [`maps`]: the maps, applied as a diff, and per-CPU sums.
+//! - [`maps`]: the maps, applied as a diff (the index first), and per-CPU sums;
+//! - [`index`]: the compiled index's maps, mapped: built in the idle half, switched, released
+//!   after a grace period;
+//! - `batch`: `BPF_MAP_*_BATCH`, which aya has not.
 
 mod batch;
 pub mod index;
