@@ -16,6 +16,8 @@ pub mod index;
 pub mod netlink;
 pub mod pcap;
 pub mod secure;
+pub mod sources;
+
 pub mod state;
 
 /// The compiled kernel programs (classifier-ebpf), embedded at build time.
