@@ -375,7 +375,7 @@ impl Builder<'_> {
         let mut scratch = std::mem::take(&mut self.scratch[depth]);
         scratch.pending.clear();
         scratch.children.clear();
-        // Nodes that are no tails, in block order; `pending[k].0` is the position in the block.
+        // The nodes that are no tails, in block order (`at`: the place in the block).
         for (i, (inherited, range, single)) in nodes.iter().enumerate() {
             if single.is_some() {
                 continue;
