@@ -18,7 +18,7 @@ use std::net::IpAddr;
 use classifier_common::{Config, Counter};
 use classifier_user::{
     compile::compile,
-    datapath::{DEFAULT_POLICY, Datapath, Maps},
+    datapath::{DEFAULT_POLICY, Datapath, MapSizes, Maps},
     feed::Feed,
 };
 
@@ -56,6 +56,24 @@ pub fn unavailable(what: &str, error: &dyn std::fmt::Display) -> Option<std::con
     None
 }
 
+/// The programs loaded with private maps, the maps sized at load as `sizes` says; `None`
+/// (skip) when BPF is unavailable outside CI.
+///
+/// # Panics
+///
+/// When BPF is unavailable under `CI=true`.
+#[must_use]
+pub fn load_private(sizes: &MapSizes) -> Option<Datapath> {
+    match Datapath::load_private_sized(classifier_user::EBPF_OBJECT, sizes) {
+        Ok(datapath) => Some(datapath),
+        Err(error) => {
+            let chain = anyhow::Error::from(error);
+            unavailable("loading BPF programs", &format!("{chain:#}"))?;
+            unreachable!()
+        }
+    }
+}
+
 /// The programs loaded with private maps seeded from `feed`, the default policy and `config`;
 /// `None` (skip) when BPF is unavailable outside CI.
 ///
@@ -64,14 +82,7 @@ pub fn unavailable(what: &str, error: &dyn std::fmt::Display) -> Option<std::con
 /// When the feed does not compile, or BPF is unavailable under `CI=true`.
 #[must_use]
 pub fn load_seeded(feed: &[u8], config: &Config) -> Option<(Datapath, Maps)> {
-    let mut datapath = match Datapath::load_private(classifier_user::EBPF_OBJECT) {
-        Ok(datapath) => datapath,
-        Err(error) => {
-            let chain = anyhow::Error::from(error);
-            unavailable("loading BPF programs", &format!("{chain:#}"))?;
-            unreachable!()
-        }
-    };
+    let mut datapath = load_private(&MapSizes::default())?;
     let mut maps = datapath.maps().expect("maps of a loaded object");
     let compiled = compile(&Feed::parse(feed).expect("fixture parses")).expect("fixture compiles");
     maps.apply(&compiled).expect("seeding the tries");

@@ -18,7 +18,6 @@ use serde_json::Value;
 use tests::{
     FEED_2026033100, FEED_2026043000, TempDir,
     http::{FeedServer, Reply},
-    unavailable,
 };
 
 const FEED_2020: &[u8] = include_bytes!("../fixtures/m365-worldwide-endpoints-2020-05-31.json");
@@ -34,16 +33,7 @@ fn config(server: &FeedServer) -> Config {
 
 /// An agent on private maps, or `None` (skip) without BPF outside CI.
 fn agent(config: Config, state_dir: &TempDir) -> Option<(Datapath, Agent)> {
-    let mut datapath = match Datapath::load_private(classifier_user::EBPF_OBJECT) {
-        Ok(datapath) => datapath,
-        Err(error) => {
-            unavailable(
-                "loading BPF programs",
-                &format!("{:#}", anyhow::Error::from(error)),
-            )?;
-            unreachable!()
-        }
-    };
+    let mut datapath = tests::load_private(&classifier_user::datapath::MapSizes::default())?;
     let maps = datapath.maps().unwrap();
     let agent = Agent::new(config, maps, State::open(&state_dir.0).unwrap()).unwrap();
     Some((datapath, agent))

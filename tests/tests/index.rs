@@ -21,10 +21,7 @@ use classifier_user::{
     datapath::{DEFAULT_POLICY, Datapath, MapSizes, Maps},
     feed::Feed,
 };
-use tests::{
-    packet::{L4, Spec},
-    unavailable,
-};
+use tests::packet::{L4, Spec};
 
 /// splitmix64: every run checks the same tables and addresses.
 struct Rng(u64);
@@ -125,16 +122,7 @@ fn load(slots: u32) -> Option<(Datapath, Maps)> {
         flows: None,
         index_slots: Some(slots),
     };
-    let mut datapath = match Datapath::load_private_sized(classifier_user::EBPF_OBJECT, &sizes) {
-        Ok(datapath) => datapath,
-        Err(error) => {
-            unavailable(
-                "loading BPF programs",
-                &format!("{:#}", anyhow::Error::from(error)),
-            )?;
-            unreachable!()
-        }
-    };
+    let mut datapath = tests::load_private(&sizes)?;
     let mut maps = datapath.maps().expect("maps of a loaded object");
     maps.set_policy(DEFAULT_POLICY).expect("policy");
     maps.set_config(&Config {
