@@ -64,8 +64,17 @@ pub const MAX_PREFIXES: u32 = 1 << 20;
 /// Port rules carried by one prefix. The 2026043000 feed needs at most 7 after folding
 /// covering prefixes into more specific ones; the compiler refuses a feed that needs more.
 pub const MAX_RULES: usize = 16;
-/// Endpoint set ids are indices into [`names::SET_STATS`]; Microsoft's ids are below 200.
-pub const MAX_SET_ID: u32 = 4096;
+/// Endpoint set ids are indices into [`names::SET_STATS`], laid out by source: each
+/// Microsoft 365 instance has [`M365_SET_IDS`] ids (Microsoft's own are below 200), the
+/// configured instance first; every other source has one id from [`SOURCE_SET_BASE`] on.
+pub const MAX_SET_ID: u32 = 8192;
+/// Set ids of one Microsoft 365 instance: instance `k` (0 is `[feed]`) has
+/// `k * M365_SET_IDS ..` and its feed's ids must be below this.
+pub const M365_SET_IDS: u32 = 1024;
+/// Microsoft 365 instances at once: `[feed]` and up to three more sources.
+pub const MAX_M365_INSTANCES: u32 = 4;
+/// The set id of the first source of another kind (`aws`, `cidr-list`, ...).
+pub const SOURCE_SET_BASE: u32 = M365_SET_IDS * MAX_M365_INSTANCES;
 /// Entries of [`names::STATS`].
 pub const STATS_LEN: u32 = 32;
 /// Entries of [`names::FLOWS`] unless the agent's configuration says otherwise (its
@@ -86,16 +95,24 @@ pub mod category {
     pub const DEFAULT: u8 = 1;
     pub const ALLOW: u8 = 2;
     pub const OPTIMIZE: u8 = 3;
-    /// Entries of [`names::POLICY`](crate::names::POLICY).
-    pub const COUNT: u32 = 4;
+    /// A source of another provider whose policy is `tunnel` (or one whose ports are given,
+    /// for its other ports): below every Microsoft category.
+    pub const TUNNEL: u8 = 4;
+    /// A source of another provider whose policy is `direct`: above every Microsoft category.
+    pub const DIRECT: u8 = 5;
+    /// Entries of [`names::POLICY`](crate::names::POLICY), with room for more.
+    pub const COUNT: u32 = 8;
 
-    /// Microsoft's spelling, as in the feed and in `--json` output.
+    /// Microsoft's spelling, as in the feed and in `--json` output, and the two source
+    /// categories.
     #[must_use]
     pub const fn name(category: u8) -> Option<&'static str> {
         match category {
             DEFAULT => Some("Default"),
             ALLOW => Some("Allow"),
             OPTIMIZE => Some("Optimize"),
+            TUNNEL => Some("Tunnel"),
+            DIRECT => Some("Direct"),
             _ => None,
         }
     }

@@ -14,12 +14,20 @@ use tracing::{info, warn};
 use crate::{
     EMBEDDED_FEED, EMBEDDED_FEED_VERSION,
     client::{FeedClient, FetchError, Fetched},
-    compile::{CompileError, Compiled, Filter, compile_filtered},
+    compile::{CompileError, Compiled, compile_excluding},
     config::Config,
     datapath::{ApplyReport, DatapathError, Maps, PinLock},
-    feed::{Feed, FeedError},
+    feed::{Category, EndpointSet, Feed, FeedError},
     gate::{self, Change, GateError},
-    state::{Applied, State, StateError, Status, now},
+    sources::{
+        Kind, Parsed, SourceConfig,
+        fetch::{Got, Meta, SourceFetcher, sha256},
+        source::filter_m365,
+    },
+    state::{
+        Applied, CatalogSet, CatalogSource, SourceCatalog, SourceStatus, State, StateError, Status,
+        now,
+    },
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +64,12 @@ pub enum RefreshError {
     Maps(#[from] DatapathError),
     #[error("recording the applied feed")]
     State(#[from] StateError),
+    /// A `[[sources]]` entry's fetch or file was refused; nothing of it was applied and no
+    /// other source changed.
+    #[error("source {name}: {message}")]
+    Source { name: String, message: String },
+    #[error("no source is named {name:?} (configured: {known})")]
+    NoSuchSource { name: String, known: String },
 }
 
 impl RefreshError {
@@ -94,8 +108,81 @@ pub enum Start {
     Embedded { report: ApplyReport },
 }
 
+/// What a refresh of a `[[sources]]` entry did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SourceRefreshed {
+    /// Nothing new: a 304, the same content, or the same version.
+    Unchanged {
+        why: &'static str,
+    },
+    /// The new file is held; the maps change once `[feed]` is installed.
+    Held,
+    Applied {
+        report: ApplyReport,
+    },
+}
+
+/// A `[[sources]]` entry as the agent keeps it.
+struct Source {
+    config: SourceConfig,
+    first: u32,
+    /// Its last good file, compiled: what the maps hold of it.
+    held: Option<(Parsed, Meta)>,
+    status: SourceStatus,
+    next_due: tokio::time::Instant,
+}
+
+impl Source {
+    fn new(config: SourceConfig, first: u32) -> Self {
+        let status = SourceStatus {
+            name: config.name.clone(),
+            kind: config.kind.to_string(),
+            location: config.location(),
+            policy: if config.kind == Kind::M365 {
+                "by category".to_owned()
+            } else {
+                classifier_common::action::name(if config.category() == Category::Direct {
+                    classifier_common::action::DIRECT
+                } else {
+                    classifier_common::action::TUNNEL
+                })
+                .to_owned()
+            },
+            first_set: first,
+            ..SourceStatus::default()
+        };
+        Self {
+            config,
+            first,
+            held: None,
+            status,
+            next_due: tokio::time::Instant::now(),
+        }
+    }
+
+    fn hold(&mut self, parsed: Parsed, meta: Meta) {
+        self.status.version = Some(
+            meta.version
+                .clone()
+                .or_else(|| parsed.version.clone())
+                .unwrap_or_else(|| format!("sha256:{}", &meta.sha256[..16])),
+        );
+        (self.status.prefixes_v4, self.status.prefixes_v6) = (parsed.v4, parsed.v6);
+        self.held = Some((parsed, meta));
+    }
+
+    fn sets(&self) -> &[EndpointSet] {
+        self.held.as_ref().map_or(&[], |(parsed, _)| &parsed.sets)
+    }
+}
+
 pub struct Agent {
     config: Config,
+    /// `[[sources]]`, in configuration order.
+    sources: Vec<Source>,
+    /// The filtered endpoint sets of the `[feed]` the maps hold, once one is installed.
+    primary: Option<Vec<EndpointSet>>,
+    client_id: String,
     /// The health checks found the direct uplink dead: direct verdicts go to the tunnel.
     uplink_down: bool,
     maps: Maps,
@@ -108,7 +195,8 @@ pub struct Agent {
 
 impl Agent {
     pub fn new(config: Config, maps: Maps, state: State) -> anyhow::Result<Self> {
-        let client = FeedClient::new(&config.feed, &state.client_id()?)?;
+        let client_id = state.client_id()?;
+        let client = FeedClient::new(&config.feed, &client_id)?;
         let status = Status {
             instance: config.feed.instance.clone(),
             feed_url: config.feed.url.clone(),
@@ -131,7 +219,10 @@ impl Agent {
             targets: Vec::new(),
         });
         let status = Status { uplink, ..status };
-        Ok(Self {
+        let mut agent = Self {
+            sources: Vec::new(),
+            primary: None,
+            client_id,
             config,
             uplink_down: false,
             maps,
@@ -139,7 +230,340 @@ impl Agent {
             client,
             state,
             status,
-        })
+        };
+        agent.load_sources();
+        Ok(agent)
+    }
+
+    /// Builds the `[[sources]]` entries of the configuration, each with its last good file
+    /// from the state directory (compiled with today's configuration), keeping what the
+    /// previous ones knew of their fetches.
+    fn load_sources(&mut self) {
+        let firsts = crate::sources::first_set_ids(&self.config.sources).unwrap_or_default();
+        let mut old = std::mem::take(&mut self.sources);
+        for (config, first) in self.config.sources.iter().zip(firsts) {
+            let mut source = Source::new(config.clone(), first);
+            if let Some(at) = old.iter().position(|old| old.config.name == config.name) {
+                let old = old.swap_remove(at);
+                source.next_due = old.next_due;
+                source.status.last_success = old.status.last_success;
+                source.status.last_attempt = old.status.last_attempt;
+                source.status.next_refresh = old.status.next_refresh;
+                source.status.last_error = old.status.last_error;
+                source.status.consecutive_failures = old.status.consecutive_failures;
+            }
+            if let Some((body, meta)) = self.state.source(&config.name) {
+                match config.parse(first, &body, self.config.prefix_limits()) {
+                    Ok(parsed) => source.hold(parsed, meta),
+                    Err(error) => warn!(
+                        "source {}: its last good file in {} is unusable now: {error}",
+                        config.name,
+                        self.state.dir().display()
+                    ),
+                }
+            }
+            self.sources.push(source);
+        }
+    }
+
+    /// The `[feed]` sets `primary` with every source's held sets (`replace` stands in for
+    /// source `i`'s) and the operator's `include`, compiled and shadowed by `exclude`.
+    fn union(
+        &self,
+        primary: &[EndpointSet],
+        replace: Option<(usize, &[EndpointSet])>,
+    ) -> Result<Compiled, CompileError> {
+        let mut sets = primary.to_vec();
+        for (i, source) in self.sources.iter().enumerate() {
+            match replace {
+                Some((at, new)) if at == i => sets.extend_from_slice(new),
+                _ => sets.extend_from_slice(source.sets()),
+            }
+        }
+        let policy = &self.config.policy;
+        if !policy.include.is_empty() {
+            sets.push(EndpointSet {
+                id: 0,
+                service_area: "operator".to_owned(),
+                category: Category::Optimize,
+                prefixes: policy.include.clone(),
+                tcp: Vec::new(),
+                udp: Vec::new(),
+                by_address: true,
+            });
+        }
+        compile_excluding(&sets, &policy.exclude)
+    }
+
+    /// The names of `[feed]` and every source, for messages.
+    fn source_names(&self) -> String {
+        std::iter::once(crate::config::FEED_SOURCE_NAME)
+            .chain(
+                self.sources
+                    .iter()
+                    .map(|source| source.config.name.as_str()),
+            )
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The index of source `name`.
+    pub fn source_index(&self, name: &str) -> Result<usize, RefreshError> {
+        self.sources
+            .iter()
+            .position(|source| source.config.name == name)
+            .ok_or_else(|| RefreshError::NoSuchSource {
+                name: name.to_owned(),
+                known: self.source_names(),
+            })
+    }
+
+    /// The source due first, and when.
+    #[must_use]
+    pub fn next_source(&self) -> Option<(usize, tokio::time::Instant)> {
+        self.sources
+            .iter()
+            .enumerate()
+            .map(|(i, source)| (i, source.next_due))
+            .min_by_key(|(_, due)| *due)
+    }
+
+    /// The fetch of source `i`, apart from the agent (dropping it cancels it).
+    pub fn source_fetcher(&self, i: usize, force: bool) -> Result<SourceFetcher, FetchError> {
+        let source = &self.sources[i];
+        SourceFetcher::new(
+            &source.config,
+            &self.config.feed,
+            &self.client_id,
+            source.held.as_ref().map(|(_, meta)| meta.clone()),
+            force,
+        )
+    }
+
+    /// Fetches source `name` now and applies what it finds (`sync --source`).
+    pub async fn refresh_source(
+        &mut self,
+        name: &str,
+        force: bool,
+    ) -> Result<SourceRefreshed, RefreshError> {
+        self.reconcile();
+        let i = self.source_index(name)?;
+        let got = match self.source_fetcher(i, force) {
+            Ok(fetcher) => fetcher.run().await,
+            Err(error) => Err(error),
+        };
+        let result = self.accept_source(i, got, force);
+        self.save_status();
+        result
+    }
+
+    /// Takes what a fetch of source `i` found: refused (and recorded) unless it parses, passes
+    /// the gate, is not older and does not shrink the source beyond its limit; then the union
+    /// of every source is applied. Another source's prefixes never change here.
+    pub fn accept_source(
+        &mut self,
+        i: usize,
+        got: Result<Got, FetchError>,
+        force: bool,
+    ) -> Result<SourceRefreshed, RefreshError> {
+        let name = self.sources[i].config.name.clone();
+        self.sources[i].status.last_attempt = Some(now());
+        let result = self.take_source(i, got, force);
+        let status = &mut self.sources[i].status;
+        match &result {
+            Ok(outcome) => {
+                status.last_success = Some(now());
+                status.last_error = None;
+                status.consecutive_failures = 0;
+                match outcome {
+                    SourceRefreshed::Unchanged { why } => info!("source {name}: unchanged ({why})"),
+                    SourceRefreshed::Held => {
+                        info!("source {name}: new file held until [feed] is installed");
+                    }
+                    SourceRefreshed::Applied { .. } => {}
+                }
+            }
+            Err(error) => {
+                status.last_error = Some(format!("{:#}", anyhow::Error::msg(error.to_string())));
+                status.consecutive_failures = status.consecutive_failures.saturating_add(1);
+            }
+        }
+        result
+    }
+
+    fn take_source(
+        &mut self,
+        i: usize,
+        got: Result<Got, FetchError>,
+        force: bool,
+    ) -> Result<SourceRefreshed, RefreshError> {
+        let source = &self.sources[i];
+        let name = source.config.name.clone();
+        let refused = |message: String| RefreshError::Source {
+            name: name.clone(),
+            message,
+        };
+        let got = got.map_err(|error| refused(format!("{:#}", anyhow::Error::from(error))))?;
+        let (body, from, etag, last_modified, service_version) = match got {
+            Got::Unchanged { why } => return Ok(SourceRefreshed::Unchanged { why }),
+            Got::Body {
+                body,
+                from,
+                etag,
+                last_modified,
+                version,
+            } => (body, from, etag, last_modified, version),
+        };
+        let digest = sha256(&body);
+        let held = source.held.as_ref();
+        if !force && held.is_some_and(|(_, meta)| meta.sha256 == digest) {
+            return Ok(SourceRefreshed::Unchanged {
+                why: "the same content as held",
+            });
+        }
+        let parsed = source
+            .config
+            .parse(source.first, &body, self.config.prefix_limits())
+            .map_err(|error| refused(format!("{} from {from}: {error}", source.config.kind)))?;
+        let version = service_version.or_else(|| parsed.version.clone());
+        if let (Some((held, meta)), Some(new)) = (held, &version)
+            && let Some(old) = meta.version.as_ref().or(held.version.as_ref())
+            && !force
+        {
+            match (old.parse::<u64>(), new.parse::<u64>()) {
+                (Ok(old), Ok(new)) if new < old => {
+                    return Err(refused(format!(
+                        "version {new} from {from} is older than the held {old} (a rollback \
+                         or a stale mirror; sync --force takes it)"
+                    )));
+                }
+                _ if old == new => {
+                    return Ok(SourceRefreshed::Unchanged {
+                        why: "the same version as held",
+                    });
+                }
+                _ => {}
+            }
+        }
+        if let Some((held, _)) = held
+            && !force
+        {
+            let limit = source
+                .config
+                .max_shrink_percent
+                .unwrap_or(self.config.feed.max_shrink_percent);
+            let old: std::collections::HashSet<_> = held
+                .sets
+                .iter()
+                .flat_map(|set| set.prefixes.iter())
+                .collect();
+            let new: std::collections::HashSet<_> = parsed
+                .sets
+                .iter()
+                .flat_map(|set| set.prefixes.iter())
+                .collect();
+            let removed = old.difference(&new).count();
+            if removed.saturating_mul(100) > old.len().saturating_mul(usize::from(limit)) {
+                return Err(refused(format!(
+                    "the file from {from} removes {removed} of its {} prefixes, more than {limit}% \
+                     (a truncated or wrong file; sync --source {name} --force takes it)",
+                    old.len()
+                )));
+            }
+        }
+        let meta = Meta {
+            version,
+            sha256: digest,
+            etag,
+            last_modified,
+            from,
+            fetched_at: now(),
+        };
+        let Some(primary) = &self.primary else {
+            self.state.save_source(&name, &body, &meta)?;
+            self.sources[i].hold(parsed, meta);
+            return Ok(SourceRefreshed::Held);
+        };
+        let compiled = self
+            .union(primary, Some((i, &parsed.sets)))
+            .map_err(|error| refused(error.to_string()))?;
+        let _lock = self.lock_dir.as_deref().map(PinLock::acquire).transpose()?;
+        let installed = self.maps.installed()?;
+        let report = self.maps.apply_over(&installed, &compiled)?;
+        self.state.save_source(&name, &body, &meta)?;
+        self.sources[i].hold(parsed, meta);
+        self.record_union(&compiled)?;
+        info!(
+            "source {name}: applied {} from {}: {}",
+            self.sources[i].status.version.as_deref().unwrap_or("?"),
+            self.sources[i]
+                .held
+                .as_ref()
+                .map_or("?", |(_, meta)| meta.from.as_str()),
+            report.describe(&compiled)
+        );
+        Ok(SourceRefreshed::Applied { report })
+    }
+
+    /// Records that the maps hold `compiled`: the applied record's digest and the catalog of
+    /// the sources' sets.
+    fn record_union(&mut self, compiled: &Compiled) -> Result<(), StateError> {
+        let digest = compiled.digest();
+        if let Some(applied) = &mut self.status.applied {
+            applied.entries = Some(digest.clone());
+            self.state.save_applied_record(applied)?;
+        }
+        (self.status.prefixes_v4, self.status.prefixes_v6) = (compiled.v4.len(), compiled.v6.len());
+        let catalog = SourceCatalog {
+            entries: digest,
+            sources: self
+                .sources
+                .iter()
+                .map(|source| CatalogSource {
+                    name: source.config.name.clone(),
+                    kind: source.config.kind.to_string(),
+                    first_set: source.first,
+                    sets: source
+                        .sets()
+                        .iter()
+                        .map(|set| CatalogSet {
+                            id: set.id,
+                            service_area: set.service_area.clone(),
+                            category: set.category.code(),
+                            prefixes: set.prefixes.clone(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        };
+        self.state.save_catalog(&catalog)
+    }
+
+    /// Records the end of a scheduled refresh of source `i`; returns the wait before its next.
+    pub fn finish_source(
+        &mut self,
+        i: usize,
+        result: &Result<SourceRefreshed, RefreshError>,
+    ) -> Duration {
+        let source = &mut self.sources[i];
+        let refresh = source.config.refresh;
+        let wait = match result {
+            Ok(_) => jittered(refresh),
+            Err(error) => {
+                let wait = error
+                    .retry_after()
+                    .unwrap_or_else(|| backoff(source.status.consecutive_failures, refresh));
+                warn!(
+                    "{error}; keeping its installed prefixes, next try in {}s",
+                    wait.as_secs()
+                );
+                wait
+            }
+        };
+        source.next_due = tokio::time::Instant::now() + wait;
+        source.status.next_refresh = Some(now().saturating_add(wait.as_secs()));
+        self.save_status();
+        wait
     }
 
     /// Locks `pin_dir` around every change of the maps (for pinned maps).
@@ -334,6 +758,13 @@ impl Agent {
         }
         (self.status.prefixes_v4, self.status.prefixes_v6) =
             (installed.v4.len(), installed.v6.len());
+        // What the other process recorded: the feed it applied and each source's file.
+        self.primary = current.as_ref().and_then(|_| {
+            let (body, applied) = self.state.last_feed()?;
+            self.primary_sets(&body, &applied.version, &applied.source)
+                .ok()
+        });
+        self.load_sources();
         self.status.applied = current;
         self.save_status();
     }
@@ -379,11 +810,21 @@ impl Agent {
         source: &str,
         force: bool,
     ) -> Result<ApplyReport, RefreshError> {
-        let compiled = self.compile(body, version, source)?;
+        let sets = self.primary_sets(body, version, source)?;
+        let compiled = self.compile_with(&sets, version, source)?;
         let _lock = self.lock_dir.as_deref().map(PinLock::acquire).transpose()?;
         let installed = self.maps.installed()?;
         if !force {
-            self.check_change(&installed, &compiled, version, source)?;
+            // With other sources in the maps, the feed is judged against its own last
+            // prefixes: a shrink of the feed must not hide in a large union.
+            match &self.primary {
+                Some(old) if !self.sources.is_empty() => {
+                    let own =
+                        |sets: &[EndpointSet]| compile_excluding(sets, &[]).unwrap_or_default();
+                    self.check_change(&own(old), &own(&sets), version, source)?;
+                }
+                _ => self.check_change(&installed, &compiled, version, source)?,
+            }
         }
         let report = self.maps.apply_over(&installed, &compiled)?;
         let applied = Applied {
@@ -393,8 +834,14 @@ impl Agent {
             entries: Some(compiled.digest()),
         };
         self.state.save_applied(body, &applied)?;
-        (self.status.prefixes_v4, self.status.prefixes_v6) = (compiled.v4.len(), compiled.v6.len());
         self.status.applied = Some(applied);
+        let own = Feed {
+            sets,
+            total_sets: 0,
+        };
+        (self.status.feed_prefixes_v4, self.status.feed_prefixes_v6) = own.prefix_counts();
+        self.primary = Some(own.sets);
+        self.record_union(&compiled)?;
         info!(
             "applied feed {version} from {source}: {}",
             report.describe(&compiled)
@@ -405,13 +852,25 @@ impl Agent {
         Ok(report)
     }
 
-    /// The entries `body` would install, without touching the maps.
+    /// The entries `body` would install with every source's held file, without touching the
+    /// maps.
     pub fn compile(
         &self,
         body: &[u8],
         version: &str,
         source: &str,
     ) -> Result<Compiled, RefreshError> {
+        let sets = self.primary_sets(body, version, source)?;
+        self.compile_with(&sets, version, source)
+    }
+
+    /// `[feed]`'s endpoint sets in `body`, checked by the gate and filtered.
+    fn primary_sets(
+        &self,
+        body: &[u8],
+        version: &str,
+        source: &str,
+    ) -> Result<Vec<EndpointSet>, RefreshError> {
         let feed = Feed::parse(body).map_err(|error| RefreshError::Invalid {
             version: version.to_owned(),
             source_name: source.to_owned(),
@@ -424,18 +883,26 @@ impl Agent {
                 reason: error,
             }
         })?;
-        let policy = &self.config.policy;
-        let filter = Filter {
-            service_areas: &self.config.feed.service_areas,
-            no_ipv6: self.config.feed.no_ipv6,
-            include: &policy.include,
-            exclude: &policy.exclude,
-        };
-        let compiled = compile_filtered(&feed, &filter).map_err(|error| RefreshError::Compile {
-            version: version.to_owned(),
-            source_name: source.to_owned(),
-            source: error,
-        })?;
+        Ok(filter_m365(
+            feed.sets,
+            &self.config.feed.service_areas,
+            self.config.feed.no_ipv6,
+        ))
+    }
+
+    fn compile_with(
+        &self,
+        sets: &[EndpointSet],
+        version: &str,
+        source: &str,
+    ) -> Result<Compiled, RefreshError> {
+        let compiled = self
+            .union(sets, None)
+            .map_err(|error| RefreshError::Compile {
+                version: version.to_owned(),
+                source_name: source.to_owned(),
+                source: error,
+            })?;
         if compiled.is_empty() {
             return Err(RefreshError::NothingLeft {
                 version: version.to_owned(),
@@ -451,6 +918,7 @@ impl Agent {
             self.client = FeedClient::new(&config.feed, &self.state.client_id()?)?;
         }
         self.config = config;
+        self.load_sources();
         if !self.config.health.checks() {
             self.uplink_down = false;
             if let Some(uplink) = &mut self.status.uplink {
@@ -486,7 +954,12 @@ impl Agent {
         self.save_status();
     }
 
-    pub fn save_status(&self) {
+    pub fn save_status(&mut self) {
+        self.status.sources = self
+            .sources
+            .iter()
+            .map(|source| source.status.clone())
+            .collect();
         if let Err(error) = self.state.save_status(&self.status) {
             warn!("{:#}", anyhow::Error::from(error));
         }

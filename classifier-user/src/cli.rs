@@ -79,6 +79,8 @@ pub enum Command {
     Prefixes(PrefixesArgs),
     /// List the flow table: connections and the uplink each keeps.
     Flows(FlowsArgs),
+    /// List the sources of prefixes: kind, version, prefixes, last success and last error.
+    Sources(SourcesArgs),
     /// Refresh the pinned maps once, with the agent's validation.
     Sync(SyncArgs),
     /// Work with the configuration file.
@@ -121,7 +123,15 @@ pub struct ClassifyArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct PrefixesArgs {}
+pub struct PrefixesArgs {
+    /// Only the prefixes whose rules or category name a set of this source (`m365` is
+    /// `[feed]`, `operator` is policy.include).
+    #[arg(long, value_name = "NAME")]
+    pub source: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SourcesArgs {}
 
 #[derive(Debug, Args)]
 pub struct FlowsArgs {}
@@ -137,6 +147,10 @@ pub struct SyncArgs {
     /// Apply even a feed that shrinks beyond the limit, or the same version again.
     #[arg(long)]
     pub force: bool,
+    /// Refresh this `[[sources]]` entry instead of `[feed]` (`m365`); the others stay as
+    /// they are.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["feed_file", "dry_run"])]
+    pub source: Option<String>,
     #[command(flatten)]
     pub config: ConfigArgs,
 }

@@ -49,6 +49,17 @@ pub enum FetchError {
     },
     #[error("building the HTTP client")]
     Client(#[source] reqwest::Error),
+    #[error("reading {path}")]
+    File {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {why}")]
+    Untrusted {
+        path: std::path::PathBuf,
+        why: String,
+    },
 }
 
 impl FetchError {
@@ -115,23 +126,7 @@ pub struct FeedClient {
 
 impl FeedClient {
     pub fn new(config: &FeedConfig, client_id: &str) -> Result<Self, FetchError> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(config.connect_timeout)
-            .timeout(config.request_timeout)
-            .user_agent(concat!("xdp-breakout/", env!("CARGO_PKG_VERSION")))
-            .redirect(reqwest::redirect::Policy::custom(|attempt| {
-                let verdict = redirect_verdict(
-                    attempt.previous().first().unwrap_or(attempt.url()),
-                    attempt.url(),
-                    attempt.previous().len().saturating_sub(1),
-                );
-                match verdict {
-                    Ok(()) => attempt.follow(),
-                    Err(reason) => attempt.error(reason),
-                }
-            }))
-            .build()
-            .map_err(FetchError::Client)?;
+        let http = http_client(config.connect_timeout, config.request_timeout)?;
         // The whole feed, always: `ServiceAreas` and `NoIPv6` are applied when compiling, so
         // the saved feed can be recompiled with a wider filter after a reload or a restart.
         let mut query = Vec::new();
@@ -187,74 +182,155 @@ impl FeedClient {
     }
 
     async fn get(&self, url: &str, query: &[(String, String)]) -> Result<Fetched, FetchError> {
-        let transport = |what| {
-            let url = url.to_owned();
-            move |source| FetchError::Transport { url, what, source }
+        let mut query = query.to_vec();
+        query.insert(0, ("clientrequestid".to_owned(), self.client_id.clone()));
+        let answer = get(&self.http, url, &query, &[], self.max_body_bytes).await?;
+        Ok(Fetched {
+            body: answer.body,
+            url: answer.url,
+        })
+    }
+}
+
+/// An HTTP client that never follows a redirect off HTTPS ([`redirect_verdict`]).
+pub fn http_client(
+    connect_timeout: Duration,
+    request_timeout: Duration,
+) -> Result<reqwest::Client, FetchError> {
+    reqwest::Client::builder()
+        .connect_timeout(connect_timeout)
+        .timeout(request_timeout)
+        .user_agent(concat!("xdp-breakout/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::custom(|attempt| {
+            let verdict = redirect_verdict(
+                attempt.previous().first().unwrap_or(attempt.url()),
+                attempt.url(),
+                attempt.previous().len().saturating_sub(1),
+            );
+            match verdict {
+                Ok(()) => attempt.follow(),
+                Err(reason) => attempt.error(reason),
+            }
+        }))
+        .build()
+        .map_err(FetchError::Client)
+}
+
+/// What a GET answered.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Answer {
+    /// Empty for `304 Not Modified`.
+    pub body: Vec<u8>,
+    /// Where it finally came from (after redirects), without the query string.
+    pub url: String,
+    /// `304 Not Modified` to a conditional request.
+    pub not_modified: bool,
+    /// The validators to send next time: `ETag` and `Last-Modified`, when the server sent
+    /// ones that can be sent back ([`validator`]).
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+}
+
+/// The longest `ETag` or `Last-Modified` kept: a server's header is not stored unbounded.
+pub const MAX_VALIDATOR: usize = 256;
+
+/// A header value worth sending back: visible ASCII, at most [`MAX_VALIDATOR`] bytes.
+#[must_use]
+pub fn validator(value: Option<&reqwest::header::HeaderValue>) -> Option<String> {
+    let text = value?.to_str().ok()?.trim();
+    (!text.is_empty()
+        && text.len() <= MAX_VALIDATOR
+        && text.bytes().all(|byte| (0x20..0x7f).contains(&byte)))
+    .then(|| text.to_owned())
+}
+
+/// `GET url?query` with `headers`, a body of at most `max_body` bytes counted as it arrives;
+/// a 429 carries its capped `Retry-After`, any other status but 2xx and 304 is an error.
+pub async fn get(
+    http: &reqwest::Client,
+    url: &str,
+    query: &[(String, String)],
+    headers: &[(reqwest::header::HeaderName, String)],
+    max_body: u64,
+) -> Result<Answer, FetchError> {
+    let transport = |what| {
+        let url = url.to_owned();
+        move |source| FetchError::Transport { url, what, source }
+    };
+    let mut request = http.get(url).query(query);
+    for (name, value) in headers {
+        request = request.header(name, value);
+    }
+    let mut response = request.send().await.map_err(|source| {
+        let what = if source.is_redirect() {
+            "refused a redirect"
+        } else {
+            "request failed"
         };
-        let mut response = self
-            .http
-            .get(url)
-            .query(&[("clientrequestid", self.client_id.as_str())])
-            .query(query)
-            .send()
-            .await
-            .map_err(|source| {
-                let what = if source.is_redirect() {
-                    "refused a redirect"
-                } else {
-                    "request failed"
-                };
-                transport(what)(source)
-            })?;
-        // Where the answer came from, without our query string (the client id).
-        let mut from = response.url().clone();
-        from.set_query(None);
-        let from = from.to_string();
-        if from.trim_end_matches('/') != url.trim_end_matches('/') {
-            info!("GET {url}: redirected to {from}");
-        }
-        let url = from.as_str();
-        let status = response.status();
-        if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
-            let header = response
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|value| value.to_str().ok());
-            return Err(FetchError::RateLimited {
-                url: url.to_owned(),
-                retry_after: retry_after(header),
-            });
-        }
-        if !status.is_success() {
-            return Err(FetchError::Status {
-                url: url.to_owned(),
-                status: status.as_u16(),
-            });
-        }
-        let too_large = || FetchError::TooLarge {
+        transport(what)(source)
+    })?;
+    // Where the answer came from, without our query string (the client id).
+    let mut from = response.url().clone();
+    from.set_query(None);
+    let from = from.to_string();
+    if from.trim_end_matches('/') != url.trim_end_matches('/') {
+        info!("GET {url}: redirected to {from}");
+    }
+    let url = from.as_str();
+    let status = response.status();
+    if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+        let header = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|value| value.to_str().ok());
+        return Err(FetchError::RateLimited {
             url: url.to_owned(),
-            limit: self.max_body_bytes,
-        };
-        if response
-            .content_length()
-            .is_some_and(|len| len > self.max_body_bytes)
-        {
+            retry_after: retry_after(header),
+        });
+    }
+    let etag = validator(response.headers().get(reqwest::header::ETAG));
+    let last_modified = validator(response.headers().get(reqwest::header::LAST_MODIFIED));
+    if status == reqwest::StatusCode::NOT_MODIFIED && !headers.is_empty() {
+        return Ok(Answer {
+            url: from.clone(),
+            not_modified: true,
+            etag,
+            last_modified,
+            ..Answer::default()
+        });
+    }
+    if !status.is_success() {
+        return Err(FetchError::Status {
+            url: url.to_owned(),
+            status: status.as_u16(),
+        });
+    }
+    let too_large = || FetchError::TooLarge {
+        url: url.to_owned(),
+        limit: max_body,
+    };
+    if response.content_length().is_some_and(|len| len > max_body) {
+        return Err(too_large());
+    }
+    // Counted as it arrives: a server may send more than it announced, or nothing.
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(transport("reading the body"))?
+    {
+        if (body.len() + chunk.len()) as u64 > max_body {
             return Err(too_large());
         }
-        // Counted as it arrives: a server may send more than it announced, or nothing.
-        let mut body = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(transport("reading the body"))?
-        {
-            if (body.len() + chunk.len()) as u64 > self.max_body_bytes {
-                return Err(too_large());
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(Fetched { body, url: from })
+        body.extend_from_slice(&chunk);
     }
+    Ok(Answer {
+        body,
+        url: from.clone(),
+        not_modified: false,
+        etag,
+        last_modified,
+    })
 }
 
 #[cfg(test)]

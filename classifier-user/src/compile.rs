@@ -149,10 +149,19 @@ pub fn compile_filtered(feed: &Feed, filter: &Filter<'_>) -> Result<Compiled, Co
             prefixes: filter.include.to_vec(),
             tcp: Vec::new(),
             udp: Vec::new(),
+            by_address: true,
         });
     }
-    let mut compiled = compile_sets(&sets)?;
-    for excluded in filter.exclude {
+    compile_excluding(&sets, filter.exclude)
+}
+
+/// Compiles `sets` (every source's, already filtered and numbered) and shadows `exclude`.
+pub fn compile_excluding(
+    sets: &[EndpointSet],
+    exclude: &[IpNet],
+) -> Result<Compiled, CompileError> {
+    let mut compiled = compile_sets(sets)?;
+    for excluded in exclude {
         let mut shadow = PrefixRules::EMPTY;
         shadow.prefix_len = excluded.prefix_len();
         match excluded {
@@ -252,14 +261,27 @@ fn prefix_rules(prefix: IpNet, members: &[&EndpointSet]) -> Result<PrefixRules, 
             rules: rules.len(),
         });
     }
+    // A source whose ports are given claims no other port: its address claim is the lowest,
+    // a tunnel that any other covering set outranks.
     let best = members
         .iter()
-        .max_by_key(|set| rank(set))
+        .max_by_key(|set| {
+            if set.by_address {
+                rank(set)
+            } else {
+                (Category::Tunnel, Reverse(u32::MAX))
+            }
+        })
         .expect("a prefix has at least its own set");
+    let address_category = if best.by_address {
+        best.category
+    } else {
+        Category::Tunnel
+    };
     let mut value = PrefixRules::EMPTY;
     value.n_rules = u8::try_from(rules.len()).expect("at most MAX_RULES");
     value.rules[..rules.len()].copy_from_slice(&rules);
-    value.addr_category = best.category.code();
+    value.addr_category = address_category.code();
     value.addr_set = set_id(best);
     value.prefix_len = prefix.prefix_len();
     Ok(value)
@@ -336,6 +358,7 @@ mod tests {
             prefixes: prefixes.iter().map(|p| p.parse().unwrap()).collect(),
             tcp: ranges(tcp),
             udp: ranges(udp),
+            by_address: true,
         }
     }
 

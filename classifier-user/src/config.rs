@@ -13,6 +13,7 @@ use crate::{
     feed::Category,
     gate,
     health::{Failover, Require, Target},
+    sources::{Kind, SourceConfig},
 };
 
 /// Where `run` and `config check` look when no `--config` is given.
@@ -59,7 +60,14 @@ pub struct Config {
     pub health: HealthConfig,
     pub flows: FlowsConfig,
     pub index: IndexConfig,
+    /// Other providers' published ranges, and more Microsoft 365 instances, each refreshed on
+    /// its own (`[[sources]]`). `[feed]` is the source named `m365`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<SourceConfig>,
 }
+
+/// The name `[feed]`'s source goes by.
+pub const FEED_SOURCE_NAME: &str = "m365";
 
 /// The compiled index beside the tries: a cost per packet that does not grow with the table.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -229,6 +237,7 @@ impl Default for Config {
             health: HealthConfig::default(),
             flows: FlowsConfig::default(),
             index: IndexConfig::default(),
+            sources: Vec::new(),
         }
     }
 }
@@ -365,6 +374,7 @@ impl Config {
             return invalid("feed.min-prefix-len-v6", "must be 1..=128".to_owned());
         }
         self.validate_health()?;
+        self.validate_sources()?;
         if !(64..=1 << 24).contains(&self.flows.table_size) {
             return invalid("flows.table-size", "must be 64..=16777216".to_owned());
         }
@@ -406,6 +416,116 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Every `[[sources]]` entry: a unique name, one place to fetch from, keys its kind
+    /// takes, ports that parse, and room in the set ids.
+    fn validate_sources(&self) -> Result<(), ConfigError> {
+        let invalid = |message: String| {
+            Err(ConfigError::Invalid {
+                field: "sources",
+                message,
+            })
+        };
+        let mut names = vec![FEED_SOURCE_NAME];
+        for source in &self.sources {
+            let name = &source.name;
+            if !is_source_name(name) {
+                return invalid(format!(
+                    "name {name:?}: 1 to 32 of a-z, 0-9, '.', '_', '-', starting with a letter \
+                     or digit"
+                ));
+            }
+            if names.contains(&name.as_str()) || name == "operator" {
+                return invalid(format!(
+                    "name {name:?} is taken ({FEED_SOURCE_NAME} is [feed], operator is \
+                     policy.include)"
+                ));
+            }
+            names.push(name);
+            let at = |what: String| invalid(format!("source {name:?}: {what}"));
+            match (source.kind, &source.url, &source.path) {
+                (_, Some(_), Some(_)) => return at("give url or path, not both".to_owned()),
+                (Kind::M365, _, Some(_)) => {
+                    return at(
+                        "an m365 source is fetched from its web service: url, not path".to_owned(),
+                    );
+                }
+                (Kind::M365, _, None) => {}
+                (_, None, None) => return at("give url or path".to_owned()),
+                _ => {}
+            }
+            if let Some(url) = &source.url {
+                if url.starts_with("http://") {
+                    if !source.allow_http {
+                        return at(format!(
+                            "url {url:?} is plain HTTP: anyone on the path can answer for the \
+                             source; use https://, or allow-http = true on a trusted network"
+                        ));
+                    }
+                } else if !url.starts_with("https://") {
+                    return at(format!("url {url:?} is not an https:// URL"));
+                }
+            }
+            if let Some(path) = &source.path
+                && !path.is_absolute()
+            {
+                return at(format!("path {} is not absolute", path.display()));
+            }
+            if source.refresh < Duration::from_secs(1)
+                || source.refresh > Duration::from_hours(7 * 24)
+            {
+                return at(format!(
+                    "refresh {} is outside 1s..=7d",
+                    format_duration(source.refresh)
+                ));
+            }
+            if source.kind == Kind::M365 && source.policy.is_some() {
+                return at(
+                    "an m365 source goes by category ([policy] direct), not policy".to_owned(),
+                );
+            }
+            if source.kind == Kind::M365 && (source.tcp.is_some() || source.udp.is_some()) {
+                return at("an m365 source takes its ports from the feed".to_owned());
+            }
+            if let Err(why) = source.ports() {
+                return at(why);
+            }
+            if let Some(instance) = &source.instance
+                && !INSTANCES.contains(&instance.as_str())
+            {
+                return at(format!(
+                    "instance {instance:?} is not one of {}",
+                    INSTANCES.join(", ")
+                ));
+            }
+            if source
+                .max_shrink_percent
+                .is_some_and(|percent| percent > 100)
+            {
+                return at("max-shrink-percent must be 0..=100".to_owned());
+            }
+            let takes: &[&str] = match source.kind {
+                Kind::M365 => &["instance", "service-areas"],
+                Kind::Aws => &["services", "regions"],
+                Kind::AzureServiceTags => &["tags"],
+                Kind::Google => &["services", "scopes"],
+                Kind::CidrList => &[],
+            };
+            for (key, given) in [
+                ("instance", source.instance.is_some()),
+                ("service-areas", !source.service_areas.is_empty()),
+                ("services", !source.services.is_empty()),
+                ("regions", !source.regions.is_empty()),
+                ("tags", !source.tags.is_empty()),
+                ("scopes", !source.scopes.is_empty()),
+            ] {
+                if given && !takes.contains(&key) {
+                    return at(format!("a {} source has no {key} filter", source.kind));
+                }
+            }
+        }
+        crate::sources::first_set_ids(&self.sources).map_or_else(invalid, |_| Ok(()))
     }
 
     fn validate_health(&self) -> Result<(), ConfigError> {
@@ -491,6 +611,7 @@ impl Config {
     #[must_use]
     pub fn actions(&self) -> [u8; category::COUNT as usize] {
         let mut actions = [action::TUNNEL; category::COUNT as usize];
+        actions[usize::from(category::DIRECT)] = action::DIRECT;
         for CategoryName(category) in &self.policy.direct {
             actions[usize::from(category.code())] = action::DIRECT;
         }
@@ -612,6 +733,19 @@ impl Config {
 }
 
 /// Refuses a duration outside `min..=max`, naming `field`.
+/// `[a-z0-9][a-z0-9._-]{0,31}`: safe in a file name, a log line and a label.
+#[must_use]
+pub fn is_source_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes
+        .next()
+        .is_some_and(|first| first.is_ascii_lowercase() || first.is_ascii_digit())
+        && name.len() <= 32
+        && bytes.all(|byte| {
+            byte.is_ascii_lowercase() || byte.is_ascii_digit() || matches!(byte, b'.' | b'_' | b'-')
+        })
+}
+
 fn within(
     field: &'static str,
     value: Duration,
@@ -778,7 +912,7 @@ pub fn format_duration(duration: Duration) -> String {
     format!("{secs}s")
 }
 
-mod duration_text {
+pub(crate) mod duration_text {
     use std::time::Duration;
 
     use serde::{Deserialize as _, Deserializer, Serializer};
@@ -825,7 +959,11 @@ mod tests {
                 action::TUNNEL,
                 action::TUNNEL,
                 action::TUNNEL,
-                action::DIRECT
+                action::DIRECT,
+                action::TUNNEL,
+                action::DIRECT,
+                action::TUNNEL,
+                action::TUNNEL,
             ]
         );
         config.validate().unwrap();

@@ -99,6 +99,8 @@ pub fn reason_name(reason: u32) -> &'static str {
 pub struct Catalog {
     sets: Vec<EndpointSet>,
     pub source: Option<String>,
+    /// The `[[sources]]` entries the maps hold: name, kind and first set id.
+    pub sources: Vec<(String, crate::sources::Kind, u32)>,
 }
 
 impl Catalog {
@@ -113,10 +115,34 @@ impl Catalog {
             && applied.entries.as_deref() == Some(digest.as_str())
             && let Ok(feed) = Feed::parse(&body)
         {
-            return Self {
+            let mut catalog = Self {
                 sets: feed.sets,
                 source: Some(format!("feed {} from {}", applied.version, applied.source)),
+                sources: Vec::new(),
             };
+            let sources = State::open_existing(state_dir)
+                .ok()
+                .and_then(|state| state.catalog())
+                .filter(|sources| sources.entries == digest);
+            for source in sources.map(|sources| sources.sources).unwrap_or_default() {
+                let Ok(kind) = source.kind.parse() else {
+                    continue;
+                };
+                catalog.sources.push((source.name, kind, source.first_set));
+                catalog.sets.extend(source.sets.into_iter().map(|set| {
+                    EndpointSet {
+                        id: set.id,
+                        service_area: set.service_area,
+                        category: crate::feed::Category::from_code(set.category)
+                            .unwrap_or(crate::feed::Category::Default),
+                        prefixes: set.prefixes,
+                        tcp: Vec::new(),
+                        udp: Vec::new(),
+                        by_address: true,
+                    }
+                }));
+            }
+            return catalog;
         }
         if let Ok(feed) = Feed::parse(EMBEDDED_FEED)
             && compile(&feed).is_ok_and(|compiled| compiled.digest() == digest)
@@ -127,12 +153,52 @@ impl Catalog {
                     "embedded snapshot {}",
                     crate::EMBEDDED_FEED_VERSION
                 )),
+                sources: Vec::new(),
             };
         }
         Self {
             sets: Vec::new(),
             source: None,
+            sources: Vec::new(),
         }
+    }
+
+    /// The source that set `id` belongs to: `operator` for 0, `m365` for `[feed]`'s ids,
+    /// a `[[sources]]` name; `None` when no record the maps hold names it.
+    #[must_use]
+    pub fn source_of(&self, id: u16) -> Option<&str> {
+        let id = u32::from(id);
+        if id == 0 {
+            return Some("operator");
+        }
+        if id < classifier_common::M365_SET_IDS {
+            return self
+                .source
+                .is_some()
+                .then_some(crate::config::FEED_SOURCE_NAME);
+        }
+        self.sources
+            .iter()
+            .find(|(_, kind, first)| crate::sources::source::owns(*kind, *first, id))
+            .map(|(name, _, _)| name.as_str())
+    }
+
+    /// The set ids of source `name`: `None` when the maps hold no source of that name.
+    #[must_use]
+    pub fn ids_of(&self, name: &str) -> Option<std::ops::Range<u32>> {
+        if name == crate::config::FEED_SOURCE_NAME {
+            return Some(1..classifier_common::M365_SET_IDS);
+        }
+        if name == "operator" {
+            return Some(0..1);
+        }
+        self.sources
+            .iter()
+            .find(|(source, _, _)| source == name)
+            .map(|(_, kind, first)| match kind {
+                crate::sources::Kind::M365 => *first..*first + classifier_common::M365_SET_IDS,
+                _ => *first..*first + 1,
+            })
     }
 
     #[must_use]

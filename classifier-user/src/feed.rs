@@ -31,12 +31,16 @@ pub enum FeedError {
     DuplicateSet { set: u32 },
 }
 
-/// Microsoft's endpoint categories.
+/// Microsoft's endpoint categories, lowest first, between the two of other providers'
+/// sources: a `tunnel` source yields to every Microsoft category, a `direct` one wins over
+/// them all. `FromStr` reads only Microsoft's three.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
 pub enum Category {
+    Tunnel,
     Default,
     Allow,
     Optimize,
+    Direct,
 }
 
 impl Category {
@@ -47,6 +51,21 @@ impl Category {
             Self::Default => category::DEFAULT,
             Self::Allow => category::ALLOW,
             Self::Optimize => category::OPTIMIZE,
+            Self::Tunnel => category::TUNNEL,
+            Self::Direct => category::DIRECT,
+        }
+    }
+
+    /// The category of a kernel code (`None` for `category::NONE` and unknown codes).
+    #[must_use]
+    pub const fn from_code(code: u8) -> Option<Self> {
+        match code {
+            category::TUNNEL => Some(Self::Tunnel),
+            category::DEFAULT => Some(Self::Default),
+            category::ALLOW => Some(Self::Allow),
+            category::OPTIMIZE => Some(Self::Optimize),
+            category::DIRECT => Some(Self::Direct),
+            _ => None,
         }
     }
 }
@@ -88,6 +107,9 @@ pub struct EndpointSet {
     pub prefixes: Vec<IpNet>,
     pub tcp: Vec<PortRange>,
     pub udp: Vec<PortRange>,
+    /// A packet to one of its prefixes whose port is in no rule takes the set's category
+    /// (Microsoft's sets); a source whose ports are given claims only those ports.
+    pub by_address: bool,
 }
 
 /// A validated feed: its endpoint sets that carry addresses, in id order. URL-only sets are
@@ -177,13 +199,13 @@ impl EndpointSet {
         let category = category
             .parse()
             .map_err(|reason| invalid("category", &category, reason))?;
-        if id == 0 || id >= classifier_common::MAX_SET_ID {
+        if id == 0 || id >= classifier_common::M365_SET_IDS {
             return Err(invalid(
                 "id",
                 &id.to_string(),
                 format!(
                     "endpoint set ids must be 1..{}",
-                    classifier_common::MAX_SET_ID
+                    classifier_common::M365_SET_IDS
                 ),
             ));
         }
@@ -204,6 +226,7 @@ impl EndpointSet {
             prefixes,
             tcp,
             udp,
+            by_address: true,
         }))
     }
 }
@@ -225,7 +248,7 @@ pub fn parse_prefix(text: &str) -> Result<IpNet, String> {
 }
 
 /// `"80,443"`, `"143, 587"`, `"1024-65535"`; absent or empty means no ports.
-fn parse_ports(text: Option<&str>) -> Result<Vec<PortRange>, String> {
+pub fn parse_ports(text: Option<&str>) -> Result<Vec<PortRange>, String> {
     let Some(text) = text else {
         return Ok(Vec::new());
     };

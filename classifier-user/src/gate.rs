@@ -322,6 +322,7 @@ mod tests {
             prefixes: vec![prefix.parse().unwrap()],
             tcp: Vec::new(),
             udp: Vec::new(),
+            by_address: true,
         });
         feed
     }

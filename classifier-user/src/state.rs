@@ -20,6 +20,10 @@ const CLIENT_ID: &str = "client-request-id";
 const FEED: &str = "feed.json";
 const APPLIED: &str = "applied.json";
 const STATUS: &str = "status.json";
+/// The last good file of each `[[sources]]` entry: `sources/NAME.body`, `sources/NAME.json`.
+const SOURCES: &str = "sources";
+/// The endpoint sets of every source the maps hold, for `lookup`, `prefixes` and `stats`.
+const CATALOG: &str = "catalog.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -59,6 +63,11 @@ pub struct Status {
     pub applied: Option<Applied>,
     pub prefixes_v4: usize,
     pub prefixes_v6: usize,
+    /// Of those, the prefixes of `[feed]`'s feed after its filter.
+    #[serde(default)]
+    pub feed_prefixes_v4: usize,
+    #[serde(default)]
+    pub feed_prefixes_v6: usize,
     /// Seconds since the epoch of the last poll and of the next one.
     pub last_poll: Option<u64>,
     pub next_poll: Option<u64>,
@@ -69,6 +78,59 @@ pub struct Status {
     /// The direct uplink's health, when the agent checks it.
     #[serde(default)]
     pub uplink: Option<Uplink>,
+    /// Each `[[sources]]` entry, in configuration order (`[feed]` is the fields above).
+    #[serde(default)]
+    pub sources: Vec<SourceStatus>,
+}
+
+/// One `[[sources]]` entry as the agent last saw it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceStatus {
+    pub name: String,
+    pub kind: String,
+    /// Its URL or file.
+    pub location: String,
+    /// `direct`, `tunnel`, or `by category` (m365).
+    pub policy: String,
+    /// Its first endpoint set id (an m365 instance has 1024 from there; others one).
+    pub first_set: u32,
+    /// The version of the file the maps hold (`syncToken`, `changeNumber`, m365's version),
+    /// or its content hash's first 16 digits when it has none; null before a good file.
+    pub version: Option<String>,
+    pub prefixes_v4: usize,
+    pub prefixes_v6: usize,
+    /// Seconds since the epoch: the last fetch that ended well (new or unchanged), the last
+    /// attempt, and the next.
+    pub last_success: Option<u64>,
+    pub last_attempt: Option<u64>,
+    pub next_refresh: Option<u64>,
+    /// The last failure, cleared by a good fetch.
+    pub last_error: Option<String>,
+    pub consecutive_failures: u32,
+}
+
+/// The endpoint sets of every source but `[feed]` that the maps hold (`entries` is their
+/// [`crate::compile::Compiled::digest`]), so that readers name what decided a packet.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceCatalog {
+    pub entries: String,
+    pub sources: Vec<CatalogSource>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogSource {
+    pub name: String,
+    pub kind: String,
+    pub first_set: u32,
+    pub sets: Vec<CatalogSet>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogSet {
+    pub id: u32,
+    pub service_area: String,
+    pub category: u8,
+    pub prefixes: Vec<ipnet::IpNet>,
 }
 
 /// The direct uplink as the agent's health checks see it.
@@ -202,6 +264,50 @@ impl State {
     pub fn save_applied(&self, body: &[u8], applied: &Applied) -> Result<(), StateError> {
         self.write(FEED, body)?;
         self.write(APPLIED, &to_json(applied))
+    }
+
+    /// Records what the maps hold without a new `[feed]` body (another source changed).
+    pub fn save_applied_record(&self, applied: &Applied) -> Result<(), StateError> {
+        self.write(APPLIED, &to_json(applied))
+    }
+
+    /// The directory of the sources' last good files, created 0700.
+    fn sources(&self) -> Result<Self, StateError> {
+        let dir = self.dir.join(SOURCES);
+        crate::secure::create_private(&dir, "state directory")?;
+        Ok(Self { dir })
+    }
+
+    /// Keeps `body` as source `name`'s last good file (a name is `[a-z0-9._-]`).
+    pub fn save_source(
+        &self,
+        name: &str,
+        body: &[u8],
+        meta: &crate::sources::fetch::Meta,
+    ) -> Result<(), StateError> {
+        let sources = self.sources()?;
+        sources.write(&format!("{name}.body"), body)?;
+        sources.write(&format!("{name}.json"), &to_json(meta))
+    }
+
+    /// Source `name`'s last good file and its record, if any (and if they agree).
+    #[must_use]
+    pub fn source(&self, name: &str) -> Option<(Vec<u8>, crate::sources::fetch::Meta)> {
+        let dir = self.dir.join(SOURCES);
+        crate::secure::check(&dir, "state directory").ok()?;
+        let meta: crate::sources::fetch::Meta =
+            serde_json::from_slice(&fs::read(dir.join(format!("{name}.json"))).ok()?).ok()?;
+        let body = fs::read(dir.join(format!("{name}.body"))).ok()?;
+        (crate::sources::fetch::sha256(&body) == meta.sha256).then_some((body, meta))
+    }
+
+    pub fn save_catalog(&self, catalog: &SourceCatalog) -> Result<(), StateError> {
+        self.write(CATALOG, &serde_json::to_vec(catalog).unwrap_or_default())
+    }
+
+    #[must_use]
+    pub fn catalog(&self) -> Option<SourceCatalog> {
+        serde_json::from_slice(&fs::read(self.dir.join(CATALOG)).ok()?).ok()
     }
 
     pub fn save_status(&self, status: &Status) -> Result<(), StateError> {

@@ -4,7 +4,9 @@
 //! JSON (stable): one object per query and line, [`Answer`]: `{"address", "proto" ("tcp",
 //! "udp" or null), "port", "prefix" (or null), "endpoint_sets" (ids of the feed's sets whose
 //! prefixes hold the address), "decided_by" (the set whose rule or category decided, or
-//! null), "service_area", "category" ("Optimize", "Allow", "Default" or null), "reason",
+//! null), "source" (the source that set belongs to: "m365", a `[[sources]]` name,
+//! "operator", or null), "service_area", "category" ("Optimize", "Allow", "Default",
+//! "Direct", "Tunnel" or null), "reason",
 //! "action" ("direct" or "tunnel"), "mark" (the mark a direct packet gets, or null)}`. With
 //! `lookup -`, a line that is no question gets [`BadLine`] in its place: `{"line", "error"}`.
 
@@ -226,6 +228,9 @@ pub struct Answer<'a> {
     /// The set whose port rule or category decided (0 for an operator's prefix); null when
     /// no prefix, or an excluded one, holds the address.
     pub decided_by: Option<u16>,
+    /// The source that set belongs to: `m365` (`[feed]`), a `[[sources]]` entry's name, or
+    /// `operator`; null with `decided_by`, or when no record the maps hold names it.
+    pub source: Option<&'a str>,
     /// That set's service area (`operator`; `unknown` when no feed the maps hold names it);
     /// null with `decided_by`.
     pub service_area: Option<&'a str>,
@@ -276,6 +281,7 @@ fn explain<'a>(
         prefix: decision.prefix,
         endpoint_sets: catalog.sets_holding(query.addr, decision.rules.as_ref()),
         decided_by,
+        source: decided_by.and_then(|id| catalog.source_of(id)),
         service_area: decided_by.map(|id| catalog.service_area(id)),
         category: category::name(decision.category),
         reason: reason_name(decision.reason),
@@ -293,6 +299,7 @@ impl Answer<'_> {
             prefix,
             endpoint_sets,
             decided_by,
+            source,
             service_area,
             category,
             reason,
@@ -313,7 +320,11 @@ impl Answer<'_> {
                 .join(",")
         };
         let decided = match decided_by {
-            Some(id) => format!(" (decided by {id}, {})", or_dash(*service_area)),
+            Some(id) => format!(
+                " (decided by {id}, {} of {})",
+                or_dash(*service_area),
+                or_dash(*source)
+            ),
             None => String::new(),
         };
         writeln!(
@@ -373,6 +384,7 @@ mod tests {
             prefix: Some("52.112.0.0/14".parse().unwrap()),
             endpoint_sets: vec![11, 12],
             decided_by: Some(11),
+            source: Some("m365"),
             service_area: Some("Skype"),
             category: Some("Optimize"),
             reason: "match_port",
@@ -385,7 +397,7 @@ mod tests {
         assert!(row.starts_with("52.112.1.1 "), "{row}");
         assert!(
             row.contains(" udp/3478  52.112.0.0/14 ")
-                && row.ends_with(" 11,12 (decided by 11, Skype)\n"),
+                && row.ends_with(" 11,12 (decided by 11, Skype of m365)\n"),
             "{row}"
         );
         let bad = BadLine {

@@ -13,6 +13,7 @@ pub mod flows;
 pub mod lookup;
 pub mod prefixes;
 pub mod run;
+pub mod sources;
 pub mod stats;
 pub mod status;
 pub mod sync;
@@ -39,6 +40,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Classify(args) => classify::run(&global, &args),
         Command::Prefixes(args) => prefixes::run(&global, &args),
         Command::Flows(args) => flows::run(&global, &args),
+        Command::Sources(args) => sources::run(&global, &args),
         Command::Sync(args) => sync::run(&global, &args),
         Command::Config(command) => config::run(&global, &command),
         Command::Completions(args) => {

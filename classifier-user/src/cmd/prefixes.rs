@@ -6,6 +6,8 @@
 
 use std::{fmt, io::Write as _};
 
+use anyhow::Context as _;
+
 use classifier_common::{PortRule, PrefixRules, category, proto};
 use ipnet::IpNet;
 use serde::{Serialize, Serializer};
@@ -69,10 +71,33 @@ impl Serialize for Ports {
     }
 }
 
-pub fn run(global: &GlobalArgs, PrefixesArgs {}: &PrefixesArgs) -> anyhow::Result<()> {
+pub fn run(global: &GlobalArgs, PrefixesArgs { source }: &PrefixesArgs) -> anyhow::Result<()> {
     let maps = super::pinned_maps(global)?;
     let installed = maps.installed()?;
     let catalog = Catalog::load(&global.state_dir(), &installed);
+    let ids = match source {
+        Some(name) => Some(catalog.ids_of(name).with_context(|| {
+            let known: Vec<&str> = ["m365", "operator"]
+                .into_iter()
+                .chain(catalog.sources.iter().map(|(name, _, _)| name.as_str()))
+                .collect();
+            format!(
+                "no source {name:?} in what the maps hold (known: {}); `sources` lists the \
+                 configured ones",
+                known.join(", ")
+            )
+        })?),
+        None => None,
+    };
+    // An entry belongs to a source when its category or one of its rules names a set of it.
+    let of_source = |value: &PrefixRules| {
+        ids.as_ref().is_none_or(|ids| {
+            value.addr_category != category::NONE && ids.contains(&u32::from(value.addr_set))
+                || value.rules[..usize::from(value.n_rules).min(value.rules.len())]
+                    .iter()
+                    .any(|rule| ids.contains(&u32::from(rule.set_id)))
+        })
+    };
     let entries = installed
         .v4
         .iter()
@@ -83,7 +108,7 @@ pub fn run(global: &GlobalArgs, PrefixesArgs {}: &PrefixesArgs) -> anyhow::Resul
                 .iter()
                 .map(|(key, value)| (key_net_v6(key), value)),
         );
-    let mut entries: Vec<_> = entries.collect();
+    let mut entries: Vec<_> = entries.filter(|(_, value)| of_source(value)).collect();
     entries.sort_by_key(|(net, _)| *net);
     let rows: Vec<Row> = entries
         .into_iter()

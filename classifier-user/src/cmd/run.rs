@@ -114,8 +114,13 @@ async fn serve(
     let mut health = Health::spawn(agent);
     let mut next_poll = Instant::now();
     'daemon: loop {
+        // The next refresh due: `[feed]`'s poll or a source's, each on its own clock.
+        let (job, at) = match agent.next_source() {
+            Some((i, due)) if due < next_poll => (Job::Source(i), due),
+            _ => (Job::Feed, next_poll),
+        };
         tokio::select! {
-            () = sleep_until(next_poll) => {}
+            () = sleep_until(at) => {}
             Some(report) = health.next() => {
                 take_report(agent, report);
                 continue;
@@ -129,37 +134,69 @@ async fn serve(
             _ = interrupt.recv() => break,
         }
         // The fetch owns what it needs, so a signal drops it mid-request: a slow or stalled
-        // feed server never delays a reload or an exit. Health reports are taken meanwhile:
-        // a failover never waits for the feed.
+        // server never delays a reload or an exit. Health reports are taken meanwhile: a
+        // failover never waits for a fetch.
         agent.reconcile();
-        let fetch = agent.fetcher(false).run();
-        tokio::pin!(fetch);
+        let fetch: std::pin::Pin<Box<dyn Future<Output = Done>>> = match job {
+            Job::Feed => {
+                let fetcher = agent.fetcher(false);
+                Box::pin(async move { Done::Feed(fetcher.run().await) })
+            }
+            Job::Source(i) => match agent.source_fetcher(i, false) {
+                Ok(fetcher) => Box::pin(async move { Done::Source(i, fetcher.run().await) }),
+                Err(error) => Box::pin(async move { Done::Source(i, Err(error)) }),
+            },
+        };
+        let mut fetch = fetch;
         let outcome = loop {
             tokio::select! {
                 outcome = &mut fetch => break outcome,
                 Some(report) = health.next() => take_report(agent, report),
                 _ = hangup.recv() => {
-                    info!("SIGHUP: cancelled the feed request in flight");
+                    info!("SIGHUP: cancelled the request in flight");
                     reload(global, args, agent, started);
                     health.follow(agent);
                     next_poll = Instant::now();
                     continue 'daemon;
                 }
                 _ = terminate.recv() => {
-                    info!("cancelled the feed request in flight");
+                    info!("cancelled the request in flight");
                     break 'daemon;
                 }
                 _ = interrupt.recv() => {
-                    info!("cancelled the feed request in flight");
+                    info!("cancelled the request in flight");
                     break 'daemon;
                 }
             }
         };
-        let wait = finish_poll(agent, outcome);
-        next_poll = Instant::now() + wait;
+        match outcome {
+            Done::Feed(fetched) => {
+                let wait = finish_poll(agent, fetched);
+                next_poll = Instant::now() + wait;
+            }
+            Done::Source(i, got) => {
+                let result = agent.accept_source(i, got, false);
+                agent.finish_source(i, &result);
+            }
+        }
     }
     drop(health);
     Ok(())
+}
+
+/// What the daemon fetches next.
+enum Job {
+    Feed,
+    Source(usize),
+}
+
+/// What a fetch brought back.
+enum Done {
+    Feed(Result<Fetch, RefreshError>),
+    Source(
+        usize,
+        Result<crate::sources::fetch::Got, crate::client::FetchError>,
+    ),
 }
 
 /// The health checks of the direct uplink, run as a task of their own that reports to the

@@ -1,8 +1,9 @@
 //! `xdp-breakout stats [--watch SECS]`: the counters, summed over CPUs.
 //!
 //! JSON (stable): one object, [`Report`]: `{"counters": {NAME: {"packets", "bytes"}, ...},
-//! "categories": {"Optimize": {"packets", "bytes"}, ...}, "endpoint_sets": [{"id",
-//! "service_area", "category", "packets", "bytes"}, ...]}`, counter names as in the README's
+//! "categories": {"Optimize": {"packets", "bytes"}, ...}, "sources": {"m365": {"packets",
+//! "bytes"}, ...}, "endpoint_sets": [{"id", "source", "service_area", "category", "packets",
+//! "bytes"}, ...]}`, counter names as in the README's
 //! table. With `--watch`, one such object per line and interval, each with `"interval_secs"`
 //! and, from the second on, `"rates"`: `{NAME: {"pps", "bps"}}`.
 
@@ -25,6 +26,9 @@ pub struct Report<'a> {
     /// The endpoint sets' counts summed per category of the feed (`Optimize`, `Allow`,
     /// `Default`, or `unknown` for a set no feed the maps hold names).
     pub categories: BTreeMap<&'a str, Traffic>,
+    /// The endpoint sets' counts summed per source (`m365`, a `[[sources]]` name,
+    /// `operator`, or `unknown`).
+    pub sources: BTreeMap<&'a str, Traffic>,
     /// Each endpoint set that counted packets, by id.
     pub endpoint_sets: Vec<SetRow<'a>>,
     /// With `--watch`: the seconds between reports.
@@ -65,6 +69,8 @@ pub struct Rate {
 pub struct SetRow<'a> {
     /// The set's id in the feed (0: the operator's `include` prefixes).
     pub id: u16,
+    /// The source it belongs to, as in `sources`.
+    pub source: &'a str,
     /// Its service area (`Exchange`, `Skype`, ...; `operator`; `unknown` when no feed the
     /// maps hold names the set).
     pub service_area: &'a str,
@@ -147,6 +153,7 @@ fn report<'a>(
     catalog: &'a Catalog,
 ) -> Report<'a> {
     let mut categories: BTreeMap<&str, Traffic> = BTreeMap::new();
+    let mut sources: BTreeMap<&str, Traffic> = BTreeMap::new();
     let mut endpoint_sets = Vec::new();
     for (id, counter) in &now.sets {
         let category = catalog.set(*id).map_or("unknown", |set| {
@@ -155,8 +162,13 @@ fn report<'a>(
         let sum = categories.entry(category).or_default();
         sum.packets += counter.packets;
         sum.bytes += counter.bytes;
+        let source = catalog.source_of(*id).unwrap_or("unknown");
+        let sum = sources.entry(source).or_default();
+        sum.packets += counter.packets;
+        sum.bytes += counter.bytes;
         endpoint_sets.push(SetRow {
             id: *id,
+            source,
             service_area: catalog.service_area(*id),
             category,
             traffic: (*counter).into(),
@@ -175,6 +187,7 @@ fn report<'a>(
     Report {
         counters: ByCounter::new(|index| now.counters[index].into()),
         categories,
+        sources,
         endpoint_sets,
         interval_secs,
         rates,
@@ -197,6 +210,7 @@ impl Report<'_> {
         let Self {
             counters,
             categories,
+            sources,
             endpoint_sets,
             interval_secs,
             rates,
@@ -225,15 +239,23 @@ impl Report<'_> {
                 writeln!(out, "{name:<14} {packets:>14} {bytes:>16}")?;
             }
         }
+        if !sources.is_empty() {
+            writeln!(out)?;
+            writeln!(out, "{:<16} {:>14} {:>16}", "SOURCE", "PACKETS", "BYTES")?;
+            for (name, Traffic { packets, bytes }) in sources {
+                writeln!(out, "{name:<16} {packets:>14} {bytes:>16}")?;
+            }
+        }
         if !endpoint_sets.is_empty() {
             writeln!(out)?;
             writeln!(
                 out,
-                "{:<6} {:<12} {:<10} {:>14} {:>16}",
-                "SET", "AREA", "CATEGORY", "PACKETS", "BYTES"
+                "{:<6} {:<16} {:<12} {:<10} {:>14} {:>16}",
+                "SET", "SOURCE", "AREA", "CATEGORY", "PACKETS", "BYTES"
             )?;
             for SetRow {
                 id,
+                source,
                 service_area,
                 category,
                 traffic: Traffic { packets, bytes },
@@ -241,7 +263,7 @@ impl Report<'_> {
             {
                 writeln!(
                     out,
-                    "{id:<6} {service_area:<12} {category:<10} {packets:>14} {bytes:>16}"
+                    "{id:<6} {source:<16} {service_area:<12} {category:<10} {packets:>14} {bytes:>16}"
                 )?;
             }
         }
@@ -282,6 +304,7 @@ mod tests {
             counters: ByCounter(Vec::new()),
             rates: Some(ByCounter(Vec::new())),
             categories: BTreeMap::new(),
+            sources: BTreeMap::new(),
             ..report
         };
         let rate = Rate { pps: 1, bps: 8 };

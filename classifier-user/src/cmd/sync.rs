@@ -1,9 +1,10 @@
 //! `xdp-breakout sync [--feed-file FILE | --feed-url URL] [--dry-run] [--force]`: one refresh
 //! of the pinned maps through the agent's gate (validation, shrink limit, diff apply, record).
+//! `sync --source NAME` refreshes one `[[sources]]` entry the same way; the others stay.
 //!
 //! JSON (stable): one document. [`Synced`]: `{"version", "source", "report": {"added",
 //! "changed", "removed", "unchanged"}}`, or `"report": "unchanged"` when the service's version
-//! was already applied. With `--dry-run`, [`Plan`]: `{"version", "source", "added": [PREFIX],
+//! was already applied (with `--source`, `"held"` when the file waits for `[feed]`). With `--dry-run`, [`Plan`]: `{"version", "source", "added": [PREFIX],
 //! "changed": [PREFIX], "removed": [PREFIX], "unchanged": N, "refused": null or REASON}`.
 
 use std::collections::BTreeSet;
@@ -14,7 +15,7 @@ use serde::{Serialize, Serializer};
 
 use super::Changes;
 use crate::{
-    agent::{Agent, Refreshed},
+    agent::{Agent, Refreshed, SourceRefreshed},
     cli::{GlobalArgs, SyncArgs},
     compile::{Compiled, key_net_v4, key_net_v6},
     datapath::Maps,
@@ -48,10 +49,57 @@ pub enum Outcome {
     /// changed (`--force` applies it again).
     #[serde(serialize_with = "unchanged")]
     Unchanged,
+    /// `"held"`: a source's new file is kept, and applied once `[feed]` is installed.
+    #[serde(serialize_with = "held")]
+    Held,
 }
 
 fn unchanged<S: Serializer>(serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str("unchanged")
+}
+
+fn held<S: Serializer>(serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str("held")
+}
+
+/// What `sync --source NAME` did.
+#[derive(Debug, Serialize)]
+pub struct SyncedSource {
+    /// The source's name (as in `version` and `source` of [`Synced`]).
+    pub source: String,
+    /// The version the maps now hold of it; null when it has none yet.
+    pub version: Option<String>,
+    pub report: Outcome,
+}
+
+impl SyncedSource {
+    fn write_text(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        let Self {
+            source,
+            version,
+            report,
+        } = self;
+        let version = version.as_deref().unwrap_or("-");
+        match report {
+            Outcome::Unchanged => writeln!(
+                out,
+                "source {source}: version {version} is already applied (--force applies it again)"
+            ),
+            Outcome::Held => writeln!(
+                out,
+                "source {source}: version {version} is held until [feed] is installed"
+            ),
+            Outcome::Applied(Changes {
+                added,
+                changed,
+                removed,
+                unchanged,
+            }) => writeln!(
+                out,
+                "applied source {source} {version}: {added} added, {changed} changed, {removed} removed, {unchanged} unchanged"
+            ),
+        }
+    }
 }
 
 /// What `sync --dry-run` would change.
@@ -99,6 +147,30 @@ pub fn run(global: &GlobalArgs, args: &SyncArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let mut out = std::io::stdout().lock();
+    if let Some(name) = &args.source
+        && name != crate::config::FEED_SOURCE_NAME
+    {
+        let outcome = runtime.block_on(agent.refresh_source(name, args.force))?;
+        let synced = SyncedSource {
+            source: name.clone(),
+            version: agent
+                .status()
+                .sources
+                .iter()
+                .find(|source| source.name == *name)
+                .and_then(|source| source.version.clone()),
+            report: match outcome {
+                SourceRefreshed::Unchanged { .. } => Outcome::Unchanged,
+                SourceRefreshed::Held => Outcome::Held,
+                SourceRefreshed::Applied { report } => Outcome::Applied(report.into()),
+            },
+        };
+        if global.json {
+            return super::write_json(&mut out, &synced);
+        }
+        synced.write_text(&mut out)?;
+        return Ok(());
+    }
     if args.dry_run {
         let (body, version, source) = if let Some((body, path)) = feed_file {
             (body, FILE_VERSION.to_owned(), path)
@@ -174,6 +246,7 @@ impl Synced {
                 out,
                 "version {version} is already applied (--force applies it again)"
             ),
+            Outcome::Held => Ok(()),
             Outcome::Applied(Changes {
                 added,
                 changed,

@@ -35,12 +35,17 @@ pub use pins::{
     prepare_pin_dir, tc_link_pin, xdp_link_pin,
 };
 
-/// Optimize and Allow go direct, as Microsoft recommends; Default follows the tunnel.
+/// Optimize and Allow go direct, as Microsoft recommends; Default follows the tunnel; a
+/// `direct` source goes direct and a `tunnel` one follows the tunnel.
 pub const DEFAULT_POLICY: [u8; category::COUNT as usize] = [
     action::TUNNEL,
     action::TUNNEL,
     action::DIRECT,
     action::DIRECT,
+    action::TUNNEL,
+    action::DIRECT,
+    action::TUNNEL,
+    action::TUNNEL,
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -11,7 +11,11 @@
 pub mod aws;
 pub mod azure;
 pub mod cidr_list;
+pub mod fetch;
 pub mod google;
+pub mod source;
+
+pub use source::{Parsed, SourceConfig, SourcePolicy, first_set_ids};
 
 use std::{fmt, str::FromStr};
 
@@ -112,6 +116,10 @@ pub enum SourceError {
     },
     #[error("{kind}: more than {MAX_PREFIXES} prefixes")]
     TooMany { kind: Kind },
+    /// The file parsed, but what it says is refused (a special-purpose prefix, a bad
+    /// Microsoft feed, ports that do not parse).
+    #[error("{kind}: refused: {why}")]
+    Refused { kind: Kind, why: String },
 }
 
 /// Collects prefixes, each with where it was found, into [`Ranges`]: refuses host bits and

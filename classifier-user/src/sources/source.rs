@@ -1,0 +1,431 @@
+//! One configured source (`[[sources]]`): where its file comes from, what it takes from it,
+//! and the endpoint sets its file turns into, numbered in the source's own range of set ids.
+
+use std::{path::PathBuf, time::Duration};
+
+use classifier_common::{M365_SET_IDS, MAX_M365_INSTANCES, MAX_SET_ID, SOURCE_SET_BASE};
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::{Kind, Ranges, SourceError, aws, azure, cidr_list, google};
+use crate::{
+    feed::{Category, EndpointSet, Feed, PortRange, parse_ports},
+    gate::{self, PrefixLimits},
+};
+
+/// What a source's prefixes do: go out of the direct uplink, or stay in the tunnel (a
+/// narrower exception inside a wider direct range, from a list).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SourcePolicy {
+    #[default]
+    Direct,
+    Tunnel,
+}
+
+/// One `[[sources]]` entry.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SourceConfig {
+    /// How the source is named in logs, `sources`, `lookup` and `--source`.
+    pub name: String,
+    pub kind: Kind,
+    /// Where the file is fetched from (`https://`; `http://` with `allow-http`); for `m365`,
+    /// the web service's base URL (default `https://endpoints.office.com`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// A local file instead of a URL (Azure's weekly file has no stable URL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// How often the file is checked; up to 10% jitter is added.
+    #[serde(default = "default_refresh", with = "crate::config::duration_text")]
+    pub refresh: Duration,
+    /// `direct` (default) or `tunnel`; `m365` takes `[policy] direct` per category instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<SourcePolicy>,
+    /// TCP ports (`"80,443"`, `"1024-65535"`); with neither `tcp` nor `udp`, every port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp: Option<String>,
+    /// `aws`: `service` names; `google`: `service` names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<String>,
+    /// `aws`: `region` names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub regions: Vec<String>,
+    /// `azure-service-tags`: tag names (`AzureFrontDoor.Frontend`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// `google`: `scope` names (`us-central1`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+    /// `m365`: Worldwide, China, USGovDoD or USGovGCCHigh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    /// `m365`: only these service areas.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_areas: Vec<String>,
+    /// Leave the source's IPv6 prefixes out.
+    #[serde(default)]
+    pub no_ipv6: bool,
+    /// Accept a plain `http://` URL.
+    #[serde(default)]
+    pub allow_http: bool,
+    /// A file that would remove more than this share (percent) of the source's prefixes is
+    /// refused unless forced; default `feed.max-shrink-percent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_shrink_percent: Option<u8>,
+}
+
+fn default_refresh() -> Duration {
+    Duration::from_hours(1)
+}
+
+impl Serialize for Kind {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for Kind {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// What a source's file compiles to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Parsed {
+    /// Its endpoint sets, numbered from the source's first set id.
+    pub sets: Vec<EndpointSet>,
+    /// The version the file states (AWS and Google `syncToken`, Azure `changeNumber`).
+    pub version: Option<String>,
+    /// Distinct prefixes, IPv4 and IPv6.
+    pub v4: usize,
+    pub v6: usize,
+}
+
+/// The configured instance of an `m365` source.
+#[must_use]
+pub fn m365_instance(config: &SourceConfig) -> &str {
+    config.instance.as_deref().unwrap_or("Worldwide")
+}
+
+/// The first set id of each source, in configuration order: `m365` sources after `[feed]`'s
+/// instance, [`M365_SET_IDS`] each; the others one each from [`SOURCE_SET_BASE`].
+pub fn first_set_ids(sources: &[SourceConfig]) -> Result<Vec<u32>, String> {
+    let (mut m365, mut other) = (1, SOURCE_SET_BASE);
+    let mut ids = Vec::with_capacity(sources.len());
+    for source in sources {
+        if source.kind == Kind::M365 {
+            if m365 >= MAX_M365_INSTANCES {
+                return Err(format!(
+                    "source {:?}: at most {} Microsoft 365 instances ([feed] and {} sources)",
+                    source.name,
+                    MAX_M365_INSTANCES,
+                    MAX_M365_INSTANCES - 1
+                ));
+            }
+            ids.push(m365 * M365_SET_IDS);
+            m365 += 1;
+        } else {
+            if other >= MAX_SET_ID {
+                return Err(format!(
+                    "source {:?}: at most {} sources of other kinds",
+                    source.name,
+                    MAX_SET_ID - SOURCE_SET_BASE
+                ));
+            }
+            ids.push(other);
+            other += 1;
+        }
+    }
+    Ok(ids)
+}
+
+/// Every port of a protocol: what a source without `tcp` and `udp` claims.
+const ALL_PORTS: PortRange = PortRange {
+    lo: 0,
+    hi: u16::MAX,
+};
+
+impl SourceConfig {
+    /// Where the file comes from, for messages.
+    #[must_use]
+    pub fn location(&self) -> String {
+        match (&self.url, &self.path) {
+            (Some(url), _) => url.clone(),
+            (None, Some(path)) => path.display().to_string(),
+            (None, None) => crate::config::DEFAULT_FEED_URL.to_owned(),
+        }
+    }
+
+    /// The category of its sets (`m365` keeps Microsoft's).
+    #[must_use]
+    pub fn category(&self) -> Category {
+        match self.policy.unwrap_or_default() {
+            SourcePolicy::Direct => Category::Direct,
+            SourcePolicy::Tunnel => Category::Tunnel,
+        }
+    }
+
+    /// Its ports: every port of both protocols when neither is given.
+    pub fn ports(&self) -> Result<(Vec<PortRange>, Vec<PortRange>), String> {
+        if self.tcp.is_none() && self.udp.is_none() {
+            return Ok((vec![ALL_PORTS], vec![ALL_PORTS]));
+        }
+        let tcp = parse_ports(self.tcp.as_deref()).map_err(|why| format!("tcp: {why}"))?;
+        let udp = parse_ports(self.udp.as_deref()).map_err(|why| format!("udp: {why}"))?;
+        Ok((tcp, udp))
+    }
+
+    /// Compiles a file of this source into endpoint sets from set id `first`, checking every
+    /// prefix with the gate's `limits` (too short, special-purpose space).
+    pub fn parse(
+        &self,
+        first: u32,
+        body: &[u8],
+        limits: PrefixLimits,
+    ) -> Result<Parsed, SourceError> {
+        let ranges = match self.kind {
+            Kind::M365 => return self.parse_m365(first, body, limits),
+            Kind::Aws => aws::parse(
+                body,
+                &aws::Filter {
+                    services: self.services.clone(),
+                    regions: self.regions.clone(),
+                },
+            )?,
+            Kind::AzureServiceTags => azure::parse(
+                body,
+                &azure::Filter {
+                    tags: self.tags.clone(),
+                },
+            )?,
+            Kind::Google => google::parse(
+                body,
+                &google::Filter {
+                    scopes: self.scopes.clone(),
+                    services: self.services.clone(),
+                },
+            )?,
+            Kind::CidrList => cidr_list::parse(body)?,
+        };
+        let Ranges {
+            v4,
+            mut v6,
+            version,
+        } = ranges;
+        if self.no_ipv6 {
+            v6.clear();
+        }
+        let prefixes: Vec<IpNet> = v4
+            .iter()
+            .copied()
+            .map(IpNet::V4)
+            .chain(v6.iter().copied().map(IpNet::V6))
+            .collect();
+        for net in &prefixes {
+            gate::check_prefix(first, *net, limits).map_err(|error| SourceError::Refused {
+                kind: self.kind,
+                why: error.to_string(),
+            })?;
+        }
+        let (tcp, udp) = self.ports().map_err(|why| SourceError::Refused {
+            kind: self.kind,
+            why,
+        })?;
+        let by_address = self.tcp.is_none() && self.udp.is_none();
+        Ok(Parsed {
+            v4: v4.len(),
+            v6: v6.len(),
+            version,
+            sets: vec![EndpointSet {
+                id: first,
+                service_area: self.name.clone(),
+                category: self.category(),
+                prefixes,
+                tcp,
+                udp,
+                by_address,
+            }],
+        })
+    }
+
+    fn parse_m365(
+        &self,
+        first: u32,
+        body: &[u8],
+        limits: PrefixLimits,
+    ) -> Result<Parsed, SourceError> {
+        let refused = |why: String| SourceError::Refused {
+            kind: Kind::M365,
+            why,
+        };
+        let feed = Feed::parse(body)
+            .map_err(|error| refused(format!("{:#}", anyhow::Error::from(error))))?;
+        gate::check_feed(&feed, limits).map_err(|error| refused(error.to_string()))?;
+        let mut sets = filter_m365(feed.sets, &self.service_areas, self.no_ipv6);
+        for set in &mut sets {
+            set.id += first;
+        }
+        let mut all: Vec<IpNet> = sets.iter().flat_map(|set| set.prefixes.clone()).collect();
+        all.sort_unstable();
+        all.dedup();
+        if all.is_empty() {
+            return Err(SourceError::Empty {
+                kind: Kind::M365,
+                entries: feed.total_sets,
+                filter: super::describe("service areas", &self.service_areas),
+            });
+        }
+        let v4 = all.iter().filter(|net| matches!(net, IpNet::V4(_))).count();
+        Ok(Parsed {
+            v4,
+            v6: all.len() - v4,
+            version: None,
+            sets,
+        })
+    }
+}
+
+/// A feed's sets that `service_areas` takes (case-insensitive; empty takes all), without
+/// IPv6 when `no_ipv6`.
+#[must_use]
+pub fn filter_m365(
+    sets: Vec<EndpointSet>,
+    service_areas: &[String],
+    no_ipv6: bool,
+) -> Vec<EndpointSet> {
+    let mut sets: Vec<EndpointSet> = sets
+        .into_iter()
+        .filter(|set| {
+            service_areas.is_empty()
+                || service_areas
+                    .iter()
+                    .any(|area| area.eq_ignore_ascii_case(&set.service_area))
+        })
+        .collect();
+    if no_ipv6 {
+        for set in &mut sets {
+            set.prefixes.retain(|net| matches!(net, IpNet::V4(_)));
+        }
+        sets.retain(|set| !set.prefixes.is_empty());
+    }
+    sets
+}
+
+/// Whether a set id belongs to the source whose first id is `first`.
+#[must_use]
+pub fn owns(kind: Kind, first: u32, id: u32) -> bool {
+    match kind {
+        Kind::M365 => (first..first + M365_SET_IDS).contains(&id),
+        _ => id == first,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(text: &str) -> SourceConfig {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn ids_are_laid_out_by_kind() {
+        let sources = [
+            source("name = \"zoom\"\nkind = \"cidr-list\"\npath = \"/x\""),
+            source("name = \"gcc\"\nkind = \"m365\"\ninstance = \"USGovGCCHigh\""),
+            source("name = \"aws\"\nkind = \"aws\"\nurl = \"https://x\""),
+        ];
+        assert_eq!(
+            first_set_ids(&sources).unwrap(),
+            [SOURCE_SET_BASE, M365_SET_IDS, SOURCE_SET_BASE + 1]
+        );
+        let many: Vec<SourceConfig> = (0..4)
+            .map(|i| source(&format!("name = \"m{i}\"\nkind = \"m365\"")))
+            .collect();
+        let error = first_set_ids(&many).unwrap_err();
+        assert!(error.contains("\"m3\": at most 4"), "{error}");
+    }
+
+    #[test]
+    fn a_list_becomes_one_set_with_its_ports() {
+        let zoom = source(
+            "name = \"zoom\"\nkind = \"cidr-list\"\npath = \"/x\"\nudp = \"3478-3479, 8801-8810\"",
+        );
+        let parsed = zoom
+            .parse(
+                SOURCE_SET_BASE,
+                include_bytes!("../../../tests/fixtures/providers/zoom-ipranges-20220109.txt"),
+                PrefixLimits::default(),
+            )
+            .unwrap();
+        assert_eq!((parsed.v4, parsed.v6, parsed.sets.len()), (122, 0, 1));
+        let set = &parsed.sets[0];
+        assert_eq!(
+            (
+                set.id,
+                set.category,
+                set.by_address,
+                set.tcp.len(),
+                set.udp.len()
+            ),
+            (SOURCE_SET_BASE, Category::Direct, false, 0, 2)
+        );
+        let every =
+            source("name = \"cf\"\nkind = \"cidr-list\"\npath = \"/x\"\npolicy = \"tunnel\"");
+        let parsed = every
+            .parse(
+                SOURCE_SET_BASE + 1,
+                b"104.16.0.0/13\n",
+                PrefixLimits::default(),
+            )
+            .unwrap();
+        let set = &parsed.sets[0];
+        assert_eq!(
+            (set.category, set.by_address, set.tcp.as_slice()),
+            (Category::Tunnel, true, [ALL_PORTS].as_slice())
+        );
+    }
+
+    #[test]
+    fn special_and_short_prefixes_are_refused_with_the_kind() {
+        let list = source("name = \"mine\"\nkind = \"cidr-list\"\npath = \"/x\"");
+        let error = list
+            .parse(
+                SOURCE_SET_BASE,
+                b"192.0.2.0/24\n10.0.0.0/8\n",
+                PrefixLimits::default(),
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("cidr-list: refused: "), "{error}");
+        assert!(error.contains("10.0.0.0/8"), "{error}");
+    }
+
+    #[test]
+    fn an_m365_instance_is_renumbered_into_its_range() {
+        let gcc = source("name = \"gcc\"\nkind = \"m365\"\nservice-areas = [\"Skype\"]");
+        let parsed = gcc
+            .parse(
+                M365_SET_IDS,
+                include_bytes!("../../../tests/fixtures/m365-worldwide-endpoints-2026043000.json"),
+                PrefixLimits::default(),
+            )
+            .unwrap();
+        assert!(!parsed.sets.is_empty());
+        assert!(
+            parsed
+                .sets
+                .iter()
+                .all(|set| owns(Kind::M365, M365_SET_IDS, set.id) && set.service_area == "Skype"),
+            "{:?}",
+            parsed.sets.iter().map(|set| set.id).collect::<Vec<_>>()
+        );
+    }
+}
