@@ -438,9 +438,11 @@ impl Agent {
                     )));
                 }
                 _ if old == new => {
-                    return Ok(SourceRefreshed::Unchanged {
-                        why: "the same version as held",
-                    });
+                    return Err(refused(format!(
+                        "the file from {from} states version {new}, the held file's, with \
+                         other content (a tampered or half-updated mirror; sync --force \
+                         takes it)"
+                    )));
                 }
                 _ => {}
             }

@@ -178,10 +178,16 @@ fn answer(
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut request_line = String::new();
     reader.read_line(&mut request_line)?;
+    let mut if_none_match = None;
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line)? == 0 || line == "\r\n" || line == "\n" {
             break;
+        }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("if-none-match")
+        {
+            if_none_match = Some(value.trim().to_owned());
         }
     }
     let target = request_line
@@ -197,6 +203,26 @@ fn answer(
         .cloned()
         .unwrap_or_else(|| Reply::status(404, "not found"));
     thread::sleep(reply.delay);
+    // A conditional GET whose ETag still holds: 304 and no body, as a real server answers.
+    let etag = reply
+        .headers
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case("etag"))
+        .map(|(_, value)| value.clone());
+    let reply = if if_none_match.is_some() && if_none_match == etag {
+        requests
+            .lock()
+            .expect("requests")
+            .push(format!("304 {target}"));
+        Reply {
+            status: 304,
+            headers: reply.headers,
+            body: Vec::new(),
+            delay: Duration::ZERO,
+        }
+    } else {
+        reply
+    };
     let mut stream = stream;
     let mut head = format!(
         "HTTP/1.1 {} X\r\nContent-Length: {}\r\nConnection: close\r\n",

@@ -242,7 +242,13 @@ fn applies_versions_in_turn_and_the_maps_decide_as_the_feed_says() {
 }
 
 /// The maps, policy and config, to compare byte for byte.
-fn snapshot(maps: &Maps) -> (Compiled, [u8; 4], classifier_common::Config) {
+fn snapshot(
+    maps: &Maps,
+) -> (
+    Compiled,
+    [u8; category::COUNT as usize],
+    classifier_common::Config,
+) {
     (
         maps.installed().unwrap(),
         maps.policy().unwrap(),

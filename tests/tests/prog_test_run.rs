@@ -455,13 +455,9 @@ fn xdp_policy_decides_the_action_of_a_category() {
         return;
     };
     // Allow to the tunnel: Exchange 587 is matched but tunnelled, 443 stays direct.
-    maps.set_policy([
-        action::TUNNEL,
-        action::TUNNEL,
-        action::TUNNEL,
-        action::DIRECT,
-    ])
-    .unwrap();
+    let mut policy = classifier_user::datapath::DEFAULT_POLICY;
+    policy[usize::from(category::ALLOW)] = action::TUNNEL;
+    maps.set_policy(policy).unwrap();
     let spec = |port| Spec::new(ip(EXCHANGE_V4), L4::Tcp(port)).build();
     check_xdp(
         &mut datapath,
@@ -477,7 +473,8 @@ fn xdp_policy_decides_the_action_of_a_category() {
         &spec(443),
         direct(stat::MATCH_PORT, category::OPTIMIZE, 1),
     );
-    maps.set_policy([action::TUNNEL; 4]).unwrap();
+    maps.set_policy([action::TUNNEL; category::COUNT as usize])
+        .unwrap();
     check_xdp(
         &mut datapath,
         &mut maps,
@@ -629,7 +626,8 @@ fn xdp_known_flows_keep_their_action() {
     assert_eq!(moved, first);
 
     // Optimize goes to the tunnel now: the known flow stays direct, a new one does not.
-    maps.set_policy([action::TUNNEL; 4]).unwrap();
+    maps.set_policy([action::TUNNEL; category::COUNT as usize])
+        .unwrap();
     let (meta, moved) = run_flow(&mut datapath, &maps, &teams);
     assert_eq!((meta.action, meta.set_id), (action::DIRECT, 11), "sticky");
     assert_eq!(

@@ -46,16 +46,18 @@ pub fn parse(body: &[u8], filter: &Filter) -> Result<Ranges, SourceError> {
         passes(&filter.services, service) && passes(&filter.regions, region)
     };
     for (i, entry) in file.prefixes.iter().enumerate() {
-        if wanted(&entry.service, &entry.region) {
-            collect.add(&entry.ip_prefix, || format!("prefixes[{i}].ip_prefix"))?;
-        }
+        collect.add(
+            wanted(&entry.service, &entry.region),
+            &entry.ip_prefix,
+            || format!("prefixes[{i}].ip_prefix"),
+        )?;
     }
     for (i, entry) in file.ipv6_prefixes.iter().enumerate() {
-        if wanted(&entry.service, &entry.region) {
-            collect.add(&entry.ipv6_prefix, || {
-                format!("ipv6_prefixes[{i}].ipv6_prefix")
-            })?;
-        }
+        collect.add(
+            wanted(&entry.service, &entry.region),
+            &entry.ipv6_prefix,
+            || format!("ipv6_prefixes[{i}].ipv6_prefix"),
+        )?;
     }
     collect.finish(
         Some(file.sync_token),

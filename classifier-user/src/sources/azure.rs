@@ -40,11 +40,9 @@ pub fn parse(body: &[u8], filter: &Filter) -> Result<Ranges, SourceError> {
     let mut entries = 0;
     for (i, tag) in file.values.iter().enumerate() {
         entries += tag.properties.address_prefixes.len();
-        if !passes(&filter.tags, &tag.name) {
-            continue;
-        }
+        let takes = passes(&filter.tags, &tag.name);
         for (j, prefix) in tag.properties.address_prefixes.iter().enumerate() {
-            collect.add(prefix, || {
+            collect.add(takes, prefix, || {
                 format!("values[{i}] ({}).addressPrefixes[{j}]", tag.name)
             })?;
         }

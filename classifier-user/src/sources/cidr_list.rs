@@ -42,7 +42,7 @@ pub fn parse(body: &[u8]) -> Result<Ranges, SourceError> {
             Ok(std::net::IpAddr::V6(addr)) => format!("{addr}/128"),
             Err(_) => entry.to_owned(),
         };
-        collect.add(&prefix, at)?;
+        collect.add(true, &prefix, at)?;
     }
     collect.finish(None, lines, || "a list takes every line".to_owned())
 }

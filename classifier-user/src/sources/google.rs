@@ -38,12 +38,15 @@ pub fn parse(body: &[u8], filter: &Filter) -> Result<Ranges, SourceError> {
     let file: File = json(Kind::Google, body)?;
     let mut collect = Collect::new(Kind::Google);
     for (i, entry) in file.prefixes.iter().enumerate() {
-        if !(passes(&filter.scopes, &entry.scope) && passes(&filter.services, &entry.service)) {
-            continue;
-        }
+        let takes =
+            passes(&filter.scopes, &entry.scope) && passes(&filter.services, &entry.service);
         match (&entry.ipv4, &entry.ipv6) {
-            (Some(prefix), None) => collect.add(prefix, || format!("prefixes[{i}].ipv4Prefix"))?,
-            (None, Some(prefix)) => collect.add(prefix, || format!("prefixes[{i}].ipv6Prefix"))?,
+            (Some(prefix), None) => {
+                collect.add(takes, prefix, || format!("prefixes[{i}].ipv4Prefix"))?;
+            }
+            (None, Some(prefix)) => {
+                collect.add(takes, prefix, || format!("prefixes[{i}].ipv6Prefix"))?;
+            }
             _ => {
                 return Err(SourceError::Shape {
                     kind: Kind::Google,

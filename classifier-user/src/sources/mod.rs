@@ -139,13 +139,19 @@ impl Collect {
         }
     }
 
-    /// Adds the prefix `text`, found at `at` (called only when it is needed, for an error).
+    /// Checks the prefix `text`, found at `at` (called only when it is needed, for an
+    /// error), and adds it when the filter `takes` it. Every prefix is checked, taken or
+    /// not: a file that carries one bad prefix is not trusted with the others.
     pub(crate) fn add(
         &mut self,
+        takes: bool,
         text: &str,
         at: impl FnOnce() -> String,
     ) -> Result<(), SourceError> {
         let net = parse_prefix(self.kind, text, at)?;
+        if !takes {
+            return Ok(());
+        }
         if self.v4.len() + self.v6.len() >= MAX_PREFIXES {
             return Err(SourceError::TooMany { kind: self.kind });
         }
@@ -273,7 +279,7 @@ mod tests {
     fn collect_sorts_drops_repeats_and_refuses_nothing() {
         let mut collect = Collect::new(Kind::Aws);
         for text in ["10.1.0.0/16", "2001:db8::/32", "10.0.0.0/16", "10.1.0.0/16"] {
-            collect.add(text, String::new).unwrap();
+            collect.add(true, text, String::new).unwrap();
         }
         let ranges = collect.finish(Some("7".into()), 4, String::new).unwrap();
         assert_eq!(ranges.v4.len(), 2);

@@ -1,0 +1,791 @@
+//! Sources of other providers' ranges (`[[sources]]`) through the agent, against a real HTTP
+//! server on loopback serving the providers' real files: the maps always equal the union an
+//! independent reading of every file computes, one source failing or changing leaves the
+//! others' prefixes alone, every kind of bad answer changes nothing and names its source, and
+//! `lookup`'s catalog names the source that decided an address two sources cover.
+
+use std::{net::IpAddr, os::unix::fs::PermissionsExt as _, path::Path, time::Duration};
+
+use classifier_common::{category, proto};
+use classifier_user::{
+    agent::{Agent, SourceRefreshed},
+    compile::Compiled,
+    config::Config,
+    datapath::{Datapath, Maps},
+    explain::{Catalog, Oracle},
+    sources::SourceConfig,
+    state::State,
+};
+use ipnet::IpNet;
+use serde_json::Value;
+use tests::{
+    FEED_2026033100, FEED_2026043000, TempDir,
+    http::{FeedServer, Reply},
+};
+
+const AWS: &[u8] = include_bytes!("../fixtures/providers/aws-ip-ranges-1753388594.json");
+const AZURE: &[u8] = include_bytes!("../fixtures/providers/azure-service-tags-public-363.json");
+const GOOGLE: &[u8] = include_bytes!("../fixtures/providers/google-cloud-1753409788780.json");
+const ZOOM: &[u8] = include_bytes!("../fixtures/providers/zoom-ipranges-20220109.txt");
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn source(text: &str) -> SourceConfig {
+    toml::from_str(text).unwrap_or_else(|error| panic!("{text}: {error}"))
+}
+
+fn config(server: &FeedServer, sources: Vec<SourceConfig>) -> Config {
+    let mut config = Config::default();
+    config.feed.url = server.url();
+    config.feed.allow_http = true;
+    config.feed.connect_timeout = Duration::from_secs(1);
+    config.feed.request_timeout = Duration::from_secs(2);
+    config.sources = sources;
+    config.validate().unwrap();
+    config
+}
+
+/// An agent on private maps with `[feed]` applied from the server, or `None` (skip) without
+/// BPF outside CI.
+fn agent(config: Config, state_dir: &TempDir, server: &FeedServer) -> Option<(Datapath, Agent)> {
+    let mut datapath = tests::load_private(&classifier_user::datapath::MapSizes::default())?;
+    let maps = datapath.maps().unwrap();
+    let mut agent = Agent::new(config, maps, State::open(&state_dir.0).unwrap()).unwrap();
+    agent.apply_settings().unwrap();
+    server.set("/version/Worldwide", Reply::version("2026043000"));
+    server.set("/endpoints/Worldwide", Reply::json(FEED_2026043000));
+    runtime().block_on(agent.refresh(false)).unwrap();
+    Some((datapath, agent))
+}
+
+// --- An independent reading of every file: straight from its JSON or text. ---
+
+/// One set as the reference reads it: its rank (Tunnel < Default < Allow < Optimize <
+/// Direct), prefixes, ports, and whether it claims the other ports by address.
+struct RefSet {
+    rank: u8,
+    prefixes: Vec<IpNet>,
+    tcp: Vec<(u16, u16)>,
+    udp: Vec<(u16, u16)>,
+    by_address: bool,
+}
+
+const RANKS: [u8; 5] = [
+    category::TUNNEL,
+    category::DEFAULT,
+    category::ALLOW,
+    category::OPTIMIZE,
+    category::DIRECT,
+];
+
+fn rank(code: u8) -> u8 {
+    u8::try_from(RANKS.iter().position(|c| *c == code).unwrap()).unwrap()
+}
+
+fn port_list(text: &str) -> Vec<(u16, u16)> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('-') {
+            Some((lo, hi)) => (lo.parse().unwrap(), hi.parse().unwrap()),
+            None => (p.parse().unwrap(), p.parse().unwrap()),
+        })
+        .collect()
+}
+
+fn m365_sets(feed: &[u8]) -> Vec<RefSet> {
+    let all: Vec<Value> = serde_json::from_slice(feed).unwrap();
+    all.iter()
+        .filter(|set| set["ips"].as_array().is_some_and(|ips| !ips.is_empty()))
+        .map(|set| RefSet {
+            rank: rank(match set["category"].as_str().unwrap() {
+                "Optimize" => category::OPTIMIZE,
+                "Allow" => category::ALLOW,
+                _ => category::DEFAULT,
+            }),
+            prefixes: set["ips"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|ip| ip.as_str().unwrap().parse().unwrap())
+                .collect(),
+            tcp: port_list(set["tcpPorts"].as_str().unwrap_or("")),
+            udp: port_list(set["udpPorts"].as_str().unwrap_or("")),
+            by_address: true,
+        })
+        .collect()
+}
+
+/// A source's set: `direct` or not, its prefixes, and its ports (none: every port).
+fn list_set(direct: bool, prefixes: Vec<IpNet>, udp: &str) -> RefSet {
+    let every = udp.is_empty();
+    RefSet {
+        rank: rank(if direct {
+            category::DIRECT
+        } else {
+            category::TUNNEL
+        }),
+        prefixes,
+        tcp: if every { vec![(0, 65535)] } else { Vec::new() },
+        udp: if every {
+            vec![(0, 65535)]
+        } else {
+            port_list(udp)
+        },
+        by_address: every,
+    }
+}
+
+fn text_prefixes(body: &[u8]) -> Vec<IpNet> {
+    std::str::from_utf8(body)
+        .unwrap()
+        .lines()
+        .map(|line| line.split('#').next().unwrap().trim())
+        .filter(|line| !line.is_empty())
+        .map(|line| line.parse().unwrap())
+        .collect()
+}
+
+fn aws_prefixes(body: &[u8], service: &str) -> Vec<IpNet> {
+    let file: Value = serde_json::from_slice(body).unwrap();
+    let mut nets: Vec<IpNet> = Vec::new();
+    for (list, key) in [("prefixes", "ip_prefix"), ("ipv6_prefixes", "ipv6_prefix")] {
+        for entry in file[list].as_array().unwrap() {
+            if entry["service"] == service {
+                nets.push(entry[key].as_str().unwrap().parse().unwrap());
+            }
+        }
+    }
+    nets
+}
+
+fn google_prefixes(body: &[u8], scope: &str) -> Vec<IpNet> {
+    let file: Value = serde_json::from_slice(body).unwrap();
+    file["prefixes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|entry| entry["scope"] == scope)
+        .map(|entry| {
+            entry["ipv4Prefix"]
+                .as_str()
+                .or_else(|| entry["ipv6Prefix"].as_str())
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect()
+}
+
+fn azure_prefixes(body: &[u8], tag: &str) -> Vec<IpNet> {
+    let file: Value = serde_json::from_slice(body).unwrap();
+    file["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|value| value["name"] == tag)
+        .flat_map(|value| value["properties"]["addressPrefixes"].as_array().unwrap())
+        .map(|net| net.as_str().unwrap().parse().unwrap())
+        .collect()
+}
+
+/// The category of a packet and whether a port rule decided it, by the documented rule:
+/// every set holding the address counts (any prefix length); the best set whose ports hold
+/// the packet, else the best set that claims by address, else a source's port-only tunnel.
+fn reference(sets: &[RefSet], addr: IpAddr, protocol: u8, port: Option<u16>) -> Option<(u8, bool)> {
+    let holding: Vec<&RefSet> = sets
+        .iter()
+        .filter(|set| set.prefixes.iter().any(|net| net.contains(&addr)))
+        .collect();
+    if holding.is_empty() {
+        return None;
+    }
+    let by_port = port.and_then(|port| {
+        holding
+            .iter()
+            .filter(|set| {
+                let ranges = if protocol == proto::TCP {
+                    &set.tcp
+                } else {
+                    &set.udp
+                };
+                protocol != 1 && ranges.iter().any(|&(lo, hi)| lo <= port && port <= hi)
+            })
+            .map(|set| set.rank)
+            .max()
+    });
+    let code = |rank: u8| RANKS[usize::from(rank)];
+    Some(match by_port {
+        Some(rank) => (code(rank), true),
+        None => (
+            code(
+                holding
+                    .iter()
+                    .filter(|set| set.by_address)
+                    .map(|set| set.rank)
+                    .max()
+                    .unwrap_or(0),
+            ),
+            false,
+        ),
+    })
+}
+
+/// The maps hold one entry per distinct prefix of every set, and decide every probe (each
+/// prefix's first, middle and last address, a spread of ports) as [`reference`] does.
+fn assert_union(maps: &Maps, sets: &[RefSet]) {
+    let mut unique: Vec<IpNet> = sets.iter().flat_map(|set| set.prefixes.clone()).collect();
+    unique.sort_unstable();
+    unique.dedup();
+    let installed = maps.installed().unwrap();
+    assert_eq!(
+        installed.len(),
+        unique.len(),
+        "one entry per distinct prefix"
+    );
+    let probes: Vec<(u8, Option<u16>)> = [80, 443, 587, 3478, 3481, 3482, 8801, 8810, 50000]
+        .into_iter()
+        .flat_map(|port| [(proto::TCP, Some(port)), (proto::UDP, Some(port))])
+        .chain([(1, None)])
+        .collect();
+    let mut checked = 0;
+    for net in &unique {
+        let middle = match net {
+            IpNet::V4(n) => {
+                IpAddr::V4((u32::from(n.network()) / 2 + u32::from(n.broadcast()) / 2).into())
+            }
+            IpNet::V6(n) => {
+                IpAddr::V6((u128::from(n.network()) / 2 + u128::from(n.broadcast()) / 2).into())
+            }
+        };
+        for addr in [net.network(), middle, net.broadcast()] {
+            let value = maps.lookup(addr).unwrap();
+            for &(protocol, port) in &probes {
+                let found = value.map(|v| {
+                    let m = v.classify(protocol, port);
+                    (m.category, m.by_port)
+                });
+                assert_eq!(
+                    found,
+                    reference(sets, addr, protocol, port),
+                    "{addr} proto {protocol} port {port:?}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    eprintln!("{} prefixes, {checked} probes agree", unique.len());
+}
+
+fn refresh(
+    agent: &mut Agent,
+    name: &str,
+) -> Result<SourceRefreshed, classifier_user::agent::RefreshError> {
+    runtime().block_on(agent.refresh_source(name, false))
+}
+
+/// A file only root may change, for a `path` source.
+fn private_file(dir: &Path, name: &str, body: &[u8]) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, body).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    path
+}
+
+#[test]
+#[expect(clippy::too_many_lines, reason = "one scenario, step by step")]
+fn four_sources_one_failing_one_changing_always_equal_the_union() {
+    let server = FeedServer::start();
+    let state_dir = TempDir::new("sources-union");
+    let files = TempDir::new("sources-union-files");
+    let azure = private_file(&files.0, "ServiceTags_Public.json", AZURE);
+    let url = server.url();
+    let sources = vec![
+        source(&format!(
+            "name = \"zoom\"\nkind = \"cidr-list\"\nurl = \"{url}/zoom.txt\"\nallow-http = true\nudp = \"3478-3479,8801-8810\""
+        )),
+        source(&format!(
+            "name = \"cloudfront\"\nkind = \"aws\"\nurl = \"{url}/ip-ranges.json\"\nallow-http = true\nservices = [\"CLOUDFRONT\"]"
+        )),
+        source(&format!(
+            "name = \"gcp\"\nkind = \"google\"\nurl = \"{url}/cloud.json\"\nallow-http = true\nscopes = [\"us-central1\"]\npolicy = \"tunnel\""
+        )),
+        source(&format!(
+            "name = \"afd\"\nkind = \"azure-service-tags\"\npath = \"{}\"\ntags = [\"AzureFrontDoor.Frontend\"]",
+            azure.display()
+        )),
+        source(&format!(
+            "name = \"broken\"\nkind = \"cidr-list\"\nurl = \"{url}/broken.txt\"\nallow-http = true"
+        )),
+    ];
+    let Some((_datapath, mut agent)) = agent(config(&server, sources), &state_dir, &server) else {
+        return;
+    };
+    server.set(
+        "/zoom.txt",
+        Reply::status(200, std::str::from_utf8(ZOOM).unwrap()).header("ETag", "\"zoom-1\""),
+    );
+    server.set(
+        "/ip-ranges.json",
+        Reply::json(AWS).header("ETag", "\"aws-1753388594\""),
+    );
+    server.set("/cloud.json", Reply::json(GOOGLE));
+    server.set("/broken.txt", Reply::status(500, "<html>oops</html>"));
+
+    // Step 1: each source's first fetch; the broken one fails alone.
+    for name in ["zoom", "cloudfront", "gcp", "afd"] {
+        let outcome = refresh(&mut agent, name).unwrap();
+        assert!(
+            matches!(outcome, SourceRefreshed::Applied { .. }),
+            "{name}: {outcome:?}"
+        );
+    }
+    let error = refresh(&mut agent, "broken").unwrap_err().to_string();
+    assert!(
+        error.starts_with("source broken: GET ") && error.contains("HTTP 500"),
+        "{error}"
+    );
+    let zoom = |body: &[u8]| list_set(true, text_prefixes(body), "3478-3479,8801-8810");
+    let others = || {
+        vec![
+            list_set(true, aws_prefixes(AWS, "CLOUDFRONT"), ""),
+            list_set(false, google_prefixes(GOOGLE, "us-central1"), ""),
+            list_set(true, azure_prefixes(AZURE, "AzureFrontDoor.Frontend"), ""),
+        ]
+    };
+    let mut expected = m365_sets(FEED_2026043000);
+    expected.push(zoom(ZOOM));
+    expected.extend(others());
+    assert_union(agent.maps(), &expected);
+    let status = agent.status().sources.clone();
+    assert_eq!(status.len(), 5);
+    assert_eq!(
+        status
+            .iter()
+            .map(|s| (s.name.as_str(), s.version.as_deref(), s.prefixes_v4))
+            .collect::<Vec<_>>(),
+        [
+            ("zoom", status[0].version.as_deref(), 122),
+            ("cloudfront", Some("1753388594"), 193),
+            ("gcp", Some("1753409788780"), 87),
+            ("afd", Some("363"), 90),
+            ("broken", None, 0),
+        ]
+    );
+    assert!(status[0].version.as_deref().unwrap().starts_with("sha256:"));
+    assert_eq!(status[4].consecutive_failures, 1);
+    assert!(
+        status[4]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("HTTP 500")
+    );
+
+    // Step 2: Zoom's list changes (five prefixes gone, one new); the others have not.
+    let changed_zoom = {
+        let text = std::str::from_utf8(ZOOM).unwrap();
+        let mut lines: Vec<&str> = text.lines().skip(5).collect();
+        lines.push("8.8.4.0/24");
+        lines.join("\n")
+    };
+    server.set(
+        "/zoom.txt",
+        Reply::status(200, &changed_zoom).header("ETag", "\"zoom-2\""),
+    );
+    assert!(matches!(
+        refresh(&mut agent, "zoom").unwrap(),
+        SourceRefreshed::Applied { .. }
+    ));
+    let before = server.requests().len();
+    assert_eq!(
+        refresh(&mut agent, "cloudfront").unwrap(),
+        SourceRefreshed::Unchanged {
+            why: "the server answered 304 Not Modified"
+        }
+    );
+    assert_eq!(
+        server.requests()[before..],
+        ["/ip-ranges.json", "304 /ip-ranges.json"],
+        "a conditional GET with the held ETag, answered 304"
+    );
+    assert_eq!(
+        refresh(&mut agent, "gcp").unwrap(),
+        SourceRefreshed::Unchanged {
+            why: "the same content as held"
+        }
+    );
+    assert_eq!(
+        refresh(&mut agent, "afd").unwrap(),
+        SourceRefreshed::Unchanged {
+            why: "the same content as held"
+        }
+    );
+    assert!(refresh(&mut agent, "broken").is_err());
+    assert_eq!(agent.status().sources[4].consecutive_failures, 2);
+    let mut expected = m365_sets(FEED_2026043000);
+    expected.push(zoom(changed_zoom.as_bytes()));
+    expected.extend(others());
+    assert_union(agent.maps(), &expected);
+
+    // Step 3: a new Microsoft 365 version keeps every source's prefixes.
+    server.set("/version/Worldwide", Reply::version("2026043001"));
+    server.set("/endpoints/Worldwide", Reply::json(FEED_2026033100));
+    runtime().block_on(agent.refresh(false)).unwrap();
+    let mut expected = m365_sets(FEED_2026033100);
+    expected.push(zoom(changed_zoom.as_bytes()));
+    expected.extend(others());
+    assert_union(agent.maps(), &expected);
+
+    // Step 4: the broken source answers; it joins without touching the others.
+    server.set(
+        "/broken.txt",
+        Reply::status(200, "# mine\n203.0.113.0/24\n"),
+    );
+    let error = refresh(&mut agent, "broken").unwrap_err().to_string();
+    assert!(
+        error.contains("203.0.113.0/24") && error.contains("documentation"),
+        "special-purpose space is refused: {error}"
+    );
+    server.set(
+        "/broken.txt",
+        Reply::status(200, "# mine\n100.64.0.0/10\n45.60.0.0/16\n"),
+    );
+    assert!(
+        refresh(&mut agent, "broken").is_err(),
+        "shared address space"
+    );
+    server.set("/broken.txt", Reply::status(200, "# mine\n45.60.0.0/16\n"));
+    assert!(matches!(
+        refresh(&mut agent, "broken").unwrap(),
+        SourceRefreshed::Applied { .. }
+    ));
+    expected.push(list_set(true, vec!["45.60.0.0/16".parse().unwrap()], ""));
+    assert_union(agent.maps(), &expected);
+    let broken = &agent.status().sources[4];
+    assert_eq!(
+        (broken.consecutive_failures, broken.last_error.as_deref()),
+        (0, None)
+    );
+
+    // A restart finds every source's last good file in the state directory.
+    let held: Vec<_> = agent
+        .status()
+        .sources
+        .iter()
+        .map(|s| s.version.clone())
+        .collect();
+    let config = agent.config().clone();
+    drop(agent);
+    let state = State::open(&state_dir.0).unwrap();
+    assert!(state.source("zoom").is_some() && state.source("afd").is_some());
+    let mut datapath = tests::load_private(&classifier_user::datapath::MapSizes::default())
+        .expect("BPF worked a moment ago");
+    let mut agent = Agent::new(config, datapath.maps().unwrap(), state).unwrap();
+    agent.start().unwrap();
+    assert_union(agent.maps(), &expected);
+    agent.save_status();
+    let versions: Vec<_> = agent
+        .status()
+        .sources
+        .iter()
+        .map(|s| s.version.clone())
+        .collect();
+    assert_eq!(versions, held);
+}
+
+/// The maps, to compare whole.
+fn snapshot(maps: &Maps) -> Compiled {
+    maps.installed().unwrap()
+}
+
+/// `body` with its first `keep` tenths of entries of `list` that `wanted` takes, and a newer
+/// version (`syncToken` or `changeNumber`).
+fn json_keeping(body: &[u8], list: &str, wanted: impl Fn(&Value) -> bool, keep: usize) -> Vec<u8> {
+    let mut file: Value = serde_json::from_slice(body).unwrap();
+    if let Some(token) = file["syncToken"].as_str() {
+        file["syncToken"] = Value::from((token.parse::<u64>().unwrap() + 1).to_string());
+    }
+    let entries = file[list].as_array_mut().unwrap();
+    let total = entries.iter().filter(|entry| wanted(entry)).count();
+    let mut seen = 0;
+    entries.retain(|entry| {
+        if !wanted(entry) {
+            return true;
+        }
+        seen += 1;
+        seen <= total * keep / 10
+    });
+    serde_json::to_vec(&file).unwrap()
+}
+
+#[test]
+#[expect(clippy::too_many_lines, reason = "a table of bad answers per kind")]
+fn each_kinds_bad_answers_change_nothing_and_name_the_source() {
+    let server = FeedServer::start();
+    let state_dir = TempDir::new("sources-bad");
+    let url = server.url();
+    let sources = vec![
+        source(&format!(
+            "name = \"cloudfront\"\nkind = \"aws\"\nurl = \"{url}/aws.json\"\nallow-http = true\nservices = [\"CLOUDFRONT\"]"
+        )),
+        source(&format!(
+            "name = \"afd\"\nkind = \"azure-service-tags\"\nurl = \"{url}/azure.json\"\nallow-http = true\ntags = [\"AzureFrontDoor.Frontend\"]"
+        )),
+        source(&format!(
+            "name = \"gcp\"\nkind = \"google\"\nurl = \"{url}/google.json\"\nallow-http = true\nscopes = [\"us-central1\"]"
+        )),
+        source(&format!(
+            "name = \"zoom\"\nkind = \"cidr-list\"\nurl = \"{url}/zoom.txt\"\nallow-http = true"
+        )),
+        source(&format!(
+            "name = \"gcc\"\nkind = \"m365\"\nurl = \"{url}\"\nallow-http = true\ninstance = \"USGovGCCHigh\""
+        )),
+    ];
+    let mut config = config(&server, sources);
+    config.feed.max_body_bytes = 16 << 20;
+    let Some((_datapath, mut agent)) = agent(config, &state_dir, &server) else {
+        return;
+    };
+    let gcc_version = |version: &str| {
+        Reply::json(format!(r#"{{"instance": "USGovGCCHigh", "latest": "{version}"}}"#).as_bytes())
+    };
+    let good: Vec<(&str, &str, Vec<u8>)> = vec![
+        ("cloudfront", "/aws.json", AWS.to_vec()),
+        ("afd", "/azure.json", AZURE.to_vec()),
+        ("gcp", "/google.json", GOOGLE.to_vec()),
+        ("zoom", "/zoom.txt", ZOOM.to_vec()),
+        ("gcc", "/endpoints/USGovGCCHigh", FEED_2026043000.to_vec()),
+    ];
+    server.set("/version/USGovGCCHigh", gcc_version("2026043000"));
+    for (name, path, body) in &good {
+        server.set(path, Reply::json(body));
+        assert!(
+            matches!(
+                refresh(&mut agent, name).unwrap(),
+                SourceRefreshed::Applied { .. }
+            ),
+            "{name}"
+        );
+    }
+    let before = snapshot(agent.maps());
+    let versions = |agent: &Agent| -> Vec<Option<String>> {
+        agent
+            .status()
+            .sources
+            .iter()
+            .map(|s| s.version.clone())
+            .collect()
+    };
+    let held = versions(&agent);
+    assert_eq!(held.len(), 5);
+
+    let host_bits = |body: &[u8], from: &str, to: &str| {
+        let text = String::from_utf8_lossy(body);
+        assert!(text.contains(from), "{from} is in the file");
+        text.replacen(from, to, 1).into_bytes()
+    };
+    let huge = [AWS, &vec![b' '; 50 << 20]].concat();
+    let html = b"<!DOCTYPE html><html><body>Service unavailable</body></html>".to_vec();
+    let cases: Vec<(&str, &str, Vec<u8>, &str)> = vec![
+        ("cloudfront", "/aws.json", html.clone(), "HTML"),
+        (
+            "cloudfront",
+            "/aws.json",
+            AWS[..AWS.len() / 2].to_vec(),
+            "EOF",
+        ),
+        ("cloudfront", "/aws.json", Vec::new(), "EOF"),
+        ("cloudfront", "/aws.json", GOOGLE.to_vec(), "missing field"),
+        (
+            "cloudfront",
+            "/aws.json",
+            host_bits(AWS, "\"120.52.22.96/27\"", "\"120.52.22.97/27\""),
+            "host bits",
+        ),
+        (
+            "cloudfront",
+            "/aws.json",
+            host_bits(AWS, "\"120.52.22.96/27\"", "\"120.52.22.64/27\""),
+            "version 1753388594, the held file's, with other content",
+        ),
+        (
+            "cloudfront",
+            "/aws.json",
+            host_bits(AWS, "\"1753388594\"", "\"1753388000\""),
+            "older than the held 1753388594",
+        ),
+        (
+            "cloudfront",
+            "/aws.json",
+            json_keeping(AWS, "prefixes", |e| e["service"] == "CLOUDFRONT", 1),
+            "more than 50%",
+        ),
+        ("cloudfront", "/aws.json", huge, "larger than"),
+        ("afd", "/azure.json", html.clone(), "HTML"),
+        (
+            "afd",
+            "/azure.json",
+            AZURE[..AZURE.len() / 3].to_vec(),
+            "EOF",
+        ),
+        ("afd", "/azure.json", AWS.to_vec(), "missing field"),
+        (
+            "afd",
+            "/azure.json",
+            br#"{"changeNumber": 364, "cloud": "Public", "values": []}"#.to_vec(),
+            "no prefix matched",
+        ),
+        ("gcp", "/google.json", html.clone(), "HTML"),
+        ("gcp", "/google.json", b"{}".to_vec(), "missing field"),
+        (
+            "gcp",
+            "/google.json",
+            json_keeping(GOOGLE, "prefixes", |e| e["scope"] == "us-central1", 0),
+            "no prefix matched",
+        ),
+        ("zoom", "/zoom.txt", html.clone(), "HTML"),
+        ("zoom", "/zoom.txt", b"".to_vec(), "no prefix"),
+        ("zoom", "/zoom.txt", AWS.to_vec(), "is not a CIDR prefix"),
+        (
+            "zoom",
+            "/zoom.txt",
+            host_bits(ZOOM, "101.36.167.0/24", "101.36.167.1/24"),
+            "host bits",
+        ),
+        ("zoom", "/zoom.txt", ZOOM[..100].to_vec(), "removes"),
+        ("gcc", "/endpoints/USGovGCCHigh", html, "not valid JSON"),
+        (
+            "gcc",
+            "/endpoints/USGovGCCHigh",
+            FEED_2026043000[..1000].to_vec(),
+            "not valid JSON",
+        ),
+    ];
+    for (name, path, body, needle) in &cases {
+        let reply = if path.ends_with(".txt") {
+            Reply::status(200, &String::from_utf8_lossy(body))
+        } else {
+            Reply::json(body)
+        };
+        if *name == "gcc" {
+            server.set("/version/USGovGCCHigh", gcc_version("2026043001"));
+        }
+        server.set(path, reply);
+        let error = refresh(&mut agent, name)
+            .err()
+            .unwrap_or_else(|| panic!("{name} {needle}: accepted"))
+            .to_string();
+        assert!(
+            error.starts_with(&format!("source {name}: ")) && error.contains(needle),
+            "{name}, expected {needle:?}: {error}"
+        );
+        assert_eq!(
+            snapshot(agent.maps()),
+            before,
+            "{name} {needle}: the maps changed"
+        );
+        assert_eq!(
+            versions(&agent),
+            held,
+            "{name} {needle}: a held file changed"
+        );
+        let failed = agent
+            .status()
+            .sources
+            .iter()
+            .find(|s| s.name == *name)
+            .unwrap();
+        assert!(failed.last_error.as_deref().unwrap().contains(needle));
+    }
+    // The other sources' errors were their own: the good ones still fetch as unchanged.
+    for (name, path, body) in &good {
+        server.set(path, Reply::json(body));
+        if *name == "gcc" {
+            server.set("/version/USGovGCCHigh", gcc_version("2026043000"));
+        }
+        assert!(
+            matches!(
+                refresh(&mut agent, name).unwrap(),
+                SourceRefreshed::Unchanged { .. }
+            ),
+            "{name}"
+        );
+    }
+    assert_eq!(snapshot(agent.maps()), before);
+}
+
+/// Addresses two sources cover: `lookup`'s oracle and catalog name the source that decides.
+#[test]
+fn lookup_names_the_source_that_decided() {
+    let server = FeedServer::start();
+    let state_dir = TempDir::new("sources-lookup");
+    let url = server.url();
+    let sources = vec![
+        source(&format!(
+            "name = \"zoom\"\nkind = \"cidr-list\"\nurl = \"{url}/zoom.txt\"\nallow-http = true\nudp = \"3478-3479\""
+        )),
+        source(&format!(
+            "name = \"teams-direct\"\nkind = \"cidr-list\"\nurl = \"{url}/teams.txt\"\nallow-http = true"
+        )),
+        source(&format!(
+            "name = \"corp\"\nkind = \"cidr-list\"\nurl = \"{url}/corp.txt\"\nallow-http = true\npolicy = \"tunnel\""
+        )),
+    ];
+    let Some((_datapath, mut agent)) = agent(config(&server, sources), &state_dir, &server) else {
+        return;
+    };
+    server.set("/zoom.txt", Reply::status(200, "101.36.167.0/24\n"));
+    // Inside Teams' 52.112.0.0/14 (Optimize for UDP 3478-3481, Allow for TCP 443).
+    server.set("/teams.txt", Reply::status(200, "52.112.1.0/24\n"));
+    // A host inside Zoom's /24, to the tunnel.
+    server.set("/corp.txt", Reply::status(200, "101.36.167.9/32\n"));
+    for name in ["zoom", "teams-direct", "corp"] {
+        refresh(&mut agent, name).unwrap();
+    }
+    let installed = agent.maps().installed().unwrap();
+    let catalog = Catalog::load(&state_dir.0, &installed);
+    let oracle = Oracle::new(agent.maps()).unwrap();
+    let ask = |addr: &str, protocol: u8, port: u16| {
+        let decision = oracle
+            .decide(addr.parse().unwrap(), protocol, Some(port))
+            .unwrap();
+        (
+            catalog.source_of(decision.set_id),
+            category::name(decision.category),
+            classifier_common::action::name(decision.action),
+        )
+    };
+    // Teams media in the direct list: the direct source outranks Optimize.
+    assert_eq!(
+        ask("52.112.1.1", proto::UDP, 3478),
+        (Some("teams-direct"), Some("Direct"), "direct")
+    );
+    // Next to it, only Microsoft's set holds the address.
+    assert_eq!(
+        ask("52.113.1.1", proto::UDP, 3478),
+        (Some("m365"), Some("Optimize"), "direct")
+    );
+    // Zoom's port, inside corp's tunnel host: direct wins over tunnel.
+    assert_eq!(
+        ask("101.36.167.9", proto::UDP, 3478),
+        (Some("zoom"), Some("Direct"), "direct")
+    );
+    // Another port of that host: only corp's rule holds it.
+    assert_eq!(
+        ask("101.36.167.9", proto::TCP, 443),
+        (Some("corp"), Some("Tunnel"), "tunnel")
+    );
+    // Another port of Zoom's range: Zoom claims only its ports.
+    assert_eq!(
+        ask("101.36.167.10", proto::TCP, 443),
+        (Some("zoom"), Some("Tunnel"), "tunnel")
+    );
+    assert_eq!(catalog.ids_of("corp").map(|ids| ids.len()), Some(1));
+}
