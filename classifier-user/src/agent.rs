@@ -232,7 +232,25 @@ impl Agent {
             status,
         };
         agent.load_sources();
+        agent.adopt_recorded_feed();
         Ok(agent)
+    }
+
+    /// Takes the state directory's last feed as what the maps hold of `[feed]` when its
+    /// record's digest is the maps' (a `sync --source` beside a running agent): a source
+    /// then applies over it at once.
+    fn adopt_recorded_feed(&mut self) {
+        let Some((body, applied)) = self.state.last_feed() else {
+            return;
+        };
+        let Ok(installed) = self.maps.installed() else {
+            return;
+        };
+        if applied.entries.as_deref() == Some(installed.digest().as_str()) {
+            self.primary = self
+                .primary_sets(&body, &applied.version, &applied.source)
+                .ok();
+        }
     }
 
     /// Builds the `[[sources]]` entries of the configuration, each with its last good file

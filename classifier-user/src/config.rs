@@ -1119,6 +1119,66 @@ mod tests {
         );
     }
 
+    /// The README's Sources block is a valid configuration with one source of each kind,
+    /// and what it says round-trips through `config check`'s TOML.
+    #[test]
+    fn readme_sources_block_is_valid() {
+        let readme = include_str!("../../README.md");
+        let section = &readme[readme.find("## Sources").expect("section")..];
+        let block = section
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("toml block");
+        let config = Config::from_toml(block, Path::new("README.md")).unwrap();
+        config.validate().unwrap();
+        let kinds: std::collections::BTreeSet<Kind> =
+            config.sources.iter().map(|source| source.kind).collect();
+        assert_eq!(kinds.len(), Kind::ALL.len(), "one example of each kind");
+        let text = toml::to_string_pretty(&config).unwrap();
+        assert_eq!(Config::from_toml(&text, Path::new("x")).unwrap(), config);
+    }
+
+    #[test]
+    fn bad_sources_are_refused_with_their_name_and_key() {
+        let check = |text: &str| {
+            Config::from_toml(text, Path::new("c.toml"))
+                .and_then(|config| config.validate())
+                .err()
+                .map(|error| error.to_string())
+                .unwrap_or_default()
+        };
+        let list = "[[sources]]\nname = \"zoom\"\nkind = \"cidr-list\"\n";
+        for (extra, needle) in [
+            ("", "source \"zoom\": give url or path"),
+            ("url = \"http://x/z\"\n", "is plain HTTP"),
+            ("url = \"ftp://x/z\"\n", "is not an https:// URL"),
+            ("path = \"z.txt\"\n", "is not absolute"),
+            ("path = \"/z\"\nurl = \"https://x\"\n", "not both"),
+            (
+                "path = \"/z\"\nudp = \"3478-3470\"\n",
+                "udp: range \"3478-3470\" runs backwards",
+            ),
+            (
+                "path = \"/z\"\ntags = [\"x\"]\n",
+                "a cidr-list source has no tags filter",
+            ),
+            ("path = \"/z\"\nrefresh = \"0s\"\n", "refresh 0s is outside"),
+            ("path = \"/z\"\npolicy = \"sideways\"\n", "unknown variant"),
+        ] {
+            let error = check(&format!("{list}{extra}"));
+            assert!(error.contains(needle), "{extra:?}: {error}");
+        }
+        let error = check("[[sources]]\nname = \"m365\"\nkind = \"aws\"\nurl = \"https://x\"\n");
+        assert!(error.contains("name \"m365\" is taken"), "{error}");
+        let error = check("[[sources]]\nname = \"Zoom!\"\nkind = \"aws\"\nurl = \"https://x\"\n");
+        assert!(error.contains("name \"Zoom!\": 1 to 32 of"), "{error}");
+        let error = check("[[sources]]\nname = \"x\"\nkind = \"zoom\"\n");
+        assert!(error.contains("unknown source kind \"zoom\""), "{error}");
+        let error = check("[[sources]]\nname = \"g\"\nkind = \"m365\"\npolicy = \"direct\"\n");
+        assert!(error.contains("goes by category"), "{error}");
+    }
+
     #[test]
     fn durations_and_marks_parse() {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));

@@ -789,3 +789,183 @@ fn lookup_names_the_source_that_decided() {
     );
     assert_eq!(catalog.ids_of("corp").map(|ids| ids.len()), Some(1));
 }
+
+/// The real daemon refreshes each source on its own clock, a failing one alone shows an
+/// error, and the operator's commands (`sources`, `lookup`, `prefixes --source`,
+/// `sync --source`) name the source.
+#[test]
+#[expect(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
+fn the_daemon_refreshes_each_source_and_the_commands_name_it() {
+    use std::{ffi::OsStr, net::TcpListener};
+
+    use tests::{
+        PinDir,
+        daemon::{Daemon, Setup, status, wait_for},
+        netns::Netns,
+        output::ok,
+        xdp_breakout,
+    };
+
+    let Some(netns) = Netns::with_veth_pair("xbt-src") else {
+        return;
+    };
+    let server = FeedServer::serve(netns.run(|| TcpListener::bind("127.0.0.1:0").unwrap()));
+    server.set("/version/Worldwide", Reply::version("2026050100"));
+    server.set("/endpoints/Worldwide", Reply::json(FEED_2026043000));
+    server.set(
+        "/zoom.txt",
+        Reply::status(200, std::str::from_utf8(ZOOM).unwrap()).header("ETag", "\"z1\""),
+    );
+    server.set("/down.txt", Reply::status(503, "down"));
+    let pin_dir = PinDir::new("sources");
+    let work = TempDir::new("sources-daemon");
+    std::fs::create_dir_all(&work.0).unwrap();
+    let state_dir = work.0.join("state");
+    let config = work.0.join("config.toml");
+    let url = server.url();
+    std::fs::write(
+        &config,
+        format!(
+            "[[sources]]\nname = \"zoom\"\nkind = \"cidr-list\"\nurl = \"{url}/zoom.txt\"\n\
+             allow-http = true\nrefresh = \"1s\"\nudp = \"3478-3479,8801-8810\"\n\n\
+             [[sources]]\nname = \"down\"\nkind = \"cidr-list\"\nurl = \"{url}/down.txt\"\n\
+             allow-http = true\nrefresh = \"1s\"\n"
+        ),
+    )
+    .unwrap();
+    let setup = Setup {
+        netns: &netns,
+        pin_dir: &pin_dir.path,
+        state_dir: &state_dir,
+        iface: "lan1",
+        feed_url: &url,
+    };
+    let args: [&OsStr; 4] = [
+        "--poll-interval".as_ref(),
+        "1h".as_ref(),
+        "--config".as_ref(),
+        config.as_ref(),
+    ];
+    let daemon = Daemon::start(&setup, args, work.0.join("daemon.log"));
+    let source = |name: &str| {
+        status(&state_dir).and_then(|status| {
+            status
+                .sources
+                .into_iter()
+                .find(|source| source.name == name)
+        })
+    };
+    wait_for(
+        "zoom applied and down failing twice",
+        || {
+            source("zoom").is_some_and(|zoom| zoom.prefixes_v4 == 122)
+                && source("down").is_some_and(|down| down.consecutive_failures >= 2)
+        },
+        || daemon.log(),
+    );
+    daemon.wait_log("source zoom: applied sha256:");
+    daemon.wait_log("source down: GET ");
+
+    let cli = |args: &[&str]| {
+        let mut command = netns.command(xdp_breakout().to_str().unwrap());
+        command
+            .arg("--pin-dir")
+            .arg(&pin_dir.path)
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .args(args);
+        ok(&command.output().unwrap())
+    };
+    let rows: Vec<Value> = serde_json::from_str(&cli(&["--json", "sources"])).unwrap();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(
+        rows.iter()
+            .map(|row| (row["name"].as_str().unwrap(), row["kind"].as_str().unwrap()))
+            .collect::<Vec<_>>(),
+        [
+            ("m365", "m365"),
+            ("zoom", "cidr-list"),
+            ("down", "cidr-list")
+        ]
+    );
+    assert_eq!(
+        (rows[0]["prefixes_v4"].as_u64(), rows[0]["version"].as_str()),
+        (Some(34), Some("2026050100"))
+    );
+    assert_eq!(rows[1]["prefixes_v4"], 122);
+    assert!(rows[1]["last_error"].is_null());
+    assert!(
+        rows[2]["last_error"].as_str().unwrap().contains("HTTP 503"),
+        "{}",
+        rows[2]
+    );
+    let text = cli(&["sources"]);
+    assert!(
+        text.lines().nth(2).unwrap().starts_with("zoom ") && text.contains("HTTP 503"),
+        "{text}"
+    );
+
+    let lookup = |args: &[&str]| -> Value {
+        serde_json::from_str(&cli(&[&["--json", "lookup"][..], args].concat())).unwrap()
+    };
+    let zoom = lookup(&["101.36.167.1", "--proto", "udp", "--port", "3478"]);
+    assert_eq!(
+        (&zoom["source"], &zoom["category"], &zoom["action"]),
+        (
+            &Value::from("zoom"),
+            &Value::from("Direct"),
+            &Value::from("direct")
+        ),
+        "{zoom}"
+    );
+    let teams = lookup(&["52.112.1.1", "--proto", "udp", "--port", "3478"]);
+    assert_eq!(teams["source"], "m365", "{teams}");
+    let rows: Vec<Value> =
+        serde_json::from_str(&cli(&["--json", "prefixes", "--source", "zoom"])).unwrap();
+    assert_eq!(rows.len(), 122);
+    tests::output::fails(
+        &{
+            let mut command = netns.command(xdp_breakout().to_str().unwrap());
+            command
+                .arg("--pin-dir")
+                .arg(&pin_dir.path)
+                .arg("--state-dir")
+                .arg(&state_dir)
+                .args(["prefixes", "--source", "nope"]);
+            command.output().unwrap()
+        },
+        1,
+        "no source \"nope\"",
+    );
+
+    // Zoom's list changes: the daemon takes it within a refresh or two.
+    server.set(
+        "/zoom.txt",
+        Reply::status(200, "101.36.167.0/24\n8.5.128.0/23\n").header("ETag", "\"z2\""),
+    );
+    // ... unless its shrink limit refuses it: 120 of 122 removed.
+    daemon.wait_log("removes 120 of its 122 prefixes");
+    assert_eq!(source("zoom").unwrap().prefixes_v4, 122);
+    // The operator forces it.
+    let forced = cli(&[
+        "sync",
+        "--config",
+        config.to_str().unwrap(),
+        "--source",
+        "zoom",
+        "--force",
+    ]);
+    assert!(
+        forced.starts_with("applied source zoom sha256:") && forced.contains("120 removed"),
+        "{forced}"
+    );
+    let rows: Vec<Value> =
+        serde_json::from_str(&cli(&["--json", "prefixes", "--source", "zoom"])).unwrap();
+    assert_eq!(rows.len(), 2);
+    // The daemon notices the other writer and keeps the forced file.
+    wait_for(
+        "the daemon to take in the forced file",
+        || source("zoom").is_some_and(|zoom| zoom.prefixes_v4 == 2 && zoom.last_error.is_none()),
+        || daemon.log(),
+    );
+}

@@ -153,18 +153,18 @@ async fn serve(
                 outcome = &mut fetch => break outcome,
                 Some(report) = health.next() => take_report(agent, report),
                 _ = hangup.recv() => {
-                    info!("SIGHUP: cancelled the request in flight");
+                    info!("SIGHUP: cancelled the feed request in flight");
                     reload(global, args, agent, started);
                     health.follow(agent);
                     next_poll = Instant::now();
                     continue 'daemon;
                 }
                 _ = terminate.recv() => {
-                    info!("cancelled the request in flight");
+                    info!("cancelled the feed request in flight");
                     break 'daemon;
                 }
                 _ = interrupt.recv() => {
-                    info!("cancelled the request in flight");
+                    info!("cancelled the feed request in flight");
                     break 'daemon;
                 }
             }

@@ -25,7 +25,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 pub const MAX_PREFIXES: usize = 1_000_000;
 
 /// The kinds of source, by their configuration spelling.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
     /// The Microsoft 365 endpoints web service ([`crate::feed`]).
     M365,
