@@ -67,7 +67,12 @@ pub enum RefreshError {
     /// A `[[sources]]` entry's fetch or file was refused; nothing of it was applied and no
     /// other source changed.
     #[error("source {name}: {message}")]
-    Source { name: String, message: String },
+    Source {
+        name: String,
+        message: String,
+        /// The wait a 429 asked for.
+        retry_after: Option<Duration>,
+    },
     #[error("no source is named {name:?} (configured: {known})")]
     NoSuchSource { name: String, known: String },
 }
@@ -78,6 +83,7 @@ impl RefreshError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::Fetch(error) => error.retry_after(),
+            Self::Source { retry_after, .. } => *retry_after,
             _ => None,
         }
     }
@@ -402,7 +408,7 @@ impl Agent {
                 }
             }
             Err(error) => {
-                status.last_error = Some(format!("{:#}", anyhow::Error::msg(error.to_string())));
+                status.last_error = Some(error.to_string());
                 status.consecutive_failures = status.consecutive_failures.saturating_add(1);
             }
         }
@@ -420,8 +426,13 @@ impl Agent {
         let refused = |message: String| RefreshError::Source {
             name: name.clone(),
             message,
+            retry_after: None,
         };
-        let got = got.map_err(|error| refused(format!("{:#}", anyhow::Error::from(error))))?;
+        let got = got.map_err(|error| RefreshError::Source {
+            name: name.clone(),
+            retry_after: error.retry_after(),
+            message: format!("{:#}", anyhow::Error::from(error)),
+        })?;
         let (body, from, etag, last_modified, service_version) = match got {
             Got::Unchanged { why } => return Ok(SourceRefreshed::Unchanged { why }),
             Got::Body {
@@ -442,54 +453,15 @@ impl Agent {
         let parsed = source
             .config
             .parse(source.first, &body, self.config.prefix_limits())
-            .map_err(|error| refused(format!("{} from {from}: {error}", source.config.kind)))?;
+            .map_err(|error| refused(format!("{from}: {error}")))?;
         let version = service_version.or_else(|| parsed.version.clone());
-        if let (Some((held, meta)), Some(new)) = (held, &version)
-            && let Some(old) = meta.version.as_ref().or(held.version.as_ref())
-            && !force
-        {
-            match (old.parse::<u64>(), new.parse::<u64>()) {
-                (Ok(old), Ok(new)) if new < old => {
-                    return Err(refused(format!(
-                        "version {new} from {from} is older than the held {old} (a rollback \
-                         or a stale mirror; sync --force takes it)"
-                    )));
-                }
-                _ if old == new => {
-                    return Err(refused(format!(
-                        "the file from {from} states version {new}, the held file's, with \
-                         other content (a tampered or half-updated mirror; sync --force \
-                         takes it)"
-                    )));
-                }
-                _ => {}
-            }
-        }
-        if let Some((held, _)) = held
-            && !force
-        {
+        if !force {
             let limit = source
                 .config
                 .max_shrink_percent
                 .unwrap_or(self.config.feed.max_shrink_percent);
-            let old: std::collections::HashSet<_> = held
-                .sets
-                .iter()
-                .flat_map(|set| set.prefixes.iter())
-                .collect();
-            let new: std::collections::HashSet<_> = parsed
-                .sets
-                .iter()
-                .flat_map(|set| set.prefixes.iter())
-                .collect();
-            let removed = old.difference(&new).count();
-            if removed.saturating_mul(100) > old.len().saturating_mul(usize::from(limit)) {
-                return Err(refused(format!(
-                    "the file from {from} removes {removed} of its {} prefixes, more than {limit}% \
-                     (a truncated or wrong file; sync --source {name} --force takes it)",
-                    old.len()
-                )));
-            }
+            judge(held, &parsed, version.as_deref(), &from, limit)
+                .map_err(|why| refused(format!("{why}; sync --source {name} --force takes it")))?;
         }
         let meta = Meta {
             version,
@@ -989,6 +961,58 @@ impl Agent {
     pub fn status(&self) -> &Status {
         &self.status
     }
+}
+
+/// Whether a new file of a source may replace the `held` one: not older than it, not its
+/// version with other content, and not removing more than `limit` percent of its prefixes.
+fn judge(
+    held: Option<&(Parsed, Meta)>,
+    parsed: &Parsed,
+    version: Option<&str>,
+    from: &str,
+    limit: u8,
+) -> Result<(), String> {
+    let Some((held, meta)) = held else {
+        return Ok(());
+    };
+    if let Some(new) = version
+        && let Some(old) = meta.version.as_deref().or(held.version.as_deref())
+    {
+        match (old.parse::<u64>(), new.parse::<u64>()) {
+            (Ok(old), Ok(new)) if new < old => {
+                return Err(format!(
+                    "version {new} from {from} is older than the held {old} (a rollback or a \
+                     stale mirror)"
+                ));
+            }
+            _ if old == new => {
+                return Err(format!(
+                    "the file from {from} states version {new}, the held file's, with other \
+                     content (a tampered or half-updated mirror)"
+                ));
+            }
+            _ => {}
+        }
+    }
+    let old: std::collections::HashSet<_> = held
+        .sets
+        .iter()
+        .flat_map(|set| set.prefixes.iter())
+        .collect();
+    let new: std::collections::HashSet<_> = parsed
+        .sets
+        .iter()
+        .flat_map(|set| set.prefixes.iter())
+        .collect();
+    let removed = old.difference(&new).count();
+    if removed.saturating_mul(100) > old.len().saturating_mul(usize::from(limit)) {
+        return Err(format!(
+            "the file from {from} removes {removed} of its {} prefixes, more than {limit}% (a \
+             truncated or wrong file)",
+            old.len()
+        ));
+    }
+    Ok(())
 }
 
 /// The wait before the next poll after `failures` consecutive failures: 30 s doubling, at

@@ -505,24 +505,8 @@ impl Config {
             {
                 return at("max-shrink-percent must be 0..=100".to_owned());
             }
-            let takes: &[&str] = match source.kind {
-                Kind::M365 => &["instance", "service-areas"],
-                Kind::Aws => &["services", "regions"],
-                Kind::AzureServiceTags => &["tags"],
-                Kind::Google => &["services", "scopes"],
-                Kind::CidrList => &[],
-            };
-            for (key, given) in [
-                ("instance", source.instance.is_some()),
-                ("service-areas", !source.service_areas.is_empty()),
-                ("services", !source.services.is_empty()),
-                ("regions", !source.regions.is_empty()),
-                ("tags", !source.tags.is_empty()),
-                ("scopes", !source.scopes.is_empty()),
-            ] {
-                if given && !takes.contains(&key) {
-                    return at(format!("a {} source has no {key} filter", source.kind));
-                }
+            if let Some(key) = foreign_filter(source) {
+                return at(format!("a {} source has no {key} filter", source.kind));
             }
         }
         crate::sources::first_set_ids(&self.sources).map_or_else(invalid, |_| Ok(()))
@@ -732,7 +716,28 @@ impl Config {
     }
 }
 
-/// Refuses a duration outside `min..=max`, naming `field`.
+/// A filter key `source` sets that its kind has not got.
+fn foreign_filter(source: &SourceConfig) -> Option<&'static str> {
+    let takes: &[&str] = match source.kind {
+        Kind::M365 => &["instance", "service-areas"],
+        Kind::Aws => &["services", "regions"],
+        Kind::AzureServiceTags => &["tags"],
+        Kind::Google => &["services", "scopes"],
+        Kind::CidrList => &[],
+    };
+    [
+        ("instance", source.instance.is_some()),
+        ("service-areas", !source.service_areas.is_empty()),
+        ("services", !source.services.is_empty()),
+        ("regions", !source.regions.is_empty()),
+        ("tags", !source.tags.is_empty()),
+        ("scopes", !source.scopes.is_empty()),
+    ]
+    .into_iter()
+    .find(|(key, given)| *given && !takes.contains(key))
+    .map(|(key, _)| key)
+}
+
 /// `[a-z0-9][a-z0-9._-]{0,31}`: safe in a file name, a log line and a label.
 #[must_use]
 pub fn is_source_name(name: &str) -> bool {
@@ -746,6 +751,7 @@ pub fn is_source_name(name: &str) -> bool {
         })
 }
 
+/// Refuses a duration outside `min..=max`, naming `field`.
 fn within(
     field: &'static str,
     value: Duration,

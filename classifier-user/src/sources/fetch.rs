@@ -38,10 +38,13 @@ pub struct Meta {
 /// SHA-256 of `body`, hex.
 #[must_use]
 pub fn sha256(body: &[u8]) -> String {
+    use std::fmt::Write as _;
     sha2::Sha256::digest(body)
         .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
+        .fold(String::with_capacity(64), |mut hex, byte| {
+            let _ = write!(hex, "{byte:02x}");
+            hex
+        })
 }
 
 /// What a fetch found.
