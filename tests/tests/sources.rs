@@ -27,6 +27,7 @@ const AWS: &[u8] = include_bytes!("../fixtures/providers/aws-ip-ranges-175338859
 const AZURE: &[u8] = include_bytes!("../fixtures/providers/azure-service-tags-public-363.json");
 const GOOGLE: &[u8] = include_bytes!("../fixtures/providers/google-cloud-1753409788780.json");
 const ZOOM: &[u8] = include_bytes!("../fixtures/providers/zoom-ipranges-20220109.txt");
+const CLOUDFLARE_V4: &[u8] = include_bytes!("../fixtures/providers/cloudflare-ips-v4.txt");
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -967,5 +968,46 @@ fn the_daemon_refreshes_each_source_and_the_commands_name_it() {
         "the daemon to take in the forced file",
         || source("zoom").is_some_and(|zoom| zoom.prefixes_v4 == 2 && zoom.last_error.is_none()),
         || daemon.log(),
+    );
+
+    // A reload drops the failing source and adds Cloudflare's list; Zoom keeps its file.
+    server.set(
+        "/ips-v4",
+        Reply::status(200, std::str::from_utf8(CLOUDFLARE_V4).unwrap()),
+    );
+    std::fs::write(
+        &config,
+        format!(
+            "[[sources]]\nname = \"zoom\"\nkind = \"cidr-list\"\nurl = \"{url}/zoom.txt\"\n\
+             allow-http = true\nrefresh = \"1s\"\nudp = \"3478-3479,8801-8810\"\n\n\
+             [[sources]]\nname = \"cloudflare\"\nkind = \"cidr-list\"\nurl = \"{url}/ips-v4\"\n\
+             allow-http = true\nrefresh = \"1s\"\npolicy = \"tunnel\"\n"
+        ),
+    )
+    .unwrap();
+    daemon.signal(libc::SIGHUP);
+    wait_for(
+        "the reloaded sources",
+        || {
+            status(&state_dir).is_some_and(|status| {
+                status.sources.len() == 2
+                    && status.sources[0].prefixes_v4 == 2
+                    && status.sources[1].name == "cloudflare"
+                    && status.sources[1].prefixes_v4 == 15
+            })
+        },
+        || daemon.log(),
+    );
+    let installed = Maps::from_pins(&pin_dir.path).unwrap().installed().unwrap();
+    assert_eq!(
+        (installed.v4.len(), installed.v6.len()),
+        (34 + 2 + 15, 59),
+        "the feed, Zoom's two and Cloudflare's 15, none of the dropped source's"
+    );
+    let cloudflare = lookup(&["104.16.0.1", "--proto", "tcp", "--port", "443"]);
+    assert_eq!(
+        (&cloudflare["source"], &cloudflare["action"]),
+        (&Value::from("cloudflare"), &Value::from("tunnel")),
+        "{cloudflare}"
     );
 }
