@@ -188,7 +188,7 @@ fn classifier_receiver(
         .context("attaching breakout")?;
     let _ = tc::qdisc_add_clsact(VB);
     datapath
-        .tc()?
+        .tc(false)?
         .attach(VB, TcAttachType::Ingress)
         .context("attaching breakout_mark")?;
     let maps = datapath.maps()?;

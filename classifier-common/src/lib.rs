@@ -57,6 +57,8 @@ pub mod names {
     pub const XDP_PROGRAM: &str = "breakout";
     /// The tc ingress program that turns the verdict into `skb->mark`.
     pub const TC_PROGRAM: &str = "breakout_mark";
+    /// The tc ingress program that does both jobs, where no XDP program runs (`--mode tc`).
+    pub const TC_ONLY_PROGRAM: &str = "breakout_tc";
 }
 
 /// Maximum entries of each prefix trie.

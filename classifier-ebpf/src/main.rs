@@ -4,7 +4,10 @@
 //! its destination (a walk of the compiled index, `classifier_common::index`, or a lookup in
 //! the tries while no index is live) and records the verdict in XDP metadata; `breakout_mark` (tc ingress, same
 //! interface) turns a direct verdict into `skb->mark` for policy routing, classifying the
-//! packet itself when the driver gave no metadata room. Neither ever drops a packet: every
+//! packet itself when the driver gave no metadata room. `breakout_tc` (tc ingress alone,
+//! `--mode tc`: bridges, VLAN devices and NICs where XDP runs only in generic mode) does both
+//! jobs in one program: the flow table, the decision and the counters of `breakout`, then
+//! the mark. None ever drops a packet: every
 //! path ends in a pass. Failing open is deliberate: a router that loses its classifier must
 //! still route, through the tunnel, as it did before xdp-breakout.
 #![no_std]
@@ -208,20 +211,25 @@ fn count_set(set_id: u16, bytes: u64) {
 #[xdp]
 pub fn breakout(ctx: XdpContext) -> u32 {
     let config = config();
-    let verdict = try_breakout(&ctx, &config).unwrap_or_else(unparsed);
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    // SAFETY: data .. data_end is the frame, valid while the program runs.
+    let verdict = match parse(&mut unsafe { Cursor::new(ctx.data(), ctx.data_end()) }) {
+        Ok(packet) => decide_packet(&packet, &config, bytes),
+        Err(why) => unparsed(why),
+    };
     finish(&ctx, verdict, config.flags)
 }
 
+/// A parsed packet's verdict, through the flow table: a known flow keeps its action, a new
+/// one is classified and recorded (the XDP program's path, and `breakout_tc`'s).
 #[inline(always)]
-fn try_breakout(ctx: &XdpContext, config: &Config) -> Result<Decision, Unparsed> {
-    // SAFETY: data .. data_end is the frame, valid while the program runs.
-    let packet = parse(&mut unsafe { Cursor::new(ctx.data(), ctx.data_end()) })?;
+fn decide_packet(packet: &Packet, config: &Config, bytes: u64) -> Decision {
     // A non-first fragment has no ports, so no flow of its own: its destination decides, as
     // it did before flows (`decide`). It never enters the table.
     if packet.later_fragment || config.flags & flags::FLOWS_OFF != 0 {
-        return Ok(classify(&packet, config.flags));
+        return classify(packet, config.flags);
     }
-    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    let packet = *packet;
     let key = flow_key(&packet);
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -230,7 +238,7 @@ fn try_breakout(ctx: &XdpContext, config: &Config) -> Result<Decision, Unparsed>
         // statistics from two CPUs may lose an increment, which is acceptable for them.
         let flow = unsafe { &mut *flow };
         if now.saturating_sub(flow.last_ns) <= idle_ns(config, packet.proto) {
-            return Ok(known_flow(&key, flow, &packet, config.flags, now, bytes));
+            return known_flow(&key, flow, &packet, config.flags, now, bytes);
         }
         // Idle past its timeout: forgotten, and this packet starts it afresh.
         count(stat::FLOW_CLOSED, bytes);
@@ -253,7 +261,7 @@ fn try_breakout(ctx: &XdpContext, config: &Config) -> Result<Decision, Unparsed>
             count(stat::FLOW_NEW, bytes);
         }
     }
-    Ok(decision)
+    decision
 }
 
 /// A packet of a flow in the table takes the flow's action: the connection stays on the
@@ -328,21 +336,7 @@ fn idle_ns(config: &Config, ip_proto: u8) -> u64 {
 #[inline(always)]
 fn finish(ctx: &XdpContext, verdict: Decision, config_flags: u32) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
-    // While the agent finds the direct uplink dead, `decide` sends direct verdicts to the
-    // tunnel: one flag in the config map fails every new decision over.
-    if verdict.failover {
-        count(stat::FAILOVER, bytes);
-    }
-    count(
-        if verdict.action == action::DIRECT {
-            stat::DIRECT
-        } else {
-            stat::TUNNEL
-        },
-        bytes,
-    );
-    count(verdict.reason, bytes);
-    count_set(verdict.set_id, bytes);
+    account(&verdict, bytes);
     // Logged at info so that `-v` shows them: the flag, not the level, is the switch.
     if config_flags & flags::DEBUG != 0 {
         info!(
@@ -358,6 +352,26 @@ fn finish(ctx: &XdpContext, verdict: Decision, config_flags: u32) -> u32 {
         count(stat::NO_META, bytes);
     }
     XDP_PASS
+}
+
+/// Counts a verdict: its action, its reason, its endpoint set, and a failover.
+#[inline(always)]
+fn account(verdict: &Decision, bytes: u64) {
+    // While the agent finds the direct uplink dead, `decide` sends direct verdicts to the
+    // tunnel: one flag in the config map fails every new decision over.
+    if verdict.failover {
+        count(stat::FAILOVER, bytes);
+    }
+    count(
+        if verdict.action == action::DIRECT {
+            stat::DIRECT
+        } else {
+            stat::TUNNEL
+        },
+        bytes,
+    );
+    count(verdict.reason, bytes);
+    count_set(verdict.set_id, bytes);
 }
 
 #[inline(always)]
@@ -407,6 +421,46 @@ pub fn breakout_mark(ctx: TcContext) -> i32 {
             (decision.action == action::DIRECT, false)
         }
     };
+    mark(&ctx, &config, direct, by_meta, bytes);
+    TC_ACT_UNSPEC
+}
+
+/// The whole classifier in tc ingress, where no XDP program runs (`--mode tc`): the flow
+/// table, the decision and the counters of `breakout`, then the mark. A packet that carries
+/// `breakout`'s metadata (an XDP program still attached while the mode changes) takes that
+/// verdict, counted once, as `breakout_mark` takes it.
+#[classifier]
+pub fn breakout_tc(ctx: TcContext) -> i32 {
+    let config = config();
+    let bytes = u64::from(ctx.len());
+    let (direct, by_meta) = match read_meta(&ctx) {
+        Some(meta) => (meta.action == action::DIRECT, true),
+        None => {
+            let verdict = match parse_skb(&ctx, bytes) {
+                Ok(packet) => decide_packet(&packet, &config, bytes),
+                Err(why) => unparsed(why),
+            };
+            account(&verdict, bytes);
+            if config.flags & flags::DEBUG != 0 {
+                info!(
+                    &ctx,
+                    "verdict action={} reason={} category={} set={}",
+                    verdict.action,
+                    verdict.reason,
+                    verdict.category,
+                    verdict.set_id
+                );
+            }
+            (verdict.action == action::DIRECT, false)
+        }
+    };
+    mark(&ctx, &config, direct, by_meta, bytes);
+    TC_ACT_UNSPEC
+}
+
+/// Sets the direct mark's bits (and keeps the others) on a direct packet, and counts it.
+#[inline(always)]
+fn mark(ctx: &TcContext, config: &Config, direct: bool, by_meta: bool, bytes: u64) {
     if direct {
         // SAFETY: the context is the program's own `__sk_buff`.
         let old = unsafe { (*ctx.skb.skb).mark };
@@ -422,7 +476,24 @@ pub fn breakout_mark(ctx: TcContext) -> i32 {
     } else {
         count(stat::TC_PASS, bytes);
     }
-    TC_ACT_UNSPEC
+}
+
+/// Parses an skb's headers, made linear first.
+#[inline(always)]
+fn parse_skb(ctx: &TcContext, bytes: u64) -> Result<Packet, Unparsed> {
+    // Headers may sit in paged data (GRO, some drivers): make the first bytes linear, once.
+    let want = ctx.len().min(TC_PULL_LEN);
+    if ((ctx.data_end() - ctx.data()) as u32) < want {
+        // SAFETY: the helper validates the length against the skb. A failure is counted,
+        // not logged: no per-packet logging on the hot path. The parse below then sees
+        // only the linear part, and a truncated header is malformed, as it should be.
+        if unsafe { bpf_skb_pull_data(ctx.skb.skb.cast(), want) } != 0 {
+            count(stat::ERROR, bytes);
+        }
+    }
+    // SAFETY: data .. data_end is the linear part of the skb, valid while the program runs
+    // (re-read after the pull, which moves it).
+    parse(&mut unsafe { Cursor::new(ctx.data(), ctx.data_end()) })
 }
 
 #[inline(always)]
@@ -439,19 +510,7 @@ fn read_meta(ctx: &TcContext) -> Option<XdpMeta> {
 
 #[inline(always)]
 fn classify_skb(ctx: &TcContext, config_flags: u32, bytes: u64) -> Decision {
-    // Headers may sit in paged data (GRO, some drivers): make the first bytes linear, once.
-    let want = ctx.len().min(TC_PULL_LEN);
-    if ((ctx.data_end() - ctx.data()) as u32) < want {
-        // SAFETY: the helper validates the length against the skb. A failure is counted,
-        // not logged: no per-packet logging on the hot path. The parse below then sees
-        // only the linear part, and a truncated header is malformed, as it should be.
-        if unsafe { bpf_skb_pull_data(ctx.skb.skb.cast(), want) } != 0 {
-            count(stat::ERROR, bytes);
-        }
-    }
-    // SAFETY: data .. data_end is the linear part of the skb, valid while the program runs
-    // (re-read after the pull, which moves it).
-    match parse(&mut unsafe { Cursor::new(ctx.data(), ctx.data_end()) }) {
+    match parse_skb(ctx, bytes) {
         Ok(packet) => {
             // The XDP program already looked the flow up (and recorded it): take its action,
             // read only, so that a driver without metadata room keeps connections sticky too.

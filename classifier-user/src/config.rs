@@ -772,7 +772,8 @@ fn within(
     Ok(())
 }
 
-/// XDP attach mode, as written in the file and on the command line.
+/// Attach mode, as written in the file and on the command line: XDP in one of its modes
+/// (with tc ingress marking), or tc ingress alone.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum XdpModeName {
@@ -783,14 +784,19 @@ pub enum XdpModeName {
     Native,
     /// Generic XDP in the network stack (works on any interface).
     Skb,
+    /// No XDP: tc ingress alone classifies and marks (bridges, VLAN devices, NICs where XDP
+    /// would be generic).
+    Tc,
 }
 
-impl From<XdpModeName> for aya::programs::XdpMode {
+impl From<XdpModeName> for crate::datapath::AttachMode {
     fn from(mode: XdpModeName) -> Self {
+        use aya::programs::XdpMode;
         match mode {
-            XdpModeName::Auto => Self::Default,
-            XdpModeName::Native => Self::Driver,
-            XdpModeName::Skb => Self::Skb,
+            XdpModeName::Auto => Self::Xdp(XdpMode::Default),
+            XdpModeName::Native => Self::Xdp(XdpMode::Driver),
+            XdpModeName::Skb => Self::Xdp(XdpMode::Skb),
+            XdpModeName::Tc => Self::Tc,
         }
     }
 }

@@ -250,3 +250,91 @@ fn a_pin_that_cannot_be_adopted_is_refused_and_nothing_is_attached() {
         "{status}"
     );
 }
+
+/// `attach --mode tc` swaps `breakout_tc` into the interface's tc link and removes the XDP
+/// link; frames are then classified, counted and recorded by tc alone; `attach` without it
+/// brings XDP back. `status` names the mode each time.
+#[test]
+fn the_mode_changes_between_xdp_and_tc_alone_in_place() {
+    let Some(netns) = Netns::with_veth_pair("xbt-mode") else {
+        return;
+    };
+    let pin_dir = PinDir::new("mode");
+    let ok = |args: &[&str]| {
+        let output = cli(&netns, &pin_dir, args);
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let attach_of = |status: &str| -> (String, bool, String) {
+        let status: serde_json::Value = serde_json::from_str(status).unwrap();
+        let lan = &status["interfaces"][0];
+        (
+            lan["attach"].as_str().unwrap().to_owned(),
+            lan["xdp"].is_null(),
+            lan["tc"]["program_name"].as_str().unwrap().to_owned(),
+        )
+    };
+    ok(&["attach", "lan1"]);
+    let tc_link = || ok(&["--json", "status"]);
+    let before: serde_json::Value = serde_json::from_str(&tc_link()).unwrap();
+    let link_id = before["interfaces"][0]["tc"]["link_id"].clone();
+    assert_eq!(
+        attach_of(&tc_link()),
+        ("xdp".to_owned(), false, "breakout_mark".to_owned())
+    );
+
+    ok(&["attach", "--mode", "tc", "lan1"]);
+    assert!(!pin_dir.path.join("xdp_link@lan1").exists());
+    let status = tc_link();
+    assert_eq!(
+        attach_of(&status),
+        ("tc".to_owned(), true, "breakout_tc".to_owned())
+    );
+    let after: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(
+        after["interfaces"][0]["tc"]["link_id"], link_id,
+        "the same tc link, its program swapped"
+    );
+    let link =
+        String::from_utf8_lossy(&netns.ip(&["link", "show", "lan1"]).unwrap().stdout).into_owned();
+    assert!(!link.contains("prog/xdp"), "no XDP on lan1: {link}");
+
+    let teams = Spec::new(ip("52.112.1.1"), L4::Udp(3478)).build();
+    let other = Spec::new(ip("198.51.100.1"), L4::Tcp(443)).build();
+    let maps = Maps::from_pins(&pin_dir.path).unwrap();
+    let before = maps.stats().unwrap();
+    let frames = [vec![teams.clone(); 9], vec![other.clone(); 4]].concat();
+    netns
+        .run(move || send_frames(ifindex("lan0").unwrap(), &frames))
+        .unwrap();
+    let moved = tests::delta(&before, &maps.stats().unwrap());
+    let packets = |index: u32| {
+        moved
+            .iter()
+            .find(|(i, _)| *i == index as usize)
+            .map_or(0, |(_, counter)| counter.packets)
+    };
+    assert_eq!(
+        [
+            packets(stat::DIRECT),
+            packets(stat::TUNNEL),
+            packets(stat::TC_MARK_SELF),
+            packets(stat::TC_MARK_META),
+            packets(stat::FLOW_NEW),
+        ],
+        [9, 4, 9, 0, 2],
+        "direct, tunnel, marked by tc itself, from metadata, new flows"
+    );
+
+    ok(&["attach", "lan1"]);
+    assert_eq!(
+        attach_of(&tc_link()),
+        ("xdp".to_owned(), false, "breakout_mark".to_owned())
+    );
+    ok(&["detach", "lan1"]);
+    assert_eq!(ok(&["--json", "status"]).matches("\"attach\"").count(), 0);
+}

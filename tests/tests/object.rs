@@ -102,7 +102,11 @@ fn every_map_lookup_call_sees_one_map() {
             &HashSet::new(),
         )
         .expect("map relocations");
-    for program in [names::XDP_PROGRAM, names::TC_PROGRAM] {
+    for program in [
+        names::XDP_PROGRAM,
+        names::TC_PROGRAM,
+        names::TC_ONLY_PROGRAM,
+    ] {
         let section = &object.programs[program];
         let function = &object.functions[&(section.section_index, section.address)];
         let sites = lookup_sites(&function.instructions);

@@ -778,12 +778,22 @@ fn run_tc(
     frame: &[u8],
     mark: u32,
 ) -> (u32, u32) {
+    run_tc_program(datapath, false, frame, mark)
+}
+
+/// A run of `breakout_mark`, or of `breakout_tc` (`alone`, the `--mode tc` program).
+fn run_tc_program(
+    datapath: &mut classifier_user::datapath::Datapath,
+    alone: bool,
+    frame: &[u8],
+    mark: u32,
+) -> (u32, u32) {
     let mut ctx_in = [0u8; SKB_LEN];
     ctx_in[SKB_MARK..SKB_MARK + 4].copy_from_slice(&mark.to_ne_bytes());
     let mut ctx_out = [0u8; SKB_LEN];
     let mut out = vec![0u8; frame.len() + 64];
     let result = datapath
-        .tc()
+        .tc(alone)
         .unwrap()
         .test_run(TestRunOptions {
             data_in: Some(frame),
@@ -949,4 +959,104 @@ fn tc_truncated_packets_keep_their_mark() {
         assert_eq!((verdict, mark), (TC_ACT_UNSPEC, 0x99), "cut to {len} bytes");
     }
     assert_eq!(run_tc(&mut datapath, &frame, 0x99).1, 0x365);
+}
+
+/// `--mode tc`: `breakout_tc` alone does what `breakout` and `breakout_mark` do together:
+/// the flow table, the decision, every counter, and the mark.
+#[test]
+fn tc_alone_classifies_counts_records_flows_and_marks() {
+    let Some((mut datapath, mut maps)) = load_seeded(FEED_2026043000, &config(false)) else {
+        return;
+    };
+    maps.set_config(&Config::default()).unwrap();
+    let teams = Spec::new(ip(TEAMS_V4), L4::Udp(3478)).build();
+    let exchange_587 = Spec::new(ip(EXCHANGE_V4), L4::Tcp(587)).build();
+    let other = Spec::new(ip(OTHER_V4), L4::Tcp(443)).build();
+    let rows: [(&str, &[u8], u32, &[u32], Option<u16>); 5] = [
+        (
+            "Teams media: a new direct flow, marked",
+            &teams,
+            0x365,
+            &[
+                stat::DIRECT,
+                stat::MATCH_PORT,
+                stat::FLOW_NEW,
+                stat::TC_MARK_SELF,
+            ],
+            Some(11),
+        ),
+        (
+            "its next packet: a flow hit, marked",
+            &teams,
+            0x365,
+            &[
+                stat::DIRECT,
+                stat::MATCH_PORT,
+                stat::FLOW_HIT,
+                stat::TC_MARK_SELF,
+            ],
+            Some(11),
+        ),
+        (
+            "Exchange 587 (Allow): direct",
+            &exchange_587,
+            0x365,
+            &[
+                stat::DIRECT,
+                stat::MATCH_PORT,
+                stat::FLOW_NEW,
+                stat::TC_MARK_SELF,
+            ],
+            Some(2),
+        ),
+        (
+            "another destination: tunnel, mark kept",
+            &other,
+            0,
+            &[stat::TUNNEL, stat::NO_MATCH, stat::FLOW_NEW, stat::TC_PASS],
+            None,
+        ),
+        (
+            "not IP: tunnel",
+            &non_ip(ETH_P_ARP),
+            0,
+            &[stat::TUNNEL, stat::NOT_IP, stat::TC_PASS],
+            None,
+        ),
+    ];
+    for (name, frame, mark_out, counters, set) in rows {
+        let before = maps.stats().unwrap();
+        let sets_before = maps.set_stats().unwrap();
+        let (verdict, mark) = run_tc_program(&mut datapath, true, frame, 0);
+        assert_eq!((verdict, mark), (TC_ACT_UNSPEC, mark_out), "{name}");
+        let moved = delta(&before, &maps.stats().unwrap());
+        let mut expected: Vec<(usize, u64)> = counters.iter().map(|c| (*c as usize, 1)).collect();
+        expected.sort_unstable();
+        assert_eq!(
+            moved
+                .iter()
+                .map(|(i, c)| (*i, c.packets))
+                .collect::<Vec<_>>(),
+            expected,
+            "{name}: counters"
+        );
+        let sets_after = maps.set_stats().unwrap();
+        let set_moved: Vec<u16> = sets_after
+            .iter()
+            .filter(|(id, counter)| {
+                sets_before
+                    .iter()
+                    .find(|(before, _)| before == id)
+                    .is_none_or(|(_, before)| before.packets != counter.packets)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        assert_eq!(
+            set_moved,
+            set.into_iter().collect::<Vec<_>>(),
+            "{name}: set"
+        );
+    }
+    let flows = maps.flows().unwrap();
+    assert_eq!(flows.len(), 3, "Teams, Exchange and the other destination");
 }

@@ -21,8 +21,14 @@ use tests::{
     unavailable,
 };
 
+/// A router for a test; in `--mode tc` its namespaces' names end in `t`.
 fn router(what: &str, options: Options) -> Option<Router> {
-    match Router::new(what, options) {
+    let what = if options.tc {
+        format!("{what}t")
+    } else {
+        what.to_owned()
+    };
+    match Router::new(&what, options) {
         Ok(router) => Some(router),
         Err(error) => {
             let _ = unavailable("a router of four network namespaces", &error);
@@ -46,8 +52,14 @@ fn feed_with(extra: &str, id: u32) -> Vec<u8> {
 }
 
 /// A router whose agent applied the real feed, counting UDP 3478 in both upstreams.
-fn running(what: &str) -> Option<(Router, Arrivals)> {
-    let mut router = router(what, Options::default())?;
+fn running(what: &str, tc: bool) -> Option<(Router, Arrivals)> {
+    let mut router = router(
+        what,
+        Options {
+            tc,
+            ..Options::default()
+        },
+    )?;
     serve(&router, "2026043000", FEED_2026043000);
     router.start_daemon(&[]);
     router.wait_version("2026043000");
@@ -73,8 +85,8 @@ fn settle(arrivals: &Arrivals, total: u64) {
     }
 }
 
-fn paths_and_policy(vlan: bool) {
-    let Some(mut router) = router(if vlan { "pv" } else { "pp" }, Options { vlan }) else {
+fn paths_and_policy(vlan: bool, tc: bool) {
+    let Some(mut router) = router(if vlan { "pv" } else { "pp" }, Options { vlan, tc }) else {
         return;
     };
     serve(&router, "2026043000", FEED_2026043000);
@@ -153,18 +165,32 @@ fn paths_and_policy(vlan: bool) {
 
 #[test]
 fn office_traffic_goes_direct_and_the_rest_through_the_tunnel() {
-    paths_and_policy(false);
+    paths_and_policy(false, false);
+}
+
+#[test]
+fn office_traffic_goes_direct_and_the_rest_through_the_tunnel_tc_only() {
+    paths_and_policy(false, true);
 }
 
 #[test]
 fn the_same_with_a_vlan_tagged_lan() {
-    paths_and_policy(true);
+    paths_and_policy(true, false);
 }
 
 /// Counters as the CLI and bpftool read them, against the packets sent.
 #[test]
 fn counters_agree_with_the_packets_sent() {
-    let Some((router, arrivals)) = running("pc") else {
+    counters_agree_with_the_packets_sent_in(false);
+}
+
+#[test]
+fn counters_agree_with_the_packets_sent_tc_only() {
+    counters_agree_with_the_packets_sent_in(true);
+}
+
+fn counters_agree_with_the_packets_sent_in(tc: bool) {
+    let Some((router, arrivals)) = running("pc", tc) else {
         return;
     };
     router.send_udp(TEAMS_V4, 3478, 37, Duration::ZERO);
@@ -172,7 +198,25 @@ fn counters_agree_with_the_packets_sent() {
     settle(&arrivals, 42);
     let stats: Value = serde_json::from_slice(&router.cli(&["--json", "stats"]).stdout).unwrap();
     assert_eq!(stats["counters"]["direct"]["packets"], 42);
-    assert_eq!(stats["counters"]["tc_mark_meta"]["packets"], 42);
+    // Marked from the XDP program's metadata, or by `breakout_tc` itself in `--mode tc`.
+    let (marked, other) = if tc {
+        ("tc_mark_self", "tc_mark_meta")
+    } else {
+        ("tc_mark_meta", "tc_mark_self")
+    };
+    assert_eq!(stats["counters"][marked]["packets"], 42);
+    assert_eq!(stats["counters"][other]["packets"], 0);
+    let status: Value = serde_json::from_slice(&router.cli(&["--json", "status"]).stdout).unwrap();
+    let attached = &status["interfaces"][0];
+    assert_eq!(
+        (&attached["attach"], attached["xdp"].is_null()),
+        (&Value::from(if tc { "tc" } else { "xdp" }), tc),
+        "{attached}"
+    );
+    assert_eq!(
+        attached["tc"]["program_name"],
+        if tc { "breakout_tc" } else { "breakout_mark" }
+    );
     assert_eq!(stats["endpoint_sets"][0]["packets"], 42);
     let dump = Command::new("bpftool")
         .args(["-j", "map", "dump", "pinned"])
@@ -204,7 +248,16 @@ fn counters_agree_with_the_packets_sent() {
 
 #[test]
 fn an_agent_crash_sends_no_packet_the_wrong_way() {
-    let Some((mut router, arrivals)) = running("pk") else {
+    an_agent_crash_sends_no_packet_the_wrong_way_in(false);
+}
+
+#[test]
+fn an_agent_crash_sends_no_packet_the_wrong_way_tc_only() {
+    an_agent_crash_sends_no_packet_the_wrong_way_in(true);
+}
+
+fn an_agent_crash_sends_no_packet_the_wrong_way_in(tc: bool) {
+    let Some((mut router, arrivals)) = running("pk", tc) else {
         return;
     };
     // About three seconds of media; the agent is killed in the middle and restarted.
@@ -237,7 +290,22 @@ fn an_agent_crash_sends_no_packet_the_wrong_way() {
 
 #[test]
 fn feed_changes_under_load_switch_only_what_changed() {
-    let Some(mut router) = router("pf", Options::default()) else {
+    feed_changes_under_load_switch_only_what_changed_in(false);
+}
+
+#[test]
+fn feed_changes_under_load_switch_only_what_changed_tc_only() {
+    feed_changes_under_load_switch_only_what_changed_in(true);
+}
+
+fn feed_changes_under_load_switch_only_what_changed_in(tc: bool) {
+    let Some(mut router) = router(
+        "pf",
+        Options {
+            tc,
+            ..Options::default()
+        },
+    ) else {
         return;
     };
     serve(&router, "2026050100", &feed_with(EXTRA_A, 900));
@@ -353,7 +421,22 @@ fn nft(router: &Router, script: &str) {
 /// it recovers, and at once when its link loses carrier; `status` says so throughout.
 #[test]
 fn a_dead_direct_uplink_fails_over_to_the_tunnel_and_back() {
-    let Some(mut router) = router("fo", Options::default()) else {
+    a_dead_direct_uplink_fails_over_to_the_tunnel_and_back_in(false);
+}
+
+#[test]
+fn a_dead_direct_uplink_fails_over_to_the_tunnel_and_back_tc_only() {
+    a_dead_direct_uplink_fails_over_to_the_tunnel_and_back_in(true);
+}
+
+fn a_dead_direct_uplink_fails_over_to_the_tunnel_and_back_in(tc: bool) {
+    let Some(mut router) = router(
+        "fo",
+        Options {
+            tc,
+            ..Options::default()
+        },
+    ) else {
         return;
     };
     serve(&router, "2026043000", FEED_2026043000);
@@ -478,9 +561,24 @@ fn new_connection_path(router: &Router, arrivals: &Arrivals, addr: &str) -> Upst
 /// Then a failover breaks the direct ones (their uplink is dead), new connections go through
 /// the tunnel, and those survive the failback.
 #[test]
-#[expect(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 fn connections_keep_their_uplink_through_feed_updates_reloads_and_failover() {
-    let Some(mut router) = router("sticky", Options::default()) else {
+    connections_keep_their_uplink_through_feed_updates_reloads_and_failover_in(false);
+}
+
+#[test]
+fn connections_keep_their_uplink_through_feed_updates_reloads_and_failover_tc_only() {
+    connections_keep_their_uplink_through_feed_updates_reloads_and_failover_in(true);
+}
+
+#[expect(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
+fn connections_keep_their_uplink_through_feed_updates_reloads_and_failover_in(tc: bool) {
+    let Some(mut router) = router(
+        "sticky",
+        Options {
+            tc,
+            ..Options::default()
+        },
+    ) else {
         return;
     };
     serve(&router, "2026043000", FEED_2026043000);
@@ -613,7 +711,22 @@ fn connections_keep_their_uplink_through_feed_updates_reloads_and_failover() {
 /// no packet is dropped, and every flow is classified right.
 #[test]
 fn a_full_flow_table_evicts_and_classifies_every_flow_right() {
-    let Some(mut router) = router("evict", Options::default()) else {
+    a_full_flow_table_evicts_and_classifies_every_flow_right_in(false);
+}
+
+#[test]
+fn a_full_flow_table_evicts_and_classifies_every_flow_right_tc_only() {
+    a_full_flow_table_evicts_and_classifies_every_flow_right_in(true);
+}
+
+fn a_full_flow_table_evicts_and_classifies_every_flow_right_in(tc: bool) {
+    let Some(mut router) = router(
+        "evict",
+        Options {
+            tc,
+            ..Options::default()
+        },
+    ) else {
         return;
     };
     serve(&router, "2026043000", FEED_2026043000);

@@ -1,6 +1,6 @@
 //! `xdp-breakout status`: attachments, feed, prefix counts, polls, errors, marking.
 //!
-//! JSON (stable): one document, [`Report`]: `{"pin_dir", "interfaces": [{"name", "xdp":
+//! JSON (stable): one document, [`Report`]: `{"pin_dir", "interfaces": [{"name", "attach", "xdp":
 //! {"link_id", "program_id", "program_name", "mode"}, "tc": {"link_id", "program_id",
 //! "program_name"}}], "agent": {"pid", "running"}, "feed": {"instance", "url", "version",
 //! "applied_at", "source"}, "prefixes": {"ipv4", "ipv6"}, "last_poll", "next_poll",
@@ -108,7 +108,10 @@ pub struct Uplink {
 pub struct Interface {
     /// Its name.
     pub name: String,
-    /// The XDP link; null when its pin is missing or no link.
+    /// `xdp` (XDP classifies, tc ingress marks), `tc` (tc ingress alone, `--mode tc`), or
+    /// `incomplete` when a link is missing.
+    pub attach: &'static str,
+    /// The XDP link; null when its pin is missing or no link (always in `tc` mode).
     pub xdp: Option<XdpLink>,
     /// The tc ingress link; null when its pin is missing or no link.
     pub tc: Option<Link>,
@@ -121,7 +124,8 @@ pub struct Link {
     pub link_id: u32,
     /// The kernel's id of its program (`bpftool prog show id N`).
     pub program_id: u32,
-    /// The program's name (`breakout`, `breakout_mark`); null when the kernel has none.
+    /// The program's name (`breakout`, `breakout_mark`, `breakout_tc`); null when the kernel
+    /// has none.
     pub program_name: Option<String>,
 }
 
@@ -274,7 +278,19 @@ fn interface(pin_dir: &Path, name: String) -> Interface {
         mode: xdp_mode(&name),
     });
     let tc = link(&tc_link_pin(pin_dir, &name));
-    Interface { name, xdp, tc }
+    let alone = tc.as_ref().and_then(|tc| tc.program_name.as_deref())
+        == Some(classifier_common::names::TC_ONLY_PROGRAM);
+    let attach = match (&xdp, &tc) {
+        (None, Some(_)) if alone => "tc",
+        (Some(_), Some(_)) if !alone => "xdp",
+        _ => "incomplete",
+    };
+    Interface {
+        name,
+        attach,
+        xdp,
+        tc,
+    }
 }
 
 /// The link pinned at `path`, if it is one the kernel knows.
@@ -319,11 +335,17 @@ impl Report {
         if interfaces.is_empty() {
             writeln!(out, "interfaces:     none attached")?;
         }
-        for Interface { name, xdp, tc } in interfaces {
+        for Interface {
+            name,
+            attach,
+            xdp,
+            tc,
+        } in interfaces
+        {
             let xdp_link = xdp.as_ref().map(|xdp| &xdp.link);
             writeln!(
                 out,
-                "interface:      {name}: XDP program {} ({}, {}), tc program {} ({})",
+                "interface:      {name} ({attach}): XDP program {} ({}, {}), tc program {} ({})",
                 or_dash(xdp_link.map(|link| link.program_id)),
                 or_dash(xdp_link.and_then(|link| link.program_name.as_ref())),
                 or_dash(xdp.as_ref().map(|xdp| xdp.mode)),
@@ -445,6 +467,7 @@ mod tests {
             pin_dir: "/sys/fs/bpf/xdp-breakout".into(),
             interfaces: vec![Interface {
                 name: "lan0".into(),
+                attach: "xdp",
                 xdp: Some(XdpLink {
                     link: link(),
                     mode: "native",

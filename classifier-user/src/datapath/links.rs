@@ -121,12 +121,57 @@ fn adopt_or_attach<P: PinnedAttach>(
     Ok(())
 }
 
+/// How the classifier attaches to an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    /// XDP in this mode classifies, and tc ingress (`breakout_mark`) marks.
+    Xdp(XdpMode),
+    /// tc ingress alone (`breakout_tc`) classifies and marks: bridges, VLAN devices and NICs
+    /// where XDP would run only in generic mode (slow, and blind to cloned skbs).
+    Tc,
+}
+
 impl Datapath {
-    /// Attaches XDP and tc ingress to `iface` and pins both links, or, when this pin directory
-    /// already has links for it, swaps the loaded programs into them without a gap.
-    pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<(), DatapathError> {
+    /// Attaches `mode`'s programs to `iface` and pins their links, or, when this pin
+    /// directory already has links for it, swaps the loaded programs into them without a
+    /// gap. A change of mode swaps the tc program in its link and then adds or removes the
+    /// XDP link: `breakout_tc` takes a packet that still carries XDP metadata as
+    /// `breakout_mark` does, so no packet is classified twice or missed.
+    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<(), DatapathError> {
         let pin_dir = self.pin_dir.clone().ok_or(DatapathError::Unpinned)?;
         let xdp_pin = xdp_link_pin(&pin_dir, iface);
+        let tc_pin = tc_link_pin(&pin_dir, iface);
+        let attach_tc = |datapath: &mut Self, alone: bool| {
+            adopt_or_attach(
+                datapath.tc(alone)?,
+                iface,
+                &tc_pin,
+                |classifier| {
+                    // tcx (6.6+) needs no qdisc; older kernels need clsact. Adding it is
+                    // harmless.
+                    if let Err(error) = tc::qdisc_add_clsact(iface) {
+                        log::debug!("{iface}: clsact qdisc: {error}");
+                    }
+                    classifier.attach(iface, TcAttachType::Ingress)
+                },
+                "attaching the tc ingress program",
+            )
+        };
+        let xdp_mode = match mode {
+            AttachMode::Xdp(xdp_mode) => xdp_mode,
+            AttachMode::Tc => {
+                attach_tc(self, true)?;
+                return match fs::remove_file(&xdp_pin) {
+                    Err(error) if error.kind() != io::ErrorKind::NotFound => {
+                        Err(DatapathError::PinDir {
+                            path: xdp_pin,
+                            source: error,
+                        })
+                    }
+                    _ => Ok(()),
+                };
+            }
+        };
         if !xdp_pin.exists()
             && let Some(AttachedXdp { id, name, .. }) = attached_xdp(iface)
         {
@@ -140,22 +185,10 @@ impl Datapath {
             self.xdp()?,
             iface,
             &xdp_pin,
-            |xdp| xdp.attach(iface, mode),
-            &xdp_attach_hint(mode),
+            |xdp| xdp.attach(iface, xdp_mode),
+            &xdp_attach_hint(xdp_mode),
         )?;
-        adopt_or_attach(
-            self.tc()?,
-            iface,
-            &tc_link_pin(&pin_dir, iface),
-            |classifier| {
-                // tcx (6.6+) needs no qdisc; older kernels need clsact. Adding it is harmless.
-                if let Err(error) = tc::qdisc_add_clsact(iface) {
-                    log::debug!("{iface}: clsact qdisc: {error}");
-                }
-                classifier.attach(iface, TcAttachType::Ingress)
-            },
-            "attaching the tc ingress program",
-        )
+        attach_tc(self, false)
     }
 }
 

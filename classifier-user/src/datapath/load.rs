@@ -136,9 +136,12 @@ impl Datapath {
         xdp_program(&mut ebpf)?
             .load()
             .map_err(program_error(names::XDP_PROGRAM))?;
-        tc_program(&mut ebpf)?
+        tc_program(&mut ebpf, names::TC_PROGRAM)?
             .load()
             .map_err(program_error(names::TC_PROGRAM))?;
+        tc_program(&mut ebpf, names::TC_ONLY_PROGRAM)?
+            .load()
+            .map_err(program_error(names::TC_ONLY_PROGRAM))?;
         Ok(Self { ebpf, pin_dir })
     }
 
@@ -150,8 +153,16 @@ impl Datapath {
         xdp_program(&mut self.ebpf)
     }
 
-    pub fn tc(&mut self) -> Result<&mut SchedClassifier, DatapathError> {
-        tc_program(&mut self.ebpf)
+    /// The tc program beside XDP (`breakout_mark`), or the one alone (`breakout_tc`).
+    pub fn tc(&mut self, alone: bool) -> Result<&mut SchedClassifier, DatapathError> {
+        tc_program(
+            &mut self.ebpf,
+            if alone {
+                names::TC_ONLY_PROGRAM
+            } else {
+                names::TC_PROGRAM
+            },
+        )
     }
 
     /// The maps of the loaded object.
@@ -206,8 +217,10 @@ fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DatapathError> {
         .map_err(|source| DatapathError::Program { name, source })
 }
 
-fn tc_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, DatapathError> {
-    let name = names::TC_PROGRAM;
+fn tc_program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, DatapathError> {
     ebpf.program_mut(name)
         .ok_or(DatapathError::MissingProgram { name })?
         .try_into()

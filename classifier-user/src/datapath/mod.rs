@@ -27,7 +27,7 @@ use aya::{maps::MapError, programs::ProgramError};
 use classifier_common::{action, category};
 
 pub use index::{IndexMaps, Installed};
-pub use links::{AttachedXdp, attached_xdp, detach};
+pub use links::{AttachMode, AttachedXdp, attached_xdp, detach};
 pub use load::Datapath;
 pub use maps::{ApplyReport, Flow, Maps};
 pub use pins::{

@@ -300,7 +300,9 @@ fn pin_name(prefix: &str, iface: &str) -> String {
 }
 
 fn iface_from_pin_name(name: &str) -> Option<String> {
-    let escaped = name.strip_prefix(XDP_LINK_PREFIX)?;
+    let escaped = name
+        .strip_prefix(XDP_LINK_PREFIX)
+        .or_else(|| name.strip_prefix(TC_LINK_PREFIX))?;
     Some(escaped.replace("%2e", ".").replace("%25", "%"))
 }
 
@@ -324,7 +326,9 @@ pub fn attached_interfaces(pin_dir: &Path) -> Vec<String> {
         .filter_map(Result::ok)
         .filter_map(|entry| iface_from_pin_name(entry.file_name().to_str()?))
         .collect();
+    // An interface in XDP mode has both pins; in `--mode tc`, only the tc one.
     found.sort();
+    found.dedup();
     found
 }
 
@@ -364,7 +368,11 @@ mod object_tests {
                 "{name}"
             );
         }
-        for name in [names::XDP_PROGRAM, names::TC_PROGRAM] {
+        for name in [
+            names::XDP_PROGRAM,
+            names::TC_PROGRAM,
+            names::TC_ONLY_PROGRAM,
+        ] {
             assert!(object.programs.contains_key(name), "program {name} missing");
         }
         assert!(object.maps.contains_key(names::LOGS), "aya-log ring buffer");

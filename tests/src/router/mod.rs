@@ -68,6 +68,8 @@ pub struct Router {
     pub tunnel_tun: String,
     /// The two `wireguard-go` processes.
     wireguard: Vec<std::process::Child>,
+    /// `--mode tc` for every daemon ([`Options::tc`]).
+    tc: bool,
 }
 
 impl Router {
@@ -99,6 +101,7 @@ impl Router {
             tun: format!("xwg{id}r"),
             tunnel_tun: format!("xwg{id}t"),
             wireguard: Vec::new(),
+            tc: options.tc,
         };
         this.wire()?;
         this.wireguard()?;
@@ -133,7 +136,12 @@ impl Router {
             iface: self.lan,
             feed_url: &self.server.url(),
         };
-        self.daemon = Some(Daemon::start(&setup, args, self.daemon_log_path()));
+        let mode: &[&str] = if self.tc { &["--mode", "tc"] } else { &[] };
+        self.daemon = Some(Daemon::start(
+            &setup,
+            mode.iter().chain(args),
+            self.daemon_log_path(),
+        ));
     }
 
     /// The log of the running (or last) daemon.

@@ -53,6 +53,8 @@ const MAC_TUNNEL: &str = "02:00:00:00:03:02";
 pub struct Options {
     /// The LAN is VLAN 100, tagged in the frames (the tag is not offloaded).
     pub vlan: bool,
+    /// The daemon attaches in `--mode tc` (tc ingress alone), not XDP.
+    pub tc: bool,
 }
 
 impl Router {
