@@ -527,7 +527,8 @@ mod tests {
         let text = String::from_utf8(text).unwrap();
         assert!(
             text.contains(
-                "interface:      lan0: XDP program 40 (breakout, native), tc program 40 (breakout)"
+                "interface:      lan0 (xdp): XDP program 40 (breakout, native), tc program 40 \
+                 (breakout)"
             ),
             "{text}"
         );
