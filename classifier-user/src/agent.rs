@@ -189,6 +189,8 @@ pub struct Agent {
     /// The filtered endpoint sets of the `[feed]` the maps hold, once one is installed.
     primary: Option<Vec<EndpointSet>>,
     client_id: String,
+    /// What the metrics listener reads.
+    shared: std::sync::Arc<crate::metrics::Shared>,
     /// The health checks found the direct uplink dead: direct verdicts go to the tunnel.
     uplink_down: bool,
     maps: Maps,
@@ -229,6 +231,7 @@ impl Agent {
             sources: Vec::new(),
             primary: None,
             client_id,
+            shared: std::sync::Arc::default(),
             config,
             uplink_down: false,
             maps,
@@ -239,6 +242,7 @@ impl Agent {
         };
         agent.load_sources();
         agent.adopt_recorded_feed();
+        agent.share_sets();
         Ok(agent)
     }
 
@@ -482,6 +486,9 @@ impl Agent {
         let _lock = self.lock_dir.as_deref().map(PinLock::acquire).transpose()?;
         let installed = self.maps.installed()?;
         let report = self.maps.apply_over(&installed, &compiled)?;
+        self.shared
+            .apply_seconds
+            .observe(report.ready.as_secs_f64());
         self.state.save_source(&name, &body, &meta)?;
         self.sources[i].hold(parsed, meta);
         self.record_union(&compiled)?;
@@ -495,6 +502,56 @@ impl Agent {
             report.describe(&compiled)
         );
         Ok(SourceRefreshed::Applied { report })
+    }
+
+    /// What the agent hands to its metrics listener, kept current.
+    #[must_use]
+    pub fn shared(&self) -> std::sync::Arc<crate::metrics::Shared> {
+        std::sync::Arc::clone(&self.shared)
+    }
+
+    /// Hands the listener the names of the endpoint sets the maps hold and, with `[pac]
+    /// serve`, the PAC file of the feed they hold.
+    fn share_sets(&self) {
+        use crate::metrics::SetLabels;
+        let label = |set: &EndpointSet, source: &str| SetLabels {
+            id: u16::try_from(set.id).unwrap_or(u16::MAX),
+            service_area: set.service_area.clone(),
+            category: classifier_common::category::name(set.category.code()).unwrap_or("unknown"),
+            source: source.to_owned(),
+        };
+        let mut sets: Vec<SetLabels> = self
+            .primary
+            .iter()
+            .flatten()
+            .map(|set| label(set, crate::config::FEED_SOURCE_NAME))
+            .collect();
+        for source in &self.sources {
+            sets.extend(
+                source
+                    .sets()
+                    .iter()
+                    .map(|set| label(set, &source.config.name)),
+            );
+        }
+        sets.push(SetLabels {
+            id: 0,
+            service_area: "operator".to_owned(),
+            category: "Optimize",
+            source: "operator".to_owned(),
+        });
+        if let Ok(mut shared) = self.shared.sets.lock() {
+            *shared = sets;
+        }
+        if self.config.pac.serve {
+            let pac = crate::pac::build(&self.config, None, None, None);
+            if let Err(error) = &pac {
+                warn!("pac: {error}");
+            }
+            if let Ok(mut shared) = self.shared.pac.lock() {
+                *shared = pac.ok();
+            }
+        }
     }
 
     /// Records that the maps hold `compiled`: the applied record's digest and the catalog of
@@ -528,7 +585,9 @@ impl Agent {
                 })
                 .collect(),
         };
-        self.state.save_catalog(&catalog)
+        self.state.save_catalog(&catalog)?;
+        self.share_sets();
+        Ok(())
     }
 
     /// Records the end of a scheduled refresh of source `i`; returns the wait before its next.
@@ -819,6 +878,9 @@ impl Agent {
             }
         }
         let report = self.maps.apply_over(&installed, &compiled)?;
+        self.shared
+            .apply_seconds
+            .observe(report.ready.as_secs_f64());
         let applied = Applied {
             version: version.to_owned(),
             source: source.to_owned(),
@@ -952,6 +1014,9 @@ impl Agent {
             .iter()
             .map(|source| source.status.clone())
             .collect();
+        if let Ok(mut shared) = self.shared.status.lock() {
+            shared.clone_from(&self.status);
+        }
         if let Err(error) = self.state.save_status(&self.status) {
             warn!("{:#}", anyhow::Error::from(error));
         }

@@ -81,6 +81,8 @@ pub enum Command {
     Flows(FlowsArgs),
     /// List the sources of prefixes: kind, version, prefixes, last success and last error.
     Sources(SourcesArgs),
+    /// Print a PAC file that sends the feed's direct categories' hosts direct.
+    Pac(PacArgs),
     /// Refresh the pinned maps once, with the agent's validation.
     Sync(SyncArgs),
     /// Work with the configuration file.
@@ -132,6 +134,22 @@ pub struct PrefixesArgs {
 
 #[derive(Debug, Args)]
 pub struct SourcesArgs {}
+
+#[derive(Debug, Args)]
+pub struct PacArgs {
+    /// Microsoft's PAC type: 1 sends Optimize direct, 2 Optimize and Allow [default: the
+    /// categories policy.direct names, or [pac] type].
+    #[arg(long = "type", value_parser = clap::value_parser!(u8).range(1..=2))]
+    pub r#type: Option<u8>,
+    /// What other traffic gets: "PROXY host:port" [default: [pac] proxy].
+    #[arg(long)]
+    pub proxy: Option<String>,
+    /// Make it from this endpoints feed instead of the installed one.
+    #[arg(long, value_name = "FILE")]
+    pub feed_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
 
 #[derive(Debug, Args)]
 pub struct FlowsArgs {}

@@ -60,10 +60,46 @@ pub struct Config {
     pub health: HealthConfig,
     pub flows: FlowsConfig,
     pub index: IndexConfig,
+    pub metrics: MetricsConfig,
+    pub pac: PacConfig,
     /// Other providers' published ranges, and more Microsoft 365 instances, each refreshed on
     /// its own (`[[sources]]`). `[feed]` is the source named `m365`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub sources: Vec<SourceConfig>,
+}
+
+/// The agent's HTTP listener: OpenMetrics at `/metrics` (and the PAC file, with
+/// `[pac] serve`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct MetricsConfig {
+    /// `HOST:PORT` to listen on; empty: no listener. Takes effect at start.
+    pub listen: String,
+}
+
+/// Where the listener is unless configured: loopback only.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9365";
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_METRICS_LISTEN.to_owned(),
+        }
+    }
+}
+
+/// The PAC file made from the feed (`xdp-breakout pac`, and `GET /proxy.pac`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct PacConfig {
+    /// Serve it at `GET /proxy.pac` on `[metrics] listen`, regenerated with every feed.
+    pub serve: bool,
+    /// What everything else gets: `PROXY host:port` (or `PROXY a:1; PROXY b:2; DIRECT`).
+    pub proxy: String,
+    /// Microsoft's type 1 (Optimize direct) or 2 (Optimize and Allow); unset: the
+    /// categories `[policy] direct` sends direct.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub r#type: Option<u8>,
 }
 
 /// The name `[feed]`'s source goes by.
@@ -237,6 +273,8 @@ impl Default for Config {
             health: HealthConfig::default(),
             flows: FlowsConfig::default(),
             index: IndexConfig::default(),
+            metrics: MetricsConfig::default(),
+            pac: PacConfig::default(),
             sources: Vec::new(),
         }
     }
@@ -375,6 +413,34 @@ impl Config {
         }
         self.validate_health()?;
         self.validate_sources()?;
+        if !self.metrics.listen.is_empty()
+            && self.metrics.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return invalid(
+                "metrics.listen",
+                format!(
+                    "{:?} is not HOST:PORT (an IP address and a port: 127.0.0.1:9365, \
+                     [::1]:9365), or empty for no listener",
+                    self.metrics.listen
+                ),
+            );
+        }
+        if let Some(kind) = self.pac.r#type
+            && !(1..=2).contains(&kind)
+        {
+            return invalid("pac.type", format!("{kind} is not 1 or 2"));
+        }
+        if let Err(why) = crate::pac::check_proxy(&self.pac.proxy) {
+            return invalid("pac.proxy", why);
+        }
+        if self.pac.serve && (self.metrics.listen.is_empty() || self.pac.proxy.is_empty()) {
+            return invalid(
+                "pac.serve",
+                "needs metrics.listen (where it is served) and pac.proxy (what other \
+                 traffic gets)"
+                    .to_owned(),
+            );
+        }
         if !(64..=1 << 24).contains(&self.flows.table_size) {
             return invalid("flows.table-size", "must be 64..=16777216".to_owned());
         }
@@ -583,6 +649,14 @@ impl Config {
                     .to_owned(),
             );
         }
+        if let Ok(listen) = self.metrics.listen.parse::<std::net::SocketAddr>()
+            && !listen.ip().is_loopback()
+        {
+            warnings.push(format!(
+                "metrics.listen {listen} is not loopback: anyone who reaches it reads the \
+                 counters (and the PAC file)"
+            ));
+        }
         if self.policy.include_special && !self.policy.include.is_empty() {
             warnings.push(
                 "policy.include-special: include prefixes skip the feed gate's checks".to_owned(),
@@ -636,6 +710,8 @@ pub struct RestartOnly {
     pub flow_table_size: u32,
     /// `index.memory-mib`: the same.
     pub index_memory_mib: u32,
+    /// `metrics.listen`: the socket is bound at start.
+    pub metrics_listen: String,
 }
 
 impl RestartOnly {
@@ -649,6 +725,7 @@ impl RestartOnly {
             state_dir,
             flow_table_size,
             index_memory_mib,
+            metrics_listen,
         } = self;
         [
             ("interfaces", *interfaces != other.interfaces),
@@ -663,6 +740,7 @@ impl RestartOnly {
                 "index.memory-mib",
                 *index_memory_mib != other.index_memory_mib,
             ),
+            ("metrics.listen", *metrics_listen != other.metrics_listen),
         ]
         .into_iter()
         .filter_map(|(key, changed)| changed.then_some(key))
@@ -681,6 +759,7 @@ impl Config {
             state_dir: self.state_dir.clone(),
             flow_table_size: self.flows.table_size,
             index_memory_mib: self.index.memory_mib,
+            metrics_listen: self.metrics.listen.clone(),
         }
     }
 
@@ -707,11 +786,13 @@ impl Config {
             state_dir,
             flow_table_size,
             index_memory_mib,
+            metrics_listen,
         } = running.clone();
         (self.interfaces, self.mode, self.pin_dir, self.state_dir) =
             (interfaces, mode, pin_dir, state_dir);
         self.flows.table_size = flow_table_size;
         self.index.memory_mib = index_memory_mib;
+        self.metrics.listen = metrics_listen;
         (self, ignored)
     }
 }

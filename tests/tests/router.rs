@@ -244,6 +244,137 @@ fn counters_agree_with_the_packets_sent_in(tc: bool) {
         .map(|v| v["value"]["packets"].as_u64().unwrap())
         .sum();
     assert_eq!(per_cpu, 42, "bpftool's per-CPU values, summed");
+    scrape_metrics(&router);
+}
+
+/// A request to the agent's listener on the router's loopback, and the whole answer.
+fn http(router: &Router, request: &[u8]) -> String {
+    use std::io::{Read as _, Write as _};
+    let request = request.to_vec();
+    router.router.run(move || {
+        let mut stream = std::net::TcpStream::connect("127.0.0.1:9365").unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream.write_all(&request).unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer
+    })
+}
+
+/// `/metrics` says what was sent, in a form `promtool` accepts; bad requests get their
+/// status and leave the listener serving; nothing off the router's loopback reaches it.
+fn scrape_metrics(router: &Router) {
+    // As Prometheus asks: OpenMetrics.
+    let answer = http(
+        router,
+        b"GET /metrics HTTP/1.1\r\nHost: router\r\nAccept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5\r\n\r\n",
+    );
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    assert!(head.contains("application/openmetrics-text"), "{head}");
+    let value = |series: &str| -> f64 {
+        body.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in:\n{body}"))
+    };
+    for (series, expected) in [
+        ("xdp_breakout_action_packets_total{action=\"direct\"}", 42.0),
+        (
+            "xdp_breakout_reason_packets_total{reason=\"match_port\"}",
+            42.0,
+        ),
+        (
+            "xdp_breakout_category_packets_total{category=\"Optimize\"}",
+            42.0,
+        ),
+        ("xdp_breakout_source_packets_total{source=\"m365\"}", 42.0),
+        (
+            "xdp_breakout_set_packets_total{set=\"11\",service_area=\"Skype\",category=\"Optimize\",source=\"m365\"}",
+            42.0,
+        ),
+        ("xdp_breakout_prefixes{family=\"ipv4\"}", 34.0),
+        ("xdp_breakout_prefixes{family=\"ipv6\"}", 59.0),
+        ("xdp_breakout_maps_readable", 1.0),
+        (
+            "xdp_breakout_source_consecutive_failures{source=\"m365\"}",
+            0.0,
+        ),
+        ("xdp_breakout_apply_duration_seconds_count", 1.0),
+    ] {
+        assert!(
+            (value(series) - expected).abs() < f64::EPSILON,
+            "{series} = {}, not {expected}",
+            value(series)
+        );
+    }
+    // The two media flows, and whatever the LAN says on its own (neighbour discovery).
+    assert!(value("xdp_breakout_events_total{event=\"flow_new\"}") >= 2.0);
+    assert!(value("xdp_breakout_flows") >= 2.0);
+    assert!(body.ends_with("# EOF\n"));
+    // As older tools ask: the text format 0.0.4, which `promtool check metrics` reads.
+    let answer = http(router, b"GET /metrics HTTP/1.1\r\n\r\n");
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    assert!(
+        body.contains("# TYPE xdp_breakout_action_packets_total counter"),
+        "{body}"
+    );
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package; cargo xtask setup installs it)");
+    {
+        use std::io::Write as _;
+        promtool
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(body.as_bytes())
+            .unwrap();
+    }
+    let checked = promtool.wait_with_output().unwrap();
+    assert!(
+        checked.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+
+    for (request, status) in [
+        (&b"GET /nothing HTTP/1.1\r\n\r\n"[..], "404"),
+        (b"POST /metrics HTTP/1.1\r\n\r\n", "405"),
+        (
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",
+            "400",
+        ),
+        (b"GET /proxy.pac HTTP/1.1\r\n\r\n", "404"),
+    ] {
+        let answer = http(router, request);
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{request:?}: {answer}"
+        );
+    }
+    let oversized = [&b"GET /"[..], &vec![b'a'; 20_000], b" HTTP/1.1\r\n\r\n"].concat();
+    assert!(http(router, &oversized).starts_with("HTTP/1.1 400 "));
+    assert!(
+        http(router, b"GET /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 200 OK"),
+        "still serving"
+    );
+    // Loopback only by default: the LAN side of the router does not answer.
+    let refused = router.client.run(|| {
+        std::net::TcpStream::connect_timeout(
+            &"10.0.1.1:9365".parse().unwrap(),
+            Duration::from_secs(2),
+        )
+        .is_err()
+    });
+    assert!(refused, "the listener answered on the LAN address");
 }
 
 #[test]

@@ -11,6 +11,7 @@ pub mod config;
 pub mod detach;
 pub mod flows;
 pub mod lookup;
+pub mod pac;
 pub mod prefixes;
 pub mod run;
 pub mod sources;
@@ -41,6 +42,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Prefixes(args) => prefixes::run(&global, &args),
         Command::Flows(args) => flows::run(&global, &args),
         Command::Sources(args) => sources::run(&global, &args),
+        Command::Pac(args) => pac::run(&global, &args),
         Command::Sync(args) => sync::run(&global, &args),
         Command::Config(command) => config::run(&global, &command),
         Command::Completions(args) => {

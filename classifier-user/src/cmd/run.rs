@@ -62,6 +62,28 @@ async fn daemon(global: &GlobalArgs, args: &RunArgs, config: Config) -> anyhow::
         }
     };
     let mut agent = Agent::new(config.clone(), datapath.maps()?, state)?;
+    let metrics = if config.metrics.listen.is_empty() {
+        None
+    } else {
+        let listen: std::net::SocketAddr =
+            config.metrics.listen.parse().context("metrics.listen")?;
+        let listener = crate::metrics::bind(listen)
+            .await
+            .with_context(|| format!("listening on {listen} (metrics.listen)"))?;
+        info!(
+            "serving metrics on http://{listen}/metrics{}",
+            if config.pac.serve {
+                format!(" and the PAC file on http://{listen}/proxy.pac")
+            } else {
+                String::new()
+            }
+        );
+        Some(tokio::spawn(crate::metrics::serve(
+            listener,
+            config.pin_dir.clone(),
+            agent.shared(),
+        )))
+    };
     agent.apply_settings()?;
     match agent.start()? {
         Start::LastFeed { version, .. } => {
@@ -86,6 +108,9 @@ async fn daemon(global: &GlobalArgs, args: &RunArgs, config: Config) -> anyhow::
     serve(global, args, &mut agent, &started).await?;
     if let Some(logs) = logs {
         logs.abort();
+    }
+    if let Some(metrics) = metrics {
+        metrics.abort();
     }
     if agent.config().detach_on_exit {
         // What was attached at start, whatever a reload's file says now.

@@ -183,6 +183,18 @@ impl Maps {
         Ok(())
     }
 
+    /// Flows in the flow table, and the table's size (0, 0 without one).
+    #[must_use]
+    pub fn flow_occupancy(&self) -> (usize, u32) {
+        use aya::maps::IterableMap as _;
+        self.flows.as_ref().map_or((0, 0), |flows| {
+            (
+                flows.keys().count(),
+                flows.map().info().map_or(0, |info| info.max_entries()),
+            )
+        })
+    }
+
     /// Every flow of the flow table (none without one).
     pub fn flows(&self) -> Result<Vec<Flow>, DatapathError> {
         let Some(flows) = &self.flows else {
