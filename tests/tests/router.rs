@@ -309,6 +309,29 @@ fn scrape_metrics(router: &Router) {
             value(series)
         );
     }
+    // Every series the Grafana dashboard queries is served.
+    let dashboard: Value =
+        serde_json::from_str(include_str!("../../dist/grafana-dashboard.json")).unwrap();
+    let mut queried = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for (at, _) in expr.match_indices("xdp_breakout_") {
+                let name: String = expr[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                    .collect();
+                queried.push(name);
+            }
+        }
+    }
+    assert!(queried.len() >= 12, "{queried:?}");
+    for name in &queried {
+        assert!(
+            body.lines().any(|line| line.starts_with(name.as_str())),
+            "the dashboard queries {name}, which /metrics does not serve"
+        );
+    }
     // The two media flows, and whatever the LAN says on its own (neighbour discovery).
     assert!(value("xdp_breakout_events_total{event=\"flow_new\"}") >= 2.0);
     assert!(value("xdp_breakout_flows") >= 2.0);

@@ -7,6 +7,8 @@ use anyhow::Context as _;
 use crate::run_command;
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
+const PACPARSER_VERSION: &str = "1.5.3";
+const CARGO_DEB_VERSION: &str = "3.8.0";
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 
 pub fn run() -> anyhow::Result<()> {
@@ -14,7 +16,8 @@ pub fn run() -> anyhow::Result<()> {
     // tests read maps with bpftool, as operators do, and turn VLAN offload off. systemd:
     // systemd-analyze rates the unit's sandbox. wireguard-go and wireguard-tools: the router
     // harness's tunnel is WireGuard, in user space (this kernel has no WireGuard module).
-    // nftables: the harness's NAT and black holes.
+    // nftables: the harness's NAT and black holes. prometheus: `promtool check metrics` on
+    // what `/metrics` serves.
     let missing: Vec<&str> = [
         "llvm-22-dev",
         "bpftool",
@@ -23,6 +26,7 @@ pub fn run() -> anyhow::Result<()> {
         "wireguard-go",
         "wireguard-tools",
         "nftables",
+        "prometheus",
     ]
     .into_iter()
     .filter(|package| {
@@ -55,6 +59,30 @@ pub fn run() -> anyhow::Result<()> {
             "rust-src",
             "--toolchain",
             "nightly",
+        ]))?;
+    }
+    // The PAC file is tested in a real PAC engine: pacparser, pactester's, from PyPI.
+    if !Command::new("python3")
+        .args(["-c", "import pacparser"])
+        .output()
+        .is_ok_and(|output| output.status.success())
+    {
+        eprintln!("xtask: installing pacparser {PACPARSER_VERSION} with pip");
+        run_command(Command::new("python3").args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            &format!("pacparser=={PACPARSER_VERSION}"),
+        ]))?;
+    }
+    // `cargo xtask package` builds the .deb with cargo-deb.
+    if !installed("cargo-deb", &["--version"], CARGO_DEB_VERSION) {
+        eprintln!("xtask: building cargo-deb {CARGO_DEB_VERSION}");
+        run_command(crate::cargo().args([
+            "install",
+            "--locked",
+            &format!("cargo-deb@{CARGO_DEB_VERSION}"),
         ]))?;
     }
     if !installed("bpf-linker", &["--version"], BPF_LINKER_VERSION) {
