@@ -1232,6 +1232,44 @@ mod tests {
         assert_eq!(Config::from_toml(&text, Path::new("x")).unwrap(), config);
     }
 
+    /// The configuration the package installs is valid and changes no default.
+    #[test]
+    fn the_packaged_configuration_is_the_defaults() {
+        let config =
+            Config::from_toml(include_str!("../../dist/config.toml"), Path::new("dist")).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config, Config::default());
+    }
+
+    #[test]
+    fn metrics_and_pac_settings_are_checked() {
+        let check = |text: &str| {
+            Config::from_toml(text, Path::new("c.toml"))
+                .and_then(|config| config.validate())
+                .err()
+                .map(|error| error.to_string())
+                .unwrap_or_default()
+        };
+        assert!(check("[metrics]\nlisten = \"localhost:9365\"\n").contains("is not HOST:PORT"));
+        assert!(check("[metrics]\nlisten = \"\"\n").is_empty(), "empty: off");
+        assert!(check("[pac]\nserve = true\n").contains("needs metrics.listen"));
+        assert!(check("[pac]\nproxy = \"PROXY a\"\n").contains("is not host:port"));
+        assert!(check("[pac]\ntype = 3\n").contains("3 is not 1 or 2"));
+        let config = Config::from_toml(
+            "[metrics]\nlisten = \"0.0.0.0:9365\"\n",
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        assert!(
+            config
+                .warnings()
+                .iter()
+                .any(|w| w.contains("is not loopback")),
+            "{:?}",
+            config.warnings()
+        );
+    }
+
     #[test]
     fn bad_sources_are_refused_with_their_name_and_key() {
         let check = |text: &str| {

@@ -251,7 +251,7 @@ fn the_daemon_serves_the_pac_file_of_the_feed_it_applied() {
         || daemon.log(),
     );
     let addr = "127.0.0.1:9366".parse().unwrap();
-    let served = || {
+    let pac_served = || {
         let answer = get(&netns, addr, "/proxy.pac");
         let (head, body) = answer.split_once("\r\n\r\n").unwrap();
         assert!(head.starts_with("HTTP/1.1 200 OK"), "{answer}");
@@ -266,7 +266,7 @@ fn the_daemon_serves_the_pac_file_of_the_feed_it_applied() {
             .output()
             .unwrap())
     };
-    let first = served();
+    let first = pac_served();
     assert_eq!(first, printed());
     assert!(first.contains("feed 2026050100"), "{first}");
 
@@ -279,10 +279,10 @@ fn the_daemon_serves_the_pac_file_of_the_feed_it_applied() {
     );
     wait_for(
         "the PAC file of 2026060100",
-        || served().contains("feed 2026060100"),
+        || pac_served().contains("feed 2026060100"),
         || daemon.log(),
     );
-    assert_eq!(served(), printed());
+    assert_eq!(pac_served(), printed());
     assert!(
         get(&netns, addr, "/metrics").starts_with("HTTP/1.1 200 OK"),
         "metrics on the same listener"

@@ -961,6 +961,9 @@ fn tc_truncated_packets_keep_their_mark() {
     assert_eq!(run_tc(&mut datapath, &frame, 0x99).1, 0x365);
 }
 
+/// A `breakout_tc` case: name, frame, mark after, counters that move, endpoint set counted.
+type TcAloneRow<'a> = (&'a str, &'a [u8], u32, &'a [u32], Option<u16>);
+
 /// `--mode tc`: `breakout_tc` alone does what `breakout` and `breakout_mark` do together:
 /// the flow table, the decision, every counter, and the mark.
 #[test]
@@ -972,7 +975,7 @@ fn tc_alone_classifies_counts_records_flows_and_marks() {
     let teams = Spec::new(ip(TEAMS_V4), L4::Udp(3478)).build();
     let exchange_587 = Spec::new(ip(EXCHANGE_V4), L4::Tcp(587)).build();
     let other = Spec::new(ip(OTHER_V4), L4::Tcp(443)).build();
-    let rows: [(&str, &[u8], u32, &[u32], Option<u16>); 5] = [
+    let rows: [TcAloneRow<'_>; 5] = [
         (
             "Teams media: a new direct flow, marked",
             &teams,

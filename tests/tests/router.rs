@@ -206,8 +206,8 @@ fn counters_agree_with_the_packets_sent_in(tc: bool) {
     };
     assert_eq!(stats["counters"][marked]["packets"], 42);
     assert_eq!(stats["counters"][other]["packets"], 0);
-    let status: Value = serde_json::from_slice(&router.cli(&["--json", "status"]).stdout).unwrap();
-    let attached = &status["interfaces"][0];
+    let report: Value = serde_json::from_slice(&router.cli(&["--json", "status"]).stdout).unwrap();
+    let attached = &report["interfaces"][0];
     assert_eq!(
         (&attached["attach"], attached["xdp"].is_null()),
         (&Value::from(if tc { "tc" } else { "xdp" }), tc),
@@ -265,6 +265,10 @@ fn http(router: &Router, request: &[u8]) -> String {
 
 /// `/metrics` says what was sent, in a form `promtool` accepts; bad requests get their
 /// status and leave the listener serving; nothing off the router's loopback reaches it.
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scrape, checked family by family"
+)]
 fn scrape_metrics(router: &Router) {
     // As Prometheus asks: OpenMetrics.
     let answer = http(

@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod package;
 mod setup;
 mod skips;
 
@@ -28,6 +29,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Set up and build the Debian package (target/debian/xdp-breakout_*.deb) with cargo-deb.
+    Package,
     /// Set up, build, and show xdp-breakout on a branch router built in four throwaway
     /// network namespaces, with real traffic. Needs root; touches no host interface.
     Demo,
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Task::Setup => setup::run(),
         Task::Test { args } => setup::run().and_then(|()| test(&args)),
+        Task::Package => setup::run().and_then(|()| package::run().map(drop)),
         Task::Demo => setup::run().and_then(|()| demo::run()),
         Task::Bench { quick } => setup::run().and_then(|()| bench::run(quick)),
     };
@@ -85,6 +89,8 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     let log = skips::log_path(&mut cargo())?;
     skips::clear(&log)?;
     run_command(cargo().args(["build", "--package", "classifier-user", "--bins"]))?;
+    // The package test installs this .deb.
+    let deb = package::run()?;
     let tested = run_command(
         cargo()
             .args([
@@ -96,7 +102,8 @@ fn test(args: &[String]) -> anyhow::Result<()> {
             ])
             .args(["--package", "xtask", "--package", "tests", "--"])
             .args(args)
-            .env(skips::LOG_ENV, &log),
+            .env(skips::LOG_ENV, &log)
+            .env("XDP_BREAKOUT_DEB", &deb),
     );
     let recorded = skips::read(&log)?;
     let skipped = skips::parse(&recorded);
