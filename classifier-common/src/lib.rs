@@ -59,6 +59,10 @@ pub mod names {
     pub const TC_PROGRAM: &str = "breakout_mark";
     /// The tc ingress program that does both jobs, where no XDP program runs (`--mode tc`).
     pub const TC_ONLY_PROGRAM: &str = "breakout_tc";
+    /// The tc egress program that copies DNS answers to clients (`[dns] learn`).
+    pub const DNS_PROGRAM: &str = "breakout_dns";
+    /// Its ring buffer (not pinned: each agent loads its own, and swaps the program in).
+    pub const DNS_RING: &str = "XB_DNS";
 }
 
 /// Maximum entries of each prefix trie.
@@ -192,9 +196,17 @@ pub mod stat {
     /// Flows the full flow table evicted: never written by the kernel (an LRU map evicts
     /// silently); user space shows `FLOW_NEW - FLOW_CLOSED - flows in the table` here.
     pub const FLOW_EVICTED: u32 = 19;
+    /// DNS learning (tc egress): a DNS answer copied to the agent.
+    pub const DNS_COPIED: u32 = 20;
+    /// A DNS answer not copied: the ring buffer was full (the agent is behind).
+    pub const DNS_RING_FULL: u32 = 21;
+    /// A DNS answer not copied: more than [`crate::DNS_RATE_PER_SEC`] this second on this CPU.
+    pub const DNS_RATE_LIMITED: u32 = 22;
+    /// A DNS answer not copied: longer than [`crate::DNS_MAX_MESSAGE`] (or no DNS header).
+    pub const DNS_TOO_BIG: u32 = 23;
 
     /// The indices user space shows, with their names.
-    pub const NAMED: [(u32, &str); 20] = [
+    pub const NAMED: [(u32, &str); 24] = [
         (TUNNEL, "tunnel"),
         (DIRECT, "direct"),
         (MATCH_PORT, "match_port"),
@@ -215,6 +227,10 @@ pub mod stat {
         (TC_MARK_META, "tc_mark_meta"),
         (TC_MARK_SELF, "tc_mark_self"),
         (TC_PASS, "tc_pass"),
+        (DNS_COPIED, "dns_copied"),
+        (DNS_RING_FULL, "dns_ring_full"),
+        (DNS_RATE_LIMITED, "dns_rate_limited"),
+        (DNS_TOO_BIG, "dns_too_big"),
     ];
 }
 
@@ -462,6 +478,27 @@ pub struct FlowValue {
     pub _pad: [u8; 3],
 }
 const _: () = assert!(size_of::<FlowValue>() == 40);
+
+/// The longest DNS message copied to the agent: EDNS's recommended UDP size (DNS Flag Day
+/// 2020). A longer answer is counted ([`stat::DNS_TOO_BIG`]) and not copied.
+pub const DNS_MAX_MESSAGE: usize = 1232;
+/// DNS answers copied per second per CPU at most ([`stat::DNS_RATE_LIMITED`]).
+pub const DNS_RATE_PER_SEC: u64 = 4096;
+/// Bytes of the DNS ring buffer: about 800 answers of the largest size.
+pub const DNS_RING_BYTES: u32 = 1 << 20;
+
+/// A DNS answer on its way to a client, as the tc egress program copies it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DnsRecord {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when it crossed tc.
+    pub ts_ns: u64,
+    /// Bytes of `message` that hold the DNS message.
+    pub len: u16,
+    pub _pad: [u8; 6],
+    pub message: [u8; DNS_MAX_MESSAGE],
+}
+const _: () = assert!(size_of::<DnsRecord>() == 16 + DNS_MAX_MESSAGE);
 
 /// Default `mark/mask`: 0x365 ("365") in the low 16 bits.
 pub const DEFAULT_MARK: u32 = 0x365;

@@ -119,6 +119,13 @@ impl Cursor<'_> {
 }
 
 impl<'a> Cursor<'a> {
+    /// Where the cursor is: after [`parse`], the start of the TCP or UDP payload.
+    #[inline(always)]
+    #[must_use]
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
     /// The header of type `T` at the cursor, which moves past it.
     #[inline(always)]
     fn take<T>(&mut self) -> Result<&'a T, Unparsed> {

@@ -191,6 +191,11 @@ pub struct Agent {
     client_id: String,
     /// What the metrics listener reads.
     shared: std::sync::Arc<crate::metrics::Shared>,
+    /// DNS learning: the name patterns, the learned addresses, and whether some were written
+    /// to the tries alone (not yet applied with the rest, nor recorded).
+    patterns: crate::dns::Patterns,
+    learned: crate::dns::Learned,
+    learn_dirty: bool,
     /// The health checks found the direct uplink dead: direct verdicts go to the tunnel.
     uplink_down: bool,
     maps: Maps,
@@ -232,6 +237,9 @@ impl Agent {
             primary: None,
             client_id,
             shared: std::sync::Arc::default(),
+            patterns: crate::dns::Patterns::default(),
+            learned: crate::dns::Learned::default(),
+            learn_dirty: false,
             config,
             uplink_down: false,
             maps,
@@ -242,6 +250,7 @@ impl Agent {
         };
         agent.load_sources();
         agent.adopt_recorded_feed();
+        agent.rebuild_patterns();
         agent.share_sets();
         Ok(agent)
     }
@@ -308,6 +317,7 @@ impl Agent {
                 _ => sets.extend_from_slice(source.sets()),
             }
         }
+        sets.extend(self.learned.sets(&self.patterns));
         let policy = &self.config.policy;
         if !policy.include.is_empty() {
             sets.push(EndpointSet {
@@ -586,8 +596,270 @@ impl Agent {
                 .collect(),
         };
         self.state.save_catalog(&catalog)?;
+        self.rebuild_patterns();
+        self.save_learned();
         self.share_sets();
         Ok(())
+    }
+
+    /// The name patterns DNS answers are matched against: `[feed]`'s URLs, each `m365`
+    /// source's, and the operator's `[[domains]]`.
+    fn rebuild_patterns(&mut self) {
+        use crate::dns::{Patterns, Target};
+        if !self.config.dns.learn {
+            return;
+        }
+        let mut patterns = Patterns::default();
+        if self.primary.is_some()
+            && let Some((body, _)) = self.state.last_feed()
+            && let Err(error) = patterns.add_feed(&body, 0, crate::config::FEED_SOURCE_NAME)
+        {
+            warn!("dns: {error}");
+        }
+        for source in &self.sources {
+            if source.config.kind == Kind::M365
+                && source.held.is_some()
+                && let Some((body, _)) = self.state.source(&source.config.name)
+                && let Err(error) = patterns.add_feed(&body, source.first, &source.config.name)
+            {
+                warn!("dns: source {}: {error}", source.config.name);
+            }
+        }
+        let base = crate::sources::source::domain_set_base(&self.config.sources);
+        for (id, rule) in (base..).zip(&self.config.domains) {
+            let all = rule.tcp.is_none() && rule.udp.is_none();
+            let ports = |text: &Option<String>| {
+                if all {
+                    vec![crate::sources::source::ALL_PORTS]
+                } else {
+                    crate::feed::parse_ports(text.as_deref()).unwrap_or_default()
+                }
+            };
+            patterns.add_rule(
+                &rule.name,
+                Target {
+                    id,
+                    service_area: rule.name.clone(),
+                    category: match rule.policy {
+                        crate::sources::SourcePolicy::Direct => Category::Direct,
+                        crate::sources::SourcePolicy::Tunnel => Category::Tunnel,
+                    },
+                    tcp: ports(&rule.tcp),
+                    udp: ports(&rule.udp),
+                    by_address: all,
+                    source: "domains".to_owned(),
+                },
+            );
+        }
+        self.patterns = patterns;
+    }
+
+    /// Learns from DNS answers (`[dns] learn`): `records` are `(capture time on
+    /// CLOCK_MONOTONIC in ns, message)`. An address new to a set is written to the tries at
+    /// once, folded with the prefixes that cover it; the whole table follows at the next
+    /// [`Agent::settle`]. Returns, per record that taught something, the time from its capture
+    /// until its addresses were in the maps.
+    pub fn learn(&mut self, records: &[(u64, Vec<u8>)]) -> Vec<Duration> {
+        if !self.config.dns.learn || self.patterns.is_empty() {
+            return Vec::new();
+        }
+        let dns = &self.config.dns;
+        let seconds = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+        let limits = crate::dns::Limits {
+            min_ttl: seconds(dns.min_ttl),
+            max_ttl: seconds(dns.max_ttl),
+            grace: seconds(dns.grace),
+            max_entries: usize::try_from(dns.max_learned).unwrap_or(usize::MAX),
+            max_per_name: usize::try_from(dns.max_per_name).unwrap_or(usize::MAX),
+        };
+        let exclude = self.config.policy.exclude.clone();
+        let mut latencies = Vec::new();
+        for (captured, message) in records {
+            let taken = self
+                .learned
+                .take(message, &self.patterns, limits, now(), |addr| {
+                    exclude.iter().any(|net| net.contains(&addr))
+                });
+            if taken.new.is_empty() {
+                continue;
+            }
+            for address in &taken.new {
+                if let Err(error) = self.write_learned(*address) {
+                    warn!("dns: writing {address}: {error:#}");
+                }
+            }
+            self.learn_dirty = true;
+            latencies.push(Duration::from_nanos(
+                monotonic_ns().saturating_sub(*captured),
+            ));
+        }
+        for latency in &latencies {
+            self.shared.dns_seconds.observe(latency.as_secs_f64());
+        }
+        if let Ok(mut counts) = self.shared.dns.lock() {
+            counts.clone_from(&self.learned.counts);
+        }
+        latencies
+    }
+
+    /// Writes the entry of one learned address: what compiling the whole table would give
+    /// it (its sets' rules folded with every prefix that covers it).
+    fn write_learned(&mut self, address: std::net::IpAddr) -> anyhow::Result<()> {
+        let Some(primary) = &self.primary else {
+            return Ok(());
+        };
+        let host = ipnet::IpNet::from(address);
+        let mut sets: Vec<EndpointSet> = Vec::new();
+        let mut covering = |set: &EndpointSet| {
+            let prefixes: Vec<ipnet::IpNet> = set
+                .prefixes
+                .iter()
+                .filter(|net| net.contains(&address))
+                .copied()
+                .collect();
+            if !prefixes.is_empty() {
+                sets.push(EndpointSet {
+                    prefixes,
+                    ..set.clone_without_prefixes()
+                });
+            }
+        };
+        primary.iter().for_each(&mut covering);
+        for source in &self.sources {
+            source.sets().iter().for_each(&mut covering);
+        }
+        self.learned
+            .sets(&self.patterns)
+            .iter()
+            .for_each(&mut covering);
+        if !self.config.policy.include.is_empty() {
+            covering(&EndpointSet {
+                id: 0,
+                service_area: "operator".to_owned(),
+                category: Category::Optimize,
+                prefixes: self.config.policy.include.clone(),
+                tcp: Vec::new(),
+                udp: Vec::new(),
+                by_address: true,
+            });
+        }
+        let compiled = compile_excluding(&sets, &self.config.policy.exclude)?;
+        let value = match host {
+            ipnet::IpNet::V4(net) => compiled.v4.get(&crate::compile::key_v4(net)),
+            ipnet::IpNet::V6(net) => compiled.v6.get(&crate::compile::key_v6(net)),
+        };
+        if let Some(value) = value {
+            self.maps.insert_prefix(host, value)?;
+        }
+        Ok(())
+    }
+
+    /// What DNS answers did since the agent started.
+    #[must_use]
+    pub fn learned_counts(&self) -> crate::dns::Counts {
+        self.learned.counts.clone()
+    }
+
+    /// Applies the whole table, learned addresses included, when some were written alone.
+    pub fn settle(&mut self) {
+        if !self.learn_dirty {
+            return;
+        }
+        self.learn_dirty = false;
+        if let Err(error) = self.apply_union() {
+            warn!("dns: applying the learned addresses: {error:#}");
+        }
+    }
+
+    /// Forgets learned addresses past their time (keeping those flows used within the grace
+    /// period), and applies the table without them.
+    pub fn expire_learned(&mut self) {
+        if self.learned.entries.is_empty() {
+            return;
+        }
+        let grace = u32::try_from(self.config.dns.grace.as_secs()).unwrap_or(u32::MAX);
+        let recent = monotonic_ns().saturating_sub(
+            self.config
+                .dns
+                .grace
+                .as_nanos()
+                .try_into()
+                .unwrap_or(u64::MAX),
+        );
+        let in_use: std::collections::HashSet<std::net::IpAddr> = self
+            .maps
+            .flows()
+            .unwrap_or_default()
+            .iter()
+            .filter(|flow| flow.value.last_ns >= recent)
+            .map(|flow| crate::cmd::flows::dst_addr(&flow.key))
+            .collect();
+        if self
+            .learned
+            .expire(now(), grace, |addr| in_use.contains(&addr))
+        {
+            self.learn_dirty = false;
+            if let Err(error) = self.apply_union() {
+                warn!("dns: removing expired addresses: {error:#}");
+            }
+        }
+    }
+
+    /// Compiles and applies the union of everything (`[feed]` installed), and records it.
+    fn apply_union(&mut self) -> Result<ApplyReport, RefreshError> {
+        let Some(primary) = &self.primary else {
+            return Ok(ApplyReport::default());
+        };
+        let compiled = self
+            .union(primary, None)
+            .map_err(|error| RefreshError::Source {
+                name: "dns".to_owned(),
+                message: error.to_string(),
+                retry_after: None,
+            })?;
+        let _lock = self.lock_dir.as_deref().map(PinLock::acquire).transpose()?;
+        let installed = self.maps.installed()?;
+        let report = self.maps.apply_over(&installed, &compiled)?;
+        self.shared
+            .apply_seconds
+            .observe(report.ready.as_secs_f64());
+        self.record_union(&compiled)?;
+        Ok(report)
+    }
+
+    /// Writes `learned.json` for `learned` and `lookup`.
+    fn save_learned(&self) {
+        if !self.config.dns.learn {
+            return;
+        }
+        let mut rows: Vec<crate::state::LearnedRow> = self
+            .learned
+            .entries
+            .values()
+            .flat_map(|entry| {
+                entry.sets.iter().filter_map(|id| {
+                    let target = self.patterns.target(*id)?;
+                    Some(crate::state::LearnedRow {
+                        address: entry.address,
+                        name: entry.name.clone(),
+                        matched: entry.matched.clone(),
+                        set: *id,
+                        service_area: target.service_area.clone(),
+                        category: target.category.to_string(),
+                        source: target.source.clone(),
+                        expires: entry.expires,
+                    })
+                })
+            })
+            .collect();
+        rows.sort_by_key(|row| (row.address, row.set));
+        let learned = crate::state::LearnedFile {
+            counts: self.learned.counts.clone(),
+            rows,
+        };
+        if let Err(error) = self.state.save_learned(&learned) {
+            warn!("{:#}", anyhow::Error::from(error));
+        }
     }
 
     /// Records the end of a scheduled refresh of source `i`; returns the wait before its next.
@@ -777,6 +1049,8 @@ impl Agent {
     /// compares the service's version with what the maps hold, not with what this agent
     /// applied last, and returns the maps to the service's feed.
     pub fn reconcile(&mut self) {
+        // Addresses learned since the last apply are ours, not another writer's.
+        self.settle();
         let Ok(installed) = self.maps.installed() else {
             return;
         };
@@ -1078,6 +1352,18 @@ fn judge(
         ));
     }
     Ok(())
+}
+
+/// CLOCK_MONOTONIC in ns, the clock of `bpf_ktime_get_ns()`.
+#[must_use]
+pub fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) };
+    u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap_or(0)
 }
 
 /// The wait before the next poll after `failures` consecutive failures: 30 s doubling, at

@@ -83,6 +83,8 @@ pub enum Command {
     Sources(SourcesArgs),
     /// Print a PAC file that sends the feed's direct categories' hosts direct.
     Pac(PacArgs),
+    /// List the addresses learned from DNS answers: address, name, set, category, expiry.
+    Learned(LearnedArgs),
     /// Refresh the pinned maps once, with the agent's validation.
     Sync(SyncArgs),
     /// Work with the configuration file.
@@ -134,6 +136,9 @@ pub struct PrefixesArgs {
 
 #[derive(Debug, Args)]
 pub struct SourcesArgs {}
+
+#[derive(Debug, Args)]
+pub struct LearnedArgs {}
 
 #[derive(Debug, Args)]
 pub struct PacArgs {

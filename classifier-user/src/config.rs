@@ -62,6 +62,10 @@ pub struct Config {
     pub index: IndexConfig,
     pub metrics: MetricsConfig,
     pub pac: PacConfig,
+    pub dns: DnsConfig,
+    /// The operator's own name rules for DNS learning (`[[domains]]`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub domains: Vec<DomainRule>,
     /// Other providers' published ranges, and more Microsoft 365 instances, each refreshed on
     /// its own (`[[sources]]`). `[feed]` is the source named `m365`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -100,6 +104,53 @@ pub struct PacConfig {
     /// categories `[policy] direct` sends direct.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub r#type: Option<u8>,
+}
+
+/// Learning the addresses of URL-only endpoints from the DNS answers clients get.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct DnsConfig {
+    /// Copy DNS answers at the LAN interfaces' tc egress and learn from them. Takes effect
+    /// at start.
+    pub learn: bool,
+    /// A learned address is kept at least this long, whatever its TTL says...
+    #[serde(with = "duration_text")]
+    pub min_ttl: Duration,
+    /// ... and at most this long, then for `grace` more (longer while flows still use it).
+    #[serde(with = "duration_text")]
+    pub max_ttl: Duration,
+    #[serde(with = "duration_text")]
+    pub grace: Duration,
+    /// Learned addresses in all, and for one name.
+    pub max_learned: u32,
+    pub max_per_name: u32,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self {
+            learn: false,
+            min_ttl: Duration::from_mins(1),
+            max_ttl: Duration::from_hours(24),
+            grace: Duration::from_mins(5),
+            max_learned: 16384,
+            max_per_name: 32,
+        }
+    }
+}
+
+/// An operator's name rule: addresses of matching names go `direct` or `tunnel`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DomainRule {
+    /// An exact name or a `*` pattern (`*.zoom.us`).
+    pub name: String,
+    #[serde(default)]
+    pub policy: crate::sources::SourcePolicy,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp: Option<String>,
 }
 
 /// The name `[feed]`'s source goes by.
@@ -275,6 +326,8 @@ impl Default for Config {
             index: IndexConfig::default(),
             metrics: MetricsConfig::default(),
             pac: PacConfig::default(),
+            dns: DnsConfig::default(),
+            domains: Vec::new(),
             sources: Vec::new(),
         }
     }
@@ -425,6 +478,7 @@ impl Config {
                 ),
             );
         }
+        self.validate_dns()?;
         if let Some(kind) = self.pac.r#type
             && !(1..=2).contains(&kind)
         {
@@ -578,6 +632,54 @@ impl Config {
         crate::sources::first_set_ids(&self.sources).map_or_else(invalid, |_| Ok(()))
     }
 
+    fn validate_dns(&self) -> Result<(), ConfigError> {
+        let dns = &self.dns;
+        within(
+            "dns.min-ttl",
+            dns.min_ttl,
+            Duration::from_secs(1),
+            Duration::from_hours(24),
+        )?;
+        within(
+            "dns.max-ttl",
+            dns.max_ttl,
+            dns.min_ttl,
+            Duration::from_hours(7 * 24),
+        )?;
+        within(
+            "dns.grace",
+            dns.grace,
+            Duration::ZERO,
+            Duration::from_hours(24),
+        )?;
+        let invalid = |field, message: String| Err(ConfigError::Invalid { field, message });
+        if !(1..=1 << 20).contains(&dns.max_learned) {
+            return invalid("dns.max-learned", "must be 1..=1048576".to_owned());
+        }
+        if !(1..=4096).contains(&dns.max_per_name) {
+            return invalid("dns.max-per-name", "must be 1..=4096".to_owned());
+        }
+        for rule in &self.domains {
+            if crate::dns::normalize(&rule.name)
+                .is_none_or(|name| name.chars().all(|c| c == '*' || c == '.'))
+            {
+                return invalid(
+                    "domains",
+                    format!("{:?} is not a name or a name pattern", rule.name),
+                );
+            }
+            for (key, ports) in [("tcp", &rule.tcp), ("udp", &rule.udp)] {
+                if let Err(why) = crate::feed::parse_ports(ports.as_deref()) {
+                    return invalid("domains", format!("{:?}: {key}: {why}", rule.name));
+                }
+            }
+        }
+        if self.domains.len() > 1024 {
+            return invalid("domains", "at most 1024 rules".to_owned());
+        }
+        Ok(())
+    }
+
     fn validate_health(&self) -> Result<(), ConfigError> {
         let invalid = |field, message: String| Err(ConfigError::Invalid { field, message });
         let health = &self.health;
@@ -712,6 +814,8 @@ pub struct RestartOnly {
     pub index_memory_mib: u32,
     /// `metrics.listen`: the socket is bound at start.
     pub metrics_listen: String,
+    /// `dns.learn`: the capture program is attached at start.
+    pub dns_learn: bool,
 }
 
 impl RestartOnly {
@@ -726,6 +830,7 @@ impl RestartOnly {
             flow_table_size,
             index_memory_mib,
             metrics_listen,
+            dns_learn,
         } = self;
         [
             ("interfaces", *interfaces != other.interfaces),
@@ -741,6 +846,7 @@ impl RestartOnly {
                 *index_memory_mib != other.index_memory_mib,
             ),
             ("metrics.listen", *metrics_listen != other.metrics_listen),
+            ("dns.learn", *dns_learn != other.dns_learn),
         ]
         .into_iter()
         .filter_map(|(key, changed)| changed.then_some(key))
@@ -760,6 +866,7 @@ impl Config {
             flow_table_size: self.flows.table_size,
             index_memory_mib: self.index.memory_mib,
             metrics_listen: self.metrics.listen.clone(),
+            dns_learn: self.dns.learn,
         }
     }
 
@@ -787,12 +894,14 @@ impl Config {
             flow_table_size,
             index_memory_mib,
             metrics_listen,
+            dns_learn,
         } = running.clone();
         (self.interfaces, self.mode, self.pin_dir, self.state_dir) =
             (interfaces, mode, pin_dir, state_dir);
         self.flows.table_size = flow_table_size;
         self.index.memory_mib = index_memory_mib;
         self.metrics.listen = metrics_listen;
+        self.dns.learn = dns_learn;
         (self, ignored)
     }
 }

@@ -101,6 +101,8 @@ pub struct Catalog {
     pub source: Option<String>,
     /// The `[[sources]]` entries the maps hold: name, kind and first set id.
     pub sources: Vec<(String, crate::sources::Kind, u32)>,
+    /// Addresses learned from DNS answers, as the agent last recorded them.
+    pub learned: Vec<crate::state::LearnedRow>,
 }
 
 impl Catalog {
@@ -119,6 +121,11 @@ impl Catalog {
                 sets: feed.sets,
                 source: Some(format!("feed {} from {}", applied.version, applied.source)),
                 sources: Vec::new(),
+                learned: State::open_existing(state_dir)
+                    .ok()
+                    .and_then(|state| state.learned())
+                    .map(|learned| learned.rows)
+                    .unwrap_or_default(),
             };
             let sources = State::open_existing(state_dir)
                 .ok()
@@ -154,13 +161,24 @@ impl Catalog {
                     crate::EMBEDDED_FEED_VERSION
                 )),
                 sources: Vec::new(),
+                learned: Vec::new(),
             };
         }
         Self {
             sets: Vec::new(),
             source: None,
             sources: Vec::new(),
+            learned: Vec::new(),
         }
+    }
+
+    /// The name a learned address came from, when set `id` learned it.
+    #[must_use]
+    pub fn learned_from(&self, addr: IpAddr, id: u16) -> Option<&str> {
+        self.learned
+            .iter()
+            .find(|row| row.address == addr && row.set == u32::from(id))
+            .map(|row| row.name.as_str())
     }
 
     /// The source that set `id` belongs to: `operator` for 0, `m365` for `[feed]`'s ids,
@@ -181,6 +199,12 @@ impl Catalog {
             .iter()
             .find(|(_, kind, first)| crate::sources::source::owns(*kind, *first, id))
             .map(|(name, _, _)| name.as_str())
+            .or_else(|| {
+                self.learned
+                    .iter()
+                    .find(|row| row.set == id)
+                    .map(|row| row.source.as_str())
+            })
     }
 
     /// The set ids of source `name`: `None` when the maps hold no source of that name.
@@ -212,9 +236,15 @@ impl Catalog {
     pub fn service_area(&self, id: u16) -> &str {
         match id {
             0 => "operator",
-            id => self
-                .set(id)
-                .map_or("unknown", |set| set.service_area.as_str()),
+            id => self.set(id).map_or_else(
+                || {
+                    self.learned
+                        .iter()
+                        .find(|row| row.set == u32::from(id))
+                        .map_or("unknown", |row| row.service_area.as_str())
+                },
+                |set| set.service_area.as_str(),
+            ),
         }
     }
 

@@ -178,6 +178,20 @@ impl Feed {
 }
 
 impl EndpointSet {
+    /// The set without its prefixes (to give it others).
+    #[must_use]
+    pub fn clone_without_prefixes(&self) -> Self {
+        Self {
+            id: self.id,
+            service_area: self.service_area.clone(),
+            category: self.category,
+            prefixes: Vec::new(),
+            tcp: self.tcp.clone(),
+            udp: self.udp.clone(),
+            by_address: self.by_address,
+        }
+    }
+
     fn from_raw(raw: RawSet) -> Result<Option<Self>, FeedError> {
         let RawSet {
             id,

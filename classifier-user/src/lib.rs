@@ -8,6 +8,7 @@ pub mod cmd;
 pub mod compile;
 pub mod config;
 pub mod datapath;
+pub mod dns;
 pub mod explain;
 pub mod feed;
 pub mod gate;

@@ -69,6 +69,9 @@ pub struct Shared {
     pub apply_seconds: Histogram,
     /// The PAC file, when `[pac] serve` is on and a feed is installed.
     pub pac: Mutex<Option<String>>,
+    /// DNS learning: what answers did, and from capture to the map.
+    pub dns: Mutex<crate::dns::Counts>,
+    pub dns_seconds: Histogram,
 }
 
 impl Default for Shared {
@@ -79,6 +82,9 @@ impl Default for Shared {
             // 0.1 ms .. about 27 s.
             apply_seconds: Histogram::new(exponential_buckets(0.000_1, 4.0, 10)),
             pac: Mutex::default(),
+            dns: Mutex::default(),
+            // 10 us .. about 10 s.
+            dns_seconds: Histogram::new(exponential_buckets(0.000_01, 4.0, 10)),
         }
     }
 }
@@ -334,6 +340,25 @@ impl Collector for Scrape {
                 "decided by each endpoint set that decided any",
                 &by_set,
             )?;
+            counter(
+                &mut encoder,
+                "xdp_breakout_dns_capture",
+                "DNS answers at the LAN's tc egress: copied to the agent, or why not",
+                &[
+                    (stat::DNS_COPIED, "copied"),
+                    (stat::DNS_RING_FULL, "ring_full"),
+                    (stat::DNS_RATE_LIMITED, "rate_limited"),
+                    (stat::DNS_TOO_BIG, "too_big"),
+                ]
+                .iter()
+                .map(|(index, outcome)| {
+                    (
+                        vec![("outcome", (*outcome).to_owned())],
+                        stats.get(*index as usize).map_or(0, |c| c.packets),
+                    )
+                })
+                .collect::<Vec<_>>(),
+            )?;
             gauge(
                 &mut encoder,
                 "xdp_breakout_flows",
@@ -356,6 +381,35 @@ impl Collector for Scrape {
                         .get(stat::FLOW_EVICTED as usize)
                         .map_or(0, |c| c.packets),
                 )],
+            )?;
+        }
+        if let Ok(dns) = self.shared.dns.lock().map(|dns| dns.clone()) {
+            let mut rows = vec![
+                (vec![("outcome", "learned".to_owned())], dns.learned),
+                (vec![("outcome", "refreshed".to_owned())], dns.refreshed),
+                (vec![("outcome", "special".to_owned())], dns.special),
+                (vec![("outcome", "capped".to_owned())], dns.capped),
+                (vec![("outcome", "excluded".to_owned())], dns.excluded),
+            ];
+            for reason in [
+                "malformed",
+                "not_answer",
+                "error",
+                "chain",
+                "no_match",
+                "no_address",
+            ] {
+                rows.push((
+                    vec![("outcome", format!("ignored_{reason}"))],
+                    dns.ignored.get(reason).copied().unwrap_or(0),
+                ));
+            }
+            counter(
+                &mut encoder,
+                "xdp_breakout_dns_answers",
+                "DNS answers the agent took, by what they did (addresses for learned, refreshed, \
+                 special, capped and excluded; answers for ignored_*)",
+                &rows,
             )?;
         }
         let Ok(status) = self.shared.status.lock().map(|status| status.clone()) else {
@@ -489,6 +543,11 @@ pub fn render(pin_dir: &std::path::Path, shared: &Arc<Shared>) -> String {
         "xdp_breakout_apply_duration_seconds",
         "time from the start of an apply until the data plane classified by the new table",
         shared.apply_seconds.clone(),
+    );
+    registry.register(
+        "xdp_breakout_dns_learn_duration_seconds",
+        "time from a DNS answer crossing tc until its addresses were in the map",
+        shared.dns_seconds.clone(),
     );
     registry.register_collector(Box::new(Scrape {
         maps: Maps::from_pins(pin_dir).map_err(|error| error.to_string()),

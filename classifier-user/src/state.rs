@@ -24,6 +24,8 @@ const STATUS: &str = "status.json";
 const SOURCES: &str = "sources";
 /// The endpoint sets of every source the maps hold, for `lookup`, `prefixes` and `stats`.
 const CATALOG: &str = "catalog.json";
+/// The addresses learned from DNS answers, for `learned` and `lookup`.
+const LEARNED: &str = "learned.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -115,6 +117,29 @@ pub struct SourceStatus {
 pub struct SourceCatalog {
     pub entries: String,
     pub sources: Vec<CatalogSource>,
+}
+
+/// One learned address in one endpoint set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LearnedRow {
+    pub address: std::net::IpAddr,
+    /// The name the client asked for.
+    pub name: String,
+    /// The name of its CNAME chain that matched a pattern.
+    pub matched: String,
+    pub set: u32,
+    pub service_area: String,
+    pub category: String,
+    pub source: String,
+    /// Seconds since the epoch.
+    pub expires: u64,
+}
+
+/// `learned.json`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LearnedFile {
+    pub counts: crate::dns::Counts,
+    pub rows: Vec<LearnedRow>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -303,6 +328,15 @@ impl State {
 
     pub fn save_catalog(&self, catalog: &SourceCatalog) -> Result<(), StateError> {
         self.write(CATALOG, &serde_json::to_vec(catalog).unwrap_or_default())
+    }
+
+    pub fn save_learned(&self, learned: &LearnedFile) -> Result<(), StateError> {
+        self.write(LEARNED, &serde_json::to_vec(learned).unwrap_or_default())
+    }
+
+    #[must_use]
+    pub fn learned(&self) -> Option<LearnedFile> {
+        serde_json::from_slice(&fs::read(self.dir.join(LEARNED)).ok()?).ok()
     }
 
     #[must_use]

@@ -929,3 +929,187 @@ fn a_full_flow_table_evicts_and_classifies_every_flow_right_in(tc: bool) {
     assert_eq!(teams["action"], "direct", "{teams}");
     assert_eq!(teams["dport"], 3478, "{teams}");
 }
+
+/// Kills a helper process when the test ends, however it ends.
+struct Kill<'a>(&'a mut std::process::Child);
+
+impl Drop for Kill<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A real resolver upstream (dnsmasq, in the tunnel's namespace): the client resolves names
+/// of URL-only endpoint sets with `dig` (a CNAME chain, a wildcard), the router learns the
+/// answers' addresses from its LAN egress, the client's next connection leaves by the uplink
+/// the set's category gets (Default, made direct for the test), `lookup` and `learned` say
+/// so, and after the TTL the address is forgotten and connections go to the tunnel again.
+#[test]
+fn names_of_url_only_sets_are_learned_from_dns_answers() {
+    names_of_url_only_sets_are_learned_from_dns_answers_in(false);
+}
+
+#[test]
+fn names_of_url_only_sets_are_learned_from_dns_answers_tc_only() {
+    names_of_url_only_sets_are_learned_from_dns_answers_in(true);
+}
+
+#[expect(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
+fn names_of_url_only_sets_are_learned_from_dns_answers_in(tc: bool) {
+    let Some(mut router) = router(
+        "dns",
+        Options {
+            tc,
+            ..Options::default()
+        },
+    ) else {
+        return;
+    };
+    serve(&router, "2026043000", FEED_2026043000);
+    // 44.20.0.1 is on the tunnel namespace's loopback: DNS crosses the tunnel both ways.
+    let pid_file = router.work_file("dnsmasq.pid");
+    let dnsmasq = router
+        .tunnel
+        .command("dnsmasq")
+        .args([
+            "--keep-in-foreground",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            "--listen-address=44.20.0.1",
+            "--port=53",
+            "--user=root",
+            "--local-ttl=2",
+            // Set 27 (Default, Skype, TCP 443), behind a CNAME.
+            "--cname=join.secure.skypeassets.com,edge7.cdn.example",
+            "--host-record=edge7.cdn.example,44.10.0.1",
+            // Set 39's *.svc.ms (Default, TCP 80 and 443): any name under svc.ms.
+            "--address=/svc.ms/44.10.0.1",
+        ])
+        .arg(format!("--pid-file={}", pid_file.display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    let Ok(mut dnsmasq) = dnsmasq else {
+        let _ = unavailable(
+            "dnsmasq (cargo xtask setup installs dnsmasq-base)",
+            &"not found",
+        );
+        return;
+    };
+    let _dnsmasq = Kill(&mut dnsmasq);
+    let config = router.work_file("config.toml");
+    std::fs::write(
+        &config,
+        "[policy]\ndirect = [\"Optimize\", \"Allow\", \"Default\"]\n\
+         [dns]\nlearn = true\nmin-ttl = \"2s\"\nmax-ttl = \"2s\"\ngrace = \"0s\"\n",
+    )
+    .unwrap();
+    router.start_daemon(&["--config", config.to_str().unwrap()]);
+    router.wait_version("2026043000");
+    let arrivals = Arrivals::default();
+    router.listen_tcp(443, &arrivals);
+
+    // Before any answer: 44.10.0.1 is no Microsoft address, the tunnel.
+    assert!(router.connect_tcp(EXTRA_A, 443));
+    settle(&arrivals, 1);
+    assert_eq!(arrived(&arrivals, Upstream::Tunnel, EXTRA_A, 443), 1);
+
+    let dig = |name: &str| -> String {
+        let output = router
+            .client
+            .command("dig")
+            .args(["@44.20.0.1", "+short", "+time=2", "+tries=2", name])
+            .output()
+            .expect("dig (cargo xtask setup installs bind9-dnsutils)");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let learned = |router: &Router| -> Value {
+        serde_json::from_slice(&router.cli(&["--json", "learned"]).stdout).unwrap_or(Value::Null)
+    };
+    let answer = dig("join.secure.skypeassets.com");
+    assert!(
+        answer.contains("edge7.cdn.example.") && answer.contains("44.10.0.1"),
+        "{answer}"
+    );
+    tests::daemon::wait_for(
+        "44.10.0.1 learned",
+        || {
+            learned(&router)["addresses"]
+                .as_array()
+                .is_some_and(|rows| !rows.is_empty())
+        },
+        || router.daemon_log(),
+    );
+    let rows = learned(&router);
+    let row = &rows["addresses"][0];
+    assert_eq!(
+        (&row["address"], &row["name"], &row["matched"], &row["set"]),
+        (
+            &Value::from("44.10.0.1"),
+            &Value::from("join.secure.skypeassets.com"),
+            &Value::from("join.secure.skypeassets.com"),
+            &Value::from(27)
+        ),
+        "{rows}"
+    );
+    assert!(router.connect_tcp(EXTRA_A, 443));
+    settle(&arrivals, 2);
+    assert_eq!(
+        arrived(&arrivals, Upstream::Direct, EXTRA_A, 443),
+        1,
+        "learned: Default, direct by this policy"
+    );
+    let lookup: Value = serde_json::from_slice(
+        &router
+            .cli(&[
+                "--json", "lookup", EXTRA_A, "--proto", "tcp", "--port", "443",
+            ])
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            &lookup["learned_from"],
+            &lookup["decided_by"],
+            &lookup["action"]
+        ),
+        (
+            &Value::from("join.secure.skypeassets.com"),
+            &Value::from(27),
+            &Value::from("direct")
+        ),
+        "{lookup}"
+    );
+    // A wildcard: any name under svc.ms.
+    assert!(dig("x7.files.svc.ms").contains("44.10.0.1"));
+    tests::daemon::wait_for(
+        "set 39 learned too",
+        || {
+            learned(&router)["addresses"]
+                .as_array()
+                .is_some_and(|rows| rows.iter().any(|row| row["set"] == 39))
+        },
+        || router.daemon_log(),
+    );
+    let stats: Value = serde_json::from_slice(&router.cli(&["--json", "stats"]).stdout).unwrap();
+    assert!(
+        stats["counters"]["dns_copied"]["packets"].as_u64() >= Some(2),
+        "{stats}"
+    );
+
+    // TTL 2 s, no grace: forgotten within an expiry sweep (every 5 s); the tunnel again.
+    tests::daemon::wait_for(
+        "44.10.0.1 forgotten",
+        || {
+            learned(&router)["addresses"]
+                .as_array()
+                .is_some_and(Vec::is_empty)
+        },
+        || router.daemon_log(),
+    );
+    assert!(router.connect_tcp(EXTRA_A, 443));
+    settle(&arrivals, 3);
+    assert_eq!(arrived(&arrivals, Upstream::Tunnel, EXTRA_A, 443), 2);
+}

@@ -17,7 +17,8 @@ pub fn run() -> anyhow::Result<()> {
     // systemd-analyze rates the unit's sandbox. wireguard-go and wireguard-tools: the router
     // harness's tunnel is WireGuard, in user space (this kernel has no WireGuard module).
     // nftables: the harness's NAT and black holes. prometheus: `promtool check metrics` on
-    // what `/metrics` serves.
+    // what `/metrics` serves. dnsmasq-base and bind9-dnsutils: the resolver and `dig` of the
+    // domain-learning test.
     let missing: Vec<&str> = [
         "llvm-22-dev",
         "bpftool",
@@ -27,6 +28,8 @@ pub fn run() -> anyhow::Result<()> {
         "wireguard-tools",
         "nftables",
         "prometheus",
+        "dnsmasq-base",
+        "bind9-dnsutils",
     ]
     .into_iter()
     .filter(|package| {

@@ -56,6 +56,12 @@ fn monotonic_ns() -> u64 {
     u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap_or(0)
 }
 
+/// The destination of a flow.
+#[must_use]
+pub fn dst_addr(key: &FlowKey) -> IpAddr {
+    address(key.dst, key.family)
+}
+
 fn address(bytes: [u8; 16], family: u8) -> IpAddr {
     if family == 4 {
         IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))

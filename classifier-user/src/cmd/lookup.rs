@@ -5,7 +5,8 @@
 //! "udp" or null), "port", "prefix" (or null), "endpoint_sets" (ids of the feed's sets whose
 //! prefixes hold the address), "decided_by" (the set whose rule or category decided, or
 //! null), "source" (the source that set belongs to: "m365", a `[[sources]]` name,
-//! "operator", or null), "service_area", "category" ("Optimize", "Allow", "Default",
+//! "operator", "domains", or null), "learned_from" (the DNS name the decisive address was
+//! learned from, or null), "service_area", "category" ("Optimize", "Allow", "Default",
 //! "Direct", "Tunnel" or null), "reason",
 //! "action" ("direct" or "tunnel"), "mark" (the mark a direct packet gets, or null)}`. With
 //! `lookup -`, a line that is no question gets [`BadLine`] in its place: `{"line", "error"}`.
@@ -228,9 +229,13 @@ pub struct Answer<'a> {
     /// The set whose port rule or category decided (0 for an operator's prefix); null when
     /// no prefix, or an excluded one, holds the address.
     pub decided_by: Option<u16>,
-    /// The source that set belongs to: `m365` (`[feed]`), a `[[sources]]` entry's name, or
-    /// `operator`; null with `decided_by`, or when no record the maps hold names it.
+    /// The source that set belongs to: `m365` (`[feed]`), a `[[sources]]` entry's name,
+    /// `operator` or `domains`; null with `decided_by`, or when no record the maps hold names
+    /// it.
     pub source: Option<&'a str>,
+    /// When the address was learned from a DNS answer (`[dns] learn`) and that decided: the
+    /// name the client asked for; else null.
+    pub learned_from: Option<&'a str>,
     /// That set's service area (`operator`; `unknown` when no feed the maps hold names it);
     /// null with `decided_by`.
     pub service_area: Option<&'a str>,
@@ -282,6 +287,13 @@ fn explain<'a>(
         endpoint_sets: catalog.sets_holding(query.addr, decision.rules.as_ref()),
         decided_by,
         source: decided_by.and_then(|id| catalog.source_of(id)),
+        learned_from: decided_by
+            .filter(|_| {
+                decision
+                    .prefix
+                    .is_some_and(|prefix| prefix.prefix_len() == prefix.max_prefix_len())
+            })
+            .and_then(|id| catalog.learned_from(query.addr, id)),
         service_area: decided_by.map(|id| catalog.service_area(id)),
         category: category::name(decision.category),
         reason: reason_name(decision.reason),
@@ -300,6 +312,7 @@ impl Answer<'_> {
             endpoint_sets,
             decided_by,
             source,
+            learned_from,
             service_area,
             category,
             reason,
@@ -321,9 +334,10 @@ impl Answer<'_> {
         };
         let decided = match decided_by {
             Some(id) => format!(
-                " (decided by {id}, {} of {})",
+                " (decided by {id}, {} of {}{})",
                 or_dash(*service_area),
-                or_dash(*source)
+                or_dash(*source),
+                learned_from.map_or_else(String::new, |name| format!(", learned from {name}"))
             ),
             None => String::new(),
         };
@@ -385,6 +399,7 @@ mod tests {
             endpoint_sets: vec![11, 12],
             decided_by: Some(11),
             source: Some("m365"),
+            learned_from: Some("x.teams.microsoft.com"),
             service_area: Some("Skype"),
             category: Some("Optimize"),
             reason: "match_port",
@@ -397,7 +412,9 @@ mod tests {
         assert!(row.starts_with("52.112.1.1 "), "{row}");
         assert!(
             row.contains(" udp/3478  52.112.0.0/14 ")
-                && row.ends_with(" 11,12 (decided by 11, Skype of m365)\n"),
+                && row.ends_with(
+                    " 11,12 (decided by 11, Skype of m365, learned from x.teams.microsoft.com)\n"
+                ),
             "{row}"
         );
         let bad = BadLine {

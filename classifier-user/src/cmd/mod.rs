@@ -10,6 +10,7 @@ pub mod classify;
 pub mod config;
 pub mod detach;
 pub mod flows;
+pub mod learned;
 pub mod lookup;
 pub mod pac;
 pub mod prefixes;
@@ -43,6 +44,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Flows(args) => flows::run(&global, &args),
         Command::Sources(args) => sources::run(&global, &args),
         Command::Pac(args) => pac::run(&global, &args),
+        Command::Learned(args) => learned::run(&global, &args),
         Command::Sync(args) => sync::run(&global, &args),
         Command::Config(command) => config::run(&global, &command),
         Command::Completions(args) => {

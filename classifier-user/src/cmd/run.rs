@@ -98,14 +98,19 @@ async fn daemon(global: &GlobalArgs, args: &RunArgs, config: Config) -> anyhow::
         datapath
             .attach(iface, config.mode.into())
             .with_context(|| format!("attaching to {iface}"))?;
+        datapath
+            .attach_dns(iface, config.dns.learn)
+            .with_context(|| format!("the DNS capture on {iface}"))?;
         info!("attached to {iface} (mark {})", config.policy.mark);
     }
+    let mut dns = Dns::start(&mut datapath, config.dns.learn)?;
     agent.save_status();
     drop(startup_lock);
     let mut agent = agent.locking(&config.pin_dir);
     let started = config.restart_only();
 
-    serve(global, args, &mut agent, &started).await?;
+    serve(global, args, &mut agent, &started, &mut dns).await?;
+    drop(dns);
     if let Some(logs) = logs {
         logs.abort();
     }
@@ -132,6 +137,7 @@ async fn serve(
     args: &RunArgs,
     agent: &mut Agent,
     started: &RestartOnly,
+    dns: &mut Dns,
 ) -> anyhow::Result<()> {
     let mut hangup = signal(SignalKind::hangup())?;
     let mut terminate = signal(SignalKind::terminate())?;
@@ -148,6 +154,10 @@ async fn serve(
             () = sleep_until(at) => {}
             Some(report) = health.next() => {
                 take_report(agent, report);
+                continue;
+            }
+            event = dns.next() => {
+                dns.take(agent, event);
                 continue;
             }
             _ = hangup.recv() => {
@@ -177,6 +187,7 @@ async fn serve(
             tokio::select! {
                 outcome = &mut fetch => break outcome,
                 Some(report) = health.next() => take_report(agent, report),
+                event = dns.next() => dns.take(agent, event),
                 _ = hangup.recv() => {
                     info!("SIGHUP: cancelled the feed request in flight");
                     reload(global, args, agent, started);
@@ -207,6 +218,131 @@ async fn serve(
     }
     drop(health);
     Ok(())
+}
+
+/// DNS learning in the daemon: the ring buffer's reader (a task of its own, which hands
+/// batches of answers over), when to apply what was learned, and when to look for expired
+/// addresses.
+/// DNS answers as the ring buffer gives them: capture time (CLOCK_MONOTONIC, ns), message.
+type Answers = Vec<(u64, Vec<u8>)>;
+
+struct Dns {
+    answers: Option<mpsc::Receiver<Answers>>,
+    reader: Option<tokio::task::JoinHandle<()>>,
+    settle_at: Option<Instant>,
+    expiry: tokio::time::Interval,
+}
+
+/// What [`Dns::next`] found.
+enum DnsEvent {
+    Answers(Answers),
+    Settle,
+    Expire,
+}
+
+/// How long learned addresses (already in the tries) wait to be applied with the rest of
+/// the table: a burst of answers costs one full apply.
+const SETTLE_AFTER: Duration = Duration::from_millis(200);
+
+impl Dns {
+    fn start(datapath: &mut Datapath, learn: bool) -> anyhow::Result<Self> {
+        let (answers, reader) = if learn {
+            let ring = datapath.take_dns_ring()?;
+            let (sender, answers) = mpsc::channel(256);
+            (Some(answers), Some(tokio::spawn(read_dns(ring, sender))))
+        } else {
+            (None, None)
+        };
+        let mut expiry = tokio::time::interval(Duration::from_secs(5));
+        expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Ok(Self {
+            answers,
+            reader,
+            settle_at: None,
+            expiry,
+        })
+    }
+
+    async fn next(&mut self) -> DnsEvent {
+        let Some(answers) = &mut self.answers else {
+            return std::future::pending().await;
+        };
+        let settle_at = self.settle_at;
+        tokio::select! {
+            Some(batch) = answers.recv() => DnsEvent::Answers(batch),
+            () = async { sleep_until(settle_at.unwrap_or_else(Instant::now)).await }, if settle_at.is_some() => DnsEvent::Settle,
+            _ = self.expiry.tick() => DnsEvent::Expire,
+        }
+    }
+
+    fn take(&mut self, agent: &mut Agent, event: DnsEvent) {
+        match event {
+            DnsEvent::Answers(batch) => {
+                if !agent.learn(&batch).is_empty() && self.settle_at.is_none() {
+                    self.settle_at = Some(Instant::now() + SETTLE_AFTER);
+                }
+            }
+            DnsEvent::Settle => {
+                self.settle_at = None;
+                agent.settle();
+                agent.save_status();
+            }
+            DnsEvent::Expire => agent.expire_learned(),
+        }
+    }
+}
+
+impl Drop for Dns {
+    fn drop(&mut self) {
+        if let Some(reader) = self.reader.take() {
+            reader.abort();
+        }
+    }
+}
+
+/// Reads the DNS ring buffer as it fills and hands batches of `(capture time, message)` to
+/// the daemon loop; a batch the loop cannot take now is dropped and counted.
+async fn read_dns(ring: aya::maps::RingBuf<aya::maps::MapData>, answers: mpsc::Sender<Answers>) {
+    const HEADER: usize = 16;
+    // SAFETY: the ring buffer owns its map's fd, which stays open and unchanged for as long
+    // as the ring buffer lives, and it lives inside the AsyncFd.
+    let registered =
+        unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) };
+    let mut ring = match registered {
+        Ok(ring) => ring,
+        Err(error) => {
+            warn!("dns: the ring buffer cannot be polled: {error}");
+            return;
+        }
+    };
+    let mut dropped = 0u64;
+    loop {
+        let Ok(mut guard) = ring.readable_mut().await else {
+            return;
+        };
+        let mut batch = Vec::new();
+        while let Some(item) = guard.get_inner_mut().next() {
+            if item.len() < HEADER {
+                continue;
+            }
+            let ts = u64::from_ne_bytes(item[..8].try_into().unwrap_or_default());
+            let len = usize::from(u16::from_ne_bytes([item[8], item[9]]));
+            let Some(message) = item.get(HEADER..HEADER + len) else {
+                continue;
+            };
+            batch.push((ts, message.to_vec()));
+            if batch.len() >= 256 {
+                break;
+            }
+        }
+        if batch.len() < 256 {
+            guard.clear_ready();
+        }
+        if !batch.is_empty() && answers.try_send(batch).is_err() {
+            dropped += 1;
+            warn!("dns: the agent is behind; dropped a batch of answers ({dropped} so far)");
+        }
+    }
 }
 
 /// What the daemon fetches next.

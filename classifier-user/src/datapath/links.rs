@@ -192,6 +192,38 @@ impl Datapath {
     }
 }
 
+impl Datapath {
+    /// Attaches the DNS capture program to `iface`'s tc egress (`learn`), swapping it into
+    /// the pinned link when there is one; or removes that link (not `learn`).
+    pub fn attach_dns(&mut self, iface: &str, learn: bool) -> Result<(), DatapathError> {
+        let pin_dir = self.pin_dir.clone().ok_or(DatapathError::Unpinned)?;
+        let pin = super::pins::tc_egress_link_pin(&pin_dir, iface);
+        if !learn {
+            return match fs::remove_file(&pin) {
+                Err(error) if error.kind() != io::ErrorKind::NotFound => {
+                    Err(DatapathError::PinDir {
+                        path: pin,
+                        source: error,
+                    })
+                }
+                _ => Ok(()),
+            };
+        }
+        adopt_or_attach(
+            self.dns()?,
+            iface,
+            &pin,
+            |classifier| {
+                if let Err(error) = tc::qdisc_add_clsact(iface) {
+                    log::debug!("{iface}: clsact qdisc: {error}");
+                }
+                classifier.attach(iface, TcAttachType::Egress)
+            },
+            "attaching the DNS capture program to tc egress",
+        )
+    }
+}
+
 fn xdp_attach_hint(mode: XdpMode) -> String {
     match mode {
         XdpMode::Driver => {
@@ -206,7 +238,11 @@ fn xdp_attach_hint(mode: XdpMode) -> String {
 /// when its last reference goes).
 pub fn detach(pin_dir: &Path, iface: &str) -> Result<(), DatapathError> {
     check_pin_dir(pin_dir)?;
-    let pins = [xdp_link_pin(pin_dir, iface), tc_link_pin(pin_dir, iface)];
+    let pins = [
+        xdp_link_pin(pin_dir, iface),
+        tc_link_pin(pin_dir, iface),
+        super::pins::tc_egress_link_pin(pin_dir, iface),
+    ];
     if !pins.iter().any(|pin| pin.exists()) {
         return Err(DatapathError::NotAttached {
             iface: iface.to_owned(),

@@ -142,6 +142,9 @@ impl Datapath {
         tc_program(&mut ebpf, names::TC_ONLY_PROGRAM)?
             .load()
             .map_err(program_error(names::TC_ONLY_PROGRAM))?;
+        tc_program(&mut ebpf, names::DNS_PROGRAM)?
+            .load()
+            .map_err(program_error(names::DNS_PROGRAM))?;
         Ok(Self { ebpf, pin_dir })
     }
 
@@ -163,6 +166,21 @@ impl Datapath {
                 names::TC_PROGRAM
             },
         )
+    }
+
+    /// The DNS capture program (tc egress).
+    pub fn dns(&mut self) -> Result<&mut SchedClassifier, DatapathError> {
+        tc_program(&mut self.ebpf, names::DNS_PROGRAM)
+    }
+
+    /// The DNS ring buffer of this loaded object, taken out of it (once).
+    pub fn take_dns_ring(&mut self) -> Result<aya::maps::RingBuf<MapData>, DatapathError> {
+        let name = names::DNS_RING;
+        let map = self
+            .ebpf
+            .take_map(name)
+            .ok_or(DatapathError::MissingMap { name })?;
+        aya::maps::RingBuf::try_from(map).map_err(|source| DatapathError::Map { name, source })
     }
 
     /// The maps of the loaded object.

@@ -343,6 +343,29 @@ impl Maps {
         Ok(report)
     }
 
+    /// Writes one prefix's entry (a learned address: one syscall, seen by the next packet
+    /// that reaches the tries). The next [`Maps::apply`] takes it in like any other entry.
+    pub fn insert_prefix(
+        &mut self,
+        net: ipnet::IpNet,
+        value: &PrefixRules,
+    ) -> Result<(), DatapathError> {
+        match net {
+            ipnet::IpNet::V4(net) => write(
+                &mut self.prefix_v4,
+                names::PREFIX_V4,
+                &[crate::compile::key_v4(net)],
+                std::slice::from_ref(value),
+            ),
+            ipnet::IpNet::V6(net) => write(
+                &mut self.prefix_v6,
+                names::PREFIX_V6,
+                &[crate::compile::key_v6(net)],
+                std::slice::from_ref(value),
+            ),
+        }
+    }
+
     /// The longest installed prefix that holds `addr`, as the kernel finds it.
     pub fn lookup(&self, addr: IpAddr) -> Result<Option<PrefixRules>, DatapathError> {
         let found = match addr {

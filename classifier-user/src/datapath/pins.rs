@@ -292,6 +292,7 @@ pub(super) fn check_pins(pin_dir: &Path, sizes: &MapSizes) -> Result<(), Datapat
 
 const XDP_LINK_PREFIX: &str = "xdp_link@";
 const TC_LINK_PREFIX: &str = "tc_link@";
+const TC_EGRESS_LINK_PREFIX: &str = "tc_egress@";
 
 /// bpffs refuses names with a dot (`bpf_lookup`: "reserved for future use"), and VLAN
 /// interfaces are called `eth0.100`: escape `%` and `.` as in a URL.
@@ -304,6 +305,12 @@ fn iface_from_pin_name(name: &str) -> Option<String> {
         .strip_prefix(XDP_LINK_PREFIX)
         .or_else(|| name.strip_prefix(TC_LINK_PREFIX))?;
     Some(escaped.replace("%2e", ".").replace("%25", "%"))
+}
+
+/// Where the DNS capture link (tc egress) of `iface` is pinned.
+#[must_use]
+pub fn tc_egress_link_pin(pin_dir: &Path, iface: &str) -> PathBuf {
+    pin_dir.join(pin_name(TC_EGRESS_LINK_PREFIX, iface))
 }
 
 /// Where the XDP link of `iface` is pinned.
@@ -372,6 +379,7 @@ mod object_tests {
             names::XDP_PROGRAM,
             names::TC_PROGRAM,
             names::TC_ONLY_PROGRAM,
+            names::DNS_PROGRAM,
         ] {
             assert!(object.programs.contains_key(name), "program {name} missing");
         }

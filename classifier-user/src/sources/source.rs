@@ -146,8 +146,21 @@ pub fn first_set_ids(sources: &[SourceConfig]) -> Result<Vec<u32>, String> {
     Ok(ids)
 }
 
+/// The set id of the first `[[domains]]` rule: after the other sources'.
+#[must_use]
+pub fn domain_set_base(sources: &[SourceConfig]) -> u32 {
+    SOURCE_SET_BASE
+        + u32::try_from(
+            sources
+                .iter()
+                .filter(|source| source.kind != Kind::M365)
+                .count(),
+        )
+        .unwrap_or(u32::MAX)
+}
+
 /// Every port of a protocol: what a source without `tcp` and `udp` claims.
-const ALL_PORTS: PortRange = PortRange {
+pub const ALL_PORTS: PortRange = PortRange {
     lo: 0,
     hi: u16::MAX,
 };

@@ -1,0 +1,643 @@
+//! Learning the addresses of URL-only endpoints from the DNS answers clients get.
+//!
+//! `breakout_dns` (tc egress on the LAN interface) copies each DNS answer leaving for a
+//! client. Here an answer is parsed with `hickory-proto`, its CNAME chain followed from the
+//! question within the message, and every name of the chain matched against the feed's URL
+//! patterns and the operator's `[[domains]]` rules. Each A and AAAA address of a matching
+//! name becomes a member of the matching endpoint sets until its TTL (raised to a floor,
+//! capped, plus a grace period) runs out.
+//!
+//! Nothing in an answer is trusted beyond its checks: a message that does not parse, is no
+//! answer, or whose chain loops is ignored and counted; an address in special-purpose space
+//! (private, loopback, link-local, multicast, documentation, ...) is ignored and counted;
+//! entries are capped in total and per name.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+};
+
+use hickory_proto::{
+    op::{Message, MessageType, OpCode, ResponseCode},
+    rr::{RData, RecordType},
+};
+use serde::{Deserialize, Serialize};
+
+use crate::feed::{Category, EndpointSet, PortRange};
+
+/// Names followed through CNAMEs at most.
+pub const MAX_CHAIN: usize = 16;
+
+/// A name pattern as Microsoft writes them: an exact name, or `*` standing for any run of
+/// characters (`*.contoso.com` is every name under `contoso.com`, not `contoso.com` itself;
+/// `autodiscover.*.onmicrosoft.com`; `*cdn.onenote.net`). Lowercase ASCII, no trailing dot.
+#[must_use]
+pub fn matches(pattern: &str, name: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == name,
+        Some((head, tail)) => {
+            let Some(rest) = name.strip_prefix(head) else {
+                return false;
+            };
+            (1..=rest.len()).any(|skip| rest.is_char_boundary(skip) && matches(tail, &rest[skip..]))
+                || (tail.is_empty() && !rest.is_empty())
+        }
+    }
+}
+
+/// A name as patterns and answers are compared: lowercase, without the root's trailing dot,
+/// internationalized names in their ASCII (punycode) form; `None` for no name.
+#[must_use]
+pub fn normalize(name: &str) -> Option<String> {
+    let name = name.trim().trim_end_matches('.');
+    if name.is_empty() || name.len() > 253 {
+        return None;
+    }
+    let ascii = if name.is_ascii() {
+        name.to_ascii_lowercase()
+    } else {
+        // Each label on its own: a `*` is no IDN character.
+        name.split('.')
+            .map(|label| {
+                if label.is_ascii() {
+                    Some(label.to_ascii_lowercase())
+                } else {
+                    idna::domain_to_ascii(label).ok()
+                }
+            })
+            .collect::<Option<Vec<_>>>()?
+            .join(".")
+    };
+    ascii
+        .bytes()
+        .all(|byte| byte.is_ascii_alphanumeric() || b".-_*".contains(&byte))
+        .then_some(ascii)
+}
+
+/// What an address of a matching name joins: an endpoint set, without its prefixes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub id: u32,
+    pub service_area: String,
+    pub category: Category,
+    pub tcp: Vec<PortRange>,
+    pub udp: Vec<PortRange>,
+    /// Whether the set's category holds for ports outside its lists (false for a rule whose
+    /// ports are given).
+    pub by_address: bool,
+    /// `m365`, a `[[sources]]` name, or `domains` for the operator's rules.
+    pub source: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawSet {
+    id: u32,
+    #[serde(default)]
+    service_area: Option<String>,
+    category: String,
+    #[serde(default)]
+    urls: Option<Vec<String>>,
+    #[serde(default)]
+    tcp_ports: Option<String>,
+    #[serde(default)]
+    udp_ports: Option<String>,
+}
+
+/// Name patterns and the sets their addresses join.
+#[derive(Clone, Debug, Default)]
+pub struct Patterns {
+    patterns: Vec<(String, u32)>,
+    targets: BTreeMap<u32, Target>,
+}
+
+impl Patterns {
+    /// Adds the URL patterns of a Microsoft 365 feed, its set ids moved by `base` (its
+    /// instance's first id); sets with URLs and no addresses included.
+    pub fn add_feed(&mut self, body: &[u8], base: u32, source: &str) -> Result<(), String> {
+        let body = body.strip_prefix(b"\xef\xbb\xbf").unwrap_or(body);
+        let sets: Vec<RawSet> =
+            serde_json::from_slice(body).map_err(|error| format!("the feed: {error}"))?;
+        for set in sets {
+            let Some(urls) = set.urls.filter(|urls| !urls.is_empty()) else {
+                continue;
+            };
+            let Ok(category) = set.category.parse::<Category>() else {
+                continue;
+            };
+            if set.id == 0 || set.id >= classifier_common::M365_SET_IDS {
+                continue;
+            }
+            let ports = |text: Option<&str>| crate::feed::parse_ports(text).unwrap_or_default();
+            let id = base + set.id;
+            self.targets.insert(
+                id,
+                Target {
+                    id,
+                    service_area: set.service_area.unwrap_or_default(),
+                    category,
+                    tcp: ports(set.tcp_ports.as_deref()),
+                    udp: ports(set.udp_ports.as_deref()),
+                    by_address: true,
+                    source: source.to_owned(),
+                },
+            );
+            for url in urls {
+                if let Some(pattern) = normalize(&url) {
+                    self.patterns.push((pattern, id));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds an operator's rule.
+    pub fn add_rule(&mut self, pattern: &str, target: Target) {
+        if let Some(pattern) = normalize(pattern) {
+            self.patterns.push((pattern, target.id));
+            self.targets.insert(target.id, target);
+        }
+    }
+
+    /// The sets whose patterns match `name` (normalized), lowest id first.
+    #[must_use]
+    pub fn sets_of(&self, name: &str) -> Vec<u32> {
+        let mut ids: Vec<u32> = self
+            .patterns
+            .iter()
+            .filter(|(pattern, _)| matches(pattern, name))
+            .map(|(_, id)| *id)
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    #[must_use]
+    pub fn target(&self, id: u32) -> Option<&Target> {
+        self.targets.get(&id)
+    }
+
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.patterns.len()
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.patterns.is_empty()
+    }
+}
+
+/// Why an answer taught nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ignored {
+    /// Not a DNS message (truncated, bad counts, a compression loop, ...).
+    Malformed,
+    /// A query, another opcode, or not exactly one question.
+    NotAnswer,
+    /// An error answer (NXDOMAIN, SERVFAIL, ...).
+    Error,
+    /// A CNAME chain that loops or is longer than [`MAX_CHAIN`].
+    Chain,
+    /// No name of the chain matches a pattern.
+    NoMatch,
+    /// Matching names, but no A or AAAA record for them.
+    NoAddress,
+}
+
+/// The names and addresses of an answer: the question, the CNAMEs followed from it, and the
+/// A/AAAA records of any of those names, each with its TTL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    pub chain: Vec<String>,
+    pub addresses: Vec<(IpAddr, u32)>,
+}
+
+/// Reads a DNS answer.
+pub fn read_answer(message: &[u8]) -> Result<Answer, Ignored> {
+    let message = Message::from_vec(message).map_err(|_| Ignored::Malformed)?;
+    if message.message_type() != MessageType::Response
+        || message.op_code() != OpCode::Query
+        || message.queries().len() != 1
+    {
+        return Err(Ignored::NotAnswer);
+    }
+    if message.response_code() != ResponseCode::NoError {
+        return Err(Ignored::Error);
+    }
+    let name = |name: &hickory_proto::rr::Name| normalize(&name.to_ascii());
+    let Some(question) = name(message.queries()[0].name()) else {
+        return Err(Ignored::Malformed);
+    };
+    let mut chain = vec![question];
+    loop {
+        let last = chain.last().cloned().unwrap_or_default();
+        let next = message
+            .answers()
+            .iter()
+            .find_map(|record| match record.data() {
+                RData::CNAME(target) if name(record.name()).as_deref() == Some(last.as_str()) => {
+                    name(&target.0)
+                }
+                _ => None,
+            });
+        let Some(next) = next else { break };
+        if chain.contains(&next) || chain.len() >= MAX_CHAIN {
+            return Err(Ignored::Chain);
+        }
+        chain.push(next);
+    }
+    let addresses = message
+        .answers()
+        .iter()
+        .filter(|record| {
+            matches!(record.record_type(), RecordType::A | RecordType::AAAA)
+                && name(record.name()).is_some_and(|owner| chain.contains(&owner))
+        })
+        .filter_map(|record| {
+            let addr = match record.data() {
+                RData::A(a) => IpAddr::V4(a.0),
+                RData::AAAA(aaaa) => IpAddr::V6(aaaa.0),
+                _ => return None,
+            };
+            Some((addr, record.ttl()))
+        })
+        .collect();
+    Ok(Answer { chain, addresses })
+}
+
+/// An address learned from an answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub address: IpAddr,
+    /// The question that brought it (the name a client asked for).
+    pub name: String,
+    /// The name of the chain whose pattern matched.
+    pub matched: String,
+    pub sets: Vec<u32>,
+    /// Seconds since the epoch when it is forgotten (TTL, floor, cap and grace applied).
+    pub expires: u64,
+}
+
+/// Limits of what is learned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub min_ttl: u32,
+    pub max_ttl: u32,
+    pub grace: u32,
+    pub max_entries: usize,
+    pub max_per_name: usize,
+}
+
+/// Counts of what answers did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    pub answers: u64,
+    pub learned: u64,
+    pub refreshed: u64,
+    pub ignored: BTreeMap<String, u64>,
+    /// Addresses in special-purpose space, ignored.
+    pub special: u64,
+    /// Addresses over the caps, ignored.
+    pub capped: u64,
+    /// Addresses inside an `exclude` prefix, ignored.
+    pub excluded: u64,
+}
+
+impl Counts {
+    fn ignore(&mut self, why: Ignored) {
+        let key = serde_json::to_value(why)
+            .ok()
+            .and_then(|value| value.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        *self.ignored.entry(key).or_default() += 1;
+    }
+}
+
+/// The learned addresses.
+#[derive(Clone, Debug, Default)]
+pub struct Learned {
+    pub entries: HashMap<IpAddr, Entry>,
+    pub counts: Counts,
+}
+
+/// What taking an answer changed: addresses new to a set (the data plane needs them now).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Taken {
+    pub new: Vec<IpAddr>,
+}
+
+impl Learned {
+    /// Takes one DNS message at `now` (seconds since the epoch); `excluded` says whether an
+    /// address lies in an operator's `exclude`.
+    pub fn take(
+        &mut self,
+        message: &[u8],
+        patterns: &Patterns,
+        limits: Limits,
+        now: u64,
+        excluded: impl Fn(IpAddr) -> bool,
+    ) -> Taken {
+        self.counts.answers += 1;
+        let answer = match read_answer(message) {
+            Ok(answer) => answer,
+            Err(why) => {
+                self.counts.ignore(why);
+                return Taken::default();
+            }
+        };
+        let matched = answer.chain.iter().find_map(|name| {
+            let sets = patterns.sets_of(name);
+            (!sets.is_empty()).then(|| (name.clone(), sets))
+        });
+        let Some((matched, sets)) = matched else {
+            self.counts.ignore(Ignored::NoMatch);
+            return Taken::default();
+        };
+        if answer.addresses.is_empty() {
+            self.counts.ignore(Ignored::NoAddress);
+            return Taken::default();
+        }
+        let question = answer.chain[0].clone();
+        let mut taken = Taken::default();
+        for (address, ttl) in answer.addresses {
+            if crate::gate::special_block(ipnet::IpNet::from(address)).is_some() {
+                self.counts.special += 1;
+                continue;
+            }
+            if excluded(address) {
+                self.counts.excluded += 1;
+                continue;
+            }
+            let ttl = ttl.clamp(limits.min_ttl, limits.max_ttl.max(limits.min_ttl));
+            let expires = now + u64::from(ttl) + u64::from(limits.grace);
+            if let Some(entry) = self.entries.get_mut(&address) {
+                entry.expires = entry.expires.max(expires);
+                let before = entry.sets.len();
+                entry.sets.extend(&sets);
+                entry.sets.sort_unstable();
+                entry.sets.dedup();
+                if entry.sets.len() == before {
+                    self.counts.refreshed += 1;
+                } else {
+                    taken.new.push(address);
+                    self.counts.learned += 1;
+                }
+                continue;
+            }
+            let of_name = self
+                .entries
+                .values()
+                .filter(|entry| entry.name == question)
+                .count();
+            if self.entries.len() >= limits.max_entries || of_name >= limits.max_per_name {
+                self.counts.capped += 1;
+                continue;
+            }
+            self.entries.insert(
+                address,
+                Entry {
+                    address,
+                    name: question.clone(),
+                    matched: matched.clone(),
+                    sets: sets.clone(),
+                    expires,
+                },
+            );
+            taken.new.push(address);
+            self.counts.learned += 1;
+        }
+        taken
+    }
+
+    /// Forgets entries expired at `now`, except those `in_use` says flows still use (they
+    /// get another `grace`). Returns whether anything was forgotten.
+    pub fn expire(&mut self, now: u64, grace: u32, in_use: impl Fn(IpAddr) -> bool) -> bool {
+        let before = self.entries.len();
+        self.entries.retain(|address, entry| {
+            if entry.expires > now {
+                return true;
+            }
+            if in_use(*address) {
+                entry.expires = now + u64::from(grace.max(1));
+                return true;
+            }
+            false
+        });
+        self.entries.len() != before
+    }
+
+    /// The learned addresses as endpoint sets, one per set that has any.
+    #[must_use]
+    pub fn sets(&self, patterns: &Patterns) -> Vec<EndpointSet> {
+        let mut by_set: BTreeMap<u32, Vec<ipnet::IpNet>> = BTreeMap::new();
+        for entry in self.entries.values() {
+            for id in &entry.sets {
+                by_set
+                    .entry(*id)
+                    .or_default()
+                    .push(ipnet::IpNet::from(entry.address));
+            }
+        }
+        by_set
+            .into_iter()
+            .filter_map(|(id, mut prefixes)| {
+                let target = patterns.target(id)?;
+                prefixes.sort_unstable();
+                Some(EndpointSet {
+                    id,
+                    service_area: target.service_area.clone(),
+                    category: target.category,
+                    prefixes,
+                    tcp: target.tcp.clone(),
+                    udp: target.udp.clone(),
+                    by_address: target.by_address,
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hickory_proto::{
+        op::{Message, MessageType, Query},
+        rr::{Name, RData, Record, rdata},
+    };
+
+    use super::*;
+
+    /// A pattern table: exact, wildcard, the apex of a wildcard, case, trailing dot, IDN.
+    #[test]
+    fn patterns_match_as_microsoft_means_them() {
+        let cases = [
+            ("outlook.office365.com", "outlook.office365.com", true),
+            ("outlook.office365.com", "x.outlook.office365.com", false),
+            ("*.teams.microsoft.com", "a.teams.microsoft.com", true),
+            ("*.teams.microsoft.com", "a.b.teams.microsoft.com", true),
+            ("*.teams.microsoft.com", "teams.microsoft.com", false),
+            ("*.teams.microsoft.com", "evilteams.microsoft.com", false),
+            (
+                "*.teams.microsoft.com",
+                "teams.microsoft.com.evil.example",
+                false,
+            ),
+            (
+                "autodiscover.*.onmicrosoft.com",
+                "autodiscover.contoso.onmicrosoft.com",
+                true,
+            ),
+            (
+                "autodiscover.*.onmicrosoft.com",
+                "autodiscover.onmicrosoft.com",
+                false,
+            ),
+            ("*cdn.onenote.net", "appcdn.onenote.net", true),
+            ("*cdn.onenote.net", "cdn.onenote.net", false),
+        ];
+        for (pattern, name, expected) in cases {
+            assert_eq!(matches(pattern, name), expected, "{pattern} ~ {name}");
+        }
+        for (raw, normal) in [
+            ("Outlook.Office365.COM.", Some("outlook.office365.com")),
+            ("*.Teams.Microsoft.com", Some("*.teams.microsoft.com")),
+            ("bücher.example", Some("xn--bcher-kva.example")),
+            ("*.bücher.example", Some("*.xn--bcher-kva.example")),
+            ("", None),
+            (".", None),
+            ("a b.example", None),
+        ] {
+            assert_eq!(normalize(raw).as_deref(), normal, "{raw}");
+        }
+    }
+
+    fn answer(question: &str, records: Vec<Record>) -> Vec<u8> {
+        let mut message = Message::new();
+        message.set_message_type(MessageType::Response);
+        message.add_query(Query::query(
+            Name::from_ascii(question).unwrap(),
+            RecordType::A,
+        ));
+        message.add_answers(records);
+        message.to_vec().unwrap()
+    }
+
+    fn cname(name: &str, target: &str) -> Record {
+        Record::from_rdata(
+            Name::from_ascii(name).unwrap(),
+            300,
+            RData::CNAME(rdata::CNAME(Name::from_ascii(target).unwrap())),
+        )
+    }
+
+    fn a(name: &str, addr: &str, ttl: u32) -> Record {
+        Record::from_rdata(
+            Name::from_ascii(name).unwrap(),
+            ttl,
+            RData::A(rdata::A(addr.parse().unwrap())),
+        )
+    }
+
+    #[test]
+    fn chains_are_followed_within_the_message_and_loops_refused() {
+        let message = answer(
+            "teams.example.",
+            vec![
+                cname("teams.example.", "edge.cdn.example."),
+                cname("edge.cdn.example.", "node7.cdn.example."),
+                a("node7.cdn.example.", "192.0.2.7", 30),
+                a("unrelated.example.", "192.0.2.8", 30),
+            ],
+        );
+        let answer = read_answer(&message).unwrap();
+        assert_eq!(
+            answer.chain,
+            ["teams.example", "edge.cdn.example", "node7.cdn.example"]
+        );
+        assert_eq!(answer.addresses, [("192.0.2.7".parse().unwrap(), 30)]);
+        let looped = answer_loop();
+        assert_eq!(read_answer(&looped), Err(Ignored::Chain));
+        assert_eq!(read_answer(&message[..20]), Err(Ignored::Malformed));
+        assert_eq!(read_answer(b""), Err(Ignored::Malformed));
+    }
+
+    fn answer_loop() -> Vec<u8> {
+        answer(
+            "a.example.",
+            vec![
+                cname("a.example.", "b.example."),
+                cname("b.example.", "a.example."),
+            ],
+        )
+    }
+
+    #[test]
+    fn learning_respects_ttls_caps_special_space_and_excludes() {
+        let mut patterns = Patterns::default();
+        patterns.add_rule(
+            "*.zoom.us",
+            Target {
+                id: 4100,
+                service_area: "zoom".into(),
+                category: Category::Direct,
+                tcp: Vec::new(),
+                udp: Vec::new(),
+                by_address: true,
+                source: "domains".into(),
+            },
+        );
+        let limits = Limits {
+            min_ttl: 60,
+            max_ttl: 3600,
+            grace: 30,
+            max_entries: 3,
+            max_per_name: 2,
+        };
+        let mut learned = Learned::default();
+        let message = answer(
+            "us04web.zoom.us.",
+            vec![
+                a("us04web.zoom.us.", "203.0.113.4", 5),
+                a("us04web.zoom.us.", "198.51.100.4", 5),
+                a("us04web.zoom.us.", "10.1.2.3", 5),
+            ],
+        );
+        // 203.0.113.0/24 and 198.51.100.0/24 are documentation space: ignored.
+        let taken = learned.take(&message, &patterns, limits, 1000, |_| false);
+        assert_eq!(taken.new, Vec::<IpAddr>::new());
+        assert_eq!(learned.counts.special, 3);
+        let message = answer(
+            "us04web.zoom.us.",
+            vec![
+                a("us04web.zoom.us.", "170.114.10.1", 5),
+                a("us04web.zoom.us.", "170.114.10.2", 5000),
+                a("us04web.zoom.us.", "170.114.10.3", 5),
+                a("us04web.zoom.us.", "170.114.10.4", 5),
+            ],
+        );
+        let taken = learned.take(&message, &patterns, limits, 1000, |addr| {
+            addr == "170.114.10.4".parse::<IpAddr>().unwrap()
+        });
+        assert_eq!(taken.new.len(), 2, "two per name");
+        assert_eq!((learned.counts.capped, learned.counts.excluded), (1, 1));
+        let entry = &learned.entries[&"170.114.10.1".parse().unwrap()];
+        assert_eq!(entry.expires, 1000 + 60 + 30, "the TTL floor and the grace");
+        let entry = &learned.entries[&"170.114.10.2".parse().unwrap()];
+        assert_eq!(entry.expires, 1000 + 3600 + 30, "the TTL cap");
+        let sets = learned.sets(&patterns);
+        assert_eq!(sets.len(), 1);
+        assert_eq!((sets[0].id, sets[0].prefixes.len()), (4100, 2));
+        assert!(!learned.expire(1089, 30, |_| false));
+        assert!(learned.expire(1091, 30, |_| false));
+        assert_eq!(learned.entries.len(), 1);
+        // In use: kept for another grace period.
+        assert!(!learned.expire(5000, 30, |_| true));
+        assert_eq!(learned.entries.len(), 1);
+        assert!(learned.expire(5031, 30, |_| false));
+        let none = learned.take(&answer_loop(), &patterns, limits, 1000, |_| false);
+        assert!(none.new.is_empty());
+        assert_eq!(learned.counts.ignored["chain"], 1);
+    }
+}
