@@ -5,6 +5,7 @@
 //! never assert on timing.
 
 mod cost;
+mod dns;
 mod frames;
 mod goals;
 mod nft;
@@ -150,6 +151,9 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     }
     refresh.section.print();
     sections.push(refresh.section);
+    let dns = dns::run(cli.quick).context("domain learning")?;
+    dns.print();
+    sections.push(dns);
     let goals = goals::section(&cost.goals, &throughput_goals, refresh.diff_ms);
     goals.print();
     sections.push(goals);
