@@ -106,7 +106,6 @@ fn every_map_lookup_call_sees_one_map() {
         names::XDP_PROGRAM,
         names::TC_PROGRAM,
         names::TC_ONLY_PROGRAM,
-        names::DNS_PROGRAM,
     ] {
         let section = &object.programs[program];
         let function = &object.functions[&(section.section_index, section.address)];
