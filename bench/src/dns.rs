@@ -31,18 +31,7 @@ fn frame(name: &str, address: std::net::Ipv4Addr) -> anyhow::Result<Vec<u8>> {
         300,
         RData::A(rdata::A(address)),
     ));
-    let message = message.to_vec()?;
-    let mut frame = vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1, 0x08, 0x00];
-    let udp_len = 8 + message.len();
-    frame.extend_from_slice(&[0x45, 0]);
-    frame.extend_from_slice(&u16::try_from(20 + udp_len)?.to_be_bytes());
-    frame.extend_from_slice(&[0, 1, 0, 0, 64, 17, 0, 0, 10, 0, 3, 2, 10, 0, 1, 2]);
-    frame.extend_from_slice(&53u16.to_be_bytes());
-    frame.extend_from_slice(&40000u16.to_be_bytes());
-    frame.extend_from_slice(&u16::try_from(udp_len)?.to_be_bytes());
-    frame.extend_from_slice(&[0, 0]);
-    frame.extend_from_slice(&message);
-    Ok(frame)
+    Ok(tests::packet::dns_answer_frame(&message.to_vec()?))
 }
 
 /// Latencies of `count` answers learned one at a time, and the time of one plain trie write

@@ -238,3 +238,27 @@ pub fn non_ip(ether_type: u16) -> Vec<u8> {
     frame.resize(60, 0);
     frame
 }
+
+/// An Ethernet/IPv4/UDP frame from a resolver's port 53 to a client's port 40000 carrying
+/// `message`: a DNS answer on its way to the LAN, as `breakout_dns` sees it at tc egress.
+///
+/// # Panics
+///
+/// When `message` does not fit in one IPv4 packet.
+#[must_use]
+pub fn dns_answer_frame(message: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&DST_MAC);
+    frame.extend_from_slice(&SRC_MAC);
+    frame.extend_from_slice(&ETH_P_IP.to_be_bytes());
+    let udp_len = 8 + message.len();
+    frame.extend_from_slice(&[0x45, 0]);
+    frame.extend_from_slice(&u16::try_from(20 + udp_len).expect("fits").to_be_bytes());
+    frame.extend_from_slice(&[0, 1, 0, 0, 64, IPPROTO_UDP, 0, 0, 10, 0, 3, 2, 10, 0, 1, 2]);
+    frame.extend_from_slice(&53u16.to_be_bytes());
+    frame.extend_from_slice(&40000u16.to_be_bytes());
+    frame.extend_from_slice(&u16::try_from(udp_len).expect("fits").to_be_bytes());
+    frame.extend_from_slice(&[0, 0]);
+    frame.extend_from_slice(message);
+    frame
+}

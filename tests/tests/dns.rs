@@ -22,25 +22,10 @@ use hickory_proto::{
 use tests::{
     FEED_2026043000, TempDir,
     http::{FeedServer, Reply},
+    packet::dns_answer_frame,
 };
 
 const TC_ACT_UNSPEC: u32 = u32::MAX;
-
-/// An Ethernet/IPv4/UDP frame from port 53 to a client carrying `message`.
-fn dns_frame(message: &[u8]) -> Vec<u8> {
-    let mut frame = vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1, 0x08, 0x00];
-    let udp_len = 8 + message.len();
-    let total = 20 + udp_len;
-    frame.extend_from_slice(&[0x45, 0]);
-    frame.extend_from_slice(&u16::try_from(total).unwrap().to_be_bytes());
-    frame.extend_from_slice(&[0, 1, 0, 0, 64, 17, 0, 0, 10, 0, 3, 2, 10, 0, 1, 2]);
-    frame.extend_from_slice(&53u16.to_be_bytes());
-    frame.extend_from_slice(&40000u16.to_be_bytes());
-    frame.extend_from_slice(&u16::try_from(udp_len).unwrap().to_be_bytes());
-    frame.extend_from_slice(&[0, 0]);
-    frame.extend_from_slice(message);
-    frame
-}
 
 fn answer(question: &str, records: Vec<Record>, code: ResponseCode) -> Vec<u8> {
     let mut message = Message::new();
@@ -147,13 +132,18 @@ fn the_capture_copies_answers_to_clients_and_counts_the_rest() {
         ResponseCode::NoError,
     );
     assert!(big.len() > classifier_common::DNS_MAX_MESSAGE);
-    let mut not_dns = dns_frame(&message);
+    let mut not_dns = dns_answer_frame(&message);
     not_dns[34..36].copy_from_slice(&5353u16.to_be_bytes());
     let mut ring = datapath.take_dns_ring().unwrap();
     let records = capture(
         &mut datapath,
         &mut ring,
-        &[dns_frame(&message), dns_frame(&big), not_dns, vec![0u8; 60]],
+        &[
+            dns_answer_frame(&message),
+            dns_answer_frame(&big),
+            not_dns,
+            vec![0u8; 60],
+        ],
     );
     assert_eq!(records.len(), 1, "only the answer from port 53 that fits");
     assert_eq!(records[0].1, message, "the message, byte for byte");
@@ -181,7 +171,7 @@ fn learned_addresses_are_in_the_map_at_once_named_by_lookup_and_forgotten() {
     // Default, TCP 443) too. 52.113.9.9 lies in Teams' 52.112.0.0/14 (Optimize for UDP
     // 3478-3481, Allow for TCP/UDP 443 and TCP 80).
     let frames = [
-        dns_frame(&answer(
+        dns_answer_frame(&answer(
             "join.secure.skypeassets.com.",
             vec![
                 cname("join.secure.skypeassets.com.", "edge.azureedge.example."),
@@ -189,7 +179,7 @@ fn learned_addresses_are_in_the_map_at_once_named_by_lookup_and_forgotten() {
             ],
             ResponseCode::NoError,
         )),
-        dns_frame(&answer(
+        dns_answer_frame(&answer(
             "x.teams.microsoft.com.",
             vec![a("x.teams.microsoft.com.", "52.113.9.9", 30)],
             ResponseCode::NoError,
@@ -339,7 +329,7 @@ fn malformed_and_hostile_answers_are_counted_and_teach_nothing() {
     ];
     let frames: Vec<Vec<u8>> = corpus
         .iter()
-        .map(|(_, message)| dns_frame(message))
+        .map(|(_, message)| dns_answer_frame(message))
         .collect();
     let mut ring = datapath.take_dns_ring().unwrap();
     let records = capture(&mut datapath, &mut ring, &frames);
@@ -367,6 +357,6 @@ fn malformed_and_hostile_answers_are_counted_and_teach_nothing() {
         assert!(counts.ignored.contains_key(reason), "{reason}: {counts:?}");
     }
     // Alive: the next good answer is learned.
-    let records = capture(&mut datapath, &mut ring, &[dns_frame(&good)]);
+    let records = capture(&mut datapath, &mut ring, &[dns_answer_frame(&good)]);
     assert_eq!(agent.learn(&records).len(), 1);
 }
