@@ -89,21 +89,6 @@ pub struct Target {
     pub source: String,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RawSet {
-    id: u32,
-    #[serde(default)]
-    service_area: Option<String>,
-    category: String,
-    #[serde(default)]
-    urls: Option<Vec<String>>,
-    #[serde(default)]
-    tcp_ports: Option<String>,
-    #[serde(default)]
-    udp_ports: Option<String>,
-}
-
 /// Name patterns and the sets their addresses join.
 #[derive(Clone, Debug, Default)]
 pub struct Patterns {
@@ -115,9 +100,7 @@ impl Patterns {
     /// Adds the URL patterns of a Microsoft 365 feed, its set ids moved by `base` (its
     /// instance's first id); sets with URLs and no addresses included.
     pub fn add_feed(&mut self, body: &[u8], base: u32, source: &str) -> Result<(), String> {
-        let body = body.strip_prefix(b"\xef\xbb\xbf").unwrap_or(body);
-        let sets: Vec<RawSet> =
-            serde_json::from_slice(body).map_err(|error| format!("the feed: {error}"))?;
+        let sets = crate::feed::raw_sets(body).map_err(|error| format!("the feed: {error}"))?;
         for set in sets {
             let Some(urls) = set.urls.filter(|urls| !urls.is_empty()) else {
                 continue;

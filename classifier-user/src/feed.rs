@@ -121,27 +121,35 @@ pub struct Feed {
     pub total_sets: usize,
 }
 
+/// An endpoint set as the service writes it, unchecked: what [`Feed::parse`] validates, and
+/// where the PAC file and DNS learning read the URLs.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct RawSet {
-    id: u32,
+pub(crate) struct RawSet {
+    pub id: u32,
     #[serde(default)]
-    service_area: Option<String>,
-    category: String,
+    pub service_area: Option<String>,
+    pub category: String,
     #[serde(default)]
-    ips: Option<Vec<String>>,
+    pub ips: Option<Vec<String>>,
     #[serde(default)]
-    tcp_ports: Option<String>,
+    pub urls: Option<Vec<String>>,
     #[serde(default)]
-    udp_ports: Option<String>,
+    pub tcp_ports: Option<String>,
+    #[serde(default)]
+    pub udp_ports: Option<String>,
+}
+
+/// The sets of an endpoints body, unchecked.
+pub(crate) fn raw_sets(body: &[u8]) -> Result<Vec<RawSet>, serde_json::Error> {
+    // The 2020 service output starts with a UTF-8 byte order mark in some captures.
+    serde_json::from_slice(body.strip_prefix(b"\xef\xbb\xbf").unwrap_or(body))
 }
 
 impl Feed {
     /// Parses the body of `GET /endpoints/{instance}`.
     pub fn parse(body: &[u8]) -> Result<Self, FeedError> {
-        // The 2020 service output starts with a UTF-8 byte order mark in some captures.
-        let body = body.strip_prefix(b"\xef\xbb\xbf").unwrap_or(body);
-        let raw: Vec<RawSet> = serde_json::from_slice(body).map_err(FeedError::Json)?;
+        let raw = raw_sets(body).map_err(FeedError::Json)?;
         if raw.is_empty() {
             return Err(FeedError::Empty);
         }
@@ -198,6 +206,7 @@ impl EndpointSet {
             service_area,
             category,
             ips,
+            urls: _,
             tcp_ports,
             udp_ports,
         } = raw;

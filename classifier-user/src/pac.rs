@@ -9,25 +9,15 @@
 
 use std::collections::BTreeSet;
 
-use serde::Deserialize;
-
 use crate::feed::Category;
 
 /// The longest host name (RFC 1035).
 const MAX_HOST: usize = 253;
 
-#[derive(Deserialize)]
-struct RawSet {
-    category: String,
-    #[serde(default)]
-    urls: Option<Vec<String>>,
-}
-
 /// The host patterns of `body`'s sets of `categories`, lowercased, sorted and without
 /// repeats; and the entries left out because they are no host pattern.
 pub fn hosts(body: &[u8], categories: &[Category]) -> Result<(Vec<String>, usize), String> {
-    let body = body.strip_prefix(b"\xef\xbb\xbf").unwrap_or(body);
-    let sets: Vec<RawSet> = serde_json::from_slice(body)
+    let sets = crate::feed::raw_sets(body)
         .map_err(|error| format!("the feed is not the endpoints JSON: {error}"))?;
     let mut hosts = BTreeSet::new();
     let mut skipped = 0;
