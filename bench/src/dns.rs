@@ -82,9 +82,7 @@ fn measure(with_union: bool, count: u32) -> anyhow::Result<(Vec<Duration>, Durat
         })?;
         let mut records = Vec::new();
         while let Some(item) = ring.next() {
-            let ts = u64::from_ne_bytes(item[..8].try_into()?);
-            let len = usize::from(u16::from_ne_bytes([item[8], item[9]]));
-            records.push((ts, item[16..16 + len].to_vec()));
+            records.extend(classifier_user::dns::record(&item));
         }
         latencies.extend(agent.learn(&records));
         // The daemon applies the whole table after a burst; here every 256 answers.

@@ -25,6 +25,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::feed::{Category, EndpointSet, PortRange};
 
+/// A ring buffer entry of `breakout_dns` (a `classifier_common::DnsRecord`): the capture
+/// time (CLOCK_MONOTONIC, ns) and the message; `None` for an entry of another shape.
+#[must_use]
+pub fn record(entry: &[u8]) -> Option<(u64, Vec<u8>)> {
+    let ts = u64::from_ne_bytes(entry.get(..8)?.try_into().ok()?);
+    let len = usize::from(u16::from_ne_bytes(entry.get(8..10)?.try_into().ok()?));
+    if len > classifier_common::DNS_MAX_MESSAGE {
+        return None;
+    }
+    Some((ts, entry.get(16..16 + len)?.to_vec()))
+}
+
 /// Names followed through CNAMEs at most.
 pub const MAX_CHAIN: usize = 16;
 

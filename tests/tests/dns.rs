@@ -74,9 +74,7 @@ fn capture(datapath: &mut Datapath, ring: &mut Ring, frames: &[Vec<u8>]) -> Vec<
     }
     let mut records = Vec::new();
     while let Some(item) = ring.next() {
-        let ts = u64::from_ne_bytes(item[..8].try_into().unwrap());
-        let len = usize::from(u16::from_ne_bytes([item[8], item[9]]));
-        records.push((ts, item[16..16 + len].to_vec()));
+        records.push(classifier_user::dns::record(&item).expect("a DnsRecord"));
     }
     records
 }

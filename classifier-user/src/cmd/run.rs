@@ -303,7 +303,6 @@ impl Drop for Dns {
 /// Reads the DNS ring buffer as it fills and hands batches of `(capture time, message)` to
 /// the daemon loop; a batch the loop cannot take now is dropped and counted.
 async fn read_dns(ring: aya::maps::RingBuf<aya::maps::MapData>, answers: mpsc::Sender<Answers>) {
-    const HEADER: usize = 16;
     // SAFETY: the ring buffer owns its map's fd, which stays open and unchanged for as long
     // as the ring buffer lives, and it lives inside the AsyncFd.
     let registered =
@@ -322,15 +321,7 @@ async fn read_dns(ring: aya::maps::RingBuf<aya::maps::MapData>, answers: mpsc::S
         };
         let mut batch = Vec::new();
         while let Some(item) = guard.get_inner_mut().next() {
-            if item.len() < HEADER {
-                continue;
-            }
-            let ts = u64::from_ne_bytes(item[..8].try_into().unwrap_or_default());
-            let len = usize::from(u16::from_ne_bytes([item[8], item[9]]));
-            let Some(message) = item.get(HEADER..HEADER + len) else {
-                continue;
-            };
-            batch.push((ts, message.to_vec()));
+            batch.extend(crate::dns::record(&item));
             if batch.len() >= 256 {
                 break;
             }
