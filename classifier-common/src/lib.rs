@@ -458,6 +458,30 @@ pub struct FlowKey {
 }
 const _: () = assert!(size_of::<FlowKey>() == 40);
 
+impl FlowKey {
+    /// The source address (user space: `lookup`, `flows`, DNS learning).
+    #[must_use]
+    pub fn src_addr(&self) -> core::net::IpAddr {
+        Self::addr(self.src, self.family)
+    }
+
+    /// The destination address.
+    #[must_use]
+    pub fn dst_addr(&self) -> core::net::IpAddr {
+        Self::addr(self.dst, self.family)
+    }
+
+    fn addr(bytes: [u8; 16], family: u8) -> core::net::IpAddr {
+        if family == 4 {
+            core::net::IpAddr::V4(core::net::Ipv4Addr::new(
+                bytes[0], bytes[1], bytes[2], bytes[3],
+            ))
+        } else {
+            core::net::IpAddr::V6(core::net::Ipv6Addr::from(bytes))
+        }
+    }
+}
+
 /// Value of [`names::FLOWS`]: what the first packet of a flow got, kept for its life.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

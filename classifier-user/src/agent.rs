@@ -250,7 +250,7 @@ impl Agent {
         };
         agent.load_sources();
         agent.adopt_recorded_feed();
-        agent.rebuild_patterns();
+        agent.feed_changed();
         agent.share_sets();
         Ok(agent)
     }
@@ -318,19 +318,22 @@ impl Agent {
             }
         }
         sets.extend(self.learned.sets(&self.patterns));
-        let policy = &self.config.policy;
-        if !policy.include.is_empty() {
-            sets.push(EndpointSet {
-                id: 0,
-                service_area: "operator".to_owned(),
-                category: Category::Optimize,
-                prefixes: policy.include.clone(),
-                tcp: Vec::new(),
-                udp: Vec::new(),
-                by_address: true,
-            });
-        }
-        compile_excluding(&sets, &policy.exclude)
+        sets.extend(self.operator_set());
+        compile_excluding(&sets, &self.config.policy.exclude)
+    }
+
+    /// The operator's `include` prefixes as set 0: Optimize by address.
+    fn operator_set(&self) -> Option<EndpointSet> {
+        let include = &self.config.policy.include;
+        (!include.is_empty()).then(|| EndpointSet {
+            id: 0,
+            service_area: "operator".to_owned(),
+            category: Category::Optimize,
+            prefixes: include.clone(),
+            tcp: Vec::new(),
+            udp: Vec::new(),
+            by_address: true,
+        })
     }
 
     /// The names of `[feed]` and every source, for messages.
@@ -502,6 +505,9 @@ impl Agent {
         self.state.save_source(&name, &body, &meta)?;
         self.sources[i].hold(parsed, meta);
         self.record_union(&compiled)?;
+        if self.sources[i].config.kind == Kind::M365 {
+            self.feed_changed();
+        }
         info!(
             "source {name}: applied {} from {}: {}",
             self.sources[i].status.version.as_deref().unwrap_or("?"),
@@ -520,8 +526,7 @@ impl Agent {
         std::sync::Arc::clone(&self.shared)
     }
 
-    /// Hands the listener the names of the endpoint sets the maps hold and, with `[pac]
-    /// serve`, the PAC file of the feed they hold.
+    /// Hands the listener the names of the endpoint sets the maps hold.
     fn share_sets(&self) {
         use crate::metrics::SetLabels;
         let label = |set: &EndpointSet, source: &str| SetLabels {
@@ -552,15 +557,6 @@ impl Agent {
         });
         if let Ok(mut shared) = self.shared.sets.lock() {
             *shared = sets;
-        }
-        if self.config.pac.serve {
-            let pac = crate::pac::build(&self.config, None, None, None);
-            if let Err(error) = &pac {
-                warn!("pac: {error}");
-            }
-            if let Ok(mut shared) = self.shared.pac.lock() {
-                *shared = pac.ok();
-            }
         }
     }
 
@@ -596,10 +592,25 @@ impl Agent {
                 .collect(),
         };
         self.state.save_catalog(&catalog)?;
-        self.rebuild_patterns();
         self.save_learned();
         self.share_sets();
         Ok(())
+    }
+
+    /// What follows a change of the Microsoft 365 feeds the maps hold (`[feed]`'s, an `m365`
+    /// source's) or of the configuration: the name patterns of DNS learning and, with `[pac]
+    /// serve`, the PAC file. Not on every apply: learned addresses change neither.
+    fn feed_changed(&mut self) {
+        self.rebuild_patterns();
+        if self.config.pac.serve {
+            let pac = crate::pac::build(&self.config, None, None, None);
+            if let Err(error) = &pac {
+                warn!("pac: {error}");
+            }
+            if let Ok(mut shared) = self.shared.pac.lock() {
+                *shared = pac.ok();
+            }
+        }
     }
 
     /// The name patterns DNS answers are matched against: `[feed]`'s URLs, each `m365`
@@ -690,7 +701,7 @@ impl Agent {
             }
             self.learn_dirty = true;
             latencies.push(Duration::from_nanos(
-                monotonic_ns().saturating_sub(*captured),
+                crate::datapath::monotonic_ns().saturating_sub(*captured),
             ));
         }
         for latency in &latencies {
@@ -728,21 +739,11 @@ impl Agent {
         for source in &self.sources {
             source.sets().iter().for_each(&mut covering);
         }
-        self.learned
-            .sets(&self.patterns)
-            .iter()
-            .for_each(&mut covering);
-        if !self.config.policy.include.is_empty() {
-            covering(&EndpointSet {
-                id: 0,
-                service_area: "operator".to_owned(),
-                category: Category::Optimize,
-                prefixes: self.config.policy.include.clone(),
-                tcp: Vec::new(),
-                udp: Vec::new(),
-                by_address: true,
-            });
+        if let Some(operator) = self.operator_set() {
+            covering(&operator);
         }
+        // Learned entries are host prefixes: only the address's own can cover it.
+        sets.extend(self.learned.sets_of(address, &self.patterns));
         let compiled = compile_excluding(&sets, &self.config.policy.exclude)?;
         let value = match host {
             ipnet::IpNet::V4(net) => compiled.v4.get(&crate::compile::key_v4(net)),
@@ -774,11 +775,18 @@ impl Agent {
     /// Forgets learned addresses past their time (keeping those flows used within the grace
     /// period), and applies the table without them.
     pub fn expire_learned(&mut self) {
-        if self.learned.entries.is_empty() {
+        let now = now();
+        // The flow table is read only when something is due.
+        if !self
+            .learned
+            .entries
+            .values()
+            .any(|entry| entry.expires <= now)
+        {
             return;
         }
         let grace = u32::try_from(self.config.dns.grace.as_secs()).unwrap_or(u32::MAX);
-        let recent = monotonic_ns().saturating_sub(
+        let recent = crate::datapath::monotonic_ns().saturating_sub(
             self.config
                 .dns
                 .grace
@@ -792,11 +800,11 @@ impl Agent {
             .unwrap_or_default()
             .iter()
             .filter(|flow| flow.value.last_ns >= recent)
-            .map(|flow| crate::cmd::flows::dst_addr(&flow.key))
+            .map(|flow| flow.key.dst_addr())
             .collect();
         if self
             .learned
-            .expire(now(), grace, |addr| in_use.contains(&addr))
+            .expire(now, grace, |addr| in_use.contains(&addr))
         {
             self.learn_dirty = false;
             if let Err(error) = self.apply_union() {
@@ -1090,6 +1098,7 @@ impl Agent {
                 .ok()
         });
         self.load_sources();
+        self.feed_changed();
         self.status.applied = current;
         self.save_status();
     }
@@ -1170,6 +1179,7 @@ impl Agent {
         (self.status.feed_prefixes_v4, self.status.feed_prefixes_v6) = own.prefix_counts();
         self.primary = Some(own.sets);
         self.record_union(&compiled)?;
+        self.feed_changed();
         info!(
             "applied feed {version} from {source}: {}",
             report.describe(&compiled)
@@ -1261,8 +1271,12 @@ impl Agent {
         self.status.feed_url.clone_from(&self.config.feed.url);
         self.status.mark = self.config.policy.mark.to_string();
         self.apply_settings()?;
-        if let Some((body, applied)) = self.state.last_feed() {
-            self.install(&body, &applied.version, &applied.source, true)?;
+        match self.state.last_feed() {
+            // Installing calls `feed_changed`.
+            Some((body, applied)) => {
+                self.install(&body, &applied.version, &applied.source, true)?;
+            }
+            None => self.feed_changed(),
         }
         Ok(())
     }
@@ -1352,18 +1366,6 @@ fn judge(
         ));
     }
     Ok(())
-}
-
-/// CLOCK_MONOTONIC in ns, the clock of `bpf_ktime_get_ns()`.
-#[must_use]
-pub fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) };
-    u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap_or(0)
 }
 
 /// The wait before the next poll after `failures` consecutive failures: 30 s doubling, at

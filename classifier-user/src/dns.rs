@@ -424,6 +424,30 @@ impl Learned {
         self.entries.len() != before
     }
 
+    /// The sets `address` was learned into, each holding just it.
+    #[must_use]
+    pub fn sets_of(&self, address: IpAddr, patterns: &Patterns) -> Vec<EndpointSet> {
+        let Some(entry) = self.entries.get(&address) else {
+            return Vec::new();
+        };
+        entry
+            .sets
+            .iter()
+            .filter_map(|id| {
+                let target = patterns.target(*id)?;
+                Some(EndpointSet {
+                    id: *id,
+                    service_area: target.service_area.clone(),
+                    category: target.category,
+                    prefixes: vec![ipnet::IpNet::from(address)],
+                    tcp: target.tcp.clone(),
+                    udp: target.udp.clone(),
+                    by_address: target.by_address,
+                })
+            })
+            .collect()
+    }
+
     /// The learned addresses as endpoint sets, one per set that has any.
     #[must_use]
     pub fn sets(&self, patterns: &Patterns) -> Vec<EndpointSet> {

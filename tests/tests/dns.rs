@@ -145,7 +145,7 @@ fn the_capture_copies_answers_to_clients_and_counts_the_rest() {
     );
     assert_eq!(records.len(), 1, "only the answer from port 53 that fits");
     assert_eq!(records[0].1, message, "the message, byte for byte");
-    assert!(records[0].0 > 0 && records[0].0 <= classifier_user::agent::monotonic_ns());
+    assert!(records[0].0 > 0 && records[0].0 <= classifier_user::datapath::monotonic_ns());
     assert_eq!(
         (
             stats(&maps, stat::DNS_COPIED),

@@ -4,10 +4,7 @@
 //! "category", "endpoint_set", "reason", "packets", "bytes", "idle_s", "age_s"}`, most
 //! recently seen first.
 
-use std::{
-    io::Write as _,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-};
+use std::{io::Write as _, net::IpAddr};
 
 use classifier_common::{FlowKey, action, category, proto};
 use serde::Serialize;
@@ -45,46 +42,18 @@ pub struct Row {
     pub age_s: u64,
 }
 
-/// `CLOCK_MONOTONIC` in nanoseconds, the clock of `bpf_ktime_get_ns`.
-fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes the timespec it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) };
-    u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap_or(0)
-}
-
-/// The destination of a flow.
-#[must_use]
-pub fn dst_addr(key: &FlowKey) -> IpAddr {
-    address(key.dst, key.family)
-}
-
-fn address(bytes: [u8; 16], family: u8) -> IpAddr {
-    if family == 4 {
-        IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
-    } else {
-        IpAddr::V6(Ipv6Addr::from(bytes))
-    }
-}
-
 fn row(flow: &Flow, now: u64) -> Row {
     let Flow { key, value } = flow;
     let FlowKey {
-        src,
-        dst,
         sport,
         dport,
         proto: ip_proto,
-        family,
-        _pad,
+        ..
     } = *key;
     let seconds = |ns: u64| now.saturating_sub(ns) / 1_000_000_000;
     Row {
-        src: address(src, family),
-        dst: address(dst, family),
+        src: key.src_addr(),
+        dst: key.dst_addr(),
         proto: match ip_proto {
             proto::TCP => "tcp".to_owned(),
             proto::UDP => "udp".to_owned(),
@@ -107,7 +76,7 @@ pub fn run(global: &GlobalArgs, FlowsArgs {}: &FlowsArgs) -> anyhow::Result<()> 
     let maps = super::pinned_maps(global)?;
     let mut flows = maps.flows()?;
     flows.sort_by_key(|flow| std::cmp::Reverse(flow.value.last_ns));
-    let now = monotonic_ns();
+    let now = crate::datapath::monotonic_ns();
     let rows: Vec<Row> = flows.iter().map(|flow| row(flow, now)).collect();
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if global.json {

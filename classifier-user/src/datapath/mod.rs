@@ -35,6 +35,19 @@ pub use pins::{
     prepare_pin_dir, tc_link_pin, xdp_link_pin,
 };
 
+/// `CLOCK_MONOTONIC` in nanoseconds, the clock of `bpf_ktime_get_ns`: flows' and DNS
+/// captures' times compare with it.
+#[must_use]
+pub fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) };
+    u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap_or(0)
+}
+
 /// Optimize and Allow go direct, as Microsoft recommends; Default follows the tunnel; a
 /// `direct` source goes direct and a `tunnel` one follows the tunnel.
 pub const DEFAULT_POLICY: [u8; category::COUNT as usize] = [
