@@ -1,10 +1,15 @@
 //! The ABI between the harness's programs (bench-ebpf: baselines, the traffic generator, VLAN
 //! tagging) and the benchmarks and tests that load them, as aya's `integration-common` is for
 //! aya's own tests: counter slots and map shapes in one place, so that a slot number is never
-//! written twice.
+//! written twice. Also the one random number generator ([`Rng`]) the tests and benchmarks draw
+//! their tables from.
 #![no_std]
 
+mod rng;
+
 use core::mem::size_of;
+
+pub use rng::Rng;
 
 /// Per-CPU `classifier_common::Counter`s of the harness programs, by [`slot`].
 pub const BENCH_COUNT: &str = "BENCH_COUNT";
