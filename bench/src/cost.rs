@@ -20,6 +20,7 @@ use classifier_user::{
     datapath::{ApplyReport, DEFAULT_POLICY, Datapath, MapSizes},
     index,
 };
+use harness_common::Rng;
 
 use crate::{
     Settings, frames,
@@ -285,7 +286,7 @@ fn mixes(
     settings: &Settings,
     seed: u64,
 ) -> anyhow::Result<(f64, f64, f64)> {
-    let mut rng = tables::Rng::new(seed);
+    let mut rng = Rng::new(seed);
     let flows = 4096.min(dsts.len() * 16).max(1);
     let zipf_dst = Zipf::new(dsts.len());
     let flow_frames: Vec<Vec<u8>> = (0..flows)
@@ -357,7 +358,7 @@ impl Zipf {
         Self { cdf }
     }
 
-    fn sample(&self, rng: &mut tables::Rng) -> usize {
+    fn sample(&self, rng: &mut Rng) -> usize {
         let total = self.cdf.last().copied().unwrap_or(1.0);
         #[expect(clippy::cast_precision_loss, reason = "53 bits of randomness")]
         let pick = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * total;

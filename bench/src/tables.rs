@@ -12,47 +12,11 @@ use classifier_user::{
     compile::{Compiled, compile},
     feed::Feed,
 };
+use harness_common::Rng;
 
 /// The 2026033100 Worldwide feed (the embedded one is 2026043000).
 pub static FEED_2026033100: &[u8] =
     include_bytes!("../../tests/fixtures/m365-worldwide-endpoints-2026033100.json");
-
-/// splitmix64: deterministic, so every run measures the same tables.
-pub struct Rng(u64);
-
-impl Rng {
-    #[must_use]
-    pub const fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n`, for `n` far below 2^32.
-    pub fn below(&mut self, n: usize) -> usize {
-        let n = u64::try_from(n).expect("usize fits u64");
-        usize::try_from(((self.next_u64() >> 32) * n) >> 32).expect("below n")
-    }
-
-    /// One of `choices`, by weight.
-    fn weighted<T: Copy>(&mut self, choices: &[(u32, T)]) -> T {
-        let total: u32 = choices.iter().map(|(weight, _)| weight).sum();
-        let mut pick = u32::try_from(self.below(total as usize)).expect("below total");
-        for &(weight, value) in choices {
-            if pick < weight {
-                return value;
-            }
-            pick -= weight;
-        }
-        choices[choices.len() - 1].1
-    }
-}
 
 /// Prefix lengths roughly as in the global IPv4 routing table: /24 dominates.
 const V4_LENGTHS: [(u32, u8); 9] = [

@@ -536,21 +536,9 @@ mod tests {
         LpmKeyV4, LpmKeyV6,
         index::{Packed, find_v4, find_v6},
     };
+    use harness_common::Rng;
 
     use super::*;
-
-    /// splitmix64.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-    }
 
     /// Rules with 0 to 3 port rules (`set % 4`), so that packing them is checked too.
     fn rules(set: u16, len: u32) -> PrefixRules {
@@ -622,12 +610,12 @@ mod tests {
     /// Random prefixes of every length, nested and overlapping, and addresses in and next to
     /// them.
     fn check_random(seed: u64, count: usize) {
-        let mut rng = Rng(seed);
+        let mut rng = Rng::new(seed);
         let mut compiled = Compiled::default();
         for i in 0..count {
-            let len = u32::try_from(rng.next() % 33).unwrap();
+            let len = u32::try_from(rng.next_mod(33)).unwrap();
             // Few distinct high bits, so prefixes nest and share nodes.
-            let addr = (rng.next() as u32 & 0xff0f_ffff) | 0x0a00_0000;
+            let addr = (rng.next_u64() as u32 & 0xff0f_ffff) | 0x0a00_0000;
             let masked = addr
                 .checked_shr(32 - len)
                 .unwrap_or(0)
@@ -641,9 +629,9 @@ mod tests {
                 },
                 rules(set, len),
             );
-            let len6 = u32::try_from(rng.next() % 129).unwrap();
-            let addr6 =
-                (u128::from(rng.next()) << 64 | u128::from(rng.next())) & !(0xffu128 << 100);
+            let len6 = u32::try_from(rng.next_mod(129)).unwrap();
+            let addr6 = (u128::from(rng.next_u64()) << 64 | u128::from(rng.next_u64()))
+                & !(0xffu128 << 100);
             let masked6 = addr6
                 .checked_shr(128 - len6)
                 .unwrap_or(0)
@@ -661,10 +649,12 @@ mod tests {
         let keys4: Vec<LpmKeyV4> = compiled.v4.keys().copied().collect();
         let keys6: Vec<LpmKeyV6> = compiled.v6.keys().copied().collect();
         for _ in 0..20_000 {
-            let key = keys4[(rng.next() % keys4.len() as u64) as usize];
+            let key = keys4[rng.next_mod(keys4.len() as u64) as usize];
             let base = u32::from_be_bytes(key.addr);
-            let host = (rng.next() as u32).checked_shr(key.prefix_len).unwrap_or(0);
-            for addr in [base | host, base.wrapping_sub(1), rng.next() as u32] {
+            let host = (rng.next_u64() as u32)
+                .checked_shr(key.prefix_len)
+                .unwrap_or(0);
+            for addr in [base | host, base.wrapping_sub(1), rng.next_u64() as u32] {
                 let found = answer(&built, find_v4(built.slots.as_slice(), addr.to_be_bytes()));
                 assert_eq!(
                     found,
@@ -673,9 +663,9 @@ mod tests {
                     Ipv4Addr::from(addr)
                 );
             }
-            let key = keys6[(rng.next() % keys6.len() as u64) as usize];
+            let key = keys6[rng.next_mod(keys6.len() as u64) as usize];
             let base = u128::from_be_bytes(key.addr);
-            let host = (u128::from(rng.next()) << 64 | u128::from(rng.next()))
+            let host = (u128::from(rng.next_u64()) << 64 | u128::from(rng.next_u64()))
                 .checked_shr(key.prefix_len)
                 .unwrap_or(0);
             for addr in [base | host, base.wrapping_sub(1)] {

@@ -21,50 +21,34 @@ use classifier_user::{
     datapath::{DEFAULT_POLICY, Datapath, MapSizes, Maps},
     feed::Feed,
 };
+use harness_common::Rng;
 use tests::packet::{L4, Spec};
-
-/// splitmix64: every run checks the same tables and addresses.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// Rules as the compiler makes them: up to three port rules, any category, set ids of both
 /// the feed and an operator's lists (0), some `exclude` entries (category none).
 fn random_rules(rng: &mut Rng, len: u32) -> PrefixRules {
     let mut rules = PrefixRules::EMPTY;
-    let set = u16::try_from(rng.below(300)).expect("small");
+    let set = u16::try_from(rng.next_mod(300)).expect("small");
     rules.addr_set = set;
-    rules.addr_category = u8::try_from(rng.below(4)).expect("small");
+    rules.addr_category = u8::try_from(rng.next_mod(4)).expect("small");
     rules.prefix_len = u8::try_from(len).expect("at most 128");
-    let n = usize::try_from(rng.below(4)).expect("small");
+    let n = usize::try_from(rng.next_mod(4)).expect("small");
     for i in 0..n {
         // Some rules hold the test frames' port (UDP 3478).
-        let port_lo = if rng.below(4) == 0 {
+        let port_lo = if rng.next_mod(4) == 0 {
             3470
         } else {
-            u16::try_from(rng.below(60_000)).expect("small")
+            u16::try_from(rng.next_mod(60_000)).expect("small")
         };
         rules.rules[i] = PortRule {
             port_lo,
-            port_hi: port_lo + u16::try_from(rng.below(100)).expect("small"),
-            proto: if rng.below(2) == 0 {
+            port_hi: port_lo + u16::try_from(rng.next_mod(100)).expect("small"),
+            proto: if rng.next_mod(2) == 0 {
                 proto::TCP
             } else {
                 proto::UDP
             },
-            category: u8::try_from(1 + rng.below(3)).expect("small"),
+            category: u8::try_from(1 + rng.next_mod(3)).expect("small"),
             set_id: set,
         };
     }
@@ -75,12 +59,12 @@ fn random_rules(rng: &mut Rng, len: u32) -> PrefixRules {
 /// `count` prefixes of each family, of every length, crowded into a few /8s (IPv4) and a
 /// few /20s (IPv6) so that they nest, share nodes and leave single-prefix tails.
 fn random_table(seed: u64, count: usize) -> Compiled {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let mut compiled = Compiled::default();
     while compiled.v4.len() < count {
         // No prefix shorter than /4, so that some addresses match none.
-        let len = 4 + u32::try_from(rng.below(29)).expect("small");
-        let addr = (rng.next() as u32 & 0x0f0f_ffff) | 0x2000_0000;
+        let len = 4 + u32::try_from(rng.next_mod(29)).expect("small");
+        let addr = (rng.next_u64() as u32 & 0x0f0f_ffff) | 0x2000_0000;
         let masked = addr
             .checked_shr(32 - len)
             .unwrap_or(0)
@@ -93,8 +77,8 @@ fn random_table(seed: u64, count: usize) -> Compiled {
         compiled.v4.insert(key, rules);
     }
     while compiled.v6.len() < count {
-        let len = 8 + u32::try_from(rng.below(121)).expect("small");
-        let random = (u128::from(rng.next()) << 64) | u128::from(rng.next());
+        let len = 8 + u32::try_from(rng.next_mod(121)).expect("small");
+        let random = (u128::from(rng.next_u64()) << 64) | u128::from(rng.next_u64());
         let addr = (random & !(0x000f_ffff_u128 << 108)) | (0x2a03_u128 << 112);
         let masked = addr
             .checked_shr(128 - len)
@@ -136,25 +120,29 @@ fn load(slots: u32) -> Option<(Datapath, Maps)> {
 /// `count` addresses: most inside a random installed prefix (random host bits), some just
 /// below one, some anywhere.
 fn addresses(compiled: &Compiled, count: usize, seed: u64) -> Vec<IpAddr> {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let v4: Vec<&LpmKeyV4> = compiled.v4.keys().collect();
     let v6: Vec<&LpmKeyV6> = compiled.v6.keys().collect();
     (0..count)
         .map(|i| {
-            let pick = rng.next();
+            let pick = rng.next_u64();
             if i % 2 == 0 && !v4.is_empty() {
                 let key = v4[(pick % v4.len() as u64) as usize];
                 let base = u32::from_be_bytes(key.addr);
                 let addr = match i % 10 {
-                    0 => rng.next() as u32,
+                    0 => rng.next_u64() as u32,
                     2 => base.wrapping_sub(1),
-                    _ => base | (rng.next() as u32).checked_shr(key.prefix_len).unwrap_or(0),
+                    _ => {
+                        base | (rng.next_u64() as u32)
+                            .checked_shr(key.prefix_len)
+                            .unwrap_or(0)
+                    }
                 };
                 IpAddr::V4(Ipv4Addr::from(addr))
             } else if !v6.is_empty() {
                 let key = v6[(pick % v6.len() as u64) as usize];
                 let base = u128::from_be_bytes(key.addr);
-                let random = (u128::from(rng.next()) << 64) | u128::from(rng.next());
+                let random = (u128::from(rng.next_u64()) << 64) | u128::from(rng.next_u64());
                 let addr = match i % 10 {
                     1 => random,
                     3 => base.wrapping_sub(1),
@@ -162,7 +150,7 @@ fn addresses(compiled: &Compiled, count: usize, seed: u64) -> Vec<IpAddr> {
                 };
                 IpAddr::V6(Ipv6Addr::from(addr))
             } else {
-                IpAddr::V4(Ipv4Addr::from(rng.next() as u32))
+                IpAddr::V4(Ipv4Addr::from(rng.next_u64() as u32))
             }
         })
         .collect()
