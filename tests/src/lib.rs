@@ -121,6 +121,20 @@ pub fn delta(before: &[Counter], after: &[Counter]) -> Vec<(usize, Counter)> {
         .collect()
 }
 
+/// A current-thread tokio runtime with every driver on, for a `#[test]` to block on the
+/// agent's and the probes' futures.
+///
+/// # Panics
+///
+/// When the runtime cannot be built.
+#[must_use]
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread tokio runtime")
+}
+
 /// Parses an address literal in a test table.
 ///
 /// # Panics

@@ -18,6 +18,7 @@ use serde_json::Value;
 use tests::{
     FEED_2026033100, FEED_2026043000, TempDir,
     http::{FeedServer, Reply},
+    runtime,
 };
 
 const FEED_2020: &[u8] = include_bytes!("../fixtures/m365-worldwide-endpoints-2020-05-31.json");
@@ -37,13 +38,6 @@ fn agent(config: Config, state_dir: &TempDir) -> Option<(Datapath, Agent)> {
     let maps = datapath.maps().unwrap();
     let agent = Agent::new(config, maps, State::open(&state_dir.0).unwrap()).unwrap();
     Some((datapath, agent))
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 // --- An independent reading of the feed: straight from the JSON, one probe at a time. ---

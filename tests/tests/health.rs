@@ -9,18 +9,11 @@ use std::{
 use classifier_user::health::{Target, probe};
 use tests::{
     http::{FeedServer, Reply},
-    unavailable,
+    runtime, unavailable,
 };
 
 const MARK: u32 = 0x365;
 const TIMEOUT: Duration = Duration::from_secs(2);
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime")
-}
 
 /// A port nothing listens on (bound, then released).
 fn closed_port() -> u16 {

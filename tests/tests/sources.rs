@@ -21,6 +21,7 @@ use serde_json::Value;
 use tests::{
     FEED_2026033100, FEED_2026043000, TempDir,
     http::{FeedServer, Reply},
+    runtime,
 };
 
 const AWS: &[u8] = include_bytes!("../fixtures/providers/aws-ip-ranges-1753388594.json");
@@ -28,13 +29,6 @@ const AZURE: &[u8] = include_bytes!("../fixtures/providers/azure-service-tags-pu
 const GOOGLE: &[u8] = include_bytes!("../fixtures/providers/google-cloud-1753409788780.json");
 const ZOOM: &[u8] = include_bytes!("../fixtures/providers/zoom-ipranges-20220109.txt");
 const CLOUDFLARE_V4: &[u8] = include_bytes!("../fixtures/providers/cloudflare-ips-v4.txt");
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 fn source(text: &str) -> SourceConfig {
     toml::from_str(text).unwrap_or_else(|error| panic!("{text}: {error}"))
