@@ -15,18 +15,37 @@ use tests::{
     FEED_2026043000,
     http::Reply,
     router::{
-        Arrivals, EXCHANGE_V4, EXCHANGE_V6, EXTRA_A, EXTRA_B, OTHER_V4, OTHER_V6, Options, Router,
-        TEAMS_V4, TEAMS_V6, Upstream, arrived, fast_health,
+        Arrivals, EXCHANGE_V4, EXCHANGE_V6, EXTRA_A, EXTRA_B, Mode, OTHER_V4, OTHER_V6, Options,
+        Router, TEAMS_V4, TEAMS_V6, Upstream, arrived, fast_health,
     },
     unavailable,
 };
 
+/// Each scenario is a function of the attach mode, run as two tests: `<scenario>::xdp` and
+/// `<scenario>::tc` (`--mode tc`), so that none is written, or added, for one mode only.
+macro_rules! in_both_modes {
+    ($scenario:ident) => {
+        mod $scenario {
+            use tests::router::Mode;
+
+            #[test]
+            fn xdp() {
+                super::$scenario(Mode::Xdp);
+            }
+
+            #[test]
+            fn tc() {
+                super::$scenario(Mode::Tc);
+            }
+        }
+    };
+}
+
 /// A router for a test; in `--mode tc` its namespaces' names end in `t`.
 fn router(what: &str, options: Options) -> Option<Router> {
-    let what = if options.tc {
-        format!("{what}t")
-    } else {
-        what.to_owned()
+    let what = match options.mode {
+        Mode::Xdp => what.to_owned(),
+        Mode::Tc => format!("{what}t"),
     };
     match Router::new(&what, options) {
         Ok(router) => Some(router),
@@ -52,11 +71,11 @@ fn feed_with(extra: &str, id: u32) -> Vec<u8> {
 }
 
 /// A router whose agent applied the real feed, counting UDP 3478 in both upstreams.
-fn running(what: &str, tc: bool) -> Option<(Router, Arrivals)> {
+fn running(what: &str, mode: Mode) -> Option<(Router, Arrivals)> {
     let mut router = router(
         what,
         Options {
-            tc,
+            mode,
             ..Options::default()
         },
     )?;
@@ -85,8 +104,10 @@ fn settle(arrivals: &Arrivals, total: u64) {
     }
 }
 
-fn paths_and_policy(vlan: bool, tc: bool) {
-    let Some(mut router) = router(if vlan { "pv" } else { "pp" }, Options { vlan, tc }) else {
+/// Teams media, Exchange and other traffic over IPv4 and IPv6 each leave by the uplink the
+/// default policy gives their category, then by the one a policy reloaded with SIGHUP gives.
+fn paths_and_policy(vlan: bool, mode: Mode) {
+    let Some(mut router) = router(if vlan { "pv" } else { "pp" }, Options { vlan, mode }) else {
         return;
     };
     serve(&router, "2026043000", FEED_2026043000);
@@ -163,34 +184,20 @@ fn paths_and_policy(vlan: bool, tc: bool) {
     );
 }
 
-#[test]
-fn office_traffic_goes_direct_and_the_rest_through_the_tunnel() {
-    paths_and_policy(false, false);
+fn office_traffic_goes_direct_and_the_rest_through_the_tunnel(mode: Mode) {
+    paths_and_policy(false, mode);
 }
+in_both_modes!(office_traffic_goes_direct_and_the_rest_through_the_tunnel);
 
-#[test]
-fn office_traffic_goes_direct_and_the_rest_through_the_tunnel_tc_only() {
-    paths_and_policy(false, true);
+/// The same over a LAN whose frames carry a VLAN tag.
+fn the_same_with_a_vlan_tagged_lan(mode: Mode) {
+    paths_and_policy(true, mode);
 }
-
-#[test]
-fn the_same_with_a_vlan_tagged_lan() {
-    paths_and_policy(true, false);
-}
+in_both_modes!(the_same_with_a_vlan_tagged_lan);
 
 /// Counters as the CLI and bpftool read them, against the packets sent.
-#[test]
-fn counters_agree_with_the_packets_sent() {
-    counters_agree_with_the_packets_sent_in(false);
-}
-
-#[test]
-fn counters_agree_with_the_packets_sent_tc_only() {
-    counters_agree_with_the_packets_sent_in(true);
-}
-
-fn counters_agree_with_the_packets_sent_in(tc: bool) {
-    let Some((router, arrivals)) = running("pc", tc) else {
+fn counters_agree_with_the_packets_sent(mode: Mode) {
+    let Some((router, arrivals)) = running("pc", mode) else {
         return;
     };
     router.send_udp(TEAMS_V4, 3478, 37, Duration::ZERO);
@@ -199,24 +206,24 @@ fn counters_agree_with_the_packets_sent_in(tc: bool) {
     let stats: Value = serde_json::from_slice(&router.cli(&["--json", "stats"]).stdout).unwrap();
     assert_eq!(stats["counters"]["direct"]["packets"], 42);
     // Marked from the XDP program's metadata, or by `breakout_tc` itself in `--mode tc`.
-    let (marked, other) = if tc {
-        ("tc_mark_self", "tc_mark_meta")
-    } else {
-        ("tc_mark_meta", "tc_mark_self")
+    let (marked, other) = match mode {
+        Mode::Xdp => ("tc_mark_meta", "tc_mark_self"),
+        Mode::Tc => ("tc_mark_self", "tc_mark_meta"),
     };
     assert_eq!(stats["counters"][marked]["packets"], 42);
     assert_eq!(stats["counters"][other]["packets"], 0);
     let report: Value = serde_json::from_slice(&router.cli(&["--json", "status"]).stdout).unwrap();
     let attached = &report["interfaces"][0];
+    let (attach, tc_program) = match mode {
+        Mode::Xdp => ("xdp", "breakout_mark"),
+        Mode::Tc => ("tc", "breakout_tc"),
+    };
     assert_eq!(
         (&attached["attach"], attached["xdp"].is_null()),
-        (&Value::from(if tc { "tc" } else { "xdp" }), tc),
+        (&Value::from(attach), mode == Mode::Tc),
         "{attached}"
     );
-    assert_eq!(
-        attached["tc"]["program_name"],
-        if tc { "breakout_tc" } else { "breakout_mark" }
-    );
+    assert_eq!(attached["tc"]["program_name"], tc_program);
     assert_eq!(stats["endpoint_sets"][0]["packets"], 42);
     let dump = Command::new("bpftool")
         .args(["-j", "map", "dump", "pinned"])
@@ -246,6 +253,7 @@ fn counters_agree_with_the_packets_sent_in(tc: bool) {
     assert_eq!(per_cpu, 42, "bpftool's per-CPU values, summed");
     scrape_metrics(&router);
 }
+in_both_modes!(counters_agree_with_the_packets_sent);
 
 /// A request to the agent's listener on the router's loopback, and the whole answer.
 fn http(router: &Router, request: &[u8]) -> String {
@@ -404,18 +412,8 @@ fn scrape_metrics(router: &Router) {
     assert!(refused, "the listener answered on the LAN address");
 }
 
-#[test]
-fn an_agent_crash_sends_no_packet_the_wrong_way() {
-    an_agent_crash_sends_no_packet_the_wrong_way_in(false);
-}
-
-#[test]
-fn an_agent_crash_sends_no_packet_the_wrong_way_tc_only() {
-    an_agent_crash_sends_no_packet_the_wrong_way_in(true);
-}
-
-fn an_agent_crash_sends_no_packet_the_wrong_way_in(tc: bool) {
-    let Some((mut router, arrivals)) = running("pk", tc) else {
+fn an_agent_crash_sends_no_packet_the_wrong_way(mode: Mode) {
+    let Some((mut router, arrivals)) = running("pk", mode) else {
         return;
     };
     // About three seconds of media; the agent is killed in the middle and restarted.
@@ -445,22 +443,13 @@ fn an_agent_crash_sends_no_packet_the_wrong_way_in(tc: bool) {
         "the restart adopted every entry"
     );
 }
+in_both_modes!(an_agent_crash_sends_no_packet_the_wrong_way);
 
-#[test]
-fn feed_changes_under_load_switch_only_what_changed() {
-    feed_changes_under_load_switch_only_what_changed_in(false);
-}
-
-#[test]
-fn feed_changes_under_load_switch_only_what_changed_tc_only() {
-    feed_changes_under_load_switch_only_what_changed_in(true);
-}
-
-fn feed_changes_under_load_switch_only_what_changed_in(tc: bool) {
+fn feed_changes_under_load_switch_only_what_changed(mode: Mode) {
     let Some(mut router) = router(
         "pf",
         Options {
-            tc,
+            mode,
             ..Options::default()
         },
     ) else {
@@ -537,6 +526,7 @@ fn feed_changes_under_load_switch_only_what_changed_in(tc: bool) {
         "the removed prefix went to the tunnel"
     );
 }
+in_both_modes!(feed_changes_under_load_switch_only_what_changed);
 
 /// Sends one Teams media datagram every 20 ms until it arrives through `path`; returns how
 /// long that took.
@@ -577,21 +567,11 @@ fn nft(router: &Router, script: &str) {
 /// A dead direct uplink sends new Microsoft 365 packets through the tunnel within
 /// `interval × fail-after` (plus slack), back direct within `interval × recover-after` after
 /// it recovers, and at once when its link loses carrier; `status` says so throughout.
-#[test]
-fn a_dead_direct_uplink_fails_over_to_the_tunnel_and_back() {
-    a_dead_direct_uplink_fails_over_to_the_tunnel_and_back_in(false);
-}
-
-#[test]
-fn a_dead_direct_uplink_fails_over_to_the_tunnel_and_back_tc_only() {
-    a_dead_direct_uplink_fails_over_to_the_tunnel_and_back_in(true);
-}
-
-fn a_dead_direct_uplink_fails_over_to_the_tunnel_and_back_in(tc: bool) {
+fn a_dead_direct_uplink_fails_over_to_the_tunnel_and_back(mode: Mode) {
     let Some(mut router) = router(
         "fo",
         Options {
-            tc,
+            mode,
             ..Options::default()
         },
     ) else {
@@ -672,6 +652,7 @@ fn a_dead_direct_uplink_fails_over_to_the_tunnel_and_back_in(tc: bool) {
     assert_eq!(down["uplink"]["reason"], "wan0: link down", "{down}");
     assert_eq!(down["uplink"]["transitions"], 3, "{down}");
 }
+in_both_modes!(a_dead_direct_uplink_fails_over_to_the_tunnel_and_back);
 
 /// The 2026043000 feed without Exchange's 40.96.0.0/13 and Teams' 52.112.0.0/14.
 fn feed_without_exchange_and_teams() -> Vec<u8> {
@@ -718,22 +699,12 @@ fn new_connection_path(router: &Router, arrivals: &Arrivals, addr: &str) -> Upst
 /// resets or stalls, the call loses nothing, and new connections follow each new verdict.
 /// Then a failover breaks the direct ones (their uplink is dead), new connections go through
 /// the tunnel, and those survive the failback.
-#[test]
-fn connections_keep_their_uplink_through_feed_updates_reloads_and_failover() {
-    connections_keep_their_uplink_through_feed_updates_reloads_and_failover_in(false);
-}
-
-#[test]
-fn connections_keep_their_uplink_through_feed_updates_reloads_and_failover_tc_only() {
-    connections_keep_their_uplink_through_feed_updates_reloads_and_failover_in(true);
-}
-
 #[expect(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
-fn connections_keep_their_uplink_through_feed_updates_reloads_and_failover_in(tc: bool) {
+fn connections_keep_their_uplink_through_feed_updates_reloads_and_failover(mode: Mode) {
     let Some(mut router) = router(
         "sticky",
         Options {
-            tc,
+            mode,
             ..Options::default()
         },
     ) else {
@@ -864,24 +835,15 @@ fn connections_keep_their_uplink_through_feed_updates_reloads_and_failover_in(tc
     // The ones that were direct broke with their uplink, as expected.
     drop(direct_streams);
 }
+in_both_modes!(connections_keep_their_uplink_through_feed_updates_reloads_and_failover);
 
 /// A flow table of 64 entries and 500 flows: the table evicts, the evictions are counted,
 /// no packet is dropped, and every flow is classified right.
-#[test]
-fn a_full_flow_table_evicts_and_classifies_every_flow_right() {
-    a_full_flow_table_evicts_and_classifies_every_flow_right_in(false);
-}
-
-#[test]
-fn a_full_flow_table_evicts_and_classifies_every_flow_right_tc_only() {
-    a_full_flow_table_evicts_and_classifies_every_flow_right_in(true);
-}
-
-fn a_full_flow_table_evicts_and_classifies_every_flow_right_in(tc: bool) {
+fn a_full_flow_table_evicts_and_classifies_every_flow_right(mode: Mode) {
     let Some(mut router) = router(
         "evict",
         Options {
-            tc,
+            mode,
             ..Options::default()
         },
     ) else {
@@ -929,6 +891,7 @@ fn a_full_flow_table_evicts_and_classifies_every_flow_right_in(tc: bool) {
     assert_eq!(teams["action"], "direct", "{teams}");
     assert_eq!(teams["dport"], 3478, "{teams}");
 }
+in_both_modes!(a_full_flow_table_evicts_and_classifies_every_flow_right);
 
 /// Kills a helper process when the test ends, however it ends.
 struct Kill<'a>(&'a mut std::process::Child);
@@ -945,22 +908,12 @@ impl Drop for Kill<'_> {
 /// answers' addresses from its LAN egress, the client's next connection leaves by the uplink
 /// the set's category gets (Default, made direct for the test), `lookup` and `learned` say
 /// so, and after the TTL the address is forgotten and connections go to the tunnel again.
-#[test]
-fn names_of_url_only_sets_are_learned_from_dns_answers() {
-    names_of_url_only_sets_are_learned_from_dns_answers_in(false);
-}
-
-#[test]
-fn names_of_url_only_sets_are_learned_from_dns_answers_tc_only() {
-    names_of_url_only_sets_are_learned_from_dns_answers_in(true);
-}
-
 #[expect(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
-fn names_of_url_only_sets_are_learned_from_dns_answers_in(tc: bool) {
+fn names_of_url_only_sets_are_learned_from_dns_answers(mode: Mode) {
     let Some(mut router) = router(
         "dns",
         Options {
-            tc,
+            mode,
             ..Options::default()
         },
     ) else {
@@ -1113,3 +1066,4 @@ fn names_of_url_only_sets_are_learned_from_dns_answers_in(tc: bool) {
     settle(&arrivals, 3);
     assert_eq!(arrived(&arrivals, Upstream::Tunnel, EXTRA_A, 443), 2);
 }
+in_both_modes!(names_of_url_only_sets_are_learned_from_dns_answers);

@@ -32,7 +32,7 @@ use std::{
 
 pub use self::{
     topology::{
-        EXCHANGE_V4, EXCHANGE_V6, EXTRA_A, EXTRA_B, OTHER_V4, OTHER_V6, Options, TEAMS_V4,
+        EXCHANGE_V4, EXCHANGE_V6, EXTRA_A, EXTRA_B, Mode, OTHER_V4, OTHER_V6, Options, TEAMS_V4,
         TEAMS_V6, TEST_ADDRESSES,
     },
     traffic::{Arrivals, Call, Streams, Upstream, arrived},
@@ -68,8 +68,8 @@ pub struct Router {
     pub tunnel_tun: String,
     /// The two `wireguard-go` processes.
     wireguard: Vec<std::process::Child>,
-    /// `--mode tc` for every daemon ([`Options::tc`]).
-    tc: bool,
+    /// The attach mode of every daemon ([`Options::mode`]).
+    mode: Mode,
 }
 
 impl Router {
@@ -101,7 +101,7 @@ impl Router {
             tun: format!("xwg{id}r"),
             tunnel_tun: format!("xwg{id}t"),
             wireguard: Vec::new(),
-            tc: options.tc,
+            mode: options.mode,
         };
         this.wire()?;
         this.wireguard()?;
@@ -136,10 +136,9 @@ impl Router {
             iface: self.lan,
             feed_url: &self.server.url(),
         };
-        let mode: &[&str] = if self.tc { &["--mode", "tc"] } else { &[] };
         self.daemon = Some(Daemon::start(
             &setup,
-            mode.iter().chain(args),
+            self.mode.args().iter().chain(args),
             self.daemon_log_path(),
         ));
     }

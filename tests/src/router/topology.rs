@@ -53,8 +53,29 @@ const MAC_TUNNEL: &str = "02:00:00:00:03:02";
 pub struct Options {
     /// The LAN is VLAN 100, tagged in the frames (the tag is not offloaded).
     pub vlan: bool,
-    /// The daemon attaches in `--mode tc` (tc ingress alone), not XDP.
-    pub tc: bool,
+    /// How every daemon on the router attaches to the LAN.
+    pub mode: Mode,
+}
+
+/// The daemon's attach mode, as `run --mode` takes it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// XDP classifies, `breakout_mark` at tc ingress marks (the default).
+    #[default]
+    Xdp,
+    /// `--mode tc`: `breakout_tc` at tc ingress alone.
+    Tc,
+}
+
+impl Mode {
+    /// The arguments of `xdp-breakout run` that select this mode.
+    #[must_use]
+    pub const fn args(self) -> &'static [&'static str] {
+        match self {
+            Self::Xdp => &[],
+            Self::Tc => &["--mode", "tc"],
+        }
+    }
 }
 
 impl Router {
