@@ -99,6 +99,8 @@ fn test(args: &[String]) -> anyhow::Result<()> {
                 "classifier-common",
                 "--package",
                 "classifier-user",
+                "--package",
+                "harness-common",
             ])
             .args(["--package", "xtask", "--package", "tests", "--"])
             .args(args)
