@@ -67,7 +67,7 @@ fn measure(with_union: bool, count: u32) -> anyhow::Result<(Vec<Duration>, Durat
             .enable_all()
             .build()?;
         for name in ["aws", "azure"] {
-            runtime.block_on(agent.refresh_source(name, true))?;
+            runtime.block_on(agent.refresh(name, true))?;
         }
     }
     let mut ring = datapath.take_dns_ring()?;

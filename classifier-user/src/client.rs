@@ -21,6 +21,10 @@ use crate::config::FeedConfig;
 pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_hours(1);
 /// The longest wait a `Retry-After` can impose: a server cannot stop polling for years.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_hours(24);
+/// Intune's service area, which `/endpoints` returns only when asked for by name.
+pub const MEM: &str = "MEM";
+/// Every service area the service returns by default, and Intune's.
+const ALL_AREAS_AND_MEM: &str = "Common,Exchange,SharePoint,Skype,MEM";
 /// Redirects followed per request.
 pub const MAX_REDIRECTS: usize = 5;
 
@@ -130,6 +134,15 @@ impl FeedClient {
         // The whole feed, always: `ServiceAreas` and `NoIPv6` are applied when compiling, so
         // the saved feed can be recompiled with a wider filter after a reload or a restart.
         let mut query = Vec::new();
+        // Except Intune (`MEM`), which the service leaves out unless a request names it: a
+        // filter that names it asks for every area and it, and still filters when compiling.
+        if config
+            .service_areas
+            .iter()
+            .any(|area| area.eq_ignore_ascii_case(MEM))
+        {
+            query.push(("ServiceAreas".to_owned(), ALL_AREAS_AND_MEM.to_owned()));
+        }
         if let Some(tenant) = &config.tenant_name {
             query.push(("TenantName".to_owned(), tenant.clone()));
         }

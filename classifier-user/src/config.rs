@@ -154,7 +154,7 @@ pub struct DomainRule {
 }
 
 /// The name `[feed]`'s source goes by.
-pub const FEED_SOURCE_NAME: &str = "m365";
+pub const FEED_SOURCE_NAME: &str = crate::sources::M365;
 
 /// The compiled index beside the tries: a cost per packet that does not grow with the table.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -329,6 +329,34 @@ impl Default for Config {
             dns: DnsConfig::default(),
             domains: Vec::new(),
             sources: Vec::new(),
+        }
+    }
+}
+
+impl FeedConfig {
+    /// `[feed]` is shorthand for the `m365` source: this one.
+    #[must_use]
+    pub fn source(&self) -> SourceConfig {
+        SourceConfig {
+            name: FEED_SOURCE_NAME.to_owned(),
+            kind: Kind::M365,
+            url: Some(self.url.clone()),
+            path: None,
+            refresh: self.poll_interval,
+            policy: None,
+            tcp: None,
+            udp: None,
+            services: Vec::new(),
+            regions: Vec::new(),
+            tags: Vec::new(),
+            scopes: Vec::new(),
+            instance: Some(self.instance.clone()),
+            service_areas: self.service_areas.clone(),
+            tenant_name: self.tenant_name.clone(),
+            no_ipv6: self.no_ipv6,
+            allow_http: self.allow_http,
+            max_shrink_percent: Some(self.max_shrink_percent),
+            max_churn_percent: Some(self.max_churn_percent),
         }
     }
 }
@@ -629,7 +657,7 @@ impl Config {
                 return at(format!("a {} source has no {key} filter", source.kind));
             }
         }
-        crate::sources::first_set_ids(&self.sources).map_or_else(invalid, |_| Ok(()))
+        crate::sources::first_set_ids(&self.all_sources()).map_or_else(invalid, |_| Ok(()))
     }
 
     fn validate_dns(&self) -> Result<(), ConfigError> {
@@ -715,21 +743,20 @@ impl Config {
         Ok(())
     }
 
+    /// Every source: `[feed]` as the `m365` source first, then `[[sources]]` in order.
+    #[must_use]
+    pub fn all_sources(&self) -> Vec<SourceConfig> {
+        std::iter::once(self.feed.source())
+            .chain(self.sources.iter().cloned())
+            .collect()
+    }
+
     /// What the feed gate demands of every prefix.
     #[must_use]
     pub fn prefix_limits(&self) -> gate::PrefixLimits {
         gate::PrefixLimits {
             min_len_v4: self.feed.min_prefix_len_v4,
             min_len_v6: self.feed.min_prefix_len_v6,
-        }
-    }
-
-    /// How much one feed may change the installed prefixes.
-    #[must_use]
-    pub fn change_limits(&self) -> gate::ChangeLimits {
-        gate::ChangeLimits {
-            max_shrink_percent: self.feed.max_shrink_percent,
-            max_churn_percent: self.feed.max_churn_percent,
         }
     }
 

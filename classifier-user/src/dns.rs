@@ -109,41 +109,27 @@ pub struct Patterns {
 }
 
 impl Patterns {
-    /// Adds the URL patterns of a Microsoft 365 feed, its set ids moved by `base` (its
-    /// instance's first id); sets with URLs and no addresses included.
-    pub fn add_feed(&mut self, body: &[u8], base: u32, source: &str) -> Result<(), String> {
-        let sets = crate::feed::raw_sets(body).map_err(|error| format!("the feed: {error}"))?;
+    /// Adds the named sets of a Microsoft 365 source (already renumbered into its set ids).
+    pub fn add_sets(&mut self, sets: &[crate::feed::NamedSet], source: &str) {
         for set in sets {
-            let Some(urls) = set.urls.filter(|urls| !urls.is_empty()) else {
-                continue;
-            };
-            let Ok(category) = set.category.parse::<Category>() else {
-                continue;
-            };
-            if set.id == 0 || set.id >= classifier_common::M365_SET_IDS {
-                continue;
-            }
-            let ports = |text: Option<&str>| crate::feed::parse_ports(text).unwrap_or_default();
-            let id = base + set.id;
             self.targets.insert(
-                id,
+                set.id,
                 Target {
-                    id,
-                    service_area: set.service_area.unwrap_or_default(),
-                    category,
-                    tcp: ports(set.tcp_ports.as_deref()),
-                    udp: ports(set.udp_ports.as_deref()),
+                    id: set.id,
+                    service_area: set.service_area.clone(),
+                    category: set.category,
+                    tcp: set.tcp.clone(),
+                    udp: set.udp.clone(),
                     by_address: true,
                     source: source.to_owned(),
                 },
             );
-            for url in urls {
-                if let Some(pattern) = normalize(&url) {
-                    self.patterns.push((pattern, id));
+            for url in &set.urls {
+                if let Some(pattern) = normalize(url) {
+                    self.patterns.push((pattern, set.id));
                 }
             }
         }
-        Ok(())
     }
 
     /// Adds an operator's rule.

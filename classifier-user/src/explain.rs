@@ -91,15 +91,16 @@ pub fn reason_name(reason: u32) -> &'static str {
         .map_or("unknown", |(_, name)| name)
 }
 
-/// The endpoint sets of the feed the maps were built from, when that is known: the state
-/// directory's last applied feed while the maps still hold exactly what it compiled to, or
-/// the embedded snapshot when they hold exactly that. Otherwise (another process filled the
-/// maps from a file, another state directory, an operator's edits) no feed names the sets,
-/// and callers say so instead of naming sets from a feed the maps do not hold.
+/// The endpoint sets of every source the maps were built from, when that is known: the
+/// state directory's record ([`crate::state::Union`]) while the maps still hold exactly what
+/// it describes, or the embedded snapshot when they hold exactly that. Otherwise (another
+/// process filled the maps from a file, another state directory, an operator's edits) no
+/// record names the sets, and callers say so instead of naming sets the maps do not hold.
 pub struct Catalog {
     sets: Vec<EndpointSet>,
+    /// What the record says the maps hold, for messages; `None` when no record does.
     pub source: Option<String>,
-    /// The `[[sources]]` entries the maps hold: name, kind and first set id.
+    /// The sources the maps hold: name, kind and first set id.
     pub sources: Vec<(String, crate::sources::Kind, u32)>,
     /// Addresses learned from DNS answers, as the agent last recorded them.
     pub learned: Vec<crate::state::LearnedRow>,
@@ -110,34 +111,43 @@ impl Catalog {
     #[must_use]
     pub fn load(state_dir: &Path, installed: &Compiled) -> Self {
         let digest = installed.digest();
-        let saved = State::open_existing(state_dir)
-            .ok()
-            .and_then(|state| state.last_feed());
-        if let Some((body, applied)) = saved
-            && applied.entries.as_deref() == Some(digest.as_str())
-            && let Ok(feed) = Feed::parse(&body)
+        let state = State::open_existing(state_dir).ok();
+        if let Some(union) = state
+            .as_ref()
+            .and_then(State::union)
+            .filter(|union| union.entries == digest)
         {
             let mut catalog = Self {
-                sets: feed.sets,
-                source: Some(format!("feed {} from {}", applied.version, applied.source)),
+                sets: Vec::new(),
+                source: Some(
+                    union
+                        .sources
+                        .iter()
+                        .map(|source| {
+                            format!(
+                                "{} {}",
+                                source.name,
+                                source.version.as_deref().unwrap_or("-")
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                ),
                 sources: Vec::new(),
-                learned: State::open_existing(state_dir)
-                    .ok()
-                    .and_then(|state| state.learned())
+                learned: state
+                    .as_ref()
+                    .and_then(State::learned)
                     .map(|learned| learned.rows)
                     .unwrap_or_default(),
             };
-            let sources = State::open_existing(state_dir)
-                .ok()
-                .and_then(|state| state.catalog())
-                .filter(|sources| sources.entries == digest);
-            for source in sources.map(|sources| sources.sources).unwrap_or_default() {
+            for source in union.sources {
                 let Ok(kind) = source.kind.parse() else {
                     continue;
                 };
                 catalog.sources.push((source.name, kind, source.first_set));
-                catalog.sets.extend(source.sets.into_iter().map(|set| {
-                    EndpointSet {
+                catalog
+                    .sets
+                    .extend(source.sets.into_iter().map(|set| EndpointSet {
                         id: set.id,
                         service_area: set.service_area,
                         category: crate::feed::Category::from_code(set.category)
@@ -146,8 +156,7 @@ impl Catalog {
                         tcp: Vec::new(),
                         udp: Vec::new(),
                         by_address: true,
-                    }
-                }));
+                    }));
             }
             return catalog;
         }
@@ -160,7 +169,7 @@ impl Catalog {
                     "embedded snapshot {}",
                     crate::EMBEDDED_FEED_VERSION
                 )),
-                sources: Vec::new(),
+                sources: vec![(crate::sources::M365.to_owned(), crate::sources::Kind::M365, 0)],
                 learned: Vec::new(),
             };
         }
@@ -189,12 +198,6 @@ impl Catalog {
         if id == 0 {
             return Some("operator");
         }
-        if id < classifier_common::M365_SET_IDS {
-            return self
-                .source
-                .is_some()
-                .then_some(crate::config::FEED_SOURCE_NAME);
-        }
         self.sources
             .iter()
             .find(|(_, kind, first)| crate::sources::source::owns(*kind, *first, id))
@@ -210,7 +213,7 @@ impl Catalog {
     /// The set ids of source `name`: `None` when the maps hold no source of that name.
     #[must_use]
     pub fn ids_of(&self, name: &str) -> Option<std::ops::Range<u32>> {
-        if name == crate::config::FEED_SOURCE_NAME {
+        if name == crate::sources::M365 {
             return Some(1..classifier_common::M365_SET_IDS);
         }
         if name == "operator" {
@@ -278,24 +281,7 @@ impl Catalog {
 /// `2026-11-22T03:40:00Z` from seconds since the epoch.
 #[must_use]
 pub fn rfc3339(secs: u64) -> String {
-    let days = i64::try_from(secs / 86400).unwrap_or(0);
-    let rem = secs % 86400;
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    crate::time::Time(secs).to_string()
 }
 
 #[cfg(test)]

@@ -119,6 +119,21 @@ pub struct Feed {
     pub sets: Vec<EndpointSet>,
     /// Sets in the feed, with or without addresses.
     pub total_sets: usize,
+    /// The sets that name hosts (`urls`), with or without addresses: what the PAC file and
+    /// DNS learning read.
+    pub named: Vec<NamedSet>,
+}
+
+/// An endpoint set's host names and wildcards, as the service writes them (unchecked: the PAC
+/// file and DNS learning each check what they take).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamedSet {
+    pub id: u32,
+    pub service_area: String,
+    pub category: Category,
+    pub urls: Vec<String>,
+    pub tcp: Vec<PortRange>,
+    pub udp: Vec<PortRange>,
 }
 
 /// An endpoint set as the service writes it, unchecked: what [`Feed::parse`] validates, and
@@ -146,6 +161,19 @@ pub(crate) fn raw_sets(body: &[u8]) -> Result<Vec<RawSet>, serde_json::Error> {
     serde_json::from_slice(body.strip_prefix(b"\xef\xbb\xbf").unwrap_or(body))
 }
 
+/// The sets of an endpoints body that name hosts, each checked as [`Feed::parse`] checks
+/// them; for a body that need not carry addresses (a test, a PAC file from a URL list).
+pub fn named_sets(body: &[u8]) -> Result<Vec<NamedSet>, FeedError> {
+    raw_sets(body)
+        .map_err(FeedError::Json)?
+        .iter()
+        .filter_map(|set| {
+            let urls = set.urls.as_ref().filter(|urls| !urls.is_empty())?;
+            Some(NamedSet::from_raw(set, urls.clone()))
+        })
+        .collect()
+}
+
 impl Feed {
     /// Parses the body of `GET /endpoints/{instance}`.
     pub fn parse(body: &[u8]) -> Result<Self, FeedError> {
@@ -155,7 +183,11 @@ impl Feed {
         }
         let total_sets = raw.len();
         let mut sets = Vec::new();
+        let mut named = Vec::new();
         for set in raw {
+            if let Some(urls) = set.urls.as_ref().filter(|urls| !urls.is_empty()) {
+                named.push(NamedSet::from_raw(&set, urls.clone())?);
+            }
             if let Some(set) = EndpointSet::from_raw(set)? {
                 sets.push(set);
             }
@@ -167,7 +199,11 @@ impl Feed {
         if sets.is_empty() {
             return Err(FeedError::NoPrefixes);
         }
-        Ok(Self { sets, total_sets })
+        Ok(Self {
+            sets,
+            total_sets,
+            named,
+        })
     }
 
     /// Unique prefixes, IPv4 and IPv6.
@@ -183,6 +219,44 @@ impl Feed {
         let v4 = all.iter().filter(|net| matches!(net, IpNet::V4(_))).count();
         (v4, all.len() - v4)
     }
+}
+
+impl NamedSet {
+    fn from_raw(raw: &RawSet, urls: Vec<String>) -> Result<Self, FeedError> {
+        let invalid = |field, value: &str, reason: String| FeedError::Invalid {
+            set: raw.id,
+            field,
+            value: value.to_owned(),
+            reason,
+        };
+        let category = raw
+            .category
+            .parse()
+            .map_err(|reason| invalid("category", &raw.category, reason))?;
+        check_id(raw.id).map_err(|reason| invalid("id", &raw.id.to_string(), reason))?;
+        // Ports are checked with the set's addresses; a URL-only set's ports only narrow
+        // what a learned address claims, and one that does not parse claims none.
+        let ports = |text: Option<&str>| parse_ports(text).unwrap_or_default();
+        Ok(Self {
+            id: raw.id,
+            service_area: raw.service_area.clone().unwrap_or_default(),
+            category,
+            urls,
+            tcp: ports(raw.tcp_ports.as_deref()),
+            udp: ports(raw.udp_ports.as_deref()),
+        })
+    }
+}
+
+/// Microsoft's set ids fit the first instance's range of the kernel's set ids.
+fn check_id(id: u32) -> Result<(), String> {
+    if id == 0 || id >= classifier_common::M365_SET_IDS {
+        return Err(format!(
+            "endpoint set ids must be 1..{}",
+            classifier_common::M365_SET_IDS
+        ));
+    }
+    Ok(())
 }
 
 impl EndpointSet {
@@ -222,16 +296,7 @@ impl EndpointSet {
         let category = category
             .parse()
             .map_err(|reason| invalid("category", &category, reason))?;
-        if id == 0 || id >= classifier_common::M365_SET_IDS {
-            return Err(invalid(
-                "id",
-                &id.to_string(),
-                format!(
-                    "endpoint set ids must be 1..{}",
-                    classifier_common::M365_SET_IDS
-                ),
-            ));
-        }
+        check_id(id).map_err(|reason| invalid("id", &id.to_string(), reason))?;
         let prefixes = ips
             .iter()
             .map(|ip| parse_prefix(ip).map_err(|reason| invalid("ips", ip, reason)))

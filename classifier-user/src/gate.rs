@@ -7,13 +7,30 @@
 //! none occurs in Microsoft's feed. A refused feed changes nothing; the operator can force
 //! it after reading the dry run.
 
+use std::{collections::HashSet, fmt};
+
 use ipnet::IpNet;
 
-use crate::{compile::Compiled, feed::Feed};
+use crate::feed::{EndpointSet, Feed};
 
-/// What to run when a refusal is a false alarm.
-pub const FORCE_HINT: &str = "check it with `xdp-breakout sync --dry-run`, then apply it with \
-                              `xdp-breakout sync --force` if it is right";
+/// What to run when a refusal of source `0`'s file is a false alarm: `sync` for `m365`
+/// (`sync` is `sync --source m365`), `sync --source NAME` for the others.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hint(pub String);
+
+impl fmt::Display for Hint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sync = if self.0 == crate::sources::M365 {
+            "xdp-breakout sync".to_owned()
+        } else {
+            format!("xdp-breakout sync --source {}", self.0)
+        };
+        write!(
+            f,
+            "check it with `{sync} --dry-run`, then apply it with `{sync} --force` if it is right"
+        )
+    }
+}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum GateError {
@@ -40,28 +57,41 @@ pub enum GateError {
     },
     #[error(
         "it would remove {removed} of the {installed} installed prefixes, more than the \
-         {limit}% limit (feed.max-shrink-percent); {FORCE_HINT}"
+         {limit}% limit ({key}); {hint}"
     )]
     Shrink {
         removed: usize,
         installed: usize,
         limit: u8,
+        key: &'static str,
+        hint: Hint,
     },
     #[error(
         "it would add {added} and remove {removed} prefixes where {installed} are installed, \
-         a churn of more than {limit}% (feed.max-churn-percent); {FORCE_HINT}"
+         a churn of more than {limit}% ({key}); {hint}"
     )]
     Churn {
         added: usize,
         removed: usize,
         installed: usize,
         limit: u16,
+        key: &'static str,
+        hint: Hint,
     },
     #[error(
         "version {version} is older than the applied {applied} (a replayed or stale answer); \
-         {FORCE_HINT}"
+         {hint}"
     )]
-    Older { version: String, applied: String },
+    Older {
+        version: String,
+        applied: String,
+        hint: Hint,
+    },
+    #[error(
+        "version {version}, the applied file's, with other content (a tampered or \
+         half-updated mirror); {hint}"
+    )]
+    SameVersion { version: String, hint: Hint },
 }
 
 /// Where a prefix is checked from: a feed's endpoint set, or the operator's configuration.
@@ -198,16 +228,28 @@ pub fn check_feed(feed: &Feed, limits: PrefixLimits) -> Result<(), GateError> {
     })
 }
 
-/// How much one feed may change what is installed.
+/// How much one refresh of a source may change its prefixes.
 #[derive(Clone, Copy, Debug)]
 pub struct ChangeLimits {
-    /// Percent of the installed prefixes a feed may remove.
+    /// Percent of its installed prefixes a file may remove, and the key that sets it.
     pub max_shrink_percent: u8,
-    /// Percent of the installed prefixes a feed may add and remove together.
-    pub max_churn_percent: u16,
+    pub shrink_key: &'static str,
+    /// Percent of its installed prefixes a file may add and remove together; `None`: no
+    /// limit.
+    pub max_churn_percent: Option<u16>,
+    pub churn_key: &'static str,
 }
 
-/// Added and removed prefixes between what is installed and a target.
+/// A source's file: its version (as the service or the file states it), its content hash,
+/// and its endpoint sets after the source's filters.
+#[derive(Clone, Copy, Debug)]
+pub struct File<'a> {
+    pub version: Option<&'a str>,
+    pub sha256: &'a str,
+    pub sets: &'a [EndpointSet],
+}
+
+/// Added and removed prefixes between a source's installed file and a new one.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Change {
     pub installed: usize,
@@ -217,67 +259,85 @@ pub struct Change {
 
 impl Change {
     #[must_use]
-    pub fn between(installed: &Compiled, target: &Compiled) -> Self {
-        let added = target
-            .v4
-            .keys()
-            .filter(|k| !installed.v4.contains_key(k))
-            .count()
-            + target
-                .v6
-                .keys()
-                .filter(|k| !installed.v6.contains_key(k))
-                .count();
-        let removed = installed
-            .v4
-            .keys()
-            .filter(|k| !target.v4.contains_key(k))
-            .count()
-            + installed
-                .v6
-                .keys()
-                .filter(|k| !target.v6.contains_key(k))
-                .count();
+    pub fn between(installed: &[EndpointSet], target: &[EndpointSet]) -> Self {
+        let prefixes = |sets: &[EndpointSet]| -> HashSet<IpNet> {
+            sets.iter().flat_map(|set| set.prefixes.iter().copied()).collect()
+        };
+        let (installed, target) = (prefixes(installed), prefixes(target));
         Self {
             installed: installed.len(),
-            added,
-            removed,
+            added: target.difference(&installed).count(),
+            removed: installed.difference(&target).count(),
         }
     }
+}
 
-    /// Refuses a change beyond `limits`. Nothing installed (a first start) takes anything:
-    /// there is nothing to protect yet, and the feed has passed the prefix checks.
-    pub fn check(self, limits: ChangeLimits) -> Result<(), GateError> {
-        let Self {
+/// The one verdict on a source's new file, against the file the maps hold of it (`held`):
+/// not older, not the held version with other content, and within the shrink and churn
+/// limits. Nothing held (a first start) takes anything: there is nothing to protect yet,
+/// and the file has passed the prefix checks. `sync --force` skips this, nothing else.
+pub fn judge(
+    source: &str,
+    held: Option<File<'_>>,
+    new: File<'_>,
+    limits: ChangeLimits,
+) -> Result<(), GateError> {
+    let Some(held) = held else {
+        return Ok(());
+    };
+    let hint = || Hint(source.to_owned());
+    if let (Some(applied), Some(version)) = (held.version, new.version) {
+        match (applied.parse::<u64>(), version.parse::<u64>()) {
+            (Ok(old), Ok(new)) if new < old => {
+                return Err(GateError::Older {
+                    version: version.to_owned(),
+                    applied: applied.to_owned(),
+                    hint: hint(),
+                });
+            }
+            _ if applied == version && held.sha256 != new.sha256 => {
+                return Err(GateError::SameVersion {
+                    version: version.to_owned(),
+                    hint: hint(),
+                });
+            }
+            _ => {}
+        }
+    }
+    let Change {
+        installed,
+        added,
+        removed,
+    } = Change::between(held.sets, new.sets);
+    if installed == 0 {
+        return Ok(());
+    }
+    // Integers only: `removed / installed > limit / 100`, without rounding.
+    if removed.saturating_mul(100)
+        > installed.saturating_mul(usize::from(limits.max_shrink_percent))
+    {
+        return Err(GateError::Shrink {
+            removed,
             installed,
+            limit: limits.max_shrink_percent,
+            key: limits.shrink_key,
+            hint: hint(),
+        });
+    }
+    if let Some(limit) = limits.max_churn_percent
+        && added.saturating_add(removed).saturating_mul(100)
+            > installed.saturating_mul(usize::from(limit))
+    {
+        return Err(GateError::Churn {
             added,
             removed,
-        } = self;
-        if installed == 0 {
-            return Ok(());
-        }
-        // Integers only: `removed / installed > limit / 100`, without rounding.
-        if removed.saturating_mul(100)
-            > installed.saturating_mul(usize::from(limits.max_shrink_percent))
-        {
-            return Err(GateError::Shrink {
-                removed,
-                installed,
-                limit: limits.max_shrink_percent,
-            });
-        }
-        if added.saturating_add(removed).saturating_mul(100)
-            > installed.saturating_mul(usize::from(limits.max_churn_percent))
-        {
-            return Err(GateError::Churn {
-                added,
-                removed,
-                installed,
-                limit: limits.max_churn_percent,
-            });
-        }
-        Ok(())
+            installed,
+            limit,
+            key: limits.churn_key,
+            hint: hint(),
+        });
     }
+    Ok(())
 }
 
 /// Microsoft's versions are `YYYYMMDDNN`: ten digits, so text order is time order.
@@ -286,27 +346,10 @@ pub fn is_version(text: &str) -> bool {
     text.len() == 10 && text.bytes().all(|b| b.is_ascii_digit())
 }
 
-/// Refuses a version older than the applied one. An applied record that is not a version
-/// (a feed file, recorded as `unknown`) compares with nothing.
-pub fn check_version(applied: Option<&str>, version: &str) -> Result<(), GateError> {
-    match applied {
-        Some(applied) if is_version(applied) && is_version(version) && version < applied => {
-            Err(GateError::Older {
-                version: version.to_owned(),
-                applied: applied.to_owned(),
-            })
-        }
-        _ => Ok(()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        compile::compile,
-        feed::{Category, EndpointSet},
-    };
+    use crate::feed::Category;
 
     const FEED_2026043000: &[u8] =
         include_bytes!("../../tests/fixtures/m365-worldwide-endpoints-2026043000.json");
@@ -411,59 +454,69 @@ mod tests {
         assert!(error.contains("shorter than /14"), "{error}");
     }
 
-    fn compiled(body: &[u8]) -> Compiled {
-        compile(&Feed::parse(body).unwrap()).unwrap()
+    fn sets(body: &[u8]) -> Vec<EndpointSet> {
+        Feed::parse(body).unwrap().sets
     }
 
     const LIMITS: ChangeLimits = ChangeLimits {
         max_shrink_percent: 50,
-        max_churn_percent: 100,
+        shrink_key: "feed.max-shrink-percent",
+        max_churn_percent: Some(100),
+        churn_key: "feed.max-churn-percent",
     };
+
+    fn file<'a>(version: &'a str, sets: &'a [EndpointSet]) -> File<'a> {
+        File {
+            version: Some(version),
+            sha256: version,
+            sets,
+        }
+    }
+
+    fn with_prefixes(sets: &[EndpointSet], prefixes: impl Iterator<Item = IpNet>) -> Vec<EndpointSet> {
+        vec![EndpointSet {
+            prefixes: prefixes.collect(),
+            ..sets[0].clone_without_prefixes()
+        }]
+    }
 
     #[test]
     fn the_shrink_limit_counts_removals_not_entries() {
-        let installed = compiled(FEED_2026043000);
-        // The whole table replaced by as many other prefixes (more, even): nothing shrinks
-        // by count, every installed prefix is removed.
-        let mut replaced = Compiled::default();
-        for (n, value) in (0u8..).zip(installed.v4.values().chain(installed.v6.values())) {
-            let key = classifier_common::LpmKeyV4 {
-                prefix_len: 32,
-                addr: [11, 0, n, 1],
-            };
-            replaced.v4.insert(key, *value);
-        }
-        let change = Change::between(&installed, &replaced);
+        let installed = sets(FEED_2026043000);
+        let held = file("2026043000", &installed);
+        // The whole table replaced by as many other prefixes: nothing shrinks by count,
+        // every installed prefix is removed.
+        let replaced = with_prefixes(
+            &installed,
+            (0..93u8).map(|n| format!("11.0.{n}.1/32").parse().unwrap()),
+        );
         assert_eq!(
-            change,
+            Change::between(&installed, &replaced),
             Change {
                 installed: 93,
                 added: 93,
                 removed: 93
             }
         );
+        let error = judge("m365", Some(held), file("2026050100", &replaced), LIMITS).unwrap_err();
         assert_eq!(
-            change.check(LIMITS),
-            Err(GateError::Shrink {
+            error,
+            GateError::Shrink {
                 removed: 93,
                 installed: 93,
-                limit: 50
-            })
+                limit: 50,
+                key: "feed.max-shrink-percent",
+                hint: Hint("m365".into()),
+            }
         );
+        assert!(error.to_string().contains("`xdp-breakout sync --force`"), "{error}");
         // Growth alone is churn: 93 installed, 100 more.
         let mut grown = installed.clone();
-        for n in 0..100u8 {
-            let key = classifier_common::LpmKeyV4 {
-                prefix_len: 32,
-                addr: [11, 1, n, 1],
-            };
-            grown
-                .v4
-                .insert(key, installed.v4.values().next().copied().unwrap());
-        }
-        let error = Change::between(&installed, &grown)
-            .check(LIMITS)
-            .unwrap_err();
+        grown.extend(with_prefixes(
+            &installed,
+            (0..100u8).map(|n| format!("11.1.{n}.1/32").parse().unwrap()),
+        ));
+        let error = judge("zoom", Some(held), file("2026050100", &grown), LIMITS).unwrap_err();
         assert!(
             matches!(
                 error,
@@ -475,30 +528,53 @@ mod tests {
             ),
             "{error}"
         );
-        assert!(error.to_string().contains("sync --force"), "{error}");
+        assert!(
+            error.to_string().contains("`xdp-breakout sync --source zoom --force`"),
+            "{error}"
+        );
+        // Without a churn limit, growth passes.
+        let no_churn = ChangeLimits {
+            max_churn_percent: None,
+            ..LIMITS
+        };
+        judge("zoom", Some(held), file("2026050100", &grown), no_churn).unwrap();
         // Microsoft's own change from 2020 to 2026 (75 removed of 155) is within the limits
         // both ways.
-        let old = compiled(FEED_2020);
-        Change::between(&old, &installed).check(LIMITS).unwrap();
-        Change::between(&installed, &old).check(LIMITS).unwrap();
+        let old = sets(FEED_2020);
+        judge("m365", Some(file("2020053100", &old)), held, LIMITS).unwrap();
+        judge("m365", Some(held), file("2026050100", &old), LIMITS).unwrap();
         // From nothing, anything.
-        Change::between(&Compiled::default(), &grown)
-            .check(LIMITS)
-            .unwrap();
+        judge("m365", None, file("2026050100", &grown), LIMITS).unwrap();
     }
 
     #[test]
-    fn versions_may_not_go_backwards() {
-        assert!(check_version(Some("2026043000"), "2026043000").is_ok());
-        assert!(check_version(Some("2026043000"), "2026050100").is_ok());
-        assert!(check_version(None, "2020053100").is_ok());
-        assert!(check_version(Some("unknown"), "2020053100").is_ok());
-        let error = check_version(Some("2026043000"), "2026033100").unwrap_err();
+    fn versions_may_not_go_backwards_nor_change_content() {
+        let installed = sets(FEED_2026043000);
+        let held = file("2026043000", &installed);
+        judge("m365", Some(held), file("2026050100", &installed), LIMITS).unwrap();
+        let error = judge("m365", Some(held), file("2026033100", &installed), LIMITS).unwrap_err();
         assert!(
             error
                 .to_string()
                 .starts_with("version 2026033100 is older than the applied 2026043000"),
             "{error}"
         );
+        let tampered = File {
+            sha256: "other",
+            ..held
+        };
+        let error = judge("aws", Some(held), tampered, LIMITS).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("version 2026043000, the applied file's, with other content"),
+            "{error}"
+        );
+        // A file without a version compares by content only.
+        let unversioned = File {
+            version: None,
+            ..tampered
+        };
+        judge("aws", Some(held), unversioned, LIMITS).unwrap();
     }
 }

@@ -22,6 +22,7 @@ pub mod secure;
 pub mod sources;
 
 pub mod state;
+pub mod time;
 
 /// The compiled kernel programs (classifier-ebpf), embedded at build time.
 pub static EBPF_OBJECT: &[u8] =

@@ -430,7 +430,7 @@ impl Collector for Scrape {
                 ),
             ],
         )?;
-        let feed = crate::cmd::sources::rows(&status);
+        let feed = &status.sources;
         gauge(
             &mut encoder,
             "xdp_breakout_source_info",
@@ -449,33 +449,13 @@ impl Collector for Scrape {
                 })
                 .collect::<Vec<_>>(),
         )?;
-        let times = std::iter::once((
-            crate::config::FEED_SOURCE_NAME.to_owned(),
-            status
-                .last_error
-                .is_none()
-                .then_some(status.last_poll)
-                .flatten(),
-            status.applied.as_ref().map(|applied| applied.applied_at),
-            status.consecutive_failures,
-            status.prefixes_v4.min(status.feed_prefixes_v4),
-        ))
-        .chain(status.sources.iter().map(|source| {
-            (
-                source.name.clone(),
-                source.last_success,
-                None,
-                source.consecutive_failures,
-                0,
-            )
-        }));
         let mut success = Vec::new();
         let mut failures = Vec::new();
-        for (name, last_success, _, consecutive, _) in times {
-            if let Some(at) = last_success {
-                success.push((vec![("source", name.clone())], float(at)));
+        for row in feed {
+            if let Some(at) = row.last_success {
+                success.push((vec![("source", row.name.clone())], float(at.secs())));
             }
-            failures.push((vec![("source", name)], float(consecutive)));
+            failures.push((vec![("source", row.name.clone())], float(row.consecutive_failures)));
         }
         gauge(
             &mut encoder,

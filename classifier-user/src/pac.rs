@@ -9,26 +9,19 @@
 
 use std::collections::BTreeSet;
 
-use crate::feed::Category;
+use crate::feed::{Category, NamedSet};
 
 /// The longest host name (RFC 1035).
 const MAX_HOST: usize = 253;
 
-/// The host patterns of `body`'s sets of `categories`, lowercased, sorted and without
-/// repeats; and the entries left out because they are no host pattern.
-pub fn hosts(body: &[u8], categories: &[Category]) -> Result<(Vec<String>, usize), String> {
-    let sets = crate::feed::raw_sets(body)
-        .map_err(|error| format!("the feed is not the endpoints JSON: {error}"))?;
+/// The host patterns of the sets of `categories`, lowercased, sorted and without repeats;
+/// and the entries left out because they are no host pattern.
+#[must_use]
+pub fn hosts(sets: &[NamedSet], categories: &[Category]) -> (Vec<String>, usize) {
     let mut hosts = BTreeSet::new();
     let mut skipped = 0;
-    for set in sets {
-        let Ok(category) = set.category.parse::<Category>() else {
-            return Err(format!("unknown category {:?}", set.category));
-        };
-        if !categories.contains(&category) {
-            continue;
-        }
-        for url in set.urls.unwrap_or_default() {
+    for set in sets.iter().filter(|set| categories.contains(&set.category)) {
+        for url in &set.urls {
             let host = url.trim().to_ascii_lowercase();
             if is_host_pattern(&host) {
                 hosts.insert(host);
@@ -37,7 +30,7 @@ pub fn hosts(body: &[u8], categories: &[Category]) -> Result<(Vec<String>, usize
             }
         }
     }
-    Ok((hosts.into_iter().collect(), skipped))
+    (hosts.into_iter().collect(), skipped)
 }
 
 /// `[a-z0-9.*-]`, 1 to 253 characters, not all wildcards and dots.
@@ -132,12 +125,11 @@ pub fn render(hosts: &[String], proxy: &str, about: &str) -> String {
     pac
 }
 
-/// The PAC file of what the agent installed: `[feed]`'s last applied feed (else `feed`, a
-/// feed body given instead, else the embedded snapshot) and every `m365` source's last good
-/// file in `state_dir`. `kind` (type 1 or 2) and `proxy` override `[pac]`.
+/// The PAC file of `feeds`: each Microsoft 365 feed's named sets, and how the file's header
+/// names it. `kind` (type 1 or 2) and `proxy` override `[pac]`.
 pub fn build(
     config: &crate::config::Config,
-    feed: Option<(&[u8], String)>,
+    feeds: &[(String, &[NamedSet])],
     kind: Option<u8>,
     proxy: Option<&str>,
 ) -> Result<String, String> {
@@ -153,37 +145,12 @@ pub fn build(
         Some(kind) => type_categories(kind),
         None => config.policy.direct.iter().map(|name| name.0).collect(),
     };
-    let state = crate::state::State::open_existing(&config.state_dir).ok();
-    let (body, from) = match feed {
-        Some((body, from)) => (body.to_vec(), from),
-        None => match state.as_ref().and_then(crate::state::State::last_feed) {
-            Some((body, applied)) => (
-                body,
-                format!("feed {} from {}", applied.version, applied.source),
-            ),
-            None => (
-                crate::EMBEDDED_FEED.to_vec(),
-                format!("the embedded snapshot {}", crate::EMBEDDED_FEED_VERSION),
-            ),
-        },
-    };
-    let (mut all, mut skipped) = hosts(&body, &categories)?;
-    let mut about = vec![from];
-    for source in config
-        .sources
-        .iter()
-        .filter(|source| source.kind == crate::sources::Kind::M365)
-    {
-        if let Some((body, meta)) = state.as_ref().and_then(|state| state.source(&source.name)) {
-            let (more, more_skipped) = hosts(&body, &categories)?;
-            all.extend(more);
-            skipped += more_skipped;
-            about.push(format!(
-                "source {} {}",
-                source.name,
-                meta.version.unwrap_or_default()
-            ));
-        }
+    let mut all = Vec::new();
+    let mut skipped = 0;
+    for (_, sets) in feeds {
+        let (hosts, left_out) = hosts(sets, &categories);
+        all.extend(hosts);
+        skipped += left_out;
     }
     all.sort_unstable();
     all.dedup();
@@ -191,6 +158,7 @@ pub fn build(
     if skipped > 0 {
         tracing::warn!("pac: left out {skipped} feed entries that are no host name");
     }
+    let about: Vec<&str> = feeds.iter().map(|(about, _)| about.as_str()).collect();
     Ok(render(
         &all,
         proxy,
@@ -212,8 +180,9 @@ mod tests {
 
     #[test]
     fn types_take_their_categories() {
-        let (optimize, skipped) = hosts(FEED, &type_categories(1)).unwrap();
-        let (both, _) = hosts(FEED, &type_categories(2)).unwrap();
+        let sets = crate::feed::named_sets(FEED).unwrap();
+        let (optimize, skipped) = hosts(&sets, &type_categories(1));
+        let (both, _) = hosts(&sets, &type_categories(2));
         assert_eq!(skipped, 0);
         assert!(
             optimize.contains(&"outlook.office365.com".to_owned()),
@@ -227,7 +196,8 @@ mod tests {
     #[test]
     fn hostile_entries_and_proxies_never_reach_the_script() {
         let feed = br#"[{"id": 1, "category": "Optimize", "urls": ["ok.example.com", "x\"); alert(1); (\"", "", "*.*", "a b.com"]}]"#;
-        let (hosts, skipped) = hosts(feed, &[Category::Optimize]).unwrap();
+        let sets = crate::feed::named_sets(feed).unwrap();
+        let (hosts, skipped) = hosts(&sets, &[Category::Optimize]);
         assert_eq!((hosts, skipped), (vec!["ok.example.com".to_owned()], 4));
         for bad in [
             "PROXY a:1\"; alert(1)",

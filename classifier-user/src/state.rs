@@ -1,4 +1,16 @@
-//! The agent's state directory: the client request id, the last applied feed and the status.
+//! The agent's state directory: the client request id, each source's last good file, the
+//! record of what the maps hold, the status and the learned addresses.
+//!
+//! Layout 2 (this version):
+//! - `client-request-id`;
+//! - `sources/NAME.body` and `sources/NAME.json`: each source's last good file and its
+//!   [`Meta`], the `m365` source (`[feed]`) as every other;
+//! - `union.json`: what the maps hold ([`Union`]): the digest of their entries and every
+//!   source's endpoint sets, so that `lookup`, `prefixes` and `stats` name what decided;
+//! - `status.json`, `learned.json`.
+//!
+//! Layout 1 (before the sources were one model) kept `[feed]` apart in `feed.json`,
+//! `applied.json` and `catalog.json`; [`State::open`] migrates such a directory once.
 //!
 //! Every file is replaced whole (temporary file, fsync, rename, fsync of the directory), so a
 //! crash or power cut leaves the old file or the new one, never half of one. The directory is
@@ -11,21 +23,25 @@ use std::{
     io::{self, Write as _},
     os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::sources::fetch::Meta;
+use crate::{feed::Feed, sources::fetch::sha256, time::Time};
+
 const CLIENT_ID: &str = "client-request-id";
-const FEED: &str = "feed.json";
-const APPLIED: &str = "applied.json";
 const STATUS: &str = "status.json";
-/// The last good file of each `[[sources]]` entry: `sources/NAME.body`, `sources/NAME.json`.
+/// The last good file of each source: `sources/NAME.body`, `sources/NAME.json`.
 const SOURCES: &str = "sources";
-/// The endpoint sets of every source the maps hold, for `lookup`, `prefixes` and `stats`.
-const CATALOG: &str = "catalog.json";
+/// What the maps hold.
+const UNION: &str = "union.json";
 /// The addresses learned from DNS answers, for `learned` and `lookup`.
 const LEARNED: &str = "learned.json";
+/// Layout 1's files of `[feed]`: its body, its record, and the other sources' sets.
+const V1_FEED: &str = "feed.json";
+const V1_APPLIED: &str = "applied.json";
+const V1_CATALOG: &str = "catalog.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -40,83 +56,106 @@ pub enum StateError {
     Untrusted(#[from] crate::secure::DirError),
 }
 
-/// Which feed the maps hold.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Applied {
-    /// `YYYYMMDDNN`.
-    pub version: String,
-    /// Where it came from: a URL, a file, or the embedded snapshot.
-    pub source: String,
-    /// Seconds since the epoch.
-    pub applied_at: u64,
-    /// [`crate::compile::Compiled::digest`] of the entries it compiled to: the maps hold this
-    /// feed only while their entries have this digest.
-    #[serde(default)]
-    pub entries: Option<String>,
-}
-
-/// What `status` shows; written after every poll. The JSON field names are a stable schema.
+/// What `status` and `sources` show; written whenever it changes. The JSON field names are a
+/// stable schema.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
-    pub instance: String,
-    pub feed_url: String,
+    pub pid: u32,
     pub interfaces: Vec<String>,
     pub mark: String,
-    pub applied: Option<Applied>,
+    /// Entries of the tries.
     pub prefixes_v4: usize,
     pub prefixes_v6: usize,
-    /// Of those, the prefixes of `[feed]`'s feed after its filter.
-    #[serde(default)]
-    pub feed_prefixes_v4: usize,
-    #[serde(default)]
-    pub feed_prefixes_v6: usize,
-    /// Seconds since the epoch of the last poll and of the next one.
-    pub last_poll: Option<u64>,
-    pub next_poll: Option<u64>,
-    /// The last failure, cleared by a successful poll.
-    pub last_error: Option<String>,
-    pub consecutive_failures: u32,
-    pub pid: u32,
     /// The direct uplink's health, when the agent checks it.
     #[serde(default)]
     pub uplink: Option<Uplink>,
-    /// Each `[[sources]]` entry, in configuration order (`[feed]` is the fields above).
+    /// Every source, `m365` (`[feed]`) first, then `[[sources]]` in configuration order.
     #[serde(default)]
     pub sources: Vec<SourceStatus>,
 }
 
-/// One `[[sources]]` entry as the agent last saw it.
+impl Status {
+    /// The source named `name`.
+    #[must_use]
+    pub fn source(&self, name: &str) -> Option<&SourceStatus> {
+        self.sources.iter().find(|source| source.name == name)
+    }
+}
+
+/// One source as the agent last saw it: what `sources --json` prints, one object per source.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourceStatus {
+    /// `m365` for `[feed]`, else the `[[sources]]` entry's name.
     pub name: String,
+    /// `m365`, `aws`, `azure-service-tags`, `google` or `cidr-list`.
     pub kind: String,
-    /// Its URL or file.
+    /// The URL or file it is read from (an m365 source: the web service's base URL).
     pub location: String,
-    /// `direct`, `tunnel`, or `by category` (m365).
+    /// An m365 source's instance (`Worldwide`, ...); null for the other kinds.
+    pub instance: Option<String>,
+    /// `direct`, `tunnel`, or `by category` (Microsoft 365).
     pub policy: String,
-    /// Its first endpoint set id (an m365 instance has 1024 from there; others one).
+    /// Its first endpoint set id: a Microsoft 365 instance has 1024 from there (`m365`'s
+    /// from 1), the others one.
     pub first_set: u32,
-    /// The version of the file the maps hold (`syncToken`, `changeNumber`, m365's version),
-    /// or its content hash's first 16 digits when it has none; null before a good file.
+    /// The version the maps hold (`syncToken`, `changeNumber`, Microsoft's version, or
+    /// `sha256:` and the first 16 digits of the content hash); null before a good file.
     pub version: Option<String>,
+    /// Where the file the maps hold came from (after redirects: a URL, a file, or
+    /// `embedded snapshot VERSION`), and when the maps took it; null before one.
+    pub from: Option<String>,
+    pub applied_at: Option<Time>,
+    /// Its distinct prefixes in the maps, after its filters.
     pub prefixes_v4: usize,
     pub prefixes_v6: usize,
-    /// Seconds since the epoch: the last fetch that ended well (new or unchanged), the last
-    /// attempt, and the next.
-    pub last_success: Option<u64>,
-    pub last_attempt: Option<u64>,
-    pub next_refresh: Option<u64>,
-    /// The last failure, cleared by a good fetch.
+    /// The last fetch that ended well (new or unchanged), the last attempt and the next.
+    pub last_success: Option<Time>,
+    pub last_attempt: Option<Time>,
+    pub next_refresh: Option<Time>,
+    /// Why the last attempt failed; null once one succeeds.
     pub last_error: Option<String>,
+    /// Attempts that failed in a row.
     pub consecutive_failures: u32,
 }
 
-/// The endpoint sets of every source but `[feed]` that the maps hold (`entries` is their
-/// [`crate::compile::Compiled::digest`]), so that readers name what decided a packet.
+/// `union.json`: what the maps hold, while their entries' digest is `entries`
+/// ([`crate::compile::Compiled::digest`]); a reader that finds other entries knows another
+/// writer changed them.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SourceCatalog {
+pub struct Union {
     pub entries: String,
-    pub sources: Vec<CatalogSource>,
+    pub applied_at: Time,
+    pub sources: Vec<UnionSource>,
+}
+
+/// One source's part of [`Union`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnionSource {
+    pub name: String,
+    pub kind: String,
+    pub first_set: u32,
+    pub version: Option<String>,
+    pub sets: Vec<CatalogSet>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogSet {
+    pub id: u32,
+    pub service_area: String,
+    pub category: u8,
+    pub prefixes: Vec<ipnet::IpNet>,
+}
+
+impl CatalogSet {
+    #[must_use]
+    pub fn of(set: &crate::feed::EndpointSet) -> Self {
+        Self {
+            id: set.id,
+            service_area: set.service_area.clone(),
+            category: set.category.code(),
+            prefixes: set.prefixes.clone(),
+        }
+    }
 }
 
 /// One learned address in one endpoint set.
@@ -142,28 +181,12 @@ pub struct LearnedFile {
     pub rows: Vec<LearnedRow>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CatalogSource {
-    pub name: String,
-    pub kind: String,
-    pub first_set: u32,
-    pub sets: Vec<CatalogSet>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CatalogSet {
-    pub id: u32,
-    pub service_area: String,
-    pub category: u8,
-    pub prefixes: Vec<ipnet::IpNet>,
-}
-
 /// The direct uplink as the agent's health checks see it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Uplink {
     pub state: crate::health::State,
-    /// Seconds since the epoch of the last change, and why it changed.
-    pub since: Option<u64>,
+    /// When it last changed, and why.
+    pub since: Option<Time>,
     pub reason: Option<String>,
     /// Changes of state since the agent started.
     pub transitions: u64,
@@ -174,35 +197,52 @@ pub struct Uplink {
     pub targets: Vec<crate::health::ProbeResult>,
 }
 
+/// Layout 1's `applied.json`.
+#[derive(Deserialize)]
+struct AppliedV1 {
+    version: String,
+    source: String,
+    applied_at: u64,
+    #[serde(default)]
+    entries: Option<String>,
+}
+
+/// Layout 1's `catalog.json`: the `[[sources]]` sets, without `[feed]`'s.
+#[derive(Deserialize)]
+struct CatalogV1 {
+    entries: String,
+    sources: Vec<UnionSource>,
+}
+
 /// Plain structs of strings and integers always serialize.
 fn to_json(value: &impl Serialize) -> Vec<u8> {
     serde_json::to_vec_pretty(value).unwrap_or_default()
 }
 
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
+    serde_json::from_slice(&fs::read(path).ok()?).ok()
+}
+
 /// The status file of the agent using `dir`, without creating anything.
 #[must_use]
 pub fn read_status(dir: &Path) -> Option<Status> {
-    serde_json::from_slice(&fs::read(dir.join(STATUS)).ok()?).ok()
+    read_json(&dir.join(STATUS))
 }
 
 pub struct State {
     dir: PathBuf,
 }
 
-#[must_use]
-pub fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 impl State {
-    /// Opens the directory, creating it 0700; refuses one another user could change.
+    /// Opens the directory, creating it 0700, and migrates a layout 1 directory; refuses one
+    /// another user could change.
     pub fn open(dir: &Path) -> Result<Self, StateError> {
         crate::secure::create_private(dir, "state directory")?;
-        Ok(Self {
+        let state = Self {
             dir: dir.to_owned(),
-        })
+        };
+        state.migrate()?;
+        Ok(state)
     }
 
     /// Opens a directory that exists, for reading, without creating anything.
@@ -216,6 +256,64 @@ impl State {
     #[must_use]
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Moves layout 1's `[feed]` files into the `m365` source's and `union.json`; returns
+    /// whether there was anything to move. New files are written before old ones go, so a
+    /// crash in between migrates again.
+    pub fn migrate(&self) -> Result<bool, StateError> {
+        let Some(applied) = read_json::<AppliedV1>(&self.dir.join(V1_APPLIED)) else {
+            return Ok(false);
+        };
+        if let Ok(body) = fs::read(self.dir.join(V1_FEED)) {
+            let version = crate::gate::is_version(&applied.version).then(|| applied.version.clone());
+            let meta = Meta {
+                version: version.clone(),
+                sha256: sha256(&body),
+                etag: None,
+                last_modified: None,
+                from: applied.source.clone(),
+                fetched_at: Time(applied.applied_at),
+            };
+            self.save_source(crate::sources::M365, &body, &meta)?;
+            if let Some(entries) = applied.entries {
+                let sets = Feed::parse(&body)
+                    .map(|feed| feed.sets.iter().map(CatalogSet::of).collect())
+                    .unwrap_or_default();
+                let mut sources = vec![UnionSource {
+                    name: crate::sources::M365.to_owned(),
+                    kind: crate::sources::Kind::M365.to_string(),
+                    first_set: 0,
+                    version,
+                    sets,
+                }];
+                if let Some(catalog) = read_json::<CatalogV1>(&self.dir.join(V1_CATALOG))
+                    && catalog.entries == entries
+                {
+                    sources.extend(catalog.sources);
+                }
+                self.save_union(&Union {
+                    entries,
+                    applied_at: Time(applied.applied_at),
+                    sources,
+                })?;
+            }
+        }
+        for name in [V1_FEED, V1_CATALOG, V1_APPLIED] {
+            let path = self.dir.join(name);
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(StateError::Io {
+                        action: "removing",
+                        path,
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(true)
     }
 
     /// A new file `.NAME.PID.RANDOM.tmp`, 0600, that did not exist: never a planted one.
@@ -271,31 +369,6 @@ impl State {
         Ok(id)
     }
 
-    /// The last applied feed's body and what it was, if any.
-    #[must_use]
-    pub fn last_feed(&self) -> Option<(Vec<u8>, Applied)> {
-        let body = fs::read(self.dir.join(FEED)).ok()?;
-        let applied = serde_json::from_slice(&fs::read(self.dir.join(APPLIED)).ok()?).ok()?;
-        Some((body, applied))
-    }
-
-    /// What the maps hold, if recorded.
-    #[must_use]
-    pub fn applied(&self) -> Option<Applied> {
-        serde_json::from_slice(&fs::read(self.dir.join(APPLIED)).ok()?).ok()
-    }
-
-    /// Records a feed as applied. Call only once the maps hold it.
-    pub fn save_applied(&self, body: &[u8], applied: &Applied) -> Result<(), StateError> {
-        self.write(FEED, body)?;
-        self.write(APPLIED, &to_json(applied))
-    }
-
-    /// Records what the maps hold without a new `[feed]` body (another source changed).
-    pub fn save_applied_record(&self, applied: &Applied) -> Result<(), StateError> {
-        self.write(APPLIED, &to_json(applied))
-    }
-
     /// The directory of the sources' last good files, created 0700.
     fn sources(&self) -> Result<Self, StateError> {
         let dir = self.dir.join(SOURCES);
@@ -304,30 +377,36 @@ impl State {
     }
 
     /// Keeps `body` as source `name`'s last good file (a name is `[a-z0-9._-]`).
-    pub fn save_source(
-        &self,
-        name: &str,
-        body: &[u8],
-        meta: &crate::sources::fetch::Meta,
-    ) -> Result<(), StateError> {
+    pub fn save_source(&self, name: &str, body: &[u8], meta: &Meta) -> Result<(), StateError> {
         let sources = self.sources()?;
         sources.write(&format!("{name}.body"), body)?;
         sources.write(&format!("{name}.json"), &to_json(meta))
     }
 
-    /// Source `name`'s last good file and its record, if any (and if they agree).
-    #[must_use]
-    pub fn source(&self, name: &str) -> Option<(Vec<u8>, crate::sources::fetch::Meta)> {
-        let dir = self.dir.join(SOURCES);
-        crate::secure::check(&dir, "state directory").ok()?;
-        let meta: crate::sources::fetch::Meta =
-            serde_json::from_slice(&fs::read(dir.join(format!("{name}.json"))).ok()?).ok()?;
-        let body = fs::read(dir.join(format!("{name}.body"))).ok()?;
-        (crate::sources::fetch::sha256(&body) == meta.sha256).then_some((body, meta))
+    /// Replaces source `name`'s record alone (the same file, known by a new version).
+    pub fn save_meta(&self, name: &str, meta: &Meta) -> Result<(), StateError> {
+        self.sources()?.write(&format!("{name}.json"), &to_json(meta))
     }
 
-    pub fn save_catalog(&self, catalog: &SourceCatalog) -> Result<(), StateError> {
-        self.write(CATALOG, &serde_json::to_vec(catalog).unwrap_or_default())
+    /// Source `name`'s last good file and its record, if any (and if they agree).
+    #[must_use]
+    pub fn source(&self, name: &str) -> Option<(Vec<u8>, Meta)> {
+        let dir = self.dir.join(SOURCES);
+        crate::secure::check(&dir, "state directory").ok()?;
+        let meta: Meta = read_json(&dir.join(format!("{name}.json")))?;
+        let body = fs::read(dir.join(format!("{name}.body"))).ok()?;
+        (sha256(&body) == meta.sha256).then_some((body, meta))
+    }
+
+    /// Records what the maps hold. Call only once they hold it.
+    pub fn save_union(&self, union: &Union) -> Result<(), StateError> {
+        self.write(UNION, &serde_json::to_vec(union).unwrap_or_default())
+    }
+
+    /// What the maps held when last recorded.
+    #[must_use]
+    pub fn union(&self) -> Option<Union> {
+        read_json(&self.dir.join(UNION))
     }
 
     pub fn save_learned(&self, learned: &LearnedFile) -> Result<(), StateError> {
@@ -336,12 +415,7 @@ impl State {
 
     #[must_use]
     pub fn learned(&self) -> Option<LearnedFile> {
-        serde_json::from_slice(&fs::read(self.dir.join(LEARNED)).ok()?).ok()
-    }
-
-    #[must_use]
-    pub fn catalog(&self) -> Option<SourceCatalog> {
-        serde_json::from_slice(&fs::read(self.dir.join(CATALOG)).ok()?).ok()
+        read_json(&self.dir.join(LEARNED))
     }
 
     pub fn save_status(&self, status: &Status) -> Result<(), StateError> {
@@ -350,7 +424,7 @@ impl State {
 
     #[must_use]
     pub fn status(&self) -> Option<Status> {
-        serde_json::from_slice(&fs::read(self.dir.join(STATUS)).ok()?).ok()
+        read_status(&self.dir)
     }
 
     fn write(&self, name: &str, data: &[u8]) -> Result<(), StateError> {
@@ -402,29 +476,38 @@ mod tests {
         fs::remove_dir_all(dir).unwrap();
     }
 
+    fn meta(body: &[u8]) -> Meta {
+        Meta {
+            version: Some("2026043000".into()),
+            sha256: sha256(body),
+            from: "test".into(),
+            fetched_at: Time(1),
+            ..Meta::default()
+        }
+    }
+
     #[test]
-    fn applied_feed_round_trips_and_leaves_no_temporary_file() {
+    fn a_source_file_round_trips_and_leaves_no_temporary_file() {
         let dir = temp_dir("feed");
         let state = State::open(&dir).unwrap();
-        assert!(state.last_feed().is_none());
-        let applied = Applied {
-            version: "2026043000".into(),
-            source: "test".into(),
-            applied_at: 1,
-            entries: None,
-        };
-        state.save_applied(b"[]", &applied).unwrap();
-        assert_eq!(state.last_feed(), Some((b"[]".to_vec(), applied)));
-        let names: Vec<_> = fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert!(
-            names
-                .iter()
-                .all(|name| !name.to_string_lossy().ends_with(".tmp")),
-            "{names:?}"
-        );
+        assert!(state.source("m365").is_none());
+        state.save_source("m365", b"[]", &meta(b"[]")).unwrap();
+        assert_eq!(state.source("m365"), Some((b"[]".to_vec(), meta(b"[]"))));
+        for dir in [dir.clone(), dir.join("sources")] {
+            let names: Vec<_> = fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert!(
+                names
+                    .iter()
+                    .all(|name| !name.to_string_lossy().ends_with(".tmp")),
+                "{names:?}"
+            );
+        }
+        // A body that is not the one its record describes is no last good file.
+        fs::write(dir.join("sources/m365.body"), b"[ ]").unwrap();
+        assert!(state.source("m365").is_none());
         fs::remove_dir_all(dir).unwrap();
     }
 
@@ -436,19 +519,15 @@ mod tests {
         let state = State::open(&dir).unwrap();
         let victim = temp_dir("victim");
         fs::write(&victim, b"root's file").unwrap();
-        for name in [".feed.json.tmp", ".applied.json.tmp", ".status.json.tmp"] {
+        for name in [".union.json.tmp", ".status.json.tmp", "sources/.m365.body.tmp"] {
+            fs::create_dir_all(dir.join("sources")).unwrap();
             std::os::unix::fs::symlink(&victim, dir.join(name)).unwrap();
         }
-        let applied = Applied {
-            version: "2026043000".into(),
-            source: "test".into(),
-            applied_at: 1,
-            entries: None,
-        };
-        state.save_applied(b"[]", &applied).unwrap();
+        state.save_source("m365", b"[]", &meta(b"[]")).unwrap();
+        state.save_union(&Union::default()).unwrap();
         state.save_status(&Status::default()).unwrap();
         assert_eq!(fs::read(&victim).unwrap(), b"root's file");
-        assert_eq!(state.last_feed(), Some((b"[]".to_vec(), applied)));
+        assert_eq!(state.source("m365"), Some((b"[]".to_vec(), meta(b"[]"))));
         fs::remove_dir_all(dir).unwrap();
         fs::remove_file(victim).unwrap();
     }

@@ -164,8 +164,20 @@ pub fn status(state_dir: &Path) -> Option<Status> {
     read_status(state_dir)
 }
 
-/// The feed version the agent using `state_dir` says it applied.
+/// The feed version (the `m365` source's) the agent using `state_dir` says it applied.
 #[must_use]
 pub fn applied_version(state_dir: &Path) -> Option<String> {
-    status(state_dir)?.applied.map(|applied| applied.version)
+    status(state_dir)?
+        .source(classifier_user::sources::M365)?
+        .version
+        .clone()
+        .filter(|_| m365_applied(state_dir))
+}
+
+/// Whether the agent using `state_dir` says the maps hold a file of the `m365` source.
+#[must_use]
+pub fn m365_applied(state_dir: &Path) -> bool {
+    status(state_dir)
+        .and_then(|status| status.source(classifier_user::sources::M365).cloned())
+        .is_some_and(|m365| m365.applied_at.is_some())
 }

@@ -40,6 +40,15 @@ fn agent(config: Config, state_dir: &TempDir) -> Option<(Datapath, Agent)> {
     Some((datapath, agent))
 }
 
+/// The version of the `m365` source the agent holds.
+fn m365_version(agent: &Agent) -> String {
+    agent
+        .status()
+        .source("m365")
+        .and_then(|m365| m365.version.clone())
+        .unwrap_or_default()
+}
+
 // --- An independent reading of the feed: straight from the JSON, one probe at a time. ---
 
 fn rank(category: &str) -> u8 {
@@ -186,13 +195,13 @@ fn applies_versions_in_turn_and_the_maps_decide_as_the_feed_says() {
     // A version older than the applied one is refused unless forced.
     server.set("/version/Worldwide", Reply::version("2020053100"));
     server.set("/endpoints/Worldwide", Reply::json(FEED_2020));
-    let error = rt.block_on(agent.refresh(false)).unwrap_err().to_string();
+    let error = rt.block_on(agent.refresh("m365", false)).unwrap_err().to_string();
     assert!(
         error.contains("version 2020053100 is older than the applied 2026043000"),
         "{error}"
     );
     assert_maps_match(agent.maps(), FEED_2026043000);
-    rt.block_on(agent.refresh(true)).unwrap();
+    rt.block_on(agent.refresh("m365", true)).unwrap();
     assert_maps_match(agent.maps(), FEED_2020);
 
     for (version, body) in [
@@ -201,20 +210,21 @@ fn applies_versions_in_turn_and_the_maps_decide_as_the_feed_says() {
     ] {
         server.set("/version/Worldwide", Reply::version(version));
         server.set("/endpoints/Worldwide", Reply::json(body));
-        let refreshed = rt.block_on(agent.refresh(false)).unwrap();
+        let refreshed = rt.block_on(agent.refresh("m365", false)).unwrap();
         assert!(
-            matches!(&refreshed, Refreshed::Applied { version: v, .. } if v == version),
+            matches!(&refreshed, Refreshed::Applied { version: Some(v), .. } if v == version),
             "{refreshed:?}"
         );
         assert_maps_match(agent.maps(), body);
-        assert_eq!(agent.status().applied.as_ref().unwrap().version, version);
+        assert_eq!(m365_version(&agent), version);
     }
     // The same version again fetches nothing more.
     let before = server.requests().len();
     assert_eq!(
-        rt.block_on(agent.refresh(false)).unwrap(),
+        rt.block_on(agent.refresh("m365", false)).unwrap(),
         Refreshed::Unchanged {
-            version: "2026043000".into()
+            version: Some("2026043000".into()),
+            why: "the service's version is the one held"
         }
     );
     assert_eq!(server.requests().len(), before + 1, "only /version");
@@ -230,7 +240,7 @@ fn applies_versions_in_turn_and_the_maps_decide_as_the_feed_says() {
     );
     // The applied feed is on disk, for the next start.
     assert_eq!(
-        std::fs::read(state_dir.0.join("feed.json")).unwrap(),
+        std::fs::read(state_dir.0.join("sources/m365.body")).unwrap(),
         FEED_2026043000
     );
 }
@@ -267,9 +277,9 @@ fn bad_answers_change_nothing_and_say_why() {
     agent.apply_settings().unwrap();
     server.set("/version/Worldwide", Reply::version("2026043000"));
     server.set("/endpoints/Worldwide", Reply::json(FEED_2026043000));
-    rt.block_on(agent.refresh(false)).unwrap();
+    rt.block_on(agent.refresh("m365", false)).unwrap();
     let before = snapshot(agent.maps());
-    let feed_on_disk = std::fs::read(state_dir.0.join("feed.json")).unwrap();
+    let feed_on_disk = std::fs::read(state_dir.0.join("sources/m365.body")).unwrap();
 
     let teams_only = {
         let sets: Vec<Value> = sets_with_ips(FEED_2026043000)
@@ -463,7 +473,7 @@ fn bad_answers_change_nothing_and_say_why() {
     for (name, version, endpoints, expected) in cases {
         server.set("/version/Worldwide", version);
         server.set("/endpoints/Worldwide", endpoints);
-        let error = rt.block_on(agent.refresh(false)).expect_err(name);
+        let error = rt.block_on(agent.refresh("m365", false)).expect_err(name);
         let message = format!("{:#}", anyhow::Error::from(error));
         assert!(
             message.contains(expected),
@@ -472,12 +482,12 @@ fn bad_answers_change_nothing_and_say_why() {
         eprintln!("{name}: {message}");
         assert!(snapshot(agent.maps()) == before, "{name}: the maps changed");
         assert_eq!(
-            std::fs::read(state_dir.0.join("feed.json")).unwrap(),
+            std::fs::read(state_dir.0.join("sources/m365.body")).unwrap(),
             feed_on_disk,
             "{name}: the saved feed changed"
         );
         assert_eq!(
-            agent.status().applied.as_ref().unwrap().version,
+            m365_version(&agent),
             "2026043000",
             "{name}"
         );
@@ -488,7 +498,7 @@ fn bad_answers_change_nothing_and_say_why() {
         "/version/Worldwide",
         Reply::status(429, "").header("Retry-After", "7"),
     );
-    let error = rt.block_on(agent.refresh(false)).unwrap_err();
+    let error = rt.block_on(agent.refresh("m365", false)).unwrap_err();
     assert_eq!(error.retry_after(), Some(Duration::from_secs(7)));
     // A timeout is a transport error that reqwest knows as one.
     server.set("/version/Worldwide", Reply::version("2026050100"));
@@ -496,22 +506,22 @@ fn bad_answers_change_nothing_and_say_why() {
         "/endpoints/Worldwide",
         Reply::json(FEED_2026043000).delayed(Duration::from_secs(3)),
     );
-    let error = rt.block_on(agent.refresh(false)).unwrap_err();
+    let error = rt.block_on(agent.refresh("m365", false)).unwrap_err();
     assert!(
-        matches!(&error, RefreshError::Fetch(FetchError::Transport { source, .. }) if source.is_timeout()),
+        matches!(&error, RefreshError::Fetch { error: FetchError::Transport { source, .. }, .. } if source.is_timeout()),
         "{error:?}"
     );
 
     // A refused oversized feed does not ratchet: the next genuine version applies.
     server.set("/version/Worldwide", Reply::version("2026050200"));
     server.set("/endpoints/Worldwide", Reply::json(&with("44.50.0.0/16")));
-    rt.block_on(agent.refresh(false)).unwrap();
+    rt.block_on(agent.refresh("m365", false)).unwrap();
     assert_eq!(agent.maps().installed().unwrap().len(), 94);
 
     // Forcing applies the shrunken feed.
     server.set("/version/Worldwide", Reply::version("2026050300"));
     server.set("/endpoints/Worldwide", Reply::json(&teams_only));
-    rt.block_on(agent.refresh(true)).unwrap();
+    rt.block_on(agent.refresh("m365", true)).unwrap();
     assert_eq!(agent.maps().installed().unwrap().len(), 3);
 }
 
@@ -530,9 +540,12 @@ fn redirects_are_followed_only_as_allowed_and_the_final_url_is_recorded() {
         Reply::status(302, "").header("Location", "/mirror/endpoints"),
     );
     server.set("/mirror/endpoints", Reply::json(FEED_2026043000));
-    runtime().block_on(agent.refresh(false)).unwrap();
-    let applied = agent.status().applied.clone().unwrap();
-    assert_eq!(applied.source, format!("{}/mirror/endpoints", server.url()));
+    runtime().block_on(agent.refresh("m365", false)).unwrap();
+    let applied = agent.status().source("m365").cloned().unwrap();
+    assert_eq!(
+        applied.from.unwrap(),
+        format!("{}/mirror/endpoints", server.url())
+    );
     // A redirect to a non-HTTP scheme is not followed, and a chain ends after 5 hops.
     server.set("/version/Worldwide", Reply::version("2026050100"));
     server.set(
@@ -541,7 +554,7 @@ fn redirects_are_followed_only_as_allowed_and_the_final_url_is_recorded() {
     );
     let error = format!(
         "{:#}",
-        anyhow::Error::from(runtime().block_on(agent.refresh(false)).unwrap_err())
+        anyhow::Error::from(runtime().block_on(agent.refresh("m365", false)).unwrap_err())
     );
     assert!(error.contains("/endpoints/Worldwide: HTTP 302"), "{error}");
     server.set(
@@ -558,12 +571,12 @@ fn redirects_are_followed_only_as_allowed_and_the_final_url_is_recorded() {
     server.set("/hop/7", Reply::json(FEED_2026043000));
     let error = format!(
         "{:#}",
-        anyhow::Error::from(runtime().block_on(agent.refresh(false)).unwrap_err())
+        anyhow::Error::from(runtime().block_on(agent.refresh("m365", false)).unwrap_err())
     );
     assert!(error.contains("refused a redirect"), "{error}");
     assert!(error.contains("more than 5 redirects"), "{error}");
     assert_eq!(
-        agent.status().applied.as_ref().unwrap().version,
+        m365_version(&agent),
         "2026043000"
     );
 }
@@ -577,7 +590,7 @@ fn start_prefers_the_last_applied_feed_and_reapplies_it_with_the_current_policy(
     };
     server.set("/version/Worldwide", Reply::version("2020053100"));
     server.set("/endpoints/Worldwide", Reply::json(FEED_2020));
-    runtime().block_on(agent.refresh(false)).unwrap();
+    runtime().block_on(agent.refresh("m365", false)).unwrap();
     drop(agent);
 
     // A new agent on new maps (as after a reboot), with a policy that excludes Teams media.
@@ -640,7 +653,7 @@ fn a_narrowed_filter_widens_again_on_reload() {
         "/endpoints/Worldwide?ServiceAreas=Skype&NoIPv6=true",
         Reply::json(&skype_v4_only),
     );
-    runtime().block_on(agent.refresh(false)).unwrap();
+    runtime().block_on(agent.refresh("m365", false)).unwrap();
     let narrowed = agent.maps().installed().unwrap();
     assert!(narrowed.v6.is_empty(), "NoIPv6");
     assert!(!narrowed.v4.is_empty());

@@ -111,12 +111,20 @@ fn daemon_follows_the_feed_and_survives_kill_hup_and_term() {
     assert_eq!(direct(), 25);
     wait_for(
         "a poll",
-        || status(&state_dir).is_some_and(|s| s.pid == daemon.pid() && s.last_poll.is_some()),
+        || {
+            status(&state_dir).is_some_and(|s| {
+                s.pid == daemon.pid() && s.source("m365").is_some_and(|m| m.last_attempt.is_some())
+            })
+        },
         || daemon.log(),
     );
     let polled = status(&state_dir).unwrap();
     assert_eq!(
-        (polled.prefixes_v4, polled.prefixes_v6, polled.last_error),
+        (
+            polled.prefixes_v4,
+            polled.prefixes_v6,
+            polled.source("m365").unwrap().last_error.clone()
+        ),
         (34, 59, None)
     );
 
@@ -185,8 +193,9 @@ fn daemon_follows_the_feed_and_survives_kill_hup_and_term() {
         "the status to name the service's feed",
         || {
             status(&state_dir).is_some_and(|s| {
-                s.applied.is_some_and(|a| {
-                    a.version == "2026060100" && a.source.ends_with("/endpoints/Worldwide")
+                s.source("m365").is_some_and(|m| {
+                    m.version.as_deref() == Some("2026060100")
+                        && m.from.as_deref().is_some_and(|from| from.ends_with("/endpoints/Worldwide"))
                 }) && (s.prefixes_v4, s.prefixes_v6) == (34, 59)
             })
         },

@@ -8,7 +8,7 @@ use std::{net::IpAddr, os::unix::fs::PermissionsExt as _, path::Path, time::Dura
 
 use classifier_common::{category, proto};
 use classifier_user::{
-    agent::{Agent, SourceRefreshed},
+    agent::{Agent, Refreshed},
     compile::Compiled,
     config::Config,
     datapath::{Datapath, Maps},
@@ -54,7 +54,7 @@ fn agent(config: Config, state_dir: &TempDir, server: &FeedServer) -> Option<(Da
     agent.apply_settings().unwrap();
     server.set("/version/Worldwide", Reply::version("2026043000"));
     server.set("/endpoints/Worldwide", Reply::json(FEED_2026043000));
-    runtime().block_on(agent.refresh(false)).unwrap();
+    runtime().block_on(agent.refresh("m365", false)).unwrap();
     Some((datapath, agent))
 }
 
@@ -280,8 +280,8 @@ fn assert_union(maps: &Maps, sets: &[RefSet]) {
 fn refresh(
     agent: &mut Agent,
     name: &str,
-) -> Result<SourceRefreshed, classifier_user::agent::RefreshError> {
-    runtime().block_on(agent.refresh_source(name, false))
+) -> Result<Refreshed, classifier_user::agent::RefreshError> {
+    runtime().block_on(agent.refresh(name, false))
 }
 
 /// A file only root may change, for a `path` source.
@@ -337,7 +337,7 @@ fn four_sources_one_failing_one_changing_always_equal_the_union() {
     for name in ["zoom", "cloudfront", "gcp", "afd"] {
         let outcome = refresh(&mut agent, name).unwrap();
         assert!(
-            matches!(outcome, SourceRefreshed::Applied { .. }),
+            matches!(outcome, Refreshed::Applied { .. }),
             "{name}: {outcome:?}"
         );
     }
@@ -359,7 +359,9 @@ fn four_sources_one_failing_one_changing_always_equal_the_union() {
     expected.extend(others());
     assert_union(agent.maps(), &expected);
     let status = agent.status().sources.clone();
-    assert_eq!(status.len(), 5);
+    assert_eq!(status.len(), 6);
+    assert_eq!(status[0].name, "m365", "the feed is the first source");
+    let status = status[1..].to_vec();
     assert_eq!(
         status
             .iter()
@@ -396,34 +398,28 @@ fn four_sources_one_failing_one_changing_always_equal_the_union() {
     );
     assert!(matches!(
         refresh(&mut agent, "zoom").unwrap(),
-        SourceRefreshed::Applied { .. }
+        Refreshed::Applied { .. }
     ));
     let before = server.requests().len();
-    assert_eq!(
+    assert!(matches!(
         refresh(&mut agent, "cloudfront").unwrap(),
-        SourceRefreshed::Unchanged {
-            why: "the server answered 304 Not Modified"
-        }
-    );
+        Refreshed::Unchanged { why: "the server answered 304 Not Modified", .. }
+    ));
     assert_eq!(
         server.requests()[before..],
         ["/ip-ranges.json", "304 /ip-ranges.json"],
         "a conditional GET with the held ETag, answered 304"
     );
-    assert_eq!(
+    assert!(matches!(
         refresh(&mut agent, "gcp").unwrap(),
-        SourceRefreshed::Unchanged {
-            why: "the same content as held"
-        }
-    );
-    assert_eq!(
+        Refreshed::Unchanged { why: "the same content as held", .. }
+    ));
+    assert!(matches!(
         refresh(&mut agent, "afd").unwrap(),
-        SourceRefreshed::Unchanged {
-            why: "the same content as held"
-        }
-    );
+        Refreshed::Unchanged { why: "the same content as held", .. }
+    ));
     assert!(refresh(&mut agent, "broken").is_err());
-    assert_eq!(agent.status().sources[4].consecutive_failures, 2);
+    assert_eq!(agent.status().sources[5].consecutive_failures, 2);
     let mut expected = m365_sets(FEED_2026043000);
     expected.push(zoom(changed_zoom.as_bytes()));
     expected.extend(others());
@@ -432,7 +428,7 @@ fn four_sources_one_failing_one_changing_always_equal_the_union() {
     // Step 3: a new Microsoft 365 version keeps every source's prefixes.
     server.set("/version/Worldwide", Reply::version("2026043001"));
     server.set("/endpoints/Worldwide", Reply::json(FEED_2026033100));
-    runtime().block_on(agent.refresh(false)).unwrap();
+    runtime().block_on(agent.refresh("m365", false)).unwrap();
     let mut expected = m365_sets(FEED_2026033100);
     expected.push(zoom(changed_zoom.as_bytes()));
     expected.extend(others());
@@ -459,11 +455,12 @@ fn four_sources_one_failing_one_changing_always_equal_the_union() {
     server.set("/broken.txt", Reply::status(200, "# mine\n45.60.0.0/16\n"));
     assert!(matches!(
         refresh(&mut agent, "broken").unwrap(),
-        SourceRefreshed::Applied { .. }
+        Refreshed::Applied { .. }
     ));
     expected.push(list_set(true, vec!["45.60.0.0/16".parse().unwrap()], ""));
     assert_union(agent.maps(), &expected);
-    let broken = &agent.status().sources[4];
+    let status = agent.status();
+    let broken = &status.sources[5];
     assert_eq!(
         (broken.consecutive_failures, broken.last_error.as_deref()),
         (0, None)
@@ -564,7 +561,7 @@ fn each_kinds_bad_answers_change_nothing_and_name_the_source() {
         assert!(
             matches!(
                 refresh(&mut agent, name).unwrap(),
-                SourceRefreshed::Applied { .. }
+                Refreshed::Applied { .. }
             ),
             "{name}"
         );
@@ -579,7 +576,7 @@ fn each_kinds_bad_answers_change_nothing_and_name_the_source() {
             .collect()
     };
     let held = versions(&agent);
-    assert_eq!(held.len(), 5);
+    assert_eq!(held.len(), 6, "m365 and five sources");
 
     let host_bits = |body: &[u8], from: &str, to: &str| {
         let text = String::from_utf8_lossy(body);
@@ -608,19 +605,19 @@ fn each_kinds_bad_answers_change_nothing_and_name_the_source() {
             "cloudfront",
             "/aws.json",
             host_bits(AWS, "\"120.52.22.96/27\"", "\"120.52.22.64/27\""),
-            "version 1753388594, the held file's, with other content",
+            "version 1753388594, the applied file's, with other content",
         ),
         (
             "cloudfront",
             "/aws.json",
             host_bits(AWS, "\"1753388594\"", "\"1753388000\""),
-            "older than the held 1753388594",
+            "older than the applied 1753388594",
         ),
         (
             "cloudfront",
             "/aws.json",
             json_keeping(AWS, "prefixes", |e| e["service"] == "CLOUDFRONT", 1),
-            "more than 50%",
+            "more than the 50% limit",
         ),
         ("cloudfront", "/aws.json", huge, "larger than"),
         ("afd", "/azure.json", html.clone(), "HTML"),
@@ -654,7 +651,7 @@ fn each_kinds_bad_answers_change_nothing_and_name_the_source() {
             host_bits(ZOOM, "101.36.167.0/24", "101.36.167.1/24"),
             "host bits",
         ),
-        ("zoom", "/zoom.txt", ZOOM[..100].to_vec(), "removes"),
+        ("zoom", "/zoom.txt", ZOOM[..100].to_vec(), "it would remove"),
         ("gcc", "/endpoints/USGovGCCHigh", html, "not valid JSON"),
         (
             "gcc",
@@ -691,12 +688,8 @@ fn each_kinds_bad_answers_change_nothing_and_name_the_source() {
             held,
             "{name} {needle}: a held file changed"
         );
-        let failed = agent
-            .status()
-            .sources
-            .iter()
-            .find(|s| s.name == *name)
-            .unwrap();
+        let status = agent.status();
+        let failed = status.source(name).unwrap();
         assert!(failed.last_error.as_deref().unwrap().contains(needle));
     }
     // The other sources' errors were their own: the good ones still fetch as unchanged.
@@ -708,7 +701,7 @@ fn each_kinds_bad_answers_change_nothing_and_name_the_source() {
         assert!(
             matches!(
                 refresh(&mut agent, name).unwrap(),
-                SourceRefreshed::Unchanged { .. }
+                Refreshed::Unchanged { .. }
             ),
             "{name}"
         );
@@ -939,7 +932,7 @@ fn the_daemon_refreshes_each_source_and_the_commands_name_it() {
         Reply::status(200, "101.36.167.0/24\n8.5.128.0/23\n").header("ETag", "\"z2\""),
     );
     // ... unless its shrink limit refuses it: 120 of 122 removed.
-    daemon.wait_log("removes 120 of its 122 prefixes");
+    daemon.wait_log("it would remove 120 of the 122 installed prefixes");
     assert_eq!(source("zoom").unwrap().prefixes_v4, 122);
     // The operator forces it.
     let forced = cli(&[
@@ -984,10 +977,10 @@ fn the_daemon_refreshes_each_source_and_the_commands_name_it() {
         "the reloaded sources",
         || {
             status(&state_dir).is_some_and(|status| {
-                status.sources.len() == 2
-                    && status.sources[0].prefixes_v4 == 2
-                    && status.sources[1].name == "cloudflare"
-                    && status.sources[1].prefixes_v4 == 15
+                status.sources.len() == 3
+                    && status.sources[1].prefixes_v4 == 2
+                    && status.sources[2].name == "cloudflare"
+                    && status.sources[2].prefixes_v4 == 15
             })
         },
         || daemon.log(),

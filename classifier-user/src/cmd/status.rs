@@ -25,9 +25,9 @@ use super::or_dash;
 use crate::{
     cli::{GlobalArgs, StatusArgs},
     datapath::{self, attached_xdp, tc_link_pin, xdp_link_pin},
-    explain::rfc3339,
     health::{ProbeResult, State},
-    state::{Status, read_status},
+    state::{SourceStatus, Status, read_status},
+    time::Time,
 };
 
 /// What `status` shows.
@@ -44,9 +44,9 @@ pub struct Report {
     /// How many prefixes the tries hold.
     pub prefixes: Prefixes,
     /// When the agent last asked the feed service; null before its first poll.
-    pub last_poll: Option<String>,
+    pub last_poll: Option<Time>,
     /// When it asks next; null without the agent's status.
-    pub next_poll: Option<String>,
+    pub next_poll: Option<Time>,
     /// The last poll's failure; null once a poll succeeds.
     pub last_error: Option<String>,
     /// Polls that failed in a row; 0 without the agent's status.
@@ -92,7 +92,7 @@ pub struct Uplink {
     /// `UPLINK_DOWN` flag, what the kernel reads).
     pub failing_over: bool,
     /// When the state last changed; null before a change.
-    pub since: Option<String>,
+    pub since: Option<Time>,
     /// Why it last changed.
     pub reason: Option<String>,
     /// Changes since the agent started.
@@ -160,7 +160,7 @@ pub struct Feed {
     /// The applied version, `YYYYMMDDNN` (`unknown` for a feed file); null before the first.
     pub version: Option<String>,
     /// When it was applied.
-    pub applied_at: Option<String>,
+    pub applied_at: Option<Time>,
     /// Where it came from: the endpoints URL, a file, or `embedded snapshot VERSION`.
     pub source: Option<String>,
 }
@@ -192,8 +192,8 @@ pub fn run(global: &GlobalArgs, StatusArgs {}: &StatusArgs) -> anyhow::Result<()
     let policy = maps.policy()?;
     let installed = maps.installed()?;
     let status = read_status(&global.state_dir());
-    let time = |secs: Option<u64>| secs.map(rfc3339);
     let agent = status.as_ref();
+    let m365 = agent.and_then(|status| status.source(crate::sources::M365));
     let report = Report {
         interfaces: datapath::attached_interfaces(&pin_dir)
             .into_iter()
@@ -205,15 +205,15 @@ pub fn run(global: &GlobalArgs, StatusArgs {}: &StatusArgs) -> anyhow::Result<()
             running: std::fs::read_to_string(format!("/proc/{}/comm", status.pid))
                 .is_ok_and(|comm| comm.trim() == "xdp-breakout"),
         }),
-        feed: agent.map(feed),
+        feed: m365.map(feed),
         prefixes: Prefixes {
             ipv4: installed.v4.len(),
             ipv6: installed.v6.len(),
         },
-        last_poll: time(agent.and_then(|s| s.last_poll)),
-        next_poll: time(agent.and_then(|s| s.next_poll)),
-        last_error: agent.and_then(|s| s.last_error.clone()),
-        consecutive_failures: agent.map_or(0, |s| s.consecutive_failures),
+        last_poll: m365.and_then(|s| s.last_attempt),
+        next_poll: m365.and_then(|s| s.next_refresh),
+        last_error: m365.and_then(|s| s.last_error.clone()),
+        consecutive_failures: m365.map_or(0, |s| s.consecutive_failures),
         mark: super::mark(&config),
         strict_ports: config.flags & flags::STRICT_PORTS != 0,
         policy: Policy {
@@ -251,7 +251,7 @@ fn uplink(status: Option<&Status>, failing_over: bool) -> Uplink {
     Uplink {
         state: recorded.map_or(State::Unchecked, |uplink| uplink.state),
         failing_over,
-        since: recorded.and_then(|uplink| uplink.since).map(rfc3339),
+        since: recorded.and_then(|uplink| uplink.since),
         reason: recorded.and_then(|uplink| uplink.reason.clone()),
         transitions: recorded.map_or(0, |uplink| uplink.transitions),
         failed_probes: recorded.map_or(0, |uplink| uplink.failed_probes),
@@ -261,14 +261,14 @@ fn uplink(status: Option<&Status>, failing_over: bool) -> Uplink {
     }
 }
 
-fn feed(status: &Status) -> Feed {
-    let applied = status.applied.as_ref();
+/// The `m365` source's row, as `status` showed `[feed]` before the sources were one model.
+fn feed(m365: &SourceStatus) -> Feed {
     Feed {
-        instance: status.instance.clone(),
-        url: status.feed_url.clone(),
-        version: applied.map(|a| a.version.clone()),
-        applied_at: applied.map(|a| rfc3339(a.applied_at)),
-        source: applied.map(|a| a.source.clone()),
+        instance: m365.instance.clone().unwrap_or_default(),
+        url: m365.location.clone(),
+        version: m365.version.clone(),
+        applied_at: m365.applied_at,
+        source: m365.from.clone(),
     }
 }
 
@@ -482,7 +482,7 @@ mod tests {
                 instance: "Worldwide".into(),
                 url: "https://endpoints.office.com".into(),
                 version: Some("2026043000".into()),
-                applied_at: Some(rfc3339(0)),
+                applied_at: Some(Time(0)),
                 source: Some("embedded snapshot 2026043000".into()),
             }),
             prefixes: Prefixes { ipv4: 1, ipv6: 2 },
@@ -500,7 +500,7 @@ mod tests {
             uplink: Uplink {
                 state: State::Down,
                 failing_over: true,
-                since: Some(rfc3339(0)),
+                since: Some(Time(0)),
                 reason: Some("wan0: link down".into()),
                 transitions: 1,
                 failed_probes: 3,

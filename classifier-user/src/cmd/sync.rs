@@ -1,11 +1,15 @@
-//! `xdp-breakout sync [--feed-file FILE | --feed-url URL] [--dry-run] [--force]`: one refresh
-//! of the pinned maps through the agent's gate (validation, shrink limit, diff apply, record).
-//! `sync --source NAME` refreshes one `[[sources]]` entry the same way; the others stay.
+//! `xdp-breakout sync [--source NAME] [--feed-file FILE | --feed-url URL] [--dry-run]
+//! [--force]`: one refresh of one source of the pinned maps (`m365`, `[feed]`, unless
+//! `--source`), through the agent's one path: fetch, parse, gate, union, diff apply, record.
+//! The other sources stay as they are. `--dry-run` stops after the gate's verdict, which is
+//! the one a real apply reaches.
 //!
-//! JSON (stable): one document. [`Synced`]: `{"version", "source", "report": {"added",
-//! "changed", "removed", "unchanged"}}`, or `"report": "unchanged"` when the service's version
-//! was already applied (with `--source`, `"held"` when the file waits for `[feed]`). With `--dry-run`, [`Plan`]: `{"version", "source", "added": [PREFIX],
-//! "changed": [PREFIX], "removed": [PREFIX], "unchanged": N, "refused": null or REASON}`.
+//! JSON (stable): one document. [`Synced`]: `{"name", "version", "source", "report":
+//! {"added", "changed", "removed", "unchanged"}}`, or `"report": "unchanged"` when the
+//! source's file is the one the maps hold, `"held"` when it waits for the `m365` source
+//! (the maps hold pins of unknown origin). With `--dry-run`, [`Plan`]: `{"name", "version",
+//! "source", "added": [PREFIX], "changed": [PREFIX], "removed": [PREFIX], "unchanged": N,
+//! "refused": null or REASON}`.
 
 use std::collections::BTreeSet;
 
@@ -15,41 +19,39 @@ use serde::{Serialize, Serializer};
 
 use super::Changes;
 use crate::{
-    agent::{Agent, Refreshed, SourceRefreshed},
+    agent::{Agent, Refreshed},
     cli::{GlobalArgs, SyncArgs},
     compile::{Compiled, key_net_v4, key_net_v6},
     datapath::Maps,
+    sources::{M365, fetch::Got},
     state::State,
 };
-
-/// The version recorded for a feed file: unknown, so that the agent fetches the service's.
-const FILE_VERSION: &str = "unknown";
 
 /// What `sync` applied.
 #[derive(Debug, Serialize)]
 pub struct Synced {
-    /// The feed's version: the service's `YYYYMMDDNN`, or `unknown` for a feed file.
-    pub version: String,
-    /// Where the feed came from: the endpoints URL, or the file's path.
-    pub source: String,
+    /// The source: `m365`, or the `[[sources]]` entry's name.
+    pub name: String,
+    /// The version the maps now hold of it (the service's `YYYYMMDDNN`, a file's own, or
+    /// `sha256:` and 16 digits of its hash); null when it has none yet.
+    pub version: Option<String>,
+    /// Where the file came from: the URL it was finally served from, or the file's path.
+    pub source: Option<String>,
     /// What applying it changed in the tries.
     pub report: Outcome,
-    /// Not in the JSON: the text names a file by its path, a service's feed by its version.
-    #[serde(skip)]
-    pub from_file: bool,
 }
 
-/// What applying a feed did.
+/// What applying a file did.
 #[derive(Debug, Serialize)]
 #[serde(untagged)]
 pub enum Outcome {
     /// The prefixes added, changed, removed and left as they were.
     Applied(Changes),
-    /// `"unchanged"`: the service's version was already applied; nothing was fetched or
-    /// changed (`--force` applies it again).
+    /// `"unchanged"`: the maps hold this file already; nothing changed (`--force` applies
+    /// it again).
     #[serde(serialize_with = "unchanged")]
     Unchanged,
-    /// `"held"`: a source's new file is kept, and applied once `[feed]` is installed.
+    /// `"held"`: the file is kept, and applied once the `m365` source has one.
     #[serde(serialize_with = "held")]
     Held,
 }
@@ -62,58 +64,20 @@ fn held<S: Serializer>(serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str("held")
 }
 
-/// What `sync --source NAME` did.
-#[derive(Debug, Serialize)]
-pub struct SyncedSource {
-    /// The source's name (as in `version` and `source` of [`Synced`]).
-    pub source: String,
-    /// The version the maps now hold of it; null when it has none yet.
-    pub version: Option<String>,
-    pub report: Outcome,
-}
-
-impl SyncedSource {
-    fn write_text(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
-        let Self {
-            source,
-            version,
-            report,
-        } = self;
-        let version = version.as_deref().unwrap_or("-");
-        match report {
-            Outcome::Unchanged => writeln!(
-                out,
-                "source {source}: version {version} is already applied (--force applies it again)"
-            ),
-            Outcome::Held => writeln!(
-                out,
-                "source {source}: version {version} is held until [feed] is installed"
-            ),
-            Outcome::Applied(Changes {
-                added,
-                changed,
-                removed,
-                unchanged,
-            }) => writeln!(
-                out,
-                "applied source {source} {version}: {added} added, {changed} changed, {removed} removed, {unchanged} unchanged"
-            ),
-        }
-    }
-}
-
 /// What `sync --dry-run` would change.
 #[derive(Debug, Serialize)]
 pub struct Plan {
-    /// The feed's version: the service's `YYYYMMDDNN`, or `unknown` for a feed file.
-    pub version: String,
-    /// Where the feed comes from: the endpoints URL, or the file's path.
+    /// The source.
+    pub name: String,
+    /// The file's version, when it states one (`null` for a feed file).
+    pub version: Option<String>,
+    /// Where the file comes from: a URL, or the file's path.
     pub source: String,
     /// `added`, `changed`, `removed` and `unchanged` (flattened into the object).
     #[serde(flatten)]
     pub diff: Diff,
-    /// Why the gate (shrink and churn limits) would refuse the feed; null when it would
-    /// apply, and always with `--force`.
+    /// Why the gate (a parse or prefix check, the version, the shrink and churn limits) would
+    /// refuse the file; null when it would apply, and the limits never with `--force`.
     pub refused: Option<String>,
 }
 
@@ -132,11 +96,16 @@ pub struct Diff {
 
 pub fn run(global: &GlobalArgs, args: &SyncArgs) -> anyhow::Result<()> {
     let config = args.config.effective(global)?;
-    let feed_file = match &args.feed_file {
-        Some(path) => Some((
-            std::fs::read(path).with_context(|| format!("reading feed {}", path.display()))?,
-            path.display().to_string(),
-        )),
+    let name = args.source.clone().unwrap_or_else(|| M365.to_owned());
+    let file = match &args.feed_file {
+        Some(path) => Some(Got::Body {
+            body: std::fs::read(path)
+                .with_context(|| format!("reading feed {}", path.display()))?,
+            from: path.display().to_string(),
+            etag: None,
+            last_modified: None,
+            version: None,
+        }),
         None => None,
     };
     let maps = Maps::from_pins(&config.pin_dir)?;
@@ -147,52 +116,23 @@ pub fn run(global: &GlobalArgs, args: &SyncArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let mut out = std::io::stdout().lock();
-    if let Some(name) = &args.source
-        && name != crate::config::FEED_SOURCE_NAME
-    {
-        let outcome = runtime.block_on(agent.refresh_source(name, args.force))?;
-        let synced = SyncedSource {
-            source: name.clone(),
-            version: agent
-                .status()
-                .sources
-                .iter()
-                .find(|source| source.name == *name)
-                .and_then(|source| source.version.clone()),
-            report: match outcome {
-                SourceRefreshed::Unchanged { .. } => Outcome::Unchanged,
-                SourceRefreshed::Held => Outcome::Held,
-                SourceRefreshed::Applied { report } => Outcome::Applied(report.into()),
-            },
-        };
-        if global.json {
-            return super::write_json(&mut out, &synced);
-        }
-        synced.write_text(&mut out)?;
-        return Ok(());
-    }
     if args.dry_run {
-        let (body, version, source) = if let Some((body, path)) = feed_file {
-            (body, FILE_VERSION.to_owned(), path)
-        } else {
-            let (version, fetched) = runtime.block_on(agent.fetch())?;
-            (fetched.body, version, fetched.url)
+        let got = match file {
+            Some(file) => file,
+            None => {
+                let i = agent.source_index(&name)?;
+                runtime.block_on(agent.fetcher(i, true)?.run())?
+            }
         };
-        let target = agent.compile(&body, &version, &source)?;
-        let installed = agent.maps().installed()?;
-        let refused = (!args.force)
-            .then(|| {
-                agent
-                    .check_change(&installed, &target, &version, &source)
-                    .err()
-            })
-            .flatten()
-            .map(|error| error.to_string());
+        let plan = agent.plan(&name, got, args.force)?;
         let plan = Plan {
-            diff: diff(&installed, &target),
-            version,
-            source,
-            refused,
+            name,
+            diff: diff(&plan.installed, &plan.target),
+            version: plan.version,
+            source: plan.from,
+            refused: plan
+                .refused
+                .map(|error| format!("{:#}", anyhow::Error::from(error))),
         };
         if global.json {
             return super::write_json(&mut out, &plan);
@@ -200,31 +140,23 @@ pub fn run(global: &GlobalArgs, args: &SyncArgs) -> anyhow::Result<()> {
         plan.write_text(&mut out)?;
         return Ok(());
     }
-    let synced = if let Some((body, path)) = feed_file {
-        let report = agent.install(&body, FILE_VERSION, &path, args.force)?;
-        Synced {
-            version: FILE_VERSION.to_owned(),
-            source: path,
-            report: Outcome::Applied(report.into()),
-            from_file: true,
+    let refreshed = match file {
+        Some(Got::Body { body, from, .. }) => {
+            agent.install_file(&name, &body, None, &from, args.force)?
         }
-    } else {
-        let (version, report) = match runtime.block_on(agent.refresh(args.force))? {
-            Refreshed::Unchanged { version } => (version, Outcome::Unchanged),
-            Refreshed::Applied { version, report } => (version, Outcome::Applied(report.into())),
-        };
-        // The agent's record of the feed the maps hold says where it came from.
-        let source = agent
-            .status()
-            .applied
-            .as_ref()
-            .map_or_else(|| agent.endpoints_url(), |applied| applied.source.clone());
-        Synced {
-            version,
-            source,
-            report,
-            from_file: false,
-        }
+        _ => runtime.block_on(agent.refresh(&name, args.force))?,
+    };
+    let status = agent.status();
+    let row = status.source(&name);
+    let synced = Synced {
+        name: name.clone(),
+        version: row.and_then(|row| row.version.clone()),
+        source: row.and_then(|row| row.from.clone()),
+        report: match refreshed {
+            Refreshed::Unchanged { .. } => Outcome::Unchanged,
+            Refreshed::Held { .. } => Outcome::Held,
+            Refreshed::Applied { report, .. } => Outcome::Applied(report.into()),
+        },
     };
     if global.json {
         return super::write_json(&mut out, &synced);
@@ -236,33 +168,37 @@ pub fn run(global: &GlobalArgs, args: &SyncArgs) -> anyhow::Result<()> {
 impl Synced {
     fn write_text(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
         let Self {
+            name,
             version,
             source,
             report,
-            from_file,
         } = self;
+        let version = version.as_deref().unwrap_or("-");
+        // `m365` is the feed; its name is said for the other sources only.
+        let what = if name == M365 {
+            format!("feed {version}")
+        } else {
+            format!("source {name} {version}")
+        };
         match report {
             Outcome::Unchanged => writeln!(
                 out,
-                "version {version} is already applied (--force applies it again)"
+                "{what} is already applied (--force applies it again)"
             ),
-            Outcome::Held => Ok(()),
+            Outcome::Held => writeln!(
+                out,
+                "{what} is held until the m365 source replaces the pins of unknown origin"
+            ),
             Outcome::Applied(Changes {
                 added,
                 changed,
                 removed,
                 unchanged,
-            }) => {
-                let feed = if *from_file {
-                    source.clone()
-                } else {
-                    format!("feed {version}")
-                };
-                writeln!(
-                    out,
-                    "applied {feed}: {added} added, {changed} changed, {removed} removed, {unchanged} unchanged"
-                )
-            }
+            }) => writeln!(
+                out,
+                "applied {what} from {}: {added} added, {changed} changed, {removed} removed, {unchanged} unchanged",
+                source.as_deref().unwrap_or("-")
+            ),
         }
     }
 }
@@ -270,6 +206,7 @@ impl Synced {
 impl Plan {
     fn write_text(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
         let Self {
+            name,
             version,
             source,
             diff:
@@ -288,7 +225,8 @@ impl Plan {
         }
         writeln!(
             out,
-            "dry run, nothing changed: feed {version} from {source} would add {}, change {}, remove {} and keep {unchanged} prefixes",
+            "dry run, nothing changed: source {name} {} from {source} would add {}, change {}, remove {} and keep {unchanged} prefixes",
+            version.as_deref().unwrap_or("-"),
             added.len(),
             changed.len(),
             removed.len(),
@@ -346,23 +284,24 @@ mod tests {
             unchanged: 7,
         };
         let applied = Synced {
-            version: FILE_VERSION.into(),
-            source: "/tmp/feed.json".into(),
+            name: M365.into(),
+            version: Some("sha256:0123456789abcdef".into()),
+            source: Some("/tmp/feed.json".into()),
             report: Outcome::Applied(changes),
-            from_file: true,
         };
         let unchanged = Synced {
-            version: "2026043000".into(),
-            source: "https://endpoints.office.com/endpoints/Worldwide".into(),
+            name: "zoom".into(),
+            version: Some("2026043000".into()),
+            source: Some("https://example.com/zoom.txt".into()),
             report: Outcome::Unchanged,
-            from_file: false,
         };
         assert_eq!(
             serde_json::to_value(&unchanged).unwrap()["report"],
             "unchanged"
         );
         let plan = Plan {
-            version: "2026043000".into(),
+            name: M365.into(),
+            version: Some("2026043000".into()),
             source: "/tmp/feed.json".into(),
             diff: Diff {
                 added: vec!["52.112.0.0/14".parse().unwrap()],
@@ -384,8 +323,8 @@ mod tests {
         unchanged.write_text(&mut text).unwrap();
         assert_eq!(
             String::from_utf8(text).unwrap(),
-            "applied /tmp/feed.json: 75 added, 60 changed, 13 removed, 7 unchanged\n\
-             version 2026043000 is already applied (--force applies it again)\n"
+            "applied feed sha256:0123456789abcdef from /tmp/feed.json: 75 added, 60 changed, 13 removed, 7 unchanged\n\
+             source zoom 2026043000 is already applied (--force applies it again)\n"
         );
     }
 }

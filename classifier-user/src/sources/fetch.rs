@@ -31,8 +31,7 @@ pub struct Meta {
     pub last_modified: Option<String>,
     /// Where it came from (after redirects).
     pub from: String,
-    /// Seconds since the epoch.
-    pub fetched_at: u64,
+    pub fetched_at: crate::time::Time,
 }
 
 /// SHA-256 of `body`, hex.
@@ -93,7 +92,8 @@ impl SourceFetcher {
                         .clone()
                         .unwrap_or_else(|| crate::config::DEFAULT_FEED_URL.to_owned()),
                     instance: m365_instance(config).to_owned(),
-                    tenant_name: None,
+                    service_areas: config.service_areas.clone(),
+                    tenant_name: config.tenant_name.clone(),
                     ..feed.clone()
                 };
                 FeedClient::new(&service, client_id)

@@ -21,6 +21,9 @@ use std::{fmt, str::FromStr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
+/// The name of the Microsoft 365 source that `[feed]` configures.
+pub const M365: &str = "m365";
+
 /// Prefixes a source may hold: far above any provider's file (Azure's has 90,493 entries).
 pub const MAX_PREFIXES: usize = 1_000_000;
 
@@ -97,7 +100,7 @@ impl Ranges {
     }
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error("{kind}: not the file of a {kind} source: {why}")]
     Shape { kind: Kind, why: String },
@@ -116,8 +119,11 @@ pub enum SourceError {
     },
     #[error("{kind}: more than {MAX_PREFIXES} prefixes")]
     TooMany { kind: Kind },
-    /// The file parsed, but what it says is refused (a special-purpose prefix, a bad
-    /// Microsoft feed, ports that do not parse).
+    /// A Microsoft 365 feed that is not one.
+    #[error(transparent)]
+    Feed(#[from] crate::feed::FeedError),
+    /// The file parsed, but what it says is refused (a special-purpose prefix, ports that
+    /// do not parse).
     #[error("{kind}: refused: {why}")]
     Refused { kind: Kind, why: String },
 }

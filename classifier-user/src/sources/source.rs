@@ -9,7 +9,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::{Kind, Ranges, SourceError, aws, azure, cidr_list, google};
 use crate::{
-    feed::{Category, EndpointSet, Feed, PortRange, parse_ports},
+    feed::{Category, EndpointSet, Feed, NamedSet, PortRange, parse_ports},
     gate::{self, PrefixLimits},
 };
 
@@ -63,9 +63,13 @@ pub struct SourceConfig {
     /// `m365`: Worldwide, China, USGovDoD or USGovGCCHigh.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance: Option<String>,
-    /// `m365`: only these service areas.
+    /// `m365`: only these service areas. Naming `MEM` (Intune) asks the service for it,
+    /// which it leaves out otherwise.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub service_areas: Vec<String>,
+    /// `m365`: the tenant, for tenant-specific URLs (no effect on addresses).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_name: Option<String>,
     /// Leave the source's IPv6 prefixes out.
     #[serde(default)]
     pub no_ipv6: bool,
@@ -76,6 +80,11 @@ pub struct SourceConfig {
     /// refused unless forced; default `feed.max-shrink-percent`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_shrink_percent: Option<u8>,
+    /// A file whose added and removed prefixes together exceed this share (percent) of the
+    /// source's installed prefixes is refused unless forced; default: no limit (`[feed]`:
+    /// `feed.max-churn-percent`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_churn_percent: Option<u16>,
 }
 
 fn default_refresh() -> Duration {
@@ -101,6 +110,9 @@ impl<'de> Deserialize<'de> for Kind {
 pub struct Parsed {
     /// Its endpoint sets, numbered from the source's first set id.
     pub sets: Vec<EndpointSet>,
+    /// A Microsoft 365 feed's sets that name hosts (every service area), numbered the same:
+    /// what the PAC file and DNS learning read.
+    pub named: Vec<NamedSet>,
     /// The version the file states (AWS and Google `syncToken`, Azure `changeNumber`).
     pub version: Option<String>,
     /// Distinct prefixes, IPv4 and IPv6.
@@ -114,10 +126,11 @@ pub fn m365_instance(config: &SourceConfig) -> &str {
     config.instance.as_deref().unwrap_or("Worldwide")
 }
 
-/// The first set id of each source, in configuration order: `m365` sources after `[feed]`'s
-/// instance, [`M365_SET_IDS`] each; the others one each from [`SOURCE_SET_BASE`].
+/// The first set id of each source of [`crate::config::Config::all_sources`], in order:
+/// `m365` sources [`M365_SET_IDS`] each from 0 (`[feed]`'s sets keep Microsoft's ids); the
+/// others one each from [`SOURCE_SET_BASE`].
 pub fn first_set_ids(sources: &[SourceConfig]) -> Result<Vec<u32>, String> {
-    let (mut m365, mut other) = (1, SOURCE_SET_BASE);
+    let (mut m365, mut other) = (0, SOURCE_SET_BASE);
     let mut ids = Vec::with_capacity(sources.len());
     for source in sources {
         if source.kind == Kind::M365 {
@@ -256,6 +269,7 @@ impl SourceConfig {
             v4: v4.len(),
             v6: v6.len(),
             version,
+            named: Vec::new(),
             sets: vec![EndpointSet {
                 id: first,
                 service_area: self.name.clone(),
@@ -278,11 +292,14 @@ impl SourceConfig {
             kind: Kind::M365,
             why,
         };
-        let feed = Feed::parse(body)
-            .map_err(|error| refused(format!("{:#}", anyhow::Error::from(error))))?;
+        let feed = Feed::parse(body)?;
         gate::check_feed(&feed, limits).map_err(|error| refused(error.to_string()))?;
         let mut sets = filter_m365(feed.sets, &self.service_areas, self.no_ipv6);
         for set in &mut sets {
+            set.id += first;
+        }
+        let mut named = feed.named;
+        for set in &mut named {
             set.id += first;
         }
         let mut all: Vec<IpNet> = sets.iter().flat_map(|set| set.prefixes.clone()).collect();
@@ -301,6 +318,7 @@ impl SourceConfig {
             v6: all.len() - v4,
             version: None,
             sets,
+            named,
         })
     }
 }
@@ -351,19 +369,20 @@ mod tests {
     #[test]
     fn ids_are_laid_out_by_kind() {
         let sources = [
+            crate::config::FeedConfig::default().source(),
             source("name = \"zoom\"\nkind = \"cidr-list\"\npath = \"/x\""),
             source("name = \"gcc\"\nkind = \"m365\"\ninstance = \"USGovGCCHigh\""),
             source("name = \"aws\"\nkind = \"aws\"\nurl = \"https://x\""),
         ];
         assert_eq!(
             first_set_ids(&sources).unwrap(),
-            [SOURCE_SET_BASE, M365_SET_IDS, SOURCE_SET_BASE + 1]
+            [0, SOURCE_SET_BASE, M365_SET_IDS, SOURCE_SET_BASE + 1]
         );
-        let many: Vec<SourceConfig> = (0..4)
+        let many: Vec<SourceConfig> = (0..5)
             .map(|i| source(&format!("name = \"m{i}\"\nkind = \"m365\"")))
             .collect();
         let error = first_set_ids(&many).unwrap_err();
-        assert!(error.contains("\"m3\": at most 4"), "{error}");
+        assert!(error.contains("\"m4\": at most 4"), "{error}");
     }
 
     #[test]

@@ -1,0 +1,268 @@
+//! The daemon: one [`Event`] enum and one loop. Each source is fetched when it is due, one
+//! fetch at a time, apart from the agent (a signal drops it mid-request: a slow or stalled
+//! server never delays a reload or an exit); health reports and DNS answers are taken while
+//! a fetch is in flight (a failover never waits for one).
+
+use std::{pin::Pin, time::Duration};
+
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+    time::{Instant, sleep_until},
+};
+use tracing::{info, warn};
+
+use super::{Agent, RefreshError};
+use crate::{
+    config::{Config, RestartOnly},
+    health,
+    sources::fetch::Got,
+};
+
+/// DNS answers as the ring buffer gives them: capture time (CLOCK_MONOTONIC, ns), message.
+pub type Answers = Vec<(u64, Vec<u8>)>;
+
+/// Everything the daemon reacts to.
+pub enum Event {
+    /// Source `i` is due for a fetch.
+    Due(usize),
+    /// Source `i`'s fetch ended.
+    Fetched(usize, Result<Got, RefreshError>),
+    /// DNS answers from the capture.
+    Answers(Answers),
+    /// Learned addresses, already in the tries, are applied with the rest of the table.
+    Settle,
+    /// Time to look for learned addresses past their time.
+    Expire,
+    Health(health::Report),
+    /// SIGHUP.
+    Reload,
+    /// SIGTERM or SIGINT.
+    Stop,
+}
+
+/// How long learned addresses (already in the tries) wait to be applied with the rest of
+/// the table: a burst of answers costs one full apply.
+const SETTLE_AFTER: Duration = Duration::from_millis(200);
+
+type Fetch = Pin<Box<dyn Future<Output = (usize, Result<Got, RefreshError>)>>>;
+
+/// Runs the agent until SIGTERM or SIGINT. `load` reads the configuration again on SIGHUP;
+/// `started` holds the settings a reload cannot change; `ring` is the DNS capture's ring
+/// buffer, when learning.
+pub async fn run(
+    agent: &mut Agent,
+    load: impl Fn() -> anyhow::Result<Config>,
+    started: &RestartOnly,
+    ring: Option<aya::maps::RingBuf<aya::maps::MapData>>,
+) -> anyhow::Result<()> {
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut health = Health::spawn(agent);
+    let (mut answers, reader) = match ring {
+        Some(ring) => {
+            let (sender, answers) = mpsc::channel(256);
+            (Some(answers), Some(Task(tokio::spawn(read_dns(ring, sender)))))
+        }
+        None => (None, None),
+    };
+    let mut expiry = tokio::time::interval(Duration::from_secs(5));
+    expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut settle_at: Option<Instant> = None;
+    let mut fetch: Option<Fetch> = None;
+    loop {
+        let due = agent.next_due();
+        let event = tokio::select! {
+            (i, got) = async { fetch.as_mut().expect("guarded").await }, if fetch.is_some() => {
+                Event::Fetched(i, got)
+            }
+            () = async { sleep_until(due.map_or_else(Instant::now, |(_, at)| at)).await },
+                if fetch.is_none() && due.is_some() => {
+                Event::Due(due.map_or(0, |(i, _)| i))
+            }
+            Some(report) = health.next() => Event::Health(report),
+            Some(batch) = async { answers.as_mut().expect("guarded").recv().await },
+                if answers.is_some() => Event::Answers(batch),
+            () = async { sleep_until(settle_at.unwrap_or_else(Instant::now)).await },
+                if settle_at.is_some() => Event::Settle,
+            _ = expiry.tick(), if answers.is_some() => Event::Expire,
+            _ = hangup.recv() => Event::Reload,
+            _ = terminate.recv() => Event::Stop,
+            _ = interrupt.recv() => Event::Stop,
+        };
+        match event {
+            Event::Due(i) => {
+                // What another process changed is taken in before the fetch is judged.
+                agent.reconcile();
+                fetch = Some(match agent.fetcher(i, false) {
+                    Ok(fetcher) => {
+                        let name = agent.sources[i].config.name.clone();
+                        Box::pin(async move {
+                            let got = fetcher
+                                .run()
+                                .await
+                                .map_err(|error| RefreshError::Fetch { name, error });
+                            (i, got)
+                        })
+                    }
+                    Err(error) => Box::pin(async move { (i, Err(error)) }),
+                });
+            }
+            Event::Fetched(i, got) => {
+                fetch = None;
+                let result = agent.accept(i, got, false);
+                agent.finish(i, &result);
+            }
+            Event::Answers(batch) => {
+                if !agent.learn(&batch).is_empty() && settle_at.is_none() {
+                    settle_at = Some(Instant::now() + SETTLE_AFTER);
+                }
+            }
+            Event::Settle => {
+                settle_at = None;
+                agent.settle();
+                agent.save_status();
+            }
+            Event::Expire => agent.expire_learned(),
+            Event::Health(report) => {
+                if let Err(error) = agent.health(report) {
+                    warn!("health: {:#}", anyhow::Error::from(error));
+                }
+            }
+            Event::Reload => {
+                if fetch.take().is_some() {
+                    info!("SIGHUP: cancelled the feed request in flight");
+                }
+                reload(agent, &load, started);
+                health.follow(agent);
+            }
+            Event::Stop => {
+                if fetch.take().is_some() {
+                    info!("cancelled the feed request in flight");
+                }
+                break;
+            }
+        }
+    }
+    drop(reader);
+    Ok(())
+}
+
+fn reload(agent: &mut Agent, load: &impl Fn() -> anyhow::Result<Config>, started: &RestartOnly) {
+    let config = match load() {
+        Ok(config) => config,
+        Err(error) => {
+            warn!("SIGHUP: keeping the running configuration: {error:#}");
+            return;
+        }
+    };
+    let (config, ignored) = config.reloadable_over(started);
+    if !ignored.is_empty() {
+        warn!(
+            "SIGHUP: {} change only on restart; keeping the running values",
+            ignored.join(", ")
+        );
+    }
+    for warning in config.warnings() {
+        warn!("SIGHUP: {warning}");
+    }
+    match agent.reconfigure(config) {
+        Ok(()) => info!("SIGHUP: configuration reloaded"),
+        Err(error) => warn!("SIGHUP: {:#}", anyhow::Error::from(error)),
+    }
+}
+
+/// A task aborted when dropped.
+struct Task(tokio::task::JoinHandle<()>);
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Reads the DNS ring buffer as it fills and hands batches of `(capture time, message)` to
+/// the daemon loop; a batch the loop cannot take now is dropped and counted.
+async fn read_dns(ring: aya::maps::RingBuf<aya::maps::MapData>, answers: mpsc::Sender<Answers>) {
+    // SAFETY: the ring buffer owns its map's fd, which stays open and unchanged for as long
+    // as the ring buffer lives, and it lives inside the AsyncFd.
+    let registered =
+        unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) };
+    let mut ring = match registered {
+        Ok(ring) => ring,
+        Err(error) => {
+            warn!("dns: the ring buffer cannot be polled: {error}");
+            return;
+        }
+    };
+    let mut dropped = 0u64;
+    loop {
+        let Ok(mut guard) = ring.readable_mut().await else {
+            return;
+        };
+        let mut batch = Vec::new();
+        while let Some(item) = guard.get_inner_mut().next() {
+            batch.extend(crate::dns::record(&item));
+            if batch.len() >= 256 {
+                break;
+            }
+        }
+        if batch.len() < 256 {
+            guard.clear_ready();
+        }
+        if !batch.is_empty() && answers.try_send(batch).is_err() {
+            dropped += 1;
+            warn!("dns: the agent is behind; dropped a batch of answers ({dropped} so far)");
+        }
+    }
+}
+
+/// The health checks of the direct uplink, run as a task of their own that reports to the
+/// daemon loop; restarted when a reload changes them.
+struct Health {
+    config: crate::config::HealthConfig,
+    mark: u32,
+    _task: Option<Task>,
+    reports: Option<mpsc::Receiver<health::Report>>,
+}
+
+impl Health {
+    fn spawn(agent: &Agent) -> Self {
+        let config = agent.config().health.clone();
+        let mark = agent.config().policy.mark.value;
+        let (task, reports) = if config.checks() {
+            let (sender, reports) = mpsc::channel(16);
+            let task = tokio::spawn(health::watch(
+                config.clone(),
+                mark,
+                agent.uplink_state(),
+                sender,
+            ));
+            (Some(Task(task)), Some(reports))
+        } else {
+            (None, None)
+        };
+        Self {
+            config,
+            mark,
+            _task: task,
+            reports,
+        }
+    }
+
+    /// Restarts the checks when the agent's configuration of them changed.
+    fn follow(&mut self, agent: &Agent) {
+        if agent.config().health != self.config || agent.config().policy.mark.value != self.mark {
+            *self = Self::spawn(agent);
+        }
+    }
+
+    async fn next(&mut self) -> Option<health::Report> {
+        match &mut self.reports {
+            Some(reports) => reports.recv().await,
+            None => std::future::pending().await,
+        }
+    }
+}

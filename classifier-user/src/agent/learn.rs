@@ -1,0 +1,254 @@
+//! DNS learning (`[dns] learn`): an answer for a name of a Microsoft 365 feed or an operator's
+//! `[[domains]]` rule teaches the agent its addresses. Each new address is written to the
+//! tries at once, folded with the prefixes that cover it; the whole table follows at the
+//! next [`Agent::settle`], and past their time (with a grace while flows use them) addresses
+//! are forgotten.
+
+use std::time::Duration;
+
+use tracing::warn;
+
+use super::Agent;
+use crate::{
+    compile::compile_excluding,
+    feed::{Category, EndpointSet},
+    sources::Kind,
+};
+
+impl Agent {
+    /// The name patterns DNS answers are matched against: each Microsoft 365 source's named
+    /// sets (from the files held in memory) and the operator's `[[domains]]`.
+    pub(super) fn rebuild_patterns(&mut self) {
+        use crate::dns::{Patterns, Target};
+        if !self.config.dns.learn {
+            return;
+        }
+        let mut patterns = Patterns::default();
+        for source in &self.sources {
+            if source.config.kind == Kind::M365
+                && let Some((parsed, _)) = &source.held
+            {
+                patterns.add_sets(&parsed.named, &source.config.name);
+            }
+        }
+        let base = crate::sources::source::domain_set_base(&self.config.sources);
+        for (id, rule) in (base..).zip(&self.config.domains) {
+            let all = rule.tcp.is_none() && rule.udp.is_none();
+            let ports = |text: &Option<String>| {
+                if all {
+                    vec![crate::sources::source::ALL_PORTS]
+                } else {
+                    crate::feed::parse_ports(text.as_deref()).unwrap_or_default()
+                }
+            };
+            patterns.add_rule(
+                &rule.name,
+                Target {
+                    id,
+                    service_area: rule.name.clone(),
+                    category: match rule.policy {
+                        crate::sources::SourcePolicy::Direct => Category::Direct,
+                        crate::sources::SourcePolicy::Tunnel => Category::Tunnel,
+                    },
+                    tcp: ports(&rule.tcp),
+                    udp: ports(&rule.udp),
+                    by_address: all,
+                    source: "domains".to_owned(),
+                },
+            );
+        }
+        self.patterns = patterns;
+    }
+
+    /// Learns from DNS answers: `records` are `(capture time on CLOCK_MONOTONIC in ns,
+    /// message)`. Returns, per record that taught something, the time from its capture
+    /// until its addresses were in the maps.
+    pub fn learn(&mut self, records: &[(u64, Vec<u8>)]) -> Vec<Duration> {
+        if !self.config.dns.learn || self.patterns.is_empty() {
+            return Vec::new();
+        }
+        let dns = &self.config.dns;
+        let seconds = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+        let limits = crate::dns::Limits {
+            min_ttl: seconds(dns.min_ttl),
+            max_ttl: seconds(dns.max_ttl),
+            grace: seconds(dns.grace),
+            max_entries: usize::try_from(dns.max_learned).unwrap_or(usize::MAX),
+            max_per_name: usize::try_from(dns.max_per_name).unwrap_or(usize::MAX),
+        };
+        let exclude = self.config.policy.exclude.clone();
+        let mut latencies = Vec::new();
+        for (captured, message) in records {
+            let taken = self.learned.take(
+                message,
+                &self.patterns,
+                limits,
+                crate::time::Time::now().secs(),
+                |addr| exclude.iter().any(|net| net.contains(&addr)),
+            );
+            if taken.new.is_empty() {
+                continue;
+            }
+            for address in &taken.new {
+                if let Err(error) = self.write_learned(*address) {
+                    warn!("dns: writing {address}: {error:#}");
+                }
+            }
+            self.learn_dirty = true;
+            latencies.push(Duration::from_nanos(
+                crate::datapath::monotonic_ns().saturating_sub(*captured),
+            ));
+        }
+        for latency in &latencies {
+            self.shared.dns_seconds.observe(latency.as_secs_f64());
+        }
+        if let Ok(mut counts) = self.shared.dns.lock() {
+            counts.clone_from(&self.learned.counts);
+        }
+        latencies
+    }
+
+    /// Writes the entry of one learned address: what compiling the whole table would give
+    /// it (its sets' rules folded with every prefix that covers it).
+    fn write_learned(&mut self, address: std::net::IpAddr) -> anyhow::Result<()> {
+        if self.unknown_pins {
+            return Ok(());
+        }
+        let host = ipnet::IpNet::from(address);
+        let mut sets: Vec<EndpointSet> = Vec::new();
+        let mut covering = |set: &EndpointSet| {
+            let prefixes: Vec<ipnet::IpNet> = set
+                .prefixes
+                .iter()
+                .filter(|net| net.contains(&address))
+                .copied()
+                .collect();
+            if !prefixes.is_empty() {
+                sets.push(EndpointSet {
+                    prefixes,
+                    ..set.clone_without_prefixes()
+                });
+            }
+        };
+        for source in &self.sources {
+            source.sets().iter().for_each(&mut covering);
+        }
+        if let Some(operator) = self.operator_set() {
+            covering(&operator);
+        }
+        // Learned entries are host prefixes: only the address's own can cover it.
+        sets.extend(self.learned.sets_of(address, &self.patterns));
+        let compiled = compile_excluding(&sets, &self.config.policy.exclude)?;
+        let value = match host {
+            ipnet::IpNet::V4(net) => compiled.v4.get(&crate::compile::key_v4(net)),
+            ipnet::IpNet::V6(net) => compiled.v6.get(&crate::compile::key_v6(net)),
+        };
+        if let Some(value) = value {
+            self.maps.insert_prefix(host, value)?;
+        }
+        Ok(())
+    }
+
+    /// What DNS answers did since the agent started.
+    #[must_use]
+    pub fn learned_counts(&self) -> crate::dns::Counts {
+        self.learned.counts.clone()
+    }
+
+    /// Applies the whole table, learned addresses included, when some were written alone.
+    pub fn settle(&mut self) {
+        if !self.learn_dirty {
+            return;
+        }
+        self.learn_dirty = false;
+        if let Err(error) = self.apply_union() {
+            warn!("dns: applying the learned addresses: {error:#}");
+        }
+    }
+
+    /// Forgets learned addresses past their time (keeping those flows used within the grace
+    /// period), and applies the table without them.
+    pub fn expire_learned(&mut self) {
+        let now = crate::time::Time::now().secs();
+        // The flow table is read only when something is due.
+        if !self
+            .learned
+            .entries
+            .values()
+            .any(|entry| entry.expires <= now)
+        {
+            return;
+        }
+        let grace = u32::try_from(self.config.dns.grace.as_secs()).unwrap_or(u32::MAX);
+        let recent = crate::datapath::monotonic_ns().saturating_sub(
+            self.config
+                .dns
+                .grace
+                .as_nanos()
+                .try_into()
+                .unwrap_or(u64::MAX),
+        );
+        let in_use: std::collections::HashSet<std::net::IpAddr> = self
+            .maps
+            .flows()
+            .unwrap_or_default()
+            .iter()
+            .filter(|flow| flow.value.last_ns >= recent)
+            .map(|flow| flow.key.dst_addr())
+            .collect();
+        if self
+            .learned
+            .expire(now, grace, |addr| in_use.contains(&addr))
+        {
+            self.learn_dirty = false;
+            if let Err(error) = self.apply_union() {
+                warn!("dns: removing expired addresses: {error:#}");
+            }
+        }
+    }
+
+    /// Applies the union of everything as it is (no file changes).
+    fn apply_union(&mut self) -> Result<(), super::RefreshError> {
+        if self.unknown_pins {
+            return Ok(());
+        }
+        let compiled = self.compile_union(None, "dns", "the learned addresses")?;
+        self.apply(&compiled)?;
+        Ok(())
+    }
+
+    /// Writes `learned.json` for `learned` and `lookup`.
+    pub(super) fn save_learned(&self) {
+        if !self.config.dns.learn {
+            return;
+        }
+        let mut rows: Vec<crate::state::LearnedRow> = self
+            .learned
+            .entries
+            .values()
+            .flat_map(|entry| {
+                entry.sets.iter().filter_map(|id| {
+                    let target = self.patterns.target(*id)?;
+                    Some(crate::state::LearnedRow {
+                        address: entry.address,
+                        name: entry.name.clone(),
+                        matched: entry.matched.clone(),
+                        set: *id,
+                        service_area: target.service_area.clone(),
+                        category: target.category.to_string(),
+                        source: target.source.clone(),
+                        expires: entry.expires,
+                    })
+                })
+            })
+            .collect();
+        rows.sort_by_key(|row| (row.address, row.set));
+        let learned = crate::state::LearnedFile {
+            counts: self.learned.counts.clone(),
+            rows,
+        };
+        if let Err(error) = self.state.save_learned(&learned) {
+            warn!("{:#}", anyhow::Error::from(error));
+        }
+    }
+}

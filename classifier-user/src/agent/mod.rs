@@ -1,0 +1,350 @@
+//! The agent: keeps the maps equal to the union of its sources, without a gap and without a
+//! bad file.
+//!
+//! Every source, the Microsoft 365 feed (`[feed]`, the `m365` source) among them, goes
+//! through the same path ([`refresh`]): fetch, parse and check each prefix, judge the change
+//! ([`crate::gate::judge`]), compile the union of every source's last good file with the
+//! operator's `include`/`exclude` and the learned addresses, and [`Agent::apply`] it as a
+//! diff (new and changed entries first, stale ones last). Only then is the file recorded as
+//! the source's last good one. A failure at any step leaves the maps as they were. Each trie
+//! value is self-contained (no shared rule slots), so an update replaces one prefix's rules
+//! in one atomic step and nothing can point at a stale slot.
+//!
+//! - [`refresh`]: each source's file, from its fetch to the union;
+//! - [`learn`]: DNS answers into learned addresses;
+//! - [`uplink`]: the direct uplink's health and the kernel settings it changes;
+//! - [`view`]: what the agent hands to `status`, `/metrics` and the PAC file;
+//! - [`daemon`]: the one event loop of `xdp-breakout run`.
+
+pub mod daemon;
+mod learn;
+pub mod refresh;
+mod uplink;
+mod view;
+
+use std::sync::Arc;
+
+use tracing::{info, warn};
+
+pub use self::{
+    refresh::{Reason, RefreshError, Refreshed, Start, backoff, jittered},
+    view::pac_about,
+};
+use self::refresh::Source;
+use crate::{
+    compile::{CompileError, Compiled, compile_excluding},
+    config::Config,
+    datapath::{ApplyReport, Maps, PinLock},
+    feed::{Category, EndpointSet},
+    state::{CatalogSet, State, Union, UnionSource},
+    time::Time,
+};
+
+pub struct Agent {
+    config: Config,
+    /// Every source, `m365` first, in configuration order.
+    sources: Vec<Source>,
+    client_id: String,
+    /// The maps hold entries that no record describes (pins an `attach` filled): a source's
+    /// file is held, not applied, until the `m365` source has one, so that nothing is
+    /// replaced by a partial union.
+    unknown_pins: bool,
+    /// The digest of the entries this agent last wrote: another writer changes it.
+    written: Option<String>,
+    /// Entries of the tries, IPv4 and IPv6, as last written or found.
+    prefixes: (usize, usize),
+    /// DNS learning: the name patterns, the learned addresses, and whether some were written
+    /// to the tries alone (not yet applied with the rest, nor recorded).
+    patterns: crate::dns::Patterns,
+    learned: crate::dns::Learned,
+    learn_dirty: bool,
+    /// The health checks found the direct uplink dead: direct verdicts go to the tunnel.
+    uplink_down: bool,
+    uplink: crate::state::Uplink,
+    maps: Maps,
+    /// The pin directory to lock while the maps change; `None` for private maps.
+    lock_dir: Option<std::path::PathBuf>,
+    state: State,
+    /// What the metrics listener reads.
+    shared: Arc<crate::metrics::Shared>,
+}
+
+impl Agent {
+    pub fn new(config: Config, maps: Maps, state: State) -> anyhow::Result<Self> {
+        let client_id = state.client_id()?;
+        let uplink = crate::state::Uplink {
+            state: if config.health.checks() {
+                crate::health::State::Up
+            } else {
+                crate::health::State::Unchecked
+            },
+            since: None,
+            reason: None,
+            transitions: 0,
+            failed_probes: 0,
+            targets: Vec::new(),
+        };
+        let mut agent = Self {
+            config,
+            sources: Vec::new(),
+            client_id,
+            unknown_pins: false,
+            written: None,
+            prefixes: (0, 0),
+            patterns: crate::dns::Patterns::default(),
+            learned: crate::dns::Learned::default(),
+            learn_dirty: false,
+            uplink_down: false,
+            uplink,
+            maps,
+            lock_dir: None,
+            state,
+            shared: Arc::default(),
+        };
+        agent.load_sources();
+        agent.adopt_record();
+        agent.sources_changed();
+        Ok(agent)
+    }
+
+    /// Takes the state directory's record as what the maps hold when its digest is the
+    /// maps' (an agent restarted over its own pins, or beside a `sync`).
+    fn adopt_record(&mut self) {
+        let Ok(installed) = self.maps.installed() else {
+            return;
+        };
+        self.prefixes = (installed.v4.len(), installed.v6.len());
+        let digest = installed.digest();
+        if self
+            .state
+            .union()
+            .is_some_and(|union| union.entries == digest)
+        {
+            self.written = Some(digest);
+        }
+    }
+
+    /// Locks `pin_dir` around every change of the maps (for pinned maps).
+    #[must_use]
+    pub fn locking(mut self, pin_dir: &std::path::Path) -> Self {
+        self.lock_dir = Some(pin_dir.to_owned());
+        self
+    }
+
+    #[must_use]
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    #[must_use]
+    pub fn maps(&self) -> &Maps {
+        &self.maps
+    }
+
+    /// The sets of every source's last good file (source `replace.0`'s replaced by
+    /// `replace.1`), the learned addresses and the operator's `include`, compiled and
+    /// shadowed by `exclude`.
+    fn union(&self, replace: Option<(usize, &[EndpointSet])>) -> Result<Compiled, CompileError> {
+        let mut sets = Vec::new();
+        for (i, source) in self.sources.iter().enumerate() {
+            match replace {
+                Some((at, new)) if at == i => sets.extend_from_slice(new),
+                _ => sets.extend_from_slice(source.sets()),
+            }
+        }
+        sets.extend(self.learned.sets(&self.patterns));
+        sets.extend(self.operator_set());
+        compile_excluding(&sets, &self.config.policy.exclude)
+    }
+
+    /// The operator's `include` prefixes as set 0: Optimize by address.
+    fn operator_set(&self) -> Option<EndpointSet> {
+        let include = &self.config.policy.include;
+        (!include.is_empty()).then(|| EndpointSet {
+            id: 0,
+            service_area: "operator".to_owned(),
+            category: Category::Optimize,
+            prefixes: include.clone(),
+            tcp: Vec::new(),
+            udp: Vec::new(),
+            by_address: true,
+        })
+    }
+
+    /// The one way the maps change: `target` applied as a diff under the pin lock, then
+    /// recorded as what they hold.
+    pub fn apply(&mut self, target: &Compiled) -> Result<ApplyReport, RefreshError> {
+        let report = {
+            let _lock = self.lock_dir.as_deref().map(PinLock::acquire).transpose()?;
+            let installed = self.maps.installed()?;
+            self.maps.apply_over(&installed, target)?
+        };
+        self.shared
+            .apply_seconds
+            .observe(report.ready.as_secs_f64());
+        if let Some(error) = &report.index_error {
+            warn!("{error}");
+        }
+        self.record(target)?;
+        Ok(report)
+    }
+
+    /// Records that the maps hold `compiled`: the union's digest and every source's sets.
+    fn record(&mut self, compiled: &Compiled) -> Result<(), RefreshError> {
+        let digest = compiled.digest();
+        let union = Union {
+            entries: digest.clone(),
+            applied_at: Time::now(),
+            sources: self
+                .sources
+                .iter()
+                .filter(|source| source.held.is_some())
+                .map(|source| UnionSource {
+                    name: source.config.name.clone(),
+                    kind: source.config.kind.to_string(),
+                    first_set: source.first,
+                    version: source.status.version.clone(),
+                    sets: source.sets().iter().map(CatalogSet::of).collect(),
+                })
+                .collect(),
+        };
+        self.state.save_union(&union)?;
+        self.written = Some(digest);
+        self.unknown_pins = false;
+        self.save_learned();
+        self.share_sets();
+        self.prefixes = (compiled.v4.len(), compiled.v6.len());
+        self.save_status();
+        Ok(())
+    }
+
+    /// Takes in what another process changed since this agent last looked: a `sync` that
+    /// applied another file of a source (its record describes the maps: its files are
+    /// taken), or an `attach --feed-file` (or any other writer) that left the maps holding
+    /// entries no record describes: the `m365` source then fetches and applies anew.
+    pub fn reconcile(&mut self) {
+        // Addresses learned since the last apply are ours, not another writer's.
+        self.settle();
+        let Ok(installed) = self.maps.installed() else {
+            return;
+        };
+        let digest = installed.digest();
+        if self.written.as_ref() == Some(&digest) {
+            return;
+        }
+        let record = self.state.union().filter(|union| union.entries == digest);
+        self.load_sources();
+        if let Some(union) = &record {
+            let versions: Vec<String> = union
+                .sources
+                .iter()
+                .map(|source| {
+                    format!(
+                        "{} {}",
+                        source.name,
+                        source.version.as_deref().unwrap_or("-")
+                    )
+                })
+                .collect();
+            warn!(
+                "the maps were changed by another process ({}, applied at {}); taking its \
+                 files",
+                versions.join(", "),
+                union.applied_at
+            );
+            self.written = Some(digest);
+        } else {
+            warn!(
+                "the maps were changed by another process and hold no recorded feed; \
+                 installing the service's feed again, with every source's last good file"
+            );
+            self.forget_m365();
+            self.unknown_pins = true;
+        }
+        self.sources_changed();
+        self.prefixes = (installed.v4.len(), installed.v6.len());
+        self.save_status();
+    }
+
+    /// Takes a new configuration (SIGHUP): new settings, every source's last good file
+    /// recompiled with them.
+    pub fn reconfigure(&mut self, config: Config) -> Result<(), RefreshError> {
+        self.config = config;
+        self.load_sources();
+        self.reconfigure_uplink();
+        self.apply_settings()?;
+        self.sources_changed();
+        if self.sources.iter().any(|source| source.held.is_some()) && !self.unknown_pins {
+            let compiled = self.compile_union(None, crate::sources::M365, "the configuration")?;
+            self.apply(&compiled)?;
+        }
+        Ok(())
+    }
+
+    /// The union, refused when it cannot compile or is empty.
+    fn compile_union(
+        &self,
+        replace: Option<(usize, &[EndpointSet])>,
+        name: &str,
+        what: &str,
+    ) -> Result<Compiled, RefreshError> {
+        let refused = |reason| RefreshError::Refused {
+            name: name.to_owned(),
+            what: what.to_owned(),
+            from: "the union of the sources".to_owned(),
+            reason,
+        };
+        let compiled = self
+            .union(replace)
+            .map_err(|error| refused(Reason::Compile(error)))?;
+        if compiled.is_empty() {
+            return Err(refused(Reason::NothingLeft));
+        }
+        Ok(compiled)
+    }
+
+    /// Fills the maps at start: every source's last good file (the `m365` source's among
+    /// them), else what is pinned, else the embedded snapshot as the `m365` source's file;
+    /// so the router classifies from its first second, offline.
+    pub fn start(&mut self) -> Result<Start, RefreshError> {
+        if let Some(m365) = self.sources.first()
+            && m365.held.is_some()
+        {
+            let version = m365.status.version.clone().unwrap_or_default();
+            match self.compile_union(None, crate::sources::M365, "the last good files") {
+                Ok(compiled) => {
+                    let report = self.apply(&compiled)?;
+                    self.mark_applied_all();
+                    info!(
+                        "applied the last good file of every source: {}",
+                        report.describe(&compiled)
+                    );
+                    return Ok(Start::LastFeed { version, report });
+                }
+                Err(error) => warn!(
+                    "the last good files in {} are unusable: {error:#}",
+                    self.state.dir().display()
+                ),
+            }
+        }
+        let installed = self.maps.installed()?.len();
+        if installed > 0 {
+            self.unknown_pins = true;
+            return Ok(Start::Pinned {
+                prefixes: installed,
+            });
+        }
+        let from = format!("embedded snapshot {}", crate::EMBEDDED_FEED_VERSION);
+        let refreshed = self.install_file(
+            crate::sources::M365,
+            crate::EMBEDDED_FEED,
+            Some(crate::EMBEDDED_FEED_VERSION),
+            &from,
+            true,
+        )?;
+        match refreshed {
+            Refreshed::Applied { report, .. } => Ok(Start::Embedded { report }),
+            _ => Ok(Start::Pinned { prefixes: 0 }),
+        }
+    }
+}

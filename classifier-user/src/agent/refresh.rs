@@ -1,0 +1,730 @@
+//! Each source's file, from its fetch to the union: fetch ([`SourceFetcher`], apart from the
+//! agent so that dropping it cancels it), [`Agent::prepare`] (parse, check every prefix,
+//! judge the change), [`Agent::take`] (the union applied, the file recorded). `sync`,
+//! `sync --dry-run`, start-up and the daemon all go this way; a dry run stops after
+//! `prepare`, so it reaches the verdict a real apply reaches.
+
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use super::Agent;
+use crate::{
+    client::FetchError,
+    compile::{CompileError, Compiled},
+    datapath::{ApplyReport, DatapathError},
+    feed::EndpointSet,
+    gate::{self, ChangeLimits, GateError},
+    sources::{
+        Kind, M365, Parsed, SourceConfig, SourceError,
+        fetch::{Got, Meta, SourceFetcher, sha256},
+    },
+    state::{SourceStatus, StateError},
+    time::Time,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RefreshError {
+    /// The fetch failed; the error's whole chain is in the message, for `sources`.
+    #[error("source {name}: {}", chain(error))]
+    Fetch { name: String, error: FetchError },
+    /// A file came but is refused: nothing of it was applied and no other source changed.
+    #[error("source {name}: refused {what} from {from}: {reason}")]
+    Refused {
+        name: String,
+        /// `feed VERSION` or `file VERSION`.
+        what: String,
+        from: String,
+        reason: Reason,
+    },
+    #[error("updating the maps")]
+    Maps(#[from] DatapathError),
+    #[error("recording what the maps hold")]
+    State(#[from] StateError),
+    #[error("no source is named {name:?} (configured: {known})")]
+    NoSuchSource { name: String, known: String },
+}
+
+/// Why a file was refused.
+#[derive(Debug)]
+pub enum Reason {
+    /// It does not parse, or a prefix or a port of it is refused.
+    Parse(SourceError),
+    /// The gate refused what it changes.
+    Gate(GateError),
+    /// The union with it does not compile.
+    Compile(CompileError),
+    NothingLeft,
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Parse(error) => f.write_str(&chain(error)),
+            Self::Gate(error) => write!(f, "{error}"),
+            Self::Compile(error) => f.write_str(&chain(error)),
+            Self::NothingLeft => f.write_str("no prefix is left after the filter"),
+        }
+    }
+}
+
+/// An error and its causes, `: `-separated.
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(error) = cause {
+        text.push_str(": ");
+        text.push_str(&error.to_string());
+        cause = error.source();
+    }
+    text
+}
+
+impl RefreshError {
+    /// How long the server asked us to wait, for a 429.
+    #[must_use]
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Fetch { error, .. } => error.retry_after(),
+            _ => None,
+        }
+    }
+
+    /// Whether the gate refused it (a dry run's verdict).
+    #[must_use]
+    pub const fn is_refusal(&self) -> bool {
+        matches!(self, Self::Refused { .. })
+    }
+}
+
+/// What a refresh of a source did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refreshed {
+    /// Nothing new: a 304, the same content, or the same version.
+    Unchanged {
+        version: Option<String>,
+        why: &'static str,
+    },
+    /// The new file is kept; the maps change once the `m365` source has a file (the maps
+    /// hold entries of unknown origin until then).
+    Held { version: Option<String> },
+    Applied {
+        version: Option<String>,
+        report: ApplyReport,
+    },
+}
+
+/// Where the maps' content came from at start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// Every source's last good file, recompiled with the current configuration; `version`
+    /// is the `m365` source's.
+    LastFeed {
+        version: String,
+        report: ApplyReport,
+    },
+    /// Pinned entries of unknown origin (an `attach` before), kept.
+    Pinned { prefixes: usize },
+    /// The snapshot built into the binary, as the `m365` source's file.
+    Embedded { report: ApplyReport },
+}
+
+/// A source as the agent keeps it.
+pub(super) struct Source {
+    pub config: SourceConfig,
+    pub first: u32,
+    /// Its last good file, compiled: what the maps hold of it.
+    pub held: Option<(Parsed, Meta)>,
+    pub status: SourceStatus,
+    pub next_due: tokio::time::Instant,
+}
+
+impl Source {
+    fn new(config: SourceConfig, first: u32) -> Self {
+        let status = SourceStatus {
+            name: config.name.clone(),
+            kind: config.kind.to_string(),
+            location: config.location(),
+            instance: (config.kind == Kind::M365)
+                .then(|| crate::sources::source::m365_instance(&config).to_owned()),
+            policy: if config.kind == Kind::M365 {
+                "by category".to_owned()
+            } else {
+                classifier_common::action::name(
+                    if config.category() == crate::feed::Category::Direct {
+                        classifier_common::action::DIRECT
+                    } else {
+                        classifier_common::action::TUNNEL
+                    },
+                )
+                .to_owned()
+            },
+            first_set: first.max(1),
+            ..SourceStatus::default()
+        };
+        Self {
+            config,
+            first,
+            held: None,
+            status,
+            next_due: tokio::time::Instant::now(),
+        }
+    }
+
+    fn hold(&mut self, parsed: Parsed, meta: Meta) {
+        self.status.version = Some(version_of(&parsed, &meta));
+        self.status.from = Some(meta.from.clone());
+        (self.status.prefixes_v4, self.status.prefixes_v6) = (parsed.v4, parsed.v6);
+        self.held = Some((parsed, meta));
+    }
+
+    pub fn sets(&self) -> &[EndpointSet] {
+        self.held.as_ref().map_or(&[], |(parsed, _)| &parsed.sets)
+    }
+
+    /// The gate's limits of this source, and the keys that set them.
+    fn limits(&self, feed: &crate::config::FeedConfig) -> ChangeLimits {
+        let own = self.config.name == M365;
+        ChangeLimits {
+            max_shrink_percent: self
+                .config
+                .max_shrink_percent
+                .unwrap_or(feed.max_shrink_percent),
+            shrink_key: if own || self.config.max_shrink_percent.is_none() {
+                "feed.max-shrink-percent"
+            } else {
+                "max-shrink-percent"
+            },
+            max_churn_percent: self.config.max_churn_percent,
+            churn_key: if own {
+                "feed.max-churn-percent"
+            } else {
+                "max-churn-percent"
+            },
+        }
+    }
+}
+
+/// The version a source's file is known by: the one the service or the file states, else
+/// its content hash's first 16 digits.
+fn version_of(parsed: &Parsed, meta: &Meta) -> String {
+    meta.version
+        .clone()
+        .or_else(|| parsed.version.clone())
+        .unwrap_or_else(|| format!("sha256:{}", &meta.sha256[..16]))
+}
+
+/// A file that passed the gate, ready to take.
+pub struct Candidate {
+    i: usize,
+    body: Vec<u8>,
+    parsed: Parsed,
+    meta: Meta,
+}
+
+/// What a dry run found: the maps now, what they would hold, and the verdict.
+pub struct Plan {
+    pub installed: Compiled,
+    pub target: Compiled,
+    pub version: Option<String>,
+    pub from: String,
+    pub refused: Option<RefreshError>,
+}
+
+impl Agent {
+    /// Builds every source of the configuration, each with its last good file from the state
+    /// directory (compiled with today's configuration), keeping what the previous ones knew
+    /// of their fetches.
+    pub(super) fn load_sources(&mut self) {
+        let configs = self.config.all_sources();
+        let firsts = crate::sources::first_set_ids(&configs).unwrap_or_default();
+        let mut old = std::mem::take(&mut self.sources);
+        for (config, first) in configs.into_iter().zip(firsts) {
+            let mut source = Source::new(config, first);
+            if let Some(at) = old.iter().position(|old| old.config.name == source.config.name) {
+                let old = old.swap_remove(at);
+                source.next_due = old.next_due;
+                let SourceStatus {
+                    applied_at,
+                    last_success,
+                    last_attempt,
+                    next_refresh,
+                    last_error,
+                    consecutive_failures,
+                    ..
+                } = old.status;
+                source.status = SourceStatus {
+                    applied_at,
+                    last_success,
+                    last_attempt,
+                    next_refresh,
+                    last_error,
+                    consecutive_failures,
+                    ..source.status
+                };
+            }
+            if let Some((body, meta)) = self.state.source(&source.config.name) {
+                match source
+                    .config
+                    .parse(first, &body, self.config.prefix_limits())
+                {
+                    Ok(parsed) => source.hold(parsed, meta),
+                    Err(error) => warn!(
+                        "source {}: its last good file in {} is unusable now: {}",
+                        source.config.name,
+                        self.state.dir().display(),
+                        chain(&error)
+                    ),
+                }
+            }
+            self.sources.push(source);
+        }
+    }
+
+    /// Forgets the `m365` source's file, so that its next fetch applies whatever version
+    /// the service has.
+    pub(super) fn forget_m365(&mut self) {
+        if let Some(m365) = self.sources.first_mut() {
+            m365.held = None;
+        }
+    }
+
+    /// Marks every held file as applied now (start-up, when the union of them was applied).
+    pub(super) fn mark_applied_all(&mut self) {
+        let now = Time::now();
+        for source in &mut self.sources {
+            if source.held.is_some() {
+                source.status.applied_at.get_or_insert(now);
+            }
+        }
+        self.save_status();
+    }
+
+    /// The index of source `name`.
+    pub fn source_index(&self, name: &str) -> Result<usize, RefreshError> {
+        self.sources
+            .iter()
+            .position(|source| source.config.name == name)
+            .ok_or_else(|| RefreshError::NoSuchSource {
+                name: name.to_owned(),
+                known: self
+                    .sources
+                    .iter()
+                    .map(|source| source.config.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+
+    /// The source due first, and when.
+    #[must_use]
+    pub fn next_due(&self) -> Option<(usize, tokio::time::Instant)> {
+        self.sources
+            .iter()
+            .enumerate()
+            .map(|(i, source)| (i, source.next_due))
+            .min_by_key(|(_, due)| *due)
+    }
+
+    /// The fetch of source `i`, apart from the agent (dropping it cancels it); `force`
+    /// fetches unconditionally.
+    pub fn fetcher(&self, i: usize, force: bool) -> Result<SourceFetcher, RefreshError> {
+        let source = &self.sources[i];
+        SourceFetcher::new(
+            &source.config,
+            &self.config.feed,
+            &self.client_id,
+            source.held.as_ref().map(|(_, meta)| meta.clone()),
+            force,
+        )
+        .map_err(|error| RefreshError::Fetch {
+            name: source.config.name.clone(),
+            error,
+        })
+    }
+
+    /// Fetches source `name` now and applies what it finds (`sync`, `sync --source`).
+    pub async fn refresh(&mut self, name: &str, force: bool) -> Result<Refreshed, RefreshError> {
+        self.reconcile();
+        let i = self.source_index(name)?;
+        let got = match self.fetcher(i, force) {
+            Ok(fetcher) => fetcher.run().await.map_err(|error| RefreshError::Fetch {
+                name: name.to_owned(),
+                error,
+            }),
+            Err(error) => Err(error),
+        };
+        let result = self.accept(i, got, force);
+        self.save_status();
+        result
+    }
+
+    /// Takes what a fetch of source `i` found, recording the outcome in its status.
+    pub fn accept(
+        &mut self,
+        i: usize,
+        got: Result<Got, RefreshError>,
+        force: bool,
+    ) -> Result<Refreshed, RefreshError> {
+        self.sources[i].status.last_attempt = Some(Time::now());
+        let result = got
+            .and_then(|got| self.prepare(i, got, force))
+            .and_then(|candidate| match candidate {
+                Ok(candidate) => self.take(candidate),
+                Err(unchanged) => Ok(unchanged),
+            });
+        let name = self.sources[i].config.name.clone();
+        if let Ok(Refreshed::Unchanged {
+            version: Some(version),
+            ..
+        }) = &result
+        {
+            self.renew(i, version);
+        }
+        let status = &mut self.sources[i].status;
+        match &result {
+            Ok(outcome) => {
+                status.last_success = Some(Time::now());
+                status.last_error = None;
+                status.consecutive_failures = 0;
+                match outcome {
+                    Refreshed::Unchanged { why, .. } => info!("source {name}: unchanged ({why})"),
+                    Refreshed::Held { .. } => info!(
+                        "source {name}: new file held until the m365 source replaces the \
+                         pinned entries of unknown origin"
+                    ),
+                    Refreshed::Applied { .. } => {}
+                }
+            }
+            Err(error) => {
+                status.last_error = Some(error.to_string());
+                status.consecutive_failures = status.consecutive_failures.saturating_add(1);
+            }
+        }
+        result
+    }
+
+    /// Records that source `i`'s held file is now known by `version` (the service stated a
+    /// new version of the same content).
+    fn renew(&mut self, i: usize, version: &str) {
+        let source = &mut self.sources[i];
+        let Some((_, meta)) = &mut source.held else {
+            return;
+        };
+        if meta.version.as_deref() == Some(version) {
+            return;
+        }
+        meta.version = Some(version.to_owned());
+        source.status.version = Some(version.to_owned());
+        if let Err(error) = self.state.save_meta(&source.config.name, meta) {
+            warn!("{:#}", anyhow::Error::from(error));
+        }
+    }
+
+    /// Installs `body` as source `name`'s file, as if fetched from `from` (`sync
+    /// --feed-file`, the embedded snapshot).
+    pub fn install_file(
+        &mut self,
+        name: &str,
+        body: &[u8],
+        version: Option<&str>,
+        from: &str,
+        force: bool,
+    ) -> Result<Refreshed, RefreshError> {
+        let i = self.source_index(name)?;
+        let got = Ok(file(body, version, from));
+        let result = self.accept(i, got, force);
+        self.save_status();
+        result
+    }
+
+    /// Parses and judges what a fetch of source `i` found: `Ok(Err(unchanged))` when it
+    /// says nothing new, the candidate to take otherwise.
+    pub fn prepare(
+        &self,
+        i: usize,
+        got: Got,
+        force: bool,
+    ) -> Result<Result<Candidate, Refreshed>, RefreshError> {
+        let source = &self.sources[i];
+        let held_version = source.status.version.clone();
+        let (body, from, etag, last_modified, service_version) = match got {
+            Got::Unchanged { why } => {
+                return Ok(Err(Refreshed::Unchanged {
+                    version: held_version,
+                    why,
+                }));
+            }
+            Got::Body {
+                body,
+                from,
+                etag,
+                last_modified,
+                version,
+            } => (body, from, etag, last_modified, version),
+        };
+        let digest = sha256(&body);
+        let held = source.held.as_ref();
+        if !force && held.is_some_and(|(_, meta)| meta.sha256 == digest) {
+            // The service may give the same content a new version: the file is known by it.
+            return Ok(Err(Refreshed::Unchanged {
+                version: service_version.or(held_version),
+                why: "the same content as held",
+            }));
+        }
+        let refused = |version: Option<&str>, reason| RefreshError::Refused {
+            name: source.config.name.clone(),
+            what: what(&source.config, version),
+            from: from.clone(),
+            reason,
+        };
+        let parsed = source
+            .config
+            .parse(source.first, &body, self.config.prefix_limits())
+            .map_err(|error| refused(service_version.as_deref(), Reason::Parse(error)))?;
+        let version = service_version.or_else(|| parsed.version.clone());
+        if !force {
+            let new = gate::File {
+                version: version.as_deref(),
+                sha256: &digest,
+                sets: &parsed.sets,
+            };
+            let old = held.map(|(parsed, meta)| gate::File {
+                version: meta.version.as_deref().or(parsed.version.as_deref()),
+                sha256: &meta.sha256,
+                sets: &parsed.sets,
+            });
+            gate::judge(
+                &source.config.name,
+                old,
+                new,
+                source.limits(&self.config.feed),
+            )
+            .map_err(|error| refused(version.as_deref(), Reason::Gate(error)))?;
+        }
+        let meta = Meta {
+            version,
+            sha256: digest,
+            etag,
+            last_modified,
+            from,
+            fetched_at: Time::now(),
+        };
+        Ok(Ok(Candidate {
+            i,
+            body,
+            parsed,
+            meta,
+        }))
+    }
+
+    /// Applies the union with a candidate file in its source's place, then records the file
+    /// as the source's last good one. Another source's prefixes never change here.
+    pub fn take(&mut self, candidate: Candidate) -> Result<Refreshed, RefreshError> {
+        let Candidate {
+            i,
+            body,
+            parsed,
+            meta,
+        } = candidate;
+        let name = self.sources[i].config.name.clone();
+        let version = Some(version_of(&parsed, &meta));
+        if self.unknown_pins && name != M365 {
+            self.state.save_source(&name, &body, &meta)?;
+            self.sources[i].hold(parsed, meta);
+            return Ok(Refreshed::Held { version });
+        }
+        let what = what(&self.sources[i].config, version.as_deref());
+        let compiled = self.compile_union(Some((i, &parsed.sets)), &name, &what)?;
+        let report = self.apply_with(i, &compiled, &body, parsed, meta)?;
+        info!(
+            "source {name}: applied {} from {}: {}",
+            version.as_deref().unwrap_or("?"),
+            self.sources[i].status.from.as_deref().unwrap_or("?"),
+            report.describe(&compiled)
+        );
+        Ok(Refreshed::Applied { version, report })
+    }
+
+    /// Applies `compiled` with source `i`'s new file held, then keeps the file: on disk,
+    /// and (for a Microsoft 365 feed) in the patterns and the PAC file. A failed apply gives
+    /// the source back its previous file.
+    fn apply_with(
+        &mut self,
+        i: usize,
+        compiled: &Compiled,
+        body: &[u8],
+        parsed: Parsed,
+        meta: Meta,
+    ) -> Result<ApplyReport, RefreshError> {
+        // Held first, so that the record of the union names the new file.
+        let previous = (self.sources[i].held.take(), self.sources[i].status.clone());
+        self.sources[i].hold(parsed, meta);
+        let report = match self.apply(compiled) {
+            Ok(report) => report,
+            Err(error) => {
+                (self.sources[i].held, self.sources[i].status) = previous;
+                return Err(error);
+            }
+        };
+        let source = &mut self.sources[i];
+        source.status.applied_at = Some(Time::now());
+        if let Some((_, meta)) = &source.held {
+            self.state.save_source(&source.config.name, body, meta)?;
+        }
+        if source.config.kind == Kind::M365 {
+            self.sources_changed();
+        }
+        self.save_status();
+        Ok(report)
+    }
+
+    /// A dry run of what `got` would do to source `name`: the same [`Agent::prepare`] and
+    /// union as a real refresh, applying nothing. A refused file's target is what it would
+    /// install if forced.
+    pub fn plan(&self, name: &str, got: Got, force: bool) -> Result<Plan, RefreshError> {
+        let i = self.source_index(name)?;
+        let installed = self.maps.installed()?;
+        let (version, from) = match &got {
+            Got::Body { version, from, .. } => (version.clone(), from.clone()),
+            Got::Unchanged { .. } => (self.sources[i].status.version.clone(), String::new()),
+        };
+        let (candidate, refused) = match self.prepare(i, got.clone(), force) {
+            Ok(candidate) => (candidate, None),
+            Err(error @ RefreshError::Refused { .. }) => {
+                (self.prepare(i, got, true).ok().and_then(Result::ok).map_or_else(
+                    || Err(Refreshed::Held { version: None }),
+                    Ok,
+                ), Some(error))
+            }
+            Err(error) => return Err(error),
+        };
+        let (target, refused) = match candidate {
+            Ok(candidate) => {
+                let what = what(&self.sources[i].config, candidate.meta.version.as_deref());
+                match self.compile_union(Some((i, &candidate.parsed.sets)), name, &what) {
+                    Ok(target) => (target, refused),
+                    Err(error) => (installed.clone(), refused.or(Some(error))),
+                }
+            }
+            Err(_) => (installed.clone(), refused),
+        };
+        let version = version.or_else(|| self.sources[i].status.version.clone());
+        Ok(Plan {
+            installed,
+            target,
+            version,
+            from,
+            refused,
+        })
+    }
+
+    /// Records the end of a scheduled refresh of source `i`; returns the wait before its
+    /// next: its refresh interval with jitter, or a backoff (a 429's `Retry-After`).
+    pub fn finish(&mut self, i: usize, result: &Result<Refreshed, RefreshError>) -> Duration {
+        let source = &mut self.sources[i];
+        let refresh = source.config.refresh;
+        let wait = match result {
+            Ok(_) => jittered(refresh),
+            Err(error) => {
+                let wait = error
+                    .retry_after()
+                    .unwrap_or_else(|| backoff(source.status.consecutive_failures, refresh));
+                warn!(
+                    "{error}; keeping its installed prefixes, next try in {}s",
+                    wait.as_secs()
+                );
+                wait
+            }
+        };
+        source.next_due = tokio::time::Instant::now() + wait;
+        source.status.next_refresh = Some(Time::now().after(wait.as_secs()));
+        self.save_status();
+        wait
+    }
+
+    /// The status of every source.
+    #[must_use]
+    pub fn source_statuses(&self) -> Vec<SourceStatus> {
+        self.sources
+            .iter()
+            .map(|source| source.status.clone())
+            .collect()
+    }
+}
+
+/// How a refusal names a file: `feed VERSION` (a Microsoft 365 feed) or `file VERSION`.
+fn what(config: &SourceConfig, version: Option<&str>) -> String {
+    let noun = if config.kind == Kind::M365 {
+        "feed"
+    } else {
+        "file"
+    };
+    match version {
+        Some(version) => format!("{noun} {version}"),
+        None => noun.to_owned(),
+    }
+}
+
+/// A file given by hand (or built in), as a fetch would bring it.
+fn file(body: &[u8], version: Option<&str>, from: &str) -> Got {
+    Got::Body {
+        body: body.to_vec(),
+        from: from.to_owned(),
+        etag: None,
+        last_modified: None,
+        version: version.map(str::to_owned),
+    }
+}
+
+/// The wait before the next try after `failures` consecutive failures: 30 s doubling, at
+/// most the refresh interval.
+#[must_use]
+pub fn backoff(failures: u32, interval: Duration) -> Duration {
+    let exponent = failures.saturating_sub(1).min(16);
+    Duration::from_secs(30)
+        .saturating_mul(1 << exponent)
+        .min(interval)
+}
+
+/// The interval plus up to 10% random jitter, so that routers do not poll in step.
+#[must_use]
+pub fn jittered(interval: Duration) -> Duration {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let tenth = interval.as_millis() / 10;
+    let jitter = if tenth == 0 {
+        0
+    } else {
+        u128::from(random) % tenth
+    };
+    interval.saturating_add(Duration::from_millis(u64::try_from(jitter).unwrap_or(0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_refresh_interval() {
+        let hour = Duration::from_hours(1);
+        assert_eq!(backoff(1, hour), Duration::from_secs(30));
+        assert_eq!(backoff(2, hour), Duration::from_mins(1));
+        assert_eq!(backoff(5, hour), Duration::from_mins(8));
+        assert_eq!(backoff(40, hour), hour);
+    }
+
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        let hour = Duration::from_hours(1);
+        for _ in 0..100 {
+            let wait = jittered(hour);
+            assert!(
+                wait >= hour && wait < hour + Duration::from_mins(6),
+                "{wait:?}"
+            );
+        }
+    }
+}
