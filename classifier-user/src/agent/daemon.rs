@@ -75,16 +75,23 @@ pub async fn run(
     loop {
         let due = agent.next_due();
         let event = tokio::select! {
-            (i, got) = async { fetch.as_mut().expect("guarded").await }, if fetch.is_some() => {
-                Event::Fetched(i, got)
-            }
+            (i, got) = async {
+                match fetch.as_mut() {
+                    Some(fetch) => fetch.await,
+                    None => std::future::pending().await,
+                }
+            } => Event::Fetched(i, got),
             () = async { sleep_until(due.map_or_else(Instant::now, |(_, at)| at)).await },
                 if fetch.is_none() && due.is_some() => {
                 Event::Due(due.map_or(0, |(i, _)| i))
             }
             Some(report) = health.next() => Event::Health(report),
-            Some(batch) = async { answers.as_mut().expect("guarded").recv().await },
-                if answers.is_some() => Event::Answers(batch),
+            Some(batch) = async {
+                match answers.as_mut() {
+                    Some(answers) => answers.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => Event::Answers(batch),
             () = async { sleep_until(settle_at.unwrap_or_else(Instant::now)).await },
                 if settle_at.is_some() => Event::Settle,
             _ = expiry.tick(), if answers.is_some() => Event::Expire,

@@ -296,9 +296,9 @@ impl Agent {
         };
         let compiled = self
             .union(replace)
-            .map_err(|error| refused(Reason::Compile(error)))?;
+            .map_err(|error| refused(Box::new(Reason::Compile(error))))?;
         if compiled.is_empty() {
-            return Err(refused(Reason::NothingLeft));
+            return Err(refused(Box::new(Reason::NothingLeft)));
         }
         Ok(compiled)
     }

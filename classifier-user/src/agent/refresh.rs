@@ -35,7 +35,7 @@ pub enum RefreshError {
         /// `feed VERSION` or `file VERSION`.
         what: String,
         from: String,
-        reason: Reason,
+        reason: Box<Reason>,
     },
     #[error("updating the maps")]
     Maps(#[from] DatapathError),
@@ -214,6 +214,17 @@ fn version_of(parsed: &Parsed, meta: &Meta) -> String {
         .unwrap_or_else(|| format!("sha256:{}", &meta.sha256[..16]))
 }
 
+/// What [`Agent::prepare`] found.
+pub enum Prepared {
+    /// Nothing new: a 304, the same content, or the same version.
+    Unchanged {
+        version: Option<String>,
+        why: &'static str,
+    },
+    /// A file that passed the gate.
+    New(Box<Candidate>),
+}
+
 /// A file that passed the gate, ready to take.
 pub struct Candidate {
     i: usize,
@@ -369,9 +380,9 @@ impl Agent {
         self.sources[i].status.last_attempt = Some(Time::now());
         let result = got
             .and_then(|got| self.prepare(i, got, force))
-            .and_then(|candidate| match candidate {
-                Ok(candidate) => self.take(candidate),
-                Err(unchanged) => Ok(unchanged),
+            .and_then(|prepared| match prepared {
+                Prepared::New(candidate) => self.take(candidate),
+                Prepared::Unchanged { version, why } => Ok(Refreshed::Unchanged { version, why }),
             });
         let name = self.sources[i].config.name.clone();
         if let Ok(Refreshed::Unchanged {
@@ -438,22 +449,16 @@ impl Agent {
         result
     }
 
-    /// Parses and judges what a fetch of source `i` found: `Ok(Err(unchanged))` when it
-    /// says nothing new, the candidate to take otherwise.
-    pub fn prepare(
-        &self,
-        i: usize,
-        got: Got,
-        force: bool,
-    ) -> Result<Result<Candidate, Refreshed>, RefreshError> {
+    /// Parses and judges what a fetch of source `i` found.
+    pub fn prepare(&self, i: usize, got: Got, force: bool) -> Result<Prepared, RefreshError> {
         let source = &self.sources[i];
         let held_version = source.status.version.clone();
         let (body, from, etag, last_modified, service_version) = match got {
             Got::Unchanged { why } => {
-                return Ok(Err(Refreshed::Unchanged {
+                return Ok(Prepared::Unchanged {
                     version: held_version,
                     why,
-                }));
+                });
             }
             Got::Body {
                 body,
@@ -467,10 +472,10 @@ impl Agent {
         let held = source.held.as_ref();
         if !force && held.is_some_and(|(_, meta)| meta.sha256 == digest) {
             // The service may give the same content a new version: the file is known by it.
-            return Ok(Err(Refreshed::Unchanged {
+            return Ok(Prepared::Unchanged {
                 version: service_version.or(held_version),
                 why: "the same content as held",
-            }));
+            });
         }
         let refused = |version: Option<&str>, reason| RefreshError::Refused {
             name: source.config.name.clone(),
@@ -481,7 +486,7 @@ impl Agent {
         let parsed = source
             .config
             .parse(source.first, &body, self.config.prefix_limits())
-            .map_err(|error| refused(service_version.as_deref(), Reason::Parse(error)))?;
+            .map_err(|error| refused(service_version.as_deref(), Box::new(Reason::Parse(error))))?;
         let version = service_version.or_else(|| parsed.version.clone());
         if !force {
             let new = gate::File {
@@ -500,7 +505,7 @@ impl Agent {
                 new,
                 source.limits(&self.config.feed),
             )
-            .map_err(|error| refused(version.as_deref(), Reason::Gate(error)))?;
+            .map_err(|error| refused(version.as_deref(), Box::new(Reason::Gate(error))))?;
         }
         let meta = Meta {
             version,
@@ -510,23 +515,23 @@ impl Agent {
             from,
             fetched_at: Time::now(),
         };
-        Ok(Ok(Candidate {
+        Ok(Prepared::New(Box::new(Candidate {
             i,
             body,
             parsed,
             meta,
-        }))
+        })))
     }
 
     /// Applies the union with a candidate file in its source's place, then records the file
     /// as the source's last good one. Another source's prefixes never change here.
-    pub fn take(&mut self, candidate: Candidate) -> Result<Refreshed, RefreshError> {
+    pub fn take(&mut self, candidate: Box<Candidate>) -> Result<Refreshed, RefreshError> {
         let Candidate {
             i,
             body,
             parsed,
             meta,
-        } = candidate;
+        } = *candidate;
         let name = self.sources[i].config.name.clone();
         let version = Some(version_of(&parsed, &meta));
         if self.unknown_pins && name != M365 {
@@ -589,25 +594,23 @@ impl Agent {
             Got::Body { version, from, .. } => (version.clone(), from.clone()),
             Got::Unchanged { .. } => (self.sources[i].status.version.clone(), String::new()),
         };
-        let (candidate, refused) = match self.prepare(i, got.clone(), force) {
-            Ok(candidate) => (candidate, None),
+        let (prepared, refused) = match self.prepare(i, got.clone(), force) {
+            Ok(prepared) => (Some(prepared), None),
+            // What it would install were it forced, when it parses at all.
             Err(error @ RefreshError::Refused { .. }) => {
-                (self.prepare(i, got, true).ok().and_then(Result::ok).map_or_else(
-                    || Err(Refreshed::Held { version: None }),
-                    Ok,
-                ), Some(error))
+                (self.prepare(i, got, true).ok(), Some(error))
             }
             Err(error) => return Err(error),
         };
-        let (target, refused) = match candidate {
-            Ok(candidate) => {
+        let (target, refused) = match prepared {
+            Some(Prepared::New(candidate)) => {
                 let what = what(&self.sources[i].config, candidate.meta.version.as_deref());
                 match self.compile_union(Some((i, &candidate.parsed.sets)), name, &what) {
                     Ok(target) => (target, refused),
                     Err(error) => (installed.clone(), refused.or(Some(error))),
                 }
             }
-            Err(_) => (installed.clone(), refused),
+            Some(Prepared::Unchanged { .. }) | None => (installed.clone(), refused),
         };
         let version = version.or_else(|| self.sources[i].status.version.clone());
         Ok(Plan {

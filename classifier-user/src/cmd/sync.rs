@@ -117,12 +117,11 @@ pub fn run(global: &GlobalArgs, args: &SyncArgs) -> anyhow::Result<()> {
         .build()?;
     let mut out = std::io::stdout().lock();
     if args.dry_run {
-        let got = match file {
-            Some(file) => file,
-            None => {
-                let i = agent.source_index(&name)?;
-                runtime.block_on(agent.fetcher(i, true)?.run())?
-            }
+        let got = if let Some(file) = file {
+            file
+        } else {
+            let i = agent.source_index(&name)?;
+            runtime.block_on(agent.fetcher(i, true)?.run())?
         };
         let plan = agent.plan(&name, got, args.force)?;
         let plan = Plan {
