@@ -245,42 +245,13 @@ fn applies_versions_in_turn_and_the_maps_decide_as_the_feed_says() {
     );
 }
 
-/// The maps, policy and config, to compare byte for byte.
-fn snapshot(
-    maps: &Maps,
-) -> (
-    Compiled,
-    [u8; category::COUNT as usize],
-    classifier_common::Config,
-) {
-    (
-        maps.installed().unwrap(),
-        maps.policy().unwrap(),
-        maps.config().unwrap(),
-    )
-}
+/// A bad answer: its name, the `/version` and `/endpoints` replies, and what the refusal says.
+type Case = (&'static str, Reply, Reply, &'static str);
 
-#[test]
-#[expect(
-    clippy::too_many_lines,
-    reason = "a table of cases, then three follow-ups"
-)]
-fn bad_answers_change_nothing_and_say_why() {
-    let server = FeedServer::start();
-    let state_dir = TempDir::new("bad");
-    let mut config = config(&server);
-    config.feed.max_body_bytes = 200_000;
-    let Some((_datapath, mut agent)) = agent(config, &state_dir) else {
-        return;
-    };
-    let rt = runtime();
-    agent.apply_settings().unwrap();
-    server.set("/version/Worldwide", Reply::version("2026043000"));
-    server.set("/endpoints/Worldwide", Reply::json(FEED_2026043000));
-    rt.block_on(agent.refresh("m365", false)).unwrap();
-    let before = snapshot(agent.maps());
-    let feed_on_disk = std::fs::read(state_dir.0.join("sources/m365.body")).unwrap();
-
+/// Every kind of bad answer, each over the 2026043000 feed applied; and, for follow-ups, a
+/// feed with one more prefix in Teams' set and the Teams-only feed.
+#[expect(clippy::too_many_lines, reason = "a table of cases")]
+fn corpus() -> (Vec<Case>, impl Fn(&str) -> Vec<u8>, Vec<u8>) {
     let teams_only = {
         let sets: Vec<Value> = sets_with_ips(FEED_2026043000)
             .into_iter()
@@ -333,7 +304,7 @@ fn bad_answers_change_nothing_and_say_why() {
     };
     let oversize = [FEED_2026043000, &vec![b' '; 200_000]].concat();
     let truncated = &FEED_2026043000[..FEED_2026043000.len() / 2];
-    let cases: Vec<(&str, Reply, Reply, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "HTTP 500 on /version",
             Reply::status(500, "oops"),
@@ -470,6 +441,46 @@ fn bad_answers_change_nothing_and_say_why() {
             "version \"soon\" is not YYYYMMDDNN",
         ),
     ];
+    (cases, with, teams_only)
+}
+
+/// The maps, policy and config, to compare byte for byte.
+fn snapshot(
+    maps: &Maps,
+) -> (
+    Compiled,
+    [u8; category::COUNT as usize],
+    classifier_common::Config,
+) {
+    (
+        maps.installed().unwrap(),
+        maps.policy().unwrap(),
+        maps.config().unwrap(),
+    )
+}
+
+#[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "a table of cases, then three follow-ups"
+)]
+fn bad_answers_change_nothing_and_say_why() {
+    let server = FeedServer::start();
+    let state_dir = TempDir::new("bad");
+    let mut config = config(&server);
+    config.feed.max_body_bytes = 200_000;
+    let Some((_datapath, mut agent)) = agent(config, &state_dir) else {
+        return;
+    };
+    let rt = runtime();
+    agent.apply_settings().unwrap();
+    server.set("/version/Worldwide", Reply::version("2026043000"));
+    server.set("/endpoints/Worldwide", Reply::json(FEED_2026043000));
+    rt.block_on(agent.refresh("m365", false)).unwrap();
+    let before = snapshot(agent.maps());
+    let feed_on_disk = std::fs::read(state_dir.0.join("sources/m365.body")).unwrap();
+
+    let (cases, with, teams_only) = corpus();
     for (name, version, endpoints, expected) in cases {
         server.set("/version/Worldwide", version);
         server.set("/endpoints/Worldwide", endpoints);
@@ -523,6 +534,126 @@ fn bad_answers_change_nothing_and_say_why() {
     server.set("/endpoints/Worldwide", Reply::json(&teams_only));
     rt.block_on(agent.refresh("m365", true)).unwrap();
     assert_eq!(agent.maps().installed().unwrap().len(), 3);
+}
+
+/// `sync --dry-run` calls the gate a real apply calls: over the whole corpus of bad answers
+/// (and a good one), the dry run's verdict is the real refresh's, word for word, and neither
+/// changes the maps.
+#[test]
+fn a_dry_run_reaches_the_verdict_of_a_real_apply() {
+    let server = FeedServer::start();
+    let state_dir = TempDir::new("dry-run");
+    let mut config = config(&server);
+    config.feed.max_body_bytes = 200_000;
+    let Some((_datapath, mut agent)) = agent(config, &state_dir) else {
+        return;
+    };
+    let rt = runtime();
+    server.set("/version/Worldwide", Reply::version("2026043000"));
+    server.set("/endpoints/Worldwide", Reply::json(FEED_2026043000));
+    rt.block_on(agent.refresh("m365", false)).unwrap();
+    let before = snapshot(agent.maps());
+    let (cases, with, _) = corpus();
+    assert!(cases.len() > 20, "the whole corpus");
+    let mut verdicts = Vec::new();
+    for (name, version, endpoints, expected) in cases {
+        server.set("/version/Worldwide", version);
+        server.set("/endpoints/Worldwide", endpoints);
+        // What `sync --dry-run` does: fetch whatever the service has, then plan.
+        let i = agent.source_index("m365").unwrap();
+        let dry = rt
+            .block_on(agent.fetch(i, true))
+            .and_then(|got| agent.plan("m365", got, false))
+            .map_or_else(|error| Some(error.to_string()), |plan| {
+                plan.refused.map(|error| error.to_string())
+            });
+        assert!(snapshot(agent.maps()) == before, "{name}: the dry run changed the maps");
+        let real = rt
+            .block_on(agent.refresh("m365", false))
+            .err()
+            .map(|error| error.to_string());
+        assert!(snapshot(agent.maps()) == before, "{name}: the maps changed");
+        assert_eq!(dry, real, "{name}: the dry run and the apply disagree");
+        let real = real.unwrap_or_else(|| panic!("{name}: applied"));
+        assert!(real.contains(expected), "{name}: {real:?} lacks {expected:?}");
+        verdicts.push(name);
+    }
+    eprintln!("{} bad answers, one verdict each", verdicts.len());
+    // A good feed: no refusal either way, and the plan's target is what the apply installs.
+    server.set("/version/Worldwide", Reply::version("2026050200"));
+    server.set("/endpoints/Worldwide", Reply::json(&with("44.50.0.0/16")));
+    let i = agent.source_index("m365").unwrap();
+    let got = rt.block_on(agent.fetch(i, true)).unwrap();
+    let plan = agent.plan("m365", got, false).unwrap();
+    assert!(plan.refused.is_none(), "{:?}", plan.refused);
+    assert_eq!(plan.installed, before.0);
+    rt.block_on(agent.refresh("m365", false)).unwrap();
+    assert_eq!(agent.maps().installed().unwrap(), plan.target);
+    assert_eq!(plan.target.len(), 94);
+}
+
+/// Intune's endpoints (`MEM`), which Microsoft's guidance asks for beside Office 365's: the
+/// service leaves them out unless a request names them, so a filter that names `MEM` asks for
+/// every area and Intune, and Intune's sets are classified like any other area's.
+#[test]
+fn a_filter_naming_mem_asks_for_intune_and_classifies_it() {
+    const FEED_MEM: &[u8] = include_bytes!("../fixtures/m365-worldwide-endpoints-2026043000-mem.json");
+    let server = FeedServer::start();
+    let state_dir = TempDir::new("mem");
+    let mut config = config(&server);
+    config.feed.service_areas = vec!["Skype".to_owned(), "MEM".to_owned()];
+    let Some((_datapath, mut agent)) = agent(config, &state_dir) else {
+        return;
+    };
+    server.set("/version/Worldwide", Reply::version("2026043000"));
+    // Without `ServiceAreas`, no Intune: as the service answers.
+    server.set("/endpoints/Worldwide", Reply::json(FEED_2026043000));
+    server.set(
+        "/endpoints/Worldwide?ServiceAreas=Common%2CExchange%2CSharePoint%2CSkype%2CMEM",
+        Reply::json(FEED_MEM),
+    );
+    runtime().block_on(agent.refresh("m365", false)).unwrap();
+    let endpoints: Vec<String> = server
+        .requests()
+        .into_iter()
+        .filter(|target| target.starts_with("/endpoints/"))
+        .collect();
+    assert_eq!(endpoints.len(), 1, "{endpoints:?}");
+    assert!(
+        endpoints[0].contains("ServiceAreas=Common%2CExchange%2CSharePoint%2CSkype%2CMEM"),
+        "{endpoints:?}"
+    );
+    let maps = agent.maps();
+    let lookup = |addr: &str| maps.lookup(addr.parse().unwrap()).unwrap();
+    // Intune's set 163, Allow, with its ports; Teams (Skype) as before.
+    let intune = lookup("13.67.13.177").expect("Intune's prefix is installed");
+    assert_eq!(
+        (intune.addr_category, intune.addr_set, intune.n_rules),
+        (category::ALLOW, 163, 2),
+        "TCP 80 and 443"
+    );
+    let teams = lookup("52.112.1.1").expect("Teams");
+    assert_eq!((teams.addr_category, teams.addr_set), (category::OPTIMIZE, 11));
+    // Exchange is filtered out, as it would be without Intune.
+    assert_eq!(lookup("40.96.1.1"), None);
+    // Every prefix of the two areas, and nothing else.
+    let sets: Vec<Value> = serde_json::from_slice::<Vec<Value>>(FEED_MEM)
+        .unwrap()
+        .into_iter()
+        .filter(|set| set["serviceArea"] == "Skype" || set["serviceArea"] == "MEM")
+        .filter(|set| set["ips"].as_array().is_some_and(|ips| !ips.is_empty()))
+        .collect();
+    let mut expected: Vec<IpNet> = sets.iter().flat_map(nets).collect();
+    expected.sort_unstable();
+    expected.dedup();
+    assert_eq!(maps.installed().unwrap().len(), expected.len());
+    // The status names the source's filter's result.
+    let m365 = agent.status().source("m365").cloned().unwrap();
+    assert_eq!(
+        m365.prefixes_v4 + m365.prefixes_v6,
+        expected.len(),
+        "{m365:?}"
+    );
 }
 
 /// A redirect within HTTP is followed and the feed is recorded as coming from where it was

@@ -103,19 +103,8 @@ pub async fn run(
             Event::Due(i) => {
                 // What another process changed is taken in before the fetch is judged.
                 agent.reconcile();
-                fetch = Some(match agent.fetcher(i, false) {
-                    Ok(fetcher) => {
-                        let name = agent.sources[i].config.name.clone();
-                        Box::pin(async move {
-                            let got = fetcher
-                                .run()
-                                .await
-                                .map_err(|error| RefreshError::Fetch { name, error });
-                            (i, got)
-                        })
-                    }
-                    Err(error) => Box::pin(async move { (i, Err(error)) }),
-                });
+                let got = agent.fetch(i, false);
+                fetch = Some(Box::pin(async move { (i, got.await) }));
             }
             Event::Fetched(i, got) => {
                 fetch = None;

@@ -337,9 +337,7 @@ impl Agent {
             .min_by_key(|(_, due)| *due)
     }
 
-    /// The fetch of source `i`, apart from the agent (dropping it cancels it); `force`
-    /// fetches unconditionally.
-    pub fn fetcher(&self, i: usize, force: bool) -> Result<SourceFetcher, RefreshError> {
+    fn fetcher(&self, i: usize, force: bool) -> Result<SourceFetcher, RefreshError> {
         let source = &self.sources[i];
         SourceFetcher::new(
             &source.config,
@@ -354,17 +352,28 @@ impl Agent {
         })
     }
 
+    /// The fetch of source `i`, apart from the agent: the future owns what it needs, so
+    /// dropping it cancels the request. `force` fetches unconditionally (a dry run).
+    pub fn fetch(
+        &self,
+        i: usize,
+        force: bool,
+    ) -> impl Future<Output = Result<Got, RefreshError>> + 'static {
+        let name = self.sources[i].config.name.clone();
+        let fetcher = self.fetcher(i, force);
+        async move {
+            fetcher?
+                .run()
+                .await
+                .map_err(|error| RefreshError::Fetch { name, error })
+        }
+    }
+
     /// Fetches source `name` now and applies what it finds (`sync`, `sync --source`).
     pub async fn refresh(&mut self, name: &str, force: bool) -> Result<Refreshed, RefreshError> {
         self.reconcile();
         let i = self.source_index(name)?;
-        let got = match self.fetcher(i, force) {
-            Ok(fetcher) => fetcher.run().await.map_err(|error| RefreshError::Fetch {
-                name: name.to_owned(),
-                error,
-            }),
-            Err(error) => Err(error),
-        };
+        let got = self.fetch(i, force).await;
         let result = self.accept(i, got, force);
         self.save_status();
         result

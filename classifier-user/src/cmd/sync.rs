@@ -120,8 +120,7 @@ pub fn run(global: &GlobalArgs, args: &SyncArgs) -> anyhow::Result<()> {
         let got = if let Some(file) = file {
             file
         } else {
-            let i = agent.source_index(&name)?;
-            runtime.block_on(agent.fetcher(i, true)?.run())?
+            runtime.block_on(agent.fetch(agent.source_index(&name)?, true))?
         };
         let plan = agent.plan(&name, got, args.force)?;
         let plan = Plan {
