@@ -656,6 +656,89 @@ fn a_filter_naming_mem_asks_for_intune_and_classifies_it() {
     );
 }
 
+/// A state directory written before the sources were one model (`fixtures/state-layout-1`,
+/// made by commit 1699ff1's binary: `attach`, `sync` of feed 2026043000 from a server, `sync
+/// --source zoom` of a root-owned list) is migrated on the first start: the feed becomes the
+/// `m365` source's last good file, and the agent starts from it and Zoom's with exactly the
+/// entries the old agent had installed.
+#[test]
+fn a_layout_1_state_directory_is_migrated_on_first_start() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let fixture = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/state-layout-1"));
+    let state_dir = TempDir::new("layout-1");
+    for dir in ["", "sources"] {
+        let to = state_dir.0.join(dir);
+        std::fs::create_dir_all(&to).unwrap();
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o700)).unwrap();
+        for entry in std::fs::read_dir(fixture.join(dir)).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_file() {
+                std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+            }
+        }
+    }
+    let old_feed = std::fs::read(fixture.join("feed.json")).unwrap();
+    let old_entries = "72bf03c7e83ff453";
+    let mut config = Config::default();
+    config.sources = vec![
+        toml::from_str(
+            "name = \"zoom\"\nkind = \"cidr-list\"\npath = \"/tmp/xbmig/zoom.txt\"\n\
+             udp = \"3478-3479,8801-8810\"",
+        )
+        .unwrap(),
+    ];
+    let Some((_datapath, mut agent)) = agent(config, &state_dir) else {
+        return;
+    };
+    // The old files are gone, their content is in the new ones.
+    for old in ["feed.json", "applied.json", "catalog.json"] {
+        assert!(!state_dir.0.join(old).exists(), "{old} is left");
+    }
+    assert_eq!(
+        std::fs::read(state_dir.0.join("sources/m365.body")).unwrap(),
+        old_feed
+    );
+    let union: Value =
+        serde_json::from_slice(&std::fs::read(state_dir.0.join("union.json")).unwrap()).unwrap();
+    assert_eq!(union["entries"], old_entries);
+    let names: Vec<&str> = union["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|source| source["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["m365", "zoom"]);
+    // It starts from them, as the old agent would have: the same entries, byte for byte.
+    let start = agent.start().unwrap();
+    assert!(
+        matches!(&start, Start::LastFeed { version, .. } if version == "2026043000"),
+        "{start:?}"
+    );
+    let installed = agent.maps().installed().unwrap();
+    assert_eq!((installed.v4.len(), installed.v6.len()), (156, 59));
+    assert_eq!(installed.digest(), old_entries);
+    let status = agent.status();
+    let m365 = status.source("m365").unwrap();
+    assert_eq!(
+        (m365.version.as_deref(), m365.from.as_deref()),
+        (
+            Some("2026043000"),
+            Some("http://127.0.0.1:8099/endpoints/Worldwide")
+        )
+    );
+    let zoom = status.source("zoom").unwrap();
+    assert_eq!(
+        (zoom.version.as_deref(), zoom.prefixes_v4),
+        (Some("sha256:ea6fc8537b61ff88"), 122)
+    );
+    // The client request id is kept; a second open has nothing to migrate.
+    assert_eq!(
+        std::fs::read(state_dir.0.join("client-request-id")).unwrap(),
+        std::fs::read(fixture.join("client-request-id")).unwrap()
+    );
+    assert!(!State::open(&state_dir.0).unwrap().migrate().unwrap());
+}
+
 /// A redirect within HTTP is followed and the feed is recorded as coming from where it was
 /// finally served, not from the URL asked for.
 #[test]
