@@ -396,7 +396,7 @@ fn scrape_metrics(router: &Router) {
         );
     }
     let oversized = [&b"GET /"[..], &vec![b'a'; 20_000], b" HTTP/1.1\r\n\r\n"].concat();
-    assert!(http(router, &oversized).starts_with("HTTP/1.1 400 "));
+    assert!(http(router, &oversized).starts_with("HTTP/1.1 431 "));
     assert!(
         http(router, b"GET /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 200 OK"),
         "still serving"
