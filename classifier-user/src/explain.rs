@@ -278,20 +278,3 @@ impl Catalog {
     }
 }
 
-/// `2026-11-22T03:40:00Z` from seconds since the epoch.
-#[must_use]
-pub fn rfc3339(secs: u64) -> String {
-    crate::time::Time(secs).to_string()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timestamps_are_utc() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_795_318_684), "2026-11-22T03:38:04Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-    }
-}

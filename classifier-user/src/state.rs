@@ -158,7 +158,7 @@ impl CatalogSet {
     }
 }
 
-/// One learned address in one endpoint set.
+/// One learned address in one endpoint set: a row of `learned.json` and of `learned --json`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LearnedRow {
     pub address: std::net::IpAddr,
@@ -170,8 +170,8 @@ pub struct LearnedRow {
     pub service_area: String,
     pub category: String,
     pub source: String,
-    /// Seconds since the epoch.
-    pub expires: u64,
+    /// When it is forgotten (unless flows still use it).
+    pub expires: Time,
 }
 
 /// `learned.json`.

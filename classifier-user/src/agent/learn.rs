@@ -237,7 +237,7 @@ impl Agent {
                         service_area: target.service_area.clone(),
                         category: target.category.to_string(),
                         source: target.source.clone(),
-                        expires: entry.expires,
+                        expires: crate::time::Time(entry.expires),
                     })
                 })
             })

@@ -14,34 +14,16 @@ use serde::Serialize;
 use crate::{
     cli::{GlobalArgs, LearnedArgs},
     dns::Counts,
-    explain::rfc3339,
     state::{LearnedRow, State},
 };
 
 /// What `learned` shows.
 #[derive(Debug, Serialize)]
 pub struct Report {
-    /// One row per learned address and endpoint set.
-    pub addresses: Vec<Address>,
+    /// One row per learned address and endpoint set, as the agent recorded it.
+    pub addresses: Vec<LearnedRow>,
     /// Answers taken since the agent started, and what each did.
     pub counts: Counts,
-}
-
-/// A learned address in one endpoint set.
-#[derive(Debug, Serialize)]
-pub struct Address {
-    pub address: std::net::IpAddr,
-    /// The name the client asked for.
-    pub name: String,
-    /// The name of its CNAME chain that matched a pattern.
-    pub matched: String,
-    /// The endpoint set it joined, its service area, category and source.
-    pub set: u32,
-    pub service_area: String,
-    pub category: String,
-    pub source: String,
-    /// When it is forgotten (unless flows still use it).
-    pub expires: String,
 }
 
 pub fn run(global: &GlobalArgs, LearnedArgs {}: &LearnedArgs) -> anyhow::Result<()> {
@@ -56,31 +38,7 @@ pub fn run(global: &GlobalArgs, LearnedArgs {}: &LearnedArgs) -> anyhow::Result<
             )
         })?;
     let report = Report {
-        addresses: learned
-            .rows
-            .into_iter()
-            .map(
-                |LearnedRow {
-                     address,
-                     name,
-                     matched,
-                     set,
-                     service_area,
-                     category,
-                     source,
-                     expires,
-                 }| Address {
-                    address,
-                    name,
-                    matched,
-                    set,
-                    service_area,
-                    category,
-                    source,
-                    expires: rfc3339(expires),
-                },
-            )
-            .collect(),
+        addresses: learned.rows,
         counts: learned.counts,
     };
     let mut out = std::io::stdout().lock();
@@ -133,7 +91,7 @@ mod tests {
         let mut counts = Counts::default();
         counts.ignored.insert("malformed".into(), 1);
         let report = Report {
-            addresses: vec![Address {
+            addresses: vec![LearnedRow {
                 address: "52.113.9.9".parse().unwrap(),
                 name: "x.teams.microsoft.com".into(),
                 matched: "x.teams.microsoft.com".into(),
@@ -141,7 +99,7 @@ mod tests {
                 service_area: "Skype".into(),
                 category: "Allow".into(),
                 source: "m365".into(),
-                expires: rfc3339(0),
+                expires: crate::time::Time(0),
             }],
             counts,
         };
