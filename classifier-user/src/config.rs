@@ -13,6 +13,7 @@ use crate::{
     feed::Category,
     gate,
     health::{Failover, Require, Target},
+    settings::{Invalid, duration_text, format_duration, within},
     sources::{Kind, SourceConfig},
 };
 
@@ -35,10 +36,17 @@ pub enum ConfigError {
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{field}: {message}")]
-    Invalid {
-        field: &'static str,
-        message: String,
-    },
+    Invalid { field: String, message: String },
+}
+
+impl ConfigError {
+    /// `section`'s refusal of one of its keys, with the key named in full (`health.interval`).
+    fn in_section(section: &'static str) -> impl Fn(Invalid) -> Self {
+        move |Invalid { key, message }| Self::Invalid {
+            field: format!("{section}.{key}"),
+            message,
+        }
+    }
 }
 
 /// The whole effective configuration.
@@ -433,7 +441,12 @@ impl Config {
     /// request, or trust what it should not, is refused with its key's name.
     #[expect(clippy::too_many_lines, reason = "one check per key, in file order")]
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |field, message: String| Err(ConfigError::Invalid { field, message });
+        let invalid = |field: &str, message: String| {
+            Err(ConfigError::Invalid {
+                field: field.to_owned(),
+                message,
+            })
+        };
         let feed = &self.feed;
         if !INSTANCES.contains(&feed.instance.as_str()) {
             return invalid(
@@ -457,23 +470,26 @@ impl Config {
             return invalid("feed.url", format!("{:?} is not an https:// URL", feed.url));
         }
         within(
-            "feed.poll-interval",
+            "poll-interval",
             feed.poll_interval,
             Duration::from_secs(1),
             Duration::from_hours(7 * 24),
-        )?;
+        )
+        .map_err(ConfigError::in_section("feed"))?;
         within(
-            "feed.connect-timeout",
+            "connect-timeout",
             feed.connect_timeout,
             Duration::from_millis(100),
             Duration::from_mins(10),
-        )?;
+        )
+        .map_err(ConfigError::in_section("feed"))?;
         within(
-            "feed.request-timeout",
+            "request-timeout",
             feed.request_timeout,
             Duration::from_millis(100),
             Duration::from_hours(1),
-        )?;
+        )
+        .map_err(ConfigError::in_section("feed"))?;
         if !(MIN_BODY_BYTES..=MAX_BODY_BYTES).contains(&feed.max_body_bytes) {
             return invalid(
                 "feed.max-body-bytes",
@@ -530,17 +546,19 @@ impl Config {
             return invalid("index.memory-mib", "must be 0 (off) or 2..=4096".to_owned());
         }
         within(
-            "flows.tcp-idle",
+            "tcp-idle",
             self.flows.tcp_idle,
             Duration::from_secs(1),
             Duration::from_secs(u64::from(u16::MAX)),
-        )?;
+        )
+        .map_err(ConfigError::in_section("flows"))?;
         within(
-            "flows.other-idle",
+            "other-idle",
             self.flows.other_idle,
             Duration::from_secs(1),
             Duration::from_secs(u64::from(u16::MAX)),
-        )?;
+        )
+        .map_err(ConfigError::in_section("flows"))?;
         for net in self.policy.include.iter().chain(&self.policy.exclude) {
             if net.trunc() != *net {
                 return invalid(
@@ -571,7 +589,7 @@ impl Config {
     fn validate_sources(&self) -> Result<(), ConfigError> {
         let invalid = |message: String| {
             Err(ConfigError::Invalid {
-                field: "sources",
+                field: "sources".to_owned(),
                 message,
             })
         };
@@ -663,24 +681,27 @@ impl Config {
     fn validate_dns(&self) -> Result<(), ConfigError> {
         let dns = &self.dns;
         within(
-            "dns.min-ttl",
+            "min-ttl",
             dns.min_ttl,
             Duration::from_secs(1),
             Duration::from_hours(24),
-        )?;
+        )
+        .map_err(ConfigError::in_section("dns"))?;
         within(
-            "dns.max-ttl",
+            "max-ttl",
             dns.max_ttl,
             dns.min_ttl,
             Duration::from_hours(7 * 24),
-        )?;
-        within(
-            "dns.grace",
-            dns.grace,
-            Duration::ZERO,
-            Duration::from_hours(24),
-        )?;
-        let invalid = |field, message: String| Err(ConfigError::Invalid { field, message });
+        )
+        .map_err(ConfigError::in_section("dns"))?;
+        within("grace", dns.grace, Duration::ZERO, Duration::from_hours(24))
+            .map_err(ConfigError::in_section("dns"))?;
+        let invalid = |field: &str, message: String| {
+            Err(ConfigError::Invalid {
+                field: field.to_owned(),
+                message,
+            })
+        };
         if !(1..=1 << 20).contains(&dns.max_learned) {
             return invalid("dns.max-learned", "must be 1..=1048576".to_owned());
         }
@@ -709,20 +730,27 @@ impl Config {
     }
 
     fn validate_health(&self) -> Result<(), ConfigError> {
-        let invalid = |field, message: String| Err(ConfigError::Invalid { field, message });
+        let invalid = |field: &str, message: String| {
+            Err(ConfigError::Invalid {
+                field: field.to_owned(),
+                message,
+            })
+        };
         let health = &self.health;
         within(
-            "health.interval",
+            "interval",
             health.interval,
             Duration::from_millis(100),
             Duration::from_hours(1),
-        )?;
+        )
+        .map_err(ConfigError::in_section("health"))?;
         within(
-            "health.timeout",
+            "timeout",
             health.timeout,
             Duration::from_millis(10),
             health.interval,
-        )?;
+        )
+        .map_err(ConfigError::in_section("health"))?;
         if !(1..=1000).contains(&health.fail_after) {
             return invalid("health.fail-after", "must be 1..=1000".to_owned());
         }
@@ -968,27 +996,6 @@ pub fn is_source_name(name: &str) -> bool {
         })
 }
 
-/// Refuses a duration outside `min..=max`, naming `field`.
-fn within(
-    field: &'static str,
-    value: Duration,
-    min: Duration,
-    max: Duration,
-) -> Result<(), ConfigError> {
-    if value < min || value > max {
-        return Err(ConfigError::Invalid {
-            field,
-            message: format!(
-                "{} is outside {}..={}",
-                format_duration(value),
-                format_duration(min),
-                format_duration(max)
-            ),
-        });
-    }
-    Ok(())
-}
-
 /// Attach mode, as written in the file and on the command line: XDP in one of its modes
 /// (with tc ingress marking), or tc ingress alone.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
@@ -1099,67 +1106,12 @@ impl<'de> Deserialize<'de> for Mark {
     }
 }
 
-/// `250ms`, `30s`, `5m`, `1h`, `1d`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 30s, 5m or 1h"))?;
-    let scaled = |size: u64| {
-        number
-            .checked_mul(size)
-            .map(Duration::from_secs)
-            .ok_or_else(|| format!("{text:?} is too long a duration"))
-    };
-    match unit {
-        "ms" => Ok(Duration::from_millis(number)),
-        "s" | "" => scaled(1),
-        "m" => scaled(60),
-        "h" => scaled(3600),
-        "d" => scaled(86400),
-        _ => Err(format!("{text:?}: unknown unit {unit:?} (ms, s, m, h, d)")),
-    }
-}
-
-/// The shortest exact spelling of `duration` that [`parse_duration`] reads back.
-#[must_use]
-pub fn format_duration(duration: Duration) -> String {
-    let millis = duration.as_millis();
-    if !millis.is_multiple_of(1000) {
-        return format!("{millis}ms");
-    }
-    let secs = duration.as_secs();
-    for (unit, size) in [("d", 86400), ("h", 3600), ("m", 60)] {
-        if secs != 0 && secs.is_multiple_of(size) {
-            return format!("{}{unit}", secs / size);
-        }
-    }
-    format!("{secs}s")
-}
-
-pub(crate) mod duration_text {
-    use std::time::Duration;
-
-    use serde::{Deserialize as _, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&super::format_duration(*duration))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-        super::parse_duration(&String::deserialize(deserializer)?).map_err(serde::de::Error::custom)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::path::Path;
 
     use super::*;
+    use crate::settings::parse_duration;
 
     #[test]
     fn defaults_round_trip_through_toml() {

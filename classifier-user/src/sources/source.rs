@@ -38,7 +38,7 @@ pub struct SourceConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<PathBuf>,
     /// How often the file is checked; up to 10% jitter is added.
-    #[serde(default = "default_refresh", with = "crate::config::duration_text")]
+    #[serde(default = "default_refresh", with = "crate::settings::duration_text")]
     pub refresh: Duration,
     /// `direct` (default) or `tunnel`; `m365` takes `[policy] direct` per category instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
