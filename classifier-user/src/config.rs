@@ -12,7 +12,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::{
     feed::Category,
     gate,
-    health::{Failover, Require, Target},
+    health::HealthConfig,
     settings::{Invalid, duration_text, format_duration, within},
     sources::{Kind, SourceConfig},
 };
@@ -208,56 +208,6 @@ impl Default for FlowsConfig {
             tcp_idle: Duration::from_secs(u64::from(classifier_common::DEFAULT_TCP_IDLE_S)),
             other_idle: Duration::from_secs(u64::from(classifier_common::DEFAULT_OTHER_IDLE_S)),
         }
-    }
-}
-
-/// How the agent checks the direct uplink, and what it does when the uplink is dead.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
-pub struct HealthConfig {
-    /// `tunnel`: while the uplink is down, new direct verdicts go to the tunnel; `none`:
-    /// check nothing.
-    pub failover: Failover,
-    /// The direct uplink's interface: its carrier and operstate, from netlink; a link that
-    /// goes down fails over at once.
-    pub interface: Option<String>,
-    /// Probes through the direct uplink: `tcp://ADDRESS:PORT`, `icmp://ADDRESS`,
-    /// `http://URL`, `https://URL`.
-    pub targets: Vec<Target>,
-    /// `any` target answering makes a good round, or `all` of them.
-    pub require: Require,
-    /// Time between probe rounds.
-    #[serde(with = "duration_text")]
-    pub interval: Duration,
-    /// Limit on one probe.
-    #[serde(with = "duration_text")]
-    pub timeout: Duration,
-    /// Failed rounds in a row that take the uplink down.
-    pub fail_after: u32,
-    /// Good rounds in a row that bring it back.
-    pub recover_after: u32,
-}
-
-impl Default for HealthConfig {
-    fn default() -> Self {
-        Self {
-            failover: Failover::Tunnel,
-            interface: None,
-            targets: Vec::new(),
-            require: Require::Any,
-            interval: Duration::from_secs(5),
-            timeout: Duration::from_secs(2),
-            fail_after: 3,
-            recover_after: 5,
-        }
-    }
-}
-
-impl HealthConfig {
-    /// Whether anything is checked.
-    #[must_use]
-    pub fn checks(&self) -> bool {
-        self.failover != Failover::None && (self.interface.is_some() || !self.targets.is_empty())
     }
 }
 
@@ -508,7 +458,9 @@ impl Config {
         if !(1..=128).contains(&feed.min_prefix_len_v6) {
             return invalid("feed.min-prefix-len-v6", "must be 1..=128".to_owned());
         }
-        self.validate_health()?;
+        self.health
+            .validate()
+            .map_err(ConfigError::in_section("health"))?;
         self.validate_sources()?;
         if !self.metrics.listen.is_empty()
             && self.metrics.listen.parse::<std::net::SocketAddr>().is_err()
@@ -729,48 +681,6 @@ impl Config {
         Ok(())
     }
 
-    fn validate_health(&self) -> Result<(), ConfigError> {
-        let invalid = |field: &str, message: String| {
-            Err(ConfigError::Invalid {
-                field: field.to_owned(),
-                message,
-            })
-        };
-        let health = &self.health;
-        within(
-            "interval",
-            health.interval,
-            Duration::from_millis(100),
-            Duration::from_hours(1),
-        )
-        .map_err(ConfigError::in_section("health"))?;
-        within(
-            "timeout",
-            health.timeout,
-            Duration::from_millis(10),
-            health.interval,
-        )
-        .map_err(ConfigError::in_section("health"))?;
-        if !(1..=1000).contains(&health.fail_after) {
-            return invalid("health.fail-after", "must be 1..=1000".to_owned());
-        }
-        if !(1..=1000).contains(&health.recover_after) {
-            return invalid("health.recover-after", "must be 1..=1000".to_owned());
-        }
-        if health.targets.len() > 64 {
-            return invalid("health.targets", "at most 64 targets".to_owned());
-        }
-        if let Some(iface) = &health.interface
-            && (iface.is_empty() || iface.len() > 15 || iface.contains(['/', ' ']))
-        {
-            return invalid(
-                "health.interface",
-                format!("{iface:?} is not an interface name"),
-            );
-        }
-        Ok(())
-    }
-
     /// Every source: `[feed]` as the `m365` source first, then `[[sources]]` in order.
     #[must_use]
     pub fn all_sources(&self) -> Vec<SourceConfig> {
@@ -799,13 +709,7 @@ impl Config {
                 self.feed.url
             ));
         }
-        if self.health.failover != Failover::None && !self.health.checks() {
-            warnings.push(
-                "health: no interface and no targets: the direct uplink is not checked \
-                 (set health.interface and health.targets, or health.failover = \"none\")"
-                    .to_owned(),
-            );
-        }
+        warnings.extend(self.health.warning());
         if let Ok(listen) = self.metrics.listen.parse::<std::net::SocketAddr>()
             && !listen.ip().is_loopback()
         {
