@@ -10,6 +10,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::{
+    client::{FeedConfig, INSTANCES},
     feed::Category,
     gate,
     health::HealthConfig,
@@ -20,11 +21,6 @@ use crate::{
 /// Where `run` and `config check` look when no `--config` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/xdp-breakout/config.toml";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/xdp-breakout";
-pub const DEFAULT_FEED_URL: &str = "https://endpoints.office.com";
-/// Bounds of `feed.max-body-bytes`: Microsoft's answer is about 100 KiB.
-pub const MIN_BODY_BYTES: u64 = 1 << 10;
-pub const MAX_BODY_BYTES: u64 = 1 << 30;
-
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("reading {path}")]
@@ -213,44 +209,6 @@ impl Default for FlowsConfig {
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
-pub struct FeedConfig {
-    /// Base URL of the web service (a mirror, or a local server for tests).
-    pub url: String,
-    /// Worldwide, China, USGovDoD or USGovGCCHigh.
-    pub instance: String,
-    /// Only these service areas (Exchange, SharePoint, Skype, Common); empty: all.
-    pub service_areas: Vec<String>,
-    /// Adds tenant-specific URLs to the feed (no effect on addresses).
-    pub tenant_name: Option<String>,
-    /// Leave IPv6 prefixes out.
-    pub no_ipv6: bool,
-    /// How often `/version` is checked (Microsoft: at most hourly); up to 10% jitter is added.
-    #[serde(with = "duration_text")]
-    pub poll_interval: Duration,
-    #[serde(with = "duration_text")]
-    pub connect_timeout: Duration,
-    /// Limit on a whole request, body included.
-    #[serde(with = "duration_text")]
-    pub request_timeout: Duration,
-    /// Responses larger than this are refused.
-    pub max_body_bytes: u64,
-    /// A feed that would remove more than this share (percent) of the installed prefixes is
-    /// refused unless forced.
-    pub max_shrink_percent: u8,
-    /// A feed whose added and removed prefixes together exceed this share (percent) of the
-    /// installed ones is refused unless forced.
-    pub max_churn_percent: u16,
-    /// IPv4 prefixes shorter than this are refused (a feed never needs a /0 or a /4).
-    pub min_prefix_len_v4: u8,
-    /// IPv6 prefixes shorter than this are refused.
-    pub min_prefix_len_v6: u8,
-    /// Accept a plain `http://` URL (a test server, a mirror on a trusted network): anyone on
-    /// the path could then answer for the feed.
-    pub allow_http: bool,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
 pub struct PolicyConfig {
     /// Categories that go direct.
     pub direct: Vec<CategoryName>,
@@ -291,55 +249,6 @@ impl Default for Config {
     }
 }
 
-impl FeedConfig {
-    /// `[feed]` is shorthand for the `m365` source: this one.
-    #[must_use]
-    pub fn source(&self) -> SourceConfig {
-        SourceConfig {
-            name: FEED_SOURCE_NAME.to_owned(),
-            kind: Kind::M365,
-            url: Some(self.url.clone()),
-            path: None,
-            refresh: self.poll_interval,
-            policy: None,
-            tcp: None,
-            udp: None,
-            services: Vec::new(),
-            regions: Vec::new(),
-            tags: Vec::new(),
-            scopes: Vec::new(),
-            instance: Some(self.instance.clone()),
-            service_areas: self.service_areas.clone(),
-            tenant_name: self.tenant_name.clone(),
-            no_ipv6: self.no_ipv6,
-            allow_http: self.allow_http,
-            max_shrink_percent: Some(self.max_shrink_percent),
-            max_churn_percent: Some(self.max_churn_percent),
-        }
-    }
-}
-
-impl Default for FeedConfig {
-    fn default() -> Self {
-        Self {
-            url: DEFAULT_FEED_URL.to_owned(),
-            instance: "Worldwide".to_owned(),
-            service_areas: Vec::new(),
-            tenant_name: None,
-            no_ipv6: false,
-            poll_interval: Duration::from_hours(1),
-            connect_timeout: Duration::from_secs(10),
-            request_timeout: Duration::from_mins(1),
-            max_body_bytes: 16 << 20,
-            max_shrink_percent: 50,
-            max_churn_percent: 100,
-            min_prefix_len_v4: 8,
-            min_prefix_len_v6: 16,
-            allow_http: false,
-        }
-    }
-}
-
 impl Default for PolicyConfig {
     fn default() -> Self {
         Self {
@@ -359,8 +268,6 @@ impl Default for PolicyConfig {
         }
     }
 }
-
-pub const INSTANCES: [&str; 4] = ["Worldwide", "China", "USGovDoD", "USGovGCCHigh"];
 
 impl Config {
     /// Parses a TOML file's text; `path` names it in errors.
@@ -389,7 +296,6 @@ impl Config {
 
     /// Checks what the types cannot: every setting that would make the agent fail on every
     /// request, or trust what it should not, is refused with its key's name.
-    #[expect(clippy::too_many_lines, reason = "one check per key, in file order")]
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |field: &str, message: String| {
             Err(ConfigError::Invalid {
@@ -397,67 +303,9 @@ impl Config {
                 message,
             })
         };
-        let feed = &self.feed;
-        if !INSTANCES.contains(&feed.instance.as_str()) {
-            return invalid(
-                "feed.instance",
-                format!("{:?} is not one of {}", feed.instance, INSTANCES.join(", ")),
-            );
-        }
-        if feed.url.starts_with("http://") {
-            if !feed.allow_http {
-                return invalid(
-                    "feed.url",
-                    format!(
-                        "{:?} is plain HTTP: anyone on the path can answer for the feed; use \
-                         https://, or set feed.allow-http = true (--allow-http) for a server \
-                         on a trusted network",
-                        feed.url
-                    ),
-                );
-            }
-        } else if !feed.url.starts_with("https://") {
-            return invalid("feed.url", format!("{:?} is not an https:// URL", feed.url));
-        }
-        within(
-            "poll-interval",
-            feed.poll_interval,
-            Duration::from_secs(1),
-            Duration::from_hours(7 * 24),
-        )
-        .map_err(ConfigError::in_section("feed"))?;
-        within(
-            "connect-timeout",
-            feed.connect_timeout,
-            Duration::from_millis(100),
-            Duration::from_mins(10),
-        )
-        .map_err(ConfigError::in_section("feed"))?;
-        within(
-            "request-timeout",
-            feed.request_timeout,
-            Duration::from_millis(100),
-            Duration::from_hours(1),
-        )
-        .map_err(ConfigError::in_section("feed"))?;
-        if !(MIN_BODY_BYTES..=MAX_BODY_BYTES).contains(&feed.max_body_bytes) {
-            return invalid(
-                "feed.max-body-bytes",
-                format!(
-                    "{} is outside {MIN_BODY_BYTES}..={MAX_BODY_BYTES}",
-                    feed.max_body_bytes
-                ),
-            );
-        }
-        if feed.max_shrink_percent > 100 {
-            return invalid("feed.max-shrink-percent", "must be 0..=100".to_owned());
-        }
-        if !(1..=32).contains(&feed.min_prefix_len_v4) {
-            return invalid("feed.min-prefix-len-v4", "must be 1..=32".to_owned());
-        }
-        if !(1..=128).contains(&feed.min_prefix_len_v6) {
-            return invalid("feed.min-prefix-len-v6", "must be 1..=128".to_owned());
-        }
+        self.feed
+            .validate()
+            .map_err(ConfigError::in_section("feed"))?;
         self.health
             .validate()
             .map_err(ConfigError::in_section("health"))?;
@@ -702,13 +550,7 @@ impl Config {
     #[must_use]
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
-        if self.feed.url.starts_with("http://") {
-            warnings.push(format!(
-                "feed.url {:?} is plain HTTP (allowed by feed.allow-http): anyone on the path \
-                 can answer for the feed",
-                self.feed.url
-            ));
-        }
+        warnings.extend(self.feed.warning());
         warnings.extend(self.health.warning());
         if let Ok(listen) = self.metrics.listen.parse::<std::net::SocketAddr>()
             && !listen.ip().is_loopback()

@@ -9,6 +9,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::{Kind, Ranges, SourceError, aws, azure, cidr_list, google};
 use crate::{
+    client::FeedConfig,
     feed::{Category, EndpointSet, Feed, NamedSet, PortRange, parse_ports},
     gate::{self, PrefixLimits},
 };
@@ -126,6 +127,36 @@ pub fn m365_instance(config: &SourceConfig) -> &str {
     config.instance.as_deref().unwrap_or("Worldwide")
 }
 
+// Here, not in `client` beside the type: the sources' fetcher uses the feed client, so the
+// sources know the feed and not the reverse.
+impl FeedConfig {
+    /// `[feed]` is shorthand for the `m365` source: this one.
+    #[must_use]
+    pub fn source(&self) -> SourceConfig {
+        SourceConfig {
+            name: super::M365.to_owned(),
+            kind: Kind::M365,
+            url: Some(self.url.clone()),
+            path: None,
+            refresh: self.poll_interval,
+            policy: None,
+            tcp: None,
+            udp: None,
+            services: Vec::new(),
+            regions: Vec::new(),
+            tags: Vec::new(),
+            scopes: Vec::new(),
+            instance: Some(self.instance.clone()),
+            service_areas: self.service_areas.clone(),
+            tenant_name: self.tenant_name.clone(),
+            no_ipv6: self.no_ipv6,
+            allow_http: self.allow_http,
+            max_shrink_percent: Some(self.max_shrink_percent),
+            max_churn_percent: Some(self.max_churn_percent),
+        }
+    }
+}
+
 /// The first set id of each source of [`crate::config::Config::all_sources`], in order:
 /// `m365` sources [`M365_SET_IDS`] each from 0 (`[feed]`'s sets keep Microsoft's ids); the
 /// others one each from [`SOURCE_SET_BASE`].
@@ -185,7 +216,7 @@ impl SourceConfig {
         match (&self.url, &self.path) {
             (Some(url), _) => url.clone(),
             (None, Some(path)) => path.display().to_string(),
-            (None, None) => crate::config::DEFAULT_FEED_URL.to_owned(),
+            (None, None) => crate::client::DEFAULT_FEED_URL.to_owned(),
         }
     }
 
@@ -369,7 +400,7 @@ mod tests {
     #[test]
     fn ids_are_laid_out_by_kind() {
         let sources = [
-            crate::config::FeedConfig::default().source(),
+            FeedConfig::default().source(),
             source("name = \"zoom\"\nkind = \"cidr-list\"\npath = \"/x\""),
             source("name = \"gcc\"\nkind = \"m365\"\ninstance = \"USGovGCCHigh\""),
             source("name = \"aws\"\nkind = \"aws\"\nurl = \"https://x\""),
