@@ -10,17 +10,18 @@ use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::{
-    client::{FeedConfig, INSTANCES},
+    client::FeedConfig,
     feed::Category,
     gate,
     health::HealthConfig,
-    settings::{Invalid, duration_text, format_duration, within},
-    sources::{Kind, SourceConfig},
+    settings::{Invalid, duration_text, within},
+    sources::SourceConfig,
 };
 
 /// Where `run` and `config check` look when no `--config` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/xdp-breakout/config.toml";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/xdp-breakout";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("reading {path}")]
@@ -384,8 +385,8 @@ impl Config {
         Ok(())
     }
 
-    /// Every `[[sources]]` entry: a unique name, one place to fetch from, keys its kind
-    /// takes, ports that parse, and room in the set ids.
+    /// The rules between `[[sources]]` entries: each entry checks itself, their names are
+    /// unique and none is reserved, and their sets fit in the set ids.
     fn validate_sources(&self) -> Result<(), ConfigError> {
         let invalid = |message: String| {
             Err(ConfigError::Invalid {
@@ -396,12 +397,8 @@ impl Config {
         let mut names = vec![FEED_SOURCE_NAME];
         for source in &self.sources {
             let name = &source.name;
-            if !is_source_name(name) {
-                return invalid(format!(
-                    "name {name:?}: 1 to 32 of a-z, 0-9, '.', '_', '-', starting with a letter \
-                     or digit"
-                ));
-            }
+            // A taken name is always well-formed (the reserved ones are, and a name is kept
+            // only once its entry passed), so this can come before the entry's own checks.
             if names.contains(&name.as_str()) || name == "operator" {
                 return invalid(format!(
                     "name {name:?} is taken ({FEED_SOURCE_NAME} is [feed], operator is \
@@ -409,70 +406,8 @@ impl Config {
                 ));
             }
             names.push(name);
-            let at = |what: String| invalid(format!("source {name:?}: {what}"));
-            match (source.kind, &source.url, &source.path) {
-                (_, Some(_), Some(_)) => return at("give url or path, not both".to_owned()),
-                (Kind::M365, _, Some(_)) => {
-                    return at(
-                        "an m365 source is fetched from its web service: url, not path".to_owned(),
-                    );
-                }
-                (Kind::M365, _, None) => {}
-                (_, None, None) => return at("give url or path".to_owned()),
-                _ => {}
-            }
-            if let Some(url) = &source.url {
-                if url.starts_with("http://") {
-                    if !source.allow_http {
-                        return at(format!(
-                            "url {url:?} is plain HTTP: anyone on the path can answer for the \
-                             source; use https://, or allow-http = true on a trusted network"
-                        ));
-                    }
-                } else if !url.starts_with("https://") {
-                    return at(format!("url {url:?} is not an https:// URL"));
-                }
-            }
-            if let Some(path) = &source.path
-                && !path.is_absolute()
-            {
-                return at(format!("path {} is not absolute", path.display()));
-            }
-            if source.refresh < Duration::from_secs(1)
-                || source.refresh > Duration::from_hours(7 * 24)
-            {
-                return at(format!(
-                    "refresh {} is outside 1s..=7d",
-                    format_duration(source.refresh)
-                ));
-            }
-            if source.kind == Kind::M365 && source.policy.is_some() {
-                return at(
-                    "an m365 source goes by category ([policy] direct), not policy".to_owned(),
-                );
-            }
-            if source.kind == Kind::M365 && (source.tcp.is_some() || source.udp.is_some()) {
-                return at("an m365 source takes its ports from the feed".to_owned());
-            }
-            if let Err(why) = source.ports() {
-                return at(why);
-            }
-            if let Some(instance) = &source.instance
-                && !INSTANCES.contains(&instance.as_str())
-            {
-                return at(format!(
-                    "instance {instance:?} is not one of {}",
-                    INSTANCES.join(", ")
-                ));
-            }
-            if source
-                .max_shrink_percent
-                .is_some_and(|percent| percent > 100)
-            {
-                return at("max-shrink-percent must be 0..=100".to_owned());
-            }
-            if let Some(key) = foreign_filter(source) {
-                return at(format!("a {} source has no {key} filter", source.kind));
+            if let Err(error) = source.validate() {
+                return invalid(error.to_string());
             }
         }
         crate::sources::first_set_ids(&self.all_sources()).map_or_else(invalid, |_| Ok(()))
@@ -707,41 +642,6 @@ impl Config {
     }
 }
 
-/// A filter key `source` sets that its kind has not got.
-fn foreign_filter(source: &SourceConfig) -> Option<&'static str> {
-    let takes: &[&str] = match source.kind {
-        Kind::M365 => &["instance", "service-areas"],
-        Kind::Aws => &["services", "regions"],
-        Kind::AzureServiceTags => &["tags"],
-        Kind::Google => &["services", "scopes"],
-        Kind::CidrList => &[],
-    };
-    [
-        ("instance", source.instance.is_some()),
-        ("service-areas", !source.service_areas.is_empty()),
-        ("services", !source.services.is_empty()),
-        ("regions", !source.regions.is_empty()),
-        ("tags", !source.tags.is_empty()),
-        ("scopes", !source.scopes.is_empty()),
-    ]
-    .into_iter()
-    .find(|(key, given)| *given && !takes.contains(key))
-    .map(|(key, _)| key)
-}
-
-/// `[a-z0-9][a-z0-9._-]{0,31}`: safe in a file name, a log line and a label.
-#[must_use]
-pub fn is_source_name(name: &str) -> bool {
-    let mut bytes = name.bytes();
-    bytes
-        .next()
-        .is_some_and(|first| first.is_ascii_lowercase() || first.is_ascii_digit())
-        && name.len() <= 32
-        && bytes.all(|byte| {
-            byte.is_ascii_lowercase() || byte.is_ascii_digit() || matches!(byte, b'.' | b'_' | b'-')
-        })
-}
-
 /// Attach mode, as written in the file and on the command line: XDP in one of its modes
 /// (with tc ingress marking), or tc ingress alone.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
@@ -857,7 +757,10 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::settings::parse_duration;
+    use crate::{
+        settings::{format_duration, parse_duration},
+        sources::Kind,
+    };
 
     #[test]
     fn defaults_round_trip_through_toml() {
