@@ -14,6 +14,7 @@ use crate::{
     feed::Category,
     gate,
     health::HealthConfig,
+    metrics::MetricsConfig,
     settings::{Invalid, duration_text, within},
     sources::SourceConfig,
 };
@@ -75,26 +76,6 @@ pub struct Config {
     /// its own (`[[sources]]`). `[feed]` is the source named `m365`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub sources: Vec<SourceConfig>,
-}
-
-/// The agent's HTTP listener: OpenMetrics at `/metrics` (and the PAC file, with
-/// `[pac] serve`).
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
-pub struct MetricsConfig {
-    /// `HOST:PORT` to listen on; empty: no listener. Takes effect at start.
-    pub listen: String,
-}
-
-/// Where the listener is unless configured: loopback only.
-pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9365";
-
-impl Default for MetricsConfig {
-    fn default() -> Self {
-        Self {
-            listen: DEFAULT_METRICS_LISTEN.to_owned(),
-        }
-    }
 }
 
 /// The PAC file made from the feed (`xdp-breakout pac`, and `GET /proxy.pac`).
@@ -311,18 +292,9 @@ impl Config {
             .validate()
             .map_err(ConfigError::in_section("health"))?;
         self.validate_sources()?;
-        if !self.metrics.listen.is_empty()
-            && self.metrics.listen.parse::<std::net::SocketAddr>().is_err()
-        {
-            return invalid(
-                "metrics.listen",
-                format!(
-                    "{:?} is not HOST:PORT (an IP address and a port: 127.0.0.1:9365, \
-                     [::1]:9365), or empty for no listener",
-                    self.metrics.listen
-                ),
-            );
-        }
+        self.metrics
+            .validate()
+            .map_err(ConfigError::in_section("metrics"))?;
         self.validate_dns()?;
         if let Some(kind) = self.pac.r#type
             && !(1..=2).contains(&kind)
@@ -487,14 +459,7 @@ impl Config {
         let mut warnings = Vec::new();
         warnings.extend(self.feed.warning());
         warnings.extend(self.health.warning());
-        if let Ok(listen) = self.metrics.listen.parse::<std::net::SocketAddr>()
-            && !listen.ip().is_loopback()
-        {
-            warnings.push(format!(
-                "metrics.listen {listen} is not loopback: anyone who reaches it reads the \
-                 counters (and the PAC file)"
-            ));
-        }
+        warnings.extend(self.metrics.warning());
         if self.policy.include_special && !self.policy.include.is_empty() {
             warnings.push(
                 "policy.include-special: include prefixes skip the feed gate's checks".to_owned(),
