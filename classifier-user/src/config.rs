@@ -15,6 +15,7 @@ use crate::{
     gate,
     health::HealthConfig,
     metrics::MetricsConfig,
+    pac::{self, PacConfig},
     settings::{Invalid, duration_text, within},
     sources::SourceConfig,
 };
@@ -76,20 +77,6 @@ pub struct Config {
     /// its own (`[[sources]]`). `[feed]` is the source named `m365`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub sources: Vec<SourceConfig>,
-}
-
-/// The PAC file made from the feed (`xdp-breakout pac`, and `GET /proxy.pac`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
-pub struct PacConfig {
-    /// Serve it at `GET /proxy.pac` on `[metrics] listen`, regenerated with every feed.
-    pub serve: bool,
-    /// What everything else gets: `PROXY host:port` (or `PROXY a:1; PROXY b:2; DIRECT`).
-    pub proxy: String,
-    /// Microsoft's type 1 (Optimize direct) or 2 (Optimize and Allow); unset: the
-    /// categories `[policy] direct` sends direct.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub r#type: Option<u8>,
 }
 
 /// Learning the addresses of URL-only endpoints from the DNS answers clients get.
@@ -296,14 +283,9 @@ impl Config {
             .validate()
             .map_err(ConfigError::in_section("metrics"))?;
         self.validate_dns()?;
-        if let Some(kind) = self.pac.r#type
-            && !(1..=2).contains(&kind)
-        {
-            return invalid("pac.type", format!("{kind} is not 1 or 2"));
-        }
-        if let Err(why) = crate::pac::check_proxy(&self.pac.proxy) {
-            return invalid("pac.proxy", why);
-        }
+        self.pac
+            .validate()
+            .map_err(ConfigError::in_section("pac"))?;
         if self.pac.serve && (self.metrics.listen.is_empty() || self.pac.proxy.is_empty()) {
             return invalid(
                 "pac.serve",
@@ -496,6 +478,16 @@ impl Config {
             flags,
             tcp_idle_s: seconds(self.flows.tcp_idle),
             other_idle_s: seconds(self.flows.other_idle),
+        }
+    }
+}
+
+/// The settings the PAC file is made from, so that `pac` needs no [`Config`].
+impl<'a> From<&'a Config> for pac::Inputs<'a> {
+    fn from(config: &'a Config) -> Self {
+        Self {
+            pac: &config.pac,
+            direct: config.policy.direct.iter().map(|name| name.0).collect(),
         }
     }
 }
