@@ -11,6 +11,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::{
     client::FeedConfig,
+    dns::{DnsConfig, DomainRule},
     feed::Category,
     gate,
     health::HealthConfig,
@@ -77,53 +78,6 @@ pub struct Config {
     /// its own (`[[sources]]`). `[feed]` is the source named `m365`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub sources: Vec<SourceConfig>,
-}
-
-/// Learning the addresses of URL-only endpoints from the DNS answers clients get.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
-pub struct DnsConfig {
-    /// Copy DNS answers at the LAN interfaces' tc egress and learn from them. Takes effect
-    /// at start.
-    pub learn: bool,
-    /// A learned address is kept at least this long, whatever its TTL says...
-    #[serde(with = "duration_text")]
-    pub min_ttl: Duration,
-    /// ... and at most this long, then for `grace` more (longer while flows still use it).
-    #[serde(with = "duration_text")]
-    pub max_ttl: Duration,
-    #[serde(with = "duration_text")]
-    pub grace: Duration,
-    /// Learned addresses in all, and for one name.
-    pub max_learned: u32,
-    pub max_per_name: u32,
-}
-
-impl Default for DnsConfig {
-    fn default() -> Self {
-        Self {
-            learn: false,
-            min_ttl: Duration::from_mins(1),
-            max_ttl: Duration::from_hours(24),
-            grace: Duration::from_mins(5),
-            max_learned: 16384,
-            max_per_name: 32,
-        }
-    }
-}
-
-/// An operator's name rule: addresses of matching names go `direct` or `tunnel`.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct DomainRule {
-    /// An exact name or a `*` pattern (`*.zoom.us`).
-    pub name: String,
-    #[serde(default)]
-    pub policy: crate::sources::SourcePolicy,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tcp: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub udp: Option<String>,
 }
 
 /// The name `[feed]`'s source goes by.
@@ -282,7 +236,13 @@ impl Config {
         self.metrics
             .validate()
             .map_err(ConfigError::in_section("metrics"))?;
-        self.validate_dns()?;
+        self.dns
+            .validate()
+            .map_err(ConfigError::in_section("dns"))?;
+        crate::dns::validate_domains(&self.domains).map_err(|error| ConfigError::Invalid {
+            field: "domains".to_owned(),
+            message: error.to_string(),
+        })?;
         self.pac
             .validate()
             .map_err(ConfigError::in_section("pac"))?;
@@ -365,57 +325,6 @@ impl Config {
             }
         }
         crate::sources::first_set_ids(&self.all_sources()).map_or_else(invalid, |_| Ok(()))
-    }
-
-    fn validate_dns(&self) -> Result<(), ConfigError> {
-        let dns = &self.dns;
-        within(
-            "min-ttl",
-            dns.min_ttl,
-            Duration::from_secs(1),
-            Duration::from_hours(24),
-        )
-        .map_err(ConfigError::in_section("dns"))?;
-        within(
-            "max-ttl",
-            dns.max_ttl,
-            dns.min_ttl,
-            Duration::from_hours(7 * 24),
-        )
-        .map_err(ConfigError::in_section("dns"))?;
-        within("grace", dns.grace, Duration::ZERO, Duration::from_hours(24))
-            .map_err(ConfigError::in_section("dns"))?;
-        let invalid = |field: &str, message: String| {
-            Err(ConfigError::Invalid {
-                field: field.to_owned(),
-                message,
-            })
-        };
-        if !(1..=1 << 20).contains(&dns.max_learned) {
-            return invalid("dns.max-learned", "must be 1..=1048576".to_owned());
-        }
-        if !(1..=4096).contains(&dns.max_per_name) {
-            return invalid("dns.max-per-name", "must be 1..=4096".to_owned());
-        }
-        for rule in &self.domains {
-            if crate::dns::normalize(&rule.name)
-                .is_none_or(|name| name.chars().all(|c| c == '*' || c == '.'))
-            {
-                return invalid(
-                    "domains",
-                    format!("{:?} is not a name or a name pattern", rule.name),
-                );
-            }
-            for (key, ports) in [("tcp", &rule.tcp), ("udp", &rule.udp)] {
-                if let Err(why) = crate::feed::parse_ports(ports.as_deref()) {
-                    return invalid("domains", format!("{:?}: {key}: {why}", rule.name));
-                }
-            }
-        }
-        if self.domains.len() > 1024 {
-            return invalid("domains", "at most 1024 rules".to_owned());
-        }
-        Ok(())
     }
 
     /// Every source: `[feed]` as the `m365` source first, then `[[sources]]` in order.
