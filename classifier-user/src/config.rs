@@ -1,5 +1,11 @@
 //! The agent's configuration: built-in defaults, then a TOML file, then command-line flags.
 //!
+//! Each section is defined and checked by the module that reads it (`[feed]` by
+//! [`crate::client`], `[health]` by [`crate::health`], `[[sources]]` entries by
+//! [`crate::sources`], ...). This module composes them, names the full key in every error
+//! (`health.interval`), and holds the rules between sections and the sections that are
+//! the data plane's policy.
+//!
 //! Unknown keys are errors (a typo must not silently fall back to a default); every error
 //! names the file and, from the TOML parser, the line and column.
 
