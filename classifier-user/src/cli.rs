@@ -6,8 +6,9 @@ use clap::{Args, Parser, Subcommand};
 use classifier_common::PIN_DIR;
 
 use crate::{
-    config::{CategoryName, Config, DEFAULT_STATE_DIR, Mark, XdpModeName, parse_duration},
+    config::{CategoryName, Config, DEFAULT_STATE_DIR, Mark, XdpModeName},
     health::{Failover, Require, Target},
+    settings::parse_duration,
 };
 
 /// Split-tunnel classifier: sends Microsoft 365 traffic out of the direct uplink.

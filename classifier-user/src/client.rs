@@ -11,10 +11,10 @@
 use std::time::Duration;
 
 use reqwest::Url;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tracing::info;
 
-use crate::config::FeedConfig;
+use crate::settings::{Invalid, duration_text, within};
 
 /// How long to wait after a 429 without a `Retry-After` in seconds (Microsoft's guidance:
 /// hourly). An HTTP-date `Retry-After` also waits this long.
@@ -27,6 +27,154 @@ pub const MEM: &str = "MEM";
 const ALL_AREAS_AND_MEM: &str = "Common,Exchange,SharePoint,Skype,MEM";
 /// Redirects followed per request.
 pub const MAX_REDIRECTS: usize = 5;
+
+/// The web service's address, unless `feed.url` says otherwise.
+pub const DEFAULT_FEED_URL: &str = "https://endpoints.office.com";
+/// Bounds of `feed.max-body-bytes`: Microsoft's answer is about 100 KiB.
+pub const MIN_BODY_BYTES: u64 = 1 << 10;
+pub const MAX_BODY_BYTES: u64 = 1 << 30;
+/// The instances the web service publishes.
+pub const INSTANCES: [&str; 4] = ["Worldwide", "China", "USGovDoD", "USGovGCCHigh"];
+
+/// `[feed]`: where and how often the web service is asked, and what an answer may change.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct FeedConfig {
+    /// Base URL of the web service (a mirror, or a local server for tests).
+    pub url: String,
+    /// Worldwide, China, USGovDoD or USGovGCCHigh.
+    pub instance: String,
+    /// Only these service areas (Exchange, SharePoint, Skype, Common); empty: all.
+    pub service_areas: Vec<String>,
+    /// Adds tenant-specific URLs to the feed (no effect on addresses).
+    pub tenant_name: Option<String>,
+    /// Leave IPv6 prefixes out.
+    pub no_ipv6: bool,
+    /// How often `/version` is checked (Microsoft: at most hourly); up to 10% jitter is added.
+    #[serde(with = "duration_text")]
+    pub poll_interval: Duration,
+    #[serde(with = "duration_text")]
+    pub connect_timeout: Duration,
+    /// Limit on a whole request, body included.
+    #[serde(with = "duration_text")]
+    pub request_timeout: Duration,
+    /// Responses larger than this are refused.
+    pub max_body_bytes: u64,
+    /// A feed that would remove more than this share (percent) of the installed prefixes is
+    /// refused unless forced.
+    pub max_shrink_percent: u8,
+    /// A feed whose added and removed prefixes together exceed this share (percent) of the
+    /// installed ones is refused unless forced.
+    pub max_churn_percent: u16,
+    /// IPv4 prefixes shorter than this are refused (a feed never needs a /0 or a /4).
+    pub min_prefix_len_v4: u8,
+    /// IPv6 prefixes shorter than this are refused.
+    pub min_prefix_len_v6: u8,
+    /// Accept a plain `http://` URL (a test server, a mirror on a trusted network): anyone on
+    /// the path could then answer for the feed.
+    pub allow_http: bool,
+}
+
+impl Default for FeedConfig {
+    fn default() -> Self {
+        Self {
+            url: DEFAULT_FEED_URL.to_owned(),
+            instance: "Worldwide".to_owned(),
+            service_areas: Vec::new(),
+            tenant_name: None,
+            no_ipv6: false,
+            poll_interval: Duration::from_hours(1),
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_mins(1),
+            max_body_bytes: 16 << 20,
+            max_shrink_percent: 50,
+            max_churn_percent: 100,
+            min_prefix_len_v4: 8,
+            min_prefix_len_v6: 16,
+            allow_http: false,
+        }
+    }
+}
+
+impl FeedConfig {
+    /// Refuses every setting that would make each request fail, or trust what it should
+    /// not: plain HTTP needs `allow-http`.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if !INSTANCES.contains(&self.instance.as_str()) {
+            return Err(Invalid::new(
+                "instance",
+                format!("{:?} is not one of {}", self.instance, INSTANCES.join(", ")),
+            ));
+        }
+        if self.url.starts_with("http://") {
+            if !self.allow_http {
+                return Err(Invalid::new(
+                    "url",
+                    format!(
+                        "{:?} is plain HTTP: anyone on the path can answer for the feed; use \
+                         https://, or set feed.allow-http = true (--allow-http) for a server \
+                         on a trusted network",
+                        self.url
+                    ),
+                ));
+            }
+        } else if !self.url.starts_with("https://") {
+            return Err(Invalid::new(
+                "url",
+                format!("{:?} is not an https:// URL", self.url),
+            ));
+        }
+        within(
+            "poll-interval",
+            self.poll_interval,
+            Duration::from_secs(1),
+            Duration::from_hours(7 * 24),
+        )?;
+        within(
+            "connect-timeout",
+            self.connect_timeout,
+            Duration::from_millis(100),
+            Duration::from_mins(10),
+        )?;
+        within(
+            "request-timeout",
+            self.request_timeout,
+            Duration::from_millis(100),
+            Duration::from_hours(1),
+        )?;
+        if !(MIN_BODY_BYTES..=MAX_BODY_BYTES).contains(&self.max_body_bytes) {
+            return Err(Invalid::new(
+                "max-body-bytes",
+                format!(
+                    "{} is outside {MIN_BODY_BYTES}..={MAX_BODY_BYTES}",
+                    self.max_body_bytes
+                ),
+            ));
+        }
+        if self.max_shrink_percent > 100 {
+            return Err(Invalid::new("max-shrink-percent", "must be 0..=100"));
+        }
+        if !(1..=32).contains(&self.min_prefix_len_v4) {
+            return Err(Invalid::new("min-prefix-len-v4", "must be 1..=32"));
+        }
+        if !(1..=128).contains(&self.min_prefix_len_v6) {
+            return Err(Invalid::new("min-prefix-len-v6", "must be 1..=128"));
+        }
+        Ok(())
+    }
+
+    /// Plain HTTP, allowed by `allow-http`, still weakens what the feed can be trusted with.
+    #[must_use]
+    pub fn warning(&self) -> Option<String> {
+        self.url.starts_with("http://").then(|| {
+            format!(
+                "feed.url {:?} is plain HTTP (allowed by feed.allow-http): anyone on the path \
+                 can answer for the feed",
+                self.url
+            )
+        })
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {

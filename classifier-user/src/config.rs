@@ -1,5 +1,11 @@
 //! The agent's configuration: built-in defaults, then a TOML file, then command-line flags.
 //!
+//! Each section is defined and checked by the module that reads it (`[feed]` by
+//! [`crate::client`], `[health]` by [`crate::health`], `[[sources]]` entries by
+//! [`crate::sources`], ...). This module composes them, names the full key in every error
+//! (`health.interval`), and holds the rules between sections and the sections that are
+//! the data plane's policy.
+//!
 //! Unknown keys are errors (a typo must not silently fall back to a default); every error
 //! names the file and, from the TOML parser, the line and column.
 
@@ -10,19 +16,20 @@ use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::{
+    client::FeedConfig,
+    dns::{DnsConfig, DomainRule},
     feed::Category,
     gate,
-    health::{Failover, Require, Target},
-    sources::{Kind, SourceConfig},
+    health::HealthConfig,
+    metrics::MetricsConfig,
+    pac::{self, PacConfig},
+    settings::{Invalid, duration_text, within},
+    sources::SourceConfig,
 };
 
 /// Where `run` and `config check` look when no `--config` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/xdp-breakout/config.toml";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/xdp-breakout";
-pub const DEFAULT_FEED_URL: &str = "https://endpoints.office.com";
-/// Bounds of `feed.max-body-bytes`: Microsoft's answer is about 100 KiB.
-pub const MIN_BODY_BYTES: u64 = 1 << 10;
-pub const MAX_BODY_BYTES: u64 = 1 << 30;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -35,10 +42,17 @@ pub enum ConfigError {
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{field}: {message}")]
-    Invalid {
-        field: &'static str,
-        message: String,
-    },
+    Invalid { field: String, message: String },
+}
+
+impl ConfigError {
+    /// `section`'s refusal of one of its keys, with the key named in full (`health.interval`).
+    fn in_section(section: &'static str) -> impl Fn(Invalid) -> Self {
+        move |Invalid { key, message }| Self::Invalid {
+            field: format!("{section}.{key}"),
+            message,
+        }
+    }
 }
 
 /// The whole effective configuration.
@@ -70,87 +84,6 @@ pub struct Config {
     /// its own (`[[sources]]`). `[feed]` is the source named `m365`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub sources: Vec<SourceConfig>,
-}
-
-/// The agent's HTTP listener: OpenMetrics at `/metrics` (and the PAC file, with
-/// `[pac] serve`).
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
-pub struct MetricsConfig {
-    /// `HOST:PORT` to listen on; empty: no listener. Takes effect at start.
-    pub listen: String,
-}
-
-/// Where the listener is unless configured: loopback only.
-pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9365";
-
-impl Default for MetricsConfig {
-    fn default() -> Self {
-        Self {
-            listen: DEFAULT_METRICS_LISTEN.to_owned(),
-        }
-    }
-}
-
-/// The PAC file made from the feed (`xdp-breakout pac`, and `GET /proxy.pac`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
-pub struct PacConfig {
-    /// Serve it at `GET /proxy.pac` on `[metrics] listen`, regenerated with every feed.
-    pub serve: bool,
-    /// What everything else gets: `PROXY host:port` (or `PROXY a:1; PROXY b:2; DIRECT`).
-    pub proxy: String,
-    /// Microsoft's type 1 (Optimize direct) or 2 (Optimize and Allow); unset: the
-    /// categories `[policy] direct` sends direct.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub r#type: Option<u8>,
-}
-
-/// Learning the addresses of URL-only endpoints from the DNS answers clients get.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
-pub struct DnsConfig {
-    /// Copy DNS answers at the LAN interfaces' tc egress and learn from them. Takes effect
-    /// at start.
-    pub learn: bool,
-    /// A learned address is kept at least this long, whatever its TTL says...
-    #[serde(with = "duration_text")]
-    pub min_ttl: Duration,
-    /// ... and at most this long, then for `grace` more (longer while flows still use it).
-    #[serde(with = "duration_text")]
-    pub max_ttl: Duration,
-    #[serde(with = "duration_text")]
-    pub grace: Duration,
-    /// Learned addresses in all, and for one name.
-    pub max_learned: u32,
-    pub max_per_name: u32,
-}
-
-impl Default for DnsConfig {
-    fn default() -> Self {
-        Self {
-            learn: false,
-            min_ttl: Duration::from_mins(1),
-            max_ttl: Duration::from_hours(24),
-            grace: Duration::from_mins(5),
-            max_learned: 16384,
-            max_per_name: 32,
-        }
-    }
-}
-
-/// An operator's name rule: addresses of matching names go `direct` or `tunnel`.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct DomainRule {
-    /// An exact name or a `*` pattern (`*.zoom.us`).
-    pub name: String,
-    #[serde(default)]
-    pub policy: crate::sources::SourcePolicy,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tcp: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub udp: Option<String>,
 }
 
 /// The name `[feed]`'s source goes by.
@@ -203,94 +136,6 @@ impl Default for FlowsConfig {
     }
 }
 
-/// How the agent checks the direct uplink, and what it does when the uplink is dead.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
-pub struct HealthConfig {
-    /// `tunnel`: while the uplink is down, new direct verdicts go to the tunnel; `none`:
-    /// check nothing.
-    pub failover: Failover,
-    /// The direct uplink's interface: its carrier and operstate, from netlink; a link that
-    /// goes down fails over at once.
-    pub interface: Option<String>,
-    /// Probes through the direct uplink: `tcp://ADDRESS:PORT`, `icmp://ADDRESS`,
-    /// `http://URL`, `https://URL`.
-    pub targets: Vec<Target>,
-    /// `any` target answering makes a good round, or `all` of them.
-    pub require: Require,
-    /// Time between probe rounds.
-    #[serde(with = "duration_text")]
-    pub interval: Duration,
-    /// Limit on one probe.
-    #[serde(with = "duration_text")]
-    pub timeout: Duration,
-    /// Failed rounds in a row that take the uplink down.
-    pub fail_after: u32,
-    /// Good rounds in a row that bring it back.
-    pub recover_after: u32,
-}
-
-impl Default for HealthConfig {
-    fn default() -> Self {
-        Self {
-            failover: Failover::Tunnel,
-            interface: None,
-            targets: Vec::new(),
-            require: Require::Any,
-            interval: Duration::from_secs(5),
-            timeout: Duration::from_secs(2),
-            fail_after: 3,
-            recover_after: 5,
-        }
-    }
-}
-
-impl HealthConfig {
-    /// Whether anything is checked.
-    #[must_use]
-    pub fn checks(&self) -> bool {
-        self.failover != Failover::None && (self.interface.is_some() || !self.targets.is_empty())
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
-pub struct FeedConfig {
-    /// Base URL of the web service (a mirror, or a local server for tests).
-    pub url: String,
-    /// Worldwide, China, USGovDoD or USGovGCCHigh.
-    pub instance: String,
-    /// Only these service areas (Exchange, SharePoint, Skype, Common); empty: all.
-    pub service_areas: Vec<String>,
-    /// Adds tenant-specific URLs to the feed (no effect on addresses).
-    pub tenant_name: Option<String>,
-    /// Leave IPv6 prefixes out.
-    pub no_ipv6: bool,
-    /// How often `/version` is checked (Microsoft: at most hourly); up to 10% jitter is added.
-    #[serde(with = "duration_text")]
-    pub poll_interval: Duration,
-    #[serde(with = "duration_text")]
-    pub connect_timeout: Duration,
-    /// Limit on a whole request, body included.
-    #[serde(with = "duration_text")]
-    pub request_timeout: Duration,
-    /// Responses larger than this are refused.
-    pub max_body_bytes: u64,
-    /// A feed that would remove more than this share (percent) of the installed prefixes is
-    /// refused unless forced.
-    pub max_shrink_percent: u8,
-    /// A feed whose added and removed prefixes together exceed this share (percent) of the
-    /// installed ones is refused unless forced.
-    pub max_churn_percent: u16,
-    /// IPv4 prefixes shorter than this are refused (a feed never needs a /0 or a /4).
-    pub min_prefix_len_v4: u8,
-    /// IPv6 prefixes shorter than this are refused.
-    pub min_prefix_len_v6: u8,
-    /// Accept a plain `http://` URL (a test server, a mirror on a trusted network): anyone on
-    /// the path could then answer for the feed.
-    pub allow_http: bool,
-}
-
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
 pub struct PolicyConfig {
@@ -333,55 +178,6 @@ impl Default for Config {
     }
 }
 
-impl FeedConfig {
-    /// `[feed]` is shorthand for the `m365` source: this one.
-    #[must_use]
-    pub fn source(&self) -> SourceConfig {
-        SourceConfig {
-            name: FEED_SOURCE_NAME.to_owned(),
-            kind: Kind::M365,
-            url: Some(self.url.clone()),
-            path: None,
-            refresh: self.poll_interval,
-            policy: None,
-            tcp: None,
-            udp: None,
-            services: Vec::new(),
-            regions: Vec::new(),
-            tags: Vec::new(),
-            scopes: Vec::new(),
-            instance: Some(self.instance.clone()),
-            service_areas: self.service_areas.clone(),
-            tenant_name: self.tenant_name.clone(),
-            no_ipv6: self.no_ipv6,
-            allow_http: self.allow_http,
-            max_shrink_percent: Some(self.max_shrink_percent),
-            max_churn_percent: Some(self.max_churn_percent),
-        }
-    }
-}
-
-impl Default for FeedConfig {
-    fn default() -> Self {
-        Self {
-            url: DEFAULT_FEED_URL.to_owned(),
-            instance: "Worldwide".to_owned(),
-            service_areas: Vec::new(),
-            tenant_name: None,
-            no_ipv6: false,
-            poll_interval: Duration::from_hours(1),
-            connect_timeout: Duration::from_secs(10),
-            request_timeout: Duration::from_mins(1),
-            max_body_bytes: 16 << 20,
-            max_shrink_percent: 50,
-            max_churn_percent: 100,
-            min_prefix_len_v4: 8,
-            min_prefix_len_v6: 16,
-            allow_http: false,
-        }
-    }
-}
-
 impl Default for PolicyConfig {
     fn default() -> Self {
         Self {
@@ -401,8 +197,6 @@ impl Default for PolicyConfig {
         }
     }
 }
-
-pub const INSTANCES: [&str; 4] = ["Worldwide", "China", "USGovDoD", "USGovGCCHigh"];
 
 impl Config {
     /// Parses a TOML file's text; `path` names it in errors.
@@ -431,90 +225,33 @@ impl Config {
 
     /// Checks what the types cannot: every setting that would make the agent fail on every
     /// request, or trust what it should not, is refused with its key's name.
-    #[expect(clippy::too_many_lines, reason = "one check per key, in file order")]
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |field, message: String| Err(ConfigError::Invalid { field, message });
-        let feed = &self.feed;
-        if !INSTANCES.contains(&feed.instance.as_str()) {
-            return invalid(
-                "feed.instance",
-                format!("{:?} is not one of {}", feed.instance, INSTANCES.join(", ")),
-            );
-        }
-        if feed.url.starts_with("http://") {
-            if !feed.allow_http {
-                return invalid(
-                    "feed.url",
-                    format!(
-                        "{:?} is plain HTTP: anyone on the path can answer for the feed; use \
-                         https://, or set feed.allow-http = true (--allow-http) for a server \
-                         on a trusted network",
-                        feed.url
-                    ),
-                );
-            }
-        } else if !feed.url.starts_with("https://") {
-            return invalid("feed.url", format!("{:?} is not an https:// URL", feed.url));
-        }
-        within(
-            "feed.poll-interval",
-            feed.poll_interval,
-            Duration::from_secs(1),
-            Duration::from_hours(7 * 24),
-        )?;
-        within(
-            "feed.connect-timeout",
-            feed.connect_timeout,
-            Duration::from_millis(100),
-            Duration::from_mins(10),
-        )?;
-        within(
-            "feed.request-timeout",
-            feed.request_timeout,
-            Duration::from_millis(100),
-            Duration::from_hours(1),
-        )?;
-        if !(MIN_BODY_BYTES..=MAX_BODY_BYTES).contains(&feed.max_body_bytes) {
-            return invalid(
-                "feed.max-body-bytes",
-                format!(
-                    "{} is outside {MIN_BODY_BYTES}..={MAX_BODY_BYTES}",
-                    feed.max_body_bytes
-                ),
-            );
-        }
-        if feed.max_shrink_percent > 100 {
-            return invalid("feed.max-shrink-percent", "must be 0..=100".to_owned());
-        }
-        if !(1..=32).contains(&feed.min_prefix_len_v4) {
-            return invalid("feed.min-prefix-len-v4", "must be 1..=32".to_owned());
-        }
-        if !(1..=128).contains(&feed.min_prefix_len_v6) {
-            return invalid("feed.min-prefix-len-v6", "must be 1..=128".to_owned());
-        }
-        self.validate_health()?;
+        let invalid = |field: &str, message: String| {
+            Err(ConfigError::Invalid {
+                field: field.to_owned(),
+                message,
+            })
+        };
+        self.feed
+            .validate()
+            .map_err(ConfigError::in_section("feed"))?;
+        self.health
+            .validate()
+            .map_err(ConfigError::in_section("health"))?;
         self.validate_sources()?;
-        if !self.metrics.listen.is_empty()
-            && self.metrics.listen.parse::<std::net::SocketAddr>().is_err()
-        {
-            return invalid(
-                "metrics.listen",
-                format!(
-                    "{:?} is not HOST:PORT (an IP address and a port: 127.0.0.1:9365, \
-                     [::1]:9365), or empty for no listener",
-                    self.metrics.listen
-                ),
-            );
-        }
-        self.validate_dns()?;
-        if let Some(kind) = self.pac.r#type
-            && !(1..=2).contains(&kind)
-        {
-            return invalid("pac.type", format!("{kind} is not 1 or 2"));
-        }
-        if let Err(why) = crate::pac::check_proxy(&self.pac.proxy) {
-            return invalid("pac.proxy", why);
-        }
+        self.metrics
+            .validate()
+            .map_err(ConfigError::in_section("metrics"))?;
+        self.dns
+            .validate()
+            .map_err(ConfigError::in_section("dns"))?;
+        crate::dns::validate_domains(&self.domains).map_err(|error| ConfigError::Invalid {
+            field: "domains".to_owned(),
+            message: error.to_string(),
+        })?;
+        self.pac
+            .validate()
+            .map_err(ConfigError::in_section("pac"))?;
         if self.pac.serve && (self.metrics.listen.is_empty() || self.pac.proxy.is_empty()) {
             return invalid(
                 "pac.serve",
@@ -530,17 +267,19 @@ impl Config {
             return invalid("index.memory-mib", "must be 0 (off) or 2..=4096".to_owned());
         }
         within(
-            "flows.tcp-idle",
+            "tcp-idle",
             self.flows.tcp_idle,
             Duration::from_secs(1),
             Duration::from_secs(u64::from(u16::MAX)),
-        )?;
+        )
+        .map_err(ConfigError::in_section("flows"))?;
         within(
-            "flows.other-idle",
+            "other-idle",
             self.flows.other_idle,
             Duration::from_secs(1),
             Duration::from_secs(u64::from(u16::MAX)),
-        )?;
+        )
+        .map_err(ConfigError::in_section("flows"))?;
         for net in self.policy.include.iter().chain(&self.policy.exclude) {
             if net.trunc() != *net {
                 return invalid(
@@ -566,24 +305,20 @@ impl Config {
         Ok(())
     }
 
-    /// Every `[[sources]]` entry: a unique name, one place to fetch from, keys its kind
-    /// takes, ports that parse, and room in the set ids.
+    /// The rules between `[[sources]]` entries: each entry checks itself, their names are
+    /// unique and none is reserved, and their sets fit in the set ids.
     fn validate_sources(&self) -> Result<(), ConfigError> {
         let invalid = |message: String| {
             Err(ConfigError::Invalid {
-                field: "sources",
+                field: "sources".to_owned(),
                 message,
             })
         };
         let mut names = vec![FEED_SOURCE_NAME];
         for source in &self.sources {
             let name = &source.name;
-            if !is_source_name(name) {
-                return invalid(format!(
-                    "name {name:?}: 1 to 32 of a-z, 0-9, '.', '_', '-', starting with a letter \
-                     or digit"
-                ));
-            }
+            // A taken name is always well-formed (the reserved ones are, and a name is kept
+            // only once its entry passed), so this can come before the entry's own checks.
             if names.contains(&name.as_str()) || name == "operator" {
                 return invalid(format!(
                     "name {name:?} is taken ({FEED_SOURCE_NAME} is [feed], operator is \
@@ -591,156 +326,11 @@ impl Config {
                 ));
             }
             names.push(name);
-            let at = |what: String| invalid(format!("source {name:?}: {what}"));
-            match (source.kind, &source.url, &source.path) {
-                (_, Some(_), Some(_)) => return at("give url or path, not both".to_owned()),
-                (Kind::M365, _, Some(_)) => {
-                    return at(
-                        "an m365 source is fetched from its web service: url, not path".to_owned(),
-                    );
-                }
-                (Kind::M365, _, None) => {}
-                (_, None, None) => return at("give url or path".to_owned()),
-                _ => {}
-            }
-            if let Some(url) = &source.url {
-                if url.starts_with("http://") {
-                    if !source.allow_http {
-                        return at(format!(
-                            "url {url:?} is plain HTTP: anyone on the path can answer for the \
-                             source; use https://, or allow-http = true on a trusted network"
-                        ));
-                    }
-                } else if !url.starts_with("https://") {
-                    return at(format!("url {url:?} is not an https:// URL"));
-                }
-            }
-            if let Some(path) = &source.path
-                && !path.is_absolute()
-            {
-                return at(format!("path {} is not absolute", path.display()));
-            }
-            if source.refresh < Duration::from_secs(1)
-                || source.refresh > Duration::from_hours(7 * 24)
-            {
-                return at(format!(
-                    "refresh {} is outside 1s..=7d",
-                    format_duration(source.refresh)
-                ));
-            }
-            if source.kind == Kind::M365 && source.policy.is_some() {
-                return at(
-                    "an m365 source goes by category ([policy] direct), not policy".to_owned(),
-                );
-            }
-            if source.kind == Kind::M365 && (source.tcp.is_some() || source.udp.is_some()) {
-                return at("an m365 source takes its ports from the feed".to_owned());
-            }
-            if let Err(why) = source.ports() {
-                return at(why);
-            }
-            if let Some(instance) = &source.instance
-                && !INSTANCES.contains(&instance.as_str())
-            {
-                return at(format!(
-                    "instance {instance:?} is not one of {}",
-                    INSTANCES.join(", ")
-                ));
-            }
-            if source
-                .max_shrink_percent
-                .is_some_and(|percent| percent > 100)
-            {
-                return at("max-shrink-percent must be 0..=100".to_owned());
-            }
-            if let Some(key) = foreign_filter(source) {
-                return at(format!("a {} source has no {key} filter", source.kind));
+            if let Err(error) = source.validate() {
+                return invalid(error.to_string());
             }
         }
         crate::sources::first_set_ids(&self.all_sources()).map_or_else(invalid, |_| Ok(()))
-    }
-
-    fn validate_dns(&self) -> Result<(), ConfigError> {
-        let dns = &self.dns;
-        within(
-            "dns.min-ttl",
-            dns.min_ttl,
-            Duration::from_secs(1),
-            Duration::from_hours(24),
-        )?;
-        within(
-            "dns.max-ttl",
-            dns.max_ttl,
-            dns.min_ttl,
-            Duration::from_hours(7 * 24),
-        )?;
-        within(
-            "dns.grace",
-            dns.grace,
-            Duration::ZERO,
-            Duration::from_hours(24),
-        )?;
-        let invalid = |field, message: String| Err(ConfigError::Invalid { field, message });
-        if !(1..=1 << 20).contains(&dns.max_learned) {
-            return invalid("dns.max-learned", "must be 1..=1048576".to_owned());
-        }
-        if !(1..=4096).contains(&dns.max_per_name) {
-            return invalid("dns.max-per-name", "must be 1..=4096".to_owned());
-        }
-        for rule in &self.domains {
-            if crate::dns::normalize(&rule.name)
-                .is_none_or(|name| name.chars().all(|c| c == '*' || c == '.'))
-            {
-                return invalid(
-                    "domains",
-                    format!("{:?} is not a name or a name pattern", rule.name),
-                );
-            }
-            for (key, ports) in [("tcp", &rule.tcp), ("udp", &rule.udp)] {
-                if let Err(why) = crate::feed::parse_ports(ports.as_deref()) {
-                    return invalid("domains", format!("{:?}: {key}: {why}", rule.name));
-                }
-            }
-        }
-        if self.domains.len() > 1024 {
-            return invalid("domains", "at most 1024 rules".to_owned());
-        }
-        Ok(())
-    }
-
-    fn validate_health(&self) -> Result<(), ConfigError> {
-        let invalid = |field, message: String| Err(ConfigError::Invalid { field, message });
-        let health = &self.health;
-        within(
-            "health.interval",
-            health.interval,
-            Duration::from_millis(100),
-            Duration::from_hours(1),
-        )?;
-        within(
-            "health.timeout",
-            health.timeout,
-            Duration::from_millis(10),
-            health.interval,
-        )?;
-        if !(1..=1000).contains(&health.fail_after) {
-            return invalid("health.fail-after", "must be 1..=1000".to_owned());
-        }
-        if !(1..=1000).contains(&health.recover_after) {
-            return invalid("health.recover-after", "must be 1..=1000".to_owned());
-        }
-        if health.targets.len() > 64 {
-            return invalid("health.targets", "at most 64 targets".to_owned());
-        }
-        if let Some(iface) = &health.interface
-            && (iface.is_empty() || iface.len() > 15 || iface.contains(['/', ' ']))
-        {
-            return invalid(
-                "health.interface",
-                format!("{iface:?} is not an interface name"),
-            );
-        }
-        Ok(())
     }
 
     /// Every source: `[feed]` as the `m365` source first, then `[[sources]]` in order.
@@ -764,28 +354,9 @@ impl Config {
     #[must_use]
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
-        if self.feed.url.starts_with("http://") {
-            warnings.push(format!(
-                "feed.url {:?} is plain HTTP (allowed by feed.allow-http): anyone on the path \
-                 can answer for the feed",
-                self.feed.url
-            ));
-        }
-        if self.health.failover != Failover::None && !self.health.checks() {
-            warnings.push(
-                "health: no interface and no targets: the direct uplink is not checked \
-                 (set health.interface and health.targets, or health.failover = \"none\")"
-                    .to_owned(),
-            );
-        }
-        if let Ok(listen) = self.metrics.listen.parse::<std::net::SocketAddr>()
-            && !listen.ip().is_loopback()
-        {
-            warnings.push(format!(
-                "metrics.listen {listen} is not loopback: anyone who reaches it reads the \
-                 counters (and the PAC file)"
-            ));
-        }
+        warnings.extend(self.feed.warning());
+        warnings.extend(self.health.warning());
+        warnings.extend(self.metrics.warning());
         if self.policy.include_special && !self.policy.include.is_empty() {
             warnings.push(
                 "policy.include-special: include prefixes skip the feed gate's checks".to_owned(),
@@ -822,6 +393,16 @@ impl Config {
             flags,
             tcp_idle_s: seconds(self.flows.tcp_idle),
             other_idle_s: seconds(self.flows.other_idle),
+        }
+    }
+}
+
+/// The settings the PAC file is made from, so that `pac` needs no [`Config`].
+impl<'a> From<&'a Config> for pac::Inputs<'a> {
+    fn from(config: &'a Config) -> Self {
+        Self {
+            pac: &config.pac,
+            direct: config.policy.direct.iter().map(|name| name.0).collect(),
         }
     }
 }
@@ -931,62 +512,6 @@ impl Config {
         self.dns.learn = dns_learn;
         (self, ignored)
     }
-}
-
-/// A filter key `source` sets that its kind has not got.
-fn foreign_filter(source: &SourceConfig) -> Option<&'static str> {
-    let takes: &[&str] = match source.kind {
-        Kind::M365 => &["instance", "service-areas"],
-        Kind::Aws => &["services", "regions"],
-        Kind::AzureServiceTags => &["tags"],
-        Kind::Google => &["services", "scopes"],
-        Kind::CidrList => &[],
-    };
-    [
-        ("instance", source.instance.is_some()),
-        ("service-areas", !source.service_areas.is_empty()),
-        ("services", !source.services.is_empty()),
-        ("regions", !source.regions.is_empty()),
-        ("tags", !source.tags.is_empty()),
-        ("scopes", !source.scopes.is_empty()),
-    ]
-    .into_iter()
-    .find(|(key, given)| *given && !takes.contains(key))
-    .map(|(key, _)| key)
-}
-
-/// `[a-z0-9][a-z0-9._-]{0,31}`: safe in a file name, a log line and a label.
-#[must_use]
-pub fn is_source_name(name: &str) -> bool {
-    let mut bytes = name.bytes();
-    bytes
-        .next()
-        .is_some_and(|first| first.is_ascii_lowercase() || first.is_ascii_digit())
-        && name.len() <= 32
-        && bytes.all(|byte| {
-            byte.is_ascii_lowercase() || byte.is_ascii_digit() || matches!(byte, b'.' | b'_' | b'-')
-        })
-}
-
-/// Refuses a duration outside `min..=max`, naming `field`.
-fn within(
-    field: &'static str,
-    value: Duration,
-    min: Duration,
-    max: Duration,
-) -> Result<(), ConfigError> {
-    if value < min || value > max {
-        return Err(ConfigError::Invalid {
-            field,
-            message: format!(
-                "{} is outside {}..={}",
-                format_duration(value),
-                format_duration(min),
-                format_duration(max)
-            ),
-        });
-    }
-    Ok(())
 }
 
 /// Attach mode, as written in the file and on the command line: XDP in one of its modes
@@ -1099,67 +624,15 @@ impl<'de> Deserialize<'de> for Mark {
     }
 }
 
-/// `250ms`, `30s`, `5m`, `1h`, `1d`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 30s, 5m or 1h"))?;
-    let scaled = |size: u64| {
-        number
-            .checked_mul(size)
-            .map(Duration::from_secs)
-            .ok_or_else(|| format!("{text:?} is too long a duration"))
-    };
-    match unit {
-        "ms" => Ok(Duration::from_millis(number)),
-        "s" | "" => scaled(1),
-        "m" => scaled(60),
-        "h" => scaled(3600),
-        "d" => scaled(86400),
-        _ => Err(format!("{text:?}: unknown unit {unit:?} (ms, s, m, h, d)")),
-    }
-}
-
-/// The shortest exact spelling of `duration` that [`parse_duration`] reads back.
-#[must_use]
-pub fn format_duration(duration: Duration) -> String {
-    let millis = duration.as_millis();
-    if !millis.is_multiple_of(1000) {
-        return format!("{millis}ms");
-    }
-    let secs = duration.as_secs();
-    for (unit, size) in [("d", 86400), ("h", 3600), ("m", 60)] {
-        if secs != 0 && secs.is_multiple_of(size) {
-            return format!("{}{unit}", secs / size);
-        }
-    }
-    format!("{secs}s")
-}
-
-pub(crate) mod duration_text {
-    use std::time::Duration;
-
-    use serde::{Deserialize as _, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&super::format_duration(*duration))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-        super::parse_duration(&String::deserialize(deserializer)?).map_err(serde::de::Error::custom)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::path::Path;
 
     use super::*;
+    use crate::{
+        settings::{format_duration, parse_duration},
+        sources::Kind,
+    };
 
     #[test]
     fn defaults_round_trip_through_toml() {

@@ -15,6 +15,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     net::IpAddr,
+    time::Duration,
 };
 
 use hickory_proto::{
@@ -23,7 +24,132 @@ use hickory_proto::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::feed::{Category, EndpointSet, PortRange};
+use crate::{
+    feed::{Category, EndpointSet, PortRange},
+    settings::{Invalid, duration_text, within},
+    sources::SourcePolicy,
+};
+
+/// Learning the addresses of URL-only endpoints from the DNS answers clients get.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct DnsConfig {
+    /// Copy DNS answers at the LAN interfaces' tc egress and learn from them. Takes effect
+    /// at start.
+    pub learn: bool,
+    /// A learned address is kept at least this long, whatever its TTL says...
+    #[serde(with = "duration_text")]
+    pub min_ttl: Duration,
+    /// ... and at most this long, then for `grace` more (longer while flows still use it).
+    #[serde(with = "duration_text")]
+    pub max_ttl: Duration,
+    #[serde(with = "duration_text")]
+    pub grace: Duration,
+    /// Learned addresses in all, and for one name.
+    pub max_learned: u32,
+    pub max_per_name: u32,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self {
+            learn: false,
+            min_ttl: Duration::from_mins(1),
+            max_ttl: Duration::from_hours(24),
+            grace: Duration::from_mins(5),
+            max_learned: 16384,
+            max_per_name: 32,
+        }
+    }
+}
+
+/// An operator's name rule: addresses of matching names go `direct` or `tunnel`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DomainRule {
+    /// An exact name or a `*` pattern (`*.zoom.us`).
+    pub name: String,
+    #[serde(default)]
+    pub policy: SourcePolicy,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp: Option<String>,
+}
+
+impl DnsConfig {
+    /// Refuses a TTL floor beyond a day, a cap below the floor or beyond a week, and table
+    /// limits of 0 (nothing would be learned) or past their bounds.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        within(
+            "min-ttl",
+            self.min_ttl,
+            Duration::from_secs(1),
+            Duration::from_hours(24),
+        )?;
+        within(
+            "max-ttl",
+            self.max_ttl,
+            self.min_ttl,
+            Duration::from_hours(7 * 24),
+        )?;
+        within(
+            "grace",
+            self.grace,
+            Duration::ZERO,
+            Duration::from_hours(24),
+        )?;
+        if !(1..=1 << 20).contains(&self.max_learned) {
+            return Err(Invalid::new("max-learned", "must be 1..=1048576"));
+        }
+        if !(1..=4096).contains(&self.max_per_name) {
+            return Err(Invalid::new("max-per-name", "must be 1..=4096"));
+        }
+        Ok(())
+    }
+}
+
+/// `[[domains]]` rules at most: each one is an endpoint set of its own.
+pub const MAX_DOMAIN_RULES: usize = 1024;
+
+/// Why the `[[domains]]` rules are refused; the configuration names the key.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DomainsError {
+    #[error("{name:?} is not a name or a name pattern")]
+    Name { name: String },
+    #[error("{name:?}: {protocol}: {why}")]
+    Ports {
+        name: String,
+        protocol: &'static str,
+        why: String,
+    },
+    #[error("at most {MAX_DOMAIN_RULES} rules")]
+    TooMany,
+}
+
+/// Every rule names something a DNS answer can carry, with ports that parse.
+pub fn validate_domains(rules: &[DomainRule]) -> Result<(), DomainsError> {
+    for rule in rules {
+        if normalize(&rule.name).is_none_or(|name| name.chars().all(|c| c == '*' || c == '.')) {
+            return Err(DomainsError::Name {
+                name: rule.name.clone(),
+            });
+        }
+        for (protocol, ports) in [("tcp", &rule.tcp), ("udp", &rule.udp)] {
+            if let Err(why) = crate::feed::parse_ports(ports.as_deref()) {
+                return Err(DomainsError::Ports {
+                    name: rule.name.clone(),
+                    protocol,
+                    why,
+                });
+            }
+        }
+    }
+    if rules.len() > MAX_DOMAIN_RULES {
+        return Err(DomainsError::TooMany);
+    }
+    Ok(())
+}
 
 /// A ring buffer entry of `breakout_dns` (a `classifier_common::DnsRecord`): the capture
 /// time (CLOCK_MONOTONIC, ns) and the message; `None` for an entry of another shape.

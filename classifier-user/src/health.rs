@@ -20,6 +20,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
+use crate::settings::{Invalid, duration_text, within};
+
 /// What a probe asks of the direct uplink.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
@@ -104,6 +106,101 @@ pub enum Failover {
     Tunnel,
     /// Check nothing: direct verdicts stay direct whatever happens to the uplink.
     None,
+}
+
+/// How the agent checks the direct uplink, and what it does when the uplink is dead.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct HealthConfig {
+    /// `tunnel`: while the uplink is down, new direct verdicts go to the tunnel; `none`:
+    /// check nothing.
+    pub failover: Failover,
+    /// The direct uplink's interface: its carrier and operstate, from netlink; a link that
+    /// goes down fails over at once.
+    pub interface: Option<String>,
+    /// Probes through the direct uplink: `tcp://ADDRESS:PORT`, `icmp://ADDRESS`,
+    /// `http://URL`, `https://URL`.
+    pub targets: Vec<Target>,
+    /// `any` target answering makes a good round, or `all` of them.
+    pub require: Require,
+    /// Time between probe rounds.
+    #[serde(with = "duration_text")]
+    pub interval: Duration,
+    /// Limit on one probe.
+    #[serde(with = "duration_text")]
+    pub timeout: Duration,
+    /// Failed rounds in a row that take the uplink down.
+    pub fail_after: u32,
+    /// Good rounds in a row that bring it back.
+    pub recover_after: u32,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            failover: Failover::Tunnel,
+            interface: None,
+            targets: Vec::new(),
+            require: Require::Any,
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(2),
+            fail_after: 3,
+            recover_after: 5,
+        }
+    }
+}
+
+impl HealthConfig {
+    /// Whether anything is checked.
+    #[must_use]
+    pub fn checks(&self) -> bool {
+        self.failover != Failover::None && (self.interface.is_some() || !self.targets.is_empty())
+    }
+
+    /// Refuses what cannot work: probes that time out after the next round starts, counts
+    /// that never trip, a name the kernel would not give an interface.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        within(
+            "interval",
+            self.interval,
+            Duration::from_millis(100),
+            Duration::from_hours(1),
+        )?;
+        within(
+            "timeout",
+            self.timeout,
+            Duration::from_millis(10),
+            self.interval,
+        )?;
+        if !(1..=1000).contains(&self.fail_after) {
+            return Err(Invalid::new("fail-after", "must be 1..=1000"));
+        }
+        if !(1..=1000).contains(&self.recover_after) {
+            return Err(Invalid::new("recover-after", "must be 1..=1000"));
+        }
+        if self.targets.len() > 64 {
+            return Err(Invalid::new("targets", "at most 64 targets"));
+        }
+        if let Some(iface) = &self.interface
+            && (iface.is_empty() || iface.len() > 15 || iface.contains(['/', ' ']))
+        {
+            return Err(Invalid::new(
+                "interface",
+                format!("{iface:?} is not an interface name"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A failover that nothing can trigger: allowed, but the operator should know.
+    #[must_use]
+    pub fn warning(&self) -> Option<String> {
+        (self.failover != Failover::None && !self.checks()).then(|| {
+            "health: no interface and no targets: the direct uplink is not checked \
+             (set health.interface and health.targets, or health.failover = \"none\")"
+                .to_owned()
+        })
+    }
 }
 
 /// The uplink as the agent sees it.
@@ -243,12 +340,12 @@ pub struct Report {
 /// Watches the direct uplink as `config` says, starting in `initial`, and sends a report for
 /// every probe round and link change until `reports` is closed.
 pub async fn watch(
-    config: crate::config::HealthConfig,
+    config: HealthConfig,
     mark: u32,
     initial: State,
     reports: tokio::sync::mpsc::Sender<Report>,
 ) {
-    let crate::config::HealthConfig {
+    let HealthConfig {
         failover: _,
         interface,
         targets,

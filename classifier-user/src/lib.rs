@@ -19,6 +19,7 @@ pub mod netlink;
 pub mod pac;
 pub mod pcap;
 pub mod secure;
+pub mod settings;
 pub mod sources;
 
 pub mod state;

@@ -49,6 +49,55 @@ use tracing::{debug, warn};
 
 use crate::{datapath::Maps, state::Status};
 
+/// The agent's HTTP listener: OpenMetrics at `/metrics` (and the PAC file, with
+/// `[pac] serve`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct MetricsConfig {
+    /// `HOST:PORT` to listen on; empty: no listener. Takes effect at start.
+    pub listen: String,
+}
+
+/// Where the listener is unless configured: loopback only.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9365";
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_METRICS_LISTEN.to_owned(),
+        }
+    }
+}
+
+impl MetricsConfig {
+    /// An address the listener can bind, or empty for none.
+    pub fn validate(&self) -> Result<(), crate::settings::Invalid> {
+        if !self.listen.is_empty() && self.listen.parse::<SocketAddr>().is_err() {
+            return Err(crate::settings::Invalid::new(
+                "listen",
+                format!(
+                    "{:?} is not HOST:PORT (an IP address and a port: 127.0.0.1:9365, \
+                     [::1]:9365), or empty for no listener",
+                    self.listen
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A listener beyond loopback: allowed, but it has no authentication.
+    #[must_use]
+    pub fn warning(&self) -> Option<String> {
+        let listen = self.listen.parse::<SocketAddr>().ok()?;
+        (!listen.ip().is_loopback()).then(|| {
+            format!(
+                "metrics.listen {listen} is not loopback: anyone who reaches it reads the \
+                 counters (and the PAC file)"
+            )
+        })
+    }
+}
+
 /// The longest request head (request line and headers) taken; a longer one is answered 431.
 /// hyper's smallest `max_buf_size`, too.
 pub const MAX_REQUEST: usize = 8192;

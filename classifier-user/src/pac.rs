@@ -9,10 +9,51 @@
 
 use std::collections::BTreeSet;
 
-use crate::feed::{Category, NamedSet};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    feed::{Category, NamedSet},
+    settings::Invalid,
+};
 
 /// The longest host name (RFC 1035).
 const MAX_HOST: usize = 253;
+
+/// The PAC file made from the feed (`xdp-breakout pac`, and `GET /proxy.pac`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct PacConfig {
+    /// Serve it at `GET /proxy.pac` on `[metrics] listen`, regenerated with every feed.
+    pub serve: bool,
+    /// What everything else gets: `PROXY host:port` (or `PROXY a:1; PROXY b:2; DIRECT`).
+    pub proxy: String,
+    /// Microsoft's type 1 (Optimize direct) or 2 (Optimize and Allow); unset: the
+    /// categories `[policy] direct` sends direct.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub r#type: Option<u8>,
+}
+
+impl PacConfig {
+    /// A type Microsoft defines and a proxy string browsers can read. Whether it can be
+    /// served depends on `[metrics]`: the configuration checks that.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if let Some(kind) = self.r#type
+            && !(1..=2).contains(&kind)
+        {
+            return Err(Invalid::new("type", format!("{kind} is not 1 or 2")));
+        }
+        check_proxy(&self.proxy).map_err(|why| Invalid::new("proxy", why))
+    }
+}
+
+/// The settings the PAC file is made from besides the feeds. A whole configuration converts
+/// into it, so that this module needs no [`crate::config::Config`].
+#[derive(Clone, Debug)]
+pub struct Inputs<'a> {
+    pub pac: &'a PacConfig,
+    /// The categories `[policy] direct` sends direct: what goes direct unless a type is given.
+    pub direct: Vec<Category>,
+}
 
 /// The host patterns of the sets of `categories`, lowercased, sorted and without repeats;
 /// and the entries left out because they are no host pattern.
@@ -127,12 +168,13 @@ pub fn render(hosts: &[String], proxy: &str, about: &str) -> String {
 
 /// The PAC file of `feeds`: each Microsoft 365 feed's named sets, and how the file's header
 /// names it. `kind` (type 1 or 2) and `proxy` override `[pac]`.
-pub fn build(
-    config: &crate::config::Config,
+pub fn build<'a>(
+    config: impl Into<Inputs<'a>>,
     feeds: &[(String, &[NamedSet])],
     kind: Option<u8>,
     proxy: Option<&str>,
 ) -> Result<String, String> {
+    let config = config.into();
     let proxy = proxy.unwrap_or(&config.pac.proxy);
     check_proxy(proxy).map_err(|why| format!("the proxy {proxy:?}: {why}"))?;
     if proxy.is_empty() {
@@ -143,7 +185,7 @@ pub fn build(
     }
     let categories = match kind.or(config.pac.r#type) {
         Some(kind) => type_categories(kind),
-        None => config.policy.direct.iter().map(|name| name.0).collect(),
+        None => config.direct,
     };
     let mut all = Vec::new();
     let mut skipped = 0;

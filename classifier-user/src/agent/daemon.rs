@@ -218,7 +218,7 @@ async fn read_dns(ring: aya::maps::RingBuf<aya::maps::MapData>, answers: mpsc::S
 /// The health checks of the direct uplink, run as a task of their own that reports to the
 /// daemon loop; restarted when a reload changes them.
 struct Health {
-    config: crate::config::HealthConfig,
+    config: health::HealthConfig,
     mark: u32,
     _task: Option<Task>,
     reports: Option<mpsc::Receiver<health::Report>>,

@@ -183,7 +183,7 @@ impl Source {
     }
 
     /// The gate's limits of this source, and the keys that set them.
-    fn limits(&self, feed: &crate::config::FeedConfig) -> ChangeLimits {
+    fn limits(&self, feed: &crate::client::FeedConfig) -> ChangeLimits {
         let own = self.config.name == M365;
         ChangeLimits {
             max_shrink_percent: self

@@ -13,10 +13,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 
 use super::{Kind, SourceConfig, source::m365_instance};
-use crate::{
-    client::{self, FeedClient, FetchError},
-    config::FeedConfig,
-};
+use crate::client::{self, FeedClient, FeedConfig, FetchError};
 
 /// What the last good file of a source was: what the next request sends back, and what a new
 /// body is compared with.
@@ -90,7 +87,7 @@ impl SourceFetcher {
                     url: config
                         .url
                         .clone()
-                        .unwrap_or_else(|| crate::config::DEFAULT_FEED_URL.to_owned()),
+                        .unwrap_or_else(|| client::DEFAULT_FEED_URL.to_owned()),
                     instance: m365_instance(config).to_owned(),
                     service_areas: config.service_areas.clone(),
                     tenant_name: config.tenant_name.clone(),

@@ -15,7 +15,7 @@ pub mod fetch;
 pub mod google;
 pub mod source;
 
-pub use source::{Parsed, SourceConfig, SourcePolicy, first_set_ids};
+pub use source::{EntryError, Parsed, SourceConfig, SourcePolicy, first_set_ids, is_source_name};
 
 use std::{fmt, str::FromStr};
 

@@ -9,8 +9,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::{Kind, Ranges, SourceError, aws, azure, cidr_list, google};
 use crate::{
+    client::{DEFAULT_FEED_URL, FeedConfig, INSTANCES},
     feed::{Category, EndpointSet, Feed, NamedSet, PortRange, parse_ports},
     gate::{self, PrefixLimits},
+    settings::format_duration,
 };
 
 /// What a source's prefixes do: go out of the direct uplink, or stay in the tunnel (a
@@ -38,7 +40,7 @@ pub struct SourceConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<PathBuf>,
     /// How often the file is checked; up to 10% jitter is added.
-    #[serde(default = "default_refresh", with = "crate::config::duration_text")]
+    #[serde(default = "default_refresh", with = "crate::settings::duration_text")]
     pub refresh: Duration,
     /// `direct` (default) or `tunnel`; `m365` takes `[policy] direct` per category instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -126,6 +128,36 @@ pub fn m365_instance(config: &SourceConfig) -> &str {
     config.instance.as_deref().unwrap_or("Worldwide")
 }
 
+// Here, not in `client` beside the type: the sources' fetcher uses the feed client, so the
+// sources know the feed and not the reverse.
+impl FeedConfig {
+    /// `[feed]` is shorthand for the `m365` source: this one.
+    #[must_use]
+    pub fn source(&self) -> SourceConfig {
+        SourceConfig {
+            name: super::M365.to_owned(),
+            kind: Kind::M365,
+            url: Some(self.url.clone()),
+            path: None,
+            refresh: self.poll_interval,
+            policy: None,
+            tcp: None,
+            udp: None,
+            services: Vec::new(),
+            regions: Vec::new(),
+            tags: Vec::new(),
+            scopes: Vec::new(),
+            instance: Some(self.instance.clone()),
+            service_areas: self.service_areas.clone(),
+            tenant_name: self.tenant_name.clone(),
+            no_ipv6: self.no_ipv6,
+            allow_http: self.allow_http,
+            max_shrink_percent: Some(self.max_shrink_percent),
+            max_churn_percent: Some(self.max_churn_percent),
+        }
+    }
+}
+
 /// The first set id of each source of [`crate::config::Config::all_sources`], in order:
 /// `m365` sources [`M365_SET_IDS`] each from 0 (`[feed]`'s sets keep Microsoft's ids); the
 /// others one each from [`SOURCE_SET_BASE`].
@@ -178,6 +210,28 @@ pub const ALL_PORTS: PortRange = PortRange {
     hi: u16::MAX,
 };
 
+/// `[a-z0-9][a-z0-9._-]{0,31}`: safe in a file name, a log line and a label.
+#[must_use]
+pub fn is_source_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes
+        .next()
+        .is_some_and(|first| first.is_ascii_lowercase() || first.is_ascii_digit())
+        && name.len() <= 32
+        && bytes.all(|byte| {
+            byte.is_ascii_lowercase() || byte.is_ascii_digit() || matches!(byte, b'.' | b'_' | b'-')
+        })
+}
+
+/// Why one `[[sources]]` entry is refused; the configuration names the section.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EntryError {
+    #[error("name {name:?}: 1 to 32 of a-z, 0-9, '.', '_', '-', starting with a letter or digit")]
+    Name { name: String },
+    #[error("source {name:?}: {why}")]
+    Key { name: String, why: String },
+}
+
 impl SourceConfig {
     /// Where the file comes from, for messages.
     #[must_use]
@@ -185,7 +239,7 @@ impl SourceConfig {
         match (&self.url, &self.path) {
             (Some(url), _) => url.clone(),
             (None, Some(path)) => path.display().to_string(),
-            (None, None) => crate::config::DEFAULT_FEED_URL.to_owned(),
+            (None, None) => DEFAULT_FEED_URL.to_owned(),
         }
     }
 
@@ -206,6 +260,101 @@ impl SourceConfig {
         let tcp = parse_ports(self.tcp.as_deref()).map_err(|why| format!("tcp: {why}"))?;
         let udp = parse_ports(self.udp.as_deref()).map_err(|why| format!("udp: {why}"))?;
         Ok((tcp, udp))
+    }
+
+    /// A well-formed name, one place to fetch from, only the keys its kind takes, ports that
+    /// parse, and nothing that trusts a plain `http://` without `allow-http`.
+    pub fn validate(&self) -> Result<(), EntryError> {
+        let name = &self.name;
+        if !is_source_name(name) {
+            return Err(EntryError::Name { name: name.clone() });
+        }
+        let at = |why: String| {
+            Err(EntryError::Key {
+                name: name.clone(),
+                why,
+            })
+        };
+        match (self.kind, &self.url, &self.path) {
+            (_, Some(_), Some(_)) => return at("give url or path, not both".to_owned()),
+            (Kind::M365, _, Some(_)) => {
+                return at(
+                    "an m365 source is fetched from its web service: url, not path".to_owned(),
+                );
+            }
+            (Kind::M365, _, None) => {}
+            (_, None, None) => return at("give url or path".to_owned()),
+            _ => {}
+        }
+        if let Some(url) = &self.url {
+            if url.starts_with("http://") {
+                if !self.allow_http {
+                    return at(format!(
+                        "url {url:?} is plain HTTP: anyone on the path can answer for the \
+                         source; use https://, or allow-http = true on a trusted network"
+                    ));
+                }
+            } else if !url.starts_with("https://") {
+                return at(format!("url {url:?} is not an https:// URL"));
+            }
+        }
+        if let Some(path) = &self.path
+            && !path.is_absolute()
+        {
+            return at(format!("path {} is not absolute", path.display()));
+        }
+        if self.refresh < Duration::from_secs(1) || self.refresh > Duration::from_hours(7 * 24) {
+            return at(format!(
+                "refresh {} is outside 1s..=7d",
+                format_duration(self.refresh)
+            ));
+        }
+        if self.kind == Kind::M365 && self.policy.is_some() {
+            return at("an m365 source goes by category ([policy] direct), not policy".to_owned());
+        }
+        if self.kind == Kind::M365 && (self.tcp.is_some() || self.udp.is_some()) {
+            return at("an m365 source takes its ports from the feed".to_owned());
+        }
+        if let Err(why) = self.ports() {
+            return at(why);
+        }
+        if let Some(instance) = &self.instance
+            && !INSTANCES.contains(&instance.as_str())
+        {
+            return at(format!(
+                "instance {instance:?} is not one of {}",
+                INSTANCES.join(", ")
+            ));
+        }
+        if self.max_shrink_percent.is_some_and(|percent| percent > 100) {
+            return at("max-shrink-percent must be 0..=100".to_owned());
+        }
+        if let Some(key) = self.foreign_filter() {
+            return at(format!("a {} source has no {key} filter", self.kind));
+        }
+        Ok(())
+    }
+
+    /// A filter key this source sets that its kind has not got.
+    fn foreign_filter(&self) -> Option<&'static str> {
+        let takes: &[&str] = match self.kind {
+            Kind::M365 => &["instance", "service-areas"],
+            Kind::Aws => &["services", "regions"],
+            Kind::AzureServiceTags => &["tags"],
+            Kind::Google => &["services", "scopes"],
+            Kind::CidrList => &[],
+        };
+        [
+            ("instance", self.instance.is_some()),
+            ("service-areas", !self.service_areas.is_empty()),
+            ("services", !self.services.is_empty()),
+            ("regions", !self.regions.is_empty()),
+            ("tags", !self.tags.is_empty()),
+            ("scopes", !self.scopes.is_empty()),
+        ]
+        .into_iter()
+        .find(|(key, given)| *given && !takes.contains(key))
+        .map(|(key, _)| key)
     }
 
     /// Compiles a file of this source into endpoint sets from set id `first`, checking every
@@ -369,7 +518,7 @@ mod tests {
     #[test]
     fn ids_are_laid_out_by_kind() {
         let sources = [
-            crate::config::FeedConfig::default().source(),
+            FeedConfig::default().source(),
             source("name = \"zoom\"\nkind = \"cidr-list\"\npath = \"/x\""),
             source("name = \"gcc\"\nkind = \"m365\"\ninstance = \"USGovGCCHigh\""),
             source("name = \"aws\"\nkind = \"aws\"\nurl = \"https://x\""),
