@@ -145,9 +145,8 @@ impl Catalog {
                     continue;
                 };
                 catalog.sources.push((source.name, kind, source.first_set));
-                catalog
-                    .sets
-                    .extend(source.sets.into_iter().map(|set| EndpointSet {
+                catalog.sets.extend(source.sets.into_iter().map(|set| {
+                    EndpointSet {
                         id: set.id,
                         service_area: set.service_area,
                         category: crate::feed::Category::from_code(set.category)
@@ -156,7 +155,8 @@ impl Catalog {
                         tcp: Vec::new(),
                         udp: Vec::new(),
                         by_address: true,
-                    }));
+                    }
+                }));
             }
             return catalog;
         }
@@ -169,7 +169,11 @@ impl Catalog {
                     "embedded snapshot {}",
                     crate::EMBEDDED_FEED_VERSION
                 )),
-                sources: vec![(crate::sources::M365.to_owned(), crate::sources::Kind::M365, 0)],
+                sources: vec![(
+                    crate::sources::M365.to_owned(),
+                    crate::sources::Kind::M365,
+                    0,
+                )],
                 learned: Vec::new(),
             };
         }
@@ -277,4 +281,3 @@ impl Catalog {
         ids
     }
 }
-

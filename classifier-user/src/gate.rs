@@ -13,18 +13,14 @@ use ipnet::IpNet;
 
 use crate::feed::{EndpointSet, Feed};
 
-/// What to run when a refusal of source `0`'s file is a false alarm: `sync` for `m365`
-/// (`sync` is `sync --source m365`), `sync --source NAME` for the others.
+/// What to run when a refusal is a false alarm: the `sync` command of the refused source
+/// (`xdp-breakout sync --source NAME`), with `--dry-run` to check and `--force` to apply.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Hint(pub String);
 
 impl fmt::Display for Hint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let sync = if self.0 == crate::sources::M365 {
-            "xdp-breakout sync".to_owned()
-        } else {
-            format!("xdp-breakout sync --source {}", self.0)
-        };
+        let sync = &self.0;
         write!(
             f,
             "check it with `{sync} --dry-run`, then apply it with `{sync} --force` if it is right"
@@ -261,7 +257,9 @@ impl Change {
     #[must_use]
     pub fn between(installed: &[EndpointSet], target: &[EndpointSet]) -> Self {
         let prefixes = |sets: &[EndpointSet]| -> HashSet<IpNet> {
-            sets.iter().flat_map(|set| set.prefixes.iter().copied()).collect()
+            sets.iter()
+                .flat_map(|set| set.prefixes.iter().copied())
+                .collect()
         };
         let (installed, target) = (prefixes(installed), prefixes(target));
         Self {
@@ -277,7 +275,7 @@ impl Change {
 /// limits. Nothing held (a first start) takes anything: there is nothing to protect yet,
 /// and the file has passed the prefix checks. `sync --force` skips this, nothing else.
 pub fn judge(
-    source: &str,
+    hint: &Hint,
     held: Option<File<'_>>,
     new: File<'_>,
     limits: ChangeLimits,
@@ -285,7 +283,7 @@ pub fn judge(
     let Some(held) = held else {
         return Ok(());
     };
-    let hint = || Hint(source.to_owned());
+    let hint = || hint.clone();
     if let (Some(applied), Some(version)) = (held.version, new.version) {
         match (applied.parse::<u64>(), version.parse::<u64>()) {
             (Ok(old), Ok(new)) if new < old => {
@@ -473,7 +471,10 @@ mod tests {
         }
     }
 
-    fn with_prefixes(sets: &[EndpointSet], prefixes: impl Iterator<Item = IpNet>) -> Vec<EndpointSet> {
+    fn with_prefixes(
+        sets: &[EndpointSet],
+        prefixes: impl Iterator<Item = IpNet>,
+    ) -> Vec<EndpointSet> {
         vec![EndpointSet {
             prefixes: prefixes.collect(),
             ..sets[0].clone_without_prefixes()
@@ -498,7 +499,13 @@ mod tests {
                 removed: 93
             }
         );
-        let error = judge("m365", Some(held), file("2026050100", &replaced), LIMITS).unwrap_err();
+        let error = judge(
+            &Hint("xdp-breakout sync".into()),
+            Some(held),
+            file("2026050100", &replaced),
+            LIMITS,
+        )
+        .unwrap_err();
         assert_eq!(
             error,
             GateError::Shrink {
@@ -506,17 +513,26 @@ mod tests {
                 installed: 93,
                 limit: 50,
                 key: "feed.max-shrink-percent",
-                hint: Hint("m365".into()),
+                hint: Hint("xdp-breakout sync".into()),
             }
         );
-        assert!(error.to_string().contains("`xdp-breakout sync --force`"), "{error}");
+        assert!(
+            error.to_string().contains("`xdp-breakout sync --force`"),
+            "{error}"
+        );
         // Growth alone is churn: 93 installed, 100 more.
         let mut grown = installed.clone();
         grown.extend(with_prefixes(
             &installed,
             (0..100u8).map(|n| format!("11.1.{n}.1/32").parse().unwrap()),
         ));
-        let error = judge("zoom", Some(held), file("2026050100", &grown), LIMITS).unwrap_err();
+        let error = judge(
+            &Hint("xdp-breakout sync --source zoom".into()),
+            Some(held),
+            file("2026050100", &grown),
+            LIMITS,
+        )
+        .unwrap_err();
         assert!(
             matches!(
                 error,
@@ -529,7 +545,9 @@ mod tests {
             "{error}"
         );
         assert!(
-            error.to_string().contains("`xdp-breakout sync --source zoom --force`"),
+            error
+                .to_string()
+                .contains("`xdp-breakout sync --source zoom --force`"),
             "{error}"
         );
         // Without a churn limit, growth passes.
@@ -537,22 +555,58 @@ mod tests {
             max_churn_percent: None,
             ..LIMITS
         };
-        judge("zoom", Some(held), file("2026050100", &grown), no_churn).unwrap();
+        judge(
+            &Hint("xdp-breakout sync --source zoom".into()),
+            Some(held),
+            file("2026050100", &grown),
+            no_churn,
+        )
+        .unwrap();
         // Microsoft's own change from 2020 to 2026 (75 removed of 155) is within the limits
         // both ways.
         let old = sets(FEED_2020);
-        judge("m365", Some(file("2020053100", &old)), held, LIMITS).unwrap();
-        judge("m365", Some(held), file("2026050100", &old), LIMITS).unwrap();
+        judge(
+            &Hint("xdp-breakout sync".into()),
+            Some(file("2020053100", &old)),
+            held,
+            LIMITS,
+        )
+        .unwrap();
+        judge(
+            &Hint("xdp-breakout sync".into()),
+            Some(held),
+            file("2026050100", &old),
+            LIMITS,
+        )
+        .unwrap();
         // From nothing, anything.
-        judge("m365", None, file("2026050100", &grown), LIMITS).unwrap();
+        judge(
+            &Hint("xdp-breakout sync".into()),
+            None,
+            file("2026050100", &grown),
+            LIMITS,
+        )
+        .unwrap();
     }
 
     #[test]
     fn versions_may_not_go_backwards_nor_change_content() {
         let installed = sets(FEED_2026043000);
         let held = file("2026043000", &installed);
-        judge("m365", Some(held), file("2026050100", &installed), LIMITS).unwrap();
-        let error = judge("m365", Some(held), file("2026033100", &installed), LIMITS).unwrap_err();
+        judge(
+            &Hint("xdp-breakout sync".into()),
+            Some(held),
+            file("2026050100", &installed),
+            LIMITS,
+        )
+        .unwrap();
+        let error = judge(
+            &Hint("xdp-breakout sync".into()),
+            Some(held),
+            file("2026033100", &installed),
+            LIMITS,
+        )
+        .unwrap_err();
         assert!(
             error
                 .to_string()
@@ -563,7 +617,13 @@ mod tests {
             sha256: "other",
             ..held
         };
-        let error = judge("aws", Some(held), tampered, LIMITS).unwrap_err();
+        let error = judge(
+            &Hint("xdp-breakout sync --source aws".into()),
+            Some(held),
+            tampered,
+            LIMITS,
+        )
+        .unwrap_err();
         assert!(
             error
                 .to_string()
@@ -575,6 +635,12 @@ mod tests {
             version: None,
             ..tampered
         };
-        judge("aws", Some(held), unversioned, LIMITS).unwrap();
+        judge(
+            &Hint("xdp-breakout sync --source aws".into()),
+            Some(held),
+            unversioned,
+            LIMITS,
+        )
+        .unwrap();
     }
 }

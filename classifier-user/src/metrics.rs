@@ -515,7 +515,10 @@ impl Collector for Scrape {
             if let Some(at) = row.last_success {
                 success.push((vec![("source", row.name.clone())], float(at.secs())));
             }
-            failures.push((vec![("source", row.name.clone())], float(row.consecutive_failures)));
+            failures.push((
+                vec![("source", row.name.clone())],
+                float(row.consecutive_failures),
+            ));
         }
         gauge(
             &mut encoder,

@@ -266,7 +266,8 @@ impl State {
             return Ok(false);
         };
         if let Ok(body) = fs::read(self.dir.join(V1_FEED)) {
-            let version = crate::gate::is_version(&applied.version).then(|| applied.version.clone());
+            let version =
+                crate::gate::is_version(&applied.version).then(|| applied.version.clone());
             let meta = Meta {
                 version: version.clone(),
                 sha256: sha256(&body),
@@ -385,7 +386,8 @@ impl State {
 
     /// Replaces source `name`'s record alone (the same file, known by a new version).
     pub fn save_meta(&self, name: &str, meta: &Meta) -> Result<(), StateError> {
-        self.sources()?.write(&format!("{name}.json"), &to_json(meta))
+        self.sources()?
+            .write(&format!("{name}.json"), &to_json(meta))
     }
 
     /// Source `name`'s last good file and its record, if any (and if they agree).
@@ -519,7 +521,11 @@ mod tests {
         let state = State::open(&dir).unwrap();
         let victim = temp_dir("victim");
         fs::write(&victim, b"root's file").unwrap();
-        for name in [".union.json.tmp", ".status.json.tmp", "sources/.m365.body.tmp"] {
+        for name in [
+            ".union.json.tmp",
+            ".status.json.tmp",
+            "sources/.m365.body.tmp",
+        ] {
             fs::create_dir_all(dir.join("sources")).unwrap();
             std::os::unix::fs::symlink(&victim, dir.join(name)).unwrap();
         }

@@ -133,7 +133,12 @@ mod tests {
             assert_eq!(Time(secs).to_string(), text);
             assert_eq!(Time::parse_rfc3339(text), Some(Time(secs)), "{text}");
         }
-        for bad in ["", "2026-13-01T00:00:00Z", "2026-11-22 03:38:04Z", "1969-12-31T23:59:59Z"] {
+        for bad in [
+            "",
+            "2026-13-01T00:00:00Z",
+            "2026-11-22 03:38:04Z",
+            "1969-12-31T23:59:59Z",
+        ] {
             assert_eq!(Time::parse_rfc3339(bad), None, "{bad}");
         }
     }
@@ -142,7 +147,13 @@ mod tests {
     fn state_files_of_either_form_read() {
         let json = serde_json::to_string(&Time(1_795_318_684)).unwrap();
         assert_eq!(json, "\"2026-11-22T03:38:04Z\"");
-        assert_eq!(serde_json::from_str::<Time>(&json).unwrap().0, 1_795_318_684);
-        assert_eq!(serde_json::from_str::<Time>("1795318684").unwrap().0, 1_795_318_684);
+        assert_eq!(
+            serde_json::from_str::<Time>(&json).unwrap().0,
+            1_795_318_684
+        );
+        assert_eq!(
+            serde_json::from_str::<Time>("1795318684").unwrap().0,
+            1_795_318_684
+        );
     }
 }

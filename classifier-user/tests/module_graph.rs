@@ -20,11 +20,7 @@ use std::{
 const ALLOWED_INTO_CMD: &[(&str, &str)] = &[];
 
 /// Edges left out before looking for cycles, each with the reason it still exists.
-const ALLOWED_IN_CYCLES: &[(&str, &str)] = &[
-    // Not config's: gate's refusal hint names `sources::M365` (plain `sync` for it), while
-    // sources call the gate on every file. The name could live below both.
-    ("gate", "sources"),
-];
+const ALLOWED_IN_CYCLES: &[(&str, &str)] = &[];
 
 type Graph = BTreeMap<String, BTreeSet<String>>;
 

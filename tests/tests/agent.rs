@@ -195,7 +195,10 @@ fn applies_versions_in_turn_and_the_maps_decide_as_the_feed_says() {
     // A version older than the applied one is refused unless forced.
     server.set("/version/Worldwide", Reply::version("2020053100"));
     server.set("/endpoints/Worldwide", Reply::json(FEED_2020));
-    let error = rt.block_on(agent.refresh("m365", false)).unwrap_err().to_string();
+    let error = rt
+        .block_on(agent.refresh("m365", false))
+        .unwrap_err()
+        .to_string();
     assert!(
         error.contains("version 2020053100 is older than the applied 2026043000"),
         "{error}"
@@ -497,11 +500,7 @@ fn bad_answers_change_nothing_and_say_why() {
             feed_on_disk,
             "{name}: the saved feed changed"
         );
-        assert_eq!(
-            m365_version(&agent),
-            "2026043000",
-            "{name}"
-        );
+        assert_eq!(m365_version(&agent), "2026043000", "{name}");
     }
 
     // 429 carries the wait for the daemon.
@@ -564,10 +563,14 @@ fn a_dry_run_reaches_the_verdict_of_a_real_apply() {
         let dry = rt
             .block_on(agent.fetch(i, true))
             .and_then(|got| agent.plan("m365", got, false))
-            .map_or_else(|error| Some(error.to_string()), |plan| {
-                plan.refused.map(|error| error.to_string())
-            });
-        assert!(snapshot(agent.maps()) == before, "{name}: the dry run changed the maps");
+            .map_or_else(
+                |error| Some(error.to_string()),
+                |plan| plan.refused.map(|error| error.to_string()),
+            );
+        assert!(
+            snapshot(agent.maps()) == before,
+            "{name}: the dry run changed the maps"
+        );
         let real = rt
             .block_on(agent.refresh("m365", false))
             .err()
@@ -575,7 +578,10 @@ fn a_dry_run_reaches_the_verdict_of_a_real_apply() {
         assert!(snapshot(agent.maps()) == before, "{name}: the maps changed");
         assert_eq!(dry, real, "{name}: the dry run and the apply disagree");
         let real = real.unwrap_or_else(|| panic!("{name}: applied"));
-        assert!(real.contains(expected), "{name}: {real:?} lacks {expected:?}");
+        assert!(
+            real.contains(expected),
+            "{name}: {real:?} lacks {expected:?}"
+        );
         verdicts.push(name);
     }
     eprintln!("{} bad answers, one verdict each", verdicts.len());
@@ -597,7 +603,8 @@ fn a_dry_run_reaches_the_verdict_of_a_real_apply() {
 /// every area and Intune, and Intune's sets are classified like any other area's.
 #[test]
 fn a_filter_naming_mem_asks_for_intune_and_classifies_it() {
-    const FEED_MEM: &[u8] = include_bytes!("../fixtures/m365-worldwide-endpoints-2026043000-mem.json");
+    const FEED_MEM: &[u8] =
+        include_bytes!("../fixtures/m365-worldwide-endpoints-2026043000-mem.json");
     let server = FeedServer::start();
     let state_dir = TempDir::new("mem");
     let mut config = config(&server);
@@ -633,7 +640,10 @@ fn a_filter_naming_mem_asks_for_intune_and_classifies_it() {
         "TCP 80 and 443"
     );
     let teams = lookup("52.112.1.1").expect("Teams");
-    assert_eq!((teams.addr_category, teams.addr_set), (category::OPTIMIZE, 11));
+    assert_eq!(
+        (teams.addr_category, teams.addr_set),
+        (category::OPTIMIZE, 11)
+    );
     // Exchange is filtered out, as it would be without Intune.
     assert_eq!(lookup("40.96.1.1"), None);
     // Every prefix of the two areas, and nothing else.
@@ -664,7 +674,10 @@ fn a_filter_naming_mem_asks_for_intune_and_classifies_it() {
 #[test]
 fn a_layout_1_state_directory_is_migrated_on_first_start() {
     use std::os::unix::fs::PermissionsExt as _;
-    let fixture = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/state-layout-1"));
+    let fixture = std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/state-layout-1"
+    ));
     let state_dir = TempDir::new("layout-1");
     for dir in ["", "sources"] {
         let to = state_dir.0.join(dir);
@@ -768,7 +781,11 @@ fn redirects_are_followed_only_as_allowed_and_the_final_url_is_recorded() {
     );
     let error = format!(
         "{:#}",
-        anyhow::Error::from(runtime().block_on(agent.refresh("m365", false)).unwrap_err())
+        anyhow::Error::from(
+            runtime()
+                .block_on(agent.refresh("m365", false))
+                .unwrap_err()
+        )
     );
     assert!(error.contains("/endpoints/Worldwide: HTTP 302"), "{error}");
     server.set(
@@ -785,14 +802,15 @@ fn redirects_are_followed_only_as_allowed_and_the_final_url_is_recorded() {
     server.set("/hop/7", Reply::json(FEED_2026043000));
     let error = format!(
         "{:#}",
-        anyhow::Error::from(runtime().block_on(agent.refresh("m365", false)).unwrap_err())
+        anyhow::Error::from(
+            runtime()
+                .block_on(agent.refresh("m365", false))
+                .unwrap_err()
+        )
     );
     assert!(error.contains("refused a redirect"), "{error}");
     assert!(error.contains("more than 5 redirects"), "{error}");
-    assert_eq!(
-        m365_version(&agent),
-        "2026043000"
-    );
+    assert_eq!(m365_version(&agent), "2026043000");
 }
 
 #[test]

@@ -195,7 +195,9 @@ fn daemon_follows_the_feed_and_survives_kill_hup_and_term() {
             status(&state_dir).is_some_and(|s| {
                 s.source("m365").is_some_and(|m| {
                     m.version.as_deref() == Some("2026060100")
-                        && m.from.as_deref().is_some_and(|from| from.ends_with("/endpoints/Worldwide"))
+                        && m.from
+                            .as_deref()
+                            .is_some_and(|from| from.ends_with("/endpoints/Worldwide"))
                 }) && (s.prefixes_v4, s.prefixes_v6) == (34, 59)
             })
         },

@@ -97,7 +97,9 @@ fn learning_agent(
     agent.apply_settings().unwrap();
     server.set("/version/Worldwide", Reply::version("2026043000"));
     server.set("/endpoints/Worldwide", Reply::json(FEED_2026043000));
-    tests::runtime().block_on(agent.refresh("m365", false)).unwrap();
+    tests::runtime()
+        .block_on(agent.refresh("m365", false))
+        .unwrap();
     Some((datapath, agent))
 }
 

@@ -215,7 +215,11 @@ fn index_and_trie_agree_on_every_fixture_feed() {
         })
         .collect();
     paths.sort();
-    assert_eq!(paths.len(), 4, "the fixture feeds (the Intune one too): {paths:?}");
+    assert_eq!(
+        paths.len(),
+        4,
+        "the fixture feeds (the Intune one too): {paths:?}"
+    );
     for path in paths {
         let compiled = feed(path.to_str().expect("utf-8 path"));
         let Some((_datapath, mut maps)) = load(1 << 20) else {

@@ -403,7 +403,10 @@ fn four_sources_one_failing_one_changing_always_equal_the_union() {
     let before = server.requests().len();
     assert!(matches!(
         refresh(&mut agent, "cloudfront").unwrap(),
-        Refreshed::Unchanged { why: "the server answered 304 Not Modified", .. }
+        Refreshed::Unchanged {
+            why: "the server answered 304 Not Modified",
+            ..
+        }
     ));
     assert_eq!(
         server.requests()[before..],
@@ -412,11 +415,17 @@ fn four_sources_one_failing_one_changing_always_equal_the_union() {
     );
     assert!(matches!(
         refresh(&mut agent, "gcp").unwrap(),
-        Refreshed::Unchanged { why: "the same content as held", .. }
+        Refreshed::Unchanged {
+            why: "the same content as held",
+            ..
+        }
     ));
     assert!(matches!(
         refresh(&mut agent, "afd").unwrap(),
-        Refreshed::Unchanged { why: "the same content as held", .. }
+        Refreshed::Unchanged {
+            why: "the same content as held",
+            ..
+        }
     ));
     assert!(refresh(&mut agent, "broken").is_err());
     assert_eq!(agent.status().sources[5].consecutive_failures, 2);

@@ -64,7 +64,10 @@ pub async fn run(
     let (mut answers, reader) = match ring {
         Some(ring) => {
             let (sender, answers) = mpsc::channel(256);
-            (Some(answers), Some(Task(tokio::spawn(read_dns(ring, sender)))))
+            (
+                Some(answers),
+                Some(Task(tokio::spawn(read_dns(ring, sender)))),
+            )
         }
         None => (None, None),
     };

@@ -26,11 +26,11 @@ use std::sync::Arc;
 
 use tracing::{info, warn};
 
+use self::refresh::Source;
 pub use self::{
     refresh::{Reason, RefreshError, Refreshed, Start, backoff, jittered},
     view::pac_about,
 };
-use self::refresh::Source;
 use crate::{
     compile::{CompileError, Compiled, compile_excluding},
     config::Config,

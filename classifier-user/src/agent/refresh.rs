@@ -252,7 +252,10 @@ impl Agent {
         let mut old = std::mem::take(&mut self.sources);
         for (config, first) in configs.into_iter().zip(firsts) {
             let mut source = Source::new(config, first);
-            if let Some(at) = old.iter().position(|old| old.config.name == source.config.name) {
+            if let Some(at) = old
+                .iter()
+                .position(|old| old.config.name == source.config.name)
+            {
                 let old = old.swap_remove(at);
                 source.next_due = old.next_due;
                 let SourceStatus {
@@ -509,7 +512,7 @@ impl Agent {
                 sets: &parsed.sets,
             });
             gate::judge(
-                &source.config.name,
+                &gate::Hint(sync_command(&source.config.name)),
                 old,
                 new,
                 source.limits(&self.config.feed),
@@ -662,6 +665,15 @@ impl Agent {
             .iter()
             .map(|source| source.status.clone())
             .collect()
+    }
+}
+
+/// The command that refreshes source `name` by hand: `sync` is `sync --source m365`.
+fn sync_command(name: &str) -> String {
+    if name == M365 {
+        "xdp-breakout sync".to_owned()
+    } else {
+        format!("xdp-breakout sync --source {name}")
     }
 }
 

@@ -98,7 +98,10 @@ impl Agent {
             .filter(|source| source.config.kind == Kind::M365)
             .filter_map(|source| {
                 let (parsed, meta) = source.held.as_ref()?;
-                Some((pac_about(&source.config.name, meta), parsed.named.as_slice()))
+                Some((
+                    pac_about(&source.config.name, meta),
+                    parsed.named.as_slice(),
+                ))
             })
             .collect()
     }
@@ -114,6 +117,9 @@ pub fn pac_about(name: &str, meta: &crate::sources::fetch::Meta) -> String {
             meta.from
         )
     } else {
-        format!("source {name} {}", meta.version.as_deref().unwrap_or_default())
+        format!(
+            "source {name} {}",
+            meta.version.as_deref().unwrap_or_default()
+        )
     }
 }

@@ -105,13 +105,7 @@ async fn daemon(global: &GlobalArgs, args: &RunArgs, config: Config) -> anyhow::
     let mut agent = agent.locking(&config.pin_dir);
     let started = config.restart_only();
 
-    daemon::run(
-        &mut agent,
-        || args.config.effective(global),
-        &started,
-        ring,
-    )
-    .await?;
+    daemon::run(&mut agent, || args.config.effective(global), &started, ring).await?;
     if let Some(logs) = logs {
         logs.abort();
     }

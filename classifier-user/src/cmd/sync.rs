@@ -179,10 +179,9 @@ impl Synced {
             format!("source {name} {version}")
         };
         match report {
-            Outcome::Unchanged => writeln!(
-                out,
-                "{what} is already applied (--force applies it again)"
-            ),
+            Outcome::Unchanged => {
+                writeln!(out, "{what} is already applied (--force applies it again)")
+            }
             Outcome::Held => writeln!(
                 out,
                 "{what} is held until the m365 source replaces the pins of unknown origin"
