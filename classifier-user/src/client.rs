@@ -14,7 +14,7 @@ use reqwest::Url;
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
-use crate::settings::{Invalid, duration_text, within};
+use crate::settings::{Invalid, Share, duration_text, within};
 
 /// How long to wait after a 429 without a `Retry-After` in seconds (Microsoft's guidance:
 /// hourly). An HTTP-date `Retry-After` also waits this long.
@@ -29,6 +29,11 @@ const ALL_AREAS_AND_MEM: &str = "Common,Exchange,SharePoint,Skype,MEM";
 pub const MAX_REDIRECTS: usize = 5;
 
 /// The web service's address, unless `feed.url` says otherwise.
+/// The address space one file may add by default: above what Amazon's (2.2% of IPv4) and
+/// Azure's (1.1%) whole files cover, far below a range of /8s; for IPv6, a /16's worth of
+/// global unicast is refused, every provider's whole file (0.000003%) passes.
+pub const DEFAULT_MAX_ADDED_V4: Share = Share { ppm: 40_000 };
+pub const DEFAULT_MAX_ADDED_V6: Share = Share { ppm: 100 };
 pub const DEFAULT_FEED_URL: &str = "https://endpoints.office.com";
 /// Bounds of `feed.max-body-bytes`: Microsoft's answer is about 100 KiB.
 pub const MIN_BODY_BYTES: u64 = 1 << 10;
@@ -66,6 +71,11 @@ pub struct FeedConfig {
     /// A feed whose added and removed prefixes together exceed this share (percent) of the
     /// installed ones is refused unless forced.
     pub max_churn_percent: u16,
+    /// A file may add at most this share of IPv4, and of global unicast IPv6 (`2000::/3`),
+    /// to what its source's installed prefixes cover (a first file: all it covers); every
+    /// source's default. Amazon's whole file covers 2.2% of IPv4.
+    pub max_added_v4: Share,
+    pub max_added_v6: Share,
     /// IPv4 prefixes shorter than this are refused (a feed never needs a /0 or a /4).
     pub min_prefix_len_v4: u8,
     /// IPv6 prefixes shorter than this are refused.
@@ -89,6 +99,8 @@ impl Default for FeedConfig {
             max_body_bytes: 16 << 20,
             max_shrink_percent: 50,
             max_churn_percent: 100,
+            max_added_v4: DEFAULT_MAX_ADDED_V4,
+            max_added_v6: DEFAULT_MAX_ADDED_V6,
             min_prefix_len_v4: 8,
             min_prefix_len_v6: 16,
             allow_http: false,

@@ -11,7 +11,10 @@ use std::{collections::HashSet, fmt};
 
 use ipnet::IpNet;
 
-use crate::feed::{EndpointSet, Feed};
+use crate::{
+    feed::{EndpointSet, Feed},
+    settings::Share,
+};
 
 /// What to run when a refusal is a false alarm: the `sync` command of the refused source
 /// (`xdp-breakout sync --source NAME`), with `--dry-run` to check and `--force` to apply.
@@ -28,7 +31,7 @@ impl fmt::Display for Hint {
     }
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error, PartialEq)]
 pub enum GateError {
     #[error(
         "endpoint set {set}: ips \"{prefix}\": shorter than /{min}, the shortest IPv{family} \
@@ -88,6 +91,31 @@ pub enum GateError {
          half-updated mirror); {hint}"
     )]
     SameVersion { version: String, hint: Hint },
+    #[error(
+        "it would add {added} {family} addresses not in its installed prefixes, {percent:.4}% of \
+         {space}, more than the {limit} limit ({key}); {hint}"
+    )]
+    Space {
+        family: &'static str,
+        added: u128,
+        space: &'static str,
+        percent: f64,
+        limit: Share,
+        key: &'static str,
+        hint: Hint,
+    },
+    #[error(
+        "the union of every source would hold {entries} {family} prefixes, more than the \
+         {room} the {family} trie holds ({capacity} entries, {reserved} kept for learned \
+         addresses); nothing was written"
+    )]
+    Capacity {
+        family: &'static str,
+        entries: usize,
+        room: usize,
+        capacity: usize,
+        reserved: usize,
+    },
 }
 
 /// Where a prefix is checked from: a feed's endpoint set, or the operator's configuration.
@@ -234,6 +262,11 @@ pub struct ChangeLimits {
     /// limit.
     pub max_churn_percent: Option<u16>,
     pub churn_key: &'static str,
+    /// The share of IPv4, and of IPv6's global unicast space (`2000::/3`), that one file
+    /// may add to what its installed prefixes cover (a first file: all it covers).
+    pub max_added_v4: Share,
+    pub max_added_v6: Share,
+    pub added_key: &'static str,
 }
 
 /// A source's file: its version (as the service or the file states it), its content hash,
@@ -280,10 +313,33 @@ pub fn judge(
     new: File<'_>,
     limits: ChangeLimits,
 ) -> Result<(), GateError> {
+    let hint = || hint.clone();
+    let (v4, v6) = added_space(held.map_or(&[], |held| held.sets), new.sets);
+    for (family, added, whole, space, limit) in [
+        ("IPv4", v4, 1u128 << 32, "IPv4", limits.max_added_v4),
+        (
+            "IPv6",
+            v6,
+            1u128 << 125,
+            "global unicast IPv6 (2000::/3)",
+            limits.max_added_v6,
+        ),
+    ] {
+        if limit.exceeded_by(added, whole) {
+            return Err(GateError::Space {
+                family,
+                added,
+                space,
+                percent: Share::percent_of(added, whole),
+                limit,
+                key: limits.added_key,
+                hint: hint(),
+            });
+        }
+    }
     let Some(held) = held else {
         return Ok(());
     };
-    let hint = || hint.clone();
     if let (Some(applied), Some(version)) = (held.version, new.version) {
         match (applied.parse::<u64>(), version.parse::<u64>()) {
             (Ok(old), Ok(new)) if new < old => {
@@ -334,6 +390,95 @@ pub fn judge(
             key: limits.churn_key,
             hint: hint(),
         });
+    }
+    Ok(())
+}
+
+/// The addresses `new`'s prefixes cover that `held`'s do not, IPv4 and IPv6.
+#[must_use]
+pub fn added_space(held: &[EndpointSet], new: &[EndpointSet]) -> (u128, u128) {
+    let ranges = |sets: &[EndpointSet], v4: bool| -> Vec<(u128, u128)> {
+        let mut ranges: Vec<(u128, u128)> = sets
+            .iter()
+            .flat_map(|set| set.prefixes.iter())
+            .filter_map(|net| match net {
+                IpNet::V4(net) if v4 => Some((
+                    u128::from(u32::from(net.network())),
+                    u128::from(u32::from(net.broadcast())),
+                )),
+                IpNet::V6(net) if !v4 => {
+                    Some((u128::from(net.network()), u128::from(net.broadcast())))
+                }
+                _ => None,
+            })
+            .collect();
+        ranges.sort_unstable();
+        // Merged: sorted, disjoint, inclusive.
+        let mut merged: Vec<(u128, u128)> = Vec::with_capacity(ranges.len());
+        for (lo, hi) in ranges {
+            match merged.last_mut() {
+                Some(last) if lo <= last.1.saturating_add(1) => last.1 = last.1.max(hi),
+                _ => merged.push((lo, hi)),
+            }
+        }
+        merged
+    };
+    // Both lists sorted and disjoint: one pass, each held range visited once per new range
+    // that reaches it.
+    let outside = |new: &[(u128, u128)], held: &[(u128, u128)]| -> u128 {
+        let mut total = 0u128;
+        let mut first = 0;
+        for &(lo, hi) in new {
+            while held.get(first).is_some_and(|&(_, h_hi)| h_hi < lo) {
+                first += 1;
+            }
+            // `from` is the first address of `lo..=hi` not yet counted or covered.
+            let mut from = lo;
+            let mut covered_to_end = false;
+            for &(h_lo, h_hi) in held[first..].iter().take_while(|&&(h_lo, _)| h_lo <= hi) {
+                if h_lo > from {
+                    total = total.saturating_add(h_lo - from);
+                }
+                if h_hi >= hi {
+                    covered_to_end = true;
+                    break;
+                }
+                from = from.max(h_hi + 1);
+            }
+            if !covered_to_end {
+                total = total.saturating_add(hi - from).saturating_add(1);
+            }
+        }
+        total
+    };
+    (
+        outside(&ranges(new, true), &ranges(held, true)),
+        outside(&ranges(new, false), &ranges(held, false)),
+    )
+}
+
+/// Refuses a union of `entries` (IPv4, IPv6) where the tries hold `capacity` and learning
+/// may still add `reserved` to each family: found before anything is written, so the maps
+/// never hold part of a table.
+pub fn check_capacity(
+    entries: (usize, usize),
+    capacity: (usize, usize),
+    reserved: usize,
+) -> Result<(), GateError> {
+    for (family, entries, capacity) in [
+        ("IPv4", entries.0, capacity.0),
+        ("IPv6", entries.1, capacity.1),
+    ] {
+        let room = capacity.saturating_sub(reserved);
+        if entries > room {
+            return Err(GateError::Capacity {
+                family,
+                entries,
+                room,
+                capacity,
+                reserved,
+            });
+        }
     }
     Ok(())
 }
@@ -461,6 +606,9 @@ mod tests {
         shrink_key: "feed.max-shrink-percent",
         max_churn_percent: Some(100),
         churn_key: "feed.max-churn-percent",
+        max_added_v4: Share { ppm: 40_000 },
+        max_added_v6: Share { ppm: 100 },
+        added_key: "feed.max-added-v4/v6",
     };
 
     fn file<'a>(version: &'a str, sets: &'a [EndpointSet]) -> File<'a> {
@@ -587,6 +735,166 @@ mod tests {
             LIMITS,
         )
         .unwrap();
+    }
+
+    fn list(prefixes: &[&str]) -> Vec<EndpointSet> {
+        with_prefixes(
+            &sets(FEED_2026043000),
+            prefixes.iter().map(|text| text.parse().unwrap()),
+        )
+    }
+
+    #[test]
+    fn added_space_counts_addresses_not_prefixes() {
+        let held = list(&["11.0.0.0/16", "11.2.0.0/16", "2603:1000::/32"]);
+        // Inside, overlapping, outside, and the same space twice.
+        let new = list(&[
+            "11.0.0.0/17",
+            "11.1.255.0/24",
+            "11.2.0.0/15",
+            "12.0.0.0/24",
+            "12.0.0.0/25",
+            "2603:1000::/31",
+        ]);
+        let (v4, v6) = added_space(&held, &new);
+        assert_eq!(
+            v4,
+            256 + (1 << 16) + 256,
+            "11.1.255.0/24, 11.3.0.0/16, 12.0.0.0/24"
+        );
+        assert_eq!(v6, 1 << 96, "2603:1001::/32");
+        assert_eq!(added_space(&new, &held), (1 << 15, 0), "11.0.128.0/17");
+        assert_eq!(added_space(&[], &held).0, 2 << 16);
+    }
+
+    #[test]
+    fn a_file_may_not_add_much_of_the_address_space() {
+        let installed = sets(FEED_2026043000);
+        let held = file("2026043000", &installed);
+        // Most of public IPv4 in /8s, as a probe did: refused, even as a first file.
+        let eights: Vec<String> = (11..216).map(|n| format!("{n}.0.0.0/8")).collect();
+        let eights: Vec<&str> = eights.iter().map(String::as_str).collect();
+        let grabbed = list(&eights);
+        for held in [Some(held), None] {
+            let error = judge(
+                &Hint("xdp-breakout sync --source list".into()),
+                held,
+                file("2", &grabbed),
+                LIMITS,
+            )
+            .unwrap_err();
+            assert!(
+                error
+                    .to_string()
+                    .contains("IPv4 addresses not in its installed prefixes, 80.0")
+                    && error.to_string().contains("more than the 4% limit"),
+                "{error}"
+            );
+        }
+        // A /16 of IPv6 is too; a /20 is not.
+        let error = judge(
+            &Hint("s".into()),
+            None,
+            file("2", &list(&["2a00::/16"])),
+            LIMITS,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(error, GateError::Space { family: "IPv6", .. }),
+            "{error}"
+        );
+        judge(
+            &Hint("s".into()),
+            None,
+            file("2", &list(&["2a00::/20"])),
+            LIMITS,
+        )
+        .unwrap();
+    }
+
+    /// The providers' real whole files (no filter) pass every gate at the defaults: as a
+    /// first file, and over themselves.
+    #[test]
+    fn the_real_files_pass_every_gate_at_the_defaults() {
+        let feed = crate::client::FeedConfig::default();
+        let limits = ChangeLimits {
+            max_shrink_percent: feed.max_shrink_percent,
+            shrink_key: "",
+            max_churn_percent: Some(feed.max_churn_percent),
+            churn_key: "",
+            max_added_v4: feed.max_added_v4,
+            max_added_v6: feed.max_added_v6,
+            added_key: "",
+        };
+        let files: [(&str, &[u8]); 6] = [
+            (
+                "aws",
+                include_bytes!("../../tests/fixtures/providers/aws-ip-ranges-1753388594.json"),
+            ),
+            (
+                "azure-service-tags",
+                include_bytes!("../../tests/fixtures/providers/azure-service-tags-public-363.json"),
+            ),
+            (
+                "google",
+                include_bytes!("../../tests/fixtures/providers/google-cloud-1753409788780.json"),
+            ),
+            (
+                "cidr-list",
+                include_bytes!("../../tests/fixtures/providers/zoom-ipranges-20220109.txt"),
+            ),
+            (
+                "cidr-list",
+                include_bytes!("../../tests/fixtures/providers/cloudflare-ips-v4.txt"),
+            ),
+            (
+                "cidr-list",
+                include_bytes!("../../tests/fixtures/providers/cloudflare-ips-v6.txt"),
+            ),
+        ];
+        for (kind, body) in files {
+            let config: crate::sources::SourceConfig =
+                toml::from_str(&format!("name = \"x\"\nkind = \"{kind}\"\npath = \"/x\"")).unwrap();
+            let parsed = config.parse(4096, body, PrefixLimits::default()).unwrap();
+            let file = File {
+                version: parsed.version.as_deref(),
+                sha256: "same",
+                sets: &parsed.sets,
+            };
+            let hint = Hint(String::new());
+            judge(&hint, None, file, limits).unwrap_or_else(|error| panic!("{kind}: {error}"));
+            judge(&hint, Some(file), file, limits)
+                .unwrap_or_else(|error| panic!("{kind}: {error}"));
+        }
+        // Microsoft's own feeds, first and from one version to the next.
+        let old = sets(include_bytes!(
+            "../../tests/fixtures/m365-worldwide-endpoints-2026033100.json"
+        ));
+        let new = sets(FEED_2026043000);
+        judge(&Hint(String::new()), None, file("2026033100", &old), limits).unwrap();
+        judge(
+            &Hint(String::new()),
+            Some(file("2026033100", &old)),
+            file("2026043000", &new),
+            limits,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn capacity_is_counted_before_anything_is_written() {
+        check_capacity((1000, 10), (1 << 20, 1 << 20), 16384).unwrap();
+        let error = check_capacity((1_100_000, 10), (1 << 20, 1 << 20), 16384).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "the union of every source would hold 1100000 IPv4 prefixes, more than the 1032192 \
+             the IPv4 trie holds (1048576 entries, 16384 kept for learned addresses); nothing \
+             was written"
+        );
+        assert!(matches!(
+            check_capacity((10, 1_040_000), (1 << 20, 1 << 20), 16384),
+            Err(GateError::Capacity { family: "IPv6", .. })
+        ));
     }
 
     #[test]

@@ -102,3 +102,123 @@ pub(crate) mod duration_text {
         super::parse_duration(&String::deserialize(deserializer)?).map_err(serde::de::Error::custom)
     }
 }
+
+/// A share of an address space as the file spells it (`4%`, `0.01%`), in parts per million:
+/// exact, comparable, and at most four decimals of a percent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Share {
+    pub ppm: u32,
+}
+
+impl Share {
+    /// All of it.
+    pub const ALL: Self = Self { ppm: 1_000_000 };
+
+    /// Whether `part` of a space of `whole` addresses is more than this share of it.
+    #[must_use]
+    pub fn exceeded_by(self, part: u128, whole: u128) -> bool {
+        // part / whole > ppm / 10^6, in integers: whole is a power of two up to 2^125, so
+        // divide it first (exact) rather than multiply part.
+        let limit = (whole / 1_000_000) * u128::from(self.ppm)
+            + (whole % 1_000_000) * u128::from(self.ppm) / 1_000_000;
+        part > limit
+    }
+
+    /// `part` of `whole` in percent, for messages.
+    #[must_use]
+    #[expect(clippy::cast_precision_loss, reason = "a percentage for a message")]
+    pub fn percent_of(part: u128, whole: u128) -> f64 {
+        part as f64 * 100.0 / whole as f64
+    }
+}
+
+impl std::str::FromStr for Share {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad = || format!("{text:?} is not a share like 4% or 0.01% (0% to 100%, 4 decimals)");
+        let number = text.trim().strip_suffix('%').ok_or_else(bad)?;
+        let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+        if whole.is_empty()
+            || fraction.len() > 4
+            || !whole
+                .bytes()
+                .chain(fraction.bytes())
+                .all(|b| b.is_ascii_digit())
+        {
+            return Err(bad());
+        }
+        let whole: u32 = whole.parse().map_err(|_| bad())?;
+        let fraction: u32 = format!("{fraction:0<4}").parse().map_err(|_| bad())?;
+        let ppm = whole
+            .checked_mul(10_000)
+            .and_then(|ppm| ppm.checked_add(fraction))
+            .filter(|ppm| *ppm <= 1_000_000)
+            .ok_or_else(bad)?;
+        Ok(Self { ppm })
+    }
+}
+
+impl std::fmt::Display for Share {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (whole, fraction) = (self.ppm / 10_000, self.ppm % 10_000);
+        if fraction == 0 {
+            write!(f, "{whole}%")
+        } else {
+            let fraction = format!("{fraction:04}");
+            write!(f, "{whole}.{}%", fraction.trim_end_matches('0'))
+        }
+    }
+}
+
+impl serde::Serialize for Share {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Share {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod share_tests {
+    use super::Share;
+
+    #[test]
+    fn shares_read_and_write_as_percentages() {
+        for (text, ppm) in [
+            ("4%", 40_000),
+            ("0.01%", 100),
+            ("100%", 1_000_000),
+            ("2.5%", 25_000),
+        ] {
+            let share: Share = text.parse().unwrap();
+            assert_eq!(share.ppm, ppm, "{text}");
+            assert_eq!(share.to_string(), text);
+        }
+        for bad in ["4", "-1%", "101%", "0.00001%", "%", "1e2%", " .5%"] {
+            assert!(bad.parse::<Share>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn exceeded_compares_exactly() {
+        let four: Share = "4%".parse().unwrap();
+        let v4 = 1u128 << 32;
+        // 4% of IPv4 is 171,798,691.84 addresses.
+        assert!(!four.exceeded_by(171_798_691, v4));
+        assert!(four.exceeded_by(171_798_692, v4));
+        let v6 = 1u128 << 125;
+        let tiny: Share = "0.01%".parse().unwrap();
+        assert!(
+            !tiny.exceeded_by(1 << 111, v6),
+            "a /17 of global unicast is 0.006%"
+        );
+        assert!(tiny.exceeded_by(1 << 112, v6), "a /16 is 0.012%");
+    }
+}

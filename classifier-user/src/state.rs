@@ -178,6 +178,10 @@ pub struct LearnedRow {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LearnedFile {
     pub counts: crate::dns::Counts,
+    /// When the counts were taken: the file is written at most once a second while answers
+    /// come, so `learned` lags `/metrics` by at most that and says by how much.
+    #[serde(default)]
+    pub counted_at: Time,
     pub rows: Vec<LearnedRow>,
 }
 

@@ -463,10 +463,6 @@ fn snapshot(
 }
 
 #[test]
-#[expect(
-    clippy::too_many_lines,
-    reason = "a table of cases, then three follow-ups"
-)]
 fn bad_answers_change_nothing_and_say_why() {
     let server = FeedServer::start();
     let state_dir = TempDir::new("bad");
@@ -692,14 +688,16 @@ fn a_layout_1_state_directory_is_migrated_on_first_start() {
     }
     let old_feed = std::fs::read(fixture.join("feed.json")).unwrap();
     let old_entries = "72bf03c7e83ff453";
-    let mut config = Config::default();
-    config.sources = vec![
-        toml::from_str(
-            "name = \"zoom\"\nkind = \"cidr-list\"\npath = \"/tmp/xbmig/zoom.txt\"\n\
-             udp = \"3478-3479,8801-8810\"",
-        )
-        .unwrap(),
-    ];
+    let config = Config {
+        sources: vec![
+            toml::from_str(
+                "name = \"zoom\"\nkind = \"cidr-list\"\npath = \"/tmp/xbmig/zoom.txt\"\n\
+                 udp = \"3478-3479,8801-8810\"",
+            )
+            .unwrap(),
+        ],
+        ..Config::default()
+    };
     let Some((_datapath, mut agent)) = agent(config, &state_dir) else {
         return;
     };

@@ -153,6 +153,7 @@ fn the_capture_copies_answers_to_clients_and_counts_the_rest() {
 }
 
 #[test]
+#[expect(clippy::too_many_lines, reason = "one scenario, step by step")]
 fn learned_addresses_are_in_the_map_at_once_named_by_lookup_and_forgotten() {
     let state_dir = TempDir::new("dns-learn");
     let Some((mut datapath, mut agent)) = learning_agent(&state_dir, |config| {
@@ -225,6 +226,13 @@ fn learned_addresses_are_in_the_map_at_once_named_by_lookup_and_forgotten() {
         .learned()
         .unwrap();
     assert_eq!(learned.counts.learned, 2, "{learned:?}");
+    // The counts `learned` reads are the agent's own (what `/metrics` serves), and say when.
+    assert_eq!(learned.counts, agent.learned_counts());
+    assert!(
+        classifier_user::time::Time::now().secs() - learned.counted_at.secs() < 60,
+        "{:?}",
+        learned.counted_at
+    );
     // x.teams.microsoft.com matches set 12 (*.teams.microsoft.com, Allow) and sets 50 and 78
     // (*.microsoft.com, Default): one row each.
     assert_eq!(
@@ -241,8 +249,29 @@ fn learned_addresses_are_in_the_map_at_once_named_by_lookup_and_forgotten() {
         ]
     );
 
+    // An answer that teaches nothing (no apply follows it) still reaches `learned.json`'s
+    // counts once a second has passed since they were last written; `learned` no longer lags
+    // `/metrics` by everything since the last apply.
+    std::thread::sleep(Duration::from_millis(1100));
+    let nothing = answer(
+        "unrelated.example.",
+        vec![a("unrelated.example.", "198.18.0.1", 30)],
+        ResponseCode::NoError,
+    );
+    assert!(
+        agent
+            .learn(&[(classifier_user::datapath::monotonic_ns(), nothing)])
+            .is_empty()
+    );
+    let learned = State::open_existing(&state_dir.0)
+        .unwrap()
+        .learned()
+        .unwrap();
+    assert_eq!(learned.counts, agent.learned_counts());
+    assert_eq!(learned.counts.answers, 3, "{learned:?}");
+
     // TTL 30 capped at 2 s, no grace, no flow: gone after the expiry.
-    std::thread::sleep(Duration::from_millis(3100));
+    std::thread::sleep(Duration::from_secs(2));
     agent.expire_learned();
     assert_eq!(agent.maps().installed().unwrap().len(), before);
     assert!(

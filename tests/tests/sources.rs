@@ -1007,3 +1007,210 @@ fn the_daemon_refreshes_each_source_and_the_commands_name_it() {
         "{cloudflare}"
     );
 }
+
+/// Snapshot of the maps to compare byte for byte.
+fn entries(agent: &Agent) -> Compiled {
+    agent.maps().installed().unwrap()
+}
+
+/// `count` /24s from `first.0.0.0` on, one a line: a cidr-list file of public space.
+fn slash_24s(first: u8, count: u32) -> Vec<u8> {
+    use std::fmt::Write as _;
+    let mut text = String::with_capacity(count as usize * 14);
+    for n in 0..count {
+        let [high, a, b, _] = ((u32::from(first) << 24) + (n << 8)).to_be_bytes();
+        let _ = writeln!(text, "{high}.{a}.{b}.0/24");
+    }
+    text.into_bytes()
+}
+
+/// Two lists whose union is larger than the tries (1,048,576 entries a family): the second
+/// is refused before anything is written, naming the numbers; the maps stay byte for byte
+/// what they were, and the source's status says why. (The union used to be half-applied:
+/// the trie filled, addresses of the refused part went direct.)
+#[test]
+fn a_union_larger_than_the_tries_is_refused_before_any_write() {
+    let server = FeedServer::start();
+    let state_dir = TempDir::new("sources-capacity");
+    let files = state_dir.0.with_extension("files");
+    let big = private_file(&files, "big.txt", &slash_24s(11, 600_000));
+    let bigger = private_file(&files, "bigger.txt", &slash_24s(21, 500_000));
+    let list = |name: &str, path: &Path| {
+        source(&format!(
+            "name = \"{name}\"\nkind = \"cidr-list\"\npath = \"{}\"",
+            path.display()
+        ))
+    };
+    let mut config = config(&server, vec![list("big", &big), list("bigger", &bigger)]);
+    config.feed.max_body_bytes = 32 << 20;
+    let Some((_datapath, mut agent)) = agent(config, &state_dir, &server) else {
+        return;
+    };
+    assert!(matches!(
+        refresh(&mut agent, "big").unwrap(),
+        Refreshed::Applied { .. }
+    ));
+    let before = entries(&agent);
+    assert_eq!(before.v4.len(), 600_000 + 34);
+    let error = refresh(&mut agent, "bigger").unwrap_err().to_string();
+    assert!(
+        error.starts_with("source bigger: refused file sha256:")
+            && error.contains("/bigger.txt: the union")
+            && error.contains(
+                "the union of every source would hold 1100034 IPv4 prefixes, more than the \
+                 1048576 the IPv4 trie holds"
+            )
+            && error.contains("nothing was written"),
+        "{error}"
+    );
+    assert!(entries(&agent) == before, "the maps changed");
+    let status = agent.status();
+    let bigger = status.source("bigger").unwrap();
+    assert!(
+        bigger
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("more than the 1048576"),
+        "{bigger:?}"
+    );
+    assert_eq!((bigger.prefixes_v4, bigger.version.as_deref()), (0, None));
+    // An address of the refused part stays in the tunnel.
+    assert_eq!(
+        agent.maps().lookup("25.0.0.1".parse().unwrap()).unwrap(),
+        None
+    );
+    std::fs::remove_dir_all(&files).unwrap();
+}
+
+/// A write that fails anyway is rolled back: another writer fills the trie after the agent
+/// looked for other writers and before it writes, so the kernel answers ENOSPC; the maps then equal the last good table, and the source says what happened.
+#[test]
+fn a_failed_write_is_rolled_back_to_the_last_good_table() {
+    let server = FeedServer::start();
+    let state_dir = TempDir::new("sources-rollback");
+    let list_text = String::from_utf8(slash_24s(11, 1000)).unwrap();
+    server.set("/list.txt", Reply::status(200, &list_text));
+    let list = source(&format!(
+        "name = \"list\"\nkind = \"cidr-list\"\nurl = \"{}/list.txt\"\nallow-http = true",
+        server.url()
+    ));
+    let Some((mut datapath, mut agent)) = agent(config(&server, vec![list]), &state_dir, &server)
+    else {
+        return;
+    };
+    let good = entries(&agent);
+    // The other writer leaves 500 entries free: the list's 1000 do not fit.
+    let mut other = datapath.maps().unwrap();
+    let mut full = good.clone();
+    let value = *good.v4.values().next().unwrap();
+    let room = agent.maps().capacity().0 - good.v4.len() - 500;
+    for n in 0..u32::try_from(room).unwrap() {
+        full.v4.insert(
+            classifier_common::LpmKeyV4 {
+                prefix_len: 32,
+                addr: ((30u32 << 24) + n).to_be_bytes(),
+            },
+            value,
+        );
+    }
+    // The daemon's steps, with the other writer between the look for other writers and the
+    // write: reconcile, fetch, (the fill), accept.
+    agent.reconcile();
+    let i = agent.source_index("list").unwrap();
+    let got = runtime().block_on(agent.fetch(i, false));
+    other.apply(&full).unwrap();
+    let refreshed = agent.accept(i, got, false);
+    let error = refreshed.unwrap_err().to_string();
+    assert!(
+        error.starts_with("updating the maps failed (")
+            && error.ends_with("; rolled back to the last good table"),
+        "{error}"
+    );
+    assert!(
+        entries(&agent) == good,
+        "the maps are not the last good table"
+    );
+    let status = agent.status();
+    let list = status.source("list").unwrap();
+    assert!(
+        list.last_error.as_deref().unwrap().contains("rolled back"),
+        "{list:?}"
+    );
+    assert_eq!((list.consecutive_failures, list.prefixes_v4), (1, 0));
+    // With room again, the same file applies.
+    assert!(matches!(
+        refresh(&mut agent, "list").unwrap(),
+        Refreshed::Applied { .. }
+    ));
+    assert_eq!(entries(&agent).v4.len(), good.v4.len() + 1000);
+}
+
+/// Every source has the feed's gates: a list that grows from 16 prefixes to most of IPv4
+/// (205 public /8s, as a probe did) is refused by the address-space cap, a 7,500-fold jump
+/// by the churn limit; `sync --source NAME --force` takes each for one refresh.
+#[test]
+fn a_source_that_grows_too_much_is_refused_unless_forced() {
+    let server = FeedServer::start();
+    let state_dir = TempDir::new("sources-growth");
+    let small = String::from_utf8(slash_24s(11, 16)).unwrap();
+    server.set("/list.txt", Reply::status(200, &small));
+    let list = source(&format!(
+        "name = \"list\"\nkind = \"cidr-list\"\nurl = \"{}/list.txt\"\nallow-http = true",
+        server.url()
+    ));
+    let Some((_datapath, mut agent)) = agent(config(&server, vec![list]), &state_dir, &server)
+    else {
+        return;
+    };
+    assert!(matches!(
+        refresh(&mut agent, "list").unwrap(),
+        Refreshed::Applied { .. }
+    ));
+    let before = entries(&agent);
+    // Most of IPv4.
+    let mut eights = small.clone();
+    for n in (11..=223)
+        .filter(|n| ![100, 127, 169, 172, 192, 198, 203].contains(n))
+        .take(205)
+    {
+        eights.push_str(&n.to_string());
+        eights.push_str(".0.0.0/8\n");
+    }
+    server.set("/list.txt", Reply::status(200, &eights));
+    let error = refresh(&mut agent, "list").unwrap_err().to_string();
+    assert!(
+        error.contains("IPv4 addresses not in its installed prefixes")
+            && error.contains("more than the 4% limit (feed.max-added-v4, feed.max-added-v6)")
+            && error.contains("`xdp-breakout sync --source list --force`"),
+        "{error}"
+    );
+    assert!(entries(&agent) == before, "the maps changed");
+    assert_eq!(
+        agent.maps().lookup("9.9.9.9".parse().unwrap()).unwrap(),
+        None
+    );
+    // 120,000 more /24s: within the address-space cap (2.9% of IPv4), past the churn limit.
+    let jump = [small.as_bytes(), &slash_24s(12, 120_000)].concat();
+    server.set(
+        "/list.txt",
+        Reply::status(200, std::str::from_utf8(&jump).unwrap()),
+    );
+    let error = refresh(&mut agent, "list").unwrap_err().to_string();
+    assert!(
+        error.contains("it would add 120000 and remove 0 prefixes where 16 are installed")
+            && error.contains("(feed.max-churn-percent)"),
+        "{error}"
+    );
+    assert!(entries(&agent) == before, "the maps changed");
+    // Forced, once: applied; the next unforced refresh judges against it.
+    assert!(matches!(
+        runtime().block_on(agent.refresh("list", true)).unwrap(),
+        Refreshed::Applied { .. }
+    ));
+    assert_eq!(entries(&agent).v4.len(), before.v4.len() + 120_000);
+    assert!(matches!(
+        refresh(&mut agent, "list").unwrap(),
+        Refreshed::Unchanged { .. }
+    ));
+}

@@ -105,6 +105,13 @@ impl Agent {
         if let Ok(mut counts) = self.shared.dns.lock() {
             counts.clone_from(&self.learned.counts);
         }
+        // `learned` reads the file: keep its counts within a second of `/metrics`'.
+        if self
+            .learned_saved
+            .is_none_or(|saved| saved.elapsed() >= Duration::from_secs(1))
+        {
+            self.save_learned();
+        }
         latencies
     }
 
@@ -218,7 +225,7 @@ impl Agent {
     }
 
     /// Writes `learned.json` for `learned` and `lookup`.
-    pub(super) fn save_learned(&self) {
+    pub(super) fn save_learned(&mut self) {
         if !self.config.dns.learn {
             return;
         }
@@ -245,8 +252,10 @@ impl Agent {
         rows.sort_by_key(|row| (row.address, row.set));
         let learned = crate::state::LearnedFile {
             counts: self.learned.counts.clone(),
+            counted_at: crate::time::Time::now(),
             rows,
         };
+        self.learned_saved = Some(std::time::Instant::now());
         if let Err(error) = self.state.save_learned(&learned) {
             warn!("{:#}", anyhow::Error::from(error));
         }

@@ -58,6 +58,8 @@ pub struct Agent {
     patterns: crate::dns::Patterns,
     learned: crate::dns::Learned,
     learn_dirty: bool,
+    /// When `learned.json` was last written.
+    learned_saved: Option<std::time::Instant>,
     /// The health checks found the direct uplink dead: direct verdicts go to the tunnel.
     uplink_down: bool,
     uplink: crate::state::Uplink,
@@ -94,6 +96,7 @@ impl Agent {
             patterns: crate::dns::Patterns::default(),
             learned: crate::dns::Learned::default(),
             learn_dirty: false,
+            learned_saved: None,
             uplink_down: false,
             uplink,
             maps,
@@ -172,21 +175,64 @@ impl Agent {
     }
 
     /// The one way the maps change: `target` applied as a diff under the pin lock, then
-    /// recorded as what they hold.
+    /// recorded as what they hold. A write that fails anyway (the kernel's ENOSPC or ENOMEM,
+    /// another writer) is rolled back to the last good table, the union of the files held.
     pub fn apply(&mut self, target: &Compiled) -> Result<ApplyReport, RefreshError> {
-        let report = {
-            let _lock = self.lock_dir.as_deref().map(PinLock::acquire).transpose()?;
-            let installed = self.maps.installed()?;
-            self.maps.apply_over(&installed, target)?
-        };
-        self.shared
-            .apply_seconds
-            .observe(report.ready.as_secs_f64());
-        if let Some(error) = &report.index_error {
-            warn!("{error}");
-        }
+        let report = self.write(target)?;
         self.record(target)?;
         Ok(report)
+    }
+
+    /// The maps made to hold `target`, or back to the last good table: the union of the files
+    /// held (a candidate file is held only once its union is written).
+    fn write(&mut self, target: &Compiled) -> Result<ApplyReport, RefreshError> {
+        let written = {
+            let _lock = self.lock_dir.as_deref().map(PinLock::acquire).transpose()?;
+            let installed = self.maps.installed()?;
+            self.maps.apply_over(&installed, target)
+        };
+        let error = match written {
+            Ok(report) => {
+                self.shared
+                    .apply_seconds
+                    .observe(report.ready.as_secs_f64());
+                if let Some(error) = &report.index_error {
+                    warn!("{error}");
+                }
+                return Ok(report);
+            }
+            Err(error) => error,
+        };
+        let rolled_back = self
+            .union(None)
+            .map_err(|error| error.to_string())
+            .and_then(|good| {
+                let _lock = self
+                    .lock_dir
+                    .as_deref()
+                    .map(PinLock::acquire)
+                    .transpose()
+                    .map_err(|error| error.to_string())?;
+                let now = self.maps.installed().map_err(|error| error.to_string())?;
+                self.maps
+                    .apply_over(&now, &good)
+                    .map_err(|error| format!("{:#}", anyhow::Error::from(error)))?;
+                Ok(good)
+            });
+        match rolled_back {
+            Ok(good) => {
+                self.written = Some(good.digest());
+                self.prefixes = (good.v4.len(), good.v6.len());
+                Err(RefreshError::Write {
+                    rolled_back: "rolled back to the last good table".to_owned(),
+                    cause: Box::new(error),
+                })
+            }
+            Err(again) => Err(RefreshError::Write {
+                rolled_back: format!("rolling back to the last good table failed too: {again}"),
+                cause: Box::new(error),
+            }),
+        }
     }
 
     /// Records that the maps hold `compiled`: the union's digest and every source's sets.
@@ -284,22 +330,39 @@ impl Agent {
     /// The union, refused when it cannot compile or is empty.
     fn compile_union(
         &self,
-        replace: Option<(usize, &[EndpointSet])>,
+        replace: Option<(usize, &[EndpointSet], &str)>,
         name: &str,
         what: &str,
     ) -> Result<Compiled, RefreshError> {
         let refused = |reason| RefreshError::Refused {
             name: name.to_owned(),
             what: what.to_owned(),
-            from: "the union of the sources".to_owned(),
+            from: replace.map_or_else(
+                || "the union of the sources".to_owned(),
+                |(_, _, from)| from.to_owned(),
+            ),
             reason,
         };
         let compiled = self
-            .union(replace)
+            .union(replace.map(|(i, sets, _)| (i, sets)))
             .map_err(|error| refused(Box::new(Reason::Compile(error))))?;
         if compiled.is_empty() {
             return Err(refused(Box::new(Reason::NothingLeft)));
         }
+        // What learning may still add is kept free: a full trie refuses learned addresses.
+        let reserved = if self.config.dns.learn {
+            usize::try_from(self.config.dns.max_learned)
+                .unwrap_or(usize::MAX)
+                .saturating_sub(self.learned.entries.len())
+        } else {
+            0
+        };
+        crate::gate::check_capacity(
+            (compiled.v4.len(), compiled.v6.len()),
+            self.maps.capacity(),
+            reserved,
+        )
+        .map_err(|error| refused(Box::new(Reason::Gate(error))))?;
         Ok(compiled)
     }
 

@@ -39,6 +39,13 @@ pub enum RefreshError {
     },
     #[error("updating the maps")]
     Maps(#[from] DatapathError),
+    /// A write failed after the gate passed (the kernel's ENOSPC or ENOMEM, another writer):
+    /// the maps were rolled back, or say so when they could not be.
+    #[error("updating the maps failed ({}); {rolled_back}", chain(cause.as_ref()))]
+    Write {
+        rolled_back: String,
+        cause: Box<DatapathError>,
+    },
     #[error("recording what the maps hold")]
     State(#[from] StateError),
     #[error("no source is named {name:?} (configured: {known})")]
@@ -182,25 +189,38 @@ impl Source {
         self.held.as_ref().map_or(&[], |(parsed, _)| &parsed.sets)
     }
 
-    /// The gate's limits of this source, and the keys that set them.
+    /// The gate's limits of this source, and the keys that set them: its own, else
+    /// `[feed]`'s, which every source takes by default.
     fn limits(&self, feed: &crate::client::FeedConfig) -> ChangeLimits {
-        let own = self.config.name == M365;
+        let config = &self.config;
+        // `[feed]`'s own keys are the m365 source's.
+        let key = |own: bool, source_key, feed_key| {
+            if own && config.name != M365 {
+                source_key
+            } else {
+                feed_key
+            }
+        };
         ChangeLimits {
-            max_shrink_percent: self
-                .config
-                .max_shrink_percent
-                .unwrap_or(feed.max_shrink_percent),
-            shrink_key: if own || self.config.max_shrink_percent.is_none() {
-                "feed.max-shrink-percent"
-            } else {
-                "max-shrink-percent"
-            },
-            max_churn_percent: self.config.max_churn_percent,
-            churn_key: if own {
-                "feed.max-churn-percent"
-            } else {
-                "max-churn-percent"
-            },
+            max_shrink_percent: config.max_shrink_percent.unwrap_or(feed.max_shrink_percent),
+            shrink_key: key(
+                config.max_shrink_percent.is_some(),
+                "max-shrink-percent",
+                "feed.max-shrink-percent",
+            ),
+            max_churn_percent: Some(config.max_churn_percent.unwrap_or(feed.max_churn_percent)),
+            churn_key: key(
+                config.max_churn_percent.is_some(),
+                "max-churn-percent",
+                "feed.max-churn-percent",
+            ),
+            max_added_v4: config.max_added_v4.unwrap_or(feed.max_added_v4),
+            max_added_v6: config.max_added_v6.unwrap_or(feed.max_added_v6),
+            added_key: key(
+                config.max_added_v4.is_some() || config.max_added_v6.is_some(),
+                "max-added-v4, max-added-v6",
+                "feed.max-added-v4, feed.max-added-v6",
+            ),
         }
     }
 }
@@ -420,7 +440,7 @@ impl Agent {
                 }
             }
             Err(error) => {
-                status.last_error = Some(error.to_string());
+                status.last_error = Some(chain(error));
                 status.consecutive_failures = status.consecutive_failures.saturating_add(1);
             }
         }
@@ -552,7 +572,7 @@ impl Agent {
             return Ok(Refreshed::Held { version });
         }
         let what = what(&self.sources[i].config, version.as_deref());
-        let compiled = self.compile_union(Some((i, &parsed.sets)), &name, &what)?;
+        let compiled = self.compile_union(Some((i, &parsed.sets, &meta.from)), &name, &what)?;
         let report = self.apply_with(i, &compiled, &body, parsed, meta)?;
         info!(
             "source {name}: applied {} from {}: {}",
@@ -563,9 +583,9 @@ impl Agent {
         Ok(Refreshed::Applied { version, report })
     }
 
-    /// Applies `compiled` with source `i`'s new file held, then keeps the file: on disk,
-    /// and (for a Microsoft 365 feed) in the patterns and the PAC file. A failed apply gives
-    /// the source back its previous file.
+    /// Writes `compiled`, then keeps source `i`'s new file: held, recorded, on disk, and
+    /// (for a Microsoft 365 feed) in the patterns and the PAC file. A failed write leaves the
+    /// source's previous file held and the maps rolled back to it.
     fn apply_with(
         &mut self,
         i: usize,
@@ -574,25 +594,17 @@ impl Agent {
         parsed: Parsed,
         meta: Meta,
     ) -> Result<ApplyReport, RefreshError> {
-        // Held first, so that the record of the union names the new file.
-        let previous = (self.sources[i].held.take(), self.sources[i].status.clone());
-        self.sources[i].hold(parsed, meta);
-        let report = match self.apply(compiled) {
-            Ok(report) => report,
-            Err(error) => {
-                (self.sources[i].held, self.sources[i].status) = previous;
-                return Err(error);
-            }
-        };
+        let report = self.write(compiled)?;
         let source = &mut self.sources[i];
+        source.hold(parsed, meta);
         source.status.applied_at = Some(Time::now());
         if let Some((_, meta)) = &source.held {
             self.state.save_source(&source.config.name, body, meta)?;
         }
-        if source.config.kind == Kind::M365 {
+        self.record(compiled)?;
+        if self.sources[i].config.kind == Kind::M365 {
             self.sources_changed();
         }
-        self.save_status();
         Ok(report)
     }
 
@@ -617,7 +629,12 @@ impl Agent {
         let (target, refused) = match prepared {
             Some(Prepared::New(candidate)) => {
                 let what = what(&self.sources[i].config, candidate.meta.version.as_deref());
-                match self.compile_union(Some((i, &candidate.parsed.sets)), name, &what) {
+                let replace = (
+                    i,
+                    candidate.parsed.sets.as_slice(),
+                    candidate.meta.from.as_str(),
+                );
+                match self.compile_union(Some(replace), name, &what) {
                     Ok(target) => (target, refused),
                     Err(error) => (installed.clone(), refused.or(Some(error))),
                 }

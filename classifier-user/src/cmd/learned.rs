@@ -3,8 +3,8 @@
 //!
 //! JSON (stable): one object, [`Report`]: `{"addresses": [{"address", "name", "matched",
 //! "set", "service_area", "category", "source", "expires"}], "counts": {"answers",
-//! "learned", "refreshed", "ignored": {REASON: N}, "special", "capped", "excluded"}}`;
-//! `expires` is RFC 3339 UTC.
+//! "learned", "refreshed", "ignored": {REASON: N}, "special", "capped", "excluded"},
+//! "counted_at"}`; `expires` and `counted_at` are RFC 3339 UTC.
 
 use std::io::Write as _;
 
@@ -24,6 +24,9 @@ pub struct Report {
     pub addresses: Vec<LearnedRow>,
     /// Answers taken since the agent started, and what each did.
     pub counts: Counts,
+    /// When the agent took `counts` (it writes them at most once a second while answers
+    /// come; `/metrics` reads them live).
+    pub counted_at: crate::time::Time,
 }
 
 pub fn run(global: &GlobalArgs, LearnedArgs {}: &LearnedArgs) -> anyhow::Result<()> {
@@ -40,6 +43,7 @@ pub fn run(global: &GlobalArgs, LearnedArgs {}: &LearnedArgs) -> anyhow::Result<
     let report = Report {
         addresses: learned.rows,
         counts: learned.counts,
+        counted_at: learned.counted_at,
     };
     let mut out = std::io::stdout().lock();
     if global.json {
@@ -75,7 +79,9 @@ pub fn run(global: &GlobalArgs, LearnedArgs {}: &LearnedArgs) -> anyhow::Result<
     writeln!(
         out,
         "{answers} answers: {learned} addresses learned, {refreshed} refreshed, {ignored} answers \
-         ignored, {special} special-purpose, {capped} over the caps, {excluded} excluded"
+         ignored, {special} special-purpose, {capped} over the caps, {excluded} excluded \
+         (counted at {})",
+        report.counted_at
     )?;
     out.flush()?;
     Ok(())
@@ -102,6 +108,7 @@ mod tests {
                 expires: crate::time::Time(0),
             }],
             counts,
+            counted_at: crate::time::Time(0),
         };
         // REASON is a value, not a field: checked with the map emptied.
         let doc_sample = Report {

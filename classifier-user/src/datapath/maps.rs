@@ -183,6 +183,19 @@ impl Maps {
         Ok(())
     }
 
+    /// The entries the IPv4 and IPv6 tries hold at most (their `max_entries`).
+    #[must_use]
+    pub fn capacity(&self) -> (usize, usize) {
+        use aya::maps::IterableMap as _;
+        let entries = |map: &MapData| {
+            map.info()
+                .map_or(0, |info| info.max_entries())
+                .try_into()
+                .unwrap_or(usize::MAX)
+        };
+        (entries(self.prefix_v4.map()), entries(self.prefix_v6.map()))
+    }
+
     /// Flows in the flow table, and the table's size (0, 0 without one).
     #[must_use]
     pub fn flow_occupancy(&self) -> (usize, u32) {

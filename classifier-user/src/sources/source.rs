@@ -83,10 +83,16 @@ pub struct SourceConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_shrink_percent: Option<u8>,
     /// A file whose added and removed prefixes together exceed this share (percent) of the
-    /// source's installed prefixes is refused unless forced; default: no limit (`[feed]`:
-    /// `feed.max-churn-percent`).
+    /// source's installed prefixes is refused unless forced; default `feed.max-churn-percent`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_churn_percent: Option<u16>,
+    /// A file that would add more than this share of IPv4 (of global unicast IPv6) to what
+    /// the source's installed prefixes cover is refused unless forced; default
+    /// `feed.max-added-v4` (`feed.max-added-v6`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_added_v4: Option<crate::settings::Share>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_added_v6: Option<crate::settings::Share>,
 }
 
 fn default_refresh() -> Duration {
@@ -154,6 +160,8 @@ impl FeedConfig {
             allow_http: self.allow_http,
             max_shrink_percent: Some(self.max_shrink_percent),
             max_churn_percent: Some(self.max_churn_percent),
+            max_added_v4: Some(self.max_added_v4),
+            max_added_v6: Some(self.max_added_v6),
         }
     }
 }
