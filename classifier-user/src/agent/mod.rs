@@ -10,7 +10,8 @@
 //! value is self-contained (no shared rule slots), so an update replaces one prefix's rules
 //! in one atomic step and nothing can point at a stale slot.
 //!
-//! - [`refresh`]: each source's file, from its fetch to the union;
+//! - [`refresh`]: each source's file, from its fetch to the union (`source`: a source as the
+//!   agent keeps it, its limits and its clock; `outcome`: what a refresh ends in);
 //! - [`learn`]: DNS answers into learned addresses;
 //! - [`uplink`]: the direct uplink's health and the kernel settings it changes;
 //! - [`view`]: what the agent hands to `status`, `/metrics` and the PAC file;
@@ -18,7 +19,9 @@
 
 pub mod daemon;
 mod learn;
+mod outcome;
 pub mod refresh;
+mod source;
 mod uplink;
 mod view;
 
@@ -26,9 +29,10 @@ use std::sync::Arc;
 
 use tracing::{info, warn};
 
-use self::refresh::Source;
+use self::source::Source;
 pub use self::{
-    refresh::{Reason, RefreshError, Refreshed, Start, backoff, jittered},
+    outcome::{Reason, RefreshError, Refreshed, Start},
+    source::{backoff, jittered},
     view::pac_about,
 };
 use crate::{

@@ -617,4 +617,92 @@ mod tests {
             parsed.sets.iter().map(|set| set.id).collect::<Vec<_>>()
         );
     }
+
+    fn feed_sets(body: &[u8]) -> Vec<EndpointSet> {
+        Feed::parse(body).unwrap().sets
+    }
+
+    fn file<'a>(version: Option<&'a str>, sets: &'a [EndpointSet]) -> gate::File<'a> {
+        gate::File {
+            version,
+            sha256: "same",
+            sets,
+        }
+    }
+
+    /// The providers' real whole files (no filter) pass every gate at the defaults: as a
+    /// first file, and over themselves.
+    #[test]
+    fn the_real_files_pass_every_gate_at_the_defaults() {
+        let feed = crate::client::FeedConfig::default();
+        let limits = gate::ChangeLimits {
+            max_shrink_percent: feed.max_shrink_percent,
+            shrink_key: "",
+            max_churn_percent: Some(feed.max_churn_percent),
+            churn_key: "",
+            max_added_v4: feed.max_added_v4,
+            max_added_v6: feed.max_added_v6,
+            added_key: "",
+        };
+        let files: [(&str, &[u8]); 6] = [
+            (
+                "aws",
+                include_bytes!("../../../tests/fixtures/providers/aws-ip-ranges-1753388594.json"),
+            ),
+            (
+                "azure-service-tags",
+                include_bytes!(
+                    "../../../tests/fixtures/providers/azure-service-tags-public-363.json"
+                ),
+            ),
+            (
+                "google",
+                include_bytes!("../../../tests/fixtures/providers/google-cloud-1753409788780.json"),
+            ),
+            (
+                "cidr-list",
+                include_bytes!("../../../tests/fixtures/providers/zoom-ipranges-20220109.txt"),
+            ),
+            (
+                "cidr-list",
+                include_bytes!("../../../tests/fixtures/providers/cloudflare-ips-v4.txt"),
+            ),
+            (
+                "cidr-list",
+                include_bytes!("../../../tests/fixtures/providers/cloudflare-ips-v6.txt"),
+            ),
+        ];
+        for (kind, body) in files {
+            let config: SourceConfig =
+                toml::from_str(&format!("name = \"x\"\nkind = \"{kind}\"\npath = \"/x\"")).unwrap();
+            let parsed = config.parse(4096, body, PrefixLimits::default()).unwrap();
+            let file = file(parsed.version.as_deref(), &parsed.sets);
+            let hint = gate::Hint(String::new());
+            gate::judge(&hint, None, file, limits)
+                .unwrap_or_else(|error| panic!("{kind}: {error}"));
+            gate::judge(&hint, Some(file), file, limits)
+                .unwrap_or_else(|error| panic!("{kind}: {error}"));
+        }
+        // Microsoft's own feeds, first and from one version to the next.
+        let old = feed_sets(include_bytes!(
+            "../../../tests/fixtures/m365-worldwide-endpoints-2026033100.json"
+        ));
+        let new = feed_sets(include_bytes!(
+            "../../../tests/fixtures/m365-worldwide-endpoints-2026043000.json"
+        ));
+        gate::judge(
+            &gate::Hint(String::new()),
+            None,
+            file(Some("2026033100"), &old),
+            limits,
+        )
+        .unwrap();
+        gate::judge(
+            &gate::Hint(String::new()),
+            Some(file(Some("2026033100"), &old)),
+            file(Some("2026043000"), &new),
+            limits,
+        )
+        .unwrap();
+    }
 }
