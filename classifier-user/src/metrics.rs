@@ -11,9 +11,11 @@
 //! flow.
 //!
 //! The server is hyper's HTTP/1: it takes a request head of at most [`MAX_REQUEST`] bytes
-//! (431 past that, 400 for what is not HTTP) within [`REQUEST_TIMEOUT`], answers one request
-//! per connection and closes it within [`CONNECTION_TIMEOUT`], serves [`MAX_CONNECTIONS`] at
-//! once, and never blocks the agent: a scrape runs on the blocking pool.
+//! (431 past that, 400 for what is not HTTP) sent in full within [`REQUEST_TIMEOUT`] of the
+//! connection (a client that trickles its head is closed then all the same), answers one
+//! request per connection and closes it within [`CONNECTION_TIMEOUT`], serves
+//! [`MAX_CONNECTIONS`] at once, and never blocks the agent: a scrape runs on the blocking
+//! pool.
 
 use std::{
     collections::BTreeMap,
@@ -101,11 +103,15 @@ impl MetricsConfig {
 /// The longest request head (request line and headers) taken; a longer one is answered 431.
 /// hyper's smallest `max_buf_size`, too.
 pub const MAX_REQUEST: usize = 8192;
-/// How long a client may take to send its request head, counted from its connection.
+/// How long a client may take to send its whole request head, counted from its connection
+/// however it trickles. A head is one segment: 5 s survives two losses of it (TCP's first
+/// retransmission timeouts are 1 s and 2 s, RFC 6298).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a connection may last in all: head, scrape and answer. A client that stops
-/// reading its answer gives back its place among [`MAX_CONNECTIONS`] after this.
-pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a connection may last in all: head, scrape and answer. Prometheus gives up on a
+/// scrape after its default `scrape_timeout`, 10 s, so a connection open longer serves no
+/// one; a client that stops reading its answer gives back its place among
+/// [`MAX_CONNECTIONS`] after this.
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections served at once; more wait to be accepted.
 pub const MAX_CONNECTIONS: usize = 16;
 
@@ -653,8 +659,9 @@ fn respond(status: StatusCode, content_type: &'static str, body: String) -> Resp
 pub async fn serve(listener: TcpListener, pin_dir: PathBuf, shared: Arc<Shared>) {
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
-        // Counted from the connection's start, not its first byte (hyper arms it when it
-        // first polls for a head), so a silent client is dropped too.
+        // Armed when hyper first polls for a head, right as the connection is served, and
+        // not re-armed by each byte (hyper 1 `Conn::poll_read_head`): a deadline for the
+        // whole head, which a client trickling a byte a second does not push back.
         .header_read_timeout(REQUEST_TIMEOUT)
         .max_header_size(MAX_REQUEST)
         // Nothing we serve takes a body, so the read buffer need not outgrow the head.
