@@ -11,9 +11,17 @@
 //! flow.
 //!
 //! The server is hyper's HTTP/1: it takes a request head of at most [`MAX_REQUEST`] bytes
-//! (431 past that, 400 for what is not HTTP) within [`REQUEST_TIMEOUT`], answers one request
-//! per connection and closes it within [`CONNECTION_TIMEOUT`], serves [`MAX_CONNECTIONS`] at
-//! once, and never blocks the agent: a scrape runs on the blocking pool.
+//! (431 past that, 400 for what is not HTTP) sent in full within [`REQUEST_TIMEOUT`] of the
+//! connection (a client that trickles its head is closed then all the same), answers one
+//! request per connection and closes it within [`CONNECTION_TIMEOUT`], and never blocks the
+//! agent: a scrape runs on the blocking pool. It serves [`MAX_CONNECTIONS`] at once, at most
+//! [`MAX_PER_PEER`] from one address (IPv6: one /64; one more is closed at once), and keeps
+//! a place for a new connection by shedding the oldest one still sending its head (or, when
+//! all have sent theirs, the oldest): slow clients cannot keep a scrape out (`admission.rs`
+//! says why this design). Connections closed unanswered are counted in
+//! `xdp_breakout_listener_shed_total` by [`Shed`] reason.
+
+mod admission;
 
 use std::{
     collections::BTreeMap,
@@ -44,8 +52,11 @@ use prometheus_client::{
     },
     registry::Registry,
 };
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::net::TcpListener;
 use tracing::{debug, warn};
+
+use self::admission::{Admission, Admit};
+pub use self::admission::{MAX_CONNECTIONS, MAX_PER_PEER, Shed, ShedCounts};
 
 use crate::{datapath::Maps, state::Status};
 
@@ -101,13 +112,14 @@ impl MetricsConfig {
 /// The longest request head (request line and headers) taken; a longer one is answered 431.
 /// hyper's smallest `max_buf_size`, too.
 pub const MAX_REQUEST: usize = 8192;
-/// How long a client may take to send its request head, counted from its connection.
+/// How long a client may take to send its whole request head, counted from its connection
+/// however it trickles. A head is one segment: 5 s survives two losses of it (TCP's first
+/// retransmission timeouts are 1 s and 2 s, RFC 6298).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a connection may last in all: head, scrape and answer. A client that stops
-/// reading its answer gives back its place among [`MAX_CONNECTIONS`] after this.
-pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
-/// Connections served at once; more wait to be accepted.
-pub const MAX_CONNECTIONS: usize = 16;
+/// How long a connection may last in all: head, scrape and answer. Prometheus gives up on a
+/// scrape after its default `scrape_timeout`, 10 s, so a connection open longer serves no
+/// one; a client that stops reading its answer gives back its place after this.
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An endpoint set's labels.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -132,6 +144,8 @@ pub struct Shared {
     /// DNS learning: what answers did, and from capture to the map.
     pub dns: Mutex<crate::dns::Counts>,
     pub dns_seconds: Histogram,
+    /// Connections the listener closed before answering them.
+    pub listener_shed: ShedCounts,
 }
 
 impl Default for Shared {
@@ -145,6 +159,7 @@ impl Default for Shared {
             dns: Mutex::default(),
             // 10 us .. about 10 s.
             dns_seconds: Histogram::new(exponential_buckets(0.000_01, 4.0, 10)),
+            listener_shed: ShedCounts::default(),
         }
     }
 }
@@ -472,6 +487,18 @@ impl Collector for Scrape {
                 &rows,
             )?;
         }
+        counter(
+            &mut encoder,
+            "xdp_breakout_listener_shed",
+            "connections this listener closed before answering them, by why: over the \
+             per-address limit, shed to make room (the slowest still sending its head, or the \
+             oldest), or past the head or connection timeout",
+            &self
+                .shared
+                .listener_shed
+                .rows()
+                .map(|(why, count)| (vec![("reason", why.label().to_owned())], count)),
+        )?;
         let Ok(status) = self.shared.status.lock().map(|status| status.clone()) else {
             return Ok(());
         };
@@ -653,21 +680,20 @@ fn respond(status: StatusCode, content_type: &'static str, body: String) -> Resp
 pub async fn serve(listener: TcpListener, pin_dir: PathBuf, shared: Arc<Shared>) {
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
-        // Counted from the connection's start, not its first byte (hyper arms it when it
-        // first polls for a head), so a silent client is dropped too.
+        // Armed when hyper first polls for a head, right as the connection is served, and
+        // not re-armed by each byte (hyper 1 `Conn::poll_read_head`): a deadline for the
+        // whole head, which a client trickling a byte a second does not push back.
         .header_read_timeout(REQUEST_TIMEOUT)
         .max_header_size(MAX_REQUEST)
         // Nothing we serve takes a body, so the read buffer need not outgrow the head.
         .max_buf_size(MAX_REQUEST)
-        // One request per connection: a permit then bounds requests, not idle keep-alive
-        // connections a scraper parks between scrapes, and CONNECTION_TIMEOUT bounds a
+        // One request per connection: a place then holds a request, not an idle keep-alive
+        // connection a scraper parks between scrapes, and CONNECTION_TIMEOUT bounds a
         // request. A scrape every 15 s or so pays one TCP handshake for it.
         .keep_alive(false);
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let admission = Arc::new(Admission::default());
     loop {
-        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-            return;
-        };
+        // Accept at once, whatever the load: the connections to shed must be ours to see.
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(error) => {
@@ -676,26 +702,62 @@ pub async fn serve(listener: TcpListener, pin_dir: PathBuf, shared: Arc<Shared>)
                 continue;
             }
         };
+        let mut place = match admission.admit(peer.ip()) {
+            Admit::OverPeerLimit => {
+                shared.listener_shed.count(Shed::PeerLimit);
+                debug!("metrics: {peer}: over {MAX_PER_PEER} connections from its address, closed");
+                continue;
+            }
+            Admit::Placed { place, made_room } => {
+                if let Some(why) = made_room {
+                    shared.listener_shed.count(why);
+                    debug!(
+                        "metrics: all {MAX_CONNECTIONS} places taken, shed one ({}) for {peer}",
+                        why.label()
+                    );
+                }
+                place
+            }
+        };
+        let mark = place.mark();
         let pin_dir = pin_dir.clone();
-        let shared = Arc::clone(&shared);
+        let scrape_shared = Arc::clone(&shared);
         let connection = http.serve_connection(
             TokioIo::new(stream),
             service_fn(move |request| {
+                mark.answering();
                 let pin_dir = pin_dir.clone();
-                let shared = Arc::clone(&shared);
+                let shared = Arc::clone(&scrape_shared);
                 async move { Ok::<_, Infallible>(answer(&request, pin_dir, shared).await) }
             }),
         );
+        let shared = Arc::clone(&shared);
         tokio::spawn(async move {
-            match tokio::time::timeout(CONNECTION_TIMEOUT, connection).await {
+            // Dropping the connection closes it; dropping `place` (with the task) frees it.
+            let served = tokio::select! {
+                served = tokio::time::timeout(CONNECTION_TIMEOUT, connection) => served,
+                () = place.shed() => return,
+            };
+            match served {
                 Ok(Ok(())) => {}
+                Ok(Err(error)) if error.is_timeout() => {
+                    shared.listener_shed.count(Shed::HeadTimeout);
+                    debug!("metrics: {peer}: no complete head within {REQUEST_TIMEOUT:?}, closed");
+                }
                 Ok(Err(error)) => debug!("metrics: {peer}: {error}"),
-                Err(_) => debug!(
-                    "metrics: {peer}: connection open longer than {CONNECTION_TIMEOUT:?}, closed"
-                ),
+                Err(_) => {
+                    shared.listener_shed.count(Shed::ConnectionTimeout);
+                    debug!(
+                        "metrics: {peer}: connection open longer than {CONNECTION_TIMEOUT:?}, closed"
+                    );
+                }
             }
-            drop(permit);
         });
+        // Before the next accept, let the new connection read what it has sent: a scraper's
+        // whole head is there by now, and once read, its place is shed only after every
+        // place still waiting for a head. Without this, a burst of accepts could shed it
+        // unread. `yield_now` lets the I/O driver run first (tokio defers its wake-up).
+        tokio::task::yield_now().await;
     }
 }
 
@@ -768,11 +830,15 @@ pub async fn bind(listen: SocketAddr) -> std::io::Result<TcpListener> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Instant;
+    use std::{
+        net::Ipv4Addr,
+        sync::atomic::{AtomicUsize, Ordering},
+        time::Instant,
+    };
 
     use tokio::{
         io::{AsyncReadExt as _, AsyncWriteExt as _},
-        net::TcpStream,
+        net::{TcpSocket, TcpStream},
     };
 
     use super::*;
@@ -788,9 +854,22 @@ mod tests {
         address
     }
 
+    /// A connection to `address` from `source`: loopback takes any 127/8 source, so one
+    /// test plays several peers.
+    async fn connect_from(source: Ipv4Addr, address: SocketAddr) -> std::io::Result<TcpStream> {
+        let socket = TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::from((source, 0)))?;
+        socket.connect(address).await
+    }
+
     /// Sends `request` on a new connection and reads the answer until the server closes.
     async fn ask(address: SocketAddr, request: &[u8]) -> String {
-        let mut stream = TcpStream::connect(address).await.unwrap();
+        ask_from(Ipv4Addr::LOCALHOST, address, request).await
+    }
+
+    /// [`ask`] from `source`.
+    async fn ask_from(source: Ipv4Addr, address: SocketAddr, request: &[u8]) -> String {
+        let mut stream = connect_from(source, address).await.unwrap();
         // The server may answer an oversized head and close before reading all of it: the
         // write may then fail, and the read end in a reset after the answer. What was read
         // is the answer either way.
@@ -960,36 +1039,203 @@ mod tests {
         }
     }
 
-    /// A client that never finishes its head is dropped after REQUEST_TIMEOUT, and while
-    /// MAX_CONNECTIONS such clients are connected, the next waits for one of them to go.
+    /// The value of the counter sample `name` (labels included) in an OpenMetrics `body`.
+    fn sample(body: &str, name: &str) -> Option<u64> {
+        body.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    /// Holds `stream` open, trickling a byte of a head every 500 ms if `trickle`, until the
+    /// server closes it; what the server sent (nothing is expected) and when it closed.
+    async fn hold(mut stream: TcpStream, trickle: bool) -> (Vec<u8>, Instant) {
+        let mut answer = Vec::new();
+        let deadline = Instant::now() + REQUEST_TIMEOUT + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if trickle {
+                // The server may have closed: the read below says so.
+                let _ = stream.write_all(b"a").await;
+            }
+            let mut buffer = [0; 512];
+            match tokio::time::timeout(Duration::from_millis(500), stream.read(&mut buffer)).await {
+                Ok(Ok(0) | Err(_)) => break,
+                Ok(Ok(read)) => answer.extend_from_slice(&buffer[..read]),
+                Err(_) => {}
+            }
+        }
+        (answer, Instant::now())
+    }
+
+    /// MAX_CONNECTIONS clients from four addresses that send part of a head, silent or one
+    /// byte every 500 ms: a fifth from one address is closed at once; a scrape is answered
+    /// at once, in the place of the oldest; the rest are closed REQUEST_TIMEOUT after they
+    /// connected, the trickling ones too; each is counted once, by its reason.
     #[tokio::test]
-    async fn silent_clients_are_dropped_and_connections_are_bounded() {
+    async fn slow_clients_are_closed_at_their_deadline_or_shed_and_counted() {
         let address = listening(Arc::default()).await;
-        let started = Instant::now();
-        let mut silent = Vec::new();
-        for _ in 0..MAX_CONNECTIONS {
-            let mut stream = TcpStream::connect(address).await.unwrap();
+        let mut slow = Vec::new();
+        for client in 0..MAX_CONNECTIONS {
+            let peer = u8::try_from(client / MAX_PER_PEER).unwrap();
+            let source = Ipv4Addr::new(127, 0, 0, 2 + peer);
+            let mut stream = connect_from(source, address).await.unwrap();
+            let connected = Instant::now();
             stream
                 .write_all(b"GET /metrics HTTP/1.1\r\n")
                 .await
                 .unwrap();
-            silent.push(stream);
+            slow.push((connected, tokio::spawn(hold(stream, client % 2 == 1))));
         }
-        let answer = ask(address, b"GET /metrics HTTP/1.1\r\n\r\n").await;
+        // The clients' places are taken as they are accepted: let the listener catch up.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let extra = connect_from(Ipv4Addr::new(127, 0, 0, 2), address)
+            .await
+            .unwrap();
+        let connected = Instant::now();
+        let (answer, closed) = hold(extra, false).await;
+        assert!(answer.is_empty(), "{answer:?}");
+        let extra_open = closed.duration_since(connected);
+        let started = Instant::now();
+        let answer = ask_from(
+            Ipv4Addr::new(127, 0, 0, 100),
+            address,
+            b"GET /metrics HTTP/1.1\r\n\r\n",
+        )
+        .await;
         assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
         let waited = started.elapsed();
         assert!(
-            waited >= REQUEST_TIMEOUT,
-            "answered after {waited:?}, before the silent clients' timeout"
+            waited < Duration::from_secs(1),
+            "the scrape waited {waited:?}"
         );
-        for mut stream in silent {
-            let mut rest = Vec::new();
-            let read = tokio::time::timeout(Duration::from_secs(1), stream.read_to_end(&mut rest));
+        assert!(
+            extra_open < Duration::from_secs(1),
+            "a fifth connection from one address was kept {extra_open:?}"
+        );
+        for (client, (connected, holding)) in slow.into_iter().enumerate() {
+            let (answer, closed) = holding.await.unwrap();
             assert!(
-                matches!(read.await, Ok(Ok(0))),
-                "a silent client was answered or not closed: {rest:?}"
+                answer.is_empty(),
+                "client {client} was answered: {answer:?}"
             );
+            let open = closed.duration_since(connected);
+            if client == 0 {
+                // The oldest sending its head, shed for the scrape.
+                assert!(open < REQUEST_TIMEOUT, "client 0 was closed after {open:?}");
+            } else {
+                assert!(
+                    open >= REQUEST_TIMEOUT && open < REQUEST_TIMEOUT + Duration::from_secs(2),
+                    "client {client} was closed after {open:?}"
+                );
+            }
         }
+        let answer = ask(
+            address,
+            b"GET /metrics HTTP/1.1\r\nAccept: application/openmetrics-text\r\n\r\n",
+        )
+        .await;
+        let (_, _, body) = split(&answer);
+        for (reason, count) in [
+            ("peer_limit", 1),
+            ("slowest_head", 1),
+            ("oldest", 0),
+            ("head_timeout", u64::try_from(MAX_CONNECTIONS - 1).unwrap()),
+            ("connection_timeout", 0),
+        ] {
+            let name = format!("xdp_breakout_listener_shed_total{{reason=\"{reason}\"}}");
+            assert_eq!(sample(body, &name), Some(count), "{name}: {body}");
+        }
+    }
+
+    /// A client from `source` that sends a request head one byte a second and never ends
+    /// it; when the server closes it, it connects again a second later, so the pressure
+    /// lasts as long as the task. `connected` counts its connections.
+    async fn trickle(source: Ipv4Addr, address: SocketAddr, connected: Arc<AtomicUsize>) {
+        let head = b"GET /metrics HTTP/1.1\r\nX-Slow: ";
+        loop {
+            if let Ok(mut stream) = connect_from(source, address).await {
+                connected.fetch_add(1, Ordering::Relaxed);
+                for sent in 0.. {
+                    let byte = head.get(sent).copied().unwrap_or(b'a');
+                    if stream.write_all(&[byte]).await.is_err() {
+                        break;
+                    }
+                    // A read ends early only when the server closes (or answers): then
+                    // this client starts again.
+                    let mut answer = [0; 512];
+                    let wait =
+                        tokio::time::timeout(Duration::from_secs(1), stream.read(&mut answer));
+                    if wait.await.is_ok() {
+                        break;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// Issue 21, finding 4: 200 clients trickling their heads from ten addresses do not
+    /// keep a scrape from another address from being answered within 5 s, and the listener
+    /// serves as before once they are gone.
+    #[tokio::test]
+    async fn a_scrape_is_answered_while_200_slow_clients_are_connected() {
+        const SLOW_CLIENTS: usize = 200;
+        const SLOW_PEERS: u8 = 10;
+        let address = listening(Arc::default()).await;
+        let connected = Arc::new(AtomicUsize::new(0));
+        let slow: Vec<_> = (0..SLOW_CLIENTS)
+            .map(|client| {
+                // In blocks of 20: each address sends more than MAX_PER_PEER in a row.
+                let peer = u8::try_from(client / (SLOW_CLIENTS / usize::from(SLOW_PEERS))).unwrap();
+                let source = Ipv4Addr::new(127, 0, 0, 2 + peer);
+                tokio::spawn(trickle(source, address, Arc::clone(&connected)))
+            })
+            .collect();
+        let all_connected = async {
+            while connected.load(Ordering::Relaxed) < SLOW_CLIENTS {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), all_connected)
+            .await
+            .expect("the slow clients connect within 10 s");
+        // Two bytes of each head are in: every slot is held by a slow client.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let scraper = Ipv4Addr::new(127, 0, 0, 200);
+        for scrape in 1..=3 {
+            let started = Instant::now();
+            let mut stream = connect_from(scraper, address).await.unwrap();
+            stream
+                .write_all(b"GET /metrics HTTP/1.1\r\nAccept: application/openmetrics-text\r\n\r\n")
+                .await
+                .unwrap();
+            let mut answer = Vec::new();
+            let read =
+                tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer));
+            let read = read.await;
+            let took = started.elapsed();
+            eprintln!("scrape {scrape} under {SLOW_CLIENTS} slow clients: {took:?}");
+            assert!(read.is_ok(), "scrape {scrape}: no answer within 10 s");
+            let answer = String::from_utf8_lossy(&answer);
+            let (status, _, body) = split(&answer);
+            assert_eq!(status, "HTTP/1.1 200 OK", "scrape {scrape}: {answer}");
+            assert!(body.ends_with("# EOF\n"), "scrape {scrape}: {body}");
+            assert!(
+                took < Duration::from_secs(5),
+                "scrape {scrape} took {took:?}"
+            );
+            // Both limits were at work: the ten addresses want 40 places.
+            for reason in ["peer_limit", "slowest_head"] {
+                let name = format!("xdp_breakout_listener_shed_total{{reason=\"{reason}\"}}");
+                assert!(
+                    sample(body, &name).is_some_and(|count| count > 0),
+                    "{name}: {body}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        for client in slow {
+            client.abort();
+        }
+        still_serving(address, "the slow clients went away").await;
     }
 
     #[test]
