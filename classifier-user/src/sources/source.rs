@@ -634,7 +634,7 @@ mod tests {
     /// first file, and over themselves.
     #[test]
     fn the_real_files_pass_every_gate_at_the_defaults() {
-        let feed = crate::client::FeedConfig::default();
+        let feed = FeedConfig::default();
         let limits = gate::ChangeLimits {
             max_shrink_percent: feed.max_shrink_percent,
             shrink_key: "",
