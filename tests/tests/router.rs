@@ -730,8 +730,9 @@ fn connections_keep_their_uplink_through_feed_updates_reloads_and_failover(mode:
     let streams = router.open_streams(EXCHANGE_V4, 443, 20);
     assert!(
         streams.progress(3, Duration::from_secs(10)),
-        "{:?}",
-        streams.errors()
+        "{:?}\n{}",
+        streams.errors(),
+        router.daemon_log()
     );
     assert_eq!(
         connections(&arrivals, Upstream::Direct, EXCHANGE_V4, 443),

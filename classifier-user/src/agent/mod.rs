@@ -64,6 +64,9 @@ pub struct Agent {
     learn_dirty: bool,
     /// When `learned.json` was last written.
     learned_saved: Option<std::time::Instant>,
+    /// Whether this agent is the daemon and attached: only then does it write the status
+    /// file ([`Agent::serve`]).
+    serving: bool,
     /// The health checks found the direct uplink dead: direct verdicts go to the tunnel.
     uplink_down: bool,
     uplink: crate::state::Uplink,
@@ -101,6 +104,7 @@ impl Agent {
             learned: crate::dns::Learned::default(),
             learn_dirty: false,
             learned_saved: None,
+            serving: false,
             uplink_down: false,
             uplink,
             maps,

@@ -30,7 +30,15 @@ impl Agent {
         }
     }
 
-    /// Writes the status file and hands it to the listener.
+    /// From now on the status file is the daemon's: written now and whenever it changes.
+    /// Before (while the maps are filled, before the programs are attached) it is not, so
+    /// that a reader never sees a version the data plane does not classify with yet.
+    pub fn serve(&mut self) {
+        self.serving = true;
+        self.save_status();
+    }
+
+    /// Writes the status file (once the daemon serves) and hands it to the listener.
     pub fn save_status(&self) {
         self.publish(&self.status());
     }
@@ -38,6 +46,9 @@ impl Agent {
     fn publish(&self, status: &Status) {
         if let Ok(mut shared) = self.shared.status.lock() {
             shared.clone_from(status);
+        }
+        if !self.serving {
+            return;
         }
         if let Err(error) = self.state.save_status(status) {
             warn!("{:#}", anyhow::Error::from(error));

@@ -100,7 +100,7 @@ async fn daemon(global: &GlobalArgs, args: &RunArgs, config: Config) -> anyhow::
     } else {
         None
     };
-    agent.save_status();
+    agent.serve();
     drop(startup_lock);
     let mut agent = agent.locking(&config.pin_dir);
     let started = config.restart_only();
