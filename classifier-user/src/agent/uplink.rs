@@ -73,10 +73,12 @@ impl Agent {
             changed = down != self.uplink_down;
             self.uplink_down = down;
         }
+        // The status first: once traffic moves, a reader finds the transition that moved it
+        // (its `failing_over` is read from the kernel, so it is never ahead of the maps).
+        self.save_status();
         if changed {
             self.apply_settings()?;
         }
-        self.save_status();
         Ok(())
     }
 }
