@@ -223,6 +223,7 @@ fn learned_addresses_are_in_the_map_at_once_named_by_lookup_and_forgotten() {
     let learned = State::open_existing(&state_dir.0)
         .unwrap()
         .learned()
+        .unwrap()
         .unwrap();
     assert_eq!(learned.counts.learned, 2, "{learned:?}");
     // x.teams.microsoft.com matches set 12 (*.teams.microsoft.com, Allow) and sets 50 and 78
