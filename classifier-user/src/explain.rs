@@ -136,7 +136,7 @@ impl Catalog {
                 sources: Vec::new(),
                 learned: state
                     .as_ref()
-                    .and_then(State::learned)
+                    .and_then(|state| state.learned().ok().flatten())
                     .map(|learned| learned.rows)
                     .unwrap_or_default(),
             };

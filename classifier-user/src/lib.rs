@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod netlink;
 pub mod pac;
 pub mod pcap;
+pub mod privilege;
 pub mod secure;
 pub mod settings;
 pub mod sources;

@@ -6,12 +6,17 @@
 //! machine where bpffs is mounted world-writable (mode 1777, as systemd mounts it) any user
 //! can create `/sys/fs/bpf/xdp-breakout` before root does. So both are created 0700 and
 //! refused when they belong to another user or others may write to them.
+//!
+//! Root's directory is refused to a user who is not root too, but as what it is: a healthy
+//! directory that user may not use ([`DirError::Root`], "needs root"), never one to remove.
 
 use std::{
     fs, io,
     os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
 };
+
+use crate::privilege::{Denied, NEEDS_ROOT, denied_or, euid};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DirError {
@@ -29,6 +34,11 @@ pub enum DirError {
         #[source]
         source: io::Error,
     },
+    #[error(transparent)]
+    Denied(#[from] Denied),
+    #[error("{what} {path} belongs to root: {NEEDS_ROOT}")]
+    Root { what: &'static str, path: PathBuf },
+    /// Owned by neither root nor this process's user.
     #[error(
         "{what} {path} is owned by {owner}, not by {me}: another user could change what is in \
          it; remove it (`rm -r {path}`) or choose another directory"
@@ -88,21 +98,20 @@ pub fn user_name(uid: u32) -> String {
     }
 }
 
-fn euid() -> u32 {
-    // SAFETY: geteuid cannot fail.
-    unsafe { libc::geteuid() }
-}
-
 /// Creates `path` (and missing parents) with mode 0700, then [`check`]s it.
 pub fn create_private(path: &Path, what: &'static str) -> Result<(), DirError> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(path)
-        .map_err(|source| DirError::Create {
-            what,
-            path: path.to_owned(),
-            source,
+        .map_err(|source| {
+            denied_or(source, format!("creating the {what}"), path, |source| {
+                DirError::Create {
+                    what,
+                    path: path.to_owned(),
+                    source,
+                }
+            })
         })?;
     check(path, what)
 }
@@ -111,22 +120,18 @@ pub fn create_private(path: &Path, what: &'static str) -> Result<(), DirError> {
 /// parent is not open to others (unless sticky, as `/tmp` and bpffs are).
 pub fn check(path: &Path, what: &'static str) -> Result<(), DirError> {
     let stat = |path: &Path| {
-        fs::metadata(path).map_err(|source| DirError::Stat {
-            what,
-            path: path.to_owned(),
-            source,
+        fs::metadata(path).map_err(|source| {
+            denied_or(source, format!("reading the {what}"), path, |source| {
+                DirError::Stat {
+                    what,
+                    path: path.to_owned(),
+                    source,
+                }
+            })
         })
     };
     let meta = stat(path)?;
-    let me = euid();
-    if meta.uid() != me {
-        return Err(DirError::Owner {
-            what,
-            path: path.to_owned(),
-            owner: user_name(meta.uid()),
-            me: user_name(me),
-        });
-    }
+    check_owner(path, what, meta.uid(), euid())?;
     let mode = meta.permissions().mode() & 0o7777;
     if mode & 0o022 != 0 {
         return Err(DirError::Writable {
@@ -150,6 +155,26 @@ pub fn check(path: &Path, what: &'static str) -> Result<(), DirError> {
         }
     }
     Ok(())
+}
+
+/// Refuses a directory `owner` has unless it is `me`. Root's is a directory only root may
+/// use, not a foreign one: the advice to remove it is for a directory of neither.
+fn check_owner(path: &Path, what: &'static str, owner: u32, me: u32) -> Result<(), DirError> {
+    if owner == me {
+        return Ok(());
+    }
+    if owner == 0 {
+        return Err(DirError::Root {
+            what,
+            path: path.to_owned(),
+        });
+    }
+    Err(DirError::Owner {
+        what,
+        path: path.to_owned(),
+        owner: user_name(owner),
+        me: user_name(me),
+    })
 }
 
 #[cfg(test)]
@@ -205,5 +230,51 @@ mod tests {
         assert!(error.contains("is owned by uid 65534"), "{error}");
         assert!(error.contains("not by uid 0 (root)"), "{error}");
         fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn roots_directory_tells_another_user_root_is_needed_never_to_remove_it() {
+        let path = Path::new("/sys/fs/bpf/xdp-breakout");
+        check_owner(path, "pin directory", 0, 0).unwrap();
+        check_owner(path, "pin directory", 65534, 65534).unwrap();
+        for me in [65534, 1001] {
+            let error = check_owner(path, "pin directory", 0, me)
+                .unwrap_err()
+                .to_string();
+            assert_eq!(
+                error,
+                "pin directory /sys/fs/bpf/xdp-breakout belongs to root: xdp-breakout needs \
+                 root (CAP_BPF and CAP_NET_ADMIN); run it with sudo"
+            );
+        }
+        // A directory of neither root nor the caller is foreign: named, and to be removed.
+        for (owner, me) in [(65534, 0), (65534, 1001)] {
+            let error = check_owner(path, "pin directory", owner, me)
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("is owned by uid 65534"), "{error}");
+            assert!(error.contains("remove it"), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_directory_the_kernel_hides_says_root_is_needed() {
+        if euid() == 0 {
+            eprintln!("skipped: root may enter any directory");
+            return;
+        }
+        let dir = temp("hidden");
+        create_private(&dir.join("pins"), "pin directory").unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o000)).unwrap();
+        let checked = check(&dir.join("pins"), "pin directory");
+        let created = create_private(&dir.join("pins"), "pin directory");
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+        for error in [checked.unwrap_err(), created.unwrap_err()] {
+            assert!(matches!(error, DirError::Denied(_)), "{error:?}");
+            let error = error.to_string();
+            assert!(error.starts_with("permission denied"), "{error}");
+            assert!(error.contains(NEEDS_ROOT), "{error}");
+        }
     }
 }

@@ -28,7 +28,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 pub use crate::sources::fetch::Meta;
-use crate::{feed::Feed, sources::fetch::sha256, time::Time};
+use crate::{feed::Feed, privilege::denied_or, sources::fetch::sha256, time::Time};
 
 const CLIENT_ID: &str = "client-request-id";
 const STATUS: &str = "status.json";
@@ -54,6 +54,8 @@ pub enum StateError {
     },
     #[error(transparent)]
     Untrusted(#[from] crate::secure::DirError),
+    #[error(transparent)]
+    Denied(#[from] crate::privilege::Denied),
 }
 
 /// What `status` and `sources` show; written whenever it changes. The JSON field names are a
@@ -223,13 +225,25 @@ fn to_json(value: &impl Serialize) -> Vec<u8> {
     serde_json::to_vec_pretty(value).unwrap_or_default()
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
-    serde_json::from_slice(&fs::read(path).ok()?).ok()
+/// The JSON file at `path`; `None` when there is none, or it is not one this version reads.
+/// Failing to read it otherwise is an error: root's file, read by another user, is not "none".
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(denied_or(source, "reading", path, |source| {
+            StateError::Io {
+                action: "reading",
+                path: path.to_owned(),
+                source,
+            }
+        })),
+    }
 }
 
-/// The status file of the agent using `dir`, without creating anything.
-#[must_use]
-pub fn read_status(dir: &Path) -> Option<Status> {
+/// The status file of the agent using `dir`, without creating anything; `None` when no agent
+/// wrote one.
+pub fn read_status(dir: &Path) -> Result<Option<Status>, StateError> {
     read_json(&dir.join(STATUS))
 }
 
@@ -266,7 +280,7 @@ impl State {
     /// whether there was anything to move. New files are written before old ones go, so a
     /// crash in between migrates again.
     pub fn migrate(&self) -> Result<bool, StateError> {
-        let Some(applied) = read_json::<AppliedV1>(&self.dir.join(V1_APPLIED)) else {
+        let Ok(Some(applied)) = read_json::<AppliedV1>(&self.dir.join(V1_APPLIED)) else {
             return Ok(false);
         };
         if let Ok(body) = fs::read(self.dir.join(V1_FEED)) {
@@ -292,7 +306,7 @@ impl State {
                     version,
                     sets,
                 }];
-                if let Some(catalog) = read_json::<CatalogV1>(&self.dir.join(V1_CATALOG))
+                if let Ok(Some(catalog)) = read_json::<CatalogV1>(&self.dir.join(V1_CATALOG))
                     && catalog.entries == entries
                 {
                     sources.extend(catalog.sources);
@@ -399,7 +413,7 @@ impl State {
     pub fn source(&self, name: &str) -> Option<(Vec<u8>, Meta)> {
         let dir = self.dir.join(SOURCES);
         crate::secure::check(&dir, "state directory").ok()?;
-        let meta: Meta = read_json(&dir.join(format!("{name}.json")))?;
+        let meta: Meta = read_json(&dir.join(format!("{name}.json"))).ok()??;
         let body = fs::read(dir.join(format!("{name}.body"))).ok()?;
         (sha256(&body) == meta.sha256).then_some((body, meta))
     }
@@ -409,18 +423,19 @@ impl State {
         self.write(UNION, &serde_json::to_vec(union).unwrap_or_default())
     }
 
-    /// What the maps held when last recorded.
+    /// What the maps held when last recorded; `None` also when it cannot be read, which only
+    /// costs the sets their names.
     #[must_use]
     pub fn union(&self) -> Option<Union> {
-        read_json(&self.dir.join(UNION))
+        read_json(&self.dir.join(UNION)).ok().flatten()
     }
 
     pub fn save_learned(&self, learned: &LearnedFile) -> Result<(), StateError> {
         self.write(LEARNED, &serde_json::to_vec(learned).unwrap_or_default())
     }
 
-    #[must_use]
-    pub fn learned(&self) -> Option<LearnedFile> {
+    /// The learned addresses as last recorded; `None` before any were.
+    pub fn learned(&self) -> Result<Option<LearnedFile>, StateError> {
         read_json(&self.dir.join(LEARNED))
     }
 
@@ -428,8 +443,7 @@ impl State {
         self.write(STATUS, &to_json(status))
     }
 
-    #[must_use]
-    pub fn status(&self) -> Option<Status> {
+    pub fn status(&self) -> Result<Option<Status>, StateError> {
         read_status(&self.dir)
     }
 

@@ -159,9 +159,13 @@ pub fn wait_for(what: &str, mut done: impl FnMut() -> bool, context: impl Fn() -
 }
 
 /// The status file of the agent using `state_dir`, as the agent wrote it last.
+///
+/// # Panics
+///
+/// When it cannot be read (root reads its own test's directory).
 #[must_use]
 pub fn status(state_dir: &Path) -> Option<Status> {
-    read_status(state_dir)
+    read_status(state_dir).expect("reading the agent's status")
 }
 
 /// The feed version (the `m365` source's) the agent using `state_dir` says it applied.

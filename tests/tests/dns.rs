@@ -224,6 +224,7 @@ fn learned_addresses_are_in_the_map_at_once_named_by_lookup_and_forgotten() {
     let learned = State::open_existing(&state_dir.0)
         .unwrap()
         .learned()
+        .unwrap()
         .unwrap();
     assert_eq!(learned.counts.learned, 2, "{learned:?}");
     // The counts `learned` reads are the agent's own (what `/metrics` serves), and say when.

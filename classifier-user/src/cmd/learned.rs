@@ -31,15 +31,19 @@ pub struct Report {
 
 pub fn run(global: &GlobalArgs, LearnedArgs {}: &LearnedArgs) -> anyhow::Result<()> {
     let dir = global.state_dir();
-    let learned = State::open_existing(&dir)
-        .ok()
-        .and_then(|state| state.learned())
-        .with_context(|| {
-            format!(
-                "no learned addresses in {}: the agent learns with [dns] learn = true",
-                dir.display()
-            )
-        })?;
+    // A missing directory has learned nothing. Any other failure is said as it is: root's
+    // directory, read by another user, is "needs root", not "nothing learned".
+    let learned = if matches!(dir.try_exists(), Ok(false)) {
+        None
+    } else {
+        State::open_existing(&dir)?.learned()?
+    };
+    let learned = learned.with_context(|| {
+        format!(
+            "no learned addresses in {}: the agent learns with [dns] learn = true",
+            dir.display()
+        )
+    })?;
     let report = Report {
         addresses: learned.rows,
         counts: learned.counts,

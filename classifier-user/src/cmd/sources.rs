@@ -18,7 +18,7 @@ use crate::{
 
 pub fn run(global: &GlobalArgs, SourcesArgs {}: &SourcesArgs) -> anyhow::Result<()> {
     let dir = global.state_dir();
-    let status = read_status(&dir).with_context(|| {
+    let status = read_status(&dir)?.with_context(|| {
         format!(
             "no agent status in {}: start the agent (`xdp-breakout run`) or give --state-dir",
             dir.display()

@@ -191,7 +191,7 @@ pub fn run(global: &GlobalArgs, StatusArgs {}: &StatusArgs) -> anyhow::Result<()
     let config = maps.config()?;
     let policy = maps.policy()?;
     let installed = maps.installed()?;
-    let status = read_status(&global.state_dir());
+    let status = read_status(&global.state_dir())?;
     let agent = status.as_ref();
     let m365 = agent.and_then(|status| status.source(crate::sources::M365));
     let report = Report {

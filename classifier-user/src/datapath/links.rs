@@ -3,17 +3,21 @@
 
 use std::{fs, io, path::Path};
 
-use aya::programs::{
-    ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
-    links::{FdLink, LinkError, PinnedLink},
-    tc::{self, SchedClassifierLink, SchedClassifierLinkId},
-    xdp::{XdpLink, XdpLinkId},
+use aya::{
+    programs::{
+        ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, LinkError, PinnedLink},
+        tc::{self, SchedClassifierLink, SchedClassifierLinkId},
+        xdp::{XdpLink, XdpLinkId},
+    },
+    sys::SyscallError,
 };
 
 use super::{
     Datapath, DatapathError,
     pins::{check_pin_dir, tc_link_pin, xdp_link_pin},
 };
+use crate::privilege::{Denied, denied_or, is_denied};
 
 /// A program kind whose links xdp-breakout pins: XDP and tc (tcx).
 trait PinnedAttach {
@@ -89,6 +93,15 @@ fn adopt_or_attach<P: PinnedAttach>(
                 pin.display()
             ))(e.into())
         })?),
+        // A pin this user may not open is root's, not a stale one to remove.
+        Err(LinkError::SyscallError(SyscallError { io_error, .. })) if is_denied(&io_error) => {
+            return Err(Denied {
+                doing: "opening the pinned link".to_owned(),
+                path: pin.to_owned(),
+                source: io_error,
+            }
+            .into());
+        }
         Err(_) if pin.exists() || pin.is_symlink() => {
             return Err(DatapathError::StalePin {
                 iface: iface.to_owned(),
@@ -253,10 +266,12 @@ pub fn detach(pin_dir: &Path, iface: &str) -> Result<(), DatapathError> {
         if let Err(error) = fs::remove_file(&pin)
             && error.kind() != io::ErrorKind::NotFound
         {
-            return Err(DatapathError::PinDir {
-                path: pin,
-                source: error,
-            });
+            return Err(denied_or(error, "removing the link pin", &pin, |source| {
+                DatapathError::PinDir {
+                    path: pin.clone(),
+                    source,
+                }
+            }));
         }
     }
     Ok(())

@@ -10,7 +10,7 @@ use classifier_common::{
 
 use super::{
     DatapathError, IndexMaps, Installed, batch,
-    pins::{check_pin_dir, check_pins},
+    pins::{check_pin_dir, check_pins, open_pin},
 };
 use crate::{compile::Compiled, index::IndexError};
 
@@ -94,10 +94,7 @@ impl Maps {
                 path: pin_dir.to_owned(),
             });
         }
-        let open = |name: &'static str| {
-            let path = pin_dir.join(name);
-            MapData::from_pin(&path).map_err(|source| DatapathError::OpenPin { path, source })
-        };
+        let open = |name: &'static str| open_pin(&pin_dir.join(name));
         let flows = pin_dir
             .join(names::FLOWS)
             .exists()

@@ -76,6 +76,8 @@ pub enum DatapathError {
     NotBpffs { path: PathBuf, base: PathBuf },
     #[error(transparent)]
     Untrusted(#[from] crate::secure::DirError),
+    #[error(transparent)]
+    Denied(#[from] crate::privilege::Denied),
     #[error("creating pin directory {path}")]
     PinDir {
         path: PathBuf,

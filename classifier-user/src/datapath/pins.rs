@@ -8,7 +8,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::maps::{MapData, MapType};
+use aya::{
+    maps::{MapData, MapError, MapType},
+    sys::SyscallError,
+};
 use classifier_common::{
     Config, Counter, DEFAULT_FLOWS, DEFAULT_INDEX_SLOTS, FlowKey, FlowValue, LpmKeyV4, LpmKeyV6,
     MAX_PREFIXES, MAX_SET_ID, Policy, PrefixRules, STATS_LEN, category,
@@ -17,6 +20,7 @@ use classifier_common::{
 };
 
 use super::DatapathError;
+use crate::privilege::denied_or;
 
 /// `BPF_FS_MAGIC` from `include/uapi/linux/magic.h`.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -156,7 +160,8 @@ pub fn ensure_bpffs() -> Result<(), DatapathError> {
         )
     };
     if rc != 0 {
-        return Err(mount_error(io::Error::last_os_error()));
+        let error = io::Error::last_os_error();
+        return Err(denied_or(error, "mounting bpffs on", path, mount_error));
     }
     Ok(())
 }
@@ -184,7 +189,9 @@ pub fn prepare_pin_dir(pin_dir: &Path) -> Result<(), DatapathError> {
 
 /// Checks a pin directory that must exist already, before anything in it is trusted.
 pub fn check_pin_dir(pin_dir: &Path) -> Result<(), DatapathError> {
-    if !pin_dir.exists() {
+    // Not `exists()`: a directory the kernel will not show this user (EACCES on the way) is
+    // not a missing one, and [`crate::secure::check`] says what it is.
+    if matches!(pin_dir.try_exists(), Ok(false)) {
         return Err(DatapathError::NoPins {
             path: pin_dir.to_owned(),
         });
@@ -211,7 +218,8 @@ impl PinLock {
             path: pin_dir.to_owned(),
             source,
         };
-        let dir = fs::File::open(pin_dir).map_err(pin_error)?;
+        let dir = fs::File::open(pin_dir)
+            .map_err(|source| denied_or(source, "locking the pin directory", pin_dir, pin_error))?;
         let start = std::time::Instant::now();
         loop {
             // SAFETY: flock on a descriptor we own.
@@ -244,6 +252,25 @@ pub(super) fn pinned_size(pin_dir: &Path, name: &str) -> Option<u32> {
     Some(map.info().ok()?.max_entries())
 }
 
+/// Opens the map pinned at `path` (`BPF_OBJ_GET`, which bpffs refuses to a user who may not
+/// read the pin).
+pub(super) fn open_pin(path: &Path) -> Result<MapData, DatapathError> {
+    MapData::from_pin(path).map_err(|source| {
+        let open_pin_error = |source| DatapathError::OpenPin {
+            path: path.to_owned(),
+            source,
+        };
+        match source {
+            MapError::SyscallError(SyscallError { call, io_error }) => {
+                denied_or(io_error, "opening the pinned map", path, |io_error| {
+                    open_pin_error(MapError::SyscallError(SyscallError { call, io_error }))
+                })
+            }
+            source => open_pin_error(source),
+        }
+    })
+}
+
 /// Checks every map already pinned in `pin_dir` against [`MAP_SHAPES`]; the sizes of the maps
 /// sized at load against `sizes` when given (any size when not: readers take what is there).
 pub(super) fn check_pins(pin_dir: &Path, sizes: &MapSizes) -> Result<(), DatapathError> {
@@ -260,10 +287,7 @@ pub(super) fn check_pins(pin_dir: &Path, sizes: &MapSizes) -> Result<(), Datapat
         } else {
             max_entries
         };
-        let map = MapData::from_pin(&path).map_err(|source| DatapathError::OpenPin {
-            path: path.clone(),
-            source,
-        })?;
+        let map = open_pin(&path)?;
         let info = map.info().map_err(|source| DatapathError::OpenPin {
             path: path.clone(),
             source,
