@@ -72,6 +72,12 @@ fn a_reload_that_changes_restart_only_settings_detaches_what_was_attached() {
         .spawn()
         .unwrap();
     wait_for("the attach", || log().contains("attached to lan1"), log);
+    // SIGHUP ends a daemon whose loop has not started yet; its first failed poll says it has.
+    wait_for(
+        "the first poll",
+        || log().contains("keeping its installed prefixes"),
+        log,
+    );
     let link = pin_dir.path.join("xdp_link@lan1");
     assert!(link.exists());
 
@@ -181,6 +187,8 @@ fn a_reload_refuses_a_configuration_file_another_user_could_change() {
         work.0.join("daemon.log"),
     );
     daemon.wait_log("attached to lan1");
+    // SIGHUP ends a daemon whose loop has not started yet; its first failed poll says it has.
+    daemon.wait_log("keeping its installed prefixes");
     let maps = Maps::from_pins(&pin_dir.path).unwrap();
     let direct = || maps.lookup(ip("77.0.0.1")).unwrap().is_some();
     assert!(!direct(), "77.0.0.1 is in no feed");
