@@ -202,7 +202,8 @@ pub enum ConfigCommand {
 #[derive(Debug, Default, Args)]
 #[expect(clippy::struct_excessive_bools, reason = "command-line switches")]
 pub struct ConfigArgs {
-    /// TOML configuration file [default: /etc/xdp-breakout/config.toml, if present].
+    /// TOML configuration file, root's and writable by no one else [default:
+    /// /etc/xdp-breakout/config.toml, if present].
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// LAN interface to attach to (repeat for several).

@@ -219,8 +219,11 @@ pub enum FetchError {
         #[source]
         source: std::io::Error,
     },
+    /// A `path` source's file that cannot be opened, or that another user could change.
+    #[error(transparent)]
+    Untrusted(#[from] crate::secure::FileError),
     #[error("{path}: {why}")]
-    Untrusted {
+    FileTooLarge {
         path: std::path::PathBuf,
         why: String,
     },

@@ -8,6 +8,10 @@
 //!
 //! Unknown keys are errors (a typo must not silently fall back to a default); every error
 //! names the file and, from the TOML parser, the line and column.
+//!
+//! The file says what goes direct and is read again on every SIGHUP, so it is read only when
+//! root (or the user running the agent) owns it and nobody else may write to it
+//! ([`crate::secure::open_trusted`]); the same holds for every file it names.
 
 use std::{fmt, path::PathBuf, str::FromStr, time::Duration};
 
@@ -23,6 +27,7 @@ use crate::{
     health::HealthConfig,
     metrics::MetricsConfig,
     pac::{self, PacConfig},
+    secure::{self, FileError},
     settings::{Invalid, duration_text, within},
     sources::SourceConfig,
 };
@@ -43,6 +48,16 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("{field}: {message}")]
     Invalid { field: String, message: String },
+    /// The file cannot be opened, or another user could change it.
+    #[error(transparent)]
+    Untrusted(#[from] FileError),
+    /// The same of a `path` source's file, for `config check`.
+    #[error("sources: source {name:?}")]
+    SourceFile {
+        name: String,
+        #[source]
+        source: FileError,
+    },
 }
 
 impl ConfigError {
@@ -208,19 +223,50 @@ impl Config {
         Ok(config)
     }
 
-    /// Reads `path`; a missing default file means the defaults.
+    /// Reads `path`, or the default file; a missing default file means the defaults. A file
+    /// another user could change is refused: `run` then does not start, and a reload keeps
+    /// the running configuration.
     pub fn load(path: Option<&std::path::Path>) -> Result<Self, ConfigError> {
-        let (path, required) = match path {
-            Some(path) => (path.to_owned(), true),
-            None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
-        };
-        match std::fs::read_to_string(&path) {
-            Ok(text) => Self::from_toml(&text, &path),
-            Err(error) if !required && error.kind() == std::io::ErrorKind::NotFound => {
-                Ok(Self::default())
-            }
-            Err(source) => Err(ConfigError::Read { path, source }),
+        match path {
+            Some(path) => Self::read(path, true),
+            None => Self::read(std::path::Path::new(DEFAULT_CONFIG_PATH), false),
         }
+    }
+
+    fn read(path: &std::path::Path, required: bool) -> Result<Self, ConfigError> {
+        use std::io::Read as _;
+        let mut file = match secure::open_trusted(path, "configuration file") {
+            Ok((file, _)) => file,
+            Err(FileError::Open { source, .. })
+                if !required && source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                return Ok(Self::default());
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let mut text = String::new();
+        file.read_to_string(&mut text)
+            .map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Opens every file the configuration names as the agent will, and refuses one the agent
+    /// would not read: what `config check` adds to [`Config::validate`], which reads nothing.
+    /// Today that is each `path` source's file (the pin and state directories are checked
+    /// where they are opened); `run` meets the same refusal at that source's every fetch.
+    pub fn check_files(&self) -> Result<(), ConfigError> {
+        for source in &self.sources {
+            source
+                .check_file()
+                .map_err(|error| ConfigError::SourceFile {
+                    name: source.name.clone(),
+                    source: error,
+                })?;
+        }
+        Ok(())
     }
 
     /// Checks what the types cannot: every setting that would make the agent fail on every
@@ -633,6 +679,78 @@ mod tests {
         settings::{format_duration, parse_duration},
         sources::Kind,
     };
+
+    /// The file is read through the rule of `secure::open_trusted`, and so is every file it
+    /// names, for `config check`; a missing default file is still the defaults.
+    #[test]
+    fn files_another_user_could_change_are_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("xb-config-owner-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        let file = dir.join("config.toml");
+        let chmod = |path: &Path, mode| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        std::fs::write(&file, "[policy]\ninclude = [\"77.0.0.0/8\"]\n").unwrap();
+        chmod(&file, 0o644);
+        let config = Config::load(Some(&file)).unwrap();
+        assert_eq!(
+            config.policy.include,
+            ["77.0.0.0/8".parse::<IpNet>().unwrap()]
+        );
+        for (mode, shown) in [(0o666, "0666"), (0o620, "0620")] {
+            chmod(&file, mode);
+            let error = Config::load(Some(&file)).unwrap_err().to_string();
+            for part in [
+                &format!("configuration file {} is owned by uid", file.display()),
+                &format!("with mode {shown}: other users may write to it"),
+                &format!("; `chmod go-w {}`", file.display()),
+            ] {
+                assert!(error.contains(part), "{error:?} lacks {part:?}");
+            }
+        }
+        chmod(&file, 0o644);
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            std::os::unix::fs::chown(&file, Some(65534), None).unwrap();
+            let error = Config::load(Some(&file)).unwrap_err().to_string();
+            assert!(error.contains("is owned by uid 65534"), "{error}");
+            assert!(error.contains("`chown root:root"), "{error}");
+        } else {
+            eprintln!("skipped another user's file: chown needs root (secure.rs checks the rule)");
+        }
+
+        let missing = dir.join("missing.toml");
+        let error = Config::load(Some(&missing)).unwrap_err().to_string();
+        assert_eq!(error, format!("reading {}", missing.display()));
+        assert_eq!(Config::read(&missing, false).unwrap(), Config::default());
+
+        let list = dir.join("zoom.txt");
+        std::fs::write(&list, "203.0.113.0/24\n").unwrap();
+        chmod(&list, 0o644);
+        let config = Config::from_toml(
+            &format!(
+                "[[sources]]\nname = \"zoom\"\nkind = \"cidr-list\"\npath = \"{}\"\n",
+                list.display()
+            ),
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        config.check_files().unwrap();
+        chmod(&list, 0o646);
+        let error = anyhow::Error::from(config.check_files().unwrap_err());
+        let error = format!("{error:#}");
+        assert!(
+            error.starts_with("sources: source \"zoom\": source file"),
+            "{error}"
+        );
+        assert!(
+            error.contains("with mode 0646: other users may write"),
+            "{error}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn defaults_round_trip_through_toml() {

@@ -1,4 +1,4 @@
-//! Directories that nobody but their owner (root) may change.
+//! Directories and files that nobody but their owner (root) may change.
 //!
 //! The pin directory holds the links that keep the data plane attached, and the state
 //! directory holds the feed the agent reinstalls at start. Another user who can write into
@@ -9,10 +9,17 @@
 //!
 //! Root's directory is refused to a user who is not root too, but as what it is: a healthy
 //! directory that user may not use ([`DirError::Root`], "needs root"), never one to remove.
+//!
+//! The configuration file and a `path` source's file say what goes direct, past the security
+//! gateway, and the agent reads them again on every reload or refresh: another user who can
+//! change one sends any range direct. So they are read only when root (or the user running
+//! the agent) owns them and nobody else may write to them.
 
 use std::{
     fs, io,
-    os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _},
+    os::unix::fs::{
+        DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _,
+    },
     path::{Path, PathBuf},
 };
 
@@ -68,6 +75,101 @@ pub enum DirError {
         parent: PathBuf,
         mode: u32,
     },
+}
+
+/// Why a file that says what goes direct is not read.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("reading {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{what} {path} is not a regular file")]
+    NotRegular { what: &'static str, path: PathBuf },
+    #[error(
+        "{what} {path} is owned by {owner} with mode {mode:04o}: another user could change \
+         what goes direct; `chown root:root {path} && chmod go-w {path}`"
+    )]
+    Owner {
+        what: &'static str,
+        path: PathBuf,
+        owner: String,
+        mode: u32,
+    },
+    #[error(
+        "{what} {path} is owned by {owner} with mode {mode:04o}: other users may write to it \
+         and change what goes direct; `chmod go-w {path}`"
+    )]
+    Writable {
+        what: &'static str,
+        path: PathBuf,
+        owner: String,
+        mode: u32,
+    },
+}
+
+/// Opens `path` to read it, and refuses it unless it is a regular file that root or this
+/// process's user owns and that neither group nor others may write.
+///
+/// What is checked is the opened file (fstat), so the file read is the file checked, whatever
+/// is renamed over the path meanwhile. A symlink is followed and its target must pass: a link
+/// gains nothing its target's owner did not grant, and configuration managers keep `/etc` as
+/// links (NixOS's `/etc/static`, the alternatives system), which `O_NOFOLLOW` would refuse.
+pub fn open_trusted(
+    path: &Path,
+    what: &'static str,
+) -> Result<(fs::File, fs::Metadata), FileError> {
+    let io = |source| FileError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let file = fs::OpenOptions::new()
+        .read(true)
+        // Until the type check below refuses them: a FIFO would block the open until a
+        // writer came, and a terminal could become the daemon's controlling terminal.
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    if !meta.file_type().is_file() {
+        return Err(FileError::NotRegular {
+            what,
+            path: path.to_owned(),
+        });
+    }
+    judge_file(path, what, meta.uid(), meta.mode(), euid())?;
+    Ok((file, meta))
+}
+
+/// The rule of [`open_trusted`] for a file of `owner` and `mode`, read by `me`. Root's files
+/// pass for anyone; `me`'s own pass so that a developer can run the agent on a file of theirs.
+fn judge_file(
+    path: &Path,
+    what: &'static str,
+    owner: u32,
+    mode: u32,
+    me: u32,
+) -> Result<(), FileError> {
+    let mode = mode & 0o7777;
+    if owner != 0 && owner != me {
+        return Err(FileError::Owner {
+            what,
+            path: path.to_owned(),
+            owner: user_name(owner),
+            mode,
+        });
+    }
+    if mode & 0o022 != 0 {
+        return Err(FileError::Writable {
+            what,
+            path: path.to_owned(),
+            owner: user_name(owner),
+            mode,
+        });
+    }
+    Ok(())
 }
 
 /// `uid 65534 (nobody)`.
@@ -214,6 +316,128 @@ mod tests {
         assert!(error.contains("which other users may write to"), "{error}");
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o1777)).unwrap();
         check(&inner, "state directory").unwrap();
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Each row: owner, mode, who reads, and what the refusal says (empty: read).
+    #[test]
+    fn files_pass_when_only_root_or_their_reader_may_change_them() {
+        let rows: [(&str, u32, u32, u32, &[&str]); 8] = [
+            ("root's 0644, read by root", 0, 0o100_644, 0, &[]),
+            ("root's 0600, read by a user", 0, 0o100_600, 1000, &[]),
+            (
+                "a user's own 0644, read by them",
+                1000,
+                0o100_644,
+                1000,
+                &[],
+            ),
+            (
+                "another user's 0644, read by root",
+                65534,
+                0o100_644,
+                0,
+                &[
+                    "configuration file /etc/x.toml is owned by uid 65534",
+                    "with mode 0644: another user could change what goes direct",
+                    "`chown root:root /etc/x.toml && chmod go-w /etc/x.toml`",
+                ],
+            ),
+            (
+                "another user's 0644, read by a third",
+                1001,
+                0o100_644,
+                1000,
+                &["is owned by uid 1001", "`chown root:root /etc/x.toml"],
+            ),
+            (
+                "root's 0666, read by root",
+                0,
+                0o100_666,
+                0,
+                &[
+                    "configuration file /etc/x.toml is owned by uid 0 (root) with mode 0666: \
+                     other users may write to it and change what goes direct",
+                    "; `chmod go-w /etc/x.toml`",
+                ],
+            ),
+            (
+                "root's 0620, group-writable",
+                0,
+                0o100_620,
+                0,
+                &[
+                    "with mode 0620: other users may write",
+                    "`chmod go-w /etc/x.toml`",
+                ],
+            ),
+            (
+                "another user's 0666: the owner comes first, with both fixes",
+                65534,
+                0o100_666,
+                0,
+                &["with mode 0666: another user could change", "&& chmod go-w"],
+            ),
+        ];
+        for (case, owner, mode, me, parts) in rows {
+            let judged = judge_file(
+                Path::new("/etc/x.toml"),
+                "configuration file",
+                owner,
+                mode,
+                me,
+            );
+            match (judged, parts) {
+                (Ok(()), []) => {}
+                (Ok(()), _) => panic!("{case}: read, but should be refused"),
+                (Err(error), []) => panic!("{case}: refused: {error}"),
+                (Err(error), parts) => {
+                    let error = error.to_string();
+                    for part in parts {
+                        assert!(error.contains(part), "{case}: {error:?} lacks {part:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn files_are_checked_as_opened() {
+        let dir = temp("files");
+        create_private(&dir, "test directory").unwrap();
+        let file = dir.join("config.toml");
+        fs::write(&file, "x = 1\n").unwrap();
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
+        open_trusted(&file, "configuration file").unwrap();
+        // A symlink is judged by its target.
+        let link = dir.join("link.toml");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        open_trusted(&link, "configuration file").unwrap();
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o666)).unwrap();
+        let error = open_trusted(&link, "configuration file")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("link.toml is owned by"), "{error}");
+        assert!(error.contains("with mode 0666"), "{error}");
+        // Neither a directory nor a FIFO is read, and the FIFO does not block the open.
+        let error = open_trusted(&dir, "configuration file")
+            .unwrap_err()
+            .to_string();
+        assert!(error.ends_with("is not a regular file"), "{error}");
+        let fifo = dir.join("fifo");
+        let name = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path that outlives the call.
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+        let error = open_trusted(&fifo, "configuration file")
+            .unwrap_err()
+            .to_string();
+        assert!(error.ends_with("is not a regular file"), "{error}");
+        let missing = open_trusted(&dir.join("missing"), "configuration file").unwrap_err();
+        let not_found = |source: &io::Error| source.kind() == io::ErrorKind::NotFound;
+        assert!(
+            matches!(&missing, FileError::Open { source, .. } if not_found(source)),
+            "{missing:?}"
+        );
         fs::remove_dir_all(dir).unwrap();
     }
 

@@ -98,6 +98,27 @@ impl Daemon {
         self.child.wait().expect("waiting for xdp-breakout run")
     }
 
+    /// Waits for a daemon that should exit by itself (a refusal at start): a daemon that
+    /// keeps running fails the test instead of hanging it.
+    ///
+    /// # Panics
+    ///
+    /// After 30 s, or when waiting fails.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waiting for xdp-breakout run") {
+                return status;
+            }
+            assert!(
+                start.elapsed() < PATIENCE,
+                "waited {PATIENCE:?} for the daemon to exit; {}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The log so far.
     #[must_use]
     pub fn log(&self) -> String {

@@ -215,6 +215,34 @@ impl Drop for TempDir {
     }
 }
 
+/// Gives `path` to `uid` (group unchanged), as another user's file would be; `None` (skip)
+/// when this process may not (chown needs root) outside CI.
+///
+/// # Panics
+///
+/// When chown fails under `CI=true`.
+#[must_use]
+pub fn chown(path: &std::path::Path, uid: u32) -> Option<()> {
+    match std::os::unix::fs::chown(path, Some(uid), None) {
+        Ok(()) => Some(()),
+        Err(error) => {
+            unavailable(&format!("chown {}", path.display()), &error)?;
+            unreachable!()
+        }
+    }
+}
+
+/// Sets `path`'s permission bits to exactly `mode` (the umask plays no part).
+///
+/// # Panics
+///
+/// When chmod fails.
+pub fn chmod(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .unwrap_or_else(|error| panic!("chmod {mode:o} {}: {error}", path.display()));
+}
+
 #[cfg(test)]
 mod tests {
     use classifier_common::Counter;

@@ -12,7 +12,7 @@ use std::{
 use classifier_user::{datapath::Maps, pcap};
 use serde_json::Value;
 use tests::{
-    FEED_2026043000, PinDir,
+    FEED_2026043000, PinDir, TempDir, chmod, chown,
     http::{FeedServer, Reply},
     ip,
     netns::{Netns, ifindex, send_frames},
@@ -129,6 +129,74 @@ fn bad_arguments_fail_clearly_without_touching_anything() {
         "not a duration",
     );
     assert!(!Path::new("/sys/fs/bpf/xbt-nothing-here").exists());
+}
+
+/// A configuration file another user could change is refused by `config check` (and by
+/// `run`, `sync` and `pac`, which load it the same way), naming the file, its owner, its
+/// mode and the fix; so is a `[[sources]]` file the agent would refuse to fetch.
+#[test]
+fn config_check_refuses_files_another_user_could_change() {
+    let dir = TempDir::new("config-owner");
+    std::fs::create_dir(&dir.0).unwrap();
+    let config = dir.0.join("config.toml");
+    std::fs::write(&config, "[policy]\ninclude = [\"77.0.0.0/8\"]\n").unwrap();
+    chmod(&config, 0o644);
+    let path = config.to_str().unwrap();
+    let check = || cli(None, &["config", "check", "--config", path]);
+    assert!(
+        ok(&check()).contains("77.0.0.0/8"),
+        "root's 0644 file passes"
+    );
+
+    let Some(()) = chown(&config, 65534) else {
+        return;
+    };
+    let output = check();
+    fails(
+        &output,
+        1,
+        &format!("configuration file {path} is owned by uid 65534"),
+    );
+    fails(&output, 1, "with mode 0644: another user could change");
+    fails(
+        &output,
+        1,
+        &format!("`chown root:root {path} && chmod go-w {path}`"),
+    );
+    chown(&config, 0).unwrap();
+    for (mode, shown) in [(0o666, "0666"), (0o620, "0620")] {
+        chmod(&config, mode);
+        let output = check();
+        fails(
+            &output,
+            1,
+            &format!("configuration file {path} is owned by uid 0 (root) with mode {shown}"),
+        );
+        fails(&output, 1, &format!("`chmod go-w {path}`"));
+    }
+    chmod(&config, 0o644);
+    let _ = ok(&check());
+
+    let list = dir.0.join("zoom.txt");
+    std::fs::write(&list, "203.0.113.0/24\n").unwrap();
+    chmod(&list, 0o644);
+    std::fs::write(
+        &config,
+        format!(
+            "[[sources]]\nname = \"zoom\"\nkind = \"cidr-list\"\npath = \"{}\"\n",
+            list.display()
+        ),
+    )
+    .unwrap();
+    let _ = ok(&check());
+    chown(&list, 65534).unwrap();
+    let output = check();
+    fails(&output, 1, "source \"zoom\"");
+    fails(
+        &output,
+        1,
+        &format!("source file {} is owned by uid 65534", list.display()),
+    );
 }
 
 /// Pins left by another version of xdp-breakout are refused, not silently reused. Skips (fails

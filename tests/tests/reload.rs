@@ -2,6 +2,9 @@
 //! state directories take effect at start; a SIGHUP whose file changes them says so and keeps
 //! the running ones, and `--detach-on-exit` then detaches what was attached, from where it was
 //! pinned, not what the new file names.
+//!
+//! And only from a file another user cannot change: `run` refuses one at start, and a SIGHUP
+//! keeps the running configuration.
 
 use std::{
     fs,
@@ -10,7 +13,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tests::{PinDir, netns::Netns, xdp_breakout};
+use classifier_user::datapath::{Maps, attached_xdp};
+use tests::{
+    PinDir, TempDir, chmod, chown,
+    daemon::{Daemon, Setup},
+    ip,
+    netns::Netns,
+    xdp_breakout,
+};
 
 fn wait_for(what: &str, mut done: impl FnMut() -> bool, log: impl Fn() -> String) {
     let start = Instant::now();
@@ -62,6 +72,12 @@ fn a_reload_that_changes_restart_only_settings_detaches_what_was_attached() {
         .spawn()
         .unwrap();
     wait_for("the attach", || log().contains("attached to lan1"), log);
+    // SIGHUP ends a daemon whose loop has not started yet; its first failed poll says it has.
+    wait_for(
+        "the first poll",
+        || log().contains("keeping its installed prefixes"),
+        log,
+    );
     let link = pin_dir.path.join("xdp_link@lan1");
     assert!(link.exists());
 
@@ -95,4 +111,138 @@ fn a_reload_that_changes_restart_only_settings_detaches_what_was_attached() {
     assert!(!link.exists(), "lan1's XDP link is still pinned");
     assert!(!elsewhere.path.exists(), "nothing was created elsewhere");
     let _ = fs::remove_dir_all(&work);
+}
+
+/// `run` with a configuration file another user could change refuses to start: exit 1, the
+/// file, owner and fix named, and nothing attached or pinned.
+#[test]
+fn run_refuses_a_configuration_file_another_user_could_change() {
+    let Some(netns) = Netns::with_veth_pair("xbt-cfgown") else {
+        return;
+    };
+    let pin_dir = PinDir::new("config-owner-start");
+    let work = TempDir::new("config-owner-start");
+    fs::create_dir(&work.0).unwrap();
+    let config = work.0.join("config.toml");
+    fs::write(&config, "[policy]\ninclude = [\"77.0.0.0/8\"]\n").unwrap();
+    chmod(&config, 0o644);
+    let Some(()) = chown(&config, 65534) else {
+        return;
+    };
+    let setup = Setup {
+        netns: &netns,
+        pin_dir: &pin_dir.path,
+        state_dir: &work.0.join("state"),
+        iface: "lan1",
+        feed_url: "http://127.0.0.1:9",
+    };
+    let mut daemon = Daemon::start(
+        &setup,
+        ["--config".as_ref(), config.as_os_str()],
+        work.0.join("daemon.log"),
+    );
+    let exit = daemon.wait_exit();
+    let log = daemon.log();
+    assert_eq!(exit.code(), Some(1), "{log}");
+    let path = config.display();
+    assert!(
+        log.contains(&format!("configuration file {path} is owned by uid 65534")),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("`chown root:root {path} && chmod go-w {path}`")),
+        "{log}"
+    );
+    assert!(
+        netns.run(|| attached_xdp("lan1")).is_none(),
+        "nothing attached to lan1"
+    );
+    assert!(!pin_dir.path.exists(), "nothing pinned: {log}");
+}
+
+/// A running daemon whose file another user could change keeps its running configuration on
+/// SIGHUP and says why: an appended `include` sends nothing direct. Once root's own again, the
+/// same file is taken.
+#[test]
+fn a_reload_refuses_a_configuration_file_another_user_could_change() {
+    let Some(netns) = Netns::with_veth_pair("xbt-cfghup") else {
+        return;
+    };
+    let pin_dir = PinDir::new("config-owner-hup");
+    let work = TempDir::new("config-owner-hup");
+    fs::create_dir(&work.0).unwrap();
+    let config = work.0.join("config.toml");
+    fs::write(&config, "# defaults\n").unwrap();
+    chmod(&config, 0o644);
+    let setup = Setup {
+        netns: &netns,
+        pin_dir: &pin_dir.path,
+        state_dir: &work.0.join("state"),
+        iface: "lan1",
+        feed_url: "http://127.0.0.1:9",
+    };
+    let daemon = Daemon::start(
+        &setup,
+        ["--config".as_ref(), config.as_os_str()],
+        work.0.join("daemon.log"),
+    );
+    daemon.wait_log("attached to lan1");
+    // SIGHUP ends a daemon whose loop has not started yet; its first failed poll says it has.
+    daemon.wait_log("keeping its installed prefixes");
+    let maps = Maps::from_pins(&pin_dir.path).unwrap();
+    let direct = || maps.lookup(ip("77.0.0.1")).unwrap().is_some();
+    assert!(!direct(), "77.0.0.1 is in no feed");
+
+    // Anyone may write the file, and someone did.
+    fs::write(&config, "[policy]\ninclude = [\"77.0.0.0/8\"]\n").unwrap();
+    chmod(&config, 0o666);
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_log("SIGHUP: keeping the running configuration");
+    let path = config.display();
+    assert!(
+        daemon.log().contains(&format!(
+            "configuration file {path} is owned by uid 0 (root) with mode 0666"
+        )),
+        "{}",
+        daemon.log()
+    );
+    assert!(!direct(), "77.0.0.1 went direct: {}", daemon.log());
+
+    // Another user owns it.
+    chmod(&config, 0o644);
+    let Some(()) = chown(&config, 65534) else {
+        return;
+    };
+    daemon.signal(libc::SIGHUP);
+    tests::daemon::wait_for(
+        "the second refusal",
+        || {
+            daemon
+                .log()
+                .matches("SIGHUP: keeping the running configuration")
+                .count()
+                == 2
+        },
+        || daemon.log(),
+    );
+    assert!(
+        daemon
+            .log()
+            .contains(&format!("configuration file {path} is owned by uid 65534")),
+        "{}",
+        daemon.log()
+    );
+    assert!(!direct(), "77.0.0.1 went direct: {}", daemon.log());
+    assert!(
+        !daemon.log().contains("SIGHUP: configuration reloaded"),
+        "{}",
+        daemon.log()
+    );
+
+    // Root's own again: the same file is taken, so the refusals above were the file's owner
+    // and mode, not its content.
+    chown(&config, 0).unwrap();
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_log("SIGHUP: configuration reloaded");
+    tests::daemon::wait_for("77.0.0.1 to go direct", direct, || daemon.log());
 }

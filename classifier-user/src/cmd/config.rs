@@ -1,4 +1,5 @@
-//! `xdp-breakout config check`: validates and prints the effective configuration.
+//! `xdp-breakout config check`: validates and prints the effective configuration, and
+//! refuses a file it names that the agent would refuse to read.
 
 use std::io::Write as _;
 
@@ -11,6 +12,7 @@ pub fn run(global: &GlobalArgs, command: &ConfigCommand) -> anyhow::Result<()> {
 
 fn print_effective(global: &GlobalArgs, args: &ConfigArgs) -> anyhow::Result<()> {
     let config = args.effective(global)?;
+    config.check_files()?;
     for warning in config.warnings() {
         eprintln!("warning: {warning}");
     }

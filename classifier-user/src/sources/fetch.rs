@@ -3,17 +3,16 @@
 //! file that only root may change. Whether a new body says anything new (its content hash,
 //! its version) is the agent's to judge with the last good copy.
 
-use std::{
-    io::Read as _,
-    os::unix::fs::{MetadataExt as _, OpenOptionsExt as _},
-    path::Path,
-};
+use std::{io::Read as _, path::Path};
 
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 
 use super::{Kind, SourceConfig, source::m365_instance};
-use crate::client::{self, FeedClient, FeedConfig, FetchError};
+use crate::{
+    client::{self, FeedClient, FeedConfig, FetchError},
+    secure::{self, FileError},
+};
 
 /// What the last good file of a source was: what the next request sends back, and what a new
 /// body is compared with.
@@ -168,42 +167,33 @@ impl SourceFetcher {
     }
 }
 
+/// What names a `path` source's file in messages.
+const SOURCE_FILE: &str = "source file";
+
+impl SourceConfig {
+    /// Opens a `path` source's file as its fetch does, so that `config check` refuses what
+    /// the fetch would refuse; nothing for the other sources.
+    pub fn check_file(&self) -> Result<(), FileError> {
+        self.path.as_deref().map_or(Ok(()), |path| {
+            secure::open_trusted(path, SOURCE_FILE).map(drop)
+        })
+    }
+}
+
 /// A regular file of at most `max_body` bytes that only root (or this user) may change: a
-/// file others may write is anyone's list of prefixes.
+/// file others may write is anyone's list of prefixes ([`secure::open_trusted`]).
 pub fn read_trusted(path: &Path, max_body: u64) -> Result<Vec<u8>, FetchError> {
     let io = |source| FetchError::File {
         path: path.to_owned(),
         source,
     };
-    let untrusted = |why: String| FetchError::Untrusted {
+    let too_large = |why: String| FetchError::FileTooLarge {
         path: path.to_owned(),
         why,
     };
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
-        .open(path)
-        .map_err(io)?;
-    let meta = file.metadata().map_err(io)?;
-    if !meta.file_type().is_file() {
-        return Err(untrusted("not a regular file".to_owned()));
-    }
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
-    if meta.uid() != 0 && meta.uid() != me {
-        return Err(untrusted(format!(
-            "owned by {}: another user could change the ranges; chown root",
-            crate::secure::user_name(meta.uid())
-        )));
-    }
-    if meta.mode() & 0o022 != 0 {
-        return Err(untrusted(format!(
-            "has mode {:04o}: other users may write to it; chmod go-w",
-            meta.mode() & 0o7777
-        )));
-    }
+    let (file, meta) = secure::open_trusted(path, SOURCE_FILE)?;
     if meta.len() > max_body {
-        return Err(untrusted(format!(
+        return Err(too_large(format!(
             "is {} bytes, more than feed.max-body-bytes ({max_body})",
             meta.len()
         )));
@@ -211,7 +201,7 @@ pub fn read_trusted(path: &Path, max_body: u64) -> Result<Vec<u8>, FetchError> {
     let mut body = Vec::new();
     file.take(max_body + 1).read_to_end(&mut body).map_err(io)?;
     if body.len() as u64 > max_body {
-        return Err(untrusted(format!(
+        return Err(too_large(format!(
             "grew past feed.max-body-bytes ({max_body}) while read"
         )));
     }
@@ -234,7 +224,8 @@ mod tests {
         assert!(error.contains("is 13 bytes, more than"), "{error}");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
         let error = read_trusted(&path, 1024).unwrap_err().to_string();
-        assert!(error.contains("has mode 0666"), "{error}");
+        assert!(error.contains("source file"), "{error}");
+        assert!(error.contains("with mode 0666"), "{error}");
         std::fs::remove_file(&path).unwrap();
         let error = read_trusted(Path::new("/"), 1024).unwrap_err().to_string();
         assert!(error.contains("not a regular file"), "{error}");
