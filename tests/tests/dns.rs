@@ -267,6 +267,7 @@ fn learned_addresses_are_in_the_map_at_once_named_by_lookup_and_forgotten() {
     let learned = State::open_existing(&state_dir.0)
         .unwrap()
         .learned()
+        .unwrap()
         .unwrap();
     assert_eq!(learned.counts, agent.learned_counts());
     assert_eq!(learned.counts.answers, 3, "{learned:?}");

@@ -187,8 +187,6 @@ fn a_reload_refuses_a_configuration_file_another_user_could_change() {
         work.0.join("daemon.log"),
     );
     daemon.wait_log("attached to lan1");
-    // SIGHUP ends a daemon whose loop has not started yet; its first failed poll says it has.
-    daemon.wait_log("keeping its installed prefixes");
     let maps = Maps::from_pins(&pin_dir.path).unwrap();
     let direct = || maps.lookup(ip("77.0.0.1")).unwrap().is_some();
     assert!(!direct(), "77.0.0.1 is in no feed");
@@ -245,4 +243,39 @@ fn a_reload_refuses_a_configuration_file_another_user_could_change() {
     daemon.signal(libc::SIGHUP);
     daemon.wait_log("SIGHUP: configuration reloaded");
     tests::daemon::wait_for("77.0.0.1 to go direct", direct, || daemon.log());
+}
+
+/// A SIGHUP while the daemon starts (a `systemctl reload` just after a start) is taken once
+/// the loop runs: it used to end the process (exit 129), whose signal handlers were only
+/// installed after the programs had loaded and attached.
+#[test]
+fn a_sighup_while_the_daemon_starts_is_taken_not_fatal() {
+    let Some(netns) = Netns::with_veth_pair("xbt-earlyhup") else {
+        return;
+    };
+    let pin_dir = PinDir::new("early-hup");
+    let work = TempDir::new("early-hup");
+    fs::create_dir(&work.0).unwrap();
+    let setup = Setup {
+        netns: &netns,
+        pin_dir: &pin_dir.path,
+        state_dir: &work.0.join("state"),
+        iface: "lan1",
+        feed_url: "http://127.0.0.1:9",
+    };
+    let daemon = Daemon::start(
+        &setup,
+        [] as [&std::ffi::OsStr; 0],
+        work.0.join("daemon.log"),
+    );
+    // The first line is logged before anything loads: the programs are not attached yet.
+    daemon.wait_log("plain HTTP");
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_log("attached to lan1");
+    daemon.wait_log("SIGHUP: configuration reloaded");
+    assert!(
+        std::path::Path::new(&format!("/proc/{}", daemon.pid())).exists(),
+        "the daemon ended: {}",
+        daemon.log()
+    );
 }

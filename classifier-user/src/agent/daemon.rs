@@ -20,6 +20,25 @@ use crate::{
     sources::fetch::Got,
 };
 
+/// The signals the daemon answers. Installed before the programs load and attach, so that a
+/// SIGHUP while the daemon starts (a `systemctl reload` just after a start) is taken by the
+/// loop once it runs, instead of ending the process by its default action.
+pub struct Signals {
+    hangup: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub fn install() -> std::io::Result<Self> {
+        Ok(Self {
+            hangup: signal(SignalKind::hangup())?,
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+}
+
 /// DNS answers as the ring buffer gives them: capture time (CLOCK_MONOTONIC, ns), message.
 pub type Answers = Vec<(u64, Vec<u8>)>;
 
@@ -56,10 +75,13 @@ pub async fn run(
     load: impl Fn() -> anyhow::Result<Config>,
     started: &RestartOnly,
     ring: Option<aya::maps::RingBuf<aya::maps::MapData>>,
+    signals: Signals,
 ) -> anyhow::Result<()> {
-    let mut hangup = signal(SignalKind::hangup())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
+    let Signals {
+        mut hangup,
+        mut terminate,
+        mut interrupt,
+    } = signals;
     let mut health = Health::spawn(agent);
     let (mut answers, reader) = match ring {
         Some(ring) => {

@@ -33,6 +33,7 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<()> {
 }
 
 async fn daemon(global: &GlobalArgs, args: &RunArgs, config: Config) -> anyhow::Result<()> {
+    let signals = daemon::Signals::install().context("installing the signal handlers")?;
     for warning in config.warnings() {
         warn!("{warning}");
     }
@@ -105,7 +106,14 @@ async fn daemon(global: &GlobalArgs, args: &RunArgs, config: Config) -> anyhow::
     let mut agent = agent.locking(&config.pin_dir);
     let started = config.restart_only();
 
-    daemon::run(&mut agent, || args.config.effective(global), &started, ring).await?;
+    daemon::run(
+        &mut agent,
+        || args.config.effective(global),
+        &started,
+        ring,
+        signals,
+    )
+    .await?;
     if let Some(logs) = logs {
         logs.abort();
     }
