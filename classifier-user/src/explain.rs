@@ -119,20 +119,7 @@ impl Catalog {
         {
             let mut catalog = Self {
                 sets: Vec::new(),
-                source: Some(
-                    union
-                        .sources
-                        .iter()
-                        .map(|source| {
-                            format!(
-                                "{} {}",
-                                source.name,
-                                source.version.as_deref().unwrap_or("-")
-                            )
-                        })
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                ),
+                source: Some(union.versions()),
                 sources: Vec::new(),
                 learned: state
                     .as_ref()

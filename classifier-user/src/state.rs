@@ -130,6 +130,24 @@ pub struct Union {
     pub sources: Vec<UnionSource>,
 }
 
+impl Union {
+    /// `m365 2026043000, zoom sha256:…`: what it holds, for messages.
+    #[must_use]
+    pub fn versions(&self) -> String {
+        self.sources
+            .iter()
+            .map(|source| {
+                format!(
+                    "{} {}",
+                    source.name,
+                    source.version.as_deref().unwrap_or("-")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 /// One source's part of [`Union`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnionSource {

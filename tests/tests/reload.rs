@@ -34,6 +34,15 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool, log: impl Fn() -> String
     }
 }
 
+/// A veth pair in a throwaway namespace `netns`, a pin directory and a work directory named
+/// `name`; `None` (a skip, or a loud failure under CI) without namespaces.
+fn scene(netns: &str, name: &str) -> Option<(Netns, PinDir, TempDir)> {
+    let netns = Netns::with_veth_pair(netns)?;
+    let work = TempDir::new(name);
+    fs::create_dir(&work.0).unwrap();
+    Some((netns, PinDir::new(name), work))
+}
+
 #[test]
 fn a_reload_that_changes_restart_only_settings_detaches_what_was_attached() {
     let Some(netns) = Netns::with_veth_pair("xbt-reload") else {
@@ -117,12 +126,9 @@ fn a_reload_that_changes_restart_only_settings_detaches_what_was_attached() {
 /// file, owner and fix named, and nothing attached or pinned.
 #[test]
 fn run_refuses_a_configuration_file_another_user_could_change() {
-    let Some(netns) = Netns::with_veth_pair("xbt-cfgown") else {
+    let Some((netns, pin_dir, work)) = scene("xbt-cfgown", "config-owner-start") else {
         return;
     };
-    let pin_dir = PinDir::new("config-owner-start");
-    let work = TempDir::new("config-owner-start");
-    fs::create_dir(&work.0).unwrap();
     let config = work.0.join("config.toml");
     fs::write(&config, "[policy]\ninclude = [\"77.0.0.0/8\"]\n").unwrap();
     chmod(&config, 0o644);
@@ -165,12 +171,9 @@ fn run_refuses_a_configuration_file_another_user_could_change() {
 /// same file is taken.
 #[test]
 fn a_reload_refuses_a_configuration_file_another_user_could_change() {
-    let Some(netns) = Netns::with_veth_pair("xbt-cfghup") else {
+    let Some((netns, pin_dir, work)) = scene("xbt-cfghup", "config-owner-hup") else {
         return;
     };
-    let pin_dir = PinDir::new("config-owner-hup");
-    let work = TempDir::new("config-owner-hup");
-    fs::create_dir(&work.0).unwrap();
     let config = work.0.join("config.toml");
     fs::write(&config, "# defaults\n").unwrap();
     chmod(&config, 0o644);
@@ -250,12 +253,9 @@ fn a_reload_refuses_a_configuration_file_another_user_could_change() {
 /// installed after the programs had loaded and attached.
 #[test]
 fn a_sighup_while_the_daemon_starts_is_taken_not_fatal() {
-    let Some(netns) = Netns::with_veth_pair("xbt-earlyhup") else {
+    let Some((netns, pin_dir, work)) = scene("xbt-earlyhup", "early-hup") else {
         return;
     };
-    let pin_dir = PinDir::new("early-hup");
-    let work = TempDir::new("early-hup");
-    fs::create_dir(&work.0).unwrap();
     let setup = Setup {
         netns: &netns,
         pin_dir: &pin_dir.path,

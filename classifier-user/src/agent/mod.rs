@@ -294,21 +294,10 @@ impl Agent {
         let record = self.state.union().filter(|union| union.entries == digest);
         self.load_sources();
         if let Some(union) = &record {
-            let versions: Vec<String> = union
-                .sources
-                .iter()
-                .map(|source| {
-                    format!(
-                        "{} {}",
-                        source.name,
-                        source.version.as_deref().unwrap_or("-")
-                    )
-                })
-                .collect();
             warn!(
                 "the maps were changed by another process ({}, applied at {}); taking its \
                  files",
-                versions.join(", "),
+                union.versions(),
                 union.applied_at
             );
             self.written = Some(digest);
