@@ -869,6 +869,15 @@ mod tests {
                 .starts_with("version 2026043000, the applied file's, with other content"),
             "{error}"
         );
+        // The same version with the same content, and a held version that is none
+        // (`unknown`, a hand-given feed file), pass.
+        let hint = Hint("xdp-breakout sync".into());
+        judge(&hint, Some(held), held, LIMITS).unwrap();
+        let unknown = File {
+            version: Some("unknown"),
+            ..held
+        };
+        judge(&hint, Some(unknown), file("2020053100", &installed), LIMITS).unwrap();
         // A file without a version compares by content only.
         let unversioned = File {
             version: None,

@@ -50,6 +50,14 @@ pub fn is_denied(error: &io::Error) -> bool {
     matches!(error.raw_os_error(), Some(libc::EACCES | libc::EPERM))
 }
 
+/// Whether `BPF_OBJ_GET` on a pin was refused to a user who is not root. bpffs answers root
+/// EACCES too, for a pin that is an object of another type (a directory, a map where a link
+/// is wanted): for root that is a stale pin, no permission matter.
+#[must_use]
+pub fn pin_denied_to_user(error: &io::Error) -> bool {
+    euid() != 0 && is_denied(error)
+}
+
 /// `source` as [`Denied`] when the kernel refused `doing` on `path`, else as `other` makes
 /// it.
 pub fn denied_or<E: From<Denied>>(

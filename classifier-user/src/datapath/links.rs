@@ -17,7 +17,7 @@ use super::{
     Datapath, DatapathError,
     pins::{check_pin_dir, tc_link_pin, xdp_link_pin},
 };
-use crate::privilege::{Denied, denied_or, euid, is_denied};
+use crate::privilege::{Denied, denied_or, pin_denied_to_user};
 
 /// A program kind whose links xdp-breakout pins: XDP and tc (tcx).
 trait PinnedAttach {
@@ -93,10 +93,9 @@ fn adopt_or_attach<P: PinnedAttach>(
                 pin.display()
             ))(e.into())
         })?),
-        // A pin this user may not open is root's, not a stale one to remove. Root meets
-        // EACCES too, from a pin that is no link (a directory, another object): stale.
+        // A pin this user may not open is root's, not a stale one to remove.
         Err(LinkError::SyscallError(SyscallError { io_error, .. }))
-            if is_denied(&io_error) && euid() != 0 =>
+            if pin_denied_to_user(&io_error) =>
         {
             return Err(Denied {
                 doing: "opening the pinned link".to_owned(),

@@ -261,10 +261,8 @@ pub(super) fn open_pin(path: &Path) -> Result<MapData, DatapathError> {
             source,
         };
         match source {
-            // Root meets EACCES too, from a pin that is no map: that one is no permission
-            // matter.
             MapError::SyscallError(SyscallError { call, io_error })
-                if crate::privilege::euid() != 0 =>
+                if crate::privilege::pin_denied_to_user(&io_error) =>
             {
                 denied_or(io_error, "opening the pinned map", path, |io_error| {
                     open_pin_error(MapError::SyscallError(SyscallError { call, io_error }))
