@@ -61,8 +61,17 @@ pub mod names {
     pub const TC_ONLY_PROGRAM: &str = "breakout_tc";
     /// The tc egress program that copies DNS answers to clients (`[dns] learn`).
     pub const DNS_PROGRAM: &str = "breakout_dns";
+    /// The query recorders the LAN ingress programs tail-call (`[dns] learn`), and the
+    /// program arrays that hold them (not pinned).
+    pub const QUERY_XDP_PROGRAM: &str = "breakout_query";
+    pub const QUERY_TC_PROGRAM: &str = "breakout_query_tc";
+    pub const QUERY_XDP_JUMP: &str = "XB_DNS_XDP";
+    pub const QUERY_TC_JUMP: &str = "XB_DNS_TC";
     /// Its ring buffer (not pinned: each agent loads its own, and swaps the program in).
     pub const DNS_RING: &str = "XB_DNS";
+    /// DNS queries from LAN clients, awaiting their answers: [`crate::DnsQueryKey`] ->
+    /// [`crate::DnsQuery`] (not pinned, as [`DNS_RING`]).
+    pub const DNS_QUERIES: &str = "XB_DNS_QUERIES";
 }
 
 /// Maximum entries of each prefix trie.
@@ -204,9 +213,38 @@ pub mod stat {
     pub const DNS_RATE_LIMITED: u32 = 22;
     /// A DNS answer not copied: longer than [`crate::DNS_MAX_MESSAGE`] (or no DNS header).
     pub const DNS_TOO_BIG: u32 = 23;
+    /// DNS learning (LAN ingress): a client's query recorded in [`names::DNS_QUERIES`](crate::names::DNS_QUERIES).
+    pub const DNS_QUERY: u32 = 24;
+    /// A DNS answer refused: no recorded query has its client address and port, resolver
+    /// address and DNS id (forged, or its query never crossed the LAN).
+    pub const DNS_UNSOLICITED: u32 = 25;
+    /// A DNS answer refused: its query was answered already (a replay, or a duplicate).
+    pub const DNS_REPLAY: u32 = 26;
+    /// A DNS answer refused: its question (name or type) is not the one asked, here or when
+    /// the agent parsed it.
+    pub const DNS_QUESTION_MISMATCH: u32 = 27;
+    /// A DNS answer refused: it came more than [`crate::DNS_ANSWER_WITHIN_NS`] after its query.
+    pub const DNS_LATE: u32 = 28;
+    /// A DNS answer refused by the agent: from a resolver not in `[dns] resolvers`. Written by
+    /// user space (CPU 0's slot), never by the kernel.
+    pub const DNS_UNTRUSTED_RESOLVER: u32 = 29;
+    /// A DNS answer refused by the agent: the question it parsed is not the one the kernel
+    /// recorded (a hash collision, or a name the kernel's walk read otherwise). Written by
+    /// user space, as [`DNS_UNTRUSTED_RESOLVER`].
+    pub const DNS_PARSED_MISMATCH: u32 = 30;
+
+    /// Every refusal of a DNS answer, by the name `learned` and `/metrics` give its reason.
+    pub const DNS_REFUSALS: [(u32, &str); 6] = [
+        (DNS_UNSOLICITED, "unsolicited"),
+        (DNS_REPLAY, "replay"),
+        (DNS_QUESTION_MISMATCH, "question_mismatch"),
+        (DNS_LATE, "late"),
+        (DNS_UNTRUSTED_RESOLVER, "untrusted_resolver"),
+        (DNS_PARSED_MISMATCH, "parsed_mismatch"),
+    ];
 
     /// The indices user space shows, with their names.
-    pub const NAMED: [(u32, &str); 24] = [
+    pub const NAMED: [(u32, &str); 31] = [
         (TUNNEL, "tunnel"),
         (DIRECT, "direct"),
         (MATCH_PORT, "match_port"),
@@ -231,6 +269,13 @@ pub mod stat {
         (DNS_RING_FULL, "dns_ring_full"),
         (DNS_RATE_LIMITED, "dns_rate_limited"),
         (DNS_TOO_BIG, "dns_too_big"),
+        (DNS_QUERY, "dns_query"),
+        (DNS_UNSOLICITED, "dns_unsolicited"),
+        (DNS_REPLAY, "dns_replay"),
+        (DNS_QUESTION_MISMATCH, "dns_question_mismatch"),
+        (DNS_LATE, "dns_late"),
+        (DNS_UNTRUSTED_RESOLVER, "dns_untrusted_resolver"),
+        (DNS_PARSED_MISMATCH, "dns_parsed_mismatch"),
     ];
 }
 
@@ -419,6 +464,9 @@ pub mod flags {
     /// Classify every packet afresh, without the flow table (the benchmarks' first-packet
     /// cost; never set by the agent).
     pub const FLOWS_OFF: u32 = 1 << 3;
+    /// DNS learning is on: record the DNS queries LAN clients send, so that only answers to
+    /// them are copied to the agent.
+    pub const DNS_QUERIES: u32 = 1 << 4;
 }
 
 /// Value of [`names::CONFIG`] (index 0), written by user space, read once per packet.
@@ -511,18 +559,114 @@ pub const DNS_RATE_PER_SEC: u64 = 4096;
 /// Bytes of the DNS ring buffer: about 800 answers of the largest size.
 pub const DNS_RING_BYTES: u32 = 1 << 20;
 
-/// A DNS answer on its way to a client, as the tc egress program copies it.
+/// Queries awaiting their answers at most ([`names::DNS_QUERIES`], an LRU hash: a flood of
+/// queries forgets the oldest, whose answers are then refused as unsolicited).
+pub const DNS_QUERIES: u32 = 16384;
+/// An answer later than this after its query is refused ([`stat::DNS_LATE`]): resolvers give
+/// up on an upstream well before (dnsmasq after 10 s in all, stub resolvers after 5 s a try).
+pub const DNS_ANSWER_WITHIN_NS: u64 = 10_000_000_000;
+/// Bytes of a question's name walked at most: a name on the wire is at most 255 bytes.
+pub const DNS_MAX_NAME: usize = 255;
+
+/// Key of [`names::DNS_QUERIES`]: what an answer to a query must echo, from where it must
+/// come. Addresses network order (IPv4 in the first 4 bytes, the rest zero), the rest host
+/// order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DnsQueryKey {
+    /// The client that asked (the query's source, the answer's destination).
+    pub client: [u8; 16],
+    /// The resolver it asked (the query's destination, the answer's source).
+    pub resolver: [u8; 16],
+    /// The client's UDP port.
+    pub client_port: u16,
+    /// The DNS message id.
+    pub id: u16,
+    /// 4 or 6.
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<DnsQueryKey>() == 40);
+
+/// Value of [`names::DNS_QUERIES`], host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsQuery {
+    /// `bpf_ktime_get_ns()` when the query crossed the LAN's ingress.
+    pub ts_ns: u64,
+    /// [`dns_name_hash`] of the question's name as it was on the wire.
+    pub name_hash: u32,
+    /// The question's type (A, AAAA, ...).
+    pub qtype: u16,
+    /// 1 once an answer matched: another one is a replay.
+    pub answered: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(size_of::<DnsQuery>() == 16);
+
+/// FNV-1a's offset basis and prime (32 bits), for [`dns_name_hash`].
+pub const FNV_OFFSET: u32 = 0x811c_9dc5;
+pub const FNV_PRIME: u32 = 0x0100_0193;
+
+/// One byte into an FNV-1a hash: the kernel hashes a question's name byte by byte as it walks
+/// it, user space with [`dns_name_hash`]; both must give the same value.
+#[expect(clippy::inline_always, reason = "in the kernel programs' bounded loop")]
+#[inline(always)]
+#[must_use]
+pub const fn fnv_step(hash: u32, byte: u8) -> u32 {
+    (hash ^ byte as u32).wrapping_mul(FNV_PRIME)
+}
+
+/// The hash of a question's name as on the wire, and its length: its length bytes and labels
+/// up to and including the root's zero byte, case kept (a resolver echoes the question byte
+/// for byte, and keeping the case keeps 0x20 randomization's bits).
+///
+/// The kernel hashes up to the first zero byte without reading the lengths (a bounded loop
+/// the verifier can afford); here the labels are walked, and a name the two would read
+/// differently is refused: `None` unless `wire` starts with a whole uncompressed name of at
+/// most [`DNS_MAX_NAME`] bytes, labels of at most 63 bytes, no zero byte inside a label.
+#[must_use]
+pub fn dns_name_hash(wire: &[u8]) -> Option<(u32, usize)> {
+    let mut hash = FNV_OFFSET;
+    let mut next = 0;
+    for (i, &byte) in wire.iter().enumerate().take(DNS_MAX_NAME) {
+        hash = fnv_step(hash, byte);
+        if i == next {
+            if byte == 0 {
+                return Some((hash, i + 1));
+            }
+            if byte > 63 {
+                return None;
+            }
+            next = i + usize::from(byte) + 1;
+        } else if byte == 0 {
+            return None;
+        }
+    }
+    None
+}
+
+/// A DNS answer on its way to a client, as the tc egress program copies it once it matched
+/// the client's query. Host order but for `resolver`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct DnsRecord {
     /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when it crossed tc.
     pub ts_ns: u64,
+    /// The resolver that answered (the answer's source address), network order.
+    pub resolver: [u8; 16],
+    /// The recorded query's [`DnsQuery::name_hash`] and type, for the agent to check the
+    /// question it parses against.
+    pub name_hash: u32,
     /// Bytes of `message` that hold the DNS message.
     pub len: u16,
-    pub _pad: [u8; 6],
+    pub qtype: u16,
+    /// 4 or 6.
+    pub family: u8,
+    pub _pad: [u8; 7],
     pub message: [u8; DNS_MAX_MESSAGE],
 }
-const _: () = assert!(size_of::<DnsRecord>() == 16 + DNS_MAX_MESSAGE);
+const _: () = assert!(size_of::<DnsRecord>() == 40 + DNS_MAX_MESSAGE);
 
 /// Default `mark/mask`: 0x365 ("365") in the low 16 bits.
 pub const DEFAULT_MARK: u32 = 0x365;
@@ -739,6 +883,8 @@ mod pod {
     unsafe impl aya::Pod for super::FlowValue {}
     unsafe impl aya::Pod for super::index::Slot {}
     unsafe impl aya::Pod for super::index::IndexCtl {}
+    unsafe impl aya::Pod for super::DnsQueryKey {}
+    unsafe impl aya::Pod for super::DnsQuery {}
 }
 
 #[cfg(test)]

@@ -7,9 +7,10 @@
 //! packet itself when the driver gave no metadata room. `breakout_tc` (tc ingress alone,
 //! `--mode tc`: bridges, VLAN devices and NICs where XDP runs only in generic mode) does both
 //! jobs in one program: the flow table, the decision and the counters of `breakout`, then
-//! the mark. `breakout_dns` (tc egress, `[dns] learn`) copies the DNS answers that leave
-//! for LAN clients into a ring buffer for the agent, which learns the addresses of
-//! Microsoft 365's URL-only endpoints from them. None ever drops a packet: every
+//! the mark. With `[dns] learn`, the LAN ingress program (`breakout`, or `breakout_tc`
+//! alone) records each DNS query a client sends, and `breakout_dns` (tc egress) copies the
+//! answers to those queries, and only those, into a ring buffer for the agent, which learns
+//! the addresses of Microsoft 365's URL-only endpoints from them (`dns`). None ever drops a packet: every
 //! path ends in a pass. Failing open is deliberate: a router that loses its classifier must
 //! still route, through the tunnel, as it did before xdp-breakout.
 #![no_std]
@@ -17,15 +18,15 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, TC_ACT_UNSPEC, xdp_action::XDP_PASS},
-    btf_maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
-    helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes, bpf_skb_pull_data, bpf_xdp_adjust_meta},
+    btf_maps::{Array, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
+    helpers::{bpf_ktime_get_ns, bpf_skb_pull_data, bpf_xdp_adjust_meta},
     macros::{btf_map, classifier, xdp},
     programs::{TcContext, XdpContext},
 };
 use aya_log_ebpf::info;
 use classifier_common::{
     Config, Counter, DEFAULT_FLOWS, DEFAULT_INDEX_SLOTS, DEFAULT_OTHER_IDLE_S, DEFAULT_TCP_IDLE_S,
-    DNS_MAX_MESSAGE, DNS_RATE_PER_SEC, DNS_RING_BYTES, Decision, DnsRecord, FlowKey, FlowValue,
+    Decision, FlowKey, FlowValue,
     LpmKeyV4, LpmKeyV6, MAX_PREFIXES, MAX_SET_ID, Policy, PrefixRules, STATS_LEN, XDP_META_MAGIC,
     XdpMeta, action, category, decide, flags,
     index::{self, IndexCtl, Packed, Slot, Slots},
@@ -36,6 +37,8 @@ use classifier_ebpf::{
     counter,
     parse::{Cursor, Packet, Unparsed, parse},
 };
+
+mod dns;
 
 // The map names are the contract in `classifier_common::names`; a test reads them back
 // from the object. `BPF_F_NO_PREALLOC` is the trie's default flag and the kernel requires it.
@@ -215,12 +218,22 @@ fn count_set(set_id: u16, bytes: u64) {
 pub fn breakout(ctx: XdpContext) -> u32 {
     let config = config();
     let bytes = (ctx.data_end() - ctx.data()) as u64;
+    let mut query = false;
     // SAFETY: data .. data_end is the frame, valid while the program runs.
     let verdict = match parse(&mut unsafe { Cursor::new(ctx.data(), ctx.data_end()) }) {
-        Ok(packet) => decide_packet(&packet, &config, bytes),
+        Ok(packet) => {
+            query = config.flags & flags::DNS_QUERIES != 0 && dns::is_query(&packet);
+            decide_packet(&packet, &config, bytes)
+        }
         Err(why) => unparsed(why),
     };
-    finish(&ctx, verdict, config.flags)
+    let action = finish(&ctx, verdict, config.flags);
+    if query {
+        // Records the query in a program of its own (a tail call does not return): the walk
+        // of its name is verified once there, not once per path of this program.
+        dns::record_query_xdp(&ctx);
+    }
+    action
 }
 
 /// A parsed packet's verdict, through the flow table: a known flow keeps its action, a new
@@ -436,11 +449,15 @@ pub fn breakout_mark(ctx: TcContext) -> i32 {
 pub fn breakout_tc(ctx: TcContext) -> i32 {
     let config = config();
     let bytes = u64::from(ctx.len());
+    let mut query = false;
     let (direct, by_meta) = match read_meta(&ctx) {
         Some(meta) => (meta.action == action::DIRECT, true),
         None => {
             let verdict = match parse_skb(&ctx, bytes) {
-                Ok(packet) => decide_packet(&packet, &config, bytes),
+                Ok(packet) => {
+                    query = config.flags & flags::DNS_QUERIES != 0 && dns::is_query(&packet);
+                    decide_packet(&packet, &config, bytes)
+                }
                 Err(why) => unparsed(why),
             };
             account(&verdict, bytes);
@@ -458,6 +475,24 @@ pub fn breakout_tc(ctx: TcContext) -> i32 {
         }
     };
     mark(&ctx, &config, direct, by_meta, bytes);
+    if query {
+        // As `breakout`: in a program of its own.
+        dns::record_query_tc(&ctx);
+    }
+    TC_ACT_UNSPEC
+}
+
+/// Records a client's DNS query (tail-called by `breakout`).
+#[xdp]
+pub fn breakout_query(ctx: XdpContext) -> u32 {
+    dns::record_query_frame(&ctx);
+    XDP_PASS
+}
+
+/// Records a client's DNS query (tail-called by `breakout_tc`).
+#[classifier]
+pub fn breakout_query_tc(ctx: TcContext) -> i32 {
+    dns::record_query_skb(&ctx);
     TC_ACT_UNSPEC
 }
 
@@ -541,98 +576,12 @@ fn classify_skb(ctx: &TcContext, config_flags: u32, bytes: u64) -> Decision {
     }
 }
 
-/// DNS answers for the agent ([`breakout_dns`]). Not pinned: each agent loads its own.
-#[btf_map]
-static XB_DNS: RingBuf<DnsRecord, { DNS_RING_BYTES as usize }> = RingBuf::new();
-
-/// Per CPU: the second ([`bpf_ktime_get_ns`] / 1e9) and the answers copied in it.
-#[btf_map]
-static XB_DNS_RATE: PerCpuArray<[u64; 2], 1> = PerCpuArray::new();
-
-/// Copies the DNS answers (UDP from port 53) that leave the LAN interface for clients into
-/// [`XB_DNS`], at most [`DNS_MAX_MESSAGE`] bytes and [`DNS_RATE_PER_SEC`] a second per CPU;
-/// every answer is counted as copied or why not. The packet is never delayed or changed.
+/// Copies the DNS answers that leave the LAN interface for clients, when they answer a query
+/// recorded at its ingress, into the agent's ring buffer ([`dns::copy_answer`]).
 #[classifier]
 pub fn breakout_dns(ctx: TcContext) -> i32 {
-    copy_dns(&ctx);
+    dns::copy_answer(&ctx);
     TC_ACT_UNSPEC
-}
-
-#[inline(always)]
-fn copy_dns(ctx: &TcContext) {
-    let bytes = u64::from(ctx.len());
-    let Ok(packet) = parse_skb_for_dns(ctx, bytes) else {
-        return;
-    };
-    let (packet, payload) = packet;
-    if packet.proto != proto::UDP || packet.sport != 53 || packet.later_fragment {
-        return;
-    }
-    let Some(offset) = payload.checked_sub(ctx.data()) else {
-        return;
-    };
-    let len = (ctx.len() as usize).saturating_sub(offset);
-    // A DNS header is 12 bytes.
-    if !(12..=DNS_MAX_MESSAGE).contains(&len) {
-        count(stat::DNS_TOO_BIG, bytes);
-        return;
-    }
-    // SAFETY: a helper without arguments.
-    let second = unsafe { bpf_ktime_get_ns() } / 1_000_000_000;
-    if let Some(rate) = XB_DNS_RATE.get_ptr_mut(0) {
-        // SAFETY: this CPU's value, valid while the program runs.
-        let rate = unsafe { &mut *rate };
-        if rate[0] != second {
-            *rate = [second, 0];
-        }
-        if rate[1] >= DNS_RATE_PER_SEC {
-            count(stat::DNS_RATE_LIMITED, bytes);
-            return;
-        }
-        rate[1] += 1;
-    }
-    let Some(mut entry) = XB_DNS.reserve(0) else {
-        count(stat::DNS_RING_FULL, bytes);
-        return;
-    };
-    let record = entry.as_mut_ptr();
-    // SAFETY: `record` is the reserved entry, `size_of::<DnsRecord>()` bytes; `len` is
-    // 12..=DNS_MAX_MESSAGE, the size of `message`; the helper checks the skb's bounds.
-    let loaded = unsafe {
-        (*record).ts_ns = bpf_ktime_get_ns();
-        (*record).len = len as u16;
-        (*record)._pad = [0; 6];
-        bpf_skb_load_bytes(
-            ctx.skb.skb.cast(),
-            offset as u32,
-            (&raw mut (*record).message).cast(),
-            len as u32,
-        )
-    };
-    if loaded == 0 {
-        entry.submit(0);
-        count(stat::DNS_COPIED, bytes);
-    } else {
-        entry.discard(0);
-        count(stat::ERROR, bytes);
-    }
-}
-
-/// Parses an skb's headers (made linear first); returns the packet and where its payload
-/// starts.
-#[inline(always)]
-fn parse_skb_for_dns(ctx: &TcContext, bytes: u64) -> Result<(Packet, usize), Unparsed> {
-    let want = ctx.len().min(TC_PULL_LEN);
-    if ((ctx.data_end() - ctx.data()) as u32) < want {
-        // SAFETY: the helper validates the length against the skb.
-        if unsafe { bpf_skb_pull_data(ctx.skb.skb.cast(), want) } != 0 {
-            count(stat::ERROR, bytes);
-        }
-    }
-    // SAFETY: data .. data_end is the linear part of the skb, valid while the program runs.
-    let mut cursor = unsafe { Cursor::new(ctx.data(), ctx.data_end()) };
-    let packet = parse(&mut cursor)?;
-    Ok((packet, cursor.position()))
 }
 
 /// The kernel rejects GPL-only helpers without a GPL-compatible license string.

@@ -7,7 +7,7 @@
 
 use core::{marker::PhantomData, mem::size_of};
 
-use classifier_common::proto;
+use classifier_common::{DNS_MAX_MESSAGE, DNS_MAX_NAME, FNV_OFFSET, fnv_step, proto};
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -333,4 +333,58 @@ fn parse_ports(cursor: &mut Cursor, ip_proto: u8) -> Result<Ports, Unparsed> {
             end: false,
         }),
     }
+}
+
+/// What an answer must echo of its query: the message id, and the question's name (as
+/// [`classifier_common::dns_name_hash`] hashes it) and type.
+#[derive(Clone, Copy)]
+pub struct Question {
+    pub id: u16,
+    pub name_hash: u32,
+    pub qtype: u16,
+}
+
+/// Reads the DNS header and the one question of a message copied out of the packet (`len`
+/// bytes of `message`): a standard query (`answer` false) or an answer to one (`answer`
+/// true), with exactly one question. `None` for anything else.
+///
+/// Every read is at a constant offset of the copy, so the walk leaves no packet pointer
+/// behind and the code after it is verified once, whichever byte ended the name. The name
+/// is hashed up to its first zero byte, at most [`DNS_MAX_NAME`] bytes: in a real name that
+/// is the root's, which ends it. Nothing here reads the labels' lengths, so each byte takes
+/// one branch (zero or not) and the verifier keeps one state per byte instead of one per way
+/// of cutting the name into labels. The agent walks the labels of what the kernel matched
+/// ([`classifier_common::dns_name_hash`]) and refuses a name whose walk does not end there.
+#[inline(always)]
+pub fn dns_question_in(
+    message: &[u8; DNS_MAX_MESSAGE],
+    len: usize,
+    answer: bool,
+) -> Option<Question> {
+    if len < 12 + 1 + 4 {
+        return None;
+    }
+    let qr = message[2] & 0x80 != 0;
+    let opcode = (message[2] >> 3) & 0x0f;
+    if qr != answer || opcode != 0 || message[4] != 0 || message[5] != 1 {
+        return None;
+    }
+    let id = u16::from_be_bytes([message[0], message[1]]);
+    let mut hash = FNV_OFFSET;
+    for i in 12..12 + DNS_MAX_NAME {
+        // The type's two bytes follow the name.
+        if i + 2 >= len {
+            return None;
+        }
+        let byte = *message.get(i)?;
+        hash = fnv_step(hash, byte);
+        if byte == 0 {
+            return Some(Question {
+                id,
+                name_hash: hash,
+                qtype: u16::from_be_bytes([*message.get(i + 1)?, *message.get(i + 2)?]),
+            });
+        }
+    }
+    None
 }

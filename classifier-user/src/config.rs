@@ -432,6 +432,9 @@ impl Config {
         if self.policy.debug_log {
             flags |= classifier_common::flags::DEBUG;
         }
+        if self.dns.learn {
+            flags |= classifier_common::flags::DNS_QUERIES;
+        }
         let seconds = |d: Duration| u16::try_from(d.as_secs()).unwrap_or(u16::MAX);
         classifier_common::Config {
             mark: self.policy.mark.value,

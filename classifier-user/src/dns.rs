@@ -7,7 +7,11 @@
 //! name becomes a member of the matching endpoint sets until its TTL (raised to a floor,
 //! capped, plus a grace period) runs out.
 //!
-//! Nothing in an answer is trusted beyond its checks: a message that does not parse, is no
+//! Only answers to queries the router saw are taken: the kernel records each query a LAN
+//! client sends and copies an answer only when it matches one (client address and port,
+//! resolver, id, question, in time, once), and here the answer must come from a trusted
+//! resolver (`[dns] resolvers`) and carry the question recorded. Nothing in an answer is
+//! trusted beyond its checks: a message that does not parse, is no
 //! answer, or whose chain loops is ignored and counted; an address in special-purpose space
 //! (private, loopback, link-local, multicast, documentation, ...) is ignored and counted;
 //! entries are capped in total and per name.
@@ -34,9 +38,12 @@ use crate::{
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
 pub struct DnsConfig {
-    /// Copy DNS answers at the LAN interfaces' tc egress and learn from them. Takes effect
-    /// at start.
+    /// Record the DNS queries LAN clients send, copy the answers to them at the LAN
+    /// interfaces' tc egress, and learn from those. Takes effect at start.
     pub learn: bool,
+    /// The resolvers whose answers are learned. Empty: the router's own addresses on its LAN
+    /// interfaces, so that a resolver on the router works without configuration.
+    pub resolvers: Vec<IpAddr>,
     /// A learned address is kept at least this long, whatever its TTL says...
     #[serde(with = "duration_text")]
     pub min_ttl: Duration,
@@ -53,7 +60,8 @@ pub struct DnsConfig {
 impl Default for DnsConfig {
     fn default() -> Self {
         Self {
-            learn: false,
+            learn: true,
+            resolvers: Vec::new(),
             min_ttl: Duration::from_mins(1),
             max_ttl: Duration::from_hours(24),
             grace: Duration::from_mins(5),
@@ -105,9 +113,26 @@ impl DnsConfig {
         if !(1..=4096).contains(&self.max_per_name) {
             return Err(Invalid::new("max-per-name", "must be 1..=4096"));
         }
+        if self.resolvers.len() > MAX_RESOLVERS {
+            return Err(Invalid::new(
+                "resolvers",
+                format!("at most {MAX_RESOLVERS} addresses"),
+            ));
+        }
+        if let Some(bad) = self.resolvers.iter().find(|addr| {
+            addr.is_unspecified() || addr.is_multicast() || *addr == &IpAddr::from([255, 255, 255, 255])
+        }) {
+            return Err(Invalid::new(
+                "resolvers",
+                format!("{bad} cannot be a resolver's address"),
+            ));
+        }
         Ok(())
     }
 }
+
+/// `[dns] resolvers` at most.
+pub const MAX_RESOLVERS: usize = 64;
 
 /// `[[domains]]` rules at most: each one is an endpoint set of its own.
 pub const MAX_DOMAIN_RULES: usize = 1024;
@@ -151,16 +176,74 @@ pub fn validate_domains(rules: &[DomainRule]) -> Result<(), DomainsError> {
     Ok(())
 }
 
-/// A ring buffer entry of `breakout_dns` (a `classifier_common::DnsRecord`): the capture
-/// time (CLOCK_MONOTONIC, ns) and the message; `None` for an entry of another shape.
+/// A DNS answer as `breakout_dns` copies it, once it matched a query recorded at the LAN's
+/// ingress: when it crossed tc egress (CLOCK_MONOTONIC, ns), the resolver that sent it, the
+/// recorded query's name hash and type, and the message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Captured {
+    pub ts_ns: u64,
+    pub resolver: IpAddr,
+    pub name_hash: u32,
+    pub qtype: u16,
+    pub message: Vec<u8>,
+}
+
+/// A ring buffer entry of `breakout_dns` (a `classifier_common::DnsRecord`); `None` for an
+/// entry of another shape.
 #[must_use]
-pub fn record(entry: &[u8]) -> Option<(u64, Vec<u8>)> {
-    let ts = u64::from_ne_bytes(entry.get(..8)?.try_into().ok()?);
-    let len = usize::from(u16::from_ne_bytes(entry.get(8..10)?.try_into().ok()?));
+pub fn record(entry: &[u8]) -> Option<Captured> {
+    let bytes = |at: usize, len: usize| entry.get(at..at + len);
+    let ts_ns = u64::from_ne_bytes(bytes(0, 8)?.try_into().ok()?);
+    let address: [u8; 16] = bytes(8, 16)?.try_into().ok()?;
+    let name_hash = u32::from_ne_bytes(bytes(24, 4)?.try_into().ok()?);
+    let len = usize::from(u16::from_ne_bytes(bytes(28, 2)?.try_into().ok()?));
+    let qtype = u16::from_ne_bytes(bytes(30, 2)?.try_into().ok()?);
+    let resolver = match *entry.get(32)? {
+        4 => IpAddr::from([address[0], address[1], address[2], address[3]]),
+        6 => IpAddr::from(address),
+        _ => return None,
+    };
     if len > classifier_common::DNS_MAX_MESSAGE {
         return None;
     }
-    Some((ts, entry.get(16..16 + len)?.to_vec()))
+    Some(Captured {
+        ts_ns,
+        resolver,
+        name_hash,
+        qtype,
+        message: bytes(40, len)?.to_vec(),
+    })
+}
+
+/// Why the agent refused an answer the kernel copied (the kernel's own refusals are its
+/// `dns_*` counters).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Refused {
+    /// From a resolver not in `[dns] resolvers` (by default, the router's LAN addresses).
+    UntrustedResolver,
+    /// Its question, parsed here, is not the one the kernel recorded for the query.
+    QuestionMismatch,
+}
+
+/// Checks an answer before anything is read from it: it comes from a trusted resolver, and
+/// its question is, byte for byte, the one its client asked (the kernel matched a hash of it
+/// in a bounded walk; here the whole message is at hand).
+pub fn check(captured: &Captured, trusted: &[IpAddr]) -> Result<(), Refused> {
+    if !trusted.contains(&captured.resolver) {
+        return Err(Refused::UntrustedResolver);
+    }
+    let question = captured.message.get(12..).unwrap_or_default();
+    let same = classifier_common::dns_name_hash(question).is_some_and(|(hash, len)| {
+        let qtype = question
+            .get(len..len + 2)
+            .map(|bytes| u16::from_be_bytes([bytes[0], bytes[1]]));
+        hash == captured.name_hash && qtype == Some(captured.qtype)
+    });
+    if same {
+        Ok(())
+    } else {
+        Err(Refused::QuestionMismatch)
+    }
 }
 
 /// Names followed through CNAMEs at most.
@@ -411,16 +494,35 @@ pub struct Counts {
     pub capped: u64,
     /// Addresses inside an `exclude` prefix, ignored.
     pub excluded: u64,
+    /// Answers refused as untrusted, by why (`classifier_common::stat::DNS_REFUSALS`): the
+    /// kernel's counters, where the agent adds its own refusals too.
+    #[serde(default)]
+    pub refused: BTreeMap<String, u64>,
+}
+
+impl Refused {
+    /// The `classifier_common::stat` counter of this refusal.
+    #[must_use]
+    pub const fn stat(self) -> u32 {
+        match self {
+            Self::UntrustedResolver => classifier_common::stat::DNS_UNTRUSTED_RESOLVER,
+            Self::QuestionMismatch => classifier_common::stat::DNS_PARSED_MISMATCH,
+        }
+    }
 }
 
 impl Counts {
     fn ignore(&mut self, why: Ignored) {
-        let key = serde_json::to_value(why)
-            .ok()
-            .and_then(|value| value.as_str().map(str::to_owned))
-            .unwrap_or_default();
-        *self.ignored.entry(key).or_default() += 1;
+        *self.ignored.entry(label(&why)).or_default() += 1;
     }
+}
+
+/// A reason's snake_case name, as counted.
+fn label(why: &Ignored) -> String {
+    serde_json::to_value(why)
+        .ok()
+        .and_then(|value| value.as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 /// The learned addresses.

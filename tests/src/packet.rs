@@ -1,6 +1,6 @@
 //! Ethernet frames built layer by layer, for test rows that say what they carry.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86dd;
@@ -239,6 +239,10 @@ pub fn non_ip(ether_type: u16) -> Vec<u8> {
     frame
 }
 
+/// The resolver and the client of [`dns_answer_frame`] and [`dns_query_frame`].
+pub const RESOLVER: &str = "10.0.3.2:53";
+pub const CLIENT: &str = "10.0.1.2:40000";
+
 /// An Ethernet/IPv4/UDP frame from a resolver's port 53 to a client's port 40000 carrying
 /// `message`: a DNS answer on its way to the LAN, as `breakout_dns` sees it at tc egress.
 ///
@@ -247,18 +251,54 @@ pub fn non_ip(ether_type: u16) -> Vec<u8> {
 /// When `message` does not fit in one IPv4 packet.
 #[must_use]
 pub fn dns_answer_frame(message: &[u8]) -> Vec<u8> {
+    udp_frame(parse(RESOLVER), parse(CLIENT), message)
+}
+
+/// The query that [`dns_answer_frame`] answers: from the client to the resolver.
+#[must_use]
+pub fn dns_query_frame(message: &[u8]) -> Vec<u8> {
+    udp_frame(parse(CLIENT), parse(RESOLVER), message)
+}
+
+fn parse(address: &str) -> SocketAddr {
+    address.parse().expect("a literal address")
+}
+
+/// An Ethernet/IP/UDP frame from `src` to `dst` (both of one family) carrying `payload`,
+/// checksums zero (UDP over IPv4 allows it; the programs read no checksum).
+///
+/// # Panics
+///
+/// When the families differ or `payload` does not fit in one packet.
+#[must_use]
+pub fn udp_frame(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Vec<u8> {
     let mut frame = Vec::new();
     frame.extend_from_slice(&DST_MAC);
     frame.extend_from_slice(&SRC_MAC);
-    frame.extend_from_slice(&ETH_P_IP.to_be_bytes());
-    let udp_len = 8 + message.len();
-    frame.extend_from_slice(&[0x45, 0]);
-    frame.extend_from_slice(&u16::try_from(20 + udp_len).expect("fits").to_be_bytes());
-    frame.extend_from_slice(&[0, 1, 0, 0, 64, IPPROTO_UDP, 0, 0, 10, 0, 3, 2, 10, 0, 1, 2]);
-    frame.extend_from_slice(&53u16.to_be_bytes());
-    frame.extend_from_slice(&40000u16.to_be_bytes());
-    frame.extend_from_slice(&u16::try_from(udp_len).expect("fits").to_be_bytes());
+    let udp_len = u16::try_from(8 + payload.len()).expect("fits");
+    match (src.ip(), dst.ip()) {
+        (IpAddr::V4(from), IpAddr::V4(to)) => {
+            frame.extend_from_slice(&ETH_P_IP.to_be_bytes());
+            frame.extend_from_slice(&[0x45, 0]);
+            frame.extend_from_slice(&(20 + udp_len).to_be_bytes());
+            frame.extend_from_slice(&[0, 1, 0, 0, 64, IPPROTO_UDP, 0, 0]);
+            frame.extend_from_slice(&from.octets());
+            frame.extend_from_slice(&to.octets());
+        }
+        (IpAddr::V6(from), IpAddr::V6(to)) => {
+            frame.extend_from_slice(&ETH_P_IPV6.to_be_bytes());
+            frame.extend_from_slice(&[0x60, 0, 0, 0]);
+            frame.extend_from_slice(&udp_len.to_be_bytes());
+            frame.extend_from_slice(&[IPPROTO_UDP, 64]);
+            frame.extend_from_slice(&from.octets());
+            frame.extend_from_slice(&to.octets());
+        }
+        _ => panic!("{src} and {dst} are of two families"),
+    }
+    frame.extend_from_slice(&src.port().to_be_bytes());
+    frame.extend_from_slice(&dst.port().to_be_bytes());
+    frame.extend_from_slice(&udp_len.to_be_bytes());
     frame.extend_from_slice(&[0, 0]);
-    frame.extend_from_slice(message);
+    frame.extend_from_slice(payload);
     frame
 }

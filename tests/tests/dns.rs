@@ -1,5 +1,7 @@
-//! DNS learning through the real capture path: `breakout_dns` run by BPF_PROG_TEST_RUN on
-//! DNS answers copies them into its ring buffer, the agent reads them from there, learns the
+//! DNS learning through the real capture path: the LAN ingress programs run by
+//! BPF_PROG_TEST_RUN on clients' DNS queries record them, `breakout_dns` copies the answers
+//! to those queries (and refuses every other, counted by why) into its ring buffer, the agent
+//! reads them from there, checks their resolver and question, learns the
 //! addresses of URL-only endpoint sets into the live tries at once (folded with the prefixes
 //! that cover them), names them in `lookup`, forgets them when their time is up, and takes a
 //! corpus of malformed answers without learning anything or stopping.
@@ -7,9 +9,10 @@
 use std::{net::IpAddr, time::Duration};
 
 use aya::programs::{ProgramError, TestRun as _, TestRunOptions};
-use classifier_common::{category, proto, stat};
+use classifier_common::{DnsQuery, DnsQueryKey, category, proto, stat};
 use classifier_user::{
     agent::Agent,
+    dns::Captured,
     config::Config,
     datapath::{Datapath, Maps},
     explain::{Catalog, Oracle},
@@ -22,10 +25,27 @@ use hickory_proto::{
 use tests::{
     FEED_2026043000, TempDir,
     http::{FeedServer, Reply},
-    packet::dns_answer_frame,
+    packet::{dns_answer_frame, dns_query_frame, udp_frame},
 };
 
+const RESOLVER_ADDR: &str = "10.0.3.2";
+
 const TC_ACT_UNSPEC: u32 = u32::MAX;
+const XDP_PASS: u32 = 2;
+
+/// A client's query for `question`'s A records, id 7: what [`answer`] answers.
+fn query(question: &str) -> Vec<u8> {
+    query_with(question, 7, RecordType::A)
+}
+
+fn query_with(question: &str, id: u16, qtype: RecordType) -> Vec<u8> {
+    let mut message = Message::new();
+    message.set_id(id);
+    message.set_message_type(MessageType::Query);
+    message.set_recursion_desired(true);
+    message.add_query(Query::query(Name::from_ascii(question).unwrap(), qtype));
+    message.to_vec().unwrap()
+}
 
 fn answer(question: &str, records: Vec<Record>, code: ResponseCode) -> Vec<u8> {
     let mut message = Message::new();
@@ -58,8 +78,36 @@ fn cname(name: &str, target: &str) -> Record {
 
 type Ring = aya::maps::RingBuf<aya::maps::MapData>;
 
+/// Where the LAN's ingress records queries: the XDP program, or the tc program alone.
+#[derive(Clone, Copy, Debug)]
+enum Ingress {
+    Xdp,
+    Tc,
+}
+
+/// Runs the LAN ingress program on each query frame, as a client's query enters the router.
+fn ask(datapath: &mut Datapath, ingress: Ingress, frames: &[Vec<u8>]) {
+    for frame in frames {
+        let options = TestRunOptions {
+            data_in: Some(frame),
+            ..TestRunOptions::default()
+        };
+        let result = match ingress {
+            Ingress::Xdp => datapath.xdp().unwrap().test_run(options),
+            Ingress::Tc => datapath.tc(true).unwrap().test_run(options),
+        }
+        .map_err(|error: ProgramError| error.to_string())
+        .unwrap();
+        let passed = match ingress {
+            Ingress::Xdp => XDP_PASS,
+            Ingress::Tc => TC_ACT_UNSPEC,
+        };
+        assert_eq!(result.return_value, passed, "never drops");
+    }
+}
+
 /// Runs `breakout_dns` on each frame; returns what its ring buffer (`ring`) then holds.
-fn capture(datapath: &mut Datapath, ring: &mut Ring, frames: &[Vec<u8>]) -> Vec<(u64, Vec<u8>)> {
+fn capture(datapath: &mut Datapath, ring: &mut Ring, frames: &[Vec<u8>]) -> Vec<Captured> {
     for frame in frames {
         let result = datapath
             .dns()
@@ -89,6 +137,8 @@ fn learning_agent(
     config.feed.url = server.url();
     config.feed.allow_http = true;
     config.dns.learn = true;
+    // The resolver of `tests::packet`'s frames.
+    config.dns.resolvers = vec![RESOLVER_ADDR.parse().unwrap()];
     tweak(&mut config);
     config.validate().unwrap();
     let mut datapath = tests::load_private(&classifier_user::datapath::MapSizes::default())?;
@@ -103,17 +153,45 @@ fn learning_agent(
     Some((datapath, agent))
 }
 
+/// An answer as the kernel would copy it from `resolver`, its question recorded as asked:
+/// for the agent's own checks, past the kernel's.
+fn captured(resolver: &str, message: &[u8]) -> Captured {
+    let question = message.get(12..).unwrap_or_default();
+    let (name_hash, qtype) = classifier_common::dns_name_hash(question).map_or((0, 0), |(hash, len)| {
+        let qtype = question
+            .get(len..len + 2)
+            .map_or(0, |bytes| u16::from_be_bytes([bytes[0], bytes[1]]));
+        (hash, qtype)
+    });
+    Captured {
+        ts_ns: classifier_user::datapath::monotonic_ns(),
+        resolver: resolver.parse().unwrap(),
+        name_hash,
+        qtype,
+        message: message.to_vec(),
+    }
+}
+
 fn stats(maps: &Maps, index: u32) -> u64 {
     maps.stats().unwrap()[index as usize].packets
 }
 
-#[test]
-fn the_capture_copies_answers_to_clients_and_counts_the_rest() {
-    let Some(mut datapath) = tests::load_private(&classifier_user::datapath::MapSizes::default())
-    else {
+/// Private maps with query recording on, as the agent sets it when learning.
+fn recording_datapath() -> Option<(Datapath, Maps)> {
+    let mut datapath = tests::load_private(&classifier_user::datapath::MapSizes::default())?;
+    let mut maps = datapath.maps().unwrap();
+    maps.set_config(&classifier_common::Config {
+        flags: classifier_common::flags::DNS_QUERIES,
+        ..classifier_common::Config::default()
+    })
+    .unwrap();
+    Some((datapath, maps))
+}
+
+fn the_capture_copies_answers_to_recorded_queries_and_counts_the_rest(ingress: Ingress) {
+    let Some((mut datapath, maps)) = recording_datapath() else {
         return;
     };
-    let maps = datapath.maps().unwrap();
     let message = answer(
         "storage.live.com.",
         vec![a("storage.live.com.", "13.107.42.13", 300)],
@@ -129,28 +207,179 @@ fn the_capture_copies_answers_to_clients_and_counts_the_rest() {
     assert!(big.len() > classifier_common::DNS_MAX_MESSAGE);
     let mut not_dns = dns_answer_frame(&message);
     not_dns[34..36].copy_from_slice(&5353u16.to_be_bytes());
+    let resolver: std::net::SocketAddr = tests::packet::RESOLVER.parse().unwrap();
+    let big_client: std::net::SocketAddr = "10.0.1.2:40009".parse().unwrap();
+    ask(
+        &mut datapath,
+        ingress,
+        &[
+            dns_query_frame(&query("storage.live.com.")),
+            udp_frame(big_client, resolver, &query("big.example.")),
+            // Not queries: an answer sent to port 53, and a query to another port.
+            dns_query_frame(&message),
+            udp_frame(
+                "10.0.1.2:40001".parse().unwrap(),
+                "10.0.3.2:5353".parse().unwrap(),
+                &query("other.example."),
+            ),
+        ],
+    );
+    assert_eq!(stats(&maps, stat::DNS_QUERY), 2, "two queries recorded");
     let mut ring = datapath.take_dns_ring().unwrap();
     let records = capture(
         &mut datapath,
         &mut ring,
         &[
             dns_answer_frame(&message),
-            dns_answer_frame(&big),
+            udp_frame(resolver, big_client, &big),
             not_dns,
             vec![0u8; 60],
         ],
     );
     assert_eq!(records.len(), 1, "only the answer from port 53 that fits");
-    assert_eq!(records[0].1, message, "the message, byte for byte");
-    assert!(records[0].0 > 0 && records[0].0 <= classifier_user::datapath::monotonic_ns());
+    assert_eq!(records[0].message, message, "the message, byte for byte");
+    assert_eq!(records[0].resolver.to_string(), RESOLVER_ADDR);
+    assert!(records[0].ts_ns > 0 && records[0].ts_ns <= classifier_user::datapath::monotonic_ns());
+    let counted = |index: u32| stats(&maps, index);
     assert_eq!(
-        (
-            stats(&maps, stat::DNS_COPIED),
-            stats(&maps, stat::DNS_TOO_BIG)
-        ),
+        (counted(stat::DNS_COPIED), counted(stat::DNS_TOO_BIG)),
         (1, 1)
     );
+    assert_eq!(counted(stat::DNS_UNSOLICITED), 0, "{:?}", maps.stats());
 }
+
+/// Every forged answer the kernel can tell from a real one, one at a time: each refused and
+/// counted by why, none copied; the real answer, after them, still copied once.
+fn forged_answers_are_refused_by_the_kernel_and_counted(ingress: Ingress) {
+    let Some((mut datapath, maps)) = recording_datapath() else {
+        return;
+    };
+    let name = "x.teams.microsoft.com.";
+    let real = answer(name, vec![a(name, "52.113.9.9", 300)], ResponseCode::NoError);
+    let client: std::net::SocketAddr = tests::packet::CLIENT.parse().unwrap();
+    let resolver: std::net::SocketAddr = tests::packet::RESOLVER.parse().unwrap();
+    let with_id = |id: u16| {
+        let mut message = real.clone();
+        message[..2].copy_from_slice(&id.to_be_bytes());
+        message
+    };
+    let other_question = answer(
+        "x.teams.microsoft.org.",
+        vec![a("x.teams.microsoft.org.", "52.113.9.9", 300)],
+        ResponseCode::NoError,
+    );
+    let mut other_type = real.clone();
+    // The question's type follows its name: A (1) becomes AAAA (28).
+    let qtype_at = 12 + name.len() + 1;
+    other_type[qtype_at..qtype_at + 2].copy_from_slice(&28u16.to_be_bytes());
+    let mut ring = datapath.take_dns_ring().unwrap();
+    // No query yet: the resolver's own address and port, and the client's, are not enough.
+    let cases: [(&str, Vec<u8>, u32); 1] = [(
+        "from the resolver's address with no query",
+        dns_answer_frame(&real),
+        stat::DNS_UNSOLICITED,
+    )];
+    let mut expected = std::collections::BTreeMap::<u32, u64>::new();
+    for (what, frame, why) in cases {
+        assert!(capture(&mut datapath, &mut ring, &[frame]).is_empty(), "{what}");
+        *expected.entry(why).or_default() += 1;
+        assert_eq!(stats(&maps, why), expected[&why], "{what}");
+    }
+    ask(&mut datapath, ingress, &[dns_query_frame(&query(name))]);
+    let cases: [(&str, Vec<u8>, u32); 6] = [
+        (
+            "from the tunnel side: another resolver address",
+            udp_frame("44.20.0.1:53".parse().unwrap(), client, &real),
+            stat::DNS_UNSOLICITED,
+        ),
+        (
+            "to another client port",
+            udp_frame(resolver, "10.0.1.2:40001".parse().unwrap(), &real),
+            stat::DNS_UNSOLICITED,
+        ),
+        (
+            "to another client",
+            udp_frame(resolver, "10.0.1.3:40000".parse().unwrap(), &real),
+            stat::DNS_UNSOLICITED,
+        ),
+        (
+            "an answer to another id",
+            dns_answer_frame(&with_id(8)),
+            stat::DNS_UNSOLICITED,
+        ),
+        (
+            "an answer with another question",
+            dns_answer_frame(&other_question),
+            stat::DNS_QUESTION_MISMATCH,
+        ),
+        (
+            "an answer with another question type",
+            dns_answer_frame(&other_type),
+            stat::DNS_QUESTION_MISMATCH,
+        ),
+    ];
+    for (what, frame, why) in cases {
+        assert!(capture(&mut datapath, &mut ring, &[frame]).is_empty(), "{what}");
+        *expected.entry(why).or_default() += 1;
+        assert_eq!(stats(&maps, why), expected[&why], "{what}");
+    }
+    // The forgeries consumed nothing: the real answer is copied, once.
+    let copied = capture(&mut datapath, &mut ring, &[dns_answer_frame(&real)]);
+    assert_eq!(copied.len(), 1);
+    assert_eq!(copied[0].message, real);
+    assert!(
+        capture(&mut datapath, &mut ring, &[dns_answer_frame(&real)]).is_empty(),
+        "a replay"
+    );
+    assert_eq!(stats(&maps, stat::DNS_REPLAY), 1);
+
+    // Late: a query recorded more than DNS_ANSWER_WITHIN_NS ago.
+    let late = query_with(name, 9, RecordType::A);
+    ask(&mut datapath, ingress, &[dns_query_frame(&late)]);
+    age_queries(&mut datapath, classifier_common::DNS_ANSWER_WITHIN_NS + 1_000_000_000);
+    assert!(capture(&mut datapath, &mut ring, &[dns_answer_frame(&with_id(9))]).is_empty());
+    assert_eq!(stats(&maps, stat::DNS_LATE), 1);
+
+    // IPv6, both ways.
+    let client6: std::net::SocketAddr = "[fd00:1::2]:40000".parse().unwrap();
+    let resolver6: std::net::SocketAddr = "[fd00:1::1]:53".parse().unwrap();
+    ask(&mut datapath, ingress, &[udp_frame(client6, resolver6, &query(name))]);
+    let copied = capture(&mut datapath, &mut ring, &[udp_frame(resolver6, client6, &real)]);
+    assert_eq!(copied.len(), 1, "IPv6");
+    assert_eq!(copied[0].resolver, resolver6.ip());
+    assert_eq!(stats(&maps, stat::DNS_COPIED), 2);
+}
+
+/// Moves every recorded query `by` nanoseconds into the past.
+fn age_queries(datapath: &mut Datapath, by: u64) {
+    let map = datapath
+        .ebpf()
+        .map_mut(classifier_common::names::DNS_QUERIES)
+        .expect("the query map");
+    let mut queries: aya::maps::HashMap<_, DnsQueryKey, DnsQuery> =
+        aya::maps::HashMap::try_from(map).unwrap();
+    let entries: Vec<(DnsQueryKey, DnsQuery)> = queries.iter().map(Result::unwrap).collect();
+    assert!(!entries.is_empty());
+    for (key, mut query) in entries {
+        query.ts_ns = query.ts_ns.saturating_sub(by);
+        queries.insert(key, query, 0).unwrap();
+    }
+}
+
+macro_rules! at_both_ingresses {
+    ($($test:ident),* $(,)?) => {
+        mod xdp {
+            $(#[test] fn $test() { super::$test(super::Ingress::Xdp) })*
+        }
+        mod tc {
+            $(#[test] fn $test() { super::$test(super::Ingress::Tc) })*
+        }
+    };
+}
+at_both_ingresses!(
+    the_capture_copies_answers_to_recorded_queries_and_counts_the_rest,
+    forged_answers_are_refused_by_the_kernel_and_counted,
+);
 
 #[test]
 #[expect(clippy::too_many_lines, reason = "one scenario, step by step")]
@@ -166,20 +395,39 @@ fn learned_addresses_are_in_the_map_at_once_named_by_lookup_and_forgotten() {
     // Set 27 (Default, Skype, TCP 443) has names and no addresses; set 50 (*.microsoft.com,
     // Default, TCP 443) too. 52.113.9.9 lies in Teams' 52.112.0.0/14 (Optimize for UDP
     // 3478-3481, Allow for TCP/UDP 443 and TCP 80).
+    // Two queries from two client ports, and their answers.
+    let resolver: std::net::SocketAddr = tests::packet::RESOLVER.parse().unwrap();
+    let port = |port: u16| std::net::SocketAddr::from(([10, 0, 1, 2], port));
+    ask(
+        &mut datapath,
+        Ingress::Xdp,
+        &[
+            udp_frame(port(40001), resolver, &query("join.secure.skypeassets.com.")),
+            udp_frame(port(40002), resolver, &query("x.teams.microsoft.com.")),
+        ],
+    );
     let frames = [
-        dns_answer_frame(&answer(
-            "join.secure.skypeassets.com.",
-            vec![
-                cname("join.secure.skypeassets.com.", "edge.azureedge.example."),
-                a("edge.azureedge.example.", "13.107.9.9", 30),
-            ],
-            ResponseCode::NoError,
-        )),
-        dns_answer_frame(&answer(
-            "x.teams.microsoft.com.",
-            vec![a("x.teams.microsoft.com.", "52.113.9.9", 30)],
-            ResponseCode::NoError,
-        )),
+        udp_frame(
+            resolver,
+            port(40001),
+            &answer(
+                "join.secure.skypeassets.com.",
+                vec![
+                    cname("join.secure.skypeassets.com.", "edge.azureedge.example."),
+                    a("edge.azureedge.example.", "13.107.9.9", 30),
+                ],
+                ResponseCode::NoError,
+            ),
+        ),
+        udp_frame(
+            resolver,
+            port(40002),
+            &answer(
+                "x.teams.microsoft.com.",
+                vec![a("x.teams.microsoft.com.", "52.113.9.9", 30)],
+                ResponseCode::NoError,
+            ),
+        ),
     ];
     let mut ring = datapath.take_dns_ring().unwrap();
     let records = capture(&mut datapath, &mut ring, &frames);
@@ -259,11 +507,7 @@ fn learned_addresses_are_in_the_map_at_once_named_by_lookup_and_forgotten() {
         vec![a("unrelated.example.", "198.18.0.1", 30)],
         ResponseCode::NoError,
     );
-    assert!(
-        agent
-            .learn(&[(classifier_user::datapath::monotonic_ns(), nothing)])
-            .is_empty()
-    );
+    assert!(agent.learn(&[captured(RESOLVER_ADDR, &nothing)]).is_empty());
     let learned = State::open_existing(&state_dir.0)
         .unwrap()
         .learned()
@@ -286,7 +530,7 @@ fn learned_addresses_are_in_the_map_at_once_named_by_lookup_and_forgotten() {
 #[test]
 fn malformed_and_hostile_answers_are_counted_and_teach_nothing() {
     let state_dir = TempDir::new("dns-corpus");
-    let Some((mut datapath, mut agent)) = learning_agent(&state_dir, |_| {}) else {
+    let Some((_datapath, mut agent)) = learning_agent(&state_dir, |_| {}) else {
         return;
     };
     let good = answer(
@@ -353,15 +597,12 @@ fn malformed_and_hostile_answers_are_counted_and_teach_nothing() {
         ),
         ("noise", (0u8..=255).cycle().take(300).collect()),
     ];
-    let frames: Vec<Vec<u8>> = corpus
+    // The kernel copies only answers to recorded queries (above); the agent takes nothing on
+    // trust either: each message is handed to it as if the kernel had matched it.
+    let records: Vec<Captured> = corpus
         .iter()
-        .map(|(_, message)| dns_answer_frame(message))
+        .map(|(_, message)| captured(RESOLVER_ADDR, message))
         .collect();
-    let mut ring = datapath.take_dns_ring().unwrap();
-    let records = capture(&mut datapath, &mut ring, &frames);
-    // A message shorter than a DNS header stops at the capture.
-    assert_eq!(records.len(), corpus.len() - 1);
-    assert_eq!(stats(agent.maps(), stat::DNS_TOO_BIG), 1);
     let before = agent.maps().installed().unwrap();
     let latencies = agent.learn(&records);
     assert!(latencies.is_empty(), "nothing learned");
@@ -369,20 +610,29 @@ fn malformed_and_hostile_answers_are_counted_and_teach_nothing() {
     assert_eq!(agent.maps().installed().unwrap(), before);
     agent.save_status();
     let counts = agent.learned_counts();
-    let taken = u64::try_from(corpus.len() - 1).unwrap();
-    assert_eq!(counts.answers, taken);
+    // Those whose question cannot be walked are refused before they are parsed.
+    let refused = stats(agent.maps(), stat::DNS_PARSED_MISMATCH);
+    assert_eq!(counts.refused["parsed_mismatch"], refused, "{counts:?}");
+    assert_eq!(
+        counts.answers + refused,
+        u64::try_from(corpus.len()).unwrap(),
+        "{counts:?}"
+    );
     assert_eq!(counts.learned, 0);
     assert_eq!(counts.special, 4, "{counts:?}");
     let ignored: u64 = counts.ignored.values().sum();
     assert_eq!(
         ignored + 1,
-        taken,
+        counts.answers,
         "all but the private one ignored: {counts:?}"
     );
     for reason in ["malformed", "not_answer", "error", "chain", "no_match"] {
         assert!(counts.ignored.contains_key(reason), "{reason}: {counts:?}");
     }
+    // A good answer from a resolver not trusted teaches nothing, and is counted.
+    assert!(agent.learn(&[captured("44.20.0.1", &good)]).is_empty());
+    assert_eq!(stats(agent.maps(), stat::DNS_UNTRUSTED_RESOLVER), 1);
+    assert_eq!(agent.learned_counts().refused["untrusted_resolver"], 1);
     // Alive: the next good answer is learned.
-    let records = capture(&mut datapath, &mut ring, &[dns_answer_frame(&good)]);
-    assert_eq!(agent.learn(&records).len(), 1);
+    assert_eq!(agent.learn(&[captured(RESOLVER_ADDR, &good)]).len(), 1);
 }

@@ -39,8 +39,8 @@ impl Signals {
     }
 }
 
-/// DNS answers as the ring buffer gives them: capture time (CLOCK_MONOTONIC, ns), message.
-pub type Answers = Vec<(u64, Vec<u8>)>;
+/// DNS answers as the ring buffer gives them, matched to their queries by the kernel.
+pub type Answers = Vec<crate::dns::Captured>;
 
 /// Everything the daemon reacts to.
 pub enum Event {
@@ -146,7 +146,11 @@ pub async fn run(
                 agent.settle();
                 agent.save_status();
             }
-            Event::Expire => agent.expire_learned(),
+            Event::Expire => {
+                agent.expire_learned();
+                agent.refresh_trust();
+                agent.count_refusals();
+            }
             Event::Health(report) => {
                 if let Err(error) = agent.health(report) {
                     warn!("health: {:#}", anyhow::Error::from(error));

@@ -60,10 +60,28 @@ impl Agent {
         self.patterns = patterns;
     }
 
-    /// Learns from DNS answers: `records` are `(capture time on CLOCK_MONOTONIC in ns,
-    /// message)`. Returns, per record that taught something, the time from its capture
-    /// until its addresses were in the maps.
-    pub fn learn(&mut self, records: &[(u64, Vec<u8>)]) -> Vec<Duration> {
+    /// The resolvers whose answers are learned: `[dns] resolvers`, or else the addresses of
+    /// the interfaces the agent serves, read again (they may change while it runs).
+    pub fn refresh_trust(&mut self) {
+        if !self.config.dns.resolvers.is_empty() {
+            self.trusted.clone_from(&self.config.dns.resolvers);
+            return;
+        }
+        match crate::netlink::addresses(&self.config.interfaces) {
+            Ok(addresses) => self.trusted = addresses,
+            Err(error) => warn!("dns: the LAN interfaces' addresses: {error}"),
+        }
+    }
+
+    /// The resolvers trusted now.
+    #[must_use]
+    pub fn trusted(&self) -> &[std::net::IpAddr] {
+        &self.trusted
+    }
+
+    /// Learns from DNS answers the kernel matched to their queries. Returns, per answer that
+    /// taught something, the time from its capture until its addresses were in the maps.
+    pub fn learn(&mut self, records: &[crate::dns::Captured]) -> Vec<Duration> {
         if !self.config.dns.learn || self.patterns.is_empty() {
             return Vec::new();
         }
@@ -78,7 +96,17 @@ impl Agent {
         };
         let exclude = self.config.policy.exclude.clone();
         let mut latencies = Vec::new();
-        for (captured, message) in records {
+        let mut refused = false;
+        for captured in records {
+            if let Err(why) = crate::dns::check(captured, &self.trusted) {
+                tracing::debug!("dns: an answer from {} refused: {why:?}", captured.resolver);
+                if let Err(error) = self.maps.add_stat(why.stat(), 1) {
+                    warn!("dns: counting a refused answer: {error}");
+                }
+                refused = true;
+                continue;
+            }
+            let message = &captured.message;
             let taken = self.learned.take(
                 message,
                 &self.patterns,
@@ -96,8 +124,11 @@ impl Agent {
             }
             self.learn_dirty = true;
             latencies.push(Duration::from_nanos(
-                crate::datapath::monotonic_ns().saturating_sub(*captured),
+                crate::datapath::monotonic_ns().saturating_sub(captured.ts_ns),
             ));
+        }
+        if refused {
+            self.count_refusals();
         }
         for latency in &latencies {
             self.shared.dns_seconds.observe(latency.as_secs_f64());
@@ -154,6 +185,31 @@ impl Agent {
             self.maps.insert_prefix(host, value)?;
         }
         Ok(())
+    }
+
+    /// Reads the refusals of DNS answers from the kernel's counters (where the agent adds its
+    /// own) into the counts `learned` and `/metrics` show; writes `learned.json` when they
+    /// changed. Run by the expiry sweep: answers the kernel refuses never reach the agent.
+    pub fn count_refusals(&mut self) {
+        let Ok(stats) = self.maps.stats() else {
+            return;
+        };
+        let refused: std::collections::BTreeMap<String, u64> =
+            classifier_common::stat::DNS_REFUSALS
+                .iter()
+                .map(|(index, name)| {
+                    let count = stats.get(*index as usize).map_or(0, |c| c.packets);
+                    ((*name).to_owned(), count)
+                })
+                .collect();
+        if refused == self.learned.counts.refused {
+            return;
+        }
+        self.learned.counts.refused = refused;
+        if let Ok(mut counts) = self.shared.dns.lock() {
+            counts.clone_from(&self.learned.counts);
+        }
+        self.save_learned();
     }
 
     /// What DNS answers did since the agent started.

@@ -69,6 +69,8 @@ pub struct Agent {
     learn_dirty: bool,
     /// When `learned.json` was last written.
     learned_saved: Option<std::time::Instant>,
+    /// The resolvers whose answers are learned ([`Agent::refresh_trust`]).
+    trusted: Vec<std::net::IpAddr>,
     /// Whether this agent is the daemon and attached: only then does it write the status
     /// file ([`Agent::serve`]).
     serving: bool,
@@ -109,6 +111,7 @@ impl Agent {
             learned: crate::dns::Learned::default(),
             learn_dirty: false,
             learned_saved: None,
+            trusted: Vec::new(),
             serving: false,
             uplink_down: false,
             uplink,
@@ -117,6 +120,7 @@ impl Agent {
             state,
             shared: Arc::default(),
         };
+        agent.refresh_trust();
         agent.load_sources();
         agent.adopt_record();
         agent.sources_changed();
@@ -318,6 +322,7 @@ impl Agent {
     /// recompiled with them.
     pub fn reconfigure(&mut self, config: Config) -> Result<(), RefreshError> {
         self.config = config;
+        self.refresh_trust();
         self.load_sources();
         self.reconfigure_uplink();
         self.apply_settings()?;

@@ -78,6 +78,7 @@ pub fn run(global: &GlobalArgs, LearnedArgs {}: &LearnedArgs) -> anyhow::Result<
         special,
         capped,
         excluded,
+        refused,
     } = &report.counts;
     let ignored: u64 = ignored.values().sum();
     writeln!(
@@ -87,6 +88,14 @@ pub fn run(global: &GlobalArgs, LearnedArgs {}: &LearnedArgs) -> anyhow::Result<
          (counted at {})",
         report.counted_at
     )?;
+    let refusals: Vec<String> = refused
+        .iter()
+        .filter(|(_, count)| **count != 0)
+        .map(|(why, count)| format!("{count} {}", why.replace('_', " ")))
+        .collect();
+    if !refusals.is_empty() {
+        writeln!(out, "answers refused as untrusted: {}", refusals.join(", "))?;
+    }
     out.flush()?;
     Ok(())
 }

@@ -414,6 +414,24 @@ impl Maps {
         Ok(counters)
     }
 
+    /// Adds `packets` to a counter only user space writes ([`stat::DNS_UNTRUSTED_RESOLVER`]),
+    /// in CPU 0's slot: the kernel never touches it, so nothing is lost to a race.
+    pub fn add_stat(&mut self, index: u32, packets: u64) -> Result<(), DatapathError> {
+        let name = names::STATS;
+        let error = |source| DatapathError::Map { name, source };
+        let mut values: Vec<Counter> = self.stats.get(&index, 0).map_err(error)?.iter().copied().collect();
+        if let Some(first) = values.first_mut() {
+            first.packets = first.packets.wrapping_add(packets);
+        }
+        let values = aya::maps::PerCpuValues::try_from(values).map_err(|source| {
+            DatapathError::Map {
+                name,
+                source: MapError::IoError(source),
+            }
+        })?;
+        self.stats.set(index, values, 0).map_err(error)
+    }
+
     /// Per endpoint set counters, summed over CPUs; sets with no packets are left out.
     pub fn set_stats(&self) -> Result<Vec<(u16, Counter)>, DatapathError> {
         let all = sum_per_cpu(&self.set_stats, MAX_SET_ID, names::SET_STATS)?;
