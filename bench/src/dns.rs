@@ -21,17 +21,21 @@ const AWS: &[u8] = include_bytes!("../../tests/fixtures/providers/aws-ip-ranges-
 const AZURE: &[u8] =
     include_bytes!("../../tests/fixtures/providers/azure-service-tags-public-363.json");
 
-/// An Ethernet/IPv4/UDP frame from port 53 carrying an answer: `name` is `address`.
-fn frame(name: &str, address: std::net::Ipv4Addr) -> anyhow::Result<Vec<u8>> {
+/// A client's query for `name` (id `id`) and the resolver's answer, `name` is `address`: the
+/// frames entering and leaving the LAN.
+fn exchange(name: &str, id: u16, address: std::net::Ipv4Addr) -> anyhow::Result<[Vec<u8>; 2]> {
     let mut message = Message::new();
-    message.set_message_type(MessageType::Response);
+    message.set_id(id);
+    message.set_message_type(MessageType::Query);
     message.add_query(Query::query(Name::from_ascii(name)?, RecordType::A));
+    let query = tests::packet::dns_query_frame(&message.to_vec()?);
+    message.set_message_type(MessageType::Response);
     message.add_answer(Record::from_rdata(
         Name::from_ascii(name)?,
         300,
         RData::A(rdata::A(address)),
     ));
-    Ok(tests::packet::dns_answer_frame(&message.to_vec()?))
+    Ok([query, tests::packet::dns_answer_frame(&message.to_vec()?)])
 }
 
 /// Latencies of `count` answers learned one at a time, and the time of one plain trie write
@@ -45,6 +49,7 @@ fn measure(with_union: bool, count: u32) -> anyhow::Result<(Vec<Duration>, Durat
     std::fs::create_dir_all(&dir)?;
     let mut config = Config::default();
     config.dns.learn = true;
+    config.dns.resolvers = vec![tests::packet::RESOLVER.parse::<std::net::SocketAddr>()?.ip()];
     config.state_dir = dir.join("state");
     if with_union {
         for (name, kind, body) in [("aws", "aws", AWS), ("azure", "azure-service-tags", AZURE)] {
@@ -75,9 +80,15 @@ fn measure(with_union: bool, count: u32) -> anyhow::Result<(Vec<Duration>, Durat
     for n in 0..count {
         // Names under svc.ms (set 39, URL-only), each a new address in 45.0.0.0/8.
         let address = std::net::Ipv4Addr::from(0x2d00_0000 | n);
-        let frame = frame(&format!("host{n}.files.svc.ms"), address)?;
+        let [query, answer] = exchange(&format!("host{n}.files.svc.ms"), n as u16, address)?;
+        // The query enters the LAN (recorded by the XDP program's tail call), the answer
+        // leaves it (matched, copied).
+        datapath.xdp()?.test_run(TestRunOptions {
+            data_in: Some(&query),
+            ..TestRunOptions::default()
+        })?;
         datapath.dns()?.test_run(TestRunOptions {
-            data_in: Some(&frame),
+            data_in: Some(&answer),
             ..TestRunOptions::default()
         })?;
         let mut records = Vec::new();
@@ -118,13 +129,71 @@ fn quantile(sorted: &[Duration], q: f64) -> Duration {
     sorted.get(index).copied().unwrap_or_default()
 }
 
+/// Average ns of the XDP program on `frame`, `repeat` runs in the kernel, median of 5.
+fn per_packet(datapath: &mut Datapath, frame: &[u8], repeat: u32) -> anyhow::Result<f64> {
+    let mut trials = Vec::new();
+    for _ in 0..5 {
+        let result = datapath.xdp()?.test_run(TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..TestRunOptions::default()
+        })?;
+        trials.push(result.duration.as_secs_f64() * 1e9);
+    }
+    trials.sort_by(f64::total_cmp);
+    Ok(trials[2])
+}
+
+/// What recording queries costs the LAN's ingress: a query and a packet of another kind,
+/// with recording off and on (the flow table off, so every run classifies).
+fn recording_cost(section: &mut Section, quick: bool) -> anyhow::Result<()> {
+    let mut datapath = Datapath::load_private(classifier_user::EBPF_OBJECT)?;
+    let mut maps = datapath.maps()?;
+    let repeat = if quick { 20_000 } else { 200_000 };
+    let [query, _] = exchange("host.files.svc.ms", 7, std::net::Ipv4Addr::new(45, 0, 0, 1))?;
+    let other = tests::packet::udp_frame(
+        tests::packet::CLIENT.parse()?,
+        "10.0.3.2:443".parse()?,
+        &[0u8; 40],
+    );
+    let mut figures = Vec::new();
+    for recording in [false, true] {
+        let mut flags = classifier_common::flags::FLOWS_OFF;
+        if recording {
+            flags |= classifier_common::flags::DNS_QUERIES;
+        }
+        maps.set_config(&classifier_common::Config {
+            flags,
+            ..classifier_common::Config::default()
+        })?;
+        figures.push((
+            per_packet(&mut datapath, &other, repeat)?,
+            per_packet(&mut datapath, &query, repeat)?,
+        ));
+    }
+    let [(other_off, query_off), (other_on, query_on)] = figures[..] else {
+        anyhow::bail!("two settings measured");
+    };
+    let base = section.push(Figure::new("a DNS query, recording off", query_off, "ns"));
+    section.push(
+        Figure::new("a DNS query, recorded (tail call, copy, walk, insert)", query_on, "ns")
+            .vs(&base),
+    );
+    let other_base = section.push(Figure::new("another packet, recording off", other_off, "ns"));
+    section.push(Figure::new("another packet, recording on", other_on, "ns").vs(&other_base));
+    Ok(())
+}
+
 pub fn run(quick: bool) -> anyhow::Result<Section> {
     let mut section = Section::new(
         "Domain learning",
-        "a DNS answer through breakout_dns (BPF_PROG_TEST_RUN stamps it), the ring buffer, the \
-         agent's parse, match, fold and trie write, one answer at a time; until its address is in \
-         the map (CLOCK_MONOTONIC); against one plain trie write",
+        "a client's query through the XDP program (recorded), its answer through breakout_dns \
+         (matched, stamped; BPF_PROG_TEST_RUN), the ring buffer, the agent's checks, parse, \
+         match, fold and trie write, one answer at a time; until its address is in the map \
+         (CLOCK_MONOTONIC); against one plain trie write. First, what recording queries costs \
+         a packet",
     );
+    recording_cost(&mut section, quick)?;
     let count = if quick { 500 } else { 2000 };
     for (with_union, what) in [(false, "the real feed"), (true, "AWS + Azure + the feed")] {
         let (mut latencies, write) = measure(with_union, count)?;

@@ -434,6 +434,31 @@ impl Collector for Scrape {
                 })
                 .collect::<Vec<_>>(),
             )?;
+            counter(
+                &mut encoder,
+                "xdp_breakout_dns_refused",
+                "DNS answers refused as untrusted, by why: no recorded query (unsolicited), its \
+                 query answered already (replay), another question, too late, from a resolver \
+                 not trusted, or a question the agent parsed otherwise",
+                &stat::DNS_REFUSALS
+                    .iter()
+                    .map(|(index, reason)| {
+                        (
+                            vec![("reason", (*reason).to_owned())],
+                            stats.get(*index as usize).map_or(0, |c| c.packets),
+                        )
+                    })
+                    .collect::<Vec<_>>(),
+            )?;
+            counter(
+                &mut encoder,
+                "xdp_breakout_dns_queries",
+                "DNS queries from LAN clients recorded at the LAN's ingress",
+                &[(
+                    Vec::new(),
+                    stats.get(stat::DNS_QUERY as usize).map_or(0, |c| c.packets),
+                )],
+            )?;
             gauge(
                 &mut encoder,
                 "xdp_breakout_flows",

@@ -957,7 +957,8 @@ fn names_of_url_only_sets_are_learned_from_dns_answers(mode: Mode) {
     std::fs::write(
         &config,
         "[policy]\ndirect = [\"Optimize\", \"Allow\", \"Default\"]\n\
-         [dns]\nlearn = true\nmin-ttl = \"2s\"\nmax-ttl = \"2s\"\ngrace = \"0s\"\n",
+         [dns]\nlearn = true\nresolvers = [\"44.20.0.1\"]\n\
+         min-ttl = \"2s\"\nmax-ttl = \"2s\"\ngrace = \"0s\"\n",
     )
     .unwrap();
     router.start_daemon(&["--config", config.to_str().unwrap()]);

@@ -3,8 +3,9 @@
 //!
 //! JSON (stable): one object, [`Report`]: `{"addresses": [{"address", "name", "matched",
 //! "set", "service_area", "category", "source", "expires"}], "counts": {"answers",
-//! "learned", "refreshed", "ignored": {REASON: N}, "special", "capped", "excluded"},
-//! "counted_at"}`; `expires` and `counted_at` are RFC 3339 UTC.
+//! "learned", "refreshed", "ignored": {REASON: N}, "special", "capped", "excluded",
+//! "refused": {REASON: N}}, "counted_at"}` (`refused`: answers refused as untrusted, the
+//! kernel's and the agent's reasons); `expires` and `counted_at` are RFC 3339 UTC.
 
 use std::io::Write as _;
 
