@@ -403,6 +403,7 @@ impl Config {
         warnings.extend(self.feed.warning());
         warnings.extend(self.health.warning());
         warnings.extend(self.metrics.warning());
+        warnings.extend(self.dns.warning());
         if self.policy.include_special && !self.policy.include.is_empty() {
             warnings.push(
                 "policy.include-special: include prefixes skip the feed gate's checks".to_owned(),
@@ -889,7 +890,7 @@ mod tests {
             );
         }
         let config = Config::from_toml(
-            "[feed]\nurl = \"http://127.0.0.1:8080\"\nallow-http = true\n[policy]\ninclude = [\"10.1.0.0/16\"]\ninclude-special = true\n",
+            "[feed]\nurl = \"http://127.0.0.1:8080\"\nallow-http = true\n[policy]\ninclude = [\"10.1.0.0/16\"]\ninclude-special = true\n[dns]\nresolvers = [\"10.0.1.1\"]\n",
             Path::new("c"),
         )
         .unwrap();
@@ -901,11 +902,25 @@ mod tests {
             warnings[1].contains("the direct uplink is not checked"),
             "{warnings:?}"
         );
-        assert_eq!(
-            Config::default().warnings().len(),
-            1,
-            "the unchecked uplink"
+        // The defaults warn of the unchecked uplink, and of learning with no resolver in
+        // reach on a host where nothing listens on port 53.
+        let defaults = Config::default().warnings();
+        assert!(
+            defaults
+                .iter()
+                .any(|w| w.contains("the direct uplink is not checked")),
+            "{defaults:?}"
         );
+        assert!(
+            defaults.len() == 1 || defaults.iter().any(|w| w.starts_with("dns.learn")),
+            "{defaults:?}"
+        );
+        let mut dns = crate::dns::DnsConfig::default();
+        dns.resolvers = vec!["10.0.1.1".parse().unwrap()];
+        assert_eq!(dns.warning(), None, "resolvers named");
+        dns.resolvers.clear();
+        dns.learn = false;
+        assert_eq!(dns.warning(), None, "not learning");
         assert_eq!(
             parse_duration("18446744073709551615h"),
             Err("\"18446744073709551615h\" is too long a duration".to_owned())

@@ -131,6 +131,38 @@ impl DnsConfig {
     }
 }
 
+impl DnsConfig {
+    /// Learning with no trusted resolver in reach teaches nothing: `[dns] resolvers` is empty
+    /// (the router's own LAN addresses) and nothing on this host listens on UDP port 53.
+    #[must_use]
+    pub fn warning(&self) -> Option<String> {
+        if !self.learn || !self.resolvers.is_empty() {
+            return None;
+        }
+        let listening = ["/proc/net/udp", "/proc/net/udp6"].iter().any(|path| {
+            std::fs::read_to_string(path).is_ok_and(|table| udp_port_bound(&table, 53))
+        });
+        (!listening).then(|| {
+            "dns.learn: dns.resolvers is empty, so only a resolver on this router is trusted, and \
+             none listens on UDP port 53 here: no answer will be learned and URL-only endpoints \
+             stay in the tunnel; run one for the LAN (dnsmasq, unbound) or list the LAN's \
+             resolvers in dns.resolvers"
+                .to_owned()
+        })
+    }
+}
+
+/// Whether a `/proc/net/udp` (or `udp6`) table has a socket bound to local `port`.
+fn udp_port_bound(table: &str, port: u16) -> bool {
+    table.lines().skip(1).any(|line| {
+        line.split_whitespace()
+            .nth(1)
+            .and_then(|local| local.rsplit_once(':'))
+            .and_then(|(_, hex)| u16::from_str_radix(hex, 16).ok())
+            == Some(port)
+    })
+}
+
 /// `[dns] resolvers` at most.
 pub const MAX_RESOLVERS: usize = 64;
 
@@ -701,6 +733,17 @@ mod tests {
     };
 
     use super::*;
+
+    #[test]
+    fn a_resolver_on_the_router_is_found_in_the_socket_table() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue\n\
+                     \x20 1: 0100010A:0035 00000000:0000 07 00000000:00000000\n\
+                     \x20 2: 00000000:14E9 00000000:0000 07 00000000:00000000\n";
+        assert!(udp_port_bound(table, 53));
+        assert!(udp_port_bound(table, 5353));
+        assert!(!udp_port_bound(table, 54));
+        assert!(!udp_port_bound("  sl  local_address\n", 53), "the header alone");
+    }
 
     /// A pattern table: exact, wildcard, the apex of a wildcard, case, trailing dot, IDN.
     #[test]
