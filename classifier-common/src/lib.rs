@@ -61,12 +61,10 @@ pub mod names {
     pub const TC_ONLY_PROGRAM: &str = "breakout_tc";
     /// The tc egress program that copies DNS answers to clients (`[dns] learn`).
     pub const DNS_PROGRAM: &str = "breakout_dns";
-    /// The query recorders the LAN ingress programs tail-call (`[dns] learn`), and the
-    /// program arrays that hold them (not pinned).
-    pub const QUERY_XDP_PROGRAM: &str = "breakout_query";
-    pub const QUERY_TC_PROGRAM: &str = "breakout_query_tc";
-    pub const QUERY_XDP_JUMP: &str = "XB_DNS_XDP";
-    pub const QUERY_TC_JUMP: &str = "XB_DNS_TC";
+    /// The query recorder the tc ingress programs tail-call (`[dns] learn`), and the program
+    /// array that holds it (not pinned).
+    pub const QUERY_PROGRAM: &str = "breakout_query";
+    pub const QUERY_JUMP: &str = "XB_DNS_QUERY";
     /// Its ring buffer (not pinned: each agent loads its own, and swaps the program in).
     pub const DNS_RING: &str = "XB_DNS";
     /// DNS queries from LAN clients, awaiting their answers: [`crate::DnsQueryKey`] ->
@@ -729,7 +727,10 @@ pub struct XdpMeta {
     pub set_id: u16,
     /// The [`stat`] reason index.
     pub reason: u8,
-    pub _pad: [u8; 3],
+    /// 1: a DNS query that the tc program records (`[dns] learn`; the XDP program leaves it
+    /// to tc ingress, which records it in a program of its own).
+    pub dns_query: u8,
+    pub _pad: [u8; 2],
 }
 const _: () = assert!(size_of::<XdpMeta>() == 12);
 
@@ -756,7 +757,8 @@ impl XdpMeta {
             category: *bytes.get(5)?,
             set_id,
             reason: *bytes.get(8)?,
-            _pad: [0; 3],
+            dns_query: *bytes.get(9)?,
+            _pad: [0; 2],
         })
     }
 }
@@ -983,7 +985,8 @@ mod tests {
             category: category::OPTIMIZE,
             set_id: 11,
             reason: 2,
-            _pad: [0; 3],
+            dns_query: 0,
+            _pad: [0; 2],
         };
         let mut bytes = [0u8; 12];
         bytes[..4].copy_from_slice(&XDP_META_MAGIC.to_ne_bytes());

@@ -1,5 +1,5 @@
-//! Trusted DNS learning: the queries LAN clients send are recorded as they enter the LAN
-//! interface, and an answer leaving it for a client is copied to the agent only when it
+//! Trusted DNS learning: the queries LAN clients send are recorded at the LAN interface's tc
+//! ingress (the XDP program, which sees them first, only flags them in its metadata), and an answer leaving it for a client is copied to the agent only when it
 //! answers one of them: same client address and port, from the resolver the query went to,
 //! same id and question, within [`DNS_ANSWER_WITHIN_NS`], once. A forged answer (from the
 //! tunnel side, a LAN neighbour, or with the resolver's address and no query) and a replayed
@@ -8,9 +8,9 @@
 use aya_ebpf::{
     bindings::BPF_ANY,
     btf_maps::{LruHashMap, PerCpuArray, ProgramArray, RingBuf},
-    helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes, bpf_skb_pull_data, bpf_xdp_load_bytes},
+    helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes, bpf_skb_pull_data},
     macros::btf_map,
-    programs::{TcContext, XdpContext},
+    programs::TcContext,
 };
 use classifier_common::{
     DNS_ANSWER_WITHIN_NS, DNS_MAX_MESSAGE, DNS_QUERIES, DNS_RATE_PER_SEC, DNS_RING_BYTES,
@@ -36,25 +36,16 @@ static XB_DNS_RATE: PerCpuArray<[u64; 2], 1> = PerCpuArray::new();
 static XB_DNS_QUERIES: LruHashMap<DnsQueryKey, DnsQuery, { DNS_QUERIES as usize }> =
     LruHashMap::new();
 
-/// The query recorders, for the LAN ingress programs to tail-call: `breakout_query` at 0 of
-/// the XDP one, `breakout_query_tc` at 0 of the tc one. Filled by the agent at load.
+/// The query recorder, for the tc ingress programs to tail-call: `breakout_query` at 0. Filled
+/// by the agent at load.
 #[btf_map]
-static XB_DNS_XDP: ProgramArray<1> = ProgramArray::new();
-#[btf_map]
-static XB_DNS_TC: ProgramArray<1> = ProgramArray::new();
+static XB_DNS_QUERY: ProgramArray<1> = ProgramArray::new();
 
 /// Tail-calls `breakout_query`; returns only when the call fails (no program loaded there).
 #[inline(always)]
-pub fn record_query_xdp(ctx: &XdpContext) {
-    // SAFETY: a tail call with the program's own context; on failure, execution goes on.
-    unsafe { XB_DNS_XDP.tail_call(ctx, 0) };
-}
-
-/// Tail-calls `breakout_query_tc`, as [`record_query_xdp`].
-#[inline(always)]
 pub fn record_query_tc(ctx: &TcContext) {
-    // SAFETY: as in `record_query_xdp`.
-    unsafe { XB_DNS_TC.tail_call(ctx, 0) };
+    // SAFETY: a tail call with the program's own context; on failure, execution goes on.
+    unsafe { XB_DNS_QUERY.tail_call(ctx, 0) };
 }
 
 /// Bytes made linear before a DNS message's question is read: Ethernet, two tags, IPv6 with
@@ -114,27 +105,7 @@ fn record(
     }
 }
 
-/// Records the query in an XDP frame (`breakout_query`).
-#[inline(always)]
-pub fn record_query_frame(ctx: &XdpContext) {
-    let total = ctx.data_end() - ctx.data();
-    // SAFETY: data .. data_end is the frame, valid while the program runs.
-    let mut cursor = unsafe { Cursor::new(ctx.data(), ctx.data_end()) };
-    let Ok(packet) = parse(&mut cursor) else {
-        return;
-    };
-    if !is_query(&packet) {
-        return;
-    }
-    let offset = cursor.position() - ctx.data();
-    record(&packet, offset, total, total as u64, |at, into, len| {
-        // SAFETY: the helper checks `at .. at + len` against the frame; `into` holds
-        // QUERY_COPY bytes at least.
-        unsafe { bpf_xdp_load_bytes(ctx.ctx, at, into.cast(), len) }
-    });
-}
-
-/// Records the query in an skb (`breakout_query_tc`).
+/// Records the query in an skb (`breakout_query`).
 #[inline(always)]
 pub fn record_query_skb(ctx: &TcContext) {
     let bytes = u64::from(ctx.len());

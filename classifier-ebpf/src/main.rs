@@ -227,13 +227,8 @@ pub fn breakout(ctx: XdpContext) -> u32 {
         }
         Err(why) => unparsed(why),
     };
-    let action = finish(&ctx, verdict, config.flags);
-    if query {
-        // Records the query in a program of its own (a tail call does not return): the walk
-        // of its name is verified once there, not once per path of this program.
-        dns::record_query_xdp(&ctx);
-    }
-    action
+    // A query is recorded at tc ingress, told by the metadata.
+    finish(&ctx, verdict, config.flags, query)
 }
 
 /// A parsed packet's verdict, through the flow table: a known flow keeps its action, a new
@@ -350,7 +345,7 @@ fn idle_ns(config: &Config, ip_proto: u8) -> u64 {
 
 /// The one exit: count, hand the verdict to tc, pass.
 #[inline(always)]
-fn finish(ctx: &XdpContext, verdict: Decision, config_flags: u32) -> u32 {
+fn finish(ctx: &XdpContext, verdict: Decision, config_flags: u32, dns_query: bool) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     account(&verdict, bytes);
     // Logged at info so that `-v` shows them: the flag, not the level, is the switch.
@@ -364,7 +359,7 @@ fn finish(ctx: &XdpContext, verdict: Decision, config_flags: u32) -> u32 {
             verdict.set_id
         );
     }
-    if write_meta(ctx, &verdict).is_err() {
+    if write_meta(ctx, &verdict, dns_query).is_err() {
         count(stat::NO_META, bytes);
     }
     XDP_PASS
@@ -391,7 +386,7 @@ fn account(verdict: &Decision, bytes: u64) {
 }
 
 #[inline(always)]
-fn write_meta(ctx: &XdpContext, verdict: &Decision) -> Result<(), ()> {
+fn write_meta(ctx: &XdpContext, verdict: &Decision, dns_query: bool) -> Result<(), ()> {
     const LEN: usize = size_of::<XdpMeta>();
     // SAFETY: the helper checks the room itself; packet pointers are re-read afterwards.
     // Drivers without metadata support (xdp_set_data_meta_invalid) return -ENOTSUPP.
@@ -411,7 +406,8 @@ fn write_meta(ctx: &XdpContext, verdict: &Decision) -> Result<(), ()> {
             set_id: verdict.set_id,
             // Reasons are small stat indices.
             reason: verdict.reason as u8,
-            _pad: [0; 3],
+            dns_query: u8::from(dns_query),
+            _pad: [0; 2],
         };
     }
     Ok(())
@@ -427,10 +423,15 @@ const TC_PULL_LEN: u32 = 256;
 pub fn breakout_mark(ctx: TcContext) -> i32 {
     let config = config();
     let bytes = u64::from(ctx.len());
+    let mut query = false;
     let (direct, by_meta) = match read_meta(&ctx) {
-        Some(meta) => (meta.action == action::DIRECT, true),
+        Some(meta) => {
+            query = meta.dns_query != 0;
+            (meta.action == action::DIRECT, true)
+        }
         None => {
-            let decision = classify_skb(&ctx, config.flags, bytes);
+            let (decision, is_query) = classify_skb(&ctx, config.flags, bytes);
+            query = is_query;
             if decision.failover {
                 count(stat::FAILOVER, bytes);
             }
@@ -438,6 +439,11 @@ pub fn breakout_mark(ctx: TcContext) -> i32 {
         }
     };
     mark(&ctx, &config, direct, by_meta, bytes);
+    if query && config.flags & flags::DNS_QUERIES != 0 {
+        // Recorded in a program of its own (a tail call does not return): the walk of its
+        // name is verified once there, not once per path of this program.
+        dns::record_query_tc(&ctx);
+    }
     TC_ACT_UNSPEC
 }
 
@@ -451,11 +457,14 @@ pub fn breakout_tc(ctx: TcContext) -> i32 {
     let bytes = u64::from(ctx.len());
     let mut query = false;
     let (direct, by_meta) = match read_meta(&ctx) {
-        Some(meta) => (meta.action == action::DIRECT, true),
+        Some(meta) => {
+            query = meta.dns_query != 0;
+            (meta.action == action::DIRECT, true)
+        }
         None => {
             let verdict = match parse_skb(&ctx, bytes) {
                 Ok(packet) => {
-                    query = config.flags & flags::DNS_QUERIES != 0 && dns::is_query(&packet);
+                    query = dns::is_query(&packet);
                     decide_packet(&packet, &config, bytes)
                 }
                 Err(why) => unparsed(why),
@@ -475,23 +484,16 @@ pub fn breakout_tc(ctx: TcContext) -> i32 {
         }
     };
     mark(&ctx, &config, direct, by_meta, bytes);
-    if query {
-        // As `breakout`: in a program of its own.
+    if query && config.flags & flags::DNS_QUERIES != 0 {
+        // As in `breakout_mark`.
         dns::record_query_tc(&ctx);
     }
     TC_ACT_UNSPEC
 }
 
-/// Records a client's DNS query (tail-called by `breakout`).
-#[xdp]
-pub fn breakout_query(ctx: XdpContext) -> u32 {
-    dns::record_query_frame(&ctx);
-    XDP_PASS
-}
-
-/// Records a client's DNS query (tail-called by `breakout_tc`).
+/// Records a client's DNS query (tail-called by `breakout_mark` and `breakout_tc`).
 #[classifier]
-pub fn breakout_query_tc(ctx: TcContext) -> i32 {
+pub fn breakout_query(ctx: TcContext) -> i32 {
     dns::record_query_skb(&ctx);
     TC_ACT_UNSPEC
 }
@@ -547,9 +549,10 @@ fn read_meta(ctx: &TcContext) -> Option<XdpMeta> {
 }
 
 #[inline(always)]
-fn classify_skb(ctx: &TcContext, config_flags: u32, bytes: u64) -> Decision {
+fn classify_skb(ctx: &TcContext, config_flags: u32, bytes: u64) -> (Decision, bool) {
     match parse_skb(ctx, bytes) {
         Ok(packet) => {
+            let query = dns::is_query(&packet);
             // The XDP program already looked the flow up (and recorded it): take its action,
             // read only, so that a driver without metadata room keeps connections sticky too.
             if !packet.later_fragment
@@ -558,7 +561,7 @@ fn classify_skb(ctx: &TcContext, config_flags: u32, bytes: u64) -> Decision {
             {
                 let failover =
                     flow.action == action::DIRECT && config_flags & flags::UPLINK_DOWN != 0;
-                return Decision {
+                return (Decision {
                     action: if failover {
                         action::TUNNEL
                     } else {
@@ -568,11 +571,11 @@ fn classify_skb(ctx: &TcContext, config_flags: u32, bytes: u64) -> Decision {
                     category: flow.category,
                     set_id: flow.set_id,
                     failover,
-                };
+                }, query);
             }
-            classify(&packet, config_flags)
+            (classify(&packet, config_flags), query)
         }
-        Err(why) => unparsed(why),
+        Err(why) => (unparsed(why), false),
     }
 }
 

@@ -374,7 +374,8 @@ fn check_xdp(
             category: expect.category,
             set_id: expect.set_id,
             reason: u8::try_from(expect.reason).unwrap(),
-            _pad: [0; 3],
+            dns_query: 0,
+            _pad: [0; 2],
         },
         "{name}: metadata"
     );

@@ -145,43 +145,25 @@ impl Datapath {
         tc_program(&mut ebpf, names::DNS_PROGRAM)?
             .load()
             .map_err(program_error(names::DNS_PROGRAM))?;
-        // The query recorders, each in the program array its ingress program tail-calls.
-        let xdp_recorder: &mut Xdp = ebpf
-            .program_mut(names::QUERY_XDP_PROGRAM)
-            .ok_or(DatapathError::MissingProgram {
-                name: names::QUERY_XDP_PROGRAM,
-            })?
-            .try_into()
-            .map_err(program_error(names::QUERY_XDP_PROGRAM))?;
-        xdp_recorder
-            .load()
-            .map_err(program_error(names::QUERY_XDP_PROGRAM))?;
-        let xdp_fd = xdp_recorder
+        // The query recorder, in the program array the tc ingress programs tail-call.
+        let name = names::QUERY_PROGRAM;
+        let recorder = tc_program(&mut ebpf, name)?;
+        recorder.load().map_err(program_error(name))?;
+        let fd = recorder
             .fd()
-            .map_err(program_error(names::QUERY_XDP_PROGRAM))?
+            .map_err(program_error(name))?
             .try_clone()
             .map_err(|source| DatapathError::Program {
-                name: names::QUERY_XDP_PROGRAM,
+                name,
                 source: source.into(),
             })?;
-        let tc_recorder = tc_program(&mut ebpf, names::QUERY_TC_PROGRAM)?;
-        tc_recorder
-            .load()
-            .map_err(program_error(names::QUERY_TC_PROGRAM))?;
-        let tc_fd = tc_recorder
-            .fd()
-            .map_err(program_error(names::QUERY_TC_PROGRAM))?
-            .try_clone()
-            .map_err(|source| DatapathError::Program {
-                name: names::QUERY_TC_PROGRAM,
-                source: source.into(),
-            })?;
-        for (name, fd) in [(names::QUERY_XDP_JUMP, &xdp_fd), (names::QUERY_TC_JUMP, &tc_fd)] {
-            let map = ebpf.map_mut(name).ok_or(DatapathError::MissingMap { name })?;
-            aya::maps::ProgramArray::try_from(map)
-                .and_then(|mut jump| jump.set(0, fd, 0))
-                .map_err(|source| DatapathError::Map { name, source })?;
-        }
+        let jump = names::QUERY_JUMP;
+        let map = ebpf
+            .map_mut(jump)
+            .ok_or(DatapathError::MissingMap { name: jump })?;
+        aya::maps::ProgramArray::try_from(map)
+            .and_then(|mut array| array.set(0, &fd, 0))
+            .map_err(|source| DatapathError::Map { name: jump, source })?;
         Ok(Self { ebpf, pin_dir })
     }
 
