@@ -44,6 +44,10 @@ struct Cli {
     /// Skip nftables (also when `nft` is not installed).
     #[arg(long)]
     no_nft: bool,
+    /// Only the domain learning section, printed (no report written): what recording DNS
+    /// queries costs a packet, and an answer's way to the map.
+    #[arg(long)]
+    dns_only: bool,
 }
 
 /// How long and how often to measure.
@@ -127,6 +131,10 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         machine.memory_mib,
         machine.kernel
     );
+    if cli.dns_only {
+        dns::run(cli.quick).context("domain learning")?.print();
+        return Ok(());
+    }
     let with_nft = !cli.no_nft && nft_installed();
     if !cli.no_nft && !with_nft {
         println!("nft is not installed: skipping the nftables figures (apt-get install nftables)");
