@@ -3,8 +3,11 @@
 //!
 //! JSON (stable): one object, [`Report`]: `{"addresses": [{"address", "name", "matched",
 //! "set", "service_area", "category", "source", "expires"}], "counts": {"answers",
-//! "learned", "refreshed", "ignored": {REASON: N}, "special", "capped", "excluded"},
-//! "counted_at"}`; `expires` and `counted_at` are RFC 3339 UTC.
+//! "learned", "refreshed", "ignored": {REASON: N}, "special", "capped", "excluded",
+//! "evicted", "cap_hits": {"max_learned", "max_per_name"}}, "counted_at"}`; `expires` and
+//! `counted_at` are RFC 3339 UTC. `evicted` counts addresses a full cap evicted for newer
+//! ones, `cap_hits` new addresses that found each cap full, `capped` those refused because
+//! live flows held every candidate.
 
 use std::io::Write as _;
 
@@ -13,7 +16,7 @@ use serde::Serialize;
 
 use crate::{
     cli::{GlobalArgs, LearnedArgs},
-    dns::Counts,
+    dns::{CapHits, Counts},
     state::{LearnedRow, State},
 };
 
@@ -78,14 +81,24 @@ pub fn run(global: &GlobalArgs, LearnedArgs {}: &LearnedArgs) -> anyhow::Result<
         special,
         capped,
         excluded,
+        evicted,
+        cap_hits: CapHits {
+            max_learned,
+            max_per_name,
+        },
     } = &report.counts;
     let ignored: u64 = ignored.values().sum();
     writeln!(
         out,
         "{answers} answers: {learned} addresses learned, {refreshed} refreshed, {ignored} answers \
-         ignored, {special} special-purpose, {capped} over the caps, {excluded} excluded \
-         (counted at {})",
+         ignored, {special} special-purpose, {excluded} excluded (counted at {})",
         report.counted_at
+    )?;
+    writeln!(
+        out,
+        "caps full: max-learned {max_learned} times, max-per-name {max_per_name} times; \
+         {evicted} least recently used addresses evicted, {capped} refused (live flows held \
+         every candidate)"
     )?;
     out.flush()?;
     Ok(())
