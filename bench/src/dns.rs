@@ -49,7 +49,11 @@ fn measure(with_union: bool, count: u32) -> anyhow::Result<(Vec<Duration>, Durat
     std::fs::create_dir_all(&dir)?;
     let mut config = Config::default();
     config.dns.learn = true;
-    config.dns.resolvers = vec![tests::packet::RESOLVER.parse::<std::net::SocketAddr>()?.ip()];
+    config.dns.resolvers = vec![
+        tests::packet::RESOLVER
+            .parse::<std::net::SocketAddr>()?
+            .ip(),
+    ];
     config.state_dir = dir.join("state");
     if with_union {
         for (name, kind, body) in [("aws", "aws", AWS), ("azure", "azure-service-tags", AZURE)] {
@@ -176,10 +180,18 @@ fn recording_cost(section: &mut Section, quick: bool) -> anyhow::Result<()> {
     };
     let base = section.push(Figure::new("a DNS query, recording off", query_off, "ns"));
     section.push(
-        Figure::new("a DNS query, recorded (tail call, copy, walk, insert)", query_on, "ns")
-            .vs(&base),
+        Figure::new(
+            "a DNS query, recorded (tail call, copy, walk, insert)",
+            query_on,
+            "ns",
+        )
+        .vs(&base),
     );
-    let other_base = section.push(Figure::new("another packet, recording off", other_off, "ns"));
+    let other_base = section.push(Figure::new(
+        "another packet, recording off",
+        other_off,
+        "ns",
+    ));
     section.push(Figure::new("another packet, recording on", other_on, "ns").vs(&other_base));
     Ok(())
 }

@@ -13,8 +13,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use classifier_common::{
-    DNS_ANSWER_WITHIN_NS, DNS_MAX_MESSAGE, DNS_QUERIES, DNS_RATE_PER_SEC, DNS_RING_BYTES,
-    DnsQuery, DnsQueryKey, DnsRecord, proto, stat,
+    DNS_ANSWER_WITHIN_NS, DNS_MAX_MESSAGE, DNS_QUERIES, DNS_RATE_PER_SEC, DNS_RING_BYTES, DnsQuery,
+    DnsQueryKey, DnsRecord, proto, stat,
 };
 use classifier_ebpf::parse::{Cursor, Packet, Question, dns_question_in, parse};
 
@@ -88,7 +88,13 @@ fn record(
     let Some(question) = dns_question_in(unsafe { &*scratch }, len, false) else {
         return;
     };
-    let key = query_key(packet.src.bytes, packet.dst.bytes, packet.sport, &question, packet);
+    let key = query_key(
+        packet.src.bytes,
+        packet.dst.bytes,
+        packet.sport,
+        &question,
+        packet,
+    );
     let query = DnsQuery {
         // SAFETY: a helper without arguments.
         ts_ns: unsafe { bpf_ktime_get_ns() },
@@ -98,7 +104,10 @@ fn record(
         _pad: 0,
     };
     // A retransmission (same port and id) starts the query afresh.
-    if XB_DNS_QUERIES.insert(&key, &query, u64::from(BPF_ANY)).is_ok() {
+    if XB_DNS_QUERIES
+        .insert(&key, &query, u64::from(BPF_ANY))
+        .is_ok()
+    {
         count(stat::DNS_QUERY, bytes);
     } else {
         count(stat::ERROR, bytes);
@@ -121,10 +130,16 @@ pub fn record_query_skb(ctx: &TcContext) {
     let Some(offset) = cursor.position().checked_sub(ctx.data()) else {
         return;
     };
-    record(&packet, offset, ctx.len() as usize, bytes, |at, into, len| {
-        // SAFETY: the helper checks `at .. at + len` against the skb.
-        unsafe { bpf_skb_load_bytes(ctx.skb.skb.cast(), at, into.cast(), len) }
-    });
+    record(
+        &packet,
+        offset,
+        ctx.len() as usize,
+        bytes,
+        |at, into, len| {
+            // SAFETY: the helper checks `at .. at + len` against the skb.
+            unsafe { bpf_skb_load_bytes(ctx.skb.skb.cast(), at, into.cast(), len) }
+        },
+    );
 }
 
 #[inline(always)]
@@ -249,7 +264,13 @@ pub fn copy_answer(ctx: &TcContext) {
 fn matched(packet: &Packet, question: Option<Question>) -> Result<(Question, u64), u32> {
     let question = question.ok_or(stat::DNS_UNSOLICITED)?;
     // The answer goes back the way the query came: to the client, from the resolver.
-    let key = query_key(packet.dst.bytes, packet.src.bytes, packet.dport, &question, packet);
+    let key = query_key(
+        packet.dst.bytes,
+        packet.src.bytes,
+        packet.dport,
+        &question,
+        packet,
+    );
     let query = XB_DNS_QUERIES
         .get_ptr_mut(&key)
         .ok_or(stat::DNS_UNSOLICITED)?;

@@ -26,9 +26,8 @@ use aya_ebpf::{
 use aya_log_ebpf::info;
 use classifier_common::{
     Config, Counter, DEFAULT_FLOWS, DEFAULT_INDEX_SLOTS, DEFAULT_OTHER_IDLE_S, DEFAULT_TCP_IDLE_S,
-    Decision, FlowKey, FlowValue,
-    LpmKeyV4, LpmKeyV6, MAX_PREFIXES, MAX_SET_ID, Policy, PrefixRules, STATS_LEN, XDP_META_MAGIC,
-    XdpMeta, action, category, decide, flags,
+    Decision, FlowKey, FlowValue, LpmKeyV4, LpmKeyV6, MAX_PREFIXES, MAX_SET_ID, Policy,
+    PrefixRules, STATS_LEN, XDP_META_MAGIC, XdpMeta, action, category, decide, flags,
     index::{self, IndexCtl, Packed, Slot, Slots},
     proto, stat,
 };
@@ -561,17 +560,20 @@ fn classify_skb(ctx: &TcContext, config_flags: u32, bytes: u64) -> (Decision, bo
             {
                 let failover =
                     flow.action == action::DIRECT && config_flags & flags::UPLINK_DOWN != 0;
-                return (Decision {
-                    action: if failover {
-                        action::TUNNEL
-                    } else {
-                        flow.action
+                return (
+                    Decision {
+                        action: if failover {
+                            action::TUNNEL
+                        } else {
+                            flow.action
+                        },
+                        reason: u32::from(flow.reason),
+                        category: flow.category,
+                        set_id: flow.set_id,
+                        failover,
                     },
-                    reason: u32::from(flow.reason),
-                    category: flow.category,
-                    set_id: flow.set_id,
-                    failover,
-                }, query);
+                    query,
+                );
             }
             (classify(&packet, config_flags), query)
         }

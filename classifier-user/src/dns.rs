@@ -14,12 +14,15 @@
 //! trusted beyond its checks: a message that does not parse, is no
 //! answer, or whose chain loops is ignored and counted; an address in special-purpose space
 //! (private, loopback, link-local, multicast, documentation, ...) is ignored and counted;
-//! entries are capped in total and per name.
+//! entries are capped in total and per name. A full cap evicts the least recently used
+//! address no live flow holds, so that a flood of answers cannot lock real ones out; only
+//! when a live flow holds every candidate is a new address refused.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
+    fmt,
     net::IpAddr,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use hickory_proto::{
@@ -120,7 +123,9 @@ impl DnsConfig {
             ));
         }
         if let Some(bad) = self.resolvers.iter().find(|addr| {
-            addr.is_unspecified() || addr.is_multicast() || *addr == &IpAddr::from([255, 255, 255, 255])
+            addr.is_unspecified()
+                || addr.is_multicast()
+                || *addr == &IpAddr::from([255, 255, 255, 255])
         }) {
             return Err(Invalid::new(
                 "resolvers",
@@ -501,6 +506,10 @@ pub struct Entry {
     pub sets: Vec<u32>,
     /// Seconds since the epoch when it is forgotten (TTL, floor, cap and grace applied).
     pub expires: u64,
+    /// When an answer last taught or refreshed it, on [`Learned`]'s own clock (a sequence
+    /// number, not a time): a full cap evicts the least recently used first.
+    #[serde(default)]
+    pub used: u64,
 }
 
 /// Limits of what is learned.
@@ -513,6 +522,15 @@ pub struct Limits {
     pub max_per_name: usize,
 }
 
+/// A cap on learned addresses (`[dns]`'s keys).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cap {
+    /// `max-learned`: addresses in all.
+    MaxLearned,
+    /// `max-per-name`: addresses of one question.
+    MaxPerName,
+}
+
 /// Counts of what answers did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counts {
@@ -522,14 +540,29 @@ pub struct Counts {
     pub ignored: BTreeMap<String, u64>,
     /// Addresses in special-purpose space, ignored.
     pub special: u64,
-    /// Addresses over the caps, ignored.
+    /// Addresses over a full cap whose every candidate for eviction a live flow holds,
+    /// refused.
     pub capped: u64,
     /// Addresses inside an `exclude` prefix, ignored.
     pub excluded: u64,
+    /// Learned addresses evicted to make room for a new one (absent in files of a version
+    /// before eviction).
+    #[serde(default)]
+    pub evicted: u64,
+    /// New addresses that found a cap full, by cap.
+    #[serde(default)]
+    pub cap_hits: CapHits,
     /// Answers refused as untrusted, by why (`classifier_common::stat::DNS_REFUSALS`): the
     /// kernel's counters, where the agent adds its own refusals too.
     #[serde(default)]
     pub refused: BTreeMap<String, u64>,
+}
+
+/// New addresses that found each cap full.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CapHits {
+    pub max_learned: u64,
+    pub max_per_name: u64,
 }
 
 impl Refused {
@@ -558,21 +591,97 @@ fn label(why: &Ignored) -> String {
 }
 
 /// The learned addresses.
+///
+/// Each entry is in three places: `entries` by address, `lru` and `by_name[entry.name]` under
+/// `(entry.used, address)`. Only [`Learned::insert`] and [`Learned::remove`] write them, so
+/// they agree; an entry's `expires` and `sets`, indexed nowhere, may change in place.
 #[derive(Clone, Debug, Default)]
 pub struct Learned {
-    pub entries: HashMap<IpAddr, Entry>,
+    entries: HashMap<IpAddr, Entry>,
+    /// Every address, least recently used first: `max-learned`'s eviction order.
+    lru: BTreeSet<(u64, IpAddr)>,
+    /// Each question's addresses, least recently used first: `max-per-name`'s count and
+    /// eviction order. A question without addresses has no key.
+    by_name: HashMap<String, BTreeSet<(u64, IpAddr)>>,
+    /// The last `used` handed out.
+    clock: u64,
+    /// What each cap saw since its last warning.
+    max_learned_warning: Pending,
+    max_per_name_warning: Pending,
     pub counts: Counts,
 }
 
-/// What taking an answer changed: addresses new to a set (the data plane needs them now).
+/// What taking an answer changed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Taken {
+    /// Addresses new to a set: the data plane needs them now.
     pub new: Vec<IpAddr>,
+    /// Learned addresses evicted to make room: the maps hold them until the next full apply.
+    pub evicted: usize,
 }
+
+/// A cap's hits since its last warning.
+#[derive(Clone, Debug, Default)]
+struct Pending {
+    /// When the last warning was said; `None` before the first.
+    said: Option<Instant>,
+    hits: u64,
+    evicted: u64,
+    refused: u64,
+    /// The cap's value at the latest hit.
+    limit: usize,
+    /// The latest question that found `max-per-name` full.
+    name: String,
+}
+
+/// A warning that a cap is full: [`Learned::warnings`] gives at most one a minute per cap.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CapWarning {
+    pub cap: Cap,
+    pub limit: usize,
+    /// For `max-per-name`, the latest question that found it full.
+    pub name: Option<String>,
+    /// New addresses that found it full, addresses evicted for them, and addresses refused
+    /// (a live flow held every candidate), since the last warning.
+    pub hits: u64,
+    pub evicted: u64,
+    pub refused: u64,
+}
+
+impl fmt::Display for CapWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Self {
+            cap,
+            limit,
+            name,
+            hits,
+            evicted,
+            refused,
+        } = self;
+        let key = match cap {
+            Cap::MaxLearned => "max-learned",
+            Cap::MaxPerName => "max-per-name",
+        };
+        write!(f, "{key} {limit} reached")?;
+        if let Some(name) = name {
+            write!(f, " for {name}")?;
+        }
+        write!(
+            f,
+            ": {hits} new addresses found it full, {evicted} least recently used addresses \
+             evicted, {refused} refused (live flows held every candidate) since the last \
+             warning; raise [dns] {key} if these names are real"
+        )
+    }
+}
+
+/// One warning a minute per cap: a flood must not flood the log too.
+const WARN_EVERY: Duration = Duration::from_mins(1);
 
 impl Learned {
     /// Takes one DNS message at `now` (seconds since the epoch); `excluded` says whether an
-    /// address lies in an operator's `exclude`.
+    /// address lies in an operator's `exclude`, `held` whether a live flow holds a learned
+    /// address (asked only when a cap is full: the caller may compute it lazily).
     pub fn take(
         &mut self,
         message: &[u8],
@@ -580,6 +689,7 @@ impl Learned {
         limits: Limits,
         now: u64,
         excluded: impl Fn(IpAddr) -> bool,
+        mut held: impl FnMut(IpAddr) -> bool,
     ) -> Taken {
         self.counts.answers += 1;
         let answer = match read_answer(message) {
@@ -614,7 +724,7 @@ impl Learned {
             }
             let ttl = ttl.clamp(limits.min_ttl, limits.max_ttl.max(limits.min_ttl));
             let expires = now + u64::from(ttl) + u64::from(limits.grace);
-            if let Some(entry) = self.entries.get_mut(&address) {
+            if let Some(mut entry) = self.remove(address) {
                 entry.expires = entry.expires.max(expires);
                 let before = entry.sets.len();
                 entry.sets.extend(&sets);
@@ -626,48 +736,219 @@ impl Learned {
                     taken.new.push(address);
                     self.counts.learned += 1;
                 }
+                self.insert(entry);
                 continue;
             }
-            let of_name = self
-                .entries
-                .values()
-                .filter(|entry| entry.name == question)
-                .count();
-            if self.entries.len() >= limits.max_entries || of_name >= limits.max_per_name {
+            if !self.make_room(&question, limits, &mut held, &mut taken) {
                 self.counts.capped += 1;
                 continue;
             }
-            self.entries.insert(
+            self.insert(Entry {
                 address,
-                Entry {
-                    address,
-                    name: question.clone(),
-                    matched: matched.clone(),
-                    sets: sets.clone(),
-                    expires,
-                },
-            );
+                name: question.clone(),
+                matched: matched.clone(),
+                sets: sets.clone(),
+                expires,
+                used: 0,
+            });
             taken.new.push(address);
             self.counts.learned += 1;
         }
         taken
     }
 
+    /// Makes room for a new address of `question` under both caps: while one is full, evicts
+    /// the least recently used address no live flow holds (of `question`'s own for
+    /// `max-per-name`, of all for `max-learned`). Returns false when every candidate is
+    /// held; the search then walks the whole cap, which only a cap too small for the live
+    /// flows makes happen.
+    fn make_room(
+        &mut self,
+        question: &str,
+        limits: Limits,
+        held: &mut impl FnMut(IpAddr) -> bool,
+        taken: &mut Taken,
+    ) -> bool {
+        for (cap, limit) in [
+            (Cap::MaxPerName, limits.max_per_name),
+            (Cap::MaxLearned, limits.max_entries),
+        ] {
+            let full = |learned: &Self| match cap {
+                Cap::MaxLearned => learned.entries.len() >= limit,
+                Cap::MaxPerName => learned
+                    .by_name
+                    .get(question)
+                    .is_some_and(|order| order.len() >= limit),
+            };
+            if !full(self) {
+                continue;
+            }
+            match cap {
+                Cap::MaxLearned => self.counts.cap_hits.max_learned += 1,
+                Cap::MaxPerName => self.counts.cap_hits.max_per_name += 1,
+            }
+            let pending = self.pending(cap);
+            pending.hits += 1;
+            pending.limit = limit;
+            if cap == Cap::MaxPerName {
+                question.clone_into(&mut pending.name);
+            }
+            // A loop, not one eviction: a cap lowered by a reload is over, not just at, its
+            // value.
+            while full(self) {
+                let order = match cap {
+                    Cap::MaxLearned => Some(&self.lru),
+                    Cap::MaxPerName => self.by_name.get(question),
+                };
+                let victim = order
+                    .into_iter()
+                    .flatten()
+                    .map(|&(_, address)| address)
+                    .find(|&address| !held(address));
+                let Some(victim) = victim else {
+                    self.pending(cap).refused += 1;
+                    return false;
+                };
+                self.remove(victim);
+                // Learned earlier in this answer: never written, nothing to write now.
+                taken.new.retain(|&address| address != victim);
+                taken.evicted += 1;
+                self.counts.evicted += 1;
+                self.pending(cap).evicted += 1;
+            }
+        }
+        true
+    }
+
+    fn pending(&mut self, cap: Cap) -> &mut Pending {
+        match cap {
+            Cap::MaxLearned => &mut self.max_learned_warning,
+            Cap::MaxPerName => &mut self.max_per_name_warning,
+        }
+    }
+
+    /// Adds `entry` to every index, as used now.
+    fn insert(&mut self, mut entry: Entry) {
+        self.clock += 1;
+        entry.used = self.clock;
+        let key = (entry.used, entry.address);
+        self.lru.insert(key);
+        self.by_name
+            .entry(entry.name.clone())
+            .or_default()
+            .insert(key);
+        let old = self.entries.insert(entry.address, entry);
+        debug_assert!(old.is_none(), "an address inserted twice");
+    }
+
+    /// Removes `address` from every index.
+    fn remove(&mut self, address: IpAddr) -> Option<Entry> {
+        let entry = self.entries.remove(&address)?;
+        let key = (entry.used, address);
+        self.lru.remove(&key);
+        if let Some(order) = self.by_name.get_mut(&entry.name) {
+            order.remove(&key);
+            if order.is_empty() {
+                self.by_name.remove(&entry.name);
+            }
+        }
+        Some(entry)
+    }
+
+    /// The warnings due at `now`: one per cap that was hit since its last warning, if that
+    /// was a minute ago or more.
+    pub fn warnings(&mut self, now: Instant) -> Vec<CapWarning> {
+        let mut due = Vec::new();
+        for cap in [Cap::MaxLearned, Cap::MaxPerName] {
+            let pending = self.pending(cap);
+            if pending.hits == 0
+                || pending
+                    .said
+                    .is_some_and(|said| now.saturating_duration_since(said) < WARN_EVERY)
+            {
+                continue;
+            }
+            let Pending {
+                said: _,
+                hits,
+                evicted,
+                refused,
+                limit,
+                name,
+            } = std::mem::take(pending);
+            pending.said = Some(now);
+            due.push(CapWarning {
+                cap,
+                limit,
+                name: (cap == Cap::MaxPerName).then_some(name),
+                hits,
+                evicted,
+                refused,
+            });
+        }
+        due
+    }
+
     /// Forgets entries expired at `now`, except those `in_use` says flows still use (they
     /// get another `grace`). Returns whether anything was forgotten.
     pub fn expire(&mut self, now: u64, grace: u32, in_use: impl Fn(IpAddr) -> bool) -> bool {
-        let before = self.entries.len();
-        self.entries.retain(|address, entry| {
-            if entry.expires > now {
-                return true;
+        let due: Vec<IpAddr> = self
+            .entries
+            .values()
+            .filter(|entry| entry.expires <= now)
+            .map(|entry| entry.address)
+            .collect();
+        let mut forgot = false;
+        for address in due {
+            if in_use(address) {
+                if let Some(entry) = self.entries.get_mut(&address) {
+                    entry.expires = now + u64::from(grace.max(1));
+                }
+            } else {
+                forgot |= self.remove(address).is_some();
             }
-            if in_use(*address) {
-                entry.expires = now + u64::from(grace.max(1));
-                return true;
-            }
-            false
-        });
-        self.entries.len() != before
+        }
+        forgot
+    }
+
+    /// The learned entries, in no order.
+    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.values()
+    }
+
+    #[must_use]
+    pub fn get(&self, address: IpAddr) -> Option<&Entry> {
+        self.entries.get(&address)
+    }
+
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Panics unless the indexes agree with `entries` (see [`Learned`]).
+    #[cfg(test)]
+    fn check(&self) {
+        let lru: BTreeSet<(u64, IpAddr)> = self
+            .entries
+            .values()
+            .map(|entry| (entry.used, entry.address))
+            .collect();
+        assert_eq!(self.lru, lru, "lru");
+        let mut by_name: HashMap<String, BTreeSet<(u64, IpAddr)>> = HashMap::new();
+        for entry in self.entries.values() {
+            by_name
+                .entry(entry.name.clone())
+                .or_default()
+                .insert((entry.used, entry.address));
+        }
+        assert_eq!(self.by_name, by_name, "by_name");
+        assert!(self.entries.values().all(|entry| entry.used <= self.clock));
     }
 
     /// The sets `address` was learned into, each holding just it.
@@ -742,7 +1023,10 @@ mod tests {
         assert!(udp_port_bound(table, 53));
         assert!(udp_port_bound(table, 5353));
         assert!(!udp_port_bound(table, 54));
-        assert!(!udp_port_bound("  sl  local_address\n", 53), "the header alone");
+        assert!(
+            !udp_port_bound("  sl  local_address\n", 53),
+            "the header alone"
+        );
     }
 
     /// A pattern table: exact, wildcard, the apex of a wildcard, case, trailing dot, IDN.
@@ -849,8 +1133,8 @@ mod tests {
         )
     }
 
-    #[test]
-    fn learning_respects_ttls_caps_special_space_and_excludes() {
+    /// The operator's rule `*.zoom.us`, direct, as set 4100.
+    fn zoom() -> Patterns {
         let mut patterns = Patterns::default();
         patterns.add_rule(
             "*.zoom.us",
@@ -864,6 +1148,12 @@ mod tests {
                 source: "domains".into(),
             },
         );
+        patterns
+    }
+
+    #[test]
+    fn learning_respects_ttls_caps_special_space_and_excludes() {
+        let patterns = zoom();
         let limits = Limits {
             min_ttl: 60,
             max_ttl: 3600,
@@ -881,7 +1171,7 @@ mod tests {
             ],
         );
         // 203.0.113.0/24 and 198.51.100.0/24 are documentation space: ignored.
-        let taken = learned.take(&message, &patterns, limits, 1000, |_| false);
+        let taken = learned.take(&message, &patterns, limits, 1000, |_| false, |_| true);
         assert_eq!(taken.new, Vec::<IpAddr>::new());
         assert_eq!(learned.counts.special, 3);
         let message = answer(
@@ -893,9 +1183,14 @@ mod tests {
                 a("us04web.zoom.us.", "170.114.10.4", 5),
             ],
         );
-        let taken = learned.take(&message, &patterns, limits, 1000, |addr| {
-            addr == "170.114.10.4".parse::<IpAddr>().unwrap()
-        });
+        let taken = learned.take(
+            &message,
+            &patterns,
+            limits,
+            1000,
+            |addr| addr == "170.114.10.4".parse::<IpAddr>().unwrap(),
+            |_| true,
+        );
         assert_eq!(taken.new.len(), 2, "two per name");
         assert_eq!((learned.counts.capped, learned.counts.excluded), (1, 1));
         let entry = &learned.entries[&"170.114.10.1".parse().unwrap()];
@@ -912,8 +1207,248 @@ mod tests {
         assert!(!learned.expire(5000, 30, |_| true));
         assert_eq!(learned.entries.len(), 1);
         assert!(learned.expire(5031, 30, |_| false));
-        let none = learned.take(&answer_loop(), &patterns, limits, 1000, |_| false);
+        let none = learned.take(&answer_loop(), &patterns, limits, 1000, |_| false, |_| true);
         assert!(none.new.is_empty());
         assert_eq!(learned.counts.ignored["chain"], 1);
+    }
+
+    fn caps(max_entries: usize, max_per_name: usize) -> Limits {
+        Limits {
+            min_ttl: 60,
+            max_ttl: 3600,
+            grace: 30,
+            max_entries,
+            max_per_name,
+        }
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    /// Takes an answer for `name` (under `zoom.us`) with the given addresses at time 1000.
+    fn take(
+        learned: &mut Learned,
+        limits: Limits,
+        name: &str,
+        addresses: &[&str],
+        held: impl FnMut(IpAddr) -> bool,
+    ) -> Taken {
+        let owner = format!("{name}.zoom.us.");
+        let records = addresses.iter().map(|addr| a(&owner, addr, 300)).collect();
+        let message = answer(&owner, records);
+        let taken = learned.take(&message, &zoom(), limits, 1000, |_| false, held);
+        learned.check();
+        taken
+    }
+
+    /// A flood of distinct names fills `max-learned`; a real answer still gets in, and the
+    /// address it evicts is the least recently used: a refreshed one counts as used.
+    #[test]
+    fn a_full_table_evicts_the_least_recently_used_address() {
+        let limits = caps(4, 32);
+        let mut learned = Learned::default();
+        for n in 1..=4 {
+            let taken = take(
+                &mut learned,
+                limits,
+                &format!("flood{n}"),
+                &[&format!("170.114.0.{n}")],
+                |_| false,
+            );
+            assert_eq!(taken.evicted, 0);
+        }
+        assert_eq!(learned.len(), 4);
+        // flood1 answered again: now the most recently used.
+        let taken = take(&mut learned, limits, "flood1", &["170.114.0.1"], |_| false);
+        assert_eq!((taken.new.len(), learned.counts.refreshed), (0, 1));
+        let taken = take(&mut learned, limits, "us04web", &["170.114.10.1"], |_| {
+            false
+        });
+        assert_eq!(taken.new, [ip("170.114.10.1")]);
+        assert_eq!(taken.evicted, 1);
+        assert!(
+            learned.get(ip("170.114.0.2")).is_none(),
+            "flood2 was the least recent"
+        );
+        for kept in ["170.114.0.1", "170.114.0.3", "170.114.0.4", "170.114.10.1"] {
+            assert!(learned.get(ip(kept)).is_some(), "{kept}");
+        }
+        let Counts {
+            evicted,
+            capped,
+            cap_hits,
+            ..
+        } = &learned.counts;
+        assert_eq!((*evicted, *capped), (1, 0));
+        assert_eq!(
+            cap_hits,
+            &CapHits {
+                max_learned: 1,
+                max_per_name: 0
+            }
+        );
+    }
+
+    /// A live flow's address is never evicted; when flows hold every candidate the new
+    /// address is refused, and nothing is evicted for it.
+    #[test]
+    fn held_addresses_are_never_evicted() {
+        let limits = caps(3, 32);
+        let mut learned = Learned::default();
+        for n in 1..=3 {
+            take(
+                &mut learned,
+                limits,
+                &format!("n{n}"),
+                &[&format!("170.114.0.{n}")],
+                |_| false,
+            );
+        }
+        let mut asked = Vec::new();
+        let taken = take(&mut learned, limits, "new", &["170.114.1.1"], |addr| {
+            asked.push(addr);
+            addr == ip("170.114.0.1")
+        });
+        assert_eq!((taken.new.len(), taken.evicted), (1, 1));
+        assert_eq!(
+            asked,
+            [ip("170.114.0.1"), ip("170.114.0.2")],
+            "oldest first"
+        );
+        assert!(
+            learned.get(ip("170.114.0.1")).is_some(),
+            "held, though the oldest"
+        );
+        assert!(learned.get(ip("170.114.0.2")).is_none());
+        let taken = take(&mut learned, limits, "later", &["170.114.1.2"], |_| true);
+        assert_eq!(taken, Taken::default());
+        assert_eq!(learned.len(), 3);
+        assert!(learned.get(ip("170.114.1.2")).is_none());
+        assert_eq!((learned.counts.evicted, learned.counts.capped), (1, 1));
+        assert_eq!(learned.counts.cap_hits.max_learned, 2);
+    }
+
+    /// `max-per-name` evicts the name's own least recently used address, not an older
+    /// address of another name; `held` is not asked while no cap is full.
+    #[test]
+    fn a_full_name_evicts_its_own_least_recently_used_address() {
+        let limits = caps(10, 2);
+        let mut learned = Learned::default();
+        take(
+            &mut learned,
+            limits,
+            "other",
+            &["170.114.0.9"],
+            |_| unreachable!(),
+        );
+        take(
+            &mut learned,
+            limits,
+            "busy",
+            &["170.114.0.1", "170.114.0.2"],
+            |_| unreachable!(),
+        );
+        let taken = take(&mut learned, limits, "busy", &["170.114.0.3"], |_| false);
+        assert_eq!((taken.new.len(), taken.evicted), (1, 1));
+        assert!(learned.get(ip("170.114.0.1")).is_none());
+        for kept in ["170.114.0.9", "170.114.0.2", "170.114.0.3"] {
+            assert!(learned.get(ip(kept)).is_some(), "{kept}");
+        }
+        assert_eq!(
+            learned.counts.cap_hits,
+            CapHits {
+                max_learned: 0,
+                max_per_name: 1
+            }
+        );
+        // More addresses in one answer than the cap: the last ones stay, none written twice.
+        let taken = take(
+            &mut learned,
+            limits,
+            "wide",
+            &["170.114.2.1", "170.114.2.2", "170.114.2.3"],
+            |_| false,
+        );
+        assert_eq!(taken.new, [ip("170.114.2.2"), ip("170.114.2.3")]);
+        assert_eq!(taken.evicted, 1);
+    }
+
+    /// Expiry keeps the indexes whole: forgotten addresses leave the name's count and the
+    /// eviction order, so the caps make room again.
+    #[test]
+    fn indexes_stay_consistent_through_expiry() {
+        let limits = caps(4, 2);
+        let mut learned = Learned::default();
+        take(
+            &mut learned,
+            limits,
+            "a",
+            &["170.114.0.1", "170.114.0.2"],
+            |_| false,
+        );
+        take(&mut learned, limits, "b", &["170.114.0.3"], |_| false);
+        let kept = ip("170.114.0.2");
+        assert!(learned.expire(1000 + 300 + 30, 30, |addr| addr == kept));
+        learned.check();
+        assert_eq!(learned.len(), 1);
+        assert!(
+            !learned.by_name.contains_key("b"),
+            "no key for a name without addresses"
+        );
+        let taken = take(&mut learned, limits, "a", &["170.114.0.4"], |_| false);
+        assert_eq!((taken.new.len(), taken.evicted), (1, 0), "room again");
+        assert_eq!(learned.counts.cap_hits, CapHits::default());
+    }
+
+    /// One warning per cap at once, then none for a minute; it says the cap, the name and
+    /// the counts since the last one.
+    #[test]
+    fn a_full_cap_warns_at_most_once_a_minute() {
+        let limits = caps(2, 1);
+        let mut learned = Learned::default();
+        let start = Instant::now();
+        assert!(learned.warnings(start).is_empty());
+        take(&mut learned, limits, "a", &["170.114.0.1"], |_| false);
+        take(&mut learned, limits, "a", &["170.114.0.2"], |_| false);
+        let warnings = learned.warnings(start);
+        assert_eq!(
+            warnings,
+            [CapWarning {
+                cap: Cap::MaxPerName,
+                limit: 1,
+                name: Some("a.zoom.us".into()),
+                hits: 1,
+                evicted: 1,
+                refused: 0,
+            }]
+        );
+        assert!(
+            warnings[0]
+                .to_string()
+                .starts_with("max-per-name 1 reached for a.zoom.us: 1 new addresses"),
+            "{}",
+            warnings[0]
+        );
+        take(&mut learned, limits, "b", &["170.114.0.3"], |_| false);
+        // a's one place is held: refused. Then c finds the table full and evicts a's.
+        take(&mut learned, limits, "a", &["170.114.0.4"], |_| true);
+        take(&mut learned, limits, "c", &["170.114.0.5"], |_| false);
+        let warnings = learned.warnings(start + Duration::from_secs(10));
+        assert_eq!(warnings.len(), 1, "max-per-name waits: {warnings:?}");
+        assert_eq!(warnings[0].cap, Cap::MaxLearned);
+        assert!(learned.warnings(start + Duration::from_secs(59)).is_empty());
+        let warnings = learned.warnings(start + WARN_EVERY);
+        assert_eq!(
+            warnings,
+            [CapWarning {
+                cap: Cap::MaxPerName,
+                limit: 1,
+                name: Some("a.zoom.us".into()),
+                hits: 1,
+                evicted: 0,
+                refused: 1,
+            }]
+        );
     }
 }

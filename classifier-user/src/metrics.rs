@@ -490,6 +490,7 @@ impl Collector for Scrape {
                 (vec![("outcome", "special".to_owned())], dns.special),
                 (vec![("outcome", "capped".to_owned())], dns.capped),
                 (vec![("outcome", "excluded".to_owned())], dns.excluded),
+                (vec![("outcome", "evicted".to_owned())], dns.evicted),
             ];
             for reason in [
                 "malformed",
@@ -508,8 +509,22 @@ impl Collector for Scrape {
                 &mut encoder,
                 "xdp_breakout_dns_answers",
                 "DNS answers the agent took, by what they did (addresses for learned, refreshed, \
-                 special, capped and excluded; answers for ignored_*)",
+                 special, capped, excluded and evicted; answers for ignored_*)",
                 &rows,
+            )?;
+            let crate::dns::CapHits {
+                max_learned,
+                max_per_name,
+            } = dns.cap_hits;
+            counter(
+                &mut encoder,
+                "xdp_breakout_dns_cap_hits",
+                "new learned addresses that found a cap full (each then evicted the least \
+                 recently used address no live flow holds, or was capped)",
+                &[
+                    (vec![("cap", "max_learned".to_owned())], max_learned),
+                    (vec![("cap", "max_per_name".to_owned())], max_per_name),
+                ],
             )?;
         }
         counter(

@@ -307,7 +307,10 @@ pub fn addresses(names: &[String]) -> io::Result<Vec<std::net::IpAddr>> {
         }
         // SAFETY: a NUL-terminated interface name owned by the list.
         let name = unsafe { std::ffi::CStr::from_ptr(ifaddr.ifa_name) };
-        if !names.iter().any(|wanted| wanted.as_bytes() == name.to_bytes()) {
+        if !names
+            .iter()
+            .any(|wanted| wanted.as_bytes() == name.to_bytes())
+        {
             continue;
         }
         // SAFETY: `ifa_addr` points at a sockaddr whose family says its real type.

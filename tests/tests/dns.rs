@@ -12,9 +12,9 @@ use aya::programs::{ProgramError, TestRun as _, TestRunOptions};
 use classifier_common::{DnsQuery, DnsQueryKey, category, proto, stat};
 use classifier_user::{
     agent::Agent,
-    dns::Captured,
     config::Config,
     datapath::{Datapath, Maps},
+    dns::Captured,
     explain::{Catalog, Oracle},
     state::State,
 };
@@ -119,9 +119,17 @@ fn ask(datapath: &mut Datapath, ingress: Ingress, frames: &[Vec<u8>]) {
                 assert_eq!(xdp.return_value, XDP_PASS, "never drops");
                 let meta = classifier_common::XdpMeta::from_bytes(&out).expect("our metadata");
                 // The UDP destination port, after an IPv4 or an IPv6 header.
-                let port_at = if frame[12..14] == [0x08, 0x00] { 36 } else { 56 };
+                let port_at = if frame[12..14] == [0x08, 0x00] {
+                    36
+                } else {
+                    56
+                };
                 let is_query = frame[port_at..port_at + 2] == 53u16.to_be_bytes();
-                assert_eq!(meta.dns_query, u8::from(is_query), "the flag for tc ingress");
+                assert_eq!(
+                    meta.dns_query,
+                    u8::from(is_query),
+                    "the flag for tc ingress"
+                );
                 tc(datapath, false, frame)
             }
             Ingress::Tc => tc(datapath, true, frame),
@@ -181,12 +189,13 @@ fn learning_agent(
 /// for the agent's own checks, past the kernel's.
 fn captured(resolver: &str, message: &[u8]) -> Captured {
     let question = message.get(12..).unwrap_or_default();
-    let (name_hash, qtype) = classifier_common::dns_name_hash(question).map_or((0, 0), |(hash, len)| {
-        let qtype = question
-            .get(len..len + 2)
-            .map_or(0, |bytes| u16::from_be_bytes([bytes[0], bytes[1]]));
-        (hash, qtype)
-    });
+    let (name_hash, qtype) =
+        classifier_common::dns_name_hash(question).map_or((0, 0), |(hash, len)| {
+            let qtype = question
+                .get(len..len + 2)
+                .map_or(0, |bytes| u16::from_be_bytes([bytes[0], bytes[1]]));
+            (hash, qtype)
+        });
     Captured {
         ts_ns: classifier_user::datapath::monotonic_ns(),
         resolver: resolver.parse().unwrap(),
@@ -279,7 +288,11 @@ fn forged_answers_are_refused_by_the_kernel_and_counted(ingress: Ingress) {
         return;
     };
     let name = "x.teams.microsoft.com.";
-    let real = answer(name, vec![a(name, "52.113.9.9", 300)], ResponseCode::NoError);
+    let real = answer(
+        name,
+        vec![a(name, "52.113.9.9", 300)],
+        ResponseCode::NoError,
+    );
     let client: std::net::SocketAddr = tests::packet::CLIENT.parse().unwrap();
     let resolver: std::net::SocketAddr = tests::packet::RESOLVER.parse().unwrap();
     let with_id = |id: u16| {
@@ -305,7 +318,10 @@ fn forged_answers_are_refused_by_the_kernel_and_counted(ingress: Ingress) {
     )];
     let mut expected = std::collections::BTreeMap::<u32, u64>::new();
     for (what, frame, why) in cases {
-        assert!(capture(&mut datapath, &mut ring, &[frame]).is_empty(), "{what}");
+        assert!(
+            capture(&mut datapath, &mut ring, &[frame]).is_empty(),
+            "{what}"
+        );
         *expected.entry(why).or_default() += 1;
         assert_eq!(stats(&maps, why), expected[&why], "{what}");
     }
@@ -343,7 +359,10 @@ fn forged_answers_are_refused_by_the_kernel_and_counted(ingress: Ingress) {
         ),
     ];
     for (what, frame, why) in cases {
-        assert!(capture(&mut datapath, &mut ring, &[frame]).is_empty(), "{what}");
+        assert!(
+            capture(&mut datapath, &mut ring, &[frame]).is_empty(),
+            "{what}"
+        );
         *expected.entry(why).or_default() += 1;
         assert_eq!(stats(&maps, why), expected[&why], "{what}");
     }
@@ -360,15 +379,26 @@ fn forged_answers_are_refused_by_the_kernel_and_counted(ingress: Ingress) {
     // Late: a query recorded more than DNS_ANSWER_WITHIN_NS ago.
     let late = query_with(name, 9, RecordType::A);
     ask(&mut datapath, ingress, &[dns_query_frame(&late)]);
-    age_queries(&mut datapath, classifier_common::DNS_ANSWER_WITHIN_NS + 1_000_000_000);
+    age_queries(
+        &mut datapath,
+        classifier_common::DNS_ANSWER_WITHIN_NS + 1_000_000_000,
+    );
     assert!(capture(&mut datapath, &mut ring, &[dns_answer_frame(&with_id(9))]).is_empty());
     assert_eq!(stats(&maps, stat::DNS_LATE), 1);
 
     // IPv6, both ways.
     let client6: std::net::SocketAddr = "[fd00:1::2]:40000".parse().unwrap();
     let resolver6: std::net::SocketAddr = "[fd00:1::1]:53".parse().unwrap();
-    ask(&mut datapath, ingress, &[udp_frame(client6, resolver6, &query(name))]);
-    let copied = capture(&mut datapath, &mut ring, &[udp_frame(resolver6, client6, &real)]);
+    ask(
+        &mut datapath,
+        ingress,
+        &[udp_frame(client6, resolver6, &query(name))],
+    );
+    let copied = capture(
+        &mut datapath,
+        &mut ring,
+        &[udp_frame(resolver6, client6, &real)],
+    );
     assert_eq!(copied.len(), 1, "IPv6");
     assert_eq!(copied[0].resolver, resolver6.ip());
     assert_eq!(stats(&maps, stat::DNS_COPIED), 2);
@@ -426,7 +456,11 @@ fn learned_addresses_are_in_the_map_at_once_named_by_lookup_and_forgotten() {
         &mut datapath,
         Ingress::Xdp,
         &[
-            udp_frame(port(40001), resolver, &query("join.secure.skypeassets.com.")),
+            udp_frame(
+                port(40001),
+                resolver,
+                &query("join.secure.skypeassets.com."),
+            ),
             udp_frame(port(40002), resolver, &query("x.teams.microsoft.com.")),
         ],
     );
@@ -659,4 +693,57 @@ fn malformed_and_hostile_answers_are_counted_and_teach_nothing() {
     assert_eq!(agent.learned_counts().refused["untrusted_resolver"], 1);
     // Alive: the next good answer is learned.
     assert_eq!(agent.learn(&[captured(RESOLVER_ADDR, &good)]).len(), 1);
+}
+
+/// A full `max-learned` does not lock real answers out: the next address evicts the least
+/// recently used one (no flow holds it), in the maps too once the table is applied.
+#[test]
+fn a_full_cap_evicts_the_least_recently_used_address_from_the_maps() {
+    let state_dir = TempDir::new("dns-cap");
+    let Some((_datapath, mut agent)) = learning_agent(&state_dir, |config| {
+        config.dns.max_learned = 2;
+    }) else {
+        return;
+    };
+    let storage = |n: u8| {
+        captured(
+            RESOLVER_ADDR,
+            &answer(
+                "storage.live.com.",
+                vec![a("storage.live.com.", &format!("13.107.42.{n}"), 300)],
+                ResponseCode::NoError,
+            ),
+        )
+    };
+    let installed = |agent: &Agent, n: u8| {
+        Oracle::new(agent.maps())
+            .unwrap()
+            .decide(
+                format!("13.107.42.{n}").parse().unwrap(),
+                proto::TCP,
+                Some(443),
+            )
+            .unwrap()
+            .prefix
+            .is_some_and(|prefix| prefix.to_string() == format!("13.107.42.{n}/32"))
+    };
+    for n in [1, 2] {
+        assert_eq!(agent.learn(&[storage(n)]).len(), 1);
+    }
+    // 1 is refreshed: 2 is now the least recently used.
+    assert!(agent.learn(&[storage(1)]).is_empty());
+    assert_eq!(
+        agent.learn(&[storage(3)]).len(),
+        1,
+        "learned despite the full cap"
+    );
+    agent.settle();
+    assert!(installed(&agent, 1) && installed(&agent, 3));
+    assert!(!installed(&agent, 2), "the least recently used, evicted");
+    let counts = agent.learned_counts();
+    assert_eq!(
+        (counts.evicted, counts.cap_hits.max_learned, counts.capped),
+        (1, 1, 0),
+        "{counts:?}"
+    );
 }

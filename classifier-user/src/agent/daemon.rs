@@ -137,7 +137,10 @@ pub async fn run(
                 agent.finish(i, &result);
             }
             Event::Answers(batch) => {
-                if !agent.learn(&batch).is_empty() && settle_at.is_none() {
+                agent.learn(&batch);
+                // Addresses written alone, or evicted by a full cap (which may teach nothing
+                // new), wait for the whole table.
+                if agent.learn_dirty && settle_at.is_none() {
                     settle_at = Some(Instant::now() + SETTLE_AFTER);
                 }
             }

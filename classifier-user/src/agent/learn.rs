@@ -2,18 +2,38 @@
 //! `[[domains]]` rule teaches the agent its addresses. Each new address is written to the
 //! tries at once, folded with the prefixes that cover it; the whole table follows at the
 //! next [`Agent::settle`], and past their time (with a grace while flows use them) addresses
-//! are forgotten.
+//! are forgotten. A full cap evicts the least recently used address no live flow holds; the
+//! next [`Agent::settle`] takes it out of the maps.
 
-use std::time::Duration;
+use std::{
+    collections::HashSet,
+    net::IpAddr,
+    time::{Duration, Instant},
+};
 
 use tracing::warn;
 
 use super::Agent;
 use crate::{
     compile::compile_excluding,
+    datapath::Maps,
     feed::{Category, EndpointSet},
     sources::Kind,
 };
+
+/// The destinations of live flows: those the flow table shows used within `grace`. A
+/// learned address one of them holds is neither forgotten at its expiry nor evicted by a
+/// full cap, so the connection it carries keeps its uplink.
+fn live_destinations(maps: &Maps, grace: Duration) -> HashSet<IpAddr> {
+    let recent = crate::datapath::monotonic_ns()
+        .saturating_sub(grace.as_nanos().try_into().unwrap_or(u64::MAX));
+    maps.flows()
+        .unwrap_or_default()
+        .iter()
+        .filter(|flow| flow.value.last_ns >= recent)
+        .map(|flow| flow.key.dst_addr())
+        .collect()
+}
 
 impl Agent {
     /// The name patterns DNS answers are matched against: each Microsoft 365 source's named
@@ -75,7 +95,7 @@ impl Agent {
 
     /// The resolvers trusted now.
     #[must_use]
-    pub fn trusted(&self) -> &[std::net::IpAddr] {
+    pub fn trusted(&self) -> &[IpAddr] {
         &self.trusted
     }
 
@@ -95,6 +115,10 @@ impl Agent {
             max_per_name: usize::try_from(dns.max_per_name).unwrap_or(usize::MAX),
         };
         let exclude = self.config.policy.exclude.clone();
+        let grace = dns.grace;
+        // Read from the flow table when a full cap first asks, at most once a batch: most
+        // batches evict nothing.
+        let mut live: Option<HashSet<IpAddr>> = None;
         let mut latencies = Vec::new();
         let mut refused = false;
         for captured in records {
@@ -107,13 +131,22 @@ impl Agent {
                 continue;
             }
             let message = &captured.message;
+            let maps = &self.maps;
             let taken = self.learned.take(
                 message,
                 &self.patterns,
                 limits,
                 crate::time::Time::now().secs(),
                 |addr| exclude.iter().any(|net| net.contains(&addr)),
+                |addr| {
+                    live.get_or_insert_with(|| live_destinations(maps, grace))
+                        .contains(&addr)
+                },
             );
+            // Evicted addresses stay in the maps until the whole table is applied.
+            if taken.evicted > 0 {
+                self.learn_dirty = true;
+            }
             if taken.new.is_empty() {
                 continue;
             }
@@ -133,6 +166,9 @@ impl Agent {
         for latency in &latencies {
             self.shared.dns_seconds.observe(latency.as_secs_f64());
         }
+        for warning in self.learned.warnings(Instant::now()) {
+            warn!("dns: {warning}");
+        }
         if let Ok(mut counts) = self.shared.dns.lock() {
             counts.clone_from(&self.learned.counts);
         }
@@ -148,7 +184,7 @@ impl Agent {
 
     /// Writes the entry of one learned address: what compiling the whole table would give
     /// it (its sets' rules folded with every prefix that covers it).
-    fn write_learned(&mut self, address: std::net::IpAddr) -> anyhow::Result<()> {
+    fn write_learned(&mut self, address: IpAddr) -> anyhow::Result<()> {
         if self.unknown_pins {
             return Ok(());
         }
@@ -234,31 +270,11 @@ impl Agent {
     pub fn expire_learned(&mut self) {
         let now = crate::time::Time::now().secs();
         // The flow table is read only when something is due.
-        if !self
-            .learned
-            .entries
-            .values()
-            .any(|entry| entry.expires <= now)
-        {
+        if !self.learned.entries().any(|entry| entry.expires <= now) {
             return;
         }
         let grace = u32::try_from(self.config.dns.grace.as_secs()).unwrap_or(u32::MAX);
-        let recent = crate::datapath::monotonic_ns().saturating_sub(
-            self.config
-                .dns
-                .grace
-                .as_nanos()
-                .try_into()
-                .unwrap_or(u64::MAX),
-        );
-        let in_use: std::collections::HashSet<std::net::IpAddr> = self
-            .maps
-            .flows()
-            .unwrap_or_default()
-            .iter()
-            .filter(|flow| flow.value.last_ns >= recent)
-            .map(|flow| flow.key.dst_addr())
-            .collect();
+        let in_use = live_destinations(&self.maps, self.config.dns.grace);
         if self
             .learned
             .expire(now, grace, |addr| in_use.contains(&addr))
@@ -287,8 +303,7 @@ impl Agent {
         }
         let mut rows: Vec<crate::state::LearnedRow> = self
             .learned
-            .entries
-            .values()
+            .entries()
             .flat_map(|entry| {
                 entry.sets.iter().filter_map(|id| {
                     let target = self.patterns.target(*id)?;
@@ -311,7 +326,7 @@ impl Agent {
             counted_at: crate::time::Time::now(),
             rows,
         };
-        self.learned_saved = Some(std::time::Instant::now());
+        self.learned_saved = Some(Instant::now());
         if let Err(error) = self.state.save_learned(&learned) {
             warn!("{:#}", anyhow::Error::from(error));
         }

@@ -63,7 +63,8 @@ pub struct Agent {
     /// Entries of the tries, IPv4 and IPv6, as last written or found.
     prefixes: (usize, usize),
     /// DNS learning: the name patterns, the learned addresses, and whether some were written
-    /// to the tries alone (not yet applied with the rest, nor recorded).
+    /// to the tries alone or evicted from `learned` while the tries still hold them (not yet
+    /// applied with the rest, nor recorded).
     patterns: crate::dns::Patterns,
     learned: crate::dns::Learned,
     learn_dirty: bool,
@@ -360,7 +361,7 @@ impl Agent {
         let reserved = if self.config.dns.learn {
             usize::try_from(self.config.dns.max_learned)
                 .unwrap_or(usize::MAX)
-                .saturating_sub(self.learned.entries.len())
+                .saturating_sub(self.learned.len())
         } else {
             0
         };

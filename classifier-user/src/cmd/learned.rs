@@ -4,8 +4,11 @@
 //! JSON (stable): one object, [`Report`]: `{"addresses": [{"address", "name", "matched",
 //! "set", "service_area", "category", "source", "expires"}], "counts": {"answers",
 //! "learned", "refreshed", "ignored": {REASON: N}, "special", "capped", "excluded",
-//! "refused": {REASON: N}}, "counted_at"}` (`refused`: answers refused as untrusted, the
-//! kernel's and the agent's reasons); `expires` and `counted_at` are RFC 3339 UTC.
+//! "evicted", "cap_hits": {"max_learned", "max_per_name"}, "refused": {REASON: N}},
+//! "counted_at"}`; `expires` and `counted_at` are RFC 3339 UTC. `evicted` counts addresses a
+//! full cap evicted for newer ones, `cap_hits` new addresses that found each cap full,
+//! `capped` those refused because live flows held every candidate, `refused` answers refused
+//! as untrusted (the kernel's and the agent's reasons).
 
 use std::io::Write as _;
 
@@ -14,7 +17,7 @@ use serde::Serialize;
 
 use crate::{
     cli::{GlobalArgs, LearnedArgs},
-    dns::Counts,
+    dns::{CapHits, Counts},
     state::{LearnedRow, State},
 };
 
@@ -80,14 +83,24 @@ pub fn run(global: &GlobalArgs, LearnedArgs {}: &LearnedArgs) -> anyhow::Result<
         capped,
         excluded,
         refused,
+        evicted,
+        cap_hits: CapHits {
+            max_learned,
+            max_per_name,
+        },
     } = &report.counts;
     let ignored: u64 = ignored.values().sum();
     writeln!(
         out,
         "{answers} answers: {learned} addresses learned, {refreshed} refreshed, {ignored} answers \
-         ignored, {special} special-purpose, {capped} over the caps, {excluded} excluded \
-         (counted at {})",
+         ignored, {special} special-purpose, {excluded} excluded (counted at {})",
         report.counted_at
+    )?;
+    writeln!(
+        out,
+        "caps full: max-learned {max_learned} times, max-per-name {max_per_name} times; \
+         {evicted} least recently used addresses evicted, {capped} refused (live flows held \
+         every candidate)"
     )?;
     let refusals: Vec<String> = refused
         .iter()

@@ -419,16 +419,21 @@ impl Maps {
     pub fn add_stat(&mut self, index: u32, packets: u64) -> Result<(), DatapathError> {
         let name = names::STATS;
         let error = |source| DatapathError::Map { name, source };
-        let mut values: Vec<Counter> = self.stats.get(&index, 0).map_err(error)?.iter().copied().collect();
+        let mut values: Vec<Counter> = self
+            .stats
+            .get(&index, 0)
+            .map_err(error)?
+            .iter()
+            .copied()
+            .collect();
         if let Some(first) = values.first_mut() {
             first.packets = first.packets.wrapping_add(packets);
         }
-        let values = aya::maps::PerCpuValues::try_from(values).map_err(|source| {
-            DatapathError::Map {
+        let values =
+            aya::maps::PerCpuValues::try_from(values).map_err(|source| DatapathError::Map {
                 name,
                 source: MapError::IoError(source),
-            }
-        })?;
+            })?;
         self.stats.set(index, values, 0).map_err(error)
     }
 
