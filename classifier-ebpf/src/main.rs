@@ -422,19 +422,14 @@ const TC_PULL_LEN: u32 = 256;
 pub fn breakout_mark(ctx: TcContext) -> i32 {
     let config = config();
     let bytes = u64::from(ctx.len());
-    let mut query = false;
-    let (direct, by_meta) = match read_meta(&ctx) {
-        Some(meta) => {
-            query = meta.dns_query != 0;
-            (meta.action == action::DIRECT, true)
-        }
+    let (direct, by_meta, query) = match read_meta(&ctx) {
+        Some(meta) => (meta.action == action::DIRECT, true, meta.dns_query != 0),
         None => {
-            let (decision, is_query) = classify_skb(&ctx, config.flags, bytes);
-            query = is_query;
+            let (decision, query) = classify_skb(&ctx, config.flags, bytes);
             if decision.failover {
                 count(stat::FAILOVER, bytes);
             }
-            (decision.action == action::DIRECT, false)
+            (decision.action == action::DIRECT, false, query)
         }
     };
     mark(&ctx, &config, direct, by_meta, bytes);

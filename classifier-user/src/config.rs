@@ -915,7 +915,7 @@ mod tests {
             defaults.len() == 1 || defaults.iter().any(|w| w.starts_with("dns.learn")),
             "{defaults:?}"
         );
-        let mut dns = crate::dns::DnsConfig::default();
+        let mut dns = DnsConfig::default();
         dns.resolvers = vec!["10.0.1.1".parse().unwrap()];
         assert_eq!(dns.warning(), None, "resolvers named");
         dns.resolvers.clear();

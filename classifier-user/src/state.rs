@@ -74,6 +74,18 @@ pub struct Status {
     /// Every source, `m365` (`[feed]`) first, then `[[sources]]` in configuration order.
     #[serde(default)]
     pub sources: Vec<SourceStatus>,
+    /// DNS learning, when on.
+    #[serde(default)]
+    pub dns: Option<DnsStatus>,
+}
+
+/// What DNS learning trusts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsStatus {
+    /// The resolvers whose answers are learned.
+    pub resolvers: Vec<std::net::IpAddr>,
+    /// Whether they are the LAN interfaces' own addresses (`[dns] resolvers` empty).
+    pub from_interfaces: bool,
 }
 
 impl Status {

@@ -83,13 +83,23 @@ impl Agent {
     /// The resolvers whose answers are learned: `[dns] resolvers`, or else the addresses of
     /// the interfaces the agent serves, read again (they may change while it runs).
     pub fn refresh_trust(&mut self) {
-        if !self.config.dns.resolvers.is_empty() {
-            self.trusted.clone_from(&self.config.dns.resolvers);
-            return;
-        }
-        match crate::netlink::addresses(&self.config.interfaces) {
-            Ok(addresses) => self.trusted = addresses,
-            Err(error) => warn!("dns: the LAN interfaces' addresses: {error}"),
+        let trusted = if self.config.dns.resolvers.is_empty() {
+            match crate::netlink::addresses(&self.config.interfaces) {
+                Ok(addresses) => addresses,
+                Err(error) => {
+                    warn!("dns: the LAN interfaces' addresses: {error}");
+                    return;
+                }
+            }
+        } else {
+            self.config.dns.resolvers.clone()
+        };
+        if trusted != self.trusted {
+            self.trusted = trusted;
+            if self.config.dns.learn {
+                tracing::info!("dns: learning the answers of {}", list(&self.trusted));
+            }
+            self.save_status();
         }
     }
 
@@ -331,4 +341,16 @@ impl Agent {
             warn!("{:#}", anyhow::Error::from(error));
         }
     }
+}
+
+/// Addresses as a list for a log line.
+fn list(addresses: &[IpAddr]) -> String {
+    if addresses.is_empty() {
+        return "no resolver (the LAN interfaces have no address)".to_owned();
+    }
+    addresses
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -27,6 +27,10 @@ impl Agent {
             prefixes_v6: self.prefixes.1,
             uplink: Some(self.uplink.clone()),
             sources: self.source_statuses(),
+            dns: self.config.dns.learn.then(|| crate::state::DnsStatus {
+                resolvers: self.trusted.clone(),
+                from_interfaces: self.config.dns.resolvers.is_empty(),
+            }),
         }
     }
 

@@ -7,7 +7,8 @@
 //! "last_error", "consecutive_failures", "mark", "strict_ports", "policy": {"Optimize",
 //! "Allow", "Default"}, "uplink": {"state", "failing_over", "since", "reason", "transitions",
 //! "failed_probes", "targets": [{"target", "ok", "rtt_us", "error"}]}, "index": {"live",
-//! "ipv4", "ipv6", "slots_used", "slots_per_half", "rule_sets", "memory_mib"}}`; times are
+//! "ipv4", "ipv6", "slots_used", "slots_per_half", "rule_sets", "memory_mib"}, "dns":
+//! {"resolvers", "resolvers_from"}}`; times are
 //! RFC 3339
 //! UTC or null. The fields' documentation below
 //! says what each holds.
@@ -61,6 +62,18 @@ pub struct Report {
     pub uplink: Uplink,
     /// The compiled index beside the tries; null in pins of a version before it.
     pub index: Option<Index>,
+    /// DNS learning; null when the agent does not learn (or has written no status).
+    pub dns: Option<Dns>,
+}
+
+/// What DNS learning trusts.
+#[derive(Debug, Serialize)]
+pub struct Dns {
+    /// The resolvers whose answers are learned (answers to queries the router saw).
+    pub resolvers: Vec<String>,
+    /// `interfaces` (the LAN interfaces' own addresses: `[dns] resolvers` is empty) or
+    /// `config`.
+    pub resolvers_from: &'static str,
 }
 
 /// The compiled index (`XB_IDX_SLOTS`, `XB_IDX_CTL`).
@@ -222,6 +235,14 @@ pub fn run(global: &GlobalArgs, StatusArgs {}: &StatusArgs) -> anyhow::Result<()
             default: action::name(policy[usize::from(category::DEFAULT)]),
         },
         uplink: uplink(agent, config.flags & flags::UPLINK_DOWN != 0),
+        dns: agent.and_then(|status| status.dns.as_ref()).map(|dns| Dns {
+            resolvers: dns.resolvers.iter().map(ToString::to_string).collect(),
+            resolvers_from: if dns.from_interfaces {
+                "interfaces"
+            } else {
+                "config"
+            },
+        }),
         index: maps.index().map(|index| {
             let used = index.used();
             #[expect(clippy::cast_precision_loss, reason = "MiB for display")]
@@ -330,6 +351,7 @@ impl Report {
             policy,
             uplink,
             index,
+            dns,
         } = self;
         writeln!(out, "pin directory:  {}", pin_dir.display())?;
         if interfaces.is_empty() {
@@ -447,6 +469,22 @@ impl Report {
                 "index:          none in these pins (restart the agent)"
             )?,
         }
+        if let Some(dns) = dns {
+            writeln!(
+                out,
+                "dns:            learning the answers of {} ({})",
+                if dns.resolvers.is_empty() {
+                    "no resolver".to_owned()
+                } else {
+                    dns.resolvers.join(", ")
+                },
+                if dns.resolvers_from == "interfaces" {
+                    "the LAN interfaces' addresses"
+                } else {
+                    "[dns] resolvers"
+                }
+            )?;
+        }
         Ok(())
     }
 }
@@ -520,6 +558,10 @@ mod tests {
                 rule_sets: 61,
                 memory_mib: 24.0,
             }),
+            dns: Some(Dns {
+                resolvers: vec!["10.0.1.1".into()],
+                resolvers_from: "interfaces",
+            }),
         };
         assert_documented_in(&report, &module_doc(include_str!("status.rs")));
         let mut text = Vec::new();
@@ -529,6 +571,12 @@ mod tests {
             text.contains(
                 "interface:      lan0 (xdp): XDP program 40 (breakout, native), tc program 40 \
                  (breakout)"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "dns:            learning the answers of 10.0.1.1 (the LAN interfaces' addresses)"
             ),
             "{text}"
         );
