@@ -6,6 +6,7 @@
 //! and [`skips`] records it where `cargo test` and `cargo xtask test` show it.
 
 pub mod daemon;
+pub mod dns;
 pub mod http;
 pub mod netns;
 pub mod output;
@@ -32,6 +33,27 @@ pub const FEED_2026043000: &[u8] =
 /// The 2026033100 Worldwide feed.
 pub const FEED_2026033100: &[u8] =
     include_bytes!("../fixtures/m365-worldwide-endpoints-2026033100.json");
+
+/// Each scenario is a function of the attach mode, run as two tests: `<scenario>::xdp` and
+/// `<scenario>::tc` (`--mode tc`), so that none is written, or added, for one mode only.
+#[macro_export]
+macro_rules! in_both_modes {
+    ($scenario:ident) => {
+        mod $scenario {
+            use $crate::router::Mode;
+
+            #[test]
+            fn xdp() {
+                super::$scenario(Mode::Xdp);
+            }
+
+            #[test]
+            fn tc() {
+                super::$scenario(Mode::Tc);
+            }
+        }
+    };
+}
 
 /// True when running in CI, where a privileged test must not skip.
 #[must_use]
@@ -143,6 +165,16 @@ pub fn runtime() -> tokio::runtime::Runtime {
 #[must_use]
 pub fn ip(text: &str) -> IpAddr {
     text.parse().expect("address literal")
+}
+
+/// Kills a helper process when the test ends, however it ends.
+pub struct Kill(pub std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// A pin directory of its own under `/sys/fs/bpf`, removed with everything in it on drop

@@ -13,47 +13,19 @@ use classifier_user::datapath::Maps;
 use serde_json::{Value, json};
 use tests::{
     FEED_2026043000,
+    dns::Dnsmasq,
     http::Reply,
+    in_both_modes,
     router::{
         Arrivals, EXCHANGE_V4, EXCHANGE_V6, EXTRA_A, EXTRA_B, Mode, OTHER_V4, OTHER_V6, Options,
-        Router, TEAMS_V4, TEAMS_V6, Upstream, arrived, fast_health,
+        Router, Side, TEAMS_V4, TEAMS_V6, Upstream, arrived, fast_health, serve, settle,
     },
     unavailable,
 };
 
-/// Each scenario is a function of the attach mode, run as two tests: `<scenario>::xdp` and
-/// `<scenario>::tc` (`--mode tc`), so that none is written, or added, for one mode only.
-macro_rules! in_both_modes {
-    ($scenario:ident) => {
-        mod $scenario {
-            use tests::router::Mode;
-
-            #[test]
-            fn xdp() {
-                super::$scenario(Mode::Xdp);
-            }
-
-            #[test]
-            fn tc() {
-                super::$scenario(Mode::Tc);
-            }
-        }
-    };
-}
-
-/// A router for a test; in `--mode tc` its namespaces' names end in `t`.
+/// A router for a test ([`Router::for_test`]).
 fn router(what: &str, options: Options) -> Option<Router> {
-    let what = match options.mode {
-        Mode::Xdp => what.to_owned(),
-        Mode::Tc => format!("{what}t"),
-    };
-    match Router::new(&what, options) {
-        Ok(router) => Some(router),
-        Err(error) => {
-            let _ = unavailable("a router of four network namespaces", &error);
-            None
-        }
-    }
+    Router::for_test(what, options)
 }
 
 /// The real feed plus one endpoint set with a single /32, Optimize for UDP 3478.
@@ -85,23 +57,6 @@ fn running(what: &str, mode: Mode) -> Option<(Router, Arrivals)> {
     let arrivals = Arrivals::default();
     router.listen_udp(3478, &arrivals);
     Some((router, arrivals))
-}
-
-fn serve(router: &Router, version: &str, body: &[u8]) {
-    router
-        .server
-        .set("/version/Worldwide", Reply::version(version));
-    router.server.set("/endpoints/Worldwide", Reply::json(body));
-}
-
-/// Waits until the listeners have seen `total` datagrams (they run on their own threads).
-fn settle(arrivals: &Arrivals, total: u64) {
-    let start = Instant::now();
-    while arrivals.lock().unwrap().values().sum::<u64>() < total
-        && start.elapsed() < Duration::from_secs(5)
-    {
-        thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Teams media, Exchange and other traffic over IPv4 and IPv6 each leave by the uplink the
@@ -894,16 +849,6 @@ fn a_full_flow_table_evicts_and_classifies_every_flow_right(mode: Mode) {
 }
 in_both_modes!(a_full_flow_table_evicts_and_classifies_every_flow_right);
 
-/// Kills a helper process when the test ends, however it ends.
-struct Kill<'a>(&'a mut std::process::Child);
-
-impl Drop for Kill<'_> {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A real resolver upstream (dnsmasq, in the tunnel's namespace): the client resolves names
 /// of URL-only endpoint sets with `dig` (a CNAME chain, a wildcard), the router learns the
 /// answers' addresses from its LAN egress, the client's next connection leaves by the uplink
@@ -922,37 +867,25 @@ fn names_of_url_only_sets_are_learned_from_dns_answers(mode: Mode) {
     };
     serve(&router, "2026043000", FEED_2026043000);
     // 44.20.0.1 is on the tunnel namespace's loopback: DNS crosses the tunnel both ways.
-    let pid_file = router.work_file("dnsmasq.pid");
-    let dnsmasq = router
-        .tunnel
-        .command("dnsmasq")
-        .args([
-            "--keep-in-foreground",
-            "--no-resolv",
-            "--no-hosts",
-            "--bind-interfaces",
-            "--listen-address=44.20.0.1",
-            "--port=53",
-            "--user=root",
-            "--local-ttl=2",
+    let dnsmasq = router.start_resolver(
+        Side::Tunnel,
+        "dnsmasq",
+        &Dnsmasq::new("44.20.0.1")
+            .local_ttl(2)
             // Set 27 (Default, Skype, TCP 443), behind a CNAME.
-            "--cname=join.secure.skypeassets.com,edge7.cdn.example",
-            "--host-record=edge7.cdn.example,44.10.0.1",
+            .cname("join.secure.skypeassets.com", "edge7.cdn.example")
+            .host_record("edge7.cdn.example", "44.10.0.1")
             // Set 39's *.svc.ms (Default, TCP 80 and 443): any name under svc.ms.
-            "--address=/svc.ms/44.10.0.1",
-        ])
-        .arg(format!("--pid-file={}", pid_file.display()))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn();
-    let Ok(mut dnsmasq) = dnsmasq else {
-        let _ = unavailable(
-            "dnsmasq (cargo xtask setup installs dnsmasq-base)",
-            &"not found",
-        );
-        return;
+            .address("svc.ms", "44.10.0.1"),
+    );
+    let _dnsmasq = match dnsmasq {
+        Ok(dnsmasq) => dnsmasq,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let _ = unavailable("dnsmasq (cargo xtask setup installs dnsmasq-base)", &error);
+            return;
+        }
+        Err(error) => panic!("dnsmasq: {error}"),
     };
-    let _dnsmasq = Kill(&mut dnsmasq);
     let config = router.work_file("config.toml");
     std::fs::write(
         &config,

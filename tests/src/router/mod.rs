@@ -20,6 +20,7 @@
 //! [`topology`] wires the namespaces, [`traffic`] sends and counts packets, and the agent on
 //! the router is run with the harness's daemon control ([`crate::daemon`]).
 
+pub mod dns;
 pub mod topology;
 pub mod traffic;
 
@@ -28,9 +29,12 @@ use std::{
     net::TcpListener,
     path::{Path, PathBuf},
     process::ExitStatus,
+    thread,
+    time::{Duration, Instant},
 };
 
 pub use self::{
+    dns::{DIRECT_RESOLVER, LAN_RESOLVER, NEIGHBOUR, Side, TUNNEL_RESOLVER},
     topology::{
         EXCHANGE_V4, EXCHANGE_V6, EXTRA_A, EXTRA_B, Mode, OTHER_V4, OTHER_V6, Options, TEAMS_V4,
         TEAMS_V6, TEST_ADDRESSES,
@@ -40,9 +44,9 @@ pub use self::{
 use crate::{
     PinDir,
     daemon::{self, Daemon, Setup},
-    http::FeedServer,
+    http::{FeedServer, Reply},
     netns::Netns,
-    xdp_breakout,
+    unavailable, xdp_breakout,
 };
 
 pub struct Router {
@@ -70,6 +74,10 @@ pub struct Router {
     wireguard: Vec<std::process::Child>,
     /// The attach mode of every daemon ([`Options::mode`]).
     mode: Mode,
+    /// What the namespaces are named for.
+    what: String,
+    /// A LAN neighbour on `lan1`, when added ([`Router::add_lan_neighbour`]).
+    neighbour: Option<Netns>,
 }
 
 impl Router {
@@ -102,6 +110,8 @@ impl Router {
             tunnel_tun: format!("xwg{id}t"),
             wireguard: Vec::new(),
             mode: options.mode,
+            what: what.to_owned(),
+            neighbour: None,
         };
         this.wire()?;
         this.wireguard()?;
@@ -109,6 +119,27 @@ impl Router {
             this.tag_lan()?;
         }
         Ok(this)
+    }
+
+    /// A router for a test (its namespaces' names end in `t` in `--mode tc`); `None` (skip)
+    /// when namespaces are unavailable outside CI.
+    ///
+    /// # Panics
+    ///
+    /// When they are unavailable under `CI=true`.
+    #[must_use]
+    pub fn for_test(what: &str, options: Options) -> Option<Self> {
+        let what = match options.mode {
+            Mode::Xdp => what.to_owned(),
+            Mode::Tc => format!("{what}t"),
+        };
+        match Self::new(&what, options) {
+            Ok(router) => Some(router),
+            Err(error) => {
+                let _ = unavailable("a router of four network namespaces", &error);
+                None
+            }
+        }
     }
 
     /// The pin and state directories, for CLI calls.
@@ -211,6 +242,15 @@ impl Router {
             .expect("xdp-breakout")
     }
 
+    /// The CLI's `--json` output of `args` (`["status"]`, `["learned"]`, ...); `Null` when
+    /// it printed no JSON (the command failed: its stderr is in the daemon's reach, not here).
+    #[must_use]
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--json"];
+        all.extend(args);
+        serde_json::from_slice(&self.cli(&all).stdout).unwrap_or(serde_json::Value::Null)
+    }
+
     #[must_use]
     pub fn work_file(&self, name: &str) -> PathBuf {
         self.work.join(name)
@@ -243,6 +283,29 @@ pub fn fast_health(target: &str) -> Vec<String> {
     .to_vec()
 }
 
+/// Serves `body` as the feed's `version` from the router's feed server.
+pub fn serve(router: &Router, version: &str, body: &[u8]) {
+    router
+        .server
+        .set("/version/Worldwide", Reply::version(version));
+    router.server.set("/endpoints/Worldwide", Reply::json(body));
+}
+
+/// Waits until the listeners have seen `total` arrivals in all (they run on their own
+/// threads), 5 s at most.
+///
+/// # Panics
+///
+/// When a listener panicked holding the counts.
+pub fn settle(arrivals: &Arrivals, total: u64) {
+    let start = Instant::now();
+    while arrivals.lock().expect("arrivals").values().sum::<u64>() < total
+        && start.elapsed() < Duration::from_secs(5)
+    {
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A number no other router of this machine uses now: the process id and a counter, short
 /// enough for a 15-byte interface name.
 fn tunnel_id() -> String {
@@ -256,6 +319,7 @@ impl Drop for Router {
     fn drop(&mut self) {
         self.listeners.clear();
         self.daemon = None;
+        self.neighbour = None;
         for mut child in self.wireguard.drain(..) {
             let _ = child.kill();
             let _ = child.wait();

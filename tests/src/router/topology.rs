@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::Router;
+use super::{DIRECT_RESOLVER, Router};
 use crate::netns::{Netns, run_checked};
 
 /// Addresses both upstreams answer on: Microsoft 365 ones from the 2026043000 feed, and
@@ -191,6 +191,9 @@ impl Router {
         }
         router.sysctl("net.ipv4.conf.all.rp_filter=2")?;
         router.sysctl("net.ipv4.conf.wan0.rp_filter=2")?;
+        // A resolver's address the direct upstream alone owns: the main table sends it into
+        // the tunnel, where it does not exist (see `super::dns`).
+        direct.ip(&["addr", "add", &format!("{DIRECT_RESOLVER}/32"), "dev", "lo"])?;
         for upstream in [direct, tunnel] {
             for addr in TEST_ADDRESSES {
                 let prefix = if addr.contains(':') { "128" } else { "32" };
