@@ -105,13 +105,27 @@ pub struct Zones {
 /// The forward zones of the direct names of `names` ([`names`]): each direct pattern's zone
 /// ([`zone_of`]), without single-label zones (a TLD would send every name under it out of
 /// the uplink's resolver), without zones that cover a tunnel name's zone (that name keeps
-/// the tunnel's resolver), and without zones covered by another zone of the list.
+/// the tunnel's resolver; a name a direct pattern matches too goes direct, so is none), and
+/// without zones covered by another zone of the list.
 #[must_use]
 pub fn zones(names: &[(String, bool)]) -> Zones {
     let mut out = Zones::default();
+    let direct: Vec<&str> = names
+        .iter()
+        .filter(|(_, direct)| *direct)
+        .map(|(pattern, _)| pattern.as_str())
+        .collect();
+    // A name that a direct pattern also matches goes direct (its addresses join the direct
+    // set too): only the others are the tunnel's.
     let tunnel: Vec<&str> = names
         .iter()
-        .filter(|(_, direct)| !direct)
+        .filter(|(pattern, goes)| {
+            !goes
+                && !direct.iter().any(|other| {
+                    other == pattern
+                        || (!pattern.contains('*') && crate::dns::matches(other, pattern))
+                })
+        })
         .filter_map(|(pattern, _)| zone_of(pattern))
         .collect();
     let mut candidates = BTreeSet::new();
@@ -510,11 +524,15 @@ mod tests {
 
     #[test]
     fn a_zone_over_a_tunnel_name_is_left_out() {
-        let mut names = direct(&["*.contoso.com", "*.lync.com"]);
-        names.push(("secret.contoso.com".to_owned(), false));
+        let mut names = direct(&["*.contoso.com", "*.lync.com", "*.live.com"]);
+        // The apex: `*.contoso.com` does not match it, the zone `contoso.com` would cover it.
+        names.push(("contoso.com".to_owned(), false));
         names.push(("*.com".to_owned(), false));
+        // Also matched by a direct pattern, so direct: no conflict.
+        names.push(("*.live.com".to_owned(), false));
+        names.push(("cdn.live.com".to_owned(), false));
         let zones = zones(&names);
-        assert_eq!(zones.zones, ["lync.com"]);
+        assert_eq!(zones.zones, ["live.com", "lync.com"]);
         assert_eq!(zones.tunnel_inside, ["contoso.com"]);
     }
 

@@ -499,6 +499,32 @@ mod tests {
     }
 
     #[test]
+    fn a_rule_decodes_as_it_was_encoded() {
+        for address in ["192.0.2.53", "2001:db8::53"] {
+            let rule = Rule::to_host(address.parse().unwrap(), 70_000, 9365, 245);
+            assert_eq!(Rule::decode(&rule.encode()), Some(rule.clone()), "{address}");
+        }
+        let marked = Rule {
+            v6: false,
+            dst: None,
+            table: 365,
+            priority: Some(1000),
+            protocol: 0,
+            fwmark: Some(0x365),
+            fwmask: Some(0xffff),
+            action: FR_ACT_TO_TBL,
+        };
+        assert_eq!(Rule::decode(&marked.encode()), Some(marked));
+    }
+
+    #[test]
+    fn rules_are_listed_unprivileged() {
+        let rules = rules().expect("RTM_GETRULE works unprivileged");
+        // Every namespace has the main table's rules, IPv4 and IPv6 alike.
+        assert!(rules.iter().any(|rule| !rule.v6 && rule.table == 254), "{rules:?}");
+    }
+
+    #[test]
     fn truncated_attributes_end_the_walk() {
         let data = [8u8, 0, 16, 0, 6, 0, 0, 0, 200, 0, 1, 0];
         let found: Vec<_> = attributes(&data).collect();
