@@ -301,12 +301,12 @@ pub fn write_if_changed(path: &Path, content: &[u8]) -> Result<bool, LocalDnsErr
     Ok(true)
 }
 
-/// Runs `argv` (no shell) and waits at most [`RELOAD_TIMEOUT`]; a non-zero exit is an error
+/// Runs `words` (an argv, no shell) and waits at most [`RELOAD_TIMEOUT`]; a non-zero exit is an error
 /// carrying its stderr.
-pub fn reload(argv: &[String]) -> Result<(), LocalDnsError> {
+pub fn reload(words: &[String]) -> Result<(), LocalDnsError> {
     use std::io::Read as _;
-    let command = argv.join(" ");
-    let Some((program, args)) = argv.split_first() else {
+    let command = words.join(" ");
+    let Some((program, args)) = words.split_first() else {
         return Ok(());
     };
     let mut child = std::process::Command::new(program)
@@ -417,17 +417,16 @@ pub struct RulesReport {
 }
 
 /// Installs the rules of `dns`'s resolvers, idempotently: the table is `local-table`, else
-/// the one the `ip rule` of `mark`/`mask` looks up in the resolver's family (none: no rule
+/// the one the `ip rule` of `fwmark` (value, mask) looks up in the resolver's family (none: no rule
 /// for that family, and the report says so). Without resolvers, removes every rule of ours.
 pub fn apply_rules(
     dns: &crate::dns::DnsConfig,
-    mark: u32,
-    mask: u32,
+    fwmark: (u32, u32),
 ) -> Result<RulesReport, LocalDnsError> {
     let (v4, v6) = match dns.local_table {
         Some(table) => (Some(table), Some(table)),
         None if dns.local_resolvers.is_empty() => (None, None),
-        None => mark_tables(mark, mask)?,
+        None => mark_tables(fwmark)?,
     };
     let mut report = RulesReport::default();
     for (family, table, is_v6) in [("IPv4", v4, false), ("IPv6", v6, true)] {
@@ -461,12 +460,13 @@ pub fn domains_about(domains: &[DomainRule]) -> Option<String> {
 
 /// The table the direct mark's `ip rule` looks up, per family: the default of
 /// `local-table`. `None` for a family without such a rule.
-pub fn mark_tables(mark: u32, mask: u32) -> Result<(Option<u32>, Option<u32>), LocalDnsError> {
+pub fn mark_tables(fwmark: (u32, u32)) -> Result<(Option<u32>, Option<u32>), LocalDnsError> {
+    let (value, mask) = fwmark;
     let rules = crate::netlink::rules().map_err(LocalDnsError::Rules)?;
     let find = |v6: bool| {
         rules
             .iter()
-            .filter(|rule| rule.v6 == v6 && rule.fwmark == Some(mark))
+            .filter(|rule| rule.v6 == v6 && rule.fwmark == Some(value))
             .find(|rule| rule.fwmask.unwrap_or(u32::MAX) == mask)
             .map(|rule| rule.table)
     };

@@ -502,7 +502,11 @@ mod tests {
     fn a_rule_decodes_as_it_was_encoded() {
         for address in ["192.0.2.53", "2001:db8::53"] {
             let rule = Rule::to_host(address.parse().unwrap(), 70_000, 9365, 245);
-            assert_eq!(Rule::decode(&rule.encode()), Some(rule.clone()), "{address}");
+            assert_eq!(
+                Rule::decode(&rule.encode()),
+                Some(rule.clone()),
+                "{address}"
+            );
         }
         let marked = Rule {
             v6: false,
@@ -521,7 +525,10 @@ mod tests {
     fn rules_are_listed_unprivileged() {
         let rules = rules().expect("RTM_GETRULE works unprivileged");
         // Every namespace has the main table's rules, IPv4 and IPv6 alike.
-        assert!(rules.iter().any(|rule| !rule.v6 && rule.table == 254), "{rules:?}");
+        assert!(
+            rules.iter().any(|rule| !rule.v6 && rule.table == 254),
+            "{rules:?}"
+        );
     }
 
     #[test]

@@ -289,6 +289,7 @@ fn rule(dst: &str, table: &str) -> (u64, String, String) {
 }
 
 #[test]
+#[expect(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 fn resolver_rules_are_exact_idempotent_and_detach_removes_only_ours() {
     let netns = match Netns::new("xbdnsrule") {
         Ok(netns) => netns,
@@ -370,7 +371,7 @@ fn resolver_rules_are_exact_idempotent_and_detach_removes_only_ours() {
         ..Default::default()
     };
     let apply = |dns: &classifier_user::dns::DnsConfig| {
-        netns.run(|| dnsconfig::apply_rules(dns, 0x365, 0xffff).unwrap())
+        netns.run(|| dnsconfig::apply_rules(dns, (0x365, 0xffff)).unwrap())
     };
 
     // The table of the mark's rule, per family; one rule per resolver address.
@@ -444,6 +445,7 @@ fn lines(path: &Path) -> usize {
 }
 
 #[test]
+#[expect(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 fn the_agent_rewrites_the_file_only_when_it_changes_and_drops_the_zones_while_down() {
     let netns = match Netns::new("xbdnsfile") {
         Ok(netns) => netns,

@@ -81,10 +81,10 @@ impl Agent {
             Ok(false) => {}
             Ok(true) => {
                 info!("local dns: wrote {}", path.display());
-                let argv = dns.local_reload.clone();
-                if !argv.is_empty() {
+                let words = dns.local_reload.clone();
+                if !words.is_empty() {
                     std::thread::spawn(move || {
-                        if let Err(error) = dnsconfig::reload(&argv) {
+                        if let Err(error) = dnsconfig::reload(&words) {
                             warn!("local dns: {:#}", anyhow::Error::from(error));
                         }
                     });
@@ -101,7 +101,7 @@ impl Agent {
             return;
         }
         let mark = self.config.policy.mark;
-        match dnsconfig::apply_rules(&self.config.dns, mark.value, mark.mask) {
+        match dnsconfig::apply_rules(&self.config.dns, (mark.value, mark.mask)) {
             Ok(report) => {
                 for family in &report.no_table {
                     warn!(
