@@ -153,6 +153,9 @@ pub fn zones(names: &[(String, bool)]) -> Zones {
         })
         .cloned()
         .collect();
+    for zone in &top_level {
+        tracing::warn!("local dns: {zone:?} is no zone of its own (a top-level domain): left out");
+    }
     out.top_level = top_level.into_iter().collect();
     out.tunnel_inside = tunnel_inside.into_iter().collect();
     out
