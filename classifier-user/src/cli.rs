@@ -84,6 +84,8 @@ pub enum Command {
     Sources(SourcesArgs),
     /// Print a PAC file that sends the feed's direct categories' hosts direct.
     Pac(PacArgs),
+    /// Print the local resolver's forward zones: direct names to [dns] local-resolvers.
+    DnsConfig(DnsConfigArgs),
     /// List the addresses learned from DNS answers: address, name, set, category, expiry.
     Learned(LearnedArgs),
     /// Refresh the pinned maps once, with the agent's validation.
@@ -153,6 +155,15 @@ pub struct PacArgs {
     /// Make it from this endpoints feed instead of the installed one.
     #[arg(long, value_name = "FILE")]
     pub feed_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DnsConfigArgs {
+    /// The resolver that reads the file [default: [dns] local-format].
+    #[arg(long, value_enum)]
+    pub format: Option<crate::dns::LocalFormat>,
     #[command(flatten)]
     pub config: ConfigArgs,
 }

@@ -21,7 +21,8 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     fmt,
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -58,7 +59,95 @@ pub struct DnsConfig {
     /// Learned addresses in all, and for one name.
     pub max_learned: u32,
     pub max_per_name: u32,
+    /// The resolvers reached through the direct uplink (the ISP's, or a public one): the
+    /// names that go direct are forwarded to them, so that Microsoft's DNS answers front
+    /// doors near the branch, not near the head office (see [`crate::dnsconfig`]).
+    pub local_resolvers: Vec<Resolver>,
+    /// The forward-zone file the daemon keeps written; unset: it writes none (`xdp-breakout
+    /// dns-config` prints it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local_config: Option<PathBuf>,
+    /// The resolver that reads it: dnsmasq or unbound.
+    pub local_format: LocalFormat,
+    /// A command (argv, no shell) run after the file changed, so that the resolver reads it.
+    pub local_reload: Vec<String>,
+    /// The routing table the resolver's own queries to `local-resolvers` are sent to; unset:
+    /// the table of the `ip rule` that matches `[policy] mark`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local_table: Option<u32>,
 }
+
+/// A resolver's address: `192.0.2.53`, `2001:db8::53`, `[2001:db8::53]:5353`,
+/// `198.51.100.7:53`; the port is 53 unless given. Written back without the port when it is
+/// 53, so that `config check` prints what the operator wrote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Resolver(pub SocketAddr);
+
+impl Resolver {
+    #[must_use]
+    pub fn ip(self) -> IpAddr {
+        self.0.ip()
+    }
+
+    #[must_use]
+    pub fn port(self) -> u16 {
+        self.0.port()
+    }
+}
+
+impl std::str::FromStr for Resolver {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if let Ok(ip) = text.parse::<IpAddr>() {
+            return Ok(Self(SocketAddr::new(ip, 53)));
+        }
+        text.parse::<SocketAddr>().map(Self).map_err(|_| {
+            format!(
+                "{text:?} is not an address with an optional port (192.0.2.53, \
+                 198.51.100.7:53, [2001:db8::53]:5353)"
+            )
+        })
+    }
+}
+
+impl fmt::Display for Resolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.port() == 53 {
+            write!(f, "{}", self.ip())
+        } else {
+            write!(f, "{}", self.0)
+        }
+    }
+}
+
+impl Serialize for Resolver {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Resolver {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The resolver that reads the forward-zone file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum LocalFormat {
+    /// `server=/zone/addr` lines: a dnsmasq `servers-file` (re-read on SIGHUP) or `conf-file`.
+    #[default]
+    Dnsmasq,
+    /// `forward-zone:` clauses, `include:`d at the top level of `unbound.conf`.
+    Unbound,
+}
+
+/// Local resolvers at most: each is a forward target of every zone, and a policy rule.
+pub const MAX_LOCAL_RESOLVERS: usize = 8;
 
 impl Default for DnsConfig {
     fn default() -> Self {
@@ -70,6 +159,11 @@ impl Default for DnsConfig {
             grace: Duration::from_mins(5),
             max_learned: 16384,
             max_per_name: 32,
+            local_resolvers: Vec::new(),
+            local_config: None,
+            local_format: LocalFormat::Dnsmasq,
+            local_reload: Vec::new(),
+            local_table: None,
         }
     }
 }
@@ -130,6 +224,86 @@ impl DnsConfig {
             return Err(Invalid::new(
                 "resolvers",
                 format!("{bad} cannot be a resolver's address"),
+            ));
+        }
+        self.validate_local()
+    }
+
+    /// The local-DNS keys: resolvers that can be resolvers (not unspecified, multicast or
+    /// broadcast, no port 0), each once and at most [`MAX_LOCAL_RESOLVERS`]; an absolute
+    /// file that has resolvers to name; a reload command with a program; a table that is
+    /// neither `unspec` (0) nor `local` (255).
+    pub fn validate_local(&self) -> Result<(), Invalid> {
+        if self.local_resolvers.len() > MAX_LOCAL_RESOLVERS {
+            return Err(Invalid::new(
+                "local-resolvers",
+                format!(
+                    "{} resolvers; at most {MAX_LOCAL_RESOLVERS}",
+                    self.local_resolvers.len()
+                ),
+            ));
+        }
+        for (i, resolver) in self.local_resolvers.iter().enumerate() {
+            let ip = resolver.ip();
+            let why = if ip.is_unspecified() {
+                Some("is unspecified")
+            } else if ip.is_multicast() {
+                Some("is multicast")
+            } else if ip == IpAddr::V4(std::net::Ipv4Addr::BROADCAST) {
+                Some("is broadcast")
+            } else if resolver.port() == 0 {
+                Some("has port 0")
+            } else if self.local_resolvers[..i].contains(resolver) {
+                Some("is given twice")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(Invalid::new(
+                    "local-resolvers",
+                    format!("{resolver} {why}: no resolver answers there"),
+                ));
+            }
+        }
+        if let Some(path) = &self.local_config {
+            if !path.is_absolute() {
+                return Err(Invalid::new(
+                    "local-config",
+                    format!("{} is not an absolute path", path.display()),
+                ));
+            }
+            if path.file_name().is_none() {
+                return Err(Invalid::new(
+                    "local-config",
+                    format!("{} names no file", path.display()),
+                ));
+            }
+            if self.local_resolvers.is_empty() {
+                return Err(Invalid::new(
+                    "local-config",
+                    "needs local-resolvers: the resolvers the file forwards to",
+                ));
+            }
+        }
+        if self
+            .local_reload
+            .first()
+            .is_some_and(|program| program.trim().is_empty())
+        {
+            return Err(Invalid::new(
+                "local-reload",
+                "the first word must be the program to run",
+            ));
+        }
+        if let Some(table) = self.local_table
+            && (table == 0 || table == 255)
+        {
+            return Err(Invalid::new(
+                "local-table",
+                format!(
+                    "{table} is the kernel's {} table",
+                    if table == 0 { "unspec" } else { "local" }
+                ),
             ));
         }
         Ok(())

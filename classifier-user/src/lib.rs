@@ -9,6 +9,7 @@ pub mod compile;
 pub mod config;
 pub mod datapath;
 pub mod dns;
+pub mod dnsconfig;
 pub mod explain;
 pub mod feed;
 pub mod gate;

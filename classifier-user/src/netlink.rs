@@ -1,6 +1,7 @@
 //! Just enough rtnetlink (`man 7 rtnetlink`, `include/uapi/linux/if_link.h`) to ask the kernel
 //! what is attached to an interface and whether its link is up, and to hear when that
-//! changes, without scraping `ip`'s output.
+//! changes, without scraping `ip`'s output; and to list, add and delete policy routing rules
+//! (`include/uapi/linux/fib_rules.h`), as `ip rule` does.
 
 use std::{
     io,
@@ -261,6 +262,223 @@ fn attributes(mut data: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     })
 }
 
+const FRA_DST: u16 = 1;
+const FRA_PRIORITY: u16 = 6;
+const FRA_FWMARK: u16 = 10;
+const FRA_TABLE: u16 = 15;
+const FRA_FWMASK: u16 = 16;
+const FRA_PROTOCOL: u16 = 21;
+/// `FR_ACT_TO_TBL`: look up the rule's table.
+const FR_ACT_TO_TBL: u8 = 1;
+/// `struct fib_rule_hdr`: family, dst_len, src_len, tos, table, res1, res2, action, flags.
+const FIB_RULE_HDR: usize = 12;
+
+/// A policy routing rule, as far as xdp-breakout reads and writes them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub v6: bool,
+    /// `to PREFIX`, if the rule has one.
+    pub dst: Option<ipnet::IpNet>,
+    pub table: u32,
+    pub priority: Option<u32>,
+    /// `FRA_PROTOCOL`: who installed it (`RTPROT_*`; 0 when the kernel did not say).
+    pub protocol: u8,
+    pub fwmark: Option<u32>,
+    pub fwmask: Option<u32>,
+    /// `FR_ACT_*`: 1 looks up `table`.
+    pub action: u8,
+}
+
+impl Rule {
+    /// `to ADDR/32` (or `/128`) `lookup TABLE priority PRIORITY proto PROTOCOL`.
+    #[must_use]
+    pub fn to_host(address: std::net::IpAddr, table: u32, priority: u32, protocol: u8) -> Self {
+        Self {
+            v6: address.is_ipv6(),
+            dst: Some(ipnet::IpNet::from(address)),
+            table,
+            priority: Some(priority),
+            protocol,
+            fwmark: None,
+            fwmask: None,
+            action: FR_ACT_TO_TBL,
+        }
+    }
+
+    /// The request body: `fib_rule_hdr` and the attributes this rule sets.
+    fn encode(&self) -> Vec<u8> {
+        let family = if self.v6 {
+            libc::AF_INET6
+        } else {
+            libc::AF_INET
+        };
+        let mut body = vec![0u8; FIB_RULE_HDR];
+        body[0] = u8::try_from(family).unwrap_or(0);
+        body[1] = self.dst.map_or(0, |dst| dst.prefix_len());
+        // Tables past 255 are only in FRA_TABLE; the header says RT_TABLE_UNSPEC.
+        body[4] = u8::try_from(self.table).unwrap_or(0);
+        body[7] = self.action;
+        let mut attribute = |kind: u16, value: &[u8]| {
+            let len = u16::try_from(4 + value.len()).unwrap_or(u16::MAX);
+            body.extend_from_slice(&len.to_ne_bytes());
+            body.extend_from_slice(&kind.to_ne_bytes());
+            body.extend_from_slice(value);
+            body.resize(body.len().next_multiple_of(4), 0);
+        };
+        if let Some(dst) = self.dst {
+            match dst.addr() {
+                std::net::IpAddr::V4(addr) => attribute(FRA_DST, &addr.octets()),
+                std::net::IpAddr::V6(addr) => attribute(FRA_DST, &addr.octets()),
+            }
+        }
+        if let Some(priority) = self.priority {
+            attribute(FRA_PRIORITY, &priority.to_ne_bytes());
+        }
+        attribute(FRA_TABLE, &self.table.to_ne_bytes());
+        if let Some(mark) = self.fwmark {
+            attribute(FRA_FWMARK, &mark.to_ne_bytes());
+        }
+        if let Some(mask) = self.fwmask {
+            attribute(FRA_FWMASK, &mask.to_ne_bytes());
+        }
+        if self.protocol != 0 {
+            attribute(FRA_PROTOCOL, &[self.protocol]);
+        }
+        body
+    }
+
+    /// The rule of one `RTM_NEWRULE` message's body; `None` for another family.
+    fn decode(body: &[u8]) -> Option<Self> {
+        let header = body.get(..FIB_RULE_HDR)?;
+        let v6 = match i32::from(header[0]) {
+            libc::AF_INET => false,
+            libc::AF_INET6 => true,
+            _ => return None,
+        };
+        let mut rule = Self {
+            v6,
+            dst: None,
+            table: u32::from(header[4]),
+            priority: None,
+            protocol: 0,
+            fwmark: None,
+            fwmask: None,
+            action: header[7],
+        };
+        for (kind, value) in attributes(&body[FIB_RULE_HDR..]) {
+            match kind {
+                FRA_DST => {
+                    let addr = match value.len() {
+                        4 => std::net::IpAddr::from(<[u8; 4]>::try_from(value).ok()?),
+                        16 => std::net::IpAddr::from(<[u8; 16]>::try_from(value).ok()?),
+                        _ => return None,
+                    };
+                    rule.dst = ipnet::IpNet::new(addr, header[1]).ok();
+                }
+                FRA_PRIORITY => rule.priority = u32_at(value, 0),
+                FRA_TABLE => rule.table = u32_at(value, 0).unwrap_or(rule.table),
+                FRA_FWMARK => rule.fwmark = u32_at(value, 0),
+                FRA_FWMASK => rule.fwmask = u32_at(value, 0),
+                FRA_PROTOCOL => rule.protocol = value.first().copied().unwrap_or(0),
+                _ => {}
+            }
+        }
+        Some(rule)
+    }
+}
+
+/// Every policy rule of this network namespace, IPv4 and IPv6 (`RTM_GETRULE` dump).
+pub fn rules() -> io::Result<Vec<Rule>> {
+    let mut found = Vec::new();
+    for family in [libc::AF_INET, libc::AF_INET6] {
+        let mut body = vec![0u8; FIB_RULE_HDR];
+        body[0] = u8::try_from(family).unwrap_or(0);
+        let flags = libc::NLM_F_REQUEST | libc::NLM_F_DUMP;
+        for (kind, message) in transact(libc::RTM_GETRULE, flags, &body)? {
+            if kind == libc::RTM_NEWRULE {
+                found.extend(Rule::decode(&message));
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Adds `rule` (`ip rule add`); an identical rule already there is `EEXIST`.
+pub fn add_rule(rule: &Rule) -> io::Result<()> {
+    let flags = libc::NLM_F_REQUEST | libc::NLM_F_ACK | libc::NLM_F_CREATE | libc::NLM_F_EXCL;
+    transact(libc::RTM_NEWRULE, flags, &rule.encode()).map(drop)
+}
+
+/// Deletes the first rule that matches `rule`'s attributes (`ip rule del`).
+pub fn delete_rule(rule: &Rule) -> io::Result<()> {
+    let flags = libc::NLM_F_REQUEST | libc::NLM_F_ACK;
+    transact(libc::RTM_DELRULE, flags, &rule.encode()).map(drop)
+}
+
+/// Sends one request and reads its replies, `(type, body)` each, until the dump's
+/// `NLMSG_DONE` or the acknowledgement; an error reply is the error.
+fn transact(kind: u16, flags: i32, body: &[u8]) -> io::Result<Vec<(u16, Vec<u8>)>> {
+    let fd = socket(0)?;
+    let timeout = libc::timeval {
+        tv_sec: 2,
+        tv_usec: 0,
+    };
+    // SAFETY: a valid timeval of the size given.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const timeout).cast(),
+            size_u32(&timeout),
+        );
+    }
+    let header = size_of::<libc::nlmsghdr>();
+    let mut request = Vec::with_capacity(header + body.len());
+    let len = u32::try_from(header + body.len()).map_err(|_| invalid("a long request"))?;
+    request.extend_from_slice(&len.to_ne_bytes());
+    request.extend_from_slice(&kind.to_ne_bytes());
+    request.extend_from_slice(&u16::try_from(flags).unwrap_or(0).to_ne_bytes());
+    request.extend_from_slice(&1u32.to_ne_bytes());
+    request.extend_from_slice(&0u32.to_ne_bytes());
+    request.extend_from_slice(body);
+    // SAFETY: sends the bytes of `request`, whose length is given.
+    let sent = unsafe { libc::send(fd.as_raw_fd(), request.as_ptr().cast(), request.len(), 0) };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut replies = Vec::new();
+    let mut buffer = vec![0u8; 64 << 10];
+    loop {
+        // SAFETY: receives into `buffer`, whose length is given.
+        let got =
+            unsafe { libc::recv(fd.as_raw_fd(), buffer.as_mut_ptr().cast(), buffer.len(), 0) };
+        let got = usize::try_from(got).map_err(|_| io::Error::last_os_error())?;
+        let mut data = &buffer[..got];
+        while let Some(len) = u32_at(data, 0).and_then(|len| usize::try_from(len).ok()) {
+            if len < header || len > data.len() {
+                return Err(invalid("a netlink message that runs off the end"));
+            }
+            let kind = u16_at(data, 4).unwrap_or(0);
+            let message = &data[header..len];
+            data = data.get(len.next_multiple_of(4)..).unwrap_or(&[]);
+            match i32::from(kind) {
+                libc::NLMSG_DONE => return Ok(replies),
+                libc::NLMSG_ERROR => {
+                    let code =
+                        u32_at(message, 0).ok_or_else(|| invalid("a short netlink error"))?;
+                    let code = i32::from_ne_bytes(code.to_ne_bytes());
+                    if code == 0 {
+                        return Ok(replies);
+                    }
+                    return Err(io::Error::from_raw_os_error(-code));
+                }
+                _ => replies.push((kind, message.to_vec())),
+            }
+        }
+    }
+}
+
 /// `size_of_val` as the `u32`/`socklen_t` the kernel interfaces take.
 fn size_u32<T>(value: &T) -> u32 {
     u32::try_from(size_of_val(value)).unwrap_or(u32::MAX)
@@ -278,6 +496,39 @@ mod tests {
         assert!(link.up, "{link:?}");
         assert_eq!(link.xdp, None);
         assert!(index("no-such-interface0").is_none());
+    }
+
+    #[test]
+    fn a_rule_decodes_as_it_was_encoded() {
+        for address in ["192.0.2.53", "2001:db8::53"] {
+            let rule = Rule::to_host(address.parse().unwrap(), 70_000, 9365, 245);
+            assert_eq!(
+                Rule::decode(&rule.encode()),
+                Some(rule.clone()),
+                "{address}"
+            );
+        }
+        let marked = Rule {
+            v6: false,
+            dst: None,
+            table: 365,
+            priority: Some(1000),
+            protocol: 0,
+            fwmark: Some(0x365),
+            fwmask: Some(0xffff),
+            action: FR_ACT_TO_TBL,
+        };
+        assert_eq!(Rule::decode(&marked.encode()), Some(marked));
+    }
+
+    #[test]
+    fn rules_are_listed_unprivileged() {
+        let rules = rules().expect("RTM_GETRULE works unprivileged");
+        // Every namespace has the main table's rules, IPv4 and IPv6 alike.
+        assert!(
+            rules.iter().any(|rule| !rule.v6 && rule.table == 254),
+            "{rules:?}"
+        );
     }
 
     #[test]

@@ -18,7 +18,9 @@ pub fn run() -> anyhow::Result<()> {
     // harness's tunnel is WireGuard, in user space (this kernel has no WireGuard module).
     // nftables: the harness's NAT and black holes. prometheus: `promtool check metrics` on
     // what `/metrics` serves. dnsmasq-base and bind9-dnsutils: the resolver and `dig` of the
-    // domain-learning test.
+    // domain-learning test, and `dnsmasq --test` of the local resolver's file. unbound:
+    // `unbound-checkconf` of the same file in unbound's syntax (Debian ships it in the
+    // server's package; its unit is not started here).
     let missing: Vec<&str> = [
         "llvm-22-dev",
         "bpftool",
@@ -30,6 +32,7 @@ pub fn run() -> anyhow::Result<()> {
         "prometheus",
         "dnsmasq-base",
         "bind9-dnsutils",
+        "unbound",
     ]
     .into_iter()
     .filter(|package| {

@@ -15,9 +15,11 @@
 //! - [`learn`]: DNS answers into learned addresses;
 //! - [`uplink`]: the direct uplink's health and the kernel settings it changes;
 //! - [`view`]: what the agent hands to `status`, `/metrics` and the PAC file;
+//! - [`dnsconfig`]: the local resolver's forward zones and the policy rules of its queries;
 //! - [`daemon`]: the one event loop of `xdp-breakout run`.
 
 pub mod daemon;
+mod dnsconfig;
 mod learn;
 mod outcome;
 pub mod refresh;
@@ -327,6 +329,7 @@ impl Agent {
         self.load_sources();
         self.reconfigure_uplink();
         self.apply_settings()?;
+        self.install_resolver_rules();
         self.sources_changed();
         if self.sources.iter().any(|source| source.held.is_some()) && !self.unknown_pins {
             let compiled = self.compile_union(None, crate::sources::M365, "the configuration")?;

@@ -78,6 +78,8 @@ impl Agent {
         self.save_status();
         if changed {
             self.apply_settings()?;
+            // DNS follows the traffic: the names resolve where their packets now go.
+            self.write_local_dns();
         }
         Ok(())
     }

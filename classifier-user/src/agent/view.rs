@@ -40,6 +40,8 @@ impl Agent {
     pub fn serve(&mut self) {
         self.serving = true;
         self.save_status();
+        self.install_resolver_rules();
+        self.write_local_dns();
     }
 
     /// Writes the status file (once the daemon serves) and hands it to the listener.
@@ -90,11 +92,13 @@ impl Agent {
     }
 
     /// What follows a change of the Microsoft 365 feeds held, or of the configuration: the
-    /// name patterns of DNS learning and, with `[pac] serve`, the PAC file. Not on every
-    /// apply: learned addresses and other kinds' files change neither.
+    /// name patterns of DNS learning, the local resolver's forward zones and, with `[pac]
+    /// serve`, the PAC file. Not on every apply: learned addresses and other kinds' files
+    /// change none of them.
     pub(super) fn sources_changed(&mut self) {
         self.rebuild_patterns();
         self.share_sets();
+        self.write_local_dns();
         if self.config.pac.serve {
             let pac = crate::pac::build(&self.config, &self.pac_feeds(), None, None);
             if let Err(error) = &pac {

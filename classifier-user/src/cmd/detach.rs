@@ -1,8 +1,10 @@
-//! `xdp-breakout detach IFACE...`
+//! `xdp-breakout detach IFACE...`: removes the links of each interface, then the policy rules
+//! of `[dns] local-resolvers` (those whose protocol is xdp-breakout's).
 //!
 //! JSON (stable): one document, [`Report`], once every interface is detached: `{"detached":
 //! [IFACE]}`.
 
+use anyhow::Context as _;
 use serde::Serialize;
 
 use crate::{
@@ -36,6 +38,8 @@ pub fn run(global: &GlobalArgs, args: &DetachArgs) -> anyhow::Result<()> {
         }
         report.detached.push(iface.clone());
     }
+    // The local resolvers' policy rules go with the data plane: exactly ours, by protocol.
+    crate::dnsconfig::remove_rules().context("removing the local resolvers' policy rules")?;
     if global.json {
         super::write_json(&mut out, &report)?;
     }
