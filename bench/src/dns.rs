@@ -85,9 +85,13 @@ fn measure(with_union: bool, count: u32) -> anyhow::Result<(Vec<Duration>, Durat
         // Names under svc.ms (set 39, URL-only), each a new address in 45.0.0.0/8.
         let address = std::net::Ipv4Addr::from(0x2d00_0000 | n);
         let [query, answer] = exchange(&format!("host{n}.files.svc.ms"), n as u16, address)?;
-        // The query enters the LAN (recorded by the XDP program's tail call), the answer
-        // leaves it (matched, copied).
+        // The query enters the LAN (flagged by the XDP program, recorded by tc ingress's
+        // tail call), the answer leaves it (matched, copied).
         datapath.xdp()?.test_run(TestRunOptions {
+            data_in: Some(&query),
+            ..TestRunOptions::default()
+        })?;
+        datapath.tc(false)?.test_run(TestRunOptions {
             data_in: Some(&query),
             ..TestRunOptions::default()
         })?;
@@ -133,23 +137,35 @@ fn quantile(sorted: &[Duration], q: f64) -> Duration {
     sorted.get(index).copied().unwrap_or_default()
 }
 
-/// Average ns of the XDP program on `frame`, `repeat` runs in the kernel, median of 5.
-fn per_packet(datapath: &mut Datapath, frame: &[u8], repeat: u32) -> anyhow::Result<f64> {
+/// Average ns of a program on `frame`, `repeat` runs in the kernel, median of 5.
+fn per_packet(
+    datapath: &mut Datapath,
+    tc: bool,
+    frame: &[u8],
+    repeat: u32,
+) -> anyhow::Result<f64> {
     let mut trials = Vec::new();
     for _ in 0..5 {
-        let result = datapath.xdp()?.test_run(TestRunOptions {
+        let options = TestRunOptions {
             data_in: Some(frame),
             repeat,
             ..TestRunOptions::default()
-        })?;
+        };
+        let result = if tc {
+            datapath.tc(true)?.test_run(options)?
+        } else {
+            datapath.xdp()?.test_run(options)?
+        };
         trials.push(result.duration.as_secs_f64() * 1e9);
     }
     trials.sort_by(f64::total_cmp);
     Ok(trials[2])
 }
 
-/// What recording queries costs the LAN's ingress: a query and a packet of another kind,
-/// with recording off and on (the flow table off, so every run classifies).
+/// What recording queries costs: a query through `breakout_tc` (the classifier at tc
+/// ingress, which records it by a tail call), and another packet through the XDP program
+/// (which only tests a flag), each with recording off and on; the flow table off, so every
+/// run classifies.
 fn recording_cost(section: &mut Section, quick: bool) -> anyhow::Result<()> {
     let mut datapath = Datapath::load_private(classifier_user::EBPF_OBJECT)?;
     let mut maps = datapath.maps()?;
@@ -171,35 +187,41 @@ fn recording_cost(section: &mut Section, quick: bool) -> anyhow::Result<()> {
             ..classifier_common::Config::default()
         })?;
         figures.push((
-            per_packet(&mut datapath, &other, repeat)?,
-            per_packet(&mut datapath, &query, repeat)?,
+            per_packet(&mut datapath, true, &query, repeat)?,
+            per_packet(&mut datapath, false, &other, repeat)?,
         ));
     }
-    let [(other_off, query_off), (other_on, query_on)] = figures[..] else {
+    let [(query_off, other_off), (query_on, other_on)] = figures[..] else {
         anyhow::bail!("two settings measured");
     };
-    let base = section.push(Figure::new("a DNS query, recording off", query_off, "ns"));
+    let base = section.push(Figure::new(
+        "a DNS query at tc ingress (breakout_tc), recording off",
+        query_off,
+        "ns",
+    ));
     section.push(
         Figure::new(
-            "a DNS query, recorded (tail call, copy, walk, insert)",
+            "the same, recorded (tail call, copy, walk, insert)",
             query_on,
             "ns",
         )
         .vs(&base),
     );
     let other_base = section.push(Figure::new(
-        "another packet, recording off",
+        "another packet through XDP, recording off",
         other_off,
         "ns",
     ));
-    section.push(Figure::new("another packet, recording on", other_on, "ns").vs(&other_base));
+    section.push(
+        Figure::new("the same, recording on (a flag tested)", other_on, "ns").vs(&other_base),
+    );
     Ok(())
 }
 
 pub fn run(quick: bool) -> anyhow::Result<Section> {
     let mut section = Section::new(
         "Domain learning",
-        "a client's query through the XDP program (recorded), its answer through breakout_dns \
+        "a client's query through the XDP program and tc ingress (recorded), its answer through breakout_dns \
          (matched, stamped; BPF_PROG_TEST_RUN), the ring buffer, the agent's checks, parse, \
          match, fold and trie write, one answer at a time; until its address is in the map \
          (CLOCK_MONOTONIC); against one plain trie write. First, what recording queries costs \
