@@ -478,10 +478,9 @@ fn local_resolution_and_trust_work_together(mode: Mode) {
     );
     let before = arrived(&arrivals, Upstream::Direct, DIRECT_ANSWER, 443);
     assert!(router.connect_tcp(DIRECT_ANSWER, 443));
-    settle(
-        &arrivals,
-        arrivals.lock().unwrap().values().sum::<u64>() + 1,
-    );
+    // The total first: a guard taken in `settle`'s arguments would live through the call.
+    let total = arrivals.lock().unwrap().values().sum::<u64>() + 1;
+    settle(&arrivals, total);
     assert_eq!(
         arrived(&arrivals, Upstream::Direct, DIRECT_ANSWER, 443),
         before + 1,
@@ -546,10 +545,9 @@ fn local_resolution_and_trust_work_together(mode: Mode) {
     );
     let before = arrived(&arrivals, Upstream::Tunnel, TUNNEL_ANSWER, 443);
     assert!(router.connect_tcp(TUNNEL_ANSWER, 443));
-    settle(
-        &arrivals,
-        arrivals.lock().unwrap().values().sum::<u64>() + 1,
-    );
+    // The total first: a guard taken in `settle`'s arguments would live through the call.
+    let total = arrivals.lock().unwrap().values().sum::<u64>() + 1;
+    settle(&arrivals, total);
     assert_eq!(
         arrived(&arrivals, Upstream::Tunnel, TUNNEL_ANSWER, 443),
         before + 1,
