@@ -96,12 +96,14 @@ pub fn run(global: &GlobalArgs, LearnedArgs {}: &LearnedArgs) -> anyhow::Result<
          ignored, {special} special-purpose, {excluded} excluded (counted at {})",
         report.counted_at
     )?;
-    writeln!(
-        out,
-        "caps full: max-learned {max_learned} times, max-per-name {max_per_name} times; \
-         {evicted} least recently used addresses evicted, {capped} refused (live flows held \
-         every candidate)"
-    )?;
+    if max_learned + max_per_name != 0 {
+        writeln!(
+            out,
+            "caps full: max-learned {max_learned} times, max-per-name {max_per_name} times; \
+             {evicted} least recently used addresses evicted, {capped} refused (live flows \
+             held every candidate)"
+        )?;
+    }
     let refusals: Vec<String> = refused
         .iter()
         .filter(|(_, count)| **count != 0)

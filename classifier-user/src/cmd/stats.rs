@@ -218,14 +218,15 @@ impl Report<'_> {
         if rates.is_some() {
             writeln!(
                 out,
-                "{:<14} {:>14} {:>16} {:>12} {:>14}",
+                "{:<22} {:>14} {:>16} {:>12} {:>14}",
                 "COUNTER", "PACKETS", "BYTES", "PPS", "BITS/S"
             )?;
         } else {
-            writeln!(out, "{:<14} {:>14} {:>16}", "COUNTER", "PACKETS", "BYTES")?;
+            writeln!(out, "{:<22} {:>14} {:>16}", "COUNTER", "PACKETS", "BYTES")?;
         }
+        // 22: the longest counter's name (`dns_untrusted_resolver`).
         for (name, Traffic { packets, bytes }) in &counters.0 {
-            write!(out, "{name:<14} {packets:>14} {bytes:>16}")?;
+            write!(out, "{name:<22} {packets:>14} {bytes:>16}")?;
             if let Some(rates) = rates {
                 let Rate { pps, bps } = rates.get(name).copied().unwrap_or(Rate { pps: 0, bps: 0 });
                 write!(out, " {pps:>12} {bps:>14}")?;
