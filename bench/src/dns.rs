@@ -84,7 +84,9 @@ fn measure(with_union: bool, count: u32) -> anyhow::Result<(Vec<Duration>, Durat
     for n in 0..count {
         // Names under svc.ms (set 39, URL-only), each a new address in 45.0.0.0/8.
         let address = std::net::Ipv4Addr::from(0x2d00_0000 | n);
-        let [query, answer] = exchange(&format!("host{n}.files.svc.ms"), n as u16, address)?;
+        // The id tells the queries apart (one client port); 2,000 fit in 16 bits.
+        let id = u16::try_from(n)?;
+        let [query, answer] = exchange(&format!("host{n}.files.svc.ms"), id, address)?;
         // The query enters the LAN (flagged by the XDP program, recorded by tc ingress's
         // tail call), the answer leaves it (matched, copied).
         datapath.xdp()?.test_run(TestRunOptions {
@@ -138,12 +140,7 @@ fn quantile(sorted: &[Duration], q: f64) -> Duration {
 }
 
 /// Average ns of a program on `frame`, `repeat` runs in the kernel, median of 5.
-fn per_packet(
-    datapath: &mut Datapath,
-    tc: bool,
-    frame: &[u8],
-    repeat: u32,
-) -> anyhow::Result<f64> {
+fn per_packet(datapath: &mut Datapath, tc: bool, frame: &[u8], repeat: u32) -> anyhow::Result<f64> {
     let mut trials = Vec::new();
     for _ in 0..5 {
         let options = TestRunOptions {

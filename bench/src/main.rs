@@ -27,6 +27,10 @@ use clap::Parser;
 use crate::report::{Machine, Report, svg_chart};
 
 #[derive(Parser)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "command-line switches, each independent"
+)]
 #[command(
     name = "bench",
     about = "xdp-breakout benchmarks (root: BPF and network namespaces)"

@@ -356,6 +356,7 @@ pub struct Question {
 /// of cutting the name into labels. The agent walks the labels of what the kernel matched
 /// ([`classifier_common::dns_name_hash`]) and refuses a name whose walk does not end there.
 #[inline(always)]
+#[must_use]
 pub fn dns_question_in(
     message: &[u8; DNS_MAX_MESSAGE],
     len: usize,

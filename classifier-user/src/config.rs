@@ -915,8 +915,10 @@ mod tests {
             defaults.len() == 1 || defaults.iter().any(|w| w.starts_with("dns.learn")),
             "{defaults:?}"
         );
-        let mut dns = DnsConfig::default();
-        dns.resolvers = vec!["10.0.1.1".parse().unwrap()];
+        let mut dns = DnsConfig {
+            resolvers: vec!["10.0.1.1".parse().unwrap()],
+            ..DnsConfig::default()
+        };
         assert_eq!(dns.warning(), None, "resolvers named");
         dns.resolvers.clear();
         dns.learn = false;

@@ -752,12 +752,12 @@ impl Refused {
 
 impl Counts {
     fn ignore(&mut self, why: Ignored) {
-        *self.ignored.entry(label(&why)).or_default() += 1;
+        *self.ignored.entry(label(why)).or_default() += 1;
     }
 }
 
 /// A reason's snake_case name, as counted.
-fn label(why: &Ignored) -> String {
+fn label(why: Ignored) -> String {
     serde_json::to_value(why)
         .ok()
         .and_then(|value| value.as_str().map(str::to_owned))

@@ -484,6 +484,52 @@ fn size_u32<T>(value: &T) -> u32 {
     u32::try_from(size_of_val(value)).unwrap_or(u32::MAX)
 }
 
+/// The IPv4 and IPv6 addresses of the interfaces named `names` in this network namespace
+/// (`getifaddrs(3)`, which asks the kernel over rtnetlink), in the kernel's order.
+pub fn addresses(names: &[String]) -> io::Result<Vec<std::net::IpAddr>> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list` with a linked list that freeifaddrs releases below.
+    if unsafe { libc::getifaddrs(&raw mut list) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut found = Vec::new();
+    let mut entry = list;
+    while !entry.is_null() {
+        // SAFETY: a node of the list getifaddrs returned, alive until freeifaddrs.
+        let ifaddr = unsafe { &*entry };
+        entry = ifaddr.ifa_next;
+        if ifaddr.ifa_addr.is_null() || ifaddr.ifa_name.is_null() {
+            continue;
+        }
+        // SAFETY: a NUL-terminated interface name owned by the list.
+        let name = unsafe { std::ffi::CStr::from_ptr(ifaddr.ifa_name) };
+        if !names
+            .iter()
+            .any(|wanted| wanted.as_bytes() == name.to_bytes())
+        {
+            continue;
+        }
+        // SAFETY: `ifa_addr` points at a sockaddr whose family says its real type.
+        let address = unsafe {
+            match i32::from((*ifaddr.ifa_addr).sa_family) {
+                libc::AF_INET => {
+                    let v4: libc::sockaddr_in = std::ptr::read_unaligned(ifaddr.ifa_addr.cast());
+                    Some(std::net::IpAddr::from(v4.sin_addr.s_addr.to_ne_bytes()))
+                }
+                libc::AF_INET6 => {
+                    let v6: libc::sockaddr_in6 = std::ptr::read_unaligned(ifaddr.ifa_addr.cast());
+                    Some(std::net::IpAddr::from(v6.sin6_addr.s6_addr))
+                }
+                _ => None,
+            }
+        };
+        found.extend(address);
+    }
+    // SAFETY: the list getifaddrs returned, released once.
+    unsafe { libc::freeifaddrs(list) };
+    Ok(found)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -537,50 +583,4 @@ mod tests {
         let found: Vec<_> = attributes(&data).collect();
         assert_eq!(found, [(16, &[6u8, 0, 0, 0][..])]);
     }
-}
-
-/// The IPv4 and IPv6 addresses of the interfaces named `names` in this network namespace
-/// (`getifaddrs(3)`, which asks the kernel over rtnetlink), in the kernel's order.
-pub fn addresses(names: &[String]) -> io::Result<Vec<std::net::IpAddr>> {
-    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `list` with a linked list that freeifaddrs releases below.
-    if unsafe { libc::getifaddrs(&raw mut list) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut found = Vec::new();
-    let mut entry = list;
-    while !entry.is_null() {
-        // SAFETY: a node of the list getifaddrs returned, alive until freeifaddrs.
-        let ifaddr = unsafe { &*entry };
-        entry = ifaddr.ifa_next;
-        if ifaddr.ifa_addr.is_null() || ifaddr.ifa_name.is_null() {
-            continue;
-        }
-        // SAFETY: a NUL-terminated interface name owned by the list.
-        let name = unsafe { std::ffi::CStr::from_ptr(ifaddr.ifa_name) };
-        if !names
-            .iter()
-            .any(|wanted| wanted.as_bytes() == name.to_bytes())
-        {
-            continue;
-        }
-        // SAFETY: `ifa_addr` points at a sockaddr whose family says its real type.
-        let address = unsafe {
-            match i32::from((*ifaddr.ifa_addr).sa_family) {
-                libc::AF_INET => {
-                    let v4 = &*ifaddr.ifa_addr.cast::<libc::sockaddr_in>();
-                    Some(std::net::IpAddr::from(v4.sin_addr.s_addr.to_ne_bytes()))
-                }
-                libc::AF_INET6 => {
-                    let v6 = &*ifaddr.ifa_addr.cast::<libc::sockaddr_in6>();
-                    Some(std::net::IpAddr::from(v6.sin6_addr.s6_addr))
-                }
-                _ => None,
-            }
-        };
-        found.extend(address);
-    }
-    // SAFETY: the list getifaddrs returned, released once.
-    unsafe { libc::freeifaddrs(list) };
-    Ok(found)
 }

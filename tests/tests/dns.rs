@@ -283,6 +283,10 @@ fn the_capture_copies_answers_to_recorded_queries_and_counts_the_rest(ingress: I
 
 /// Every forged answer the kernel can tell from a real one, one at a time: each refused and
 /// counted by why, none copied; the real answer, after them, still copied once.
+#[expect(
+    clippy::too_many_lines,
+    reason = "one table of forgeries, case by case"
+)]
 fn forged_answers_are_refused_by_the_kernel_and_counted(ingress: Ingress) {
     let Some((mut datapath, maps)) = recording_datapath() else {
         return;
@@ -586,6 +590,7 @@ fn learned_addresses_are_in_the_map_at_once_named_by_lookup_and_forgotten() {
 }
 
 #[test]
+#[expect(clippy::too_many_lines, reason = "one corpus, step by step")]
 fn malformed_and_hostile_answers_are_counted_and_teach_nothing() {
     let state_dir = TempDir::new("dns-corpus");
     let Some((_datapath, mut agent)) = learning_agent(&state_dir, |_| {}) else {

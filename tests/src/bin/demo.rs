@@ -91,29 +91,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // Learning is on by default and trusts the router's own resolver; the agent keeps the
-    // resolver's forward zones for Microsoft's direct names, pointed at the direct side.
-    let config = router.work_file("config.toml");
-    let written = std::fs::write(
-        &config,
-        format!(
-            "[dns]\nlocal-resolvers = [\"{DIRECT_RESOLVER}\"]\nlocal-config = \"{}\"\n\
-             local-reload = [\"kill\", \"-HUP\", \"{}\"]\n",
-            router.work_file("servers.conf").display(),
-            resolvers.lan.pid().unwrap_or_default()
-        ),
-    );
-    if let Err(error) = written {
-        eprintln!("demo: writing {}: {error}", config.display());
+    if let Err(error) = start_agent(&mut router, &resolvers) {
+        eprintln!("demo: starting the agent: {error}");
         return ExitCode::FAILURE;
     }
-    // The feed server answers nothing: the agent classifies with its embedded snapshot. It
-    // checks the direct uplink with a TCP probe every 200 ms.
-    let health = fast_health(&format!("tcp://{TEAMS_V4}:443"));
-    let mut args: Vec<&str> = health.iter().map(String::as_str).collect();
-    let config = config.display().to_string();
-    args.extend(["--health-interface", "wan0", "--config", &config]);
-    router.start_daemon(&args);
     router.wait_log("attached to lan0");
     println!("\n== xdp-breakout run --iface lan0  (log)");
     thread::sleep(Duration::from_millis(300));
@@ -183,11 +164,37 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Starts the agent on the router. Learning is on by default and trusts the router's own
+/// resolver; the agent keeps the resolver's forward zones for Microsoft's direct names,
+/// pointed at the direct side. The feed server answers nothing: the agent classifies with its
+/// embedded snapshot. It checks the direct uplink with a TCP probe every 200 ms.
+fn start_agent(router: &mut Router, resolvers: &Resolvers) -> std::io::Result<()> {
+    let config = router.work_file("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[dns]\nlocal-resolvers = [\"{DIRECT_RESOLVER}\"]\nlocal-config = \"{}\"\n\
+             local-reload = [\"kill\", \"-HUP\", \"{}\"]\n",
+            router.work_file("servers.conf").display(),
+            resolvers.lan.pid().unwrap_or_default()
+        ),
+    )?;
+    let health = fast_health(&format!("tcp://{TEAMS_V4}:443"));
+    let mut args: Vec<&str> = health.iter().map(String::as_str).collect();
+    let config = config.display().to_string();
+    args.extend(["--health-interface", "wan0", "--config", &config]);
+    router.start_daemon(&args);
+    Ok(())
+}
+
 /// A Microsoft name the feed gives no address: resolved by the router's resolver through the
 /// direct uplink, learned from the answer the client got, and its connection direct.
 fn show_local_dns(router: &Router, resolvers: &Resolvers, arrivals: &Arrivals) {
     let servers = router.work_file("servers.conf");
-    println!("\n== the resolver's forward zones, as the agent wrote them ({})", servers.display());
+    println!(
+        "\n== the resolver's forward zones, as the agent wrote them ({})",
+        servers.display()
+    );
     for _ in 0..50 {
         if std::fs::read_to_string(&servers).is_ok_and(|text| text.contains(ZONE)) {
             break;
@@ -202,7 +209,10 @@ fn show_local_dns(router: &Router, resolvers: &Resolvers, arrivals: &Arrivals) {
         .lines()
         .filter(|line| line.starts_with("server="))
         .count();
-    for line in text.lines().filter(|line| line.contains(&format!("/{ZONE}/"))) {
+    for line in text
+        .lines()
+        .filter(|line| line.contains(&format!("/{ZONE}/")))
+    {
         println!("   {line}   (one of {zones} zones)");
     }
     let name = format!("demo.{ZONE}");
@@ -231,7 +241,10 @@ fn show_local_dns(router: &Router, resolvers: &Resolvers, arrivals: &Arrivals) {
         thread::sleep(Duration::from_millis(100));
     }
     println!("\n== xdp-breakout learned");
-    print!("{}", String::from_utf8_lossy(&router.cli(&["learned"]).stdout));
+    print!(
+        "{}",
+        String::from_utf8_lossy(&router.cli(&["learned"]).stdout)
+    );
     let _ = router.connect_tcp(DIRECT_ANSWER, 443);
     thread::sleep(Duration::from_millis(300));
     println!(
