@@ -1072,7 +1072,7 @@ fn a_union_larger_than_the_tries_is_refused_before_any_write() {
             .last_error
             .as_deref()
             .unwrap()
-            .contains("more than the 1048576"),
+            .contains("more than the 1032192"),
         "{bigger:?}"
     );
     assert_eq!((bigger.prefixes_v4, bigger.version.as_deref()), (0, None));
