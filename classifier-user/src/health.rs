@@ -9,6 +9,7 @@
 //! which a branch whose default route is the tunnel does not have.
 
 use std::{
+    collections::VecDeque,
     fmt,
     net::{IpAddr, SocketAddr},
     str::FromStr,
@@ -328,6 +329,199 @@ pub struct ProbeResult {
     pub error: Option<String>,
 }
 
+/// Probe rounds the quality window holds: 50, about four minutes at the default 5 s interval,
+/// long enough to resolve Microsoft's 1% loss threshold with a few rounds' answers and short
+/// enough to follow a path that degrades.
+pub const QUALITY_WINDOW: usize = 50;
+
+/// RTT, jitter and loss of one target's probes, over the last `window` of them.
+///
+/// Loss and the mean RTT are the window's; jitter is RFC 3550's interarrival estimate applied
+/// to RTTs (section 6.4.1): for consecutive answered probes, `D` is the difference of their
+/// RTTs and `J += (|D| - J) / 16`, a smoothing that already forgets all but the last few dozen
+/// answers. A probe without an answer is skipped by the jitter (the next answer is compared
+/// with the last one), as RFC 3550 skips lost packets.
+#[derive(Clone, Debug)]
+pub struct Quality {
+    window: usize,
+    /// Oldest first; `None` for a probe that got no answer.
+    probes: VecDeque<Option<Duration>>,
+    /// The last answered probe's RTT, which the next answer is compared with.
+    previous: Option<Duration>,
+    /// `J`, in microseconds: sixteenths of whole microseconds stay exact in an `f64`.
+    jitter_us: f64,
+    /// Whether two probes answered, so that `J` says something.
+    jittered: bool,
+}
+
+impl Quality {
+    /// An empty window of `window` probes (at least one).
+    #[must_use]
+    pub fn new(window: usize) -> Self {
+        let window = window.max(1);
+        Self {
+            window,
+            probes: VecDeque::with_capacity(window),
+            previous: None,
+            jitter_us: 0.0,
+            jittered: false,
+        }
+    }
+
+    /// One probe: its RTT, or `None` when it got no answer.
+    pub fn record(&mut self, rtt: Option<Duration>) {
+        if self.probes.len() == self.window {
+            self.probes.pop_front();
+        }
+        self.probes.push_back(rtt);
+        let Some(rtt) = rtt else { return };
+        if let Some(previous) = self.previous.replace(rtt) {
+            let d = micros(rtt.abs_diff(previous));
+            self.jitter_us += (d - self.jitter_us) / 16.0;
+            self.jittered = true;
+        }
+    }
+
+    /// Probes in the window, answered or not.
+    #[must_use]
+    pub fn probes(&self) -> usize {
+        self.probes.len()
+    }
+
+    /// Probes in the window that got no answer.
+    #[must_use]
+    pub fn lost(&self) -> usize {
+        self.probes.iter().filter(|rtt| rtt.is_none()).count()
+    }
+
+    /// The mean RTT of the window's answers; `None` when none answered.
+    #[must_use]
+    pub fn mean_rtt(&self) -> Option<Duration> {
+        let answered: Vec<Duration> = self.probes.iter().flatten().copied().collect();
+        let count = u32::try_from(answered.len()).ok().filter(|n| *n > 0)?;
+        Some(answered.iter().sum::<Duration>() / count)
+    }
+
+    /// The last probe's RTT; `None` when it got no answer or nothing was probed.
+    #[must_use]
+    pub fn last_rtt(&self) -> Option<Duration> {
+        self.probes.back().copied().flatten()
+    }
+
+    /// RFC 3550's `J`; zero until two probes answered.
+    #[must_use]
+    pub fn jitter(&self) -> Duration {
+        Duration::from_nanos(nanos_of_micros(self.jitter_us))
+    }
+}
+
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "an RTT in microseconds is far below 2^52"
+)]
+fn micros(duration: Duration) -> f64 {
+    duration.as_micros() as f64
+}
+
+#[expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "a jitter is a non-negative RTT difference, far below u64::MAX ns"
+)]
+fn nanos_of_micros(us: f64) -> u64 {
+    (us * 1000.0).round() as u64
+}
+
+/// An uplink's quality as `status` and `/metrics` show it: its targets' [`Quality`] merged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Figures {
+    /// The mean RTT of every answered probe in the window, in microseconds; null when none
+    /// answered.
+    pub rtt_us: Option<u64>,
+    /// The last round's mean RTT, in microseconds; null when no target answered it.
+    pub last_rtt_us: Option<u64>,
+    /// The mean of the targets' RFC 3550 jitters, in microseconds.
+    pub jitter_us: u64,
+    /// Probes in the window (every target's), and how many got no answer.
+    pub probes: u32,
+    pub lost: u32,
+}
+
+impl Figures {
+    /// The share of the window's probes that got no answer; 0 before any probe.
+    #[must_use]
+    pub fn loss_ratio(&self) -> f64 {
+        if self.probes == 0 {
+            0.0
+        } else {
+            f64::from(self.lost) / f64::from(self.probes)
+        }
+    }
+}
+
+/// The quality of one uplink: a [`Quality`] per target, fed by every probe round.
+#[derive(Clone, Debug)]
+pub struct Meter {
+    targets: Vec<Quality>,
+}
+
+impl Meter {
+    /// `targets` windows of `window` probes each.
+    #[must_use]
+    pub fn new(targets: usize, window: usize) -> Self {
+        Self {
+            targets: vec![Quality::new(window); targets],
+        }
+    }
+
+    /// One round's results, in target order.
+    pub fn record(&mut self, results: &[ProbeResult]) {
+        for (quality, result) in self.targets.iter_mut().zip(results) {
+            quality.record(
+                result
+                    .rtt_us
+                    .filter(|_| result.ok)
+                    .map(Duration::from_micros),
+            );
+        }
+    }
+
+    /// The figures over every target's window.
+    #[must_use]
+    pub fn figures(&self) -> Figures {
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        let mean = |durations: &[Duration]| {
+            u32::try_from(durations.len())
+                .ok()
+                .filter(|n| *n > 0)
+                .map(|n| whole_micros(durations.iter().sum::<Duration>() / n))
+        };
+        let answered: Vec<Duration> = self
+            .targets
+            .iter()
+            .flat_map(|quality| quality.probes.iter().flatten().copied())
+            .collect();
+        let last: Vec<Duration> = self.targets.iter().filter_map(Quality::last_rtt).collect();
+        let jitters: Vec<Duration> = self
+            .targets
+            .iter()
+            .filter(|quality| quality.jittered)
+            .map(Quality::jitter)
+            .collect();
+        Figures {
+            rtt_us: mean(&answered),
+            last_rtt_us: mean(&last),
+            jitter_us: mean(&jitters).unwrap_or(0),
+            probes: count(self.targets.iter().map(Quality::probes).sum()),
+            lost: count(self.targets.iter().map(Quality::lost).sum()),
+        }
+    }
+}
+
+fn whole_micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
+}
+
 /// What the watcher tells the agent after each probe round or link change.
 #[derive(Clone, Debug)]
 pub struct Report {
@@ -335,6 +529,9 @@ pub struct Report {
     pub transition: Option<Transition>,
     /// The round's results, when this report is a probe round.
     pub results: Option<Vec<ProbeResult>>,
+    /// The quality over the window, after this round; `None` when this report is a link
+    /// change. The window starts empty when the watcher starts (and so at each reload).
+    pub quality: Option<Figures>,
 }
 
 /// Watches the direct uplink as `config` says, starting in `initial`, and sends a report for
@@ -357,10 +554,12 @@ pub async fn watch(
     } = config;
     let mut tracker =
         Tracker::new(fail_after, recover_after, !targets.is_empty()).starting(initial);
-    let send = |tracker: &Tracker, transition, results| Report {
+    let mut meter = Meter::new(targets.len(), QUALITY_WINDOW);
+    let send = |tracker: &Tracker, transition, results, quality| Report {
         state: tracker.state(),
         transition,
         results,
+        quality,
     };
     let mut monitor = None;
     if let Some(iface) = &interface {
@@ -370,7 +569,7 @@ pub async fn watch(
             None => tracker.link(false, &format!("{iface} (no such interface)")),
         };
         if reports
-            .send(send(&tracker, transition, None))
+            .send(send(&tracker, transition, None, None))
             .await
             .is_err()
         {
@@ -399,7 +598,9 @@ pub async fn watch(
                     })
                     .unwrap_or_default();
                 let transition = tracker.round(ok, &detail);
-                if reports.send(send(&tracker, transition, Some(results))).await.is_err() {
+                meter.record(&results);
+                let quality = Some(meter.figures());
+                if reports.send(send(&tracker, transition, Some(results), quality)).await.is_err() {
                     return;
                 }
             }
@@ -421,7 +622,7 @@ pub async fn watch(
                 for up in changed {
                     let transition = tracker.link(up, iface);
                     if transition.is_some()
-                        && reports.send(send(&tracker, transition, None)).await.is_err()
+                        && reports.send(send(&tracker, transition, None, None)).await.is_err()
                     {
                         return;
                     }
@@ -773,6 +974,139 @@ mod tests {
         let mut tracker = Tracker::new(1, 1, true);
         tracker.link(false, "wan0");
         assert_eq!(tracker.round(true, ""), None);
+    }
+
+    #[test]
+    fn quality_is_rfc_3550_jitter_and_loss_over_a_sliding_window() {
+        let ms = Duration::from_millis;
+        let ns = Duration::from_nanos;
+        let mut quality = Quality::new(4);
+        assert_eq!(
+            (quality.probes(), quality.mean_rtt(), quality.jitter()),
+            (0, None, Duration::ZERO)
+        );
+        // Rows: the probe, then (probes, lost, mean RTT, last RTT, jitter) after it.
+        let rows = [
+            (
+                "a first answer: no difference yet",
+                Some(ms(10)),
+                1,
+                0,
+                Some(ms(10)),
+                Some(ms(10)),
+                Duration::ZERO,
+            ),
+            (
+                "D = 16 ms: J = 0 + (16 - 0)/16",
+                Some(ms(26)),
+                2,
+                0,
+                Some(ms(18)),
+                Some(ms(26)),
+                ms(1),
+            ),
+            (
+                "no answer: lost, and J holds",
+                None,
+                3,
+                1,
+                Some(ms(18)),
+                None,
+                ms(1),
+            ),
+            (
+                "compared with 26, the last answer: J = 1 + (16 - 1)/16",
+                Some(ms(10)),
+                4,
+                1,
+                Some(ns(15_333_333)),
+                Some(ms(10)),
+                ns(1_937_500),
+            ),
+            (
+                "the window slides off the 10: J = 1.9375 + (4 - 1.9375)/16",
+                Some(ms(14)),
+                4,
+                1,
+                Some(ns(16_666_666)),
+                Some(ms(14)),
+                ns(2_066_406),
+            ),
+            (
+                "it slides off the 26",
+                Some(ms(18)),
+                4,
+                1,
+                Some(ns(14_000_000)),
+                Some(ms(18)),
+                ns(2_187_256),
+            ),
+            (
+                "and off the loss: J = 2.187255859375 + (2 - 2.187255859375)/16",
+                Some(ms(20)),
+                4,
+                0,
+                Some(ms(15) + ns(500_000)),
+                Some(ms(20)),
+                ns(2_175_552),
+            ),
+        ];
+        for (what, rtt, probes, lost, mean, last, jitter) in rows {
+            quality.record(rtt);
+            assert_eq!(
+                (
+                    quality.probes(),
+                    quality.lost(),
+                    quality.mean_rtt(),
+                    quality.last_rtt(),
+                    quality.jitter()
+                ),
+                (probes, lost, mean, last, jitter),
+                "{what}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_uplinks_figures_merge_its_targets() {
+        let result = |rtt_us: Option<u64>| ProbeResult {
+            target: "tcp://192.0.2.1:443".into(),
+            ok: rtt_us.is_some(),
+            rtt_us,
+            error: rtt_us.is_none().then(|| "refused".into()),
+        };
+        let mut meter = Meter::new(2, 3);
+        assert_eq!(meter.figures(), Figures::default());
+        assert!(meter.figures().loss_ratio().abs() < f64::EPSILON);
+        meter.record(&[result(Some(10_000)), result(Some(30_000))]);
+        meter.record(&[result(Some(26_000)), result(None)]);
+        meter.record(&[result(Some(10_000)), result(None)]);
+        let figures = meter.figures();
+        assert_eq!(
+            figures,
+            Figures {
+                // (10 + 30 + 26 + 10) / 4 ms.
+                rtt_us: Some(19_000),
+                last_rtt_us: Some(10_000),
+                // The first target's J (1 ms, then 1.9375 ms); the second has one answer.
+                jitter_us: 1_937,
+                probes: 6,
+                lost: 2,
+            }
+        );
+        assert!((figures.loss_ratio() - 2.0 / 6.0).abs() < f64::EPSILON);
+        // A round without a single answer: no last RTT; the window (3) drops the first round.
+        meter.record(&[result(None), result(None)]);
+        let figures = meter.figures();
+        assert_eq!(
+            (
+                figures.rtt_us,
+                figures.last_rtt_us,
+                figures.probes,
+                figures.lost
+            ),
+            (Some(18_000), None, 6, 4)
+        );
     }
 
     #[test]

@@ -641,6 +641,32 @@ impl Collector for Scrape {
                 "changes of the direct uplink's state since the agent started",
                 &[(Vec::new(), uplink.transitions)],
             )?;
+            if let Some(quality) = &uplink.quality {
+                let direct = |value: f64| vec![(vec![("uplink", "direct".to_owned())], value)];
+                let seconds = |us: u64| float(us) / 1e6;
+                // No answer in the window, no RTT: an absent series, not a made-up one.
+                if let Some(rtt) = quality.rtt_us {
+                    gauge(
+                        &mut encoder,
+                        "xdp_breakout_uplink_rtt_seconds",
+                        "mean round-trip time of the health probes answered over the last 50 \
+                         rounds",
+                        &direct(seconds(rtt)),
+                    )?;
+                }
+                gauge(
+                    &mut encoder,
+                    "xdp_breakout_uplink_jitter_seconds",
+                    "RFC 3550 jitter of consecutive health probe round-trip times",
+                    &direct(seconds(quality.jitter_us)),
+                )?;
+                gauge(
+                    &mut encoder,
+                    "xdp_breakout_uplink_loss_ratio",
+                    "share of the health probes of the last 50 rounds that got no answer",
+                    &direct(quality.loss_ratio()),
+                )?;
+            }
         }
         Ok(())
     }

@@ -231,6 +231,9 @@ pub struct Uplink {
     pub failed_probes: u64,
     /// The last probe round, one result per target.
     pub targets: Vec<crate::health::ProbeResult>,
+    /// RTT, jitter and loss over the last probe rounds; null before the first round.
+    #[serde(default)]
+    pub quality: Option<crate::health::Figures>,
 }
 
 /// Layout 1's `applied.json`.

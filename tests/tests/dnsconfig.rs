@@ -529,6 +529,7 @@ fn the_agent_rewrites_the_file_only_when_it_changes_and_drops_the_zones_while_do
                 reason: "3 failed rounds".into(),
             }),
             results: None,
+            quality: None,
         };
         agent.health(down).unwrap();
         let text = std::fs::read_to_string(&file).unwrap();
@@ -549,6 +550,7 @@ fn the_agent_rewrites_the_file_only_when_it_changes_and_drops_the_zones_while_do
                 reason: "5 good rounds".into(),
             }),
             results: None,
+            quality: None,
         };
         agent.health(recovered).unwrap();
         assert_eq!(std::fs::read_to_string(&file).unwrap(), up);

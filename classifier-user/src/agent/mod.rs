@@ -102,6 +102,7 @@ impl Agent {
             transitions: 0,
             failed_probes: 0,
             targets: Vec::new(),
+            quality: None,
         };
         let mut agent = Self {
             config,

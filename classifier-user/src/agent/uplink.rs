@@ -29,6 +29,7 @@ impl Agent {
         if !self.config.health.checks() {
             self.uplink_down = false;
             self.uplink.state = State::Unchecked;
+            self.uplink.quality = None;
         } else if self.uplink.state == State::Unchecked {
             self.uplink.state = State::Up;
         }
@@ -54,6 +55,9 @@ impl Agent {
                 );
             }
             uplink.targets = results;
+        }
+        if let Some(quality) = report.quality {
+            uplink.quality = Some(quality);
         }
         let mut changed = false;
         if let Some(transition) = report.transition {

@@ -6,7 +6,8 @@
 //! "applied_at", "source"}, "prefixes": {"ipv4", "ipv6"}, "last_poll", "next_poll",
 //! "last_error", "consecutive_failures", "mark", "strict_ports", "policy": {"Optimize",
 //! "Allow", "Default"}, "uplink": {"state", "failing_over", "since", "reason", "transitions",
-//! "failed_probes", "targets": [{"target", "ok", "rtt_us", "error"}]}, "index": {"live",
+//! "failed_probes", "targets": [{"target", "ok", "rtt_us", "error"}], "quality": {"rtt_ms",
+//! "last_rtt_ms", "jitter_ms", "loss_ratio", "window"}}, "index": {"live",
 //! "ipv4", "ipv6", "slots_used", "slots_per_half", "rule_sets", "memory_mib"}, "dns":
 //! {"resolvers", "resolvers_from"}}`; times are
 //! RFC 3339
@@ -26,7 +27,7 @@ use super::or_dash;
 use crate::{
     cli::{GlobalArgs, StatusArgs},
     datapath::{self, attached_xdp, tc_link_pin, xdp_link_pin},
-    health::{ProbeResult, State},
+    health::{Figures, ProbeResult, State},
     state::{SourceStatus, Status, read_status},
     time::Time,
 };
@@ -114,6 +115,54 @@ pub struct Uplink {
     pub failed_probes: u64,
     /// Each target's last probe: `target`, `ok`, `rtt_us` (microseconds), `error`.
     pub targets: Vec<ProbeResult>,
+    /// RTT, jitter and loss over the last probe rounds; null before the first round (and
+    /// without targets).
+    pub quality: Option<Quality>,
+}
+
+/// The direct uplink's quality, from the health probes (no probes of its own).
+#[derive(Debug, Serialize)]
+pub struct Quality {
+    /// The mean round-trip time of the window's answered probes, milliseconds; null when
+    /// none answered.
+    pub rtt_ms: Option<f64>,
+    /// The last round's (the mean over its targets that answered); null when none did.
+    pub last_rtt_ms: Option<f64>,
+    /// RFC 3550's jitter of consecutive RTTs (`J += (|D| - J)/16`), per target, averaged
+    /// over the targets; milliseconds.
+    pub jitter_ms: f64,
+    /// The share of the window's probes that got no answer, 0 to 1.
+    pub loss_ratio: f64,
+    /// Probes in the window: the last 50 rounds (fewer since the agent started or
+    /// reloaded), times the targets.
+    pub window: u32,
+}
+
+impl From<Figures> for Quality {
+    fn from(figures: Figures) -> Self {
+        let Figures {
+            rtt_us,
+            last_rtt_us,
+            jitter_us,
+            probes,
+            lost: _,
+        } = figures;
+        Self {
+            rtt_ms: rtt_us.map(millis),
+            last_rtt_ms: last_rtt_us.map(millis),
+            jitter_ms: millis(jitter_us),
+            loss_ratio: figures.loss_ratio(),
+            window: probes,
+        }
+    }
+}
+
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "an RTT in microseconds is far below 2^52"
+)]
+fn millis(us: u64) -> f64 {
+    us as f64 / 1000.0
 }
 
 /// An interface xdp-breakout is attached to.
@@ -279,6 +328,7 @@ fn uplink(status: Option<&Status>, failing_over: bool) -> Uplink {
         targets: recorded
             .map(|uplink| uplink.targets.clone())
             .unwrap_or_default(),
+        quality: recorded.and_then(|uplink| uplink.quality.map(Quality::from)),
     }
 }
 
@@ -430,6 +480,18 @@ impl Report {
             uplink.transitions,
             uplink.failed_probes
         )?;
+        if let Some(quality) = &uplink.quality {
+            let rtt = quality
+                .rtt_ms
+                .map_or_else(|| "-".to_owned(), |rtt| format!("{rtt:.1} ms"));
+            writeln!(
+                out,
+                "quality:        rtt {rtt}, jitter {:.1} ms, loss {:.1}% over the last {} probes",
+                quality.jitter_ms,
+                quality.loss_ratio * 100.0,
+                quality.window
+            )?;
+        }
         for probe in &uplink.targets {
             match (&probe.error, probe.rtt_us) {
                 (None, Some(rtt)) => {
@@ -548,6 +610,13 @@ mod tests {
                     rtt_us: None,
                     error: Some("no answer within 2000ms".into()),
                 }],
+                quality: Some(Quality::from(Figures {
+                    rtt_us: Some(12_345),
+                    last_rtt_us: None,
+                    jitter_us: 800,
+                    probes: 50,
+                    lost: 0,
+                })),
             },
             index: Some(Index {
                 live: true,
@@ -571,6 +640,12 @@ mod tests {
             text.contains(
                 "interface:      lan0 (xdp): XDP program 40 (breakout, native), tc program 40 \
                  (breakout)"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "quality:        rtt 12.3 ms, jitter 0.8 ms, loss 0.0% over the last 50 probes"
             ),
             "{text}"
         );
