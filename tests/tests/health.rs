@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use classifier_user::health::{Target, probe};
+use classifier_user::health::{Figures, HealthConfig, State, Target, probe, watch};
 use tests::{
     http::{FeedServer, Reply},
     runtime, unavailable,
@@ -74,4 +74,73 @@ fn probes_answer_and_fail_as_the_network_does() {
         .unwrap_err();
     assert!(error.contains("no answer within 300ms"), "{error}");
     assert!(start.elapsed() < Duration::from_secs(2));
+}
+
+/// The uplink's quality, measured by the probes themselves: an HTTP target that delays its
+/// answer by 60 ms shows a mean RTT of at least that, a drop of the delay shows as RFC 3550
+/// jitter, and answers that fail count as loss over the window.
+#[test]
+fn the_probes_measure_rtt_jitter_and_loss() {
+    const DELAY: Duration = Duration::from_millis(60);
+    let rt = runtime();
+    let server = FeedServer::start();
+    server.set("/quality", Reply::json(b"{}").delayed(DELAY));
+    let target: Target = format!("{}/quality", server.url()).parse().unwrap();
+    if let Err(error) = rt.block_on(probe(&target, MARK, TIMEOUT))
+        && error.contains("Operation not permitted")
+    {
+        let _ = unavailable("SO_MARK", &error);
+        return;
+    }
+    let config = HealthConfig {
+        targets: vec![target],
+        interval: Duration::from_millis(300),
+        timeout: Duration::from_millis(250),
+        ..HealthConfig::default()
+    };
+    let (reports, mut receive) = tokio::sync::mpsc::channel(16);
+    let watcher = rt.spawn(watch(config, MARK, State::Up, reports));
+    // The figures after the next probe round.
+    let mut next_round = || -> Figures {
+        rt.block_on(async {
+            loop {
+                let report = tokio::time::timeout(Duration::from_secs(5), receive.recv())
+                    .await
+                    .expect("a probe round within 5 s")
+                    .expect("the watcher runs");
+                if let Some(quality) = report.quality {
+                    return quality;
+                }
+            }
+        })
+    };
+    let delay_us = u64::try_from(DELAY.as_micros()).unwrap();
+    let mut figures = Figures::default();
+    for _ in 0..3 {
+        figures = next_round();
+    }
+    let rtt = figures.rtt_us.expect("answers");
+    // Generous above: the machine is shared, and the timeout bounds it anyway.
+    assert!((delay_us..delay_us + 190_000).contains(&rtt), "{figures:?}");
+    assert!(figures.last_rtt_us.unwrap() >= delay_us, "{figures:?}");
+    assert_eq!((figures.probes, figures.lost), (3, 0), "{figures:?}");
+
+    // The delay goes: one difference of about 60 ms, a sixteenth of it in J.
+    server.set("/quality", Reply::json(b"{}"));
+    let figures = next_round();
+    // A drop of 16 ms or more, so J grows by at least 1 ms (J ≥ J × 15/16 + |D|/16).
+    assert!(
+        figures.last_rtt_us.unwrap() + 16_000 <= delay_us,
+        "{figures:?}"
+    );
+    assert!(figures.jitter_us >= 1_000, "{figures:?}");
+
+    // Failed answers are lost probes: 2 of 6.
+    server.set("/quality", Reply::status(503, "down"));
+    next_round();
+    let figures = next_round();
+    assert_eq!((figures.probes, figures.lost), (6, 2), "{figures:?}");
+    assert!((figures.loss_ratio() - 1.0 / 3.0).abs() < f64::EPSILON);
+    assert_eq!(figures.last_rtt_us, None, "{figures:?}");
+    watcher.abort();
 }
