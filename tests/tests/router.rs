@@ -152,9 +152,25 @@ in_both_modes!(the_same_with_a_vlan_tagged_lan);
 
 /// Counters as the CLI and bpftool read them, against the packets sent.
 fn counters_agree_with_the_packets_sent(mode: Mode) {
-    let Some((router, arrivals)) = running("pc", mode) else {
+    let Some(mut router) = router(
+        "pc",
+        Options {
+            mode,
+            ..Options::default()
+        },
+    ) else {
         return;
     };
+    serve(&router, "2026043000", FEED_2026043000);
+    // Health checks, so that the uplink's quality is measured and served too; the probes'
+    // handshakes are counted apart from the media, and their target listens before the first.
+    let probed = Arrivals::default();
+    router.listen_tcp(443, &probed);
+    let health = fast_health(&format!("tcp://{TEAMS_V4}:443"));
+    router.start_daemon(&health.iter().map(String::as_str).collect::<Vec<_>>());
+    router.wait_version("2026043000");
+    let arrivals = Arrivals::default();
+    router.listen_udp(3478, &arrivals);
     router.send_udp(TEAMS_V4, 3478, 37, Duration::ZERO);
     router.send_udp(TEAMS_V6, 3478, 5, Duration::ZERO);
     settle(&arrivals, 42);
@@ -206,6 +222,21 @@ fn counters_agree_with_the_packets_sent(mode: Mode) {
         .map(|v| v["value"]["packets"].as_u64().unwrap())
         .sum();
     assert_eq!(per_cpu, 42, "bpftool's per-CPU values, summed");
+    // Three probe rounds at least, so that jitter has differences to smooth.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let quality = loop {
+        let report: Value =
+            serde_json::from_slice(&router.cli(&["--json", "status"]).stdout).unwrap();
+        let quality = report["uplink"]["quality"].clone();
+        if quality["window"].as_u64().unwrap_or(0) >= 3 || Instant::now() > deadline {
+            break quality;
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    assert!(quality["window"].as_u64().unwrap() >= 3, "{quality}");
+    assert_eq!(quality["loss_ratio"], 0.0, "{quality}");
+    let rtt_ms = quality["rtt_ms"].as_f64().unwrap();
+    assert!(rtt_ms > 0.0 && rtt_ms < 150.0, "{quality}");
     scrape_metrics(&router);
 }
 in_both_modes!(counters_agree_with_the_packets_sent);
@@ -299,6 +330,12 @@ fn scrape_metrics(router: &Router) {
             "the dashboard queries {name}, which /metrics does not serve"
         );
     }
+    // The direct uplink's quality, from probes that all answered within their 150 ms.
+    let rtt = value("xdp_breakout_uplink_rtt_seconds{uplink=\"direct\"}");
+    assert!(rtt > 0.0 && rtt < 0.15, "RTT {rtt}");
+    let jitter = value("xdp_breakout_uplink_jitter_seconds{uplink=\"direct\"}");
+    assert!((0.0..0.15).contains(&jitter), "jitter {jitter}");
+    assert!(value("xdp_breakout_uplink_loss_ratio{uplink=\"direct\"}").abs() < f64::EPSILON);
     // The two media flows, and whatever the LAN says on its own (neighbour discovery).
     assert!(value("xdp_breakout_events_total{event=\"flow_new\"}") >= 2.0);
     assert!(value("xdp_breakout_flows") >= 2.0);
@@ -581,6 +618,10 @@ fn a_dead_direct_uplink_fails_over_to_the_tunnel_and_back(mode: Mode) {
         "{down}"
     );
     assert_eq!(down["uplink"]["targets"][0]["ok"], false, "{down}");
+    // The black hole's rounds are lost probes in the window, beside the good ones before.
+    let quality = &down["uplink"]["quality"];
+    assert!(quality["loss_ratio"].as_f64().unwrap() > 0.0, "{down}");
+    assert_eq!(quality["last_rtt_ms"], Value::Null, "{down}");
     router.wait_log("direct uplink up -> down");
     let maps = Maps::from_pins(router.pins()).unwrap();
     assert!(maps.stats().unwrap()[stat::FAILOVER as usize].packets > 0);
