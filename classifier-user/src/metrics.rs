@@ -642,6 +642,7 @@ impl Collector for Scrape {
                 &[(Vec::new(), uplink.transitions)],
             )?;
             if let Some(quality) = &uplink.quality {
+                use crate::health::QUALITY_WINDOW;
                 let direct = |value: f64| vec![(vec![("uplink", "direct".to_owned())], value)];
                 let seconds = |us: u64| float(us) / 1e6;
                 // No answer in the window, no RTT: an absent series, not a made-up one.
@@ -649,8 +650,10 @@ impl Collector for Scrape {
                     gauge(
                         &mut encoder,
                         "xdp_breakout_uplink_rtt_seconds",
-                        "mean round-trip time of the health probes answered over the last 50 \
-                         rounds",
+                        &format!(
+                            "mean round-trip time of the health probes answered over the last \
+                             {QUALITY_WINDOW} rounds"
+                        ),
                         &direct(seconds(rtt)),
                     )?;
                 }
@@ -663,7 +666,10 @@ impl Collector for Scrape {
                 gauge(
                     &mut encoder,
                     "xdp_breakout_uplink_loss_ratio",
-                    "share of the health probes of the last 50 rounds that got no answer",
+                    &format!(
+                        "share of the health probes of the last {QUALITY_WINDOW} rounds that \
+                         got no answer"
+                    ),
                     &direct(quality.loss_ratio()),
                 )?;
             }
@@ -1103,6 +1109,57 @@ mod tests {
             }
             still_serving(address, name).await;
         }
+    }
+
+    #[test]
+    fn the_uplinks_quality_is_three_gauges_and_no_made_up_rtt() {
+        use crate::{health::Figures, state::Uplink};
+        let shared = Arc::new(Shared::default());
+        let scrape = |quality: Option<Figures>| {
+            *shared.status.lock().unwrap() = Status {
+                uplink: Some(Uplink {
+                    state: crate::health::State::Up,
+                    since: None,
+                    reason: None,
+                    transitions: 0,
+                    failed_probes: 0,
+                    targets: Vec::new(),
+                    quality,
+                }),
+                ..Status::default()
+            };
+            render(std::path::Path::new("/nonexistent"), &shared)
+        };
+        let body = scrape(None);
+        assert!(!body.contains("xdp_breakout_uplink_loss_ratio"), "{body}");
+        let body = scrape(Some(Figures {
+            rtt_us: Some(12_500),
+            last_rtt_us: Some(11_000),
+            jitter_us: 750,
+            probes: 50,
+            lost: 1,
+        }));
+        for line in [
+            "xdp_breakout_uplink_rtt_seconds{uplink=\"direct\"} 0.0125",
+            "xdp_breakout_uplink_jitter_seconds{uplink=\"direct\"} 0.00075",
+            "xdp_breakout_uplink_loss_ratio{uplink=\"direct\"} 0.02",
+        ] {
+            assert!(body.lines().any(|l| l == line), "no {line} in:\n{body}");
+        }
+        // Nothing answered in the window: loss and jitter, and no RTT at all.
+        let body = scrape(Some(Figures {
+            rtt_us: None,
+            last_rtt_us: None,
+            jitter_us: 0,
+            probes: 50,
+            lost: 50,
+        }));
+        assert!(!body.contains("xdp_breakout_uplink_rtt_seconds"), "{body}");
+        assert!(
+            body.lines()
+                .any(|l| l == "xdp_breakout_uplink_loss_ratio{uplink=\"direct\"} 1.0"),
+            "{body}"
+        );
     }
 
     /// The value of the counter sample `name` (labels included) in an OpenMetrics `body`.
