@@ -9,11 +9,10 @@ use std::io::Write as _;
 use anyhow::Context as _;
 
 use crate::{
-    agent::pac_about,
     cli::{DnsConfigArgs, GlobalArgs},
     dnsconfig,
     feed::{Category, Feed, NamedSet},
-    sources::{Kind, M365},
+    sources::Kind,
     state::State,
 };
 
@@ -32,13 +31,8 @@ pub fn run(global: &GlobalArgs, args: &DnsConfigArgs) -> anyhow::Result<()> {
         if source.kind != Kind::M365 {
             continue;
         }
-        let (body, about) = match state.as_ref().and_then(|state| state.source(&source.name)) {
-            Some((body, meta)) => (body, pac_about(&source.name, &meta)),
-            None if source.name == M365 => (
-                crate::EMBEDDED_FEED.to_vec(),
-                format!("the embedded snapshot {}", crate::EMBEDDED_FEED_VERSION),
-            ),
-            None => continue,
+        let Some((body, about)) = super::installed_feed(state.as_ref(), &source.name) else {
+            continue;
         };
         let feed = Feed::parse(&body).with_context(|| format!("the feed of {about}"))?;
         feeds.push((about, feed.named));

@@ -106,6 +106,20 @@ pub fn mark(config: &classifier_common::Config) -> String {
 }
 
 /// `-` for a value the text output has not got.
+/// The installed file of Microsoft 365 source `name` and what it is, for the verbs that print
+/// a file from the feeds (`pac`, `dns-config`): its last good file in the state directory, or
+/// the embedded snapshot for the `m365` source when it has none; `None` otherwise.
+fn installed_feed(state: Option<&crate::state::State>, name: &str) -> Option<(Vec<u8>, String)> {
+    match state.and_then(|state| state.source(name)) {
+        Some((body, meta)) => Some((body, crate::agent::pac_about(name, &meta))),
+        None if name == crate::sources::M365 => Some((
+            crate::EMBEDDED_FEED.to_vec(),
+            format!("the embedded snapshot {}", crate::EMBEDDED_FEED_VERSION),
+        )),
+        None => None,
+    }
+}
+
 fn or_dash(value: Option<impl std::fmt::Display>) -> String {
     value.map_or_else(|| "-".to_owned(), |value| value.to_string())
 }

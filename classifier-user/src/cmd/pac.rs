@@ -9,7 +9,6 @@ use std::io::Write as _;
 use anyhow::Context as _;
 
 use crate::{
-    agent::pac_about,
     cli::{GlobalArgs, PacArgs},
     feed::{Feed, NamedSet},
     sources::{Kind, M365},
@@ -29,12 +28,8 @@ pub fn run(global: &GlobalArgs, args: &PacArgs) -> anyhow::Result<()> {
                 std::fs::read(path).with_context(|| format!("reading feed {}", path.display()))?,
                 format!("feed file {}", path.display()),
             ),
-            _ => match state.as_ref().and_then(|state| state.source(&source.name)) {
-                Some((body, meta)) => (body, pac_about(&source.name, &meta)),
-                None if source.name == M365 => (
-                    crate::EMBEDDED_FEED.to_vec(),
-                    format!("the embedded snapshot {}", crate::EMBEDDED_FEED_VERSION),
-                ),
+            _ => match super::installed_feed(state.as_ref(), &source.name) {
+                Some(installed) => installed,
                 None => continue,
             },
         };
