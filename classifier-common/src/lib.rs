@@ -38,10 +38,15 @@ pub mod names {
     pub const INDEX_SLOTS: &str = "XB_IDX_SLOTS";
     /// Single entry: [`crate::index::IndexCtl`], which half is live.
     pub const INDEX_CTL: &str = "XB_IDX_CTL";
+    /// Single entry: [`crate::Uplinks`], the direct uplinks' marks and which one a new flow
+    /// of each category takes.
+    pub const UPLINKS: &str = "XB_UPLINKS";
+    /// Per-CPU [`crate::Counter`] of the packets marked for each direct uplink, by its index.
+    pub const UPLINK_STATS: &str = "XB_UPLINK_STATS";
     /// aya-log's ring buffer (its name is fixed by aya-log).
     pub const LOGS: &str = "AYA_LOGS";
     /// Every map the agent pins, in pin order.
-    pub const PINNED_MAPS: [&str; 9] = [
+    pub const PINNED_MAPS: [&str; 11] = [
         PREFIX_V4,
         PREFIX_V6,
         POLICY,
@@ -51,6 +56,8 @@ pub mod names {
         FLOWS,
         INDEX_SLOTS,
         INDEX_CTL,
+        UPLINKS,
+        UPLINK_STATS,
     ];
 
     /// The XDP program (function name in the object file).
@@ -545,7 +552,9 @@ pub struct FlowValue {
     pub set_id: u16,
     /// [`stat`] reason of the first packet.
     pub reason: u8,
-    pub _pad: [u8; 3],
+    /// The direct uplink (its index in [`Uplinks`]) a direct flow leaves by.
+    pub uplink: u8,
+    pub _pad: [u8; 2],
 }
 const _: () = assert!(size_of::<FlowValue>() == 40);
 
@@ -730,7 +739,9 @@ pub struct XdpMeta {
     /// 1: a DNS query that the tc program records (`[dns] learn`; the XDP program leaves it
     /// to tc ingress, which records it in a program of its own).
     pub dns_query: u8,
-    pub _pad: [u8; 2],
+    /// The direct uplink of a direct verdict, its index in [`Uplinks`].
+    pub uplink: u8,
+    pub _pad: u8,
 }
 const _: () = assert!(size_of::<XdpMeta>() == 12);
 
@@ -758,9 +769,116 @@ impl XdpMeta {
             set_id,
             reason: *bytes.get(8)?,
             dns_query: *bytes.get(9)?,
-            _pad: [0; 2],
+            uplink: *bytes.get(10)?,
+            _pad: 0,
         })
     }
+}
+
+/// Direct uplinks at most.
+pub const MAX_UPLINKS: usize = 8;
+/// Slots of each category's steering row: a new flow takes the uplink of slot
+/// `flow_hash % STEER_SLOTS`, so weights are kept to 1/64.
+pub const STEER_SLOTS: usize = 64;
+/// A steering slot that sends new flows of its category to the tunnel: no direct uplink
+/// may take them.
+pub const STEER_TUNNEL: u8 = 0xff;
+
+/// Value of [`names::UPLINKS`] (index 0), written by the agent whenever an uplink's state
+/// changes: which direct uplink a new flow takes, with no user space per packet. A zeroed
+/// value (`count` 0) is one uplink with [`Config::mark`], as before there were several.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Uplinks {
+    /// Each uplink's mark, host order (0: [`Config::mark`]); the mask is [`Config::mark_mask`].
+    pub marks: [u32; MAX_UPLINKS],
+    /// Bit `i`: uplink `i` is dead, and its flows move to the uplink their category's row
+    /// gives now (or the tunnel). A degraded uplink keeps its flows.
+    pub down: u32,
+    /// Uplinks configured; 0: steering is off and every direct flow takes uplink 0.
+    pub count: u32,
+    /// Per [`category`], the uplink index (or [`STEER_TUNNEL`]) of each slot.
+    pub steer: [[u8; STEER_SLOTS]; category::COUNT as usize],
+}
+const _: () = assert!(size_of::<Uplinks>() == 40 + STEER_SLOTS * category::COUNT as usize);
+
+impl Uplinks {
+    /// One uplink, no steering: what an unwritten map holds.
+    pub const ONE: Self = Self {
+        marks: [0; MAX_UPLINKS],
+        down: 0,
+        count: 0,
+        steer: [[0; STEER_SLOTS]; category::COUNT as usize],
+    };
+
+    /// The uplink a new direct flow of `category` takes, by its [`flow_hash`]: an index, or
+    /// [`STEER_TUNNEL`].
+    #[expect(
+        clippy::inline_always,
+        reason = "called from the kernel programs' hot path"
+    )]
+    #[inline(always)]
+    #[must_use]
+    pub fn steer(&self, category: u8, hash: u32) -> u8 {
+        if self.count == 0 {
+            return 0;
+        }
+        let row = (category as usize) & (category::COUNT as usize - 1);
+        self.steer[row][hash as usize % STEER_SLOTS]
+    }
+
+    /// Whether uplink `uplink`'s flows must move (it is dead).
+    #[expect(
+        clippy::inline_always,
+        reason = "called from the kernel programs' hot path"
+    )]
+    #[inline(always)]
+    #[must_use]
+    pub const fn is_down(&self, uplink: u8) -> bool {
+        uplink < 32 && self.down & (1 << uplink) != 0
+    }
+
+    /// The `skb->mark` bits of `uplink` (the configured mark for 0 or an unset one).
+    #[expect(
+        clippy::inline_always,
+        reason = "called from the kernel programs' hot path"
+    )]
+    #[inline(always)]
+    #[must_use]
+    pub fn mark(&self, uplink: u8, config_mark: u32) -> u32 {
+        match self.marks.get(uplink as usize) {
+            Some(&mark) if mark != 0 => mark,
+            _ => config_mark,
+        }
+    }
+}
+
+/// A flow's hash for steering: the words of its key folded and mixed by MurmurHash3's
+/// finalizer, so that the slots of a [`Uplinks`] row share flows by their weights.
+#[expect(
+    clippy::inline_always,
+    reason = "called from the kernel programs' hot path"
+)]
+#[inline(always)]
+#[must_use]
+pub fn flow_hash(key: &FlowKey) -> u32 {
+    let word = |bytes: &[u8; 16], at: usize| {
+        u32::from_ne_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+    };
+    let mut h = 0x9e37_79b9_u32;
+    let mut at = 0;
+    while at < 16 {
+        h = (h ^ word(&key.src, at)).rotate_left(13).wrapping_mul(5);
+        h = (h ^ word(&key.dst, at)).rotate_left(13).wrapping_mul(5);
+        at += 4;
+    }
+    h ^= (u32::from(key.sport) << 16) | u32::from(key.dport);
+    h ^= u32::from(key.proto) << 8;
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
 }
 
 /// What the data plane decides for a packet: the one rule that the kernel programs apply and
@@ -777,6 +895,8 @@ pub struct Decision {
     pub set_id: u16,
     /// A direct verdict sent to the tunnel because the direct uplink is down.
     pub failover: bool,
+    /// The direct uplink of a direct verdict ([`steer`]); 0 until steered.
+    pub uplink: u8,
 }
 
 impl Decision {
@@ -794,6 +914,7 @@ impl Decision {
             category: category::NONE,
             set_id: 0,
             failover: false,
+            uplink: 0,
         }
     }
 }
@@ -853,6 +974,7 @@ pub fn decide<R: Rules + ?Sized>(
             category: found.category,
             set_id: found.set_id,
             failover: false,
+            uplink: 0,
         };
     } else {
         stat::MATCH_ADDR
@@ -871,6 +993,7 @@ pub fn decide<R: Rules + ?Sized>(
         category: found.category,
         set_id: found.set_id,
         failover,
+        uplink: 0,
     }
 }
 
@@ -887,6 +1010,7 @@ mod pod {
     unsafe impl aya::Pod for super::index::IndexCtl {}
     unsafe impl aya::Pod for super::DnsQueryKey {}
     unsafe impl aya::Pod for super::DnsQuery {}
+    unsafe impl aya::Pod for super::Uplinks {}
 }
 
 #[cfg(test)]

@@ -27,7 +27,8 @@ use aya_log_ebpf::info;
 use classifier_common::{
     Config, Counter, DEFAULT_FLOWS, DEFAULT_INDEX_SLOTS, DEFAULT_OTHER_IDLE_S, DEFAULT_TCP_IDLE_S,
     Decision, FlowKey, FlowValue, LpmKeyV4, LpmKeyV6, MAX_PREFIXES, MAX_SET_ID, Policy,
-    PrefixRules, STATS_LEN, XDP_META_MAGIC, XdpMeta, action, category, decide, flags,
+    MAX_UPLINKS, PrefixRules, STATS_LEN, STEER_TUNNEL, Uplinks, XDP_META_MAGIC, XdpMeta, action,
+    category, decide, flags, flow_hash,
     index::{self, IndexCtl, Packed, Slot, Slots},
     proto, stat,
 };
@@ -88,6 +89,15 @@ static XB_IDX_SLOTS: Array<Slot, { DEFAULT_INDEX_SLOTS as usize }, { BPF_F_MMAPA
 /// `XB_IDX_CTL`.
 #[btf_map]
 static XB_IDX_CTL: Array<IndexCtl, 1, { BPF_F_MMAPABLE as usize }> = Array::new();
+
+/// Index 0: the direct uplinks' marks, which are dead, and which one a new flow of each
+/// category takes. Written by the agent; pinned as `XB_UPLINKS`.
+#[btf_map]
+static XB_UPLINKS: Array<Uplinks, 1> = Array::new();
+
+/// Per-CPU packets and bytes marked for each direct uplink. Pinned as `XB_UPLINK_STATS`.
+#[btf_map]
+static XB_UPLINK_STATS: PerCpuArray<Counter, MAX_UPLINKS> = PerCpuArray::new();
 
 // Compile-time proof that the keys above are the common crate's key types.
 const _: () = assert!(size_of::<Key<[u8; 4]>>() == size_of::<LpmKeyV4>());
@@ -235,15 +245,14 @@ pub fn breakout(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn decide_packet(packet: &Packet, config: &Config, bytes: u64) -> Decision {
     // A non-first fragment has no ports, so no flow of its own: its destination decides, as
-    // it did before flows (`decide`). It never enters the table.
-    if packet.later_fragment || config.flags & flags::FLOWS_OFF != 0 {
-        return classify(packet, config.flags);
-    }
+    // it did before flows (`decide`). It never enters the table. One `classify` for both
+    // paths: two copies of it make the program too big for LLVM to inline into its entry.
     let packet = *packet;
     let key = flow_key(&packet);
+    let tracked = !packet.later_fragment && config.flags & flags::FLOWS_OFF == 0;
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(flow) = XB_FLOWS.get_ptr_mut(&key) {
+    if tracked && let Some(flow) = XB_FLOWS.get_ptr_mut(&key) {
         // SAFETY: the map's value, valid while the program runs; concurrent updates of the
         // statistics from two CPUs may lose an increment, which is acceptable for them.
         let flow = unsafe { &mut *flow };
@@ -253,8 +262,9 @@ fn decide_packet(packet: &Packet, config: &Config, bytes: u64) -> Decision {
         // Idle past its timeout: forgotten, and this packet starts it afresh.
         count(stat::FLOW_CLOSED, bytes);
     }
-    let decision = classify(&packet, config.flags);
-    if !packet.tcp_end {
+    let mut decision = classify(&packet, config.flags);
+    steer(&mut decision, flow_hash(&key));
+    if tracked && !packet.tcp_end {
         let flow = FlowValue {
             first_ns: now,
             last_ns: now,
@@ -265,7 +275,8 @@ fn decide_packet(packet: &Packet, config: &Config, bytes: u64) -> Decision {
             set_id: decision.set_id,
             // Reasons are small stat indices.
             reason: decision.reason as u8,
-            _pad: [0; 3],
+            uplink: decision.uplink,
+            _pad: [0; 2],
         };
         if XB_FLOWS.insert(&key, &flow, 0).is_ok() {
             count(stat::FLOW_NEW, bytes);
@@ -289,9 +300,16 @@ fn known_flow(
     flow.last_ns = now;
     flow.packets += 1;
     flow.bytes += bytes;
-    let failover = flow.action == action::DIRECT && config_flags & flags::UPLINK_DOWN != 0;
-    if failover {
-        flow.action = action::TUNNEL;
+    let mut failover = false;
+    if flow.action == action::DIRECT {
+        match moved(flow, key, config_flags) {
+            Some(STEER_TUNNEL) => {
+                flow.action = action::TUNNEL;
+                failover = true;
+            }
+            Some(uplink) => flow.uplink = uplink,
+            None => {}
+        }
     }
     let decision = Decision {
         action: flow.action,
@@ -299,6 +317,7 @@ fn known_flow(
         category: flow.category,
         set_id: flow.set_id,
         failover,
+        uplink: flow.uplink,
     };
     count(stat::FLOW_HIT, bytes);
     if packet.tcp_end {
@@ -308,6 +327,40 @@ fn known_flow(
         }
     }
     decision
+}
+
+/// The direct uplink of a new direct verdict, from its category's row in `XB_UPLINKS`; a
+/// row slot that names the tunnel (no uplink may take the category) fails it over.
+#[inline(always)]
+fn steer(decision: &mut Decision, hash: u32) {
+    if decision.action != action::DIRECT {
+        return;
+    }
+    let Some(uplinks) = XB_UPLINKS.get(0) else {
+        return;
+    };
+    match uplinks.steer(decision.category, hash) {
+        STEER_TUNNEL => {
+            decision.action = action::TUNNEL;
+            decision.failover = true;
+        }
+        uplink => decision.uplink = uplink,
+    }
+}
+
+/// Where a direct flow goes when its uplink died: `None` (it stays), another uplink from
+/// its category's row, or [`STEER_TUNNEL`] (every uplink is down, or the row says so). Only
+/// a dead uplink moves its flows; a degraded one keeps them.
+#[inline(always)]
+fn moved(flow: &FlowValue, key: &FlowKey, config_flags: u32) -> Option<u8> {
+    if config_flags & flags::UPLINK_DOWN != 0 {
+        return Some(STEER_TUNNEL);
+    }
+    let uplinks = XB_UPLINKS.get(0)?;
+    if !uplinks.is_down(flow.uplink) {
+        return None;
+    }
+    Some(uplinks.steer(flow.category, flow_hash(key)))
 }
 
 /// The flow a packet belongs to.
@@ -406,7 +459,8 @@ fn write_meta(ctx: &XdpContext, verdict: &Decision, dns_query: bool) -> Result<(
             // Reasons are small stat indices.
             reason: verdict.reason as u8,
             dns_query: u8::from(dns_query),
-            _pad: [0; 2],
+            uplink: verdict.uplink,
+            _pad: 0,
         };
     }
     Ok(())
@@ -423,13 +477,21 @@ pub fn breakout_mark(ctx: TcContext) -> i32 {
     let config = config();
     let bytes = u64::from(ctx.len());
     let (direct, by_meta, query) = match read_meta(&ctx) {
-        Some(meta) => (meta.action == action::DIRECT, true, meta.dns_query != 0),
+        Some(meta) => (
+            (meta.action == action::DIRECT).then_some(meta.uplink),
+            true,
+            meta.dns_query != 0,
+        ),
         None => {
             let (decision, query) = classify_skb(&ctx, config.flags, bytes);
             if decision.failover {
                 count(stat::FAILOVER, bytes);
             }
-            (decision.action == action::DIRECT, false, query)
+            (
+                (decision.action == action::DIRECT).then_some(decision.uplink),
+                false,
+                query,
+            )
         }
     };
     mark(&ctx, &config, direct, by_meta, bytes);
@@ -453,7 +515,7 @@ pub fn breakout_tc(ctx: TcContext) -> i32 {
     let (direct, by_meta) = match read_meta(&ctx) {
         Some(meta) => {
             query = meta.dns_query != 0;
-            (meta.action == action::DIRECT, true)
+            ((meta.action == action::DIRECT).then_some(meta.uplink), true)
         }
         None => {
             let verdict = match parse_skb(&ctx, bytes) {
@@ -474,7 +536,10 @@ pub fn breakout_tc(ctx: TcContext) -> i32 {
                     verdict.set_id
                 );
             }
-            (verdict.action == action::DIRECT, false)
+            (
+                (verdict.action == action::DIRECT).then_some(verdict.uplink),
+                false,
+            )
         }
     };
     mark(&ctx, &config, direct, by_meta, bytes);
@@ -492,13 +557,18 @@ pub fn breakout_query(ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 
-/// Sets the direct mark's bits (and keeps the others) on a direct packet, and counts it.
+/// Sets the mark bits of a direct packet's uplink (and keeps the others), and counts it.
 #[inline(always)]
-fn mark(ctx: &TcContext, config: &Config, direct: bool, by_meta: bool, bytes: u64) {
-    if direct {
+fn mark(ctx: &TcContext, config: &Config, direct: Option<u8>, by_meta: bool, bytes: u64) {
+    if let Some(uplink) = direct {
+        let bits = match XB_UPLINKS.get(0) {
+            Some(uplinks) => uplinks.mark(uplink, config.mark),
+            None => config.mark,
+        };
         // SAFETY: the context is the program's own `__sk_buff`.
         let old = unsafe { (*ctx.skb.skb).mark };
-        ctx.set_mark((old & !config.mark_mask) | (config.mark & config.mark_mask));
+        ctx.set_mark((old & !config.mark_mask) | (bits & config.mark_mask));
+        counter::add(&XB_UPLINK_STATS, u32::from(uplink), bytes);
         count(
             if by_meta {
                 stat::TC_MARK_META
@@ -553,24 +623,30 @@ fn classify_skb(ctx: &TcContext, config_flags: u32, bytes: u64) -> (Decision, bo
                 // SAFETY: the map's value, read while the program runs.
                 && let Some(flow) = unsafe { XB_FLOWS.get(&flow_key(&packet)) }
             {
-                let failover =
-                    flow.action == action::DIRECT && config_flags & flags::UPLINK_DOWN != 0;
-                return (
-                    Decision {
-                        action: if failover {
-                            action::TUNNEL
-                        } else {
-                            flow.action
-                        },
-                        reason: u32::from(flow.reason),
-                        category: flow.category,
-                        set_id: flow.set_id,
-                        failover,
-                    },
-                    query,
-                );
+                let key = flow_key(&packet);
+                let mut decision = Decision {
+                    action: flow.action,
+                    reason: u32::from(flow.reason),
+                    category: flow.category,
+                    set_id: flow.set_id,
+                    failover: false,
+                    uplink: flow.uplink,
+                };
+                if flow.action == action::DIRECT {
+                    match moved(flow, &key, config_flags) {
+                        Some(STEER_TUNNEL) => {
+                            decision.action = action::TUNNEL;
+                            decision.failover = true;
+                        }
+                        Some(uplink) => decision.uplink = uplink,
+                        None => {}
+                    }
+                }
+                return (decision, query);
             }
-            (classify(&packet, config_flags), query)
+            let mut decision = classify(&packet, config_flags);
+            steer(&mut decision, flow_hash(&flow_key(&packet)));
+            (decision, query)
         }
         Err(why) => (unparsed(why), false),
     }

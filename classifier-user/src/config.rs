@@ -13,12 +13,13 @@
 //! root (or the user running the agent) owns it and nobody else may write to it
 //! ([`crate::secure::open_trusted`]); the same holds for every file it names.
 
-use std::{fmt, path::PathBuf, str::FromStr, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use classifier_common::{DEFAULT_MARK, DEFAULT_MARK_MASK, PIN_DIR, action, category};
 use ipnet::IpNet;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
+pub use crate::{feed::CategoryName, settings::Mark};
 use crate::{
     client::FeedConfig,
     dns::{DnsConfig, DomainRule},
@@ -30,6 +31,7 @@ use crate::{
     secure::{self, FileError},
     settings::{Invalid, duration_text, within},
     sources::SourceConfig,
+    uplinks::{SteeringConfig, Uplink, UplinkConfig},
 };
 
 /// Where `run` and `config check` look when no `--config` is given.
@@ -87,6 +89,10 @@ pub struct Config {
     pub feed: FeedConfig,
     pub policy: PolicyConfig,
     pub health: HealthConfig,
+    /// Several direct uplinks; empty: one, from `[health]` and `policy.mark`.
+    pub uplinks: Vec<UplinkConfig>,
+    /// Which uplink each category's new flows take, and what quality needs.
+    pub steering: SteeringConfig,
     pub flows: FlowsConfig,
     pub index: IndexConfig,
     pub metrics: MetricsConfig,
@@ -182,6 +188,8 @@ impl Default for Config {
             feed: FeedConfig::default(),
             policy: PolicyConfig::default(),
             health: HealthConfig::default(),
+            uplinks: Vec::new(),
+            steering: SteeringConfig::default(),
             flows: FlowsConfig::default(),
             index: IndexConfig::default(),
             metrics: MetricsConfig::default(),
@@ -284,6 +292,19 @@ impl Config {
         self.health
             .validate()
             .map_err(ConfigError::in_section("health"))?;
+        self.steering
+            .validate()
+            .map_err(ConfigError::in_section("steering"))?;
+        crate::uplinks::resolve(
+            &self.uplinks,
+            &self.health,
+            self.policy.mark,
+            &self.steering,
+        )
+        .map_err(|Invalid { key, message }| ConfigError::Invalid {
+            field: key.to_owned(),
+            message,
+        })?;
         self.validate_sources()?;
         self.metrics
             .validate()
@@ -385,6 +406,22 @@ impl Config {
         std::iter::once(self.feed.source())
             .chain(self.sources.iter().cloned())
             .collect()
+    }
+
+    /// The direct uplinks: `[[uplinks]]`, or the one of `[health]` and `policy.mark`. Falls
+    /// back to that one for a configuration [`Config::validate`] refuses.
+    #[must_use]
+    pub fn uplinks(&self) -> Vec<Uplink> {
+        crate::uplinks::resolve(
+            &self.uplinks,
+            &self.health,
+            self.policy.mark,
+            &self.steering,
+        )
+        .unwrap_or_else(|_| {
+            crate::uplinks::resolve(&[], &self.health, self.policy.mark, &self.steering)
+                .unwrap_or_default()
+        })
     }
 
     /// What the feed gate demands of every prefix.
@@ -590,87 +627,6 @@ impl From<XdpModeName> for crate::datapath::AttachMode {
             XdpModeName::Skb => Self::Xdp(XdpMode::Skb),
             XdpModeName::Tc => Self::Tc,
         }
-    }
-}
-
-/// A category spelled as Microsoft does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CategoryName(pub Category);
-
-impl Serialize for CategoryName {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for CategoryName {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        text.parse()
-            .map(CategoryName)
-            .map_err(serde::de::Error::custom)
-    }
-}
-
-impl FromStr for CategoryName {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        s.parse().map(CategoryName)
-    }
-}
-
-/// `VALUE/MASK` for `skb->mark`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Mark {
-    pub value: u32,
-    pub mask: u32,
-}
-
-impl fmt::Display for Mark {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:#x}/{:#x}", self.value, self.mask)
-    }
-}
-
-impl FromStr for Mark {
-    type Err = String;
-
-    /// `0x365/0xffff`, `869/65535`, or `0x365` (mask 0xffffffff).
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let number = |s: &str| {
-            let s = s.trim();
-            match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-                Some(hex) => u32::from_str_radix(hex, 16),
-                None => s.parse(),
-            }
-            .map_err(|_| format!("{s:?} is not a 32-bit number"))
-        };
-        let (value, mask) = match text.split_once('/') {
-            Some((value, mask)) => (number(value)?, number(mask)?),
-            None => (number(text)?, u32::MAX),
-        };
-        if mask == 0 {
-            return Err("the mask is 0: no bit of the mark would be set".to_owned());
-        }
-        if value & !mask != 0 {
-            return Err(format!("value {value:#x} has bits outside mask {mask:#x}"));
-        }
-        Ok(Self { value, mask })
-    }
-}
-
-impl Serialize for Mark {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Mark {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        String::deserialize(deserializer)?
-            .parse()
-            .map_err(serde::de::Error::custom)
     }
 }
 

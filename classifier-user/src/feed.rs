@@ -9,7 +9,7 @@ use std::{fmt, net::IpAddr, str::FromStr};
 
 use classifier_common::category;
 use ipnet::IpNet;
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A feed that could not be used. Nothing is applied from it.
 #[derive(Debug, thiserror::Error)]
@@ -362,6 +362,33 @@ pub fn parse_ports(text: Option<&str>) -> Result<Vec<PortRange>, String> {
     ranges.sort_unstable();
     ranges.dedup();
     Ok(ranges)
+}
+
+/// A category spelled as Microsoft does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CategoryName(pub Category);
+
+impl Serialize for CategoryName {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for CategoryName {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse()
+            .map(CategoryName)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl FromStr for CategoryName {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse().map(CategoryName)
+    }
 }
 
 #[cfg(test)]

@@ -525,6 +525,8 @@ fn whole_micros(duration: Duration) -> u64 {
 /// What the watcher tells the agent after each probe round or link change.
 #[derive(Clone, Debug)]
 pub struct Report {
+    /// The uplink's index in the agent's uplinks.
+    pub uplink: usize,
     pub state: State,
     pub transition: Option<Transition>,
     /// The round's results, when this report is a probe round.
@@ -534,9 +536,11 @@ pub struct Report {
     pub quality: Option<Figures>,
 }
 
-/// Watches the direct uplink as `config` says, starting in `initial`, and sends a report for
-/// every probe round and link change until `reports` is closed.
+/// Watches direct uplink `uplink` as `config` says, its probes carrying `mark`, starting in
+/// `initial`, and sends a report for every probe round and link change until `reports` is
+/// closed.
 pub async fn watch(
+    uplink: usize,
     config: HealthConfig,
     mark: u32,
     initial: State,
@@ -556,6 +560,7 @@ pub async fn watch(
         Tracker::new(fail_after, recover_after, !targets.is_empty()).starting(initial);
     let mut meter = Meter::new(targets.len(), QUALITY_WINDOW);
     let send = |tracker: &Tracker, transition, results, quality| Report {
+        uplink,
         state: tracker.state(),
         transition,
         results,

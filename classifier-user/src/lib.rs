@@ -26,6 +26,7 @@ pub mod sources;
 
 pub mod state;
 pub mod time;
+pub mod uplinks;
 
 /// The compiled kernel programs (classifier-ebpf), embedded at build time.
 pub static EBPF_OBJECT: &[u8] =

@@ -619,18 +619,44 @@ impl Collector for Scrape {
                 })
                 .collect::<Vec<_>>(),
         )?;
-        if let Some(uplink) = &status.uplink {
-            let state = uplink.state.to_string();
+        let recorded: Vec<&crate::state::Uplink> = if status.uplinks.is_empty() {
+            status.uplink.iter().collect()
+        } else {
+            status.uplinks.iter().collect()
+        };
+        if !recorded.is_empty() {
+            let named = |uplink: &crate::state::Uplink| ("uplink", uplink.name.clone());
             gauge(
                 &mut encoder,
                 "xdp_breakout_uplink_state",
-                "the direct uplink's state as the health checks see it: 1 for the current one",
-                &["up", "down", "unchecked"]
+                "each direct uplink's state as the health checks see it: 1 for the current one",
+                &recorded
                     .iter()
-                    .map(|name| {
+                    .flat_map(|uplink| {
+                        let state = uplink.state.to_string();
+                        ["up", "down", "unchecked"].into_iter().map(move |name| {
+                            (
+                                vec![named(uplink), ("state", name.to_owned())],
+                                if name == state { 1.0 } else { 0.0 },
+                            )
+                        })
+                    })
+                    .collect::<Vec<_>>(),
+            )?;
+            gauge(
+                &mut encoder,
+                "xdp_breakout_uplink_degraded",
+                "1 while a direct uplink misses its SLA (new quality-sensitive flows avoid it)",
+                &recorded
+                    .iter()
+                    .map(|uplink| {
                         (
-                            vec![("state", (*name).to_owned())],
-                            if *name == state { 1.0 } else { 0.0 },
+                            vec![named(uplink)],
+                            if uplink.grade == crate::uplinks::Grade::Degraded {
+                                1.0
+                            } else {
+                                0.0
+                            },
                         )
                     })
                     .collect::<Vec<_>>(),
@@ -638,30 +664,73 @@ impl Collector for Scrape {
             counter(
                 &mut encoder,
                 "xdp_breakout_uplink_transitions",
-                "changes of the direct uplink's state since the agent started",
-                &[(Vec::new(), uplink.transitions)],
+                "changes of each direct uplink's state since the agent started",
+                &recorded
+                    .iter()
+                    .map(|uplink| (vec![named(uplink)], uplink.transitions))
+                    .collect::<Vec<_>>(),
             )?;
-            if let Some(quality) = &uplink.quality {
-                use crate::health::QUALITY_WINDOW;
-                let direct = |value: f64| vec![(vec![("uplink", "direct".to_owned())], value)];
-                let seconds = |us: u64| float(us) / 1e6;
-                // No answer in the window, no RTT: an absent series, not a made-up one.
-                if let Some(rtt) = quality.rtt_us {
-                    gauge(
-                        &mut encoder,
-                        "xdp_breakout_uplink_rtt_seconds",
-                        &format!(
-                            "mean round-trip time of the health probes answered over the last \
-                             {QUALITY_WINDOW} rounds"
-                        ),
-                        &direct(seconds(rtt)),
-                    )?;
-                }
+            counter(
+                &mut encoder,
+                "xdp_breakout_uplink_grade_changes",
+                "changes of each direct uplink's grade (good, degraded) since the agent started",
+                &recorded
+                    .iter()
+                    .map(|uplink| (vec![named(uplink)], uplink.grade_changes))
+                    .collect::<Vec<_>>(),
+            )?;
+            if let Ok(maps) = &self.maps
+                && let Ok(counted) = maps.uplink_stats()
+                && !counted.is_empty()
+            {
+                counter(
+                    &mut encoder,
+                    "xdp_breakout_uplink_packets",
+                    "packets the kernel marked for each direct uplink",
+                    &recorded
+                        .iter()
+                        .zip(&counted)
+                        .map(|(uplink, counter)| (vec![named(uplink)], counter.packets))
+                        .collect::<Vec<_>>(),
+                )?;
+            }
+            use crate::health::QUALITY_WINDOW;
+            let seconds = |us: u64| float(us) / 1e6;
+            let measured: Vec<(&crate::state::Uplink, crate::health::Figures)> = recorded
+                .iter()
+                .filter_map(|uplink| uplink.quality.map(|quality| (*uplink, quality)))
+                .collect();
+            // No answer in the window, no RTT: an absent series, not a made-up one.
+            let rtts: Vec<_> = measured
+                .iter()
+                .filter_map(|(uplink, quality)| {
+                    quality
+                        .rtt_us
+                        .map(|rtt| (vec![named(uplink)], seconds(rtt)))
+                })
+                .collect();
+            if !rtts.is_empty() {
+                gauge(
+                    &mut encoder,
+                    "xdp_breakout_uplink_rtt_seconds",
+                    &format!(
+                        "mean round-trip time of the health probes answered over the last \
+                         {QUALITY_WINDOW} rounds"
+                    ),
+                    &rtts,
+                )?;
+            }
+            if !measured.is_empty() {
                 gauge(
                     &mut encoder,
                     "xdp_breakout_uplink_jitter_seconds",
                     "RFC 3550 jitter of consecutive health probe round-trip times",
-                    &direct(seconds(quality.jitter_us)),
+                    &measured
+                        .iter()
+                        .map(|(uplink, quality)| {
+                            (vec![named(uplink)], seconds(quality.jitter_us))
+                        })
+                        .collect::<Vec<_>>(),
                 )?;
                 gauge(
                     &mut encoder,
@@ -670,7 +739,10 @@ impl Collector for Scrape {
                         "share of the health probes of the last {QUALITY_WINDOW} rounds that \
                          got no answer"
                     ),
-                    &direct(quality.loss_ratio()),
+                    &measured
+                        .iter()
+                        .map(|(uplink, quality)| (vec![named(uplink)], quality.loss_ratio()))
+                        .collect::<Vec<_>>(),
                 )?;
             }
         }
@@ -1118,6 +1190,10 @@ mod tests {
         let scrape = |quality: Option<Figures>| {
             *shared.status.lock().unwrap() = Status {
                 uplink: Some(Uplink {
+                    name: "direct".into(),
+                    interface: None,
+                    mark: 0x365,
+                    table: None,
                     state: crate::health::State::Up,
                     since: None,
                     reason: None,
@@ -1125,6 +1201,13 @@ mod tests {
                     failed_probes: 0,
                     targets: Vec::new(),
                     quality,
+                    grade: crate::uplinks::Grade::Good,
+                    grade_reason: None,
+                    grade_since: None,
+                    grade_changes: 0,
+                    sla: String::new(),
+                    addresses: Vec::new(),
+                    nat_address: Vec::new(),
                 }),
                 ..Status::default()
             };

@@ -4,7 +4,9 @@
 //! A leaf: it names no other module of the crate, so that the module owning a section can use
 //! it while [`crate::config`] composes that section, without a cycle.
 
-use std::time::Duration;
+use std::{fmt, str::FromStr, time::Duration};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A key of a section refused, named within its section (`interval`, not `health.interval`):
 /// the configuration prefixes the section's name when it composes the sections.
@@ -132,7 +134,7 @@ impl Share {
     }
 }
 
-impl std::str::FromStr for Share {
+impl FromStr for Share {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
@@ -159,8 +161,8 @@ impl std::str::FromStr for Share {
     }
 }
 
-impl std::fmt::Display for Share {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Display for Share {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (whole, fraction) = (self.ppm / 10_000, self.ppm % 10_000);
         if fraction == 0 {
             write!(f, "{whole}%")
@@ -171,14 +173,14 @@ impl std::fmt::Display for Share {
     }
 }
 
-impl serde::Serialize for Share {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+impl Serialize for Share {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(self)
     }
 }
 
-impl<'de> serde::Deserialize<'de> for Share {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+impl<'de> Deserialize<'de> for Share {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         String::deserialize(deserializer)?
             .parse()
             .map_err(serde::de::Error::custom)
@@ -222,3 +224,58 @@ mod share_tests {
         assert!(tiny.exceeded_by(1 << 112, v6), "a /16 is 0.012%");
     }
 }
+
+/// `VALUE/MASK` for `skb->mark`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mark {
+    pub value: u32,
+    pub mask: u32,
+}
+
+impl fmt::Display for Mark {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#x}/{:#x}", self.value, self.mask)
+    }
+}
+
+impl FromStr for Mark {
+    type Err = String;
+
+    /// `0x365/0xffff`, `869/65535`, or `0x365` (mask 0xffffffff).
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let number = |s: &str| {
+            let s = s.trim();
+            match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+                Some(hex) => u32::from_str_radix(hex, 16),
+                None => s.parse(),
+            }
+            .map_err(|_| format!("{s:?} is not a 32-bit number"))
+        };
+        let (value, mask) = match text.split_once('/') {
+            Some((value, mask)) => (number(value)?, number(mask)?),
+            None => (number(text)?, u32::MAX),
+        };
+        if mask == 0 {
+            return Err("the mask is 0: no bit of the mark would be set".to_owned());
+        }
+        if value & !mask != 0 {
+            return Err(format!("value {value:#x} has bits outside mask {mask:#x}"));
+        }
+        Ok(Self { value, mask })
+    }
+}
+
+impl Serialize for Mark {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Mark {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+

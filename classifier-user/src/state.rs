@@ -68,9 +68,16 @@ pub struct Status {
     /// Entries of the tries.
     pub prefixes_v4: usize,
     pub prefixes_v6: usize,
-    /// The direct uplink's health, when the agent checks it.
+    /// The first direct uplink's health, when the agent checks it (as before there were
+    /// several: `uplinks[0]`).
     #[serde(default)]
     pub uplink: Option<Uplink>,
+    /// Every direct uplink, in configuration order (index = the kernel's uplink index).
+    #[serde(default)]
+    pub uplinks: Vec<Uplink>,
+    /// Where each category's new direct flows go now.
+    #[serde(default)]
+    pub steering: Vec<SteerRow>,
     /// Every source, `m365` (`[feed]`) first, then `[[sources]]` in configuration order.
     #[serde(default)]
     pub sources: Vec<SourceStatus>,
@@ -217,9 +224,33 @@ pub struct LearnedFile {
     pub rows: Vec<LearnedRow>,
 }
 
-/// The direct uplink as the agent's health checks see it.
+/// A category's steering as the kernel's row holds it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SteerRow {
+    /// `Optimize`, `Allow`, `Default` or `Direct`.
+    pub category: String,
+    /// `best`, `ordered` or `balance`.
+    pub policy: String,
+    /// Whether it avoids degraded uplinks.
+    pub sensitive: bool,
+    /// The uplinks new flows take, by name, with their share of the row's slots in percent;
+    /// `tunnel` when none may take them.
+    pub to: Vec<(String, u32)>,
+}
+
+/// A direct uplink as the agent's health checks see it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Uplink {
+    /// Its name (`direct` for the one of `[health]`).
+    #[serde(default = "single")]
+    pub name: String,
+    /// Its interface, mark and routing table.
+    #[serde(default)]
+    pub interface: Option<String>,
+    #[serde(default)]
+    pub mark: u32,
+    #[serde(default)]
+    pub table: Option<u32>,
     pub state: crate::health::State,
     /// When it last changed, and why.
     pub since: Option<Time>,
@@ -234,6 +265,28 @@ pub struct Uplink {
     /// RTT, jitter and loss over the last probe rounds; null before the first round.
     #[serde(default)]
     pub quality: Option<crate::health::Figures>,
+    /// Whether it meets its SLA for new quality-sensitive flows, and why not.
+    #[serde(default)]
+    pub grade: crate::uplinks::Grade,
+    #[serde(default)]
+    pub grade_reason: Option<crate::uplinks::Miss>,
+    #[serde(default)]
+    pub grade_since: Option<Time>,
+    #[serde(default)]
+    pub grade_changes: u64,
+    /// Its SLA, as people read it (`rtt 60ms, jitter 15ms, loss 0.1%`).
+    #[serde(default)]
+    pub sla: String,
+    /// Its interface's addresses (the source addresses Microsoft sees without NAT), and its
+    /// public NAT addresses, when configured.
+    #[serde(default)]
+    pub addresses: Vec<std::net::IpAddr>,
+    #[serde(default)]
+    pub nat_address: Vec<std::net::IpAddr>,
+}
+
+fn single() -> String {
+    crate::uplinks::SINGLE.to_owned()
 }
 
 /// Layout 1's `applied.json`.

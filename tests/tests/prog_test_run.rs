@@ -375,7 +375,8 @@ fn check_xdp(
             set_id: expect.set_id,
             reason: u8::try_from(expect.reason).unwrap(),
             dns_query: 0,
-            _pad: [0; 2],
+            uplink: 0,
+            _pad: 0,
         },
         "{name}: metadata"
     );

@@ -247,42 +247,41 @@ async fn read_dns(ring: aya::maps::RingBuf<aya::maps::MapData>, answers: mpsc::S
     }
 }
 
-/// The health checks of the direct uplink, run as a task of their own that reports to the
-/// daemon loop; restarted when a reload changes them.
+/// The health checks of the direct uplinks, one task each, reporting to the daemon loop on
+/// one channel; restarted when a reload changes them.
 struct Health {
-    config: health::HealthConfig,
-    mark: u32,
-    _task: Option<Task>,
+    probed: Vec<(health::HealthConfig, u32)>,
+    _tasks: Vec<Task>,
     reports: Option<mpsc::Receiver<health::Report>>,
 }
 
 impl Health {
     fn spawn(agent: &Agent) -> Self {
-        let config = agent.config().health.clone();
-        let mark = agent.config().policy.mark.value;
-        let (task, reports) = if config.checks() {
-            let (sender, reports) = mpsc::channel(16);
-            let task = tokio::spawn(health::watch(
-                config.clone(),
-                mark,
-                agent.uplink_state(),
-                sender,
-            ));
-            (Some(Task(task)), Some(reports))
-        } else {
-            (None, None)
-        };
+        let probed = agent.probed_uplinks();
+        let states = agent.uplink_states();
+        let (sender, reports) = mpsc::channel(16 * probed.len().max(1));
+        let mut tasks = Vec::new();
+        for (i, (config, mark)) in probed.iter().enumerate() {
+            if config.checks() {
+                tasks.push(Task(tokio::spawn(health::watch(
+                    i,
+                    config.clone(),
+                    *mark,
+                    states.get(i).copied().unwrap_or(health::State::Up),
+                    sender.clone(),
+                ))));
+            }
+        }
         Self {
-            config,
-            mark,
-            _task: task,
-            reports,
+            probed,
+            reports: (!tasks.is_empty()).then_some(reports),
+            _tasks: tasks,
         }
     }
 
     /// Restarts the checks when the agent's configuration of them changed.
     fn follow(&mut self, agent: &Agent) {
-        if agent.config().health != self.config || agent.config().policy.mark.value != self.mark {
+        if agent.probed_uplinks() != self.probed {
             *self = Self::spawn(agent);
         }
     }

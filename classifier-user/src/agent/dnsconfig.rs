@@ -46,13 +46,16 @@ impl Agent {
         about
             .inputs
             .extend(dnsconfig::domains_about(&self.config.domains));
-        if self.uplink_down {
+        if self.uplink_down() {
             about.uplink_down = Some(
-                self.uplink
-                    .reason
-                    .clone()
-                    .unwrap_or_else(|| "the health checks failed".to_owned()),
-            );
+                self.uplinks
+                    .iter()
+                    .filter_map(|live| live.record.reason.clone())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+            .filter(|reason| !reason.is_empty())
+            .or_else(|| Some("the health checks failed".to_owned()));
         }
         Some(dnsconfig::render(
             format,

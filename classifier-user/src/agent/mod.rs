@@ -77,9 +77,14 @@ pub struct Agent {
     /// Whether this agent is the daemon and attached: only then does it write the status
     /// file ([`Agent::serve`]).
     serving: bool,
-    /// The health checks found the direct uplink dead: direct verdicts go to the tunnel.
-    uplink_down: bool,
-    uplink: crate::state::Uplink,
+    /// The direct uplinks, in configuration order (the kernel's uplink indices).
+    uplinks: Vec<uplink::Live>,
+    /// The uplink `best` chose for each category, kept while it stays good enough.
+    best: [Option<u8>; classifier_common::category::COUNT as usize],
+    /// The steering rows last written, and the sensitive categories they keep on degraded
+    /// uplinks (warned about once per change).
+    written_rows: Option<classifier_common::Uplinks>,
+    stuck: Vec<&'static str>,
     maps: Maps,
     /// The pin directory to lock while the maps change; `None` for private maps.
     lock_dir: Option<std::path::PathBuf>,
@@ -91,19 +96,7 @@ pub struct Agent {
 impl Agent {
     pub fn new(config: Config, maps: Maps, state: State) -> anyhow::Result<Self> {
         let client_id = state.client_id()?;
-        let uplink = crate::state::Uplink {
-            state: if config.health.checks() {
-                crate::health::State::Up
-            } else {
-                crate::health::State::Unchecked
-            },
-            since: None,
-            reason: None,
-            transitions: 0,
-            failed_probes: 0,
-            targets: Vec::new(),
-            quality: None,
-        };
+        let uplinks = uplink::lives(&config, Vec::new());
         let mut agent = Self {
             config,
             sources: Vec::new(),
@@ -117,14 +110,17 @@ impl Agent {
             learned_saved: None,
             trusted: Vec::new(),
             serving: false,
-            uplink_down: false,
-            uplink,
+            uplinks,
+            best: [None; classifier_common::category::COUNT as usize],
+            written_rows: None,
+            stuck: Vec::new(),
             maps,
             lock_dir: None,
             state,
             shared: Arc::default(),
         };
         agent.refresh_trust();
+        agent.refresh_addresses();
         agent.load_sources();
         agent.adopt_record();
         agent.sources_changed();

@@ -25,7 +25,9 @@ impl Agent {
             mark: self.config.policy.mark.to_string(),
             prefixes_v4: self.prefixes.0,
             prefixes_v6: self.prefixes.1,
-            uplink: Some(self.uplink.clone()),
+            uplink: self.uplinks.first().map(|live| live.record.clone()),
+            uplinks: self.uplink_records(),
+            steering: self.steering_rows(),
             sources: self.source_statuses(),
             dns: self.config.dns.learn.then(|| crate::state::DnsStatus {
                 resolvers: self.trusted.clone(),

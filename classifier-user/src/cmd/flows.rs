@@ -151,7 +151,8 @@ mod tests {
                 category: category::OPTIMIZE,
                 set_id: 11,
                 reason: 2,
-                _pad: [0; 3],
+                uplink: 0,
+                _pad: [0; 2],
             },
         };
         let row = row(&flow, 10_000_000_000);

@@ -5,9 +5,13 @@
 //! "program_name"}}], "agent": {"pid", "running"}, "feed": {"instance", "url", "version",
 //! "applied_at", "source"}, "prefixes": {"ipv4", "ipv6"}, "last_poll", "next_poll",
 //! "last_error", "consecutive_failures", "mark", "strict_ports", "policy": {"Optimize",
-//! "Allow", "Default"}, "uplink": {"state", "failing_over", "since", "reason", "transitions",
-//! "failed_probes", "targets": [{"target", "ok", "rtt_us", "error"}], "quality": {"rtt_ms",
-//! "last_rtt_ms", "jitter_ms", "loss_ratio", "window"}}, "index": {"live",
+//! "Allow", "Default"}, "uplink": {"name", "interface", "mark", "table", "state",
+//! "failing_over", "since", "reason", "transitions", "failed_probes", "targets": [{"target",
+//! "ok", "rtt_us", "error"}], "quality": {"rtt_ms", "last_rtt_ms", "jitter_ms", "loss_ratio",
+//! "window"}, "grade", "degraded_because", "grade_since", "grade_changes", "sla",
+//! "addresses", "nat_address", "packets", "bytes"}, "uplinks": [the same, one per direct
+//! uplink], "steering": [{"category", "policy", "sensitive", "to": [[NAME, PERCENT]]}],
+//! "index": {"live",
 //! "ipv4", "ipv6", "slots_used", "slots_per_half", "rule_sets", "memory_mib"}, "dns":
 //! {"resolvers", "resolvers_from"}}`; times are
 //! RFC 3339
@@ -28,7 +32,7 @@ use crate::{
     cli::{GlobalArgs, StatusArgs},
     datapath::{self, attached_xdp, tc_link_pin, xdp_link_pin},
     health::{Figures, ProbeResult, State},
-    state::{SourceStatus, Status, read_status},
+    state::{SourceStatus, read_status},
     time::Time,
 };
 
@@ -59,8 +63,12 @@ pub struct Report {
     pub strict_ports: bool,
     /// The action, `direct` or `tunnel`, of each category.
     pub policy: Policy,
-    /// The direct uplink, as the agent's health checks see it.
+    /// The first direct uplink, as the agent's health checks see it (`uplinks[0]`).
     pub uplink: Uplink,
+    /// Every direct uplink, in configuration order.
+    pub uplinks: Vec<Uplink>,
+    /// Where each direct category's new flows go: the kernel's steering rows.
+    pub steering: Vec<crate::state::SteerRow>,
     /// The compiled index beside the tries; null in pins of a version before it.
     pub index: Option<Index>,
     /// DNS learning; null when the agent does not learn (or has written no status).
@@ -96,9 +104,15 @@ pub struct Index {
     pub memory_mib: f64,
 }
 
-/// The direct uplink's health.
-#[derive(Debug, Serialize)]
+/// A direct uplink's health.
+#[derive(Clone, Debug, Serialize)]
 pub struct Uplink {
+    /// Its name (`direct` for the one uplink of `[health]`), interface, mark (hex) and
+    /// routing table as configured.
+    pub name: String,
+    pub interface: Option<String>,
+    pub mark: String,
+    pub table: Option<u32>,
     /// `up`, `down` or `unchecked` (no agent status, no targets or interface, or
     /// `failover = "none"`).
     pub state: State,
@@ -118,10 +132,27 @@ pub struct Uplink {
     /// RTT, jitter and loss over the last probe rounds; null before the first round (and
     /// without targets).
     pub quality: Option<Quality>,
+    /// `good` or `degraded` (missed its SLA for `steering.degrade-after` rounds): new
+    /// quality-sensitive flows avoid a degraded uplink, its flows stay.
+    pub grade: crate::uplinks::Grade,
+    /// Which figure misses its bound while degraded (`loss 2.0% (1 of 50 probes) > 0.1%`).
+    pub degraded_because: Option<String>,
+    /// When the grade last changed, and how often it did since the agent started.
+    pub grade_since: Option<Time>,
+    pub grade_changes: u64,
+    /// Its SLA (`rtt 60ms, jitter 15ms, loss 0.1%`).
+    pub sla: String,
+    /// Its interface's addresses (what Microsoft sees without NAT), and its public NAT
+    /// addresses as configured (`nat-address`).
+    pub addresses: Vec<std::net::IpAddr>,
+    pub nat_address: Vec<std::net::IpAddr>,
+    /// Packets and bytes the kernel marked for it (`XB_UPLINK_STATS`).
+    pub packets: u64,
+    pub bytes: u64,
 }
 
 /// The direct uplink's quality, from the health probes (no probes of its own).
-#[derive(Debug, Serialize)]
+#[derive(Clone, Copy, Debug, Serialize)]
 pub struct Quality {
     /// The mean round-trip time of the window's answered probes, milliseconds; null when
     /// none answered.
@@ -136,6 +167,107 @@ pub struct Quality {
     /// Probes in the window: the last 50 rounds (fewer since the agent started or
     /// reloaded), times the targets.
     pub window: u32,
+}
+
+impl Uplink {
+    /// Its lines of `status`: the one uplink as before there were several, or each one
+    /// under its name.
+    fn write_text(&self, out: &mut impl std::io::Write, named: bool) -> std::io::Result<()> {
+        let label = |what: &str| {
+            let text = if named {
+                format!("{what} {}:", self.name)
+            } else {
+                format!("{what}:")
+            };
+            format!("{text:<16}")
+        };
+        writeln!(
+            out,
+            "{}{}{} since {} ({}; {} transitions, {} failed probes)",
+            label("uplink"),
+            self.state,
+            if self.failing_over {
+                ", direct verdicts go to the tunnel"
+            } else {
+                ""
+            },
+            or_dash(self.since.as_ref()),
+            or_dash(self.reason.as_ref()),
+            self.transitions,
+            self.failed_probes
+        )?;
+        if named {
+            writeln!(
+                out,
+                "{}{} mark {}, table {}; {} packets marked",
+                label("  route"),
+                or_dash(self.interface.as_ref()),
+                self.mark,
+                or_dash(self.table.as_ref()),
+                self.packets
+            )?;
+        }
+        if let Some(quality) = &self.quality {
+            let rtt = quality
+                .rtt_ms
+                .map_or_else(|| "-".to_owned(), |rtt| format!("{rtt:.1} ms"));
+            writeln!(
+                out,
+                "{}rtt {rtt}, jitter {:.1} ms, loss {:.1}% over the last {} probes",
+                label("quality"),
+                quality.jitter_ms,
+                quality.loss_ratio * 100.0,
+                quality.window
+            )?;
+        }
+        if !self.sla.is_empty() {
+            match &self.degraded_because {
+                Some(why) => writeln!(
+                    out,
+                    "{}degraded since {}: {why} (SLA {})",
+                    label("grade"),
+                    or_dash(self.grade_since.as_ref()),
+                    self.sla
+                )?,
+                None => writeln!(out, "{}meets its SLA ({})", label("grade"), self.sla)?,
+            }
+        }
+        if !self.addresses.is_empty() || !self.nat_address.is_empty() {
+            let list = |addresses: &[std::net::IpAddr]| {
+                addresses
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            writeln!(
+                out,
+                "{}{}{}",
+                label("egress"),
+                list(&self.addresses),
+                if self.nat_address.is_empty() {
+                    String::new()
+                } else {
+                    format!("; NAT {}", list(&self.nat_address))
+                }
+            )?;
+        }
+        for probe in &self.targets {
+            match (&probe.error, probe.rtt_us) {
+                (None, Some(rtt)) => {
+                    writeln!(out, "{}{} ok in {rtt} us", label("probe"), probe.target)?;
+                }
+                (error, _) => writeln!(
+                    out,
+                    "{}{} failed: {}",
+                    label("probe"),
+                    probe.target,
+                    or_dash(error.as_ref())
+                )?,
+            }
+        }
+        Ok(())
+    }
 }
 
 impl From<Figures> for Quality {
@@ -256,6 +388,33 @@ pub fn run(global: &GlobalArgs, StatusArgs {}: &StatusArgs) -> anyhow::Result<()
     let status = read_status(&global.state_dir())?;
     let agent = status.as_ref();
     let m365 = agent.and_then(|status| status.source(crate::sources::M365));
+    let failing_over = config.flags & flags::UPLINK_DOWN != 0;
+    let counted = maps.uplink_stats()?;
+    let recorded: Vec<&crate::state::Uplink> = match agent {
+        Some(status) if !status.uplinks.is_empty() => status.uplinks.iter().collect(),
+        Some(status) => status.uplink.iter().collect(),
+        None => Vec::new(),
+    };
+    let mut uplinks: Vec<Uplink> = recorded
+        .iter()
+        .enumerate()
+        .map(|(i, record)| {
+            uplink(
+                Some(record),
+                config.mark,
+                failing_over,
+                counted.get(i).copied().unwrap_or_default(),
+            )
+        })
+        .collect();
+    if uplinks.is_empty() {
+        uplinks.push(uplink(
+            None,
+            config.mark,
+            failing_over,
+            counted.first().copied().unwrap_or_default(),
+        ));
+    }
     let report = Report {
         interfaces: datapath::attached_interfaces(&pin_dir)
             .into_iter()
@@ -283,7 +442,12 @@ pub fn run(global: &GlobalArgs, StatusArgs {}: &StatusArgs) -> anyhow::Result<()
             allow: action::name(policy[usize::from(category::ALLOW)]),
             default: action::name(policy[usize::from(category::DEFAULT)]),
         },
-        uplink: uplink(agent, config.flags & flags::UPLINK_DOWN != 0),
+        uplink: uplinks
+            .first()
+            .cloned()
+            .unwrap_or_else(|| uplink(None, 0, failing_over, classifier_common::Counter::default())),
+        uplinks,
+        steering: agent.map(|status| status.steering.clone()).unwrap_or_default(),
         dns: agent.and_then(|status| status.dns.as_ref()).map(|dns| Dns {
             resolvers: dns.resolvers.iter().map(ToString::to_string).collect(),
             resolvers_from: if dns.from_interfaces {
@@ -316,9 +480,41 @@ pub fn run(global: &GlobalArgs, StatusArgs {}: &StatusArgs) -> anyhow::Result<()
     Ok(())
 }
 
-fn uplink(status: Option<&Status>, failing_over: bool) -> Uplink {
-    let recorded = status.and_then(|status| status.uplink.as_ref());
+fn uplink(
+    recorded: Option<&crate::state::Uplink>,
+    config_mark: u32,
+    failing_over: bool,
+    counted: classifier_common::Counter,
+) -> Uplink {
     Uplink {
+        name: recorded.map_or_else(
+            || crate::uplinks::SINGLE.to_owned(),
+            |uplink| uplink.name.clone(),
+        ),
+        interface: recorded.and_then(|uplink| uplink.interface.clone()),
+        mark: format!(
+            "{:#x}",
+            recorded
+                .map(|uplink| uplink.mark)
+                .filter(|mark| *mark != 0)
+                .unwrap_or(config_mark)
+        ),
+        table: recorded.and_then(|uplink| uplink.table),
+        grade: recorded.map(|uplink| uplink.grade).unwrap_or_default(),
+        degraded_because: recorded
+            .and_then(|uplink| uplink.grade_reason.as_ref())
+            .map(ToString::to_string),
+        grade_since: recorded.and_then(|uplink| uplink.grade_since),
+        grade_changes: recorded.map_or(0, |uplink| uplink.grade_changes),
+        sla: recorded.map(|uplink| uplink.sla.clone()).unwrap_or_default(),
+        addresses: recorded
+            .map(|uplink| uplink.addresses.clone())
+            .unwrap_or_default(),
+        nat_address: recorded
+            .map(|uplink| uplink.nat_address.clone())
+            .unwrap_or_default(),
+        packets: counted.packets,
+        bytes: counted.bytes,
         state: recorded.map_or(State::Unchecked, |uplink| uplink.state),
         failing_over,
         since: recorded.and_then(|uplink| uplink.since),
@@ -399,7 +595,9 @@ impl Report {
             mark,
             strict_ports,
             policy,
-            uplink,
+            uplink: _,
+            uplinks,
+            steering,
             index,
             dns,
         } = self;
@@ -466,44 +664,30 @@ impl Report {
             "policy:         Optimize {}, Allow {}, Default {}",
             policy.optimize, policy.allow, policy.default
         )?;
-        writeln!(
-            out,
-            "uplink:         {}{} since {} ({}; {} transitions, {} failed probes)",
-            uplink.state,
-            if uplink.failing_over {
-                ", direct verdicts go to the tunnel"
-            } else {
-                ""
-            },
-            or_dash(uplink.since.as_ref()),
-            or_dash(uplink.reason.as_ref()),
-            uplink.transitions,
-            uplink.failed_probes
-        )?;
-        if let Some(quality) = &uplink.quality {
-            let rtt = quality
-                .rtt_ms
-                .map_or_else(|| "-".to_owned(), |rtt| format!("{rtt:.1} ms"));
+        let several = uplinks.len() > 1;
+        for uplink in uplinks {
+            uplink.write_text(out, several)?;
+        }
+        for row in steering {
+            let to: Vec<String> = row
+                .to
+                .iter()
+                .map(|(name, share)| {
+                    if row.to.len() == 1 {
+                        name.clone()
+                    } else {
+                        format!("{name} {share}%")
+                    }
+                })
+                .collect();
             writeln!(
                 out,
-                "quality:        rtt {rtt}, jitter {:.1} ms, loss {:.1}% over the last {} probes",
-                quality.jitter_ms,
-                quality.loss_ratio * 100.0,
-                quality.window
+                "steering:       {} {}{} -> {}",
+                row.category,
+                row.policy,
+                if row.sensitive { " (sensitive)" } else { "" },
+                to.join(", ")
             )?;
-        }
-        for probe in &uplink.targets {
-            match (&probe.error, probe.rtt_us) {
-                (None, Some(rtt)) => {
-                    writeln!(out, "probe:          {} ok in {rtt} us", probe.target)?;
-                }
-                (error, _) => writeln!(
-                    out,
-                    "probe:          {} failed: {}",
-                    probe.target,
-                    or_dash(error.as_ref())
-                )?,
-            }
         }
         match index {
             Some(index) if index.live => writeln!(
@@ -563,7 +747,7 @@ mod tests {
             program_id: 40,
             program_name: Some("breakout".into()),
         };
-        let report = Report {
+        let mut report = Report {
             pin_dir: "/sys/fs/bpf/xdp-breakout".into(),
             interfaces: vec![Interface {
                 name: "lan0".into(),
@@ -598,6 +782,19 @@ mod tests {
                 default: "tunnel",
             },
             uplink: Uplink {
+                name: "direct".into(),
+                interface: Some("wan0".into()),
+                mark: "0x365".into(),
+                table: Some(365),
+                grade: crate::uplinks::Grade::Degraded,
+                degraded_because: Some("loss 2.0% (1 of 50 probes) > 0.1%".into()),
+                grade_since: Some(Time(0)),
+                grade_changes: 1,
+                sla: "rtt 60ms, jitter 15ms, loss 0.1%".into(),
+                addresses: vec!["10.0.2.1".parse().unwrap()],
+                nat_address: vec!["203.0.113.7".parse().unwrap()],
+                packets: 10,
+                bytes: 1000,
                 state: State::Down,
                 failing_over: true,
                 since: Some(Time(0)),
@@ -618,6 +815,13 @@ mod tests {
                     lost: 0,
                 })),
             },
+            uplinks: Vec::new(),
+            steering: vec![crate::state::SteerRow {
+                category: "Optimize".into(),
+                policy: "best".into(),
+                sensitive: true,
+                to: vec![("direct".into(), 100)],
+            }],
             index: Some(Index {
                 live: true,
                 ipv4: true,
@@ -632,6 +836,7 @@ mod tests {
                 resolvers_from: "interfaces",
             }),
         };
+        report.uplinks = vec![report.uplink.clone()];
         assert_documented_in(&report, &module_doc(include_str!("status.rs")));
         let mut text = Vec::new();
         report.write_text(&mut text).unwrap();
@@ -655,5 +860,13 @@ mod tests {
             ),
             "{text}"
         );
+        for line in [
+            "grade:          degraded since 1970-01-01T00:00:00Z: loss 2.0% (1 of 50 probes) > \
+             0.1% (SLA rtt 60ms, jitter 15ms, loss 0.1%)",
+            "egress:         10.0.2.1; NAT 203.0.113.7",
+            "steering:       Optimize best (sensitive) -> direct",
+        ] {
+            assert!(text.contains(line), "{line}\n{text}");
+        }
     }
 }

@@ -234,7 +234,8 @@ impl Datapath {
             ],
             Some(take(names::FLOWS)?),
             Some(index),
-        )
+        )?
+        .with_uplinks(Some([take(names::UPLINKS)?, take(names::UPLINK_STATS)?]))
     }
 }
 

@@ -4,8 +4,8 @@ use std::{collections::BTreeMap, net::IpAddr, path::Path};
 
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key};
 use classifier_common::{
-    Config, Counter, FlowKey, FlowValue, LpmKeyV4, LpmKeyV6, MAX_SET_ID, Policy, PrefixRules,
-    STATS_LEN, category, names, stat,
+    Config, Counter, FlowKey, FlowValue, LpmKeyV4, LpmKeyV6, MAX_SET_ID, MAX_UPLINKS, Policy,
+    PrefixRules, STATS_LEN, Uplinks, category, names, stat,
 };
 
 use super::{
@@ -26,6 +26,9 @@ pub struct Maps {
     flows: Option<HashMap<MapData, FlowKey, FlowValue>>,
     /// Absent in pins of a version before the index (until the agent restarts).
     index: Option<IndexMaps>,
+    /// The uplinks' steering and their counters; absent in pins of a version with one
+    /// uplink (until the agent restarts).
+    uplinks: Option<(Array<MapData, Uplinks>, PerCpuArray<MapData, Counter>)>,
 }
 
 /// A flow of the flow table.
@@ -108,6 +111,11 @@ impl Maps {
         } else {
             None
         };
+        let uplinks = if pin_dir.join(names::UPLINK_STATS).exists() {
+            Some([open(names::UPLINKS)?, open(names::UPLINK_STATS)?])
+        } else {
+            None
+        };
         Self::from_data(
             [
                 open(names::PREFIX_V4)?,
@@ -119,7 +127,54 @@ impl Maps {
             ],
             flows,
             index,
-        )
+        )?
+        .with_uplinks(uplinks)
+    }
+
+    /// Adds the uplink maps ([`names::UPLINKS`], [`names::UPLINK_STATS`]).
+    pub(super) fn with_uplinks(mut self, maps: Option<[MapData; 2]>) -> Result<Self, DatapathError> {
+        let map_error = |name| move |source| DatapathError::Map { name, source };
+        if let Some([uplinks, stats]) = maps {
+            self.uplinks = Some((
+                Array::try_from(Map::Array(uplinks)).map_err(map_error(names::UPLINKS))?,
+                PerCpuArray::try_from(Map::PerCpuArray(stats))
+                    .map_err(map_error(names::UPLINK_STATS))?,
+            ));
+        }
+        Ok(self)
+    }
+
+    /// Writes the uplinks' steering: one write, which every new flow sees at once. Nothing
+    /// without the maps (pins of an older version).
+    pub fn set_uplinks(&mut self, uplinks: &Uplinks) -> Result<(), DatapathError> {
+        let Some((map, _)) = &mut self.uplinks else {
+            return Ok(());
+        };
+        map.set(0, uplinks, 0).map_err(|source| DatapathError::Map {
+            name: names::UPLINKS,
+            source,
+        })
+    }
+
+    /// The uplinks' steering as the kernel reads it; `None` without the maps.
+    pub fn uplinks(&self) -> Result<Option<Uplinks>, DatapathError> {
+        let Some((map, _)) = &self.uplinks else {
+            return Ok(None);
+        };
+        map.get(&0, 0)
+            .map(Some)
+            .map_err(|source| DatapathError::Map {
+                name: names::UPLINKS,
+                source,
+            })
+    }
+
+    /// Packets and bytes marked for each uplink, summed over CPUs (empty without the maps).
+    pub fn uplink_stats(&self) -> Result<Vec<Counter>, DatapathError> {
+        match &self.uplinks {
+            Some((_, stats)) => sum_per_cpu(stats, MAX_UPLINKS as u32, names::UPLINK_STATS),
+            None => Ok(Vec::new()),
+        }
     }
 
     pub(super) fn from_data(
@@ -145,6 +200,7 @@ impl Maps {
                 .transpose()
                 .map_err(map_error(names::FLOWS))?,
             index,
+            uplinks: None,
         })
     }
 

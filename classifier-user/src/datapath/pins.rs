@@ -14,7 +14,7 @@ use aya::{
 };
 use classifier_common::{
     Config, Counter, DEFAULT_FLOWS, DEFAULT_INDEX_SLOTS, FlowKey, FlowValue, LpmKeyV4, LpmKeyV6,
-    MAX_PREFIXES, MAX_SET_ID, Policy, PrefixRules, STATS_LEN, category,
+    MAX_PREFIXES, MAX_SET_ID, MAX_UPLINKS, Policy, PrefixRules, STATS_LEN, Uplinks, category,
     index::{IndexCtl, Slot},
     names,
 };
@@ -30,7 +30,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 ///
 /// The flow table's size is the agent's to choose (`[flows] table-size`); the object declares
 /// [`DEFAULT_FLOWS`].
-pub const MAP_SHAPES: [(&str, MapType, u32, u32, u32); 9] = [
+pub const MAP_SHAPES: [(&str, MapType, u32, u32, u32); 11] = [
     (
         names::PREFIX_V4,
         MapType::LpmTrie,
@@ -82,6 +82,14 @@ pub const MAP_SHAPES: [(&str, MapType, u32, u32, u32); 9] = [
         DEFAULT_INDEX_SLOTS,
     ),
     (names::INDEX_CTL, MapType::Array, 4, size32::<IndexCtl>(), 1),
+    (names::UPLINKS, MapType::Array, 4, size32::<Uplinks>(), 1),
+    (
+        names::UPLINK_STATS,
+        MapType::PerCpuArray,
+        4,
+        size32::<Counter>(),
+        MAX_UPLINKS as u32,
+    ),
 ];
 
 /// The sizes of the maps sized at load (the flow table, the index); `None`: the pinned
