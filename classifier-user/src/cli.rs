@@ -86,6 +86,8 @@ pub enum Command {
     Pac(PacArgs),
     /// Print the local resolver's forward zones: direct names to [dns] local-resolvers.
     DnsConfig(DnsConfigArgs),
+    /// Print the direct uplinks' egress addresses, for Entra ID named locations.
+    Egress(EgressArgs),
     /// List the addresses learned from DNS answers: address, name, set, category, expiry.
     Learned(LearnedArgs),
     /// Refresh the pinned maps once, with the agent's validation.
@@ -170,6 +172,12 @@ pub struct DnsConfigArgs {
 
 #[derive(Debug, Args)]
 pub struct FlowsArgs {}
+
+#[derive(Debug, Args)]
+pub struct EgressArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
 
 #[derive(Debug, Args)]
 pub struct SyncArgs {
@@ -313,6 +321,9 @@ pub struct ConfigArgs {
     /// Good rounds in a row that bring it back.
     #[arg(long, value_name = "N")]
     pub health_recover_after: Option<u32>,
+    /// Probe rounds the quality figures (RTT, jitter, loss) are computed over.
+    #[arg(long, value_name = "ROUNDS")]
+    pub health_window: Option<u32>,
     /// Entries of the flow table (takes effect at start).
     #[arg(long, value_name = "N")]
     pub flows_table_size: Option<u32>,
@@ -371,6 +382,7 @@ impl ConfigArgs {
             health_timeout,
             health_fail_after,
             health_recover_after,
+            health_window,
             flows_table_size,
             index_memory_mib,
             flows_tcp_idle,
@@ -431,6 +443,7 @@ impl ConfigArgs {
         set(&mut health.timeout, *health_timeout);
         set(&mut health.fail_after, *health_fail_after);
         set(&mut health.recover_after, *health_recover_after);
+        set(&mut health.window, *health_window);
         set(&mut config.flows.table_size, *flows_table_size);
         set(&mut config.index.memory_mib, *index_memory_mib);
         set(&mut config.flows.tcp_idle, *flows_tcp_idle);

@@ -134,6 +134,8 @@ pub struct HealthConfig {
     pub fail_after: u32,
     /// Good rounds in a row that bring it back.
     pub recover_after: u32,
+    /// Probe rounds the quality figures (RTT, jitter, loss) are computed over.
+    pub window: u32,
 }
 
 impl Default for HealthConfig {
@@ -147,6 +149,7 @@ impl Default for HealthConfig {
             timeout: Duration::from_secs(2),
             fail_after: 3,
             recover_after: 5,
+            window: QUALITY_WINDOW as u32,
         }
     }
 }
@@ -178,6 +181,9 @@ impl HealthConfig {
         }
         if !(1..=1000).contains(&self.recover_after) {
             return Err(Invalid::new("recover-after", "must be 1..=1000"));
+        }
+        if !(1..=1000).contains(&self.window) {
+            return Err(Invalid::new("window", "must be 1..=1000 rounds"));
         }
         if self.targets.len() > 64 {
             return Err(Invalid::new("targets", "at most 64 targets"));
@@ -329,7 +335,8 @@ pub struct ProbeResult {
     pub error: Option<String>,
 }
 
-/// Probe rounds the quality window holds: 50, about four minutes at the default 5 s interval,
+/// Probe rounds the quality window holds by default (`window`): 50, about four minutes at the
+/// default 5 s interval,
 /// long enough to resolve Microsoft's 1% loss threshold with a few rounds' answers and short
 /// enough to follow a path that degrades.
 pub const QUALITY_WINDOW: usize = 50;
@@ -555,10 +562,11 @@ pub async fn watch(
         timeout,
         fail_after,
         recover_after,
+        window,
     } = config;
     let mut tracker =
         Tracker::new(fail_after, recover_after, !targets.is_empty()).starting(initial);
-    let mut meter = Meter::new(targets.len(), QUALITY_WINDOW);
+    let mut meter = Meter::new(targets.len(), window as usize);
     let send = |tracker: &Tracker, transition, results, quality| Report {
         uplink,
         state: tracker.state(),

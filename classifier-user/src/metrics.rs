@@ -694,7 +694,6 @@ impl Collector for Scrape {
                         .collect::<Vec<_>>(),
                 )?;
             }
-            use crate::health::QUALITY_WINDOW;
             let seconds = |us: u64| float(us) / 1e6;
             let measured: Vec<(&crate::state::Uplink, crate::health::Figures)> = recorded
                 .iter()
@@ -715,7 +714,7 @@ impl Collector for Scrape {
                     "xdp_breakout_uplink_rtt_seconds",
                     &format!(
                         "mean round-trip time of the health probes answered over the last \
-                         {QUALITY_WINDOW} rounds"
+                         [health] window rounds"
                     ),
                     &rtts,
                 )?;
@@ -736,7 +735,7 @@ impl Collector for Scrape {
                     &mut encoder,
                     "xdp_breakout_uplink_loss_ratio",
                     &format!(
-                        "share of the health probes of the last {QUALITY_WINDOW} rounds that \
+                        "share of the health probes of the last [health] window rounds that \
                          got no answer"
                     ),
                     &measured

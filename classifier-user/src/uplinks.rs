@@ -372,6 +372,38 @@ pub fn resolve(
     Ok(uplinks)
 }
 
+/// Front doors per family that an uplink without targets probes.
+pub const FRONT_DOORS: usize = 2;
+
+/// What an uplink without targets probes: Microsoft's own front doors, as its connectivity
+/// test does. They are the host routes (`/31`, `/32`, `/127`, `/128`) of the feed's Optimize
+/// sets that take TCP 443 (Exchange Online's `outlook.office365.com` front doors in the
+/// feed of today), a TCP handshake each: at most [`FRONT_DOORS`] per family, IPv4 first, in
+/// feed order. Empty when the feed has none.
+#[must_use]
+pub fn front_doors(sets: &[crate::feed::EndpointSet]) -> Vec<Target> {
+    let mut doors = Vec::new();
+    for v4 in [true, false] {
+        let found = sets
+            .iter()
+            .filter(|set| set.category == Category::Optimize)
+            .filter(|set| set.tcp.iter().any(|range| (range.lo..=range.hi).contains(&443)))
+            .flat_map(|set| &set.prefixes)
+            .filter(|net| net.addr().is_ipv4() == v4 && net.max_prefix_len() - net.prefix_len() <= 1)
+            .map(|net| Target::Tcp(std::net::SocketAddr::new(net.addr(), 443)));
+        for door in found {
+            if !doors.contains(&door) && doors.iter().filter(|d| is_v4(d) == v4).count() < FRONT_DOORS {
+                doors.push(door);
+            }
+        }
+    }
+    doors
+}
+
+fn is_v4(target: &Target) -> bool {
+    matches!(target, Target::Tcp(addr) if addr.is_ipv4())
+}
+
 /// Whether an uplink meets its SLA, as new quality-sensitive flows see it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -803,6 +835,34 @@ mod tests {
         assert_eq!(rows.uplinks.down, 3);
         assert_eq!(row_of(&rows, category::OPTIMIZE), [STEER_TUNNEL]);
         assert_eq!(row_of(&rows, category::ALLOW), [STEER_TUNNEL]);
+    }
+
+    #[test]
+    fn uplinks_without_targets_probe_the_feeds_optimize_front_doors() {
+        let feed = crate::feed::Feed::parse(include_bytes!(
+            "../../tests/fixtures/m365-worldwide-endpoints-2026043000.json"
+        ))
+        .unwrap();
+        let doors: Vec<String> = front_doors(&feed.sets)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(doors.len(), 2 * FRONT_DOORS, "{doors:?}");
+        for door in &doors {
+            let target: Target = door.parse().unwrap();
+            let Target::Tcp(addr) = target else {
+                panic!("{door}")
+            };
+            assert_eq!(addr.port(), 443);
+            let set = feed
+                .sets
+                .iter()
+                .find(|set| set.prefixes.iter().any(|net| net.contains(&addr.ip())))
+                .unwrap();
+            assert_eq!(set.category, Category::Optimize, "{door}");
+        }
+        assert!(doors[0].starts_with("tcp://") && !doors[0].contains('['), "IPv4 first: {doors:?}");
+        assert!(front_doors(&[]).is_empty());
     }
 
     #[test]

@@ -47,6 +47,18 @@ impl Daemon {
         args: impl IntoIterator<Item: AsRef<OsStr>>,
         log: PathBuf,
     ) -> Self {
+        let args: Vec<std::ffi::OsString> =
+            args.into_iter().map(|arg| arg.as_ref().to_owned()).collect();
+        // Without health flags of its own, a test checks nothing: an uplink without targets
+        // would probe the feed's front doors, which no test upstream answers.
+        let probes = args
+            .iter()
+            .any(|arg| arg.to_string_lossy().starts_with("--health"));
+        let quiet: &[&str] = if probes {
+            &[]
+        } else {
+            &["--health-failover", "none"]
+        };
         let child = setup
             .netns
             .command(xdp_breakout().to_str().expect("UTF-8 path"))
@@ -63,6 +75,7 @@ impl Daemon {
                 setup.feed_url,
                 "--allow-http",
             ])
+            .args(quiet)
             .args(args)
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log).expect("daemon log file"))

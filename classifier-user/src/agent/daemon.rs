@@ -135,6 +135,8 @@ pub async fn run(
                 fetch = None;
                 let result = agent.accept(i, got, false);
                 agent.finish(i, &result);
+                // Uplinks without targets probe the installed feed's front doors.
+                health.follow(agent);
             }
             Event::Answers(batch) => {
                 agent.learn(&batch);
@@ -267,7 +269,10 @@ impl Health {
                     i,
                     config.clone(),
                     *mark,
-                    states.get(i).copied().unwrap_or(health::State::Up),
+                    match states.get(i) {
+                        Some(health::State::Down) => health::State::Down,
+                        _ => health::State::Up,
+                    },
                     sender.clone(),
                 ))));
             }

@@ -137,12 +137,24 @@ impl Agent {
         self.uplinks.iter().map(|live| live.record.state).collect()
     }
 
-    /// The uplinks as the daemon probes them: each one's probe settings and mark.
+    /// The uplinks as the daemon probes them: each one's probe settings and mark. An uplink
+    /// without targets probes Microsoft's Optimize front doors from the installed feed
+    /// ([`crate::uplinks::front_doors`]), unless `failover = "none"`.
     #[must_use]
     pub fn probed_uplinks(&self) -> Vec<(crate::health::HealthConfig, u32)> {
+        let doors = crate::uplinks::front_doors(
+            self.sources.first().map_or(&[][..], |source| source.sets()),
+        );
         self.uplinks
             .iter()
-            .map(|live| (live.config.health.clone(), live.config.mark))
+            .map(|live| {
+                let mut health = live.config.health.clone();
+                if health.targets.is_empty() && health.failover != crate::health::Failover::None
+                {
+                    health.targets.clone_from(&doors);
+                }
+                (health, live.config.mark)
+            })
             .collect()
     }
 
@@ -246,13 +258,10 @@ impl Agent {
             return Ok(());
         };
         let name = live.config.name.clone();
-        let checks = live.config.health.checks();
+        // A report comes only from checks that run (its own targets, its interface, or the
+        // feed's front doors).
         let uplink = &mut live.record;
-        uplink.state = if checks {
-            report.state
-        } else {
-            State::Unchecked
-        };
+        uplink.state = report.state;
         if let Some(results) = report.results {
             for failed in results.iter().filter(|result| !result.ok) {
                 uplink.failed_probes = uplink.failed_probes.saturating_add(1);

@@ -1,8 +1,8 @@
 //! `xdp-breakout flows`: the flow table, the connections and the action each keeps.
 //!
 //! JSON (stable): an array of [`Row`], `{"src", "dst", "proto", "sport", "dport", "action",
-//! "category", "endpoint_set", "reason", "packets", "bytes", "idle_s", "age_s"}`, most
-//! recently seen first.
+//! "uplink", "category", "endpoint_set", "reason", "packets", "bytes", "idle_s", "age_s"}`,
+//! most recently seen first.
 
 use std::{io::Write as _, net::IpAddr};
 
@@ -28,6 +28,9 @@ pub struct Row {
     pub dport: u16,
     /// `direct` or `tunnel`: what every packet of the flow gets.
     pub action: &'static str,
+    /// The direct uplink a direct flow leaves by (its name in the agent's status, else
+    /// `#INDEX`); null for a tunnel flow.
+    pub uplink: Option<String>,
     /// The category of its first packet (`Optimize`, `Allow`, `Default`), or null.
     pub category: Option<&'static str>,
     /// The endpoint set that decided its first packet (0: none, or an operator prefix).
@@ -42,7 +45,7 @@ pub struct Row {
     pub age_s: u64,
 }
 
-fn row(flow: &Flow, now: u64) -> Row {
+fn row(flow: &Flow, now: u64, names: &[String]) -> Row {
     let Flow { key, value } = flow;
     let FlowKey {
         sport,
@@ -62,6 +65,12 @@ fn row(flow: &Flow, now: u64) -> Row {
         sport,
         dport,
         action: action::name(value.action),
+        uplink: (value.action == action::DIRECT).then(|| {
+            names
+                .get(usize::from(value.uplink))
+                .cloned()
+                .unwrap_or_else(|| format!("#{}", value.uplink))
+        }),
         category: category::name(value.category),
         endpoint_set: value.set_id,
         reason: reason_name(u32::from(value.reason)),
@@ -77,18 +86,30 @@ pub fn run(global: &GlobalArgs, FlowsArgs {}: &FlowsArgs) -> anyhow::Result<()> 
     let mut flows = maps.flows()?;
     flows.sort_by_key(|flow| std::cmp::Reverse(flow.value.last_ns));
     let now = crate::datapath::monotonic_ns();
-    let rows: Vec<Row> = flows.iter().map(|flow| row(flow, now)).collect();
+    let names: Vec<String> = crate::state::read_status(&global.state_dir())
+        .ok()
+        .flatten()
+        .map(|status| {
+            if status.uplinks.is_empty() {
+                status.uplink.iter().map(|u| u.name.clone()).collect()
+            } else {
+                status.uplinks.iter().map(|u| u.name.clone()).collect()
+            }
+        })
+        .unwrap_or_default();
+    let rows: Vec<Row> = flows.iter().map(|flow| row(flow, now, &names)).collect();
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if global.json {
         return super::write_json(&mut out, &rows);
     }
     writeln!(
         out,
-        "{:<41} {:<41} {:<5} {:<7} {:<9} {:<11} {:>10} {:>7} {:>7}",
+        "{:<41} {:<41} {:<5} {:<7} {:<10} {:<9} {:<11} {:>10} {:>7} {:>7}",
         "SOURCE",
         "DESTINATION",
         "PROTO",
         "ACTION",
+        "UPLINK",
         "CATEGORY",
         "REASON",
         "PACKETS",
@@ -103,11 +124,12 @@ pub fn run(global: &GlobalArgs, FlowsArgs {}: &FlowsArgs) -> anyhow::Result<()> 
         };
         writeln!(
             out,
-            "{:<41} {:<41} {:<5} {:<7} {:<9} {:<11} {:>10} {:>7} {:>7}",
+            "{:<41} {:<41} {:<5} {:<7} {:<10} {:<9} {:<11} {:>10} {:>7} {:>7}",
             with_port(row.src, row.sport),
             with_port(row.dst, row.dport),
             row.proto,
             row.action,
+            row.uplink.as_deref().unwrap_or("-"),
             row.category.unwrap_or("-"),
             row.reason,
             row.packets,
@@ -155,7 +177,8 @@ mod tests {
                 _pad: [0; 2],
             },
         };
-        let row = row(&flow, 10_000_000_000);
+        let row = row(&flow, 10_000_000_000, &["isp-a".to_owned()]);
+        assert_eq!(row.uplink.as_deref(), Some("isp-a"));
         assert_eq!(row.src.to_string(), "10.0.1.2");
         assert_eq!(row.dst.to_string(), "52.112.1.1");
         assert_eq!((row.idle_s, row.age_s), (7, 9));

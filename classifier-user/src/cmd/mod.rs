@@ -10,6 +10,7 @@ pub mod classify;
 pub mod config;
 pub mod detach;
 pub mod dns_config;
+pub mod egress;
 pub mod flows;
 pub mod learned;
 pub mod lookup;
@@ -46,6 +47,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sources(args) => sources::run(&global, &args),
         Command::Pac(args) => pac::run(&global, &args),
         Command::DnsConfig(args) => dns_config::run(&global, &args),
+        Command::Egress(args) => egress::run(&global, &args),
         Command::Learned(args) => learned::run(&global, &args),
         Command::Sync(args) => sync::run(&global, &args),
         Command::Config(command) => config::run(&global, &command),
