@@ -11,6 +11,7 @@ pub mod http;
 pub mod netns;
 pub mod output;
 pub mod packet;
+pub mod quality;
 pub mod router;
 pub mod skips;
 

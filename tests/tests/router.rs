@@ -62,7 +62,14 @@ fn running(what: &str, mode: Mode) -> Option<(Router, Arrivals)> {
 /// Teams media, Exchange and other traffic over IPv4 and IPv6 each leave by the uplink the
 /// default policy gives their category, then by the one a policy reloaded with SIGHUP gives.
 fn paths_and_policy(vlan: bool, mode: Mode) {
-    let Some(mut router) = router(if vlan { "pv" } else { "pp" }, Options { vlan, mode }) else {
+    let Some(mut router) = router(
+        if vlan { "pv" } else { "pp" },
+        Options {
+            vlan,
+            mode,
+            ..Options::default()
+        },
+    ) else {
         return;
     };
     serve(&router, "2026043000", FEED_2026043000);

@@ -13,9 +13,11 @@
 //!
 //! The router forwards; `ip rule fwmark 0x365/0xffff lookup 365` sends marked packets to
 //! table 365 (default via `direct`, source-NATed to the router's address), everything else
-//! takes the main default route through the WireGuard tunnel. Both upstreams own every test
-//! address, so where a packet arrives shows the path it took. Everything is removed on drop,
-//! also when a test fails.
+//! takes the main default route through the WireGuard tunnel. With
+//! [`Options::second_direct`], `wan1` (10.0.5.1) leads to a second direct upstream (10.0.5.2,
+//! namespace `xb<what>-e`) that `fwmark 0x366/0xffff lookup 366` selects. Every upstream owns
+//! every test address, so where a packet arrives shows the path it took. Everything is removed
+//! on drop, also when a test fails.
 //!
 //! [`topology`] wires the namespaces, [`traffic`] sends and counts packets, and the agent on
 //! the router is run with the harness's daemon control ([`crate::daemon`]).
@@ -36,8 +38,9 @@ use std::{
 pub use self::{
     dns::{DIRECT_RESOLVER, LAN_RESOLVER, NEIGHBOUR, Side, TUNNEL_RESOLVER},
     topology::{
-        EXCHANGE_V4, EXCHANGE_V6, EXTRA_A, EXTRA_B, Mode, OTHER_V4, OTHER_V6, Options, TEAMS_V4,
-        TEAMS_V6, TEST_ADDRESSES,
+        DIRECT_MARK, DIRECT_TABLE, DIRECT2_GATEWAY_V4, DIRECT2_GATEWAY_V6, DIRECT2_MARK,
+        DIRECT2_TABLE, EXCHANGE_V4, EXCHANGE_V6, EXTRA_A, EXTRA_B, Mode, OTHER_V4, OTHER_V6,
+        Options, TEAMS_V4, TEAMS_V6, TEST_ADDRESSES, WAN2, WAN2_V4, WAN2_V6,
     },
     traffic::{Arrivals, Call, Streams, Upstream, arrived},
 };
@@ -54,6 +57,8 @@ pub struct Router {
     pub router: Netns,
     pub direct: Netns,
     pub tunnel: Netns,
+    /// The second direct upstream, with [`Options::second_direct`].
+    pub direct2: Option<Netns>,
     pub pin_dir: PinDir,
     pub work: PathBuf,
     /// The feed server, listening on the router's loopback.
@@ -81,12 +86,17 @@ pub struct Router {
 }
 
 impl Router {
-    /// Builds the four namespaces.
+    /// Builds the four namespaces (five with [`Options::second_direct`]).
     pub fn new(what: &str, options: Options) -> io::Result<Self> {
         let client = Netns::new(&format!("xb{what}-c"))?;
         let router = Netns::new(&format!("xb{what}-r"))?;
         let direct = Netns::new(&format!("xb{what}-d"))?;
         let tunnel = Netns::new(&format!("xb{what}-t"))?;
+        let direct2 = if options.second_direct {
+            Some(Netns::new(&format!("xb{what}-e"))?)
+        } else {
+            None
+        };
         let work = std::env::temp_dir().join(format!("xdp-breakout-{what}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&work);
         fs::create_dir_all(&work)?;
@@ -97,6 +107,7 @@ impl Router {
             router,
             direct,
             tunnel,
+            direct2,
             pin_dir: PinDir::new(what),
             work,
             server,

@@ -1,5 +1,5 @@
 //! Traffic through the router: UDP senders and TCP connections from the client, and
-//! listeners in both upstreams that count what arrives where.
+//! listeners in every upstream that count what arrives where.
 
 use std::{
     collections::HashMap,
@@ -14,12 +14,15 @@ use std::{
 };
 
 use super::{Router, TEST_ADDRESSES};
+use crate::netns::Netns;
 
 /// Which upstream a packet reached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Upstream {
     Direct,
     Tunnel,
+    /// The second direct upstream ([`super::Options::second_direct`]).
+    Direct2,
 }
 
 /// A listening thread, stopped on drop.
@@ -37,7 +40,7 @@ impl Drop for Listener {
 pub type Arrivals = Arc<Mutex<HashMap<(Upstream, IpAddr, u16), u64>>>;
 
 impl Router {
-    /// Counts UDP datagrams to every test address on `port`, in both upstreams.
+    /// Counts UDP datagrams to every test address on `port`, in every upstream.
     ///
     /// # Panics
     ///
@@ -51,7 +54,7 @@ impl Router {
         });
     }
 
-    /// Accepts TCP connections to every test address on `port`, in both upstreams.
+    /// Accepts TCP connections to every test address on `port`, in every upstream.
     ///
     /// # Panics
     ///
@@ -70,7 +73,22 @@ impl Router {
         });
     }
 
-    /// Binds `bind(address)` in both upstreams for every test address, and counts each time
+    /// Every upstream namespace of this router: direct, tunnel and, when wired, direct2.
+    #[must_use]
+    pub fn upstreams(&self) -> Vec<(Upstream, &Netns)> {
+        let mut all = vec![
+            (Upstream::Direct, &self.direct),
+            (Upstream::Tunnel, &self.tunnel),
+        ];
+        all.extend(
+            self.direct2
+                .as_ref()
+                .map(|netns| (Upstream::Direct2, netns)),
+        );
+        all
+    }
+
+    /// Binds `bind(address)` in every upstream for every test address, and counts each time
     /// the returned poll (which waits briefly) says something arrived, until dropped.
     fn listen<P>(
         &mut self,
@@ -80,10 +98,8 @@ impl Router {
     ) where
         P: FnMut() -> bool + Send + 'static,
     {
-        for (path, netns) in [
-            (Upstream::Direct, &self.direct),
-            (Upstream::Tunnel, &self.tunnel),
-        ] {
+        let mut listeners = Vec::new();
+        for (path, netns) in self.upstreams() {
             for addr in TEST_ADDRESSES {
                 let addr: IpAddr = addr.parse().expect("literal");
                 let mut poll = netns
@@ -102,9 +118,10 @@ impl Router {
                         }
                     }
                 });
-                self.listeners.push(Listener { stop });
+                listeners.push(Listener { stop });
             }
         }
+        self.listeners.extend(listeners);
     }
 
     /// Sends `count` UDP datagrams from the client to `dst:port`, one every `gap`.
@@ -182,7 +199,7 @@ pub fn arrived(arrivals: &Arrivals, path: Upstream, addr: &str, port: u16) -> u6
 }
 
 impl Router {
-    /// TCP echo servers on `port` for every test address in both upstreams: each accepted
+    /// TCP echo servers on `port` for every test address in every upstream: each accepted
     /// connection is counted in `arrivals` and echoed on a thread of its own until it closes.
     ///
     /// # Panics
@@ -207,7 +224,7 @@ impl Router {
         });
     }
 
-    /// UDP echo servers on `port` for every test address in both upstreams: each datagram is
+    /// UDP echo servers on `port` for every test address in every upstream: each datagram is
     /// counted in `arrivals` and sent back to where it came from.
     ///
     /// # Panics
