@@ -30,7 +30,7 @@ const CALL: u16 = 3479;
 /// Exchange Online: Optimize, TCP.
 const MAIL: u16 = 443;
 /// How long a change of quality may take to show in the steering, with the slack of a shared
-/// machine (the configured path: a lost probe, 3 rounds of 100 ms, a 1 s dwell).
+/// machine (the configured path: a lost probe, 3 rounds of 200 ms, a 1 s dwell).
 const WINDOW: Duration = Duration::from_secs(60);
 
 fn perfect() -> Emulation {
@@ -77,7 +77,7 @@ fn config(router: &Router, steering: &str) -> PathBuf {
     path
 }
 
-/// Starts the agent with `config` and fast probes (100 ms rounds over a window of 20), and
+/// Starts the agent with `config` and fast probes (200 ms rounds over `window` rounds), and
 /// waits until both uplinks were measured.
 fn start(router: &mut Router, config: &PathBuf, window: u32) {
     serve(router, "2026043000", FEED_2026043000);
@@ -85,9 +85,9 @@ fn start(router: &mut Router, config: &PathBuf, window: u32) {
         "--config",
         config.to_str().unwrap(),
         "--health-interval",
-        "100ms",
+        "200ms",
         "--health-timeout",
-        "300ms",
+        "150ms",
         "--health-fail-after",
         "3",
         "--health-recover-after",
@@ -404,7 +404,7 @@ fn flapping_quality_is_bounded_by_the_dwell_time() {
     while began.elapsed() < Duration::from_secs(8) {
         bad = !bad;
         first.set(if bad { delayed(90) } else { perfect() });
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(200));
     }
     first.set(perfect());
     let elapsed = began.elapsed();
