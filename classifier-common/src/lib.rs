@@ -1110,7 +1110,8 @@ mod tests {
             set_id: 11,
             reason: 2,
             dns_query: 0,
-            _pad: [0; 2],
+            uplink: 3,
+            _pad: 0,
         };
         let mut bytes = [0u8; 12];
         bytes[..4].copy_from_slice(&XDP_META_MAGIC.to_ne_bytes());
@@ -1118,10 +1119,62 @@ mod tests {
         bytes[5] = category::OPTIMIZE;
         bytes[6..8].copy_from_slice(&11u16.to_ne_bytes());
         bytes[8] = 2;
+        bytes[10] = 3;
         assert_eq!(XdpMeta::from_bytes(&bytes), Some(meta));
         assert_eq!(XdpMeta::from_bytes(&bytes[..11]), None, "short");
         bytes[0] ^= 1;
         assert_eq!(XdpMeta::from_bytes(&bytes), None, "another program's");
+    }
+
+    /// An unwritten map is one uplink with the configured mark; a written one steers by the
+    /// category's row, marks by the uplink's own mark, and names its dead uplinks.
+    #[test]
+    fn uplinks_steer_mark_and_die() {
+        let one = Uplinks::ONE;
+        assert_eq!(one.steer(category::OPTIMIZE, 12345), 0);
+        assert_eq!(one.mark(0, 0x365), 0x365);
+        assert!(!one.is_down(0));
+        let mut two = Uplinks::ONE;
+        two.count = 2;
+        two.marks[..2].copy_from_slice(&[0x365, 0x366]);
+        two.down = 0b10;
+        for (slot, uplink) in two.steer[usize::from(category::OPTIMIZE)]
+            .iter_mut()
+            .enumerate()
+        {
+            *uplink = u8::try_from(slot % 2).unwrap();
+        }
+        two.steer[usize::from(category::ALLOW)].fill(STEER_TUNNEL);
+        assert_eq!(two.steer(category::OPTIMIZE, 64 + 3), 1);
+        assert_eq!(two.steer(category::OPTIMIZE, 64 + 4), 0);
+        assert_eq!(two.steer(category::ALLOW, 7), STEER_TUNNEL);
+        assert_eq!(
+            two.steer(200, 7),
+            0,
+            "an out-of-range category reads a row, never past"
+        );
+        assert_eq!((two.mark(1, 0x365), two.mark(5, 0x365)), (0x366, 0x365));
+        assert!(two.is_down(1) && !two.is_down(0) && !two.is_down(40));
+    }
+
+    /// Flows that differ in a source port spread evenly over the 64 slots.
+    #[test]
+    fn flow_hashes_spread_over_the_slots() {
+        let mut slots = [0u32; STEER_SLOTS];
+        for port in 20_000..26_400u16 {
+            let key = FlowKey {
+                src: [10, 0, 1, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                dst: [52, 112, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                sport: port,
+                dport: 3478,
+                proto: proto::UDP,
+                family: 4,
+                _pad: [0; 2],
+            };
+            slots[flow_hash(&key) as usize % STEER_SLOTS] += 1;
+        }
+        // 100 a slot on average: every slot within 50..150.
+        assert!(slots.iter().all(|n| (50..150).contains(n)), "{slots:?}");
     }
 
     fn rules(list: &[PortRule]) -> PrefixRules {

@@ -26,8 +26,8 @@ use aya_ebpf::{
 use aya_log_ebpf::info;
 use classifier_common::{
     Config, Counter, DEFAULT_FLOWS, DEFAULT_INDEX_SLOTS, DEFAULT_OTHER_IDLE_S, DEFAULT_TCP_IDLE_S,
-    Decision, FlowKey, FlowValue, LpmKeyV4, LpmKeyV6, MAX_PREFIXES, MAX_SET_ID, Policy,
-    MAX_UPLINKS, PrefixRules, STATS_LEN, STEER_TUNNEL, Uplinks, XDP_META_MAGIC, XdpMeta, action,
+    Decision, FlowKey, FlowValue, LpmKeyV4, LpmKeyV6, MAX_PREFIXES, MAX_SET_ID, MAX_UPLINKS,
+    Policy, PrefixRules, STATS_LEN, STEER_TUNNEL, Uplinks, XDP_META_MAGIC, XdpMeta, action,
     category, decide, flags, flow_hash,
     index::{self, IndexCtl, Packed, Slot, Slots},
     proto, stat,

@@ -19,7 +19,6 @@ use classifier_common::{DEFAULT_MARK, DEFAULT_MARK_MASK, PIN_DIR, action, catego
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-pub use crate::{feed::CategoryName, settings::Mark};
 use crate::{
     client::FeedConfig,
     dns::{DnsConfig, DomainRule},
@@ -33,6 +32,7 @@ use crate::{
     sources::SourceConfig,
     uplinks::{SteeringConfig, Uplink, UplinkConfig},
 };
+pub use crate::{feed::CategoryName, settings::Mark};
 
 /// Where `run` and `config check` look when no `--config` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/xdp-breakout/config.toml";
@@ -438,7 +438,21 @@ impl Config {
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
         warnings.extend(self.feed.warning());
-        warnings.extend(self.health.warning());
+        if self.uplinks.is_empty() {
+            warnings.extend(self.health.warning());
+        } else if self.health.failover != crate::health::Failover::None {
+            for uplink in self
+                .uplinks
+                .iter()
+                .filter(|uplink| uplink.targets.is_empty())
+            {
+                warnings.push(format!(
+                    "uplinks: {:?} has no targets: it probes the Optimize front doors of the \
+                     installed feed",
+                    uplink.name
+                ));
+            }
+        }
         warnings.extend(self.metrics.warning());
         warnings.extend(self.dns.warning());
         if self.policy.include_special && !self.policy.include.is_empty() {
@@ -855,16 +869,16 @@ mod tests {
         assert_eq!(warnings.len(), 3, "{warnings:?}");
         assert!(warnings[0].contains("plain HTTP"), "{warnings:?}");
         assert!(
-            warnings[1].contains("the direct uplink is not checked"),
+            warnings[1].contains("probes the Optimize front doors"),
             "{warnings:?}"
         );
-        // The defaults warn of the unchecked uplink, and of learning with no resolver in
+        // The defaults warn of the probes nobody chose, and of learning with no resolver in
         // reach on a host where nothing listens on port 53.
         let defaults = Config::default().warnings();
         assert!(
             defaults
                 .iter()
-                .any(|w| w.contains("the direct uplink is not checked")),
+                .any(|w| w.contains("probes the Optimize front doors")),
             "{defaults:?}"
         );
         assert!(

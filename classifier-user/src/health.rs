@@ -149,7 +149,7 @@ impl Default for HealthConfig {
             timeout: Duration::from_secs(2),
             fail_after: 3,
             recover_after: 5,
-            window: QUALITY_WINDOW as u32,
+            window: QUALITY_WINDOW,
         }
     }
 }
@@ -199,12 +199,13 @@ impl HealthConfig {
         Ok(())
     }
 
-    /// A failover that nothing can trigger: allowed, but the operator should know.
+    /// Probes nobody chose: allowed, but the operator should know.
     #[must_use]
     pub fn warning(&self) -> Option<String> {
-        (self.failover != Failover::None && !self.checks()).then(|| {
-            "health: no interface and no targets: the direct uplink is not checked \
-             (set health.interface and health.targets, or health.failover = \"none\")"
+        (self.failover != Failover::None && self.targets.is_empty()).then(|| {
+            "health: no targets: the direct uplink probes the Optimize front doors of the \
+             installed feed (TCP 443, as Microsoft's connectivity test); set health.targets \
+             to choose, or health.failover = \"none\" to check nothing"
                 .to_owned()
         })
     }
@@ -339,7 +340,7 @@ pub struct ProbeResult {
 /// default 5 s interval,
 /// long enough to resolve Microsoft's 1% loss threshold with a few rounds' answers and short
 /// enough to follow a path that degrades.
-pub const QUALITY_WINDOW: usize = 50;
+pub const QUALITY_WINDOW: u32 = 50;
 
 /// RTT, jitter and loss of one target's probes, over the last `window` of them.
 ///

@@ -712,10 +712,8 @@ impl Collector for Scrape {
                 gauge(
                     &mut encoder,
                     "xdp_breakout_uplink_rtt_seconds",
-                    &format!(
-                        "mean round-trip time of the health probes answered over the last \
-                         [health] window rounds"
-                    ),
+                    "mean round-trip time of the health probes answered over the last \
+                     [health] window rounds",
                     &rtts,
                 )?;
             }
@@ -726,18 +724,14 @@ impl Collector for Scrape {
                     "RFC 3550 jitter of consecutive health probe round-trip times",
                     &measured
                         .iter()
-                        .map(|(uplink, quality)| {
-                            (vec![named(uplink)], seconds(quality.jitter_us))
-                        })
+                        .map(|(uplink, quality)| (vec![named(uplink)], seconds(quality.jitter_us)))
                         .collect::<Vec<_>>(),
                 )?;
                 gauge(
                     &mut encoder,
                     "xdp_breakout_uplink_loss_ratio",
-                    &format!(
-                        "share of the health probes of the last [health] window rounds that \
-                         got no answer"
-                    ),
+                    "share of the health probes of the last [health] window rounds that got \
+                     no answer",
                     &measured
                         .iter()
                         .map(|(uplink, quality)| (vec![named(uplink)], quality.loss_ratio()))

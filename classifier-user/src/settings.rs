@@ -278,4 +278,3 @@ impl<'de> Deserialize<'de> for Mark {
             .map_err(serde::de::Error::custom)
     }
 }
-

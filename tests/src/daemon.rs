@@ -47,8 +47,10 @@ impl Daemon {
         args: impl IntoIterator<Item: AsRef<OsStr>>,
         log: PathBuf,
     ) -> Self {
-        let args: Vec<std::ffi::OsString> =
-            args.into_iter().map(|arg| arg.as_ref().to_owned()).collect();
+        let args: Vec<std::ffi::OsString> = args
+            .into_iter()
+            .map(|arg| arg.as_ref().to_owned())
+            .collect();
         // Without health flags of its own, a test checks nothing: an uplink without targets
         // would probe the feed's front doors, which no test upstream answers.
         let probes = args

@@ -522,6 +522,7 @@ fn the_agent_rewrites_the_file_only_when_it_changes_and_drops_the_zones_while_do
 
         // The direct uplink goes down: no zones, one write, one reload.
         let down = Report {
+            uplink: 0,
             state: Uplink::Down,
             transition: Some(Transition {
                 from: Uplink::Up,
@@ -543,6 +544,7 @@ fn the_agent_rewrites_the_file_only_when_it_changes_and_drops_the_zones_while_do
 
         // Back up: the zones return.
         let recovered = Report {
+            uplink: 0,
             state: Uplink::Up,
             transition: Some(Transition {
                 from: Uplink::Down,

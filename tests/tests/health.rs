@@ -99,7 +99,7 @@ fn the_probes_measure_rtt_jitter_and_loss() {
         ..HealthConfig::default()
     };
     let (reports, mut receive) = tokio::sync::mpsc::channel(16);
-    let watcher = rt.spawn(watch(config, MARK, State::Up, reports));
+    let watcher = rt.spawn(watch(0, config, MARK, State::Up, reports));
     // The figures after the next probe round.
     let mut next_round = || -> Figures {
         rt.block_on(async {

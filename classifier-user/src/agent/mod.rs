@@ -46,11 +46,6 @@ use crate::{
     time::Time,
 };
 
-#[expect(
-    clippy::struct_excessive_bools,
-    reason = "four independent facts (unknown pins, learned addresses to settle, the uplink \
-              failing over, serving), each documented"
-)]
 pub struct Agent {
     config: Config,
     /// Every source, `m365` first, in configuration order.

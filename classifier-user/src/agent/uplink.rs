@@ -149,8 +149,7 @@ impl Agent {
             .iter()
             .map(|live| {
                 let mut health = live.config.health.clone();
-                if health.targets.is_empty() && health.failover != crate::health::Failover::None
-                {
+                if health.targets.is_empty() && health.failover != crate::health::Failover::None {
                     health.targets.clone_from(&doors);
                 }
                 (health, live.config.mark)
@@ -174,7 +173,14 @@ impl Agent {
                 .interface
                 .as_ref()
                 .and_then(|iface| crate::netlink::addresses(std::slice::from_ref(iface)).ok())
-                .unwrap_or_default();
+                .unwrap_or_default()
+                .into_iter()
+                // Link-local addresses never leave the link: no egress.
+                .filter(|addr| match addr {
+                    std::net::IpAddr::V4(v4) => !v4.is_link_local(),
+                    std::net::IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) != 0xfe80,
+                })
+                .collect();
         }
     }
 
@@ -213,7 +219,9 @@ impl Agent {
             category::DIRECT,
         ]
         .into_iter()
-        .filter(|&code| self.config.actions()[usize::from(code)] == classifier_common::action::DIRECT)
+        .filter(|&code| {
+            self.config.actions()[usize::from(code)] == classifier_common::action::DIRECT
+        })
         .filter_map(|code| {
             let policy = steering.policy(code)?;
             let row = rows.steer[usize::from(code)];
@@ -246,7 +254,10 @@ impl Agent {
 
     /// The uplinks' records, as the status shows them.
     pub(super) fn uplink_records(&self) -> Vec<crate::state::Uplink> {
-        self.uplinks.iter().map(|live| live.record.clone()).collect()
+        self.uplinks
+            .iter()
+            .map(|live| live.record.clone())
+            .collect()
     }
 
     /// Takes a report of uplink `report.uplink`'s health checks: a change of state or grade
@@ -280,12 +291,13 @@ impl Agent {
                     uplink.grade = grade;
                     uplink.grade_since = Some(Time::now());
                     uplink.grade_changes = uplink.grade_changes.saturating_add(1);
-                    match live.grader.reason() {
-                        Some(why) => warn!(
+                    if let Some(why) = live.grader.reason() {
+                        warn!(
                             "uplink {name} degraded: {why}; new quality-sensitive flows go \
                              elsewhere, its flows stay"
-                        ),
-                        None => warn!("uplink {name} meets its SLA again"),
+                        );
+                    } else {
+                        warn!("uplink {name} meets its SLA again");
                     }
                 }
                 live.record.grade_reason = live.grader.reason().cloned();
@@ -295,24 +307,28 @@ impl Agent {
         if let Some(quality) = report.quality {
             uplink.quality = Some(quality);
         }
-        if let Some(transition) = report.transition {
+        let transition = report.transition;
+        if let Some(transition) = &transition {
             uplink.transitions = uplink.transitions.saturating_add(1);
             uplink.since = Some(Time::now());
             uplink.reason = Some(transition.reason.clone());
-            warn!(
-                "uplink {name} {} -> {}: {}",
-                transition.from, transition.to, transition.reason
-            );
         }
         let down = self.uplink_down();
-        if down != was_down {
+        if let Some(transition) = transition {
+            let label = if name == crate::uplinks::SINGLE {
+                "direct uplink".to_owned()
+            } else {
+                format!("uplink {name}")
+            };
+            let what = match (down, was_down, transition.to) {
+                (true, false, _) => "new direct verdicts go to the tunnel",
+                (false, true, _) => "direct verdicts go direct again",
+                (_, _, State::Down) => "its flows move to the other uplinks",
+                _ => "it takes new flows again",
+            };
             warn!(
-                "{}",
-                if down {
-                    "every direct uplink is down: new direct verdicts go to the tunnel"
-                } else {
-                    "a direct uplink is up: direct verdicts go direct again"
-                }
+                "{label} {} -> {}: {}; {what}",
+                transition.from, transition.to, transition.reason
             );
         }
         // The status first: once traffic moves, a reader finds the transition that moved it

@@ -169,7 +169,12 @@ mod tests {
 
     #[test]
     fn nat_addresses_win_and_private_ones_are_warned_about() {
-        let natted = egress("isp-a", Some("wan0"), vec![ip("10.0.2.1")], &[ip("203.0.113.7")]);
+        let natted = egress(
+            "isp-a",
+            Some("wan0"),
+            vec![ip("10.0.2.1")],
+            &[ip("203.0.113.7")],
+        );
         assert_eq!(natted.ranges, ["203.0.113.7/32"]);
         assert_eq!(natted.warning, None);
         let public = egress(
@@ -180,7 +185,12 @@ mod tests {
         );
         assert_eq!(public.ranges, ["198.51.100.9/32", "2001:db8::9/128"]);
         assert_eq!(public.warning, None);
-        let private = egress("isp-c", Some("wan2"), vec![ip("100.64.1.2"), ip("fd00::2")], &[]);
+        let private = egress(
+            "isp-c",
+            Some("wan2"),
+            vec![ip("100.64.1.2"), ip("fd00::2")],
+            &[],
+        );
         assert!(private.ranges.is_empty());
         let warning = private.warning.unwrap();
         assert!(warning.contains("100.64.1.2, fd00::2"), "{warning}");

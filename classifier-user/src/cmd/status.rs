@@ -442,12 +442,13 @@ pub fn run(global: &GlobalArgs, StatusArgs {}: &StatusArgs) -> anyhow::Result<()
             allow: action::name(policy[usize::from(category::ALLOW)]),
             default: action::name(policy[usize::from(category::DEFAULT)]),
         },
-        uplink: uplinks
-            .first()
-            .cloned()
-            .unwrap_or_else(|| uplink(None, 0, failing_over, classifier_common::Counter::default())),
+        uplink: uplinks.first().cloned().unwrap_or_else(|| {
+            uplink(None, 0, failing_over, classifier_common::Counter::default())
+        }),
         uplinks,
-        steering: agent.map(|status| status.steering.clone()).unwrap_or_default(),
+        steering: agent
+            .map(|status| status.steering.clone())
+            .unwrap_or_default(),
         dns: agent.and_then(|status| status.dns.as_ref()).map(|dns| Dns {
             resolvers: dns.resolvers.iter().map(ToString::to_string).collect(),
             resolvers_from: if dns.from_interfaces {
@@ -506,7 +507,9 @@ fn uplink(
             .map(ToString::to_string),
         grade_since: recorded.and_then(|uplink| uplink.grade_since),
         grade_changes: recorded.map_or(0, |uplink| uplink.grade_changes),
-        sla: recorded.map(|uplink| uplink.sla.clone()).unwrap_or_default(),
+        sla: recorded
+            .map(|uplink| uplink.sla.clone())
+            .unwrap_or_default(),
         addresses: recorded
             .map(|uplink| uplink.addresses.clone())
             .unwrap_or_default(),
@@ -741,6 +744,7 @@ mod tests {
     use crate::cmd::schema_docs::{assert_documented_in, module_doc};
 
     #[test]
+    #[expect(clippy::too_many_lines, reason = "one report with every field set")]
     fn every_field_is_documented() {
         let link = || Link {
             link_id: 7,

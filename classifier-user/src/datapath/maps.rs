@@ -31,6 +31,10 @@ pub struct Maps {
     uplinks: Option<(Array<MapData, Uplinks>, PerCpuArray<MapData, Counter>)>,
 }
 
+/// Entries of [`names::UPLINK_STATS`].
+#[expect(clippy::cast_possible_truncation, reason = "MAX_UPLINKS is 8")]
+const UPLINK_STATS_LEN: u32 = MAX_UPLINKS as u32;
+
 /// A flow of the flow table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Flow {
@@ -132,7 +136,10 @@ impl Maps {
     }
 
     /// Adds the uplink maps ([`names::UPLINKS`], [`names::UPLINK_STATS`]).
-    pub(super) fn with_uplinks(mut self, maps: Option<[MapData; 2]>) -> Result<Self, DatapathError> {
+    pub(super) fn with_uplinks(
+        mut self,
+        maps: Option<[MapData; 2]>,
+    ) -> Result<Self, DatapathError> {
         let map_error = |name| move |source| DatapathError::Map { name, source };
         if let Some([uplinks, stats]) = maps {
             self.uplinks = Some((
@@ -172,7 +179,7 @@ impl Maps {
     /// Packets and bytes marked for each uplink, summed over CPUs (empty without the maps).
     pub fn uplink_stats(&self) -> Result<Vec<Counter>, DatapathError> {
         match &self.uplinks {
-            Some((_, stats)) => sum_per_cpu(stats, MAX_UPLINKS as u32, names::UPLINK_STATS),
+            Some((_, stats)) => sum_per_cpu(stats, UPLINK_STATS_LEN, names::UPLINK_STATS),
             None => Ok(Vec::new()),
         }
     }

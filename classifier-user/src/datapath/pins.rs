@@ -25,6 +25,9 @@ use crate::privilege::denied_or;
 /// `BPF_FS_MAGIC` from `include/uapi/linux/magic.h`.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
+#[expect(clippy::cast_possible_truncation, reason = "MAX_UPLINKS is 8")]
+const UPLINK_STATS_LEN: u32 = MAX_UPLINKS as u32;
+
 /// The shape every pinned map must have: (name, type, key size, value size, max entries).
 /// Checked before a pin is reused, because aya opens a pinned map without comparing it.
 ///
@@ -88,7 +91,7 @@ pub const MAP_SHAPES: [(&str, MapType, u32, u32, u32); 11] = [
         MapType::PerCpuArray,
         4,
         size32::<Counter>(),
-        MAX_UPLINKS as u32,
+        UPLINK_STATS_LEN,
     ),
 ];
 
