@@ -118,7 +118,7 @@ impl Agent {
             kernel.flags |= classifier_common::flags::UPLINK_DOWN;
         }
         self.maps.set_config(&kernel)?;
-        self.steer()
+        self.steer().map(drop)
     }
 
     /// Every direct uplink is down: direct verdicts go to the tunnel.
@@ -185,8 +185,8 @@ impl Agent {
     }
 
     /// Computes the steering rows from the uplinks' standings and writes them when they
-    /// changed; a sensitive category with no uplink that meets its SLA is warned about.
-    fn steer(&mut self) -> Result<(), DatapathError> {
+    /// changed (true); a sensitive category with no uplink that meets its SLA is warned about.
+    fn steer(&mut self) -> Result<bool, DatapathError> {
         let standings: Vec<Standing> = self.uplinks.iter().map(Live::standing).collect();
         let marks: Vec<u32> = self.uplinks.iter().map(|live| live.config.mark).collect();
         let rows = crate::uplinks::rows(&standings, &marks, &self.config.steering, &self.best);
@@ -199,11 +199,12 @@ impl Agent {
             );
         }
         self.stuck.clone_from(&rows.stuck);
-        if self.written_rows.as_ref() != Some(&rows.uplinks) {
-            self.maps.set_uplinks(&rows.uplinks)?;
-            self.written_rows = Some(rows.uplinks);
+        if self.written_rows.as_ref() == Some(&rows.uplinks) {
+            return Ok(false);
         }
-        Ok(())
+        self.maps.set_uplinks(&rows.uplinks)?;
+        self.written_rows = Some(rows.uplinks);
+        Ok(true)
     }
 
     /// Where each category's new flows go, as the written rows say.
@@ -334,11 +335,16 @@ impl Agent {
         // The status first: once traffic moves, a reader finds the transition that moved it
         // (its `failing_over` is read from the kernel, so it is never ahead of the maps).
         self.save_status();
-        if down == was_down {
+        let moved = if down == was_down {
             // A new state, grade or best uplink: one write of the rows, when they changed.
-            self.steer()?;
+            self.steer()?
         } else {
             self.apply_settings()?;
+            true
+        };
+        if moved {
+            // And the rows the kernel now reads (`steering`), once they are written.
+            self.save_status();
         }
         if down != was_down {
             // DNS follows the traffic: the names resolve where their packets now go.
