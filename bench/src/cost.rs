@@ -13,7 +13,7 @@ use aya::{
     maps::Map,
     programs::{TestRun as _, TestRunOptions, Xdp},
 };
-use classifier_common::{Config, names};
+use classifier_common::{Config, STEER_SLOTS, Uplinks, action, category, names};
 use classifier_user::{
     EMBEDDED_FEED,
     compile::Compiled,
@@ -106,6 +106,38 @@ fn flow_hit(datapath: &mut Datapath, frame: &[u8], settings: &Settings) -> anyho
     let result = hot(datapath.xdp()?, frame, settings);
     maps.set_config(&first_packets())?;
     result
+}
+
+/// What steering between two direct uplinks adds to a direct packet, against one uplink in
+/// the same load: `(first packet, one uplink; two; flow hit, one uplink; two)`, ns. Every
+/// category goes direct for it (a tunnel verdict never reads the uplinks), and the rows
+/// alternate the two uplinks slot by slot.
+fn steering_cost(
+    datapath: &mut Datapath,
+    frame: &[u8],
+    settings: &Settings,
+) -> anyhow::Result<[f64; 4]> {
+    let mut maps = datapath.maps()?;
+    maps.set_policy([action::DIRECT; category::COUNT as usize])?;
+    let mut two = Uplinks::ONE;
+    two.count = 2;
+    two.marks[..2].copy_from_slice(&[0x365, 0x366]);
+    for row in &mut two.steer {
+        for (slot, uplink) in row.iter_mut().enumerate().take(STEER_SLOTS) {
+            *uplink = u8::from(slot % 2 == 1);
+        }
+    }
+    let mut figures = [0.0; 4];
+    for (at, uplinks) in [(0, Uplinks::ONE), (1, two)] {
+        maps.set_uplinks(&uplinks)?;
+        maps.clear_flows()?;
+        figures[at] = hot(datapath.xdp()?, frame, settings)?;
+        figures[at + 2] = flow_hit(datapath, frame, settings)?;
+    }
+    maps.set_uplinks(&Uplinks::ONE)?;
+    maps.set_policy(DEFAULT_POLICY)?;
+    maps.clear_flows()?;
+    Ok(figures)
 }
 
 /// The classifier loaded with private maps holding `compiled`, its index sized for the table
@@ -475,6 +507,22 @@ pub fn run(settings: &Settings) -> anyhow::Result<CostResults> {
         use_index(&mut datapath, true)?;
         let (_, many, hit) =
             push_rows(&mut section, &label, &baselines[index], &tries, &with_index);
+        let [one_1, one_2, hit_1, hit_2] = steering_cost(&mut datapath, &frames[0], settings)?;
+        for (what, one, two) in [("one packet", one_1, one_2), ("flow hit", hit_1, hit_2)] {
+            let one = section.push(Figure::new(
+                format!("classifier (index), {label}, {what}, direct, one uplink"),
+                one,
+                "ns",
+            ));
+            section.push(
+                Figure::new(
+                    format!("classifier (index), {label}, {what}, direct, two uplinks steered"),
+                    two,
+                    "ns",
+                )
+                .vs(&one),
+            );
+        }
         let (zipf, share, fresh) = mixes(&mut datapath, dsts, settings, 7 + index as u64)?;
         push_mixes(&mut section, &label, zipf, share, fresh);
         real_rows.push((many.value, hit.value));
