@@ -472,6 +472,19 @@ pub mod flags {
     /// DNS learning is on: record the DNS queries LAN clients send, so that only answers to
     /// them are copied to the agent.
     pub const DNS_QUERIES: u32 = 1 << 4;
+    /// Bits 16-23: direct uplink `i` is dead ([`crate::Uplinks::down`] too), so its flows
+    /// move. In the config, read for every packet anyway, a flow hit needs no second map.
+    pub const UPLINK_DOWN_SHIFT: u32 = 16;
+
+    /// The flag of uplink `uplink`'s death; 0 (never set) for an index past the eighth.
+    #[must_use]
+    pub const fn uplink_down(uplink: u8) -> u32 {
+        if (uplink as usize) < crate::MAX_UPLINKS {
+            1 << (UPLINK_DOWN_SHIFT + uplink as u32)
+        } else {
+            0
+        }
+    }
 }
 
 /// Value of [`names::CONFIG`] (index 0), written by user space, read once per packet.

@@ -19,7 +19,7 @@
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, TC_ACT_UNSPEC, xdp_action::XDP_PASS},
     btf_maps::{Array, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
-    helpers::{bpf_ktime_get_ns, bpf_skb_pull_data, bpf_xdp_adjust_meta},
+    helpers::{bpf_ktime_get_coarse_ns, bpf_skb_pull_data, bpf_xdp_adjust_meta},
     macros::{btf_map, classifier, xdp},
     programs::{TcContext, XdpContext},
 };
@@ -250,13 +250,15 @@ fn decide_packet(packet: &Packet, config: &Config, bytes: u64) -> Decision {
     let packet = *packet;
     let key = flow_key(&packet);
     let tracked = !packet.later_fragment && config.flags & flags::FLOWS_OFF == 0;
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: a helper without arguments. The coarse clock (CLOCK_MONOTONIC to a jiffy)
+    // costs a fraction of the precise one, and idle timeouts are counted in seconds.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     if tracked && let Some(flow) = XB_FLOWS.get_ptr_mut(&key) {
-        // SAFETY: the map's value, valid while the program runs; concurrent updates of the
-        // statistics from two CPUs may lose an increment, which is acceptable for them.
+        // SAFETY: the map's value, valid while the program runs; two CPUs that refresh
+        // `last_ns` together write the same tick.
         let flow = unsafe { &mut *flow };
-        if now.saturating_sub(flow.last_ns) <= idle_ns(config, packet.proto) {
+        // `last_ns` lags the last packet by up to a tick: the flow lives out its idle time.
+        if now.saturating_sub(flow.last_ns) <= idle_ns(config, packet.proto) + REFRESH_NS {
             return known_flow(&key, flow, &packet, config.flags, now, bytes);
         }
         // Idle past its timeout: forgotten, and this packet starts it afresh.
@@ -285,6 +287,12 @@ fn decide_packet(packet: &Packet, config: &Config, bytes: u64) -> Decision {
     decision
 }
 
+/// A known flow's `last_ns` is rewritten at most once per tick, not on every packet: a write
+/// on every packet would move the entry's cache line between the CPUs that carry the flow.
+/// Its packets and bytes are not counted per flow (the counters by action, reason and set
+/// count them).
+const REFRESH_NS: u64 = 1_000_000_000;
+
 /// A packet of a flow in the table takes the flow's action: the connection stays on the
 /// uplink its first packet took. Only a failover moves it off the direct uplink (it is dead
 /// anyway), and for good: the flow stays in the tunnel after the failback.
@@ -297,9 +305,9 @@ fn known_flow(
     now: u64,
     bytes: u64,
 ) -> Decision {
-    flow.last_ns = now;
-    flow.packets += 1;
-    flow.bytes += bytes;
+    if now.saturating_sub(flow.last_ns) >= REFRESH_NS {
+        flow.last_ns = now;
+    }
     let mut failover = false;
     if flow.action == action::DIRECT {
         match moved(flow, key, config_flags) {
@@ -350,16 +358,18 @@ fn steer(decision: &mut Decision, hash: u32) {
 
 /// Where a direct flow goes when its uplink died: `None` (it stays), another uplink from
 /// its category's row, or [`STEER_TUNNEL`] (every uplink is down, or the row says so). Only
-/// a dead uplink moves its flows; a degraded one keeps them.
+/// a dead uplink moves its flows; a degraded one keeps them. Whether the flow's uplink is
+/// dead comes from the config's flags, read for every packet anyway: the uplinks' map is
+/// read only for a flow that moves.
 #[inline(always)]
 fn moved(flow: &FlowValue, key: &FlowKey, config_flags: u32) -> Option<u8> {
     if config_flags & flags::UPLINK_DOWN != 0 {
         return Some(STEER_TUNNEL);
     }
-    let uplinks = XB_UPLINKS.get(0)?;
-    if !uplinks.is_down(flow.uplink) {
+    if config_flags & flags::uplink_down(flow.uplink) == 0 {
         return None;
     }
+    let uplinks = XB_UPLINKS.get(0)?;
     Some(uplinks.steer(flow.category, flow_hash(key)))
 }
 

@@ -694,6 +694,128 @@ fn xdp_known_flows_keep_their_action() {
     );
 }
 
+/// Shifts every flow's `last_ns` back by `by` (as if its last packets were that long ago).
+fn age_flows(datapath: &mut classifier_user::datapath::Datapath, by: u64) {
+    let map = datapath
+        .ebpf()
+        .map_mut(classifier_common::names::FLOWS)
+        .expect("the flow table");
+    let mut flows: aya::maps::HashMap<_, classifier_common::FlowKey, classifier_common::FlowValue> =
+        aya::maps::HashMap::try_from(map).unwrap();
+    let entries: Vec<_> = flows.iter().map(Result::unwrap).collect();
+    assert!(!entries.is_empty());
+    for (key, mut flow) in entries {
+        flow.last_ns = flow.last_ns.saturating_sub(by);
+        flows.insert(key, flow, 0).unwrap();
+    }
+}
+
+/// A flow hit writes nothing to the flow's entry within a tick (1 s): `last_ns` moves once a
+/// tick at most, and packets are not counted per flow. A flow idle past its timeout is
+/// classified afresh (`flow_closed`, then `flow_new`); one idle for less, plus the tick that
+/// `last_ns` may lag, is still known.
+#[test]
+fn xdp_flow_hits_write_once_a_tick_and_idle_flows_end() {
+    let Some((mut datapath, maps)) = load_seeded(FEED_2026043000, &config(false)) else {
+        return;
+    };
+    let mut maps = maps;
+    maps.clear_flows().unwrap();
+    let teams = Spec::new(ip(TEAMS_V4), L4::Udp(3478)).build();
+    run_flow(&mut datapath, &maps, &teams);
+    let first = maps.flows().unwrap();
+    assert_eq!(first.len(), 1);
+    for _ in 0..10 {
+        let (_, moved) = run_flow(&mut datapath, &maps, &teams);
+        assert!(moved.contains(&(stat::FLOW_HIT as usize, 1)), "{moved:?}");
+    }
+    let hit = maps.flows().unwrap();
+    assert_eq!(hit.len(), 1);
+    assert_eq!(
+        hit[0].value, first[0].value,
+        "ten hits within a tick wrote nothing"
+    );
+
+    // Older than a tick: the next hit refreshes `last_ns`, once.
+    age_flows(&mut datapath, 1_500_000_000);
+    let aged = maps.flows().unwrap()[0].value.last_ns;
+    run_flow(&mut datapath, &maps, &teams);
+    let refreshed = maps.flows().unwrap()[0].value.last_ns;
+    assert!(refreshed >= aged + 1_500_000_000, "{aged} -> {refreshed}");
+
+    // UDP idles out after other-idle (here the default, 120 s): at 120 s plus the tick it
+    // is still known, past that it starts afresh.
+    let other_idle = u64::from(classifier_common::DEFAULT_OTHER_IDLE_S) * 1_000_000_000;
+    age_flows(&mut datapath, other_idle + 500_000_000);
+    let (_, moved) = run_flow(&mut datapath, &maps, &teams);
+    assert!(moved.contains(&(stat::FLOW_HIT as usize, 1)), "{moved:?}");
+    age_flows(&mut datapath, other_idle + 1_500_000_000);
+    let (meta, moved) = run_flow(&mut datapath, &maps, &teams);
+    assert_eq!(meta.action, action::DIRECT);
+    assert!(
+        moved.contains(&(stat::FLOW_CLOSED as usize, 1)),
+        "{moved:?}"
+    );
+    assert!(moved.contains(&(stat::FLOW_NEW as usize, 1)), "{moved:?}");
+    assert!(
+        !moved.iter().any(|(i, _)| *i == stat::FLOW_HIT as usize),
+        "{moved:?}"
+    );
+}
+
+/// Two uplinks: a new direct flow takes its slot's uplink (in the metadata, for tc's mark) and
+/// keeps it; when the config's flags say that uplink died, its flows move to the row's
+/// uplink now, once, and stay there after it recovers; a row of 255 sends new flows to the
+/// tunnel (counted as a failover).
+#[test]
+fn xdp_flows_take_their_uplink_and_move_only_when_it_dies() {
+    let Some((mut datapath, mut maps)) = load_seeded(FEED_2026043000, &config(false)) else {
+        return;
+    };
+    maps.clear_flows().unwrap();
+    let mut uplinks = classifier_common::Uplinks::ONE;
+    uplinks.count = 2;
+    uplinks.marks[..2].copy_from_slice(&[0x365, 0x366]);
+    for row in &mut uplinks.steer {
+        row.fill(1);
+    }
+    maps.set_uplinks(&uplinks).unwrap();
+    let teams = Spec::new(ip(TEAMS_V4), L4::Udp(3478)).build();
+    let (meta, _) = run_flow(&mut datapath, &maps, &teams);
+    assert_eq!((meta.action, meta.uplink), (action::DIRECT, 1));
+    assert_eq!(maps.flows().unwrap()[0].value.uplink, 1);
+
+    // The row changes (uplink 1 degraded, say): the flow keeps its uplink.
+    for row in &mut uplinks.steer {
+        row.fill(0);
+    }
+    maps.set_uplinks(&uplinks).unwrap();
+    assert_eq!(run_flow(&mut datapath, &maps, &teams).0.uplink, 1, "sticky");
+    // Uplink 1 dies: the flow moves to uplink 0, and stays when 1 recovers.
+    uplinks.down = 0b10;
+    maps.set_uplinks(&uplinks).unwrap();
+    maps.set_config(&Config {
+        flags: flags::uplink_down(1),
+        ..Config::default()
+    })
+    .unwrap();
+    let (meta, moved) = run_flow(&mut datapath, &maps, &teams);
+    assert_eq!((meta.action, meta.uplink), (action::DIRECT, 0), "{moved:?}");
+    assert!(!moved.iter().any(|(i, _)| *i == stat::FAILOVER as usize));
+    uplinks.down = 0;
+    maps.set_uplinks(&uplinks).unwrap();
+    maps.set_config(&Config::default()).unwrap();
+    assert_eq!(run_flow(&mut datapath, &maps, &teams).0.uplink, 0);
+
+    // No uplink may take Optimize: a new flow goes to the tunnel, a failover.
+    uplinks.steer[usize::from(category::OPTIMIZE)].fill(classifier_common::STEER_TUNNEL);
+    maps.set_uplinks(&uplinks).unwrap();
+    let other_port = patched(teams, 35, 0x98);
+    let (meta, moved) = run_flow(&mut datapath, &maps, &other_port);
+    assert_eq!(meta.action, action::TUNNEL);
+    assert!(moved.contains(&(stat::FAILOVER as usize, 1)), "{moved:?}");
+}
+
 /// Every truncation of every header is malformed, passes, and is counted.
 #[test]
 fn xdp_every_truncation_is_malformed_and_passes() {

@@ -117,6 +117,12 @@ impl Agent {
         if self.uplink_down() {
             kernel.flags |= classifier_common::flags::UPLINK_DOWN;
         }
+        for (i, live) in self.uplinks.iter().enumerate() {
+            if live.record.state == State::Down {
+                kernel.flags |=
+                    classifier_common::flags::uplink_down(u8::try_from(i).unwrap_or(u8::MAX));
+            }
+        }
         self.maps.set_config(&kernel)?;
         self.steer().map(drop)
     }
@@ -309,6 +315,7 @@ impl Agent {
             uplink.quality = Some(quality);
         }
         let transition = report.transition;
+        let transitioned = transition.is_some();
         if let Some(transition) = &transition {
             uplink.transitions = uplink.transitions.saturating_add(1);
             uplink.since = Some(Time::now());
@@ -335,12 +342,13 @@ impl Agent {
         // The status first: once traffic moves, a reader finds the transition that moved it
         // (its `failing_over` is read from the kernel, so it is never ahead of the maps).
         self.save_status();
-        let moved = if down == was_down {
-            // A new state, grade or best uplink: one write of the rows, when they changed.
-            self.steer()?
-        } else {
+        let moved = if transitioned {
+            // An uplink died or came back: the config's flags say which, and the rows.
             self.apply_settings()?;
             true
+        } else {
+            // A new grade or best uplink: one write of the rows, when they changed.
+            self.steer()?
         };
         if moved {
             // And the rows the kernel now reads (`steering`), once they are written.

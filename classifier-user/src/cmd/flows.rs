@@ -37,10 +37,11 @@ pub struct Row {
     pub endpoint_set: u16,
     /// Why its first packet got its action (a counter name: `match_port`, `no_match`, ...).
     pub reason: &'static str,
-    /// Packets and bytes the XDP program saw of it.
+    /// The first packet's count (1) and size: the kernel does not count a flow's packets
+    /// (a write on every packet would move the entry between CPUs; `stats` counts them).
     pub packets: u64,
     pub bytes: u64,
-    /// Seconds since its last packet, and since its first.
+    /// Seconds since its last packet (refreshed once a second at most), and since its first.
     pub idle_s: u64,
     pub age_s: u64,
 }
@@ -104,7 +105,7 @@ pub fn run(global: &GlobalArgs, FlowsArgs {}: &FlowsArgs) -> anyhow::Result<()> 
     }
     writeln!(
         out,
-        "{:<41} {:<41} {:<5} {:<7} {:<10} {:<9} {:<11} {:>10} {:>7} {:>7}",
+        "{:<41} {:<41} {:<5} {:<7} {:<10} {:<9} {:<11} {:>7} {:>7}",
         "SOURCE",
         "DESTINATION",
         "PROTO",
@@ -112,7 +113,6 @@ pub fn run(global: &GlobalArgs, FlowsArgs {}: &FlowsArgs) -> anyhow::Result<()> 
         "UPLINK",
         "CATEGORY",
         "REASON",
-        "PACKETS",
         "IDLE_S",
         "AGE_S"
     )?;
@@ -124,7 +124,7 @@ pub fn run(global: &GlobalArgs, FlowsArgs {}: &FlowsArgs) -> anyhow::Result<()> 
         };
         writeln!(
             out,
-            "{:<41} {:<41} {:<5} {:<7} {:<10} {:<9} {:<11} {:>10} {:>7} {:>7}",
+            "{:<41} {:<41} {:<5} {:<7} {:<10} {:<9} {:<11} {:>7} {:>7}",
             with_port(row.src, row.sport),
             with_port(row.dst, row.dport),
             row.proto,
@@ -132,7 +132,6 @@ pub fn run(global: &GlobalArgs, FlowsArgs {}: &FlowsArgs) -> anyhow::Result<()> 
             row.uplink.as_deref().unwrap_or("-"),
             row.category.unwrap_or("-"),
             row.reason,
-            row.packets,
             row.idle_s,
             row.age_s
         )?;
