@@ -407,6 +407,8 @@ pub struct GoalInputs {
     pub first_packet: Vec<(&'static str, f64, f64)>,
     /// (family, real feed flow hit, largest table flow hit).
     pub flow_hit: Vec<(&'static str, f64, f64)>,
+    /// (family, real feed first packet, real feed flow hit), one packet repeated, the index.
+    pub hit_vs_first: Vec<(&'static str, f64, f64)>,
     /// (family, ms until the index of the largest table was live, ms of the whole apply).
     pub load: Vec<(&'static str, f64, f64)>,
     /// (family, index MiB both halves, trie MiB) at the largest table.
@@ -505,8 +507,17 @@ pub fn run(settings: &Settings) -> anyhow::Result<CostResults> {
         use_index(&mut datapath, false)?;
         let tries = measure(&mut datapath, frames, settings)?;
         use_index(&mut datapath, true)?;
-        let (_, many, hit) =
+        let (one, many, hit) =
             push_rows(&mut section, &label, &baselines[index], &tries, &with_index);
+        section.push(
+            Figure::new(
+                format!("classifier (index), {label}, flow hit / one packet"),
+                hit.value / one.value,
+                "x",
+            )
+            .note("a known flow against a first packet, both one packet repeated"),
+        );
+        goals.hit_vs_first.push((family.name, one.value, hit.value));
         let [one_1, one_2, hit_1, hit_2] = steering_cost(&mut datapath, &frames[0], settings)?;
         for (what, one, two) in [("one packet", one_1, one_2), ("flow hit", hit_1, hit_2)] {
             let one = section.push(Figure::new(

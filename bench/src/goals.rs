@@ -21,7 +21,12 @@ fn goal(name: String, value: f64, unit: &'static str, bound: f64, upper: bool) -
     ))
 }
 
-pub fn section(cost: &GoalInputs, throughput: &[ThroughputGoal], diff_ms: f64) -> Section {
+pub fn section(
+    cost: &GoalInputs,
+    throughput: &[ThroughputGoal],
+    flow_gain: &[(String, f64)],
+    diff_ms: f64,
+) -> Section {
     let mut section = Section::new(
         "Goals",
         "ratios within this run: the largest synthetic table against the real feed, the \
@@ -54,6 +59,13 @@ pub fn section(cost: &GoalInputs, throughput: &[ThroughputGoal], diff_ms: f64) -
             2.0,
             false,
         ));
+    }
+    // With the flow table on (the default), at the real feed and the large tables.
+    for entry in throughput
+        .iter()
+        .filter(|entry| entry.label.starts_with("flow table on"))
+        .filter(|entry| entry.size == 0 || entry.size >= 100_000)
+    {
         section.push(goal(
             format!(
                 "3. ns added over no classification / nftables', {}",
@@ -61,7 +73,7 @@ pub fn section(cost: &GoalInputs, throughput: &[ThroughputGoal], diff_ms: f64) -
             ),
             entry.added,
             "x",
-            0.2,
+            0.3,
             true,
         ));
     }
@@ -81,6 +93,24 @@ pub fn section(cost: &GoalInputs, throughput: &[ThroughputGoal], diff_ms: f64) -
         1.0,
         true,
     ));
+    for (family, first, hit) in &cost.hit_vs_first {
+        section.push(goal(
+            format!("6. flow hit / first packet (one packet), real feed, {family}"),
+            hit / first,
+            "x",
+            0.8,
+            true,
+        ));
+    }
+    for (table, gain) in flow_gain.iter().filter(|(table, _)| table == "real feed") {
+        section.push(goal(
+            format!("7. veth Mpps, flow table on / every packet classified, {table}"),
+            *gain,
+            "x",
+            1.0,
+            false,
+        ));
+    }
     for (family, index, trie) in &cost.memory {
         section.push(goal(
             format!("5. index memory (both halves) / trie memory, {largest} {family}"),

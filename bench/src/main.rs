@@ -151,6 +151,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     let mut chart = cost.chart;
     let mut sections = vec![cost.section];
     let mut throughput_goals = Vec::new();
+    let mut flow_gain = Vec::new();
     if cli.no_throughput {
         println!("\n(skipping throughput)");
     } else {
@@ -160,13 +161,14 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         chart.extend(throughput.chart);
         sections.push(throughput.section);
         throughput_goals = throughput.goals;
+        flow_gain = throughput.flow_gain;
     }
     refresh.section.print();
     sections.push(refresh.section);
     let dns = dns::run(cli.quick).context("domain learning")?;
     dns.print();
     sections.push(dns);
-    let goals = goals::section(&cost.goals, &throughput_goals, refresh.diff_ms);
+    let goals = goals::section(&cost.goals, &throughput_goals, &flow_gain, refresh.diff_ms);
     goals.print();
     sections.push(goals);
 

@@ -47,6 +47,8 @@ pub struct ThroughputGoal {
 
 pub struct ThroughputResults {
     pub section: Section,
+    /// (table, Mpps with the flow table on / every packet classified).
+    pub flow_gain: Vec<(String, f64)>,
     /// `nft -f` load times of each set, for the refresh section.
     pub nft_loads: Vec<Figure>,
     pub chart: Vec<Series>,
@@ -269,6 +271,7 @@ pub fn run(settings: &Settings, with_nft: bool) -> anyhow::Result<ThroughputResu
     );
 
     let mut classifier_points = [Vec::new(), Vec::new()];
+    let mut flow_gain = Vec::new();
     let mut goals = Vec::new();
     let mut nft_points = Vec::new();
     for (label, size, compiled) in &tables_under_test {
@@ -304,6 +307,9 @@ pub fn run(settings: &Settings, with_nft: bool) -> anyhow::Result<ThroughputResu
                 classifier_points[usize::from(flows)].push((*size as f64, extra));
             }
             classifier.push((figure, extra));
+        }
+        if let [(every, _), (flows, _)] = &classifier[..] {
+            flow_gain.push((label.clone(), flows.value / every.value));
         }
         if !with_nft {
             continue;
@@ -380,6 +386,7 @@ pub fn run(settings: &Settings, with_nft: bool) -> anyhow::Result<ThroughputResu
     }
     Ok(ThroughputResults {
         section,
+        flow_gain,
         nft_loads,
         chart,
         goals,

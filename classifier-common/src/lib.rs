@@ -824,20 +824,23 @@ impl Uplinks {
         steer: [[0; STEER_SLOTS]; category::COUNT as usize],
     };
 
-    /// The uplink a new direct flow of `category` takes, by its [`flow_hash`]: an index, or
-    /// [`STEER_TUNNEL`].
+    /// The uplink a new direct flow of `category` takes, by its [`flow_hash`] (computed only
+    /// when there are several uplinks to choose from): an index, or [`STEER_TUNNEL`].
     #[expect(
         clippy::inline_always,
         reason = "called from the kernel programs' hot path"
     )]
     #[inline(always)]
     #[must_use]
-    pub fn steer(&self, category: u8, hash: u32) -> u8 {
+    pub fn steer(&self, category: u8, hash: impl FnOnce() -> u32) -> u8 {
         if self.count == 0 {
             return 0;
         }
-        let row = (category as usize) & (category::COUNT as usize - 1);
-        self.steer[row][hash as usize % STEER_SLOTS]
+        let row = &self.steer[(category as usize) & (category::COUNT as usize - 1)];
+        if self.count == 1 {
+            return row[0];
+        }
+        row[hash() as usize % STEER_SLOTS]
     }
 
     /// Whether uplink `uplink`'s flows must move (it is dead).
@@ -1144,7 +1147,7 @@ mod tests {
     #[test]
     fn uplinks_steer_mark_and_die() {
         let one = Uplinks::ONE;
-        assert_eq!(one.steer(category::OPTIMIZE, 12345), 0);
+        assert_eq!(one.steer(category::OPTIMIZE, || 12345), 0);
         assert_eq!(one.mark(0, 0x365), 0x365);
         assert!(!one.is_down(0));
         let mut two = Uplinks::ONE;
@@ -1158,13 +1161,22 @@ mod tests {
             *uplink = u8::try_from(slot % 2).unwrap();
         }
         two.steer[usize::from(category::ALLOW)].fill(STEER_TUNNEL);
-        assert_eq!(two.steer(category::OPTIMIZE, 64 + 3), 1);
-        assert_eq!(two.steer(category::OPTIMIZE, 64 + 4), 0);
-        assert_eq!(two.steer(category::ALLOW, 7), STEER_TUNNEL);
+        assert_eq!(two.steer(category::OPTIMIZE, || 64 + 3), 1);
+        assert_eq!(two.steer(category::OPTIMIZE, || 64 + 4), 0);
+        assert_eq!(two.steer(category::ALLOW, || 7), STEER_TUNNEL);
         assert_eq!(
-            two.steer(200, 7),
+            two.steer(200, || 7),
             0,
             "an out-of-range category reads a row, never past"
+        );
+        let mut single = two;
+        single.count = 1;
+        single.steer[usize::from(category::OPTIMIZE)].fill(STEER_TUNNEL);
+        assert_eq!(
+            single.steer(category::OPTIMIZE, || unreachable!(
+                "one uplink needs no hash"
+            )),
+            STEER_TUNNEL
         );
         assert_eq!((two.mark(1, 0x365), two.mark(5, 0x365)), (0x366, 0x365));
         assert!(two.is_down(1) && !two.is_down(0) && !two.is_down(40));

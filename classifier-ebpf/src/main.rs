@@ -265,7 +265,7 @@ fn decide_packet(packet: &Packet, config: &Config, bytes: u64) -> Decision {
         count(stat::FLOW_CLOSED, bytes);
     }
     let mut decision = classify(&packet, config.flags);
-    steer(&mut decision, flow_hash(&key));
+    steer(&mut decision, || flow_hash(&key));
     if tracked && !packet.tcp_end {
         let flow = FlowValue {
             first_ns: now,
@@ -340,7 +340,7 @@ fn known_flow(
 /// The direct uplink of a new direct verdict, from its category's row in `XB_UPLINKS`; a
 /// row slot that names the tunnel (no uplink may take the category) fails it over.
 #[inline(always)]
-fn steer(decision: &mut Decision, hash: u32) {
+fn steer(decision: &mut Decision, hash: impl FnOnce() -> u32) {
     if decision.action != action::DIRECT {
         return;
     }
@@ -370,7 +370,7 @@ fn moved(flow: &FlowValue, key: &FlowKey, config_flags: u32) -> Option<u8> {
         return None;
     }
     let uplinks = XB_UPLINKS.get(0)?;
-    Some(uplinks.steer(flow.category, flow_hash(key)))
+    Some(uplinks.steer(flow.category, || flow_hash(key)))
 }
 
 /// The flow a packet belongs to.
@@ -655,7 +655,7 @@ fn classify_skb(ctx: &TcContext, config_flags: u32, bytes: u64) -> (Decision, bo
                 return (decision, query);
             }
             let mut decision = classify(&packet, config_flags);
-            steer(&mut decision, flow_hash(&flow_key(&packet)));
+            steer(&mut decision, || flow_hash(&flow_key(&packet)));
             (decision, query)
         }
         Err(why) => (unparsed(why), false),
