@@ -20,6 +20,9 @@ use crate::report::{Figure, Section};
 const AWS: &[u8] = include_bytes!("../../tests/fixtures/providers/aws-ip-ranges-1753388594.json");
 const AZURE: &[u8] =
     include_bytes!("../../tests/fixtures/providers/azure-service-tags-public-363.json");
+/// The sources installed beside the feed in "the union": `[[sources]]` name, kind, file.
+pub const UNION: [(&str, &str, &[u8]); 2] =
+    [("aws", "aws", AWS), ("azure", "azure-service-tags", AZURE)];
 
 /// A client's query for `name` (id `id`) and the resolver's answer, `name` is `address`: the
 /// frames entering and leaving the LAN.
@@ -56,7 +59,7 @@ fn measure(with_union: bool, count: u32) -> anyhow::Result<(Vec<Duration>, Durat
     ];
     config.state_dir = dir.join("state");
     if with_union {
-        for (name, kind, body) in [("aws", "aws", AWS), ("azure", "azure-service-tags", AZURE)] {
+        for (name, kind, body) in UNION {
             let path = dir.join(format!("{name}.json"));
             std::fs::write(&path, body)?;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))?;
@@ -75,7 +78,7 @@ fn measure(with_union: bool, count: u32) -> anyhow::Result<(Vec<Duration>, Durat
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        for name in ["aws", "azure"] {
+        for (name, _, _) in UNION {
             runtime.block_on(agent.refresh(name, true))?;
         }
     }

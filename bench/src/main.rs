@@ -1,9 +1,11 @@
 //! xdp-breakout's benchmarks (`cargo xtask bench [--quick]`; needs root): cost per packet with
 //! `BPF_PROG_TEST_RUN`, throughput over a veth pair in a private namespace against nftables,
-//! and map refresh times. Every figure is printed next to its baseline from the same run; a
-//! JSON report and an SVG chart are written under `target/bench/`. Benchmarks report, they
-//! never assert on timing.
+//! map refresh times, domain learning, and the real agent's steady-state bill (CPU and memory
+//! idle and learning, a scrape of /metrics at 65k flows). Every figure is printed next to its
+//! baseline from the same run; a JSON report and an SVG chart are written under
+//! `target/bench/`. Benchmarks report, they never assert on timing.
 
+mod bill;
 mod cost;
 mod dns;
 mod frames;
@@ -52,6 +54,10 @@ struct Cli {
     /// queries costs a packet, and an answer's way to the map.
     #[arg(long)]
     dns_only: bool,
+    /// Only the agent's steady-state bill, printed (no report written): its CPU and memory
+    /// idle and learning, and what a scrape of /metrics costs at 65k flows.
+    #[arg(long)]
+    bill_only: bool,
 }
 
 /// How long and how often to measure.
@@ -139,6 +145,10 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         dns::run(cli.quick).context("domain learning")?.print();
         return Ok(());
     }
+    if cli.bill_only {
+        bill::run(cli.quick).context("the agent's bill")?.print();
+        return Ok(());
+    }
     let with_nft = !cli.no_nft && nft_installed();
     if !cli.no_nft && !with_nft {
         println!("nft is not installed: skipping the nftables figures (apt-get install nftables)");
@@ -168,6 +178,9 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     let dns = dns::run(cli.quick).context("domain learning")?;
     dns.print();
     sections.push(dns);
+    let bill = bill::run(cli.quick).context("the agent's bill")?;
+    bill.print();
+    sections.push(bill);
     let goals = goals::section(&cost.goals, &throughput_goals, &flow_gain, refresh.diff_ms);
     goals.print();
     sections.push(goals);
