@@ -166,7 +166,12 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     let dns = dns::run(cli.quick).context("domain learning")?;
     dns.print();
     sections.push(dns);
-    let goals = goals::section(&cost.goals, &throughput_goals, refresh.diff_ms);
+    let goals = goals::section(
+        &cost.goals,
+        &throughput_goals,
+        refresh.diff_ms,
+        refresh.check_1m_ms,
+    );
     goals.print();
     sections.push(goals);
 
