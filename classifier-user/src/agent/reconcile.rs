@@ -9,6 +9,8 @@
 //! `sync`, at the next poll; an in-place change of a value within [`Record::bound`] polls
 //! (489 at a million entries a family). Only when the check sees a difference (or cannot tell,
 //! before Linux 6.4) are the tries read back whole and their digest compared, as at start.
+//! The agent's own applies still diff against a full read, so they also undo any change the
+//! check has not reached yet.
 
 use tracing::{info, warn};
 

@@ -14,7 +14,9 @@
 //!   on from where the last one stopped. A trie of `n` entries is read whole every
 //!   `ceil(n / WINDOW)` checks, so an in-place change by another writer (same key, another
 //!   value: the count stays) is found within that many checks, [`Record::bound`]. With equal
-//!   counts, every entry of a whole walk recorded with its value means equal tables.
+//!   counts, every entry of a whole walk recorded with its value means equal tables. (A walk
+//!   whose last key was removed starts again from the first entry; a removal by another
+//!   writer changes the count, which the same check sees first.)
 //!
 //! A record keeps each entry's key and a 64-bit hash of its value, not the value (136 bytes):
 //! 16 bytes an IPv4 entry and 28 an IPv6 one, 44 MB for a million of each.
