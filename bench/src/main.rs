@@ -181,7 +181,13 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     let bill = bill::run(cli.quick).context("the agent's bill")?;
     bill.print();
     sections.push(bill);
-    let goals = goals::section(&cost.goals, &throughput_goals, &flow_gain, refresh.diff_ms);
+    let goals = goals::section(
+        &cost.goals,
+        &throughput_goals,
+        &flow_gain,
+        refresh.diff_ms,
+        refresh.check_1m_ms,
+    );
     goals.print();
     sections.push(goals);
 

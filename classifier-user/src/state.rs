@@ -197,6 +197,14 @@ impl CatalogSet {
     }
 }
 
+/// A file's identity and version: [`State::union_stamp`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stamp {
+    inode: u64,
+    len: u64,
+    modified_ns: i64,
+}
+
 /// One learned address in one endpoint set: a row of `learned.json` and of `learned --json`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LearnedRow {
@@ -514,6 +522,20 @@ impl State {
     #[must_use]
     pub fn union(&self) -> Option<Union> {
         read_json(&self.dir.join(UNION)).ok().flatten()
+    }
+
+    /// Which version of the union's record the directory holds, without reading it (it lists
+    /// every prefix): each save replaces the file (a rename), so another process's `sync` gives
+    /// another stamp. `None` when there is no record.
+    #[must_use]
+    pub fn union_stamp(&self) -> Option<Stamp> {
+        use std::os::unix::fs::MetadataExt as _;
+        let meta = fs::metadata(self.dir.join(UNION)).ok()?;
+        Some(Stamp {
+            inode: meta.ino(),
+            len: meta.len(),
+            modified_ns: meta.mtime().saturating_mul(1_000_000_000) + meta.mtime_nsec(),
+        })
     }
 
     pub fn save_learned(&self, learned: &LearnedFile) -> Result<(), StateError> {

@@ -4,7 +4,7 @@
 
 use std::{net::IpAddr, time::Duration};
 
-use classifier_common::{category, proto};
+use classifier_common::{LpmKeyV4, PrefixRules, category, proto};
 use classifier_user::{
     agent::{Agent, RefreshError, Refreshed, Start},
     client::FetchError,
@@ -902,4 +902,116 @@ fn a_narrowed_filter_widens_again_on_reload() {
     agent.reconfigure(config(&server)).unwrap();
     assert_maps_match(agent.maps(), FEED_2026043000);
     assert_eq!(server.requests().len(), before);
+}
+
+/// Another writer's insert, delete and in-place change of a trie entry are each found by the
+/// check each poll runs instead of a read-back, and repaired: the insert and the delete at the
+/// next poll (the kernel's count of entries), the in-place change within `Record::bound`
+/// polls (a window of `WINDOW` entries a poll), wherever it falls in the kernel's walk. With
+/// no other writer, a whole walk finds nothing.
+#[test]
+fn another_writers_insert_delete_and_in_place_change_are_found_and_repaired() {
+    let server = FeedServer::start();
+    let state_dir = TempDir::new("check");
+    let mut config = config(&server);
+    // More than two windows of IPv4 entries: the walk takes several polls.
+    config.policy.include = (0..5000u32)
+        .map(|n| IpNet::from(IpAddr::from(std::net::Ipv4Addr::from((45u32 << 24) + n))))
+        .collect();
+    let Some((mut datapath, mut agent)) = agent(config, &state_dir) else {
+        return;
+    };
+    let rt = runtime();
+    server.set("/version/Worldwide", Reply::version("2026043000"));
+    server.set("/endpoints/Worldwide", Reply::json(FEED_2026043000));
+    let mut poll = || rt.block_on(agent_poll(&mut agent));
+    assert!(matches!(poll(), Refreshed::Applied { .. }));
+    // Another writer, and a reader of what the tries hold.
+    let mut other = datapath.maps().unwrap();
+    let reader = datapath.maps().unwrap();
+    let good = reader.installed().unwrap();
+    let bound = good
+        .v4
+        .len()
+        .max(good.v6.len())
+        .div_ceil(classifier_user::datapath::WINDOW);
+    assert!(bound >= 3, "{} IPv4 entries", good.v4.len());
+
+    for _ in 0..=bound {
+        assert!(
+            matches!(poll(), Refreshed::Unchanged { .. }),
+            "a false alarm"
+        );
+    }
+
+    let value = *good.v4.values().next().unwrap();
+    let other_value = PrefixRules {
+        addr_category: if value.addr_category == category::DEFAULT {
+            category::OPTIMIZE
+        } else {
+            category::DEFAULT
+        },
+        ..value
+    };
+    let net = |key: &LpmKeyV4| {
+        IpNet::new(
+            std::net::Ipv4Addr::from(key.addr).into(),
+            u8::try_from(key.prefix_len).unwrap(),
+        )
+        .unwrap()
+    };
+    let found_within = |what: &str, within: usize, poll: &mut dyn FnMut() -> Refreshed| {
+        for n in 1..=within {
+            if matches!(poll(), Refreshed::Applied { .. }) {
+                assert!(
+                    reader.installed().unwrap() == good,
+                    "{what}: the maps are not the agent's union again"
+                );
+                return n;
+            }
+        }
+        panic!("{what}: not found within {within} polls");
+    };
+
+    // An insert: one more entry.
+    other
+        .insert_prefix("203.0.113.0/24".parse().unwrap(), &value)
+        .unwrap();
+    assert_eq!(found_within("an insert", 1, &mut poll), 1);
+
+    // A delete: one entry less (a batch delete, as another agent's diff would).
+    let mut fewer = good.clone();
+    fewer.v4.pop_last();
+    other.apply(&fewer).unwrap();
+    assert_eq!(found_within("a delete", 1, &mut poll), 1);
+
+    // In-place changes, the count as it was: the last, the first and a middle entry in key
+    // order. The kernel walks a trie in about that order, so the walk, back at the start after
+    // the polls above, reaches the last one after a few polls.
+    let keys: Vec<LpmKeyV4> = good.v4.keys().copied().collect();
+    let mut polls = Vec::new();
+    for key in [keys[keys.len() - 1], keys[0], keys[keys.len() / 2]] {
+        let changed = PrefixRules {
+            addr_category: if good.v4[&key].addr_category == other_value.addr_category {
+                value.addr_category
+            } else {
+                other_value.addr_category
+            },
+            ..good.v4[&key]
+        };
+        other.insert_prefix(net(&key), &changed).unwrap();
+        let n = found_within("an in-place change", bound, &mut poll);
+        eprintln!("{}: found after {n} of at most {bound} polls", net(&key));
+        polls.push(n);
+    }
+    assert!(
+        polls.iter().any(|&n| n > 1),
+        "every change was in the next window ({polls:?}): the walk was not exercised"
+    );
+}
+
+/// A poll of the `m365` source as the daemon runs it: the check for other writers, then the
+/// fetch.
+async fn agent_poll(agent: &mut Agent) -> Refreshed {
+    agent.refresh("m365", false).await.unwrap()
 }

@@ -71,6 +71,28 @@ const SETTLE_AFTER: Duration = Duration::from_millis(200);
 /// in the tries from its answer on; the apply only folds it into the index and the record.
 const SETTLE_EVERY: Duration = Duration::from_secs(5);
 
+/// When learned addresses are applied next, and when they last were.
+#[derive(Default)]
+struct Settle {
+    at: Option<Instant>,
+    last: Option<Instant>,
+}
+
+impl Settle {
+    /// An apply is due: `SETTLE_AFTER` from now, and `SETTLE_EVERY` after the last one.
+    fn arm(&mut self) {
+        if self.at.is_none() {
+            let soon = Instant::now() + SETTLE_AFTER;
+            self.at = Some(self.last.map_or(soon, |last| soon.max(last + SETTLE_EVERY)));
+        }
+    }
+
+    fn fired(&mut self) {
+        self.at = None;
+        self.last = Some(Instant::now());
+    }
+}
+
 type Fetch = Pin<Box<dyn Future<Output = (usize, Result<Got, RefreshError>)>>>;
 
 /// Runs the agent until SIGTERM or SIGINT. `load` reads the configuration again on SIGHUP;
@@ -101,8 +123,7 @@ pub async fn run(
     };
     let mut expiry = tokio::time::interval(Duration::from_secs(5));
     expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut settle_at: Option<Instant> = None;
-    let mut settled: Option<Instant> = None;
+    let mut settle = Settle::default();
     let mut fetch: Option<Fetch> = None;
     loop {
         let due = agent.next_due();
@@ -124,8 +145,8 @@ pub async fn run(
                     None => std::future::pending().await,
                 }
             } => Event::Answers(batch),
-            () = async { sleep_until(settle_at.unwrap_or_else(Instant::now)).await },
-                if settle_at.is_some() => Event::Settle,
+            () = async { sleep_until(settle.at.unwrap_or_else(Instant::now)).await },
+                if settle.at.is_some() => Event::Settle,
             _ = expiry.tick(), if answers.is_some() => Event::Expire,
             _ = hangup.recv() => Event::Reload,
             _ = terminate.recv() => Event::Stop,
@@ -149,14 +170,12 @@ pub async fn run(
                 agent.learn(&batch);
                 // Addresses written alone, or evicted by a full cap (which may teach nothing
                 // new), wait for the whole table.
-                if agent.learn_dirty && settle_at.is_none() {
-                    let soon = Instant::now() + SETTLE_AFTER;
-                    settle_at = Some(settled.map_or(soon, |at| soon.max(at + SETTLE_EVERY)));
+                if agent.learn_dirty {
+                    settle.arm();
                 }
             }
             Event::Settle => {
-                settle_at = None;
-                settled = Some(Instant::now());
+                settle.fired();
                 agent.settle();
                 agent.save_status();
             }

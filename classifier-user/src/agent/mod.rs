@@ -13,6 +13,8 @@
 //! - [`refresh`]: each source's file, from its fetch to the union (`source`: a source as the
 //!   agent keeps it, its limits and its clock; `outcome`: what a refresh ends in);
 //! - [`learn`]: DNS answers into learned addresses;
+//! - `reconcile`: what another writer changed, found each poll by a check without a
+//!   read-back;
 //! - [`uplink`]: the direct uplink's health and the kernel settings it changes;
 //! - [`view`]: what the agent hands to `status`, `/metrics` and the PAC file;
 //! - [`dnsconfig`]: the local resolver's forward zones and the policy rules of its queries;
@@ -22,6 +24,7 @@ pub mod daemon;
 mod dnsconfig;
 mod learn;
 mod outcome;
+mod reconcile;
 pub mod refresh;
 mod source;
 mod uplink;
@@ -55,8 +58,12 @@ pub struct Agent {
     /// file is held, not applied, until the `m365` source has one, so that nothing is
     /// replaced by a partial union.
     unknown_pins: bool,
-    /// The digest of the entries this agent last wrote: another writer changes it.
-    written: Option<String>,
+    /// What this agent last wrote to the tries, or found there and adopted: the record each
+    /// poll's check compares them with (`reconcile`); `None` while they hold a table no
+    /// record describes.
+    written: Option<reconcile::Written>,
+    /// Where that check's walk of each trie resumes.
+    walk: crate::datapath::Walk,
     /// Entries of the tries, IPv4 and IPv6, as last written or found.
     prefixes: (usize, usize),
     /// DNS learning: the name patterns, the learned addresses, and whether some were written
@@ -98,6 +105,7 @@ impl Agent {
             client_id,
             unknown_pins: false,
             written: None,
+            walk: crate::datapath::Walk::default(),
             prefixes: (0, 0),
             patterns: crate::dns::Patterns::default(),
             learned: crate::dns::Learned::default(),
@@ -120,23 +128,6 @@ impl Agent {
         agent.adopt_record();
         agent.sources_changed();
         Ok(agent)
-    }
-
-    /// Takes the state directory's record as what the maps hold when its digest is the
-    /// maps' (an agent restarted over its own pins, or beside a `sync`).
-    fn adopt_record(&mut self) {
-        let Ok(installed) = self.maps.installed() else {
-            return;
-        };
-        self.prefixes = (installed.v4.len(), installed.v6.len());
-        let digest = installed.digest();
-        if self
-            .state
-            .union()
-            .is_some_and(|union| union.entries == digest)
-        {
-            self.written = Some(digest);
-        }
     }
 
     /// Locks `pin_dir` around every change of the maps (for pinned maps).
@@ -233,7 +224,7 @@ impl Agent {
             });
         match rolled_back {
             Ok(good) => {
-                self.written = Some(good.digest());
+                self.remember(&good, good.digest());
                 self.prefixes = (good.v4.len(), good.v6.len());
                 Err(RefreshError::Write {
                     rolled_back: "rolled back to the last good table".to_owned(),
@@ -267,50 +258,13 @@ impl Agent {
                 .collect(),
         };
         self.state.save_union(&union)?;
-        self.written = Some(digest);
+        self.remember(compiled, digest);
         self.unknown_pins = false;
         self.save_learned();
         self.share_sets();
         self.prefixes = (compiled.v4.len(), compiled.v6.len());
         self.save_status();
         Ok(())
-    }
-
-    /// Takes in what another process changed since this agent last looked: a `sync` that
-    /// applied another file of a source (its record describes the maps: its files are
-    /// taken), or an `attach --feed-file` (or any other writer) that left the maps holding
-    /// entries no record describes: the `m365` source then fetches and applies anew.
-    pub fn reconcile(&mut self) {
-        // Addresses learned since the last apply are ours, not another writer's.
-        self.settle();
-        let Ok(installed) = self.maps.installed() else {
-            return;
-        };
-        let digest = installed.digest();
-        if self.written.as_ref() == Some(&digest) {
-            return;
-        }
-        let record = self.state.union().filter(|union| union.entries == digest);
-        self.load_sources();
-        if let Some(union) = &record {
-            warn!(
-                "the maps were changed by another process ({}, applied at {}); taking its \
-                 files",
-                union.versions(),
-                union.applied_at
-            );
-            self.written = Some(digest);
-        } else {
-            warn!(
-                "the maps were changed by another process and hold no recorded feed; \
-                 installing the service's feed again, with every source's last good file"
-            );
-            self.forget_m365();
-            self.unknown_pins = true;
-        }
-        self.sources_changed();
-        self.prefixes = (installed.v4.len(), installed.v6.len());
-        self.save_status();
     }
 
     /// Takes a new configuration (SIGHUP): new settings, every source's last good file

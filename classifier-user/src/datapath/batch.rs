@@ -81,37 +81,59 @@ pub fn lookup<K: Copy, V: Copy>(
     let mut entries = Vec::new();
     let mut keys = vec![zero_key; READ];
     let mut values = vec![zero_value; READ];
-    // The kernel's position between calls: a key (the generic batch uses the next key).
-    let mut token = [zero_key; 2];
-    let mut first = true;
+    let mut after = None;
     loop {
-        let (in_batch, out_batch) = token.split_at_mut(1);
-        let mut attr = BatchAttr {
-            in_batch: if first { 0 } else { in_batch.as_ptr() as u64 },
-            out_batch: out_batch.as_mut_ptr() as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
-            ..BatchAttr::default()
-        };
-        let done = match call(BPF_MAP_LOOKUP_BATCH, fd, READ, &mut attr) {
-            Ok(()) => false,
-            // The end of the map: the last entries come with it.
-            Err((_, error)) if error.raw_os_error() == Some(libc::ENOENT) => true,
-            Err((_, error)) => return Err(error),
-        };
-        let filled = (attr.count as usize).min(READ);
+        let (filled, next) = lookup_after(fd, after, &mut keys, &mut values)?;
         entries.extend(
             keys[..filled]
                 .iter()
                 .copied()
                 .zip(values[..filled].iter().copied()),
         );
-        if done || filled == 0 {
-            return Ok(entries);
+        match next {
+            Some(next) => after = Some(next),
+            None => return Ok(entries),
         }
-        token[0] = token[1];
-        first = false;
     }
+}
+
+/// Up to `keys.len()` entries of the map in the kernel's walk order, from the one after
+/// `after` (from the first with `None`), into `keys` and `values`: how many were read, and the
+/// key to read on from (`None` at the end of the map). A walk resumed after a key the map no
+/// longer holds starts again from the first entry (`get_next_key`'s rule for a missing key).
+pub fn lookup_after<K: Copy, V: Copy>(
+    fd: BorrowedFd<'_>,
+    after: Option<K>,
+    keys: &mut [K],
+    values: &mut [V],
+) -> io::Result<(usize, Option<K>)> {
+    let max = keys.len().min(values.len());
+    let Some(mut out_batch) = keys.first().copied() else {
+        return Ok((0, None));
+    };
+    // The kernel's position between calls: a key (the generic batch uses the next key).
+    let in_batch = after;
+    let mut attr = BatchAttr {
+        in_batch: in_batch
+            .as_ref()
+            .map_or(0, |key| std::ptr::from_ref(key) as u64),
+        out_batch: std::ptr::from_mut(&mut out_batch) as u64,
+        keys: keys.as_mut_ptr() as u64,
+        values: values.as_mut_ptr() as u64,
+        ..BatchAttr::default()
+    };
+    let end = match call(BPF_MAP_LOOKUP_BATCH, fd, max, &mut attr) {
+        Ok(()) => false,
+        // The end of the map: the last entries come with it.
+        Err((_, error)) if error.raw_os_error() == Some(libc::ENOENT) => true,
+        Err((_, error)) => return Err(error),
+    };
+    let filled = (attr.count as usize).min(max);
+    if end || filled == 0 {
+        return Ok((filled, None));
+    }
+    // The kernel wrote the last key it read to `out_batch`.
+    Ok((filled, Some(out_batch)))
 }
 
 /// Whether an error means the kernel has no batch operations for this map (then the caller

@@ -10,6 +10,7 @@ use classifier_common::{
 
 use super::{
     DatapathError, IndexMaps, Installed, batch,
+    check::{ElemSizes, memlock},
     pins::{check_pin_dir, check_pins, open_pin},
 };
 use crate::{compile::Compiled, index::IndexError};
@@ -29,6 +30,8 @@ pub struct Maps {
     /// The uplinks' steering and their counters; absent in pins of a version with one
     /// uplink (until the agent restarts).
     uplinks: Option<(Array<MapData, Uplinks>, PerCpuArray<MapData, Counter>)>,
+    /// Each trie's entry size in `memlock`, learned by a full read, for [`Maps::check`].
+    elem_sizes: ElemSizes,
 }
 
 /// Entries of [`names::UPLINK_STATS`].
@@ -208,6 +211,7 @@ impl Maps {
                 .map_err(map_error(names::FLOWS))?,
             index,
             uplinks: None,
+            elem_sizes: ElemSizes::default(),
         })
     }
 
@@ -339,9 +343,12 @@ impl Maps {
         Ok(())
     }
 
-    /// The installed entries.
+    /// The installed entries. Learns each trie's entry size in `memlock` on the way, for
+    /// [`Maps::check`].
     pub fn installed(&self) -> Result<Compiled, DatapathError> {
-        Ok(Compiled {
+        let [v4_fd, v6_fd] = self.trie_fds();
+        let before = [memlock(v4_fd), memlock(v6_fd)];
+        let installed = Compiled {
             v4: dump(
                 &self.prefix_v4,
                 names::PREFIX_V4,
@@ -358,7 +365,27 @@ impl Maps {
                     addr: [0; 16],
                 },
             )?,
-        })
+        };
+        let after = [memlock(v4_fd), memlock(v6_fd)];
+        self.elem_sizes
+            .learn(0, [before[0], after[0]], installed.v4.len());
+        self.elem_sizes
+            .learn(1, [before[1], after[1]], installed.v6.len());
+        Ok(installed)
+    }
+
+    /// The IPv4 and IPv6 tries' descriptors.
+    pub(super) fn trie_fds(&self) -> [std::os::fd::BorrowedFd<'_>; 2] {
+        use aya::maps::IterableMap as _;
+        use std::os::fd::AsFd as _;
+        [
+            self.prefix_v4.map().fd().as_fd(),
+            self.prefix_v6.map().fd().as_fd(),
+        ]
+    }
+
+    pub(super) fn elem_sizes(&self) -> &ElemSizes {
+        &self.elem_sizes
     }
 
     /// Makes the tries hold exactly `target`: new and changed entries first, stale ones last,

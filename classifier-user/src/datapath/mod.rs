@@ -12,9 +12,11 @@
 //! - [`maps`]: the maps, applied as a diff (the index first), and per-CPU sums;
 //! - [`index`]: the compiled index's maps, mapped: built in the idle half, switched, released
 //!   after a grace period;
+//! - [`check`]: the periodic check that the tries hold what was written, without a read-back;
 //! - `batch`: `BPF_MAP_*_BATCH`, which aya has not.
 
 mod batch;
+pub mod check;
 pub mod index;
 pub mod links;
 pub mod load;
@@ -26,6 +28,7 @@ use std::{io, path::PathBuf};
 use aya::{maps::MapError, programs::ProgramError};
 use classifier_common::{action, category};
 
+pub use check::{Difference, Record, Verdict, WINDOW, Walk};
 pub use index::{IndexMaps, Installed};
 pub use links::{AttachMode, AttachedXdp, attached_xdp, detach};
 pub use load::Datapath;
