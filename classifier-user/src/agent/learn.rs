@@ -1,9 +1,10 @@
 //! DNS learning (`[dns] learn`): an answer for a name of a Microsoft 365 feed or an operator's
 //! `[[domains]]` rule teaches the agent its addresses. Each new address is written to the
-//! tries at once, folded with the prefixes that cover it; the whole table follows at the
-//! next [`Agent::settle`], and past their time (with a grace while flows use them) addresses
-//! are forgotten. A full cap evicts the least recently used address no live flow holds; the
-//! next [`Agent::settle`] takes it out of the maps.
+//! tries at once, folded with the prefixes that cover it (found in [`crate::cover`]'s index,
+//! rebuilt whenever a source's file changes, in time independent of the table's size); the
+//! whole table follows at the next [`Agent::settle`], and past their time (with a grace while
+//! flows use them) addresses are forgotten. A full cap evicts the least recently used
+//! address no live flow holds; the next [`Agent::settle`] takes it out of the maps.
 
 use std::{
     collections::HashSet,
