@@ -1,21 +1,28 @@
 //! Domain learning: from a DNS answer crossing tc egress (`breakout_dns`, run by
 //! BPF_PROG_TEST_RUN, which stamps it) to its address in the map, through the agent's ring
 //! reader path (ring buffer, parse, match, fold, write), one answer at a time as a client's
-//! would come; with the real feed alone and with the AWS + Azure union installed.
+//! would come; with the real feed alone, with the AWS + Azure union installed, and with
+//! 100k and 1M synthetic prefixes beside the feed (folding must not grow with the table).
 
 use std::{
+    fmt::Write as _,
     os::unix::fs::PermissionsExt as _,
     time::{Duration, Instant},
 };
 
 use aya::programs::{TestRun as _, TestRunOptions};
-use classifier_user::{agent::Agent, config::Config, datapath::Datapath, state::State};
+use classifier_user::{
+    agent::Agent, config::Config, cover::Cover, datapath::Datapath, state::State,
+};
 use hickory_proto::{
     op::{Message, MessageType, Query},
     rr::{Name, RData, Record, RecordType, rdata},
 };
 
-use crate::report::{Figure, Section};
+use crate::{
+    cost,
+    report::{Figure, Section},
+};
 
 const AWS: &[u8] = include_bytes!("../../tests/fixtures/providers/aws-ip-ranges-1753388594.json");
 const AZURE: &[u8] =
@@ -41,12 +48,93 @@ fn exchange(name: &str, id: u16, address: std::net::Ipv4Addr) -> anyhow::Result<
     Ok([query, tests::packet::dns_answer_frame(&message.to_vec()?)])
 }
 
+/// What the agent holds beside the real feed while answers are learned.
+#[derive(Clone, Copy)]
+enum Installed {
+    Feed,
+    /// AWS's and Azure's files as two more sources.
+    Union,
+    /// A `cidr-list` source of this many synthetic IPv4 prefixes (`tables::synthetic_v4`).
+    Synthetic(usize),
+}
+
+impl Installed {
+    fn label(self) -> String {
+        match self {
+            Self::Feed => "the real feed".to_owned(),
+            Self::Union => "AWS + Azure + the feed".to_owned(),
+            Self::Synthetic(n) => format!("{} synthetic + the feed", cost::size_label(n)),
+        }
+    }
+
+    /// The sources this adds to `config`, their files written under `dir`.
+    fn sources(self, dir: &std::path::Path, config: &mut Config) -> anyhow::Result<Vec<String>> {
+        let files: Vec<(&str, &str, Vec<u8>)> = match self {
+            Self::Feed => Vec::new(),
+            Self::Union => UNION
+                .iter()
+                .map(|(name, kind, body)| (*name, *kind, body.to_vec()))
+                .collect(),
+            Self::Synthetic(n) => {
+                let mut list = String::new();
+                for net in synthetic_list(n) {
+                    let _ = writeln!(list, "{net}");
+                }
+                vec![("synthetic", "cidr-list", list.into_bytes())]
+            }
+        };
+        let mut names = Vec::new();
+        for (name, kind, body) in files {
+            let path = dir.join(format!("{name}.source"));
+            std::fs::write(&path, body)?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))?;
+            config.sources.push(toml::from_str(&format!(
+                "name = \"{name}\"\nkind = \"{kind}\"\npath = \"{}\"",
+                path.display()
+            ))?);
+            names.push(name.to_owned());
+        }
+        Ok(names)
+    }
+}
+
+/// `n` distinct synthetic IPv4 prefixes a source accepts: `tables::synthetic_v4`'s without
+/// special-purpose space, topped up from further draws (spread over each draw, so that the
+/// top-up keeps its lengths' mix).
+fn synthetic_list(n: usize) -> std::collections::BTreeSet<ipnet::IpNet> {
+    let mut nets = std::collections::BTreeSet::new();
+    let mut seed = 300 + n as u64;
+    while nets.len() < n {
+        let missing = n - nets.len();
+        let size = if nets.is_empty() { n } else { 4 * missing };
+        let draw: Vec<ipnet::IpNet> = crate::tables::synthetic_v4(size, seed)
+            .v4
+            .keys()
+            .map(|key| {
+                let addr = std::net::Ipv4Addr::from(key.addr);
+                ipnet::IpNet::V4(ipnet::Ipv4Net::new_assert(
+                    addr,
+                    u8::try_from(key.prefix_len).unwrap_or(32),
+                ))
+            })
+            .filter(|net| {
+                classifier_user::gate::special_block(*net).is_none() && !nets.contains(net)
+            })
+            .collect();
+        let step = (draw.len() / missing).max(1);
+        nets.extend(draw.into_iter().step_by(step).take(missing));
+        seed += 1;
+    }
+    nets
+}
+
 /// Latencies of `count` answers learned one at a time, and the time of one plain trie write
 /// (the baseline: what the fast path cannot go below).
-fn measure(with_union: bool, count: u32) -> anyhow::Result<(Vec<Duration>, Duration)> {
+fn measure(installed: Installed, count: u32) -> anyhow::Result<(Vec<Duration>, Duration)> {
     let dir = std::env::temp_dir().join(format!(
-        "xdp-breakout-bench-dns-{}-{with_union}",
-        std::process::id()
+        "xdp-breakout-bench-dns-{}-{}",
+        std::process::id(),
+        installed.label().replace(' ', "-")
     ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
@@ -58,27 +146,17 @@ fn measure(with_union: bool, count: u32) -> anyhow::Result<(Vec<Duration>, Durat
             .ip(),
     ];
     config.state_dir = dir.join("state");
-    if with_union {
-        for (name, kind, body) in UNION {
-            let path = dir.join(format!("{name}.json"));
-            std::fs::write(&path, body)?;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))?;
-            config.sources.push(toml::from_str(&format!(
-                "name = \"{name}\"\nkind = \"{kind}\"\npath = \"{}\"",
-                path.display()
-            ))?);
-        }
-    }
+    let names = installed.sources(&dir, &mut config)?;
     let mut datapath = Datapath::load_private(classifier_user::EBPF_OBJECT)?;
     let maps = datapath.maps()?;
     let mut agent = Agent::new(config, maps, State::open(&dir.join("state"))?)?;
     agent.apply_settings()?;
     agent.start()?;
-    if with_union {
+    if !names.is_empty() {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        for (name, _, _) in UNION {
+        for name in &names {
             runtime.block_on(agent.refresh(name, true))?;
         }
     }
@@ -87,7 +165,7 @@ fn measure(with_union: bool, count: u32) -> anyhow::Result<(Vec<Duration>, Durat
     for n in 0..count {
         // Names under svc.ms (set 39, URL-only), each a new address in 45.0.0.0/8.
         let address = std::net::Ipv4Addr::from(0x2d00_0000 | n);
-        // The id tells the queries apart (one client port); 2,000 fit in 16 bits.
+        // The id tells the queries apart (one client port); the count fits in 16 bits.
         let id = u16::try_from(n)?;
         let [query, answer] = exchange(&format!("host{n}.files.svc.ms"), id, address)?;
         // The query enters the LAN (flagged by the XDP program, recorded by tc ingress's
@@ -218,7 +296,86 @@ fn recording_cost(section: &mut Section, quick: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn run(quick: bool) -> anyhow::Result<Section> {
+/// What the covering index costs at `n` synthetic prefixes beside the real feed: its build
+/// (each time a source's file changes), its heap, and one address's lookup.
+fn index_cost(section: &mut Section, n: usize) -> anyhow::Result<()> {
+    let feed = classifier_user::feed::Feed::parse(classifier_user::EMBEDDED_FEED)?;
+    let synthetic = [classifier_user::feed::EndpointSet {
+        id: 4096,
+        service_area: "synthetic".to_owned(),
+        category: classifier_user::feed::Category::Direct,
+        prefixes: synthetic_list(n).into_iter().collect(),
+        tcp: Vec::new(),
+        udp: Vec::new(),
+        by_address: true,
+    }];
+    let tables = [feed.sets.as_slice(), synthetic.as_slice()];
+    let mut builds = Vec::new();
+    let mut cover = Cover::default();
+    for _ in 0..3 {
+        let start = Instant::now();
+        cover = Cover::build(tables);
+        builds.push(start.elapsed());
+    }
+    builds.sort_unstable();
+    let (lengths_v4, lengths_v6) = cover.lengths();
+    section.push(
+        Figure::new(
+            format!(
+                "covering index: build ({} synthetic + the feed)",
+                cost::size_label(n)
+            ),
+            builds[1].as_secs_f64() * 1e3,
+            "ms",
+        )
+        .note(format!(
+            "median of 3; {} prefixes, {lengths_v4} IPv4 and {lengths_v6} IPv6 lengths",
+            cover.len()
+        )),
+    );
+    #[expect(clippy::cast_precision_loss, reason = "a size in MiB, to two decimals")]
+    let mib = cover.heap_bytes() as f64 / f64::from(1 << 20);
+    section.push(Figure::new(
+        format!(
+            "covering index: heap ({} synthetic + the feed)",
+            cost::size_label(n)
+        ),
+        mib,
+        "MiB",
+    ));
+    let count = 100_000u32;
+    let addresses: Vec<std::net::IpAddr> = (0..count)
+        .map(|i| std::net::Ipv4Addr::from(i.wrapping_mul(0x9e37_79b9)).into())
+        .collect();
+    let start = Instant::now();
+    let found: usize = addresses
+        .iter()
+        .map(|address| std::hint::black_box(cover.covering(*address)).len())
+        .sum();
+    let per = start.elapsed().as_secs_f64() * 1e9 / f64::from(count);
+    section.push(
+        Figure::new(
+            format!(
+                "covering index: one IPv4 address's lookup ({} synthetic + the feed)",
+                cost::size_label(n)
+            ),
+            per,
+            "ns",
+        )
+        .note(format!(
+            "{count} random addresses, {found} covering prefixes found"
+        )),
+    );
+    Ok(())
+}
+
+/// The section, and the goal's figure: the p99 with the AWS + Azure union installed, ms.
+pub struct Learning {
+    pub section: Section,
+    pub union_p99_ms: f64,
+}
+
+pub fn run(quick: bool) -> anyhow::Result<Learning> {
     let mut section = Section::new(
         "Domain learning",
         "a client's query through the XDP program and tc ingress (recorded), its answer through breakout_dns \
@@ -228,9 +385,17 @@ pub fn run(quick: bool) -> anyhow::Result<Section> {
          a packet",
     );
     recording_cost(&mut section, quick)?;
+    index_cost(&mut section, 1_000_000)?;
     let count = if quick { 500 } else { 2000 };
-    for (with_union, what) in [(false, "the real feed"), (true, "AWS + Azure + the feed")] {
-        let (mut latencies, write) = measure(with_union, count)?;
+    let mut union_p99_ms = f64::NAN;
+    for installed in [
+        Installed::Feed,
+        Installed::Union,
+        Installed::Synthetic(100_000),
+        Installed::Synthetic(1_000_000),
+    ] {
+        let what = installed.label();
+        let (mut latencies, write) = measure(installed, count)?;
         anyhow::ensure!(
             latencies.len() == count as usize,
             "{} of {count} answers learned",
@@ -243,6 +408,9 @@ pub fn run(quick: bool) -> anyhow::Result<Section> {
             "us",
         ));
         let p99 = quantile(&latencies, 0.99);
+        if matches!(installed, Installed::Union) {
+            union_p99_ms = p99.as_secs_f64() * 1e3;
+        }
         section.push(
             Figure::new(
                 format!("answer to map, p99 ({what} installed)"),
@@ -257,5 +425,8 @@ pub fn run(quick: bool) -> anyhow::Result<Section> {
             )),
         );
     }
-    Ok(section)
+    Ok(Learning {
+        section,
+        union_p99_ms,
+    })
 }

@@ -142,7 +142,11 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         machine.kernel
     );
     if cli.dns_only {
-        dns::run(cli.quick).context("domain learning")?.print();
+        let learning = dns::run(cli.quick).context("domain learning")?;
+        learning.section.print();
+        let mut goals = report::Section::new("Goals", "the one of domain learning");
+        goals.push(goals::dns(learning.union_p99_ms));
+        goals.print();
         return Ok(());
     }
     if cli.bill_only {
@@ -176,8 +180,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     refresh.section.print();
     sections.push(refresh.section);
     let dns = dns::run(cli.quick).context("domain learning")?;
-    dns.print();
-    sections.push(dns);
+    dns.section.print();
+    sections.push(dns.section);
     let bill = bill::run(cli.quick).context("the agent's bill")?;
     bill.print();
     sections.push(bill);
@@ -187,6 +191,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         &flow_gain,
         refresh.diff_ms,
         refresh.check_1m_ms,
+        dns.union_p99_ms,
     );
     goals.print();
     sections.push(goals);

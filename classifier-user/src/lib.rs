@@ -7,6 +7,7 @@ pub mod client;
 pub mod cmd;
 pub mod compile;
 pub mod config;
+pub mod cover;
 pub mod datapath;
 pub mod dns;
 pub mod dnsconfig;

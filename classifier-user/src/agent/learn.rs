@@ -1,9 +1,10 @@
 //! DNS learning (`[dns] learn`): an answer for a name of a Microsoft 365 feed or an operator's
 //! `[[domains]]` rule teaches the agent its addresses. Each new address is written to the
-//! tries at once, folded with the prefixes that cover it; the whole table follows at the
-//! next [`Agent::settle`], and past their time (with a grace while flows use them) addresses
-//! are forgotten. A full cap evicts the least recently used address no live flow holds; the
-//! next [`Agent::settle`] takes it out of the maps.
+//! tries at once, folded with the prefixes that cover it (found in [`crate::cover`]'s index,
+//! rebuilt whenever a source's file changes, in time independent of the table's size); the
+//! whole table follows at the next [`Agent::settle`], and past their time (with a grace while
+//! flows use them) addresses are forgotten. A full cap evicts the least recently used
+//! address no live flow holds; the next [`Agent::settle`] takes it out of the maps.
 
 use std::{
     collections::HashSet,
@@ -16,6 +17,7 @@ use tracing::warn;
 use super::Agent;
 use crate::{
     compile::compile_excluding,
+    cover::Cover,
     datapath::Maps,
     feed::{Category, EndpointSet},
     sources::Kind,
@@ -192,34 +194,47 @@ impl Agent {
         latencies
     }
 
+    /// Rebuilds the covering index from every source's held sets and the operator's
+    /// `include` (the last table): run wherever a held file or the configuration changes,
+    /// so that [`Agent::write_learned`] never meets a stale position. Empty while learning
+    /// is off.
+    pub(super) fn index_sets(&mut self) {
+        if !self.config.dns.learn {
+            self.cover = Cover::default();
+            return;
+        }
+        let operator = self.operator_set();
+        let tables = self
+            .sources
+            .iter()
+            .map(super::source::Source::sets)
+            .chain(operator.as_ref().map(std::slice::from_ref));
+        self.cover = Cover::build(tables);
+    }
+
     /// Writes the entry of one learned address: what compiling the whole table would give
-    /// it (its sets' rules folded with every prefix that covers it).
+    /// it (its sets' rules folded with every prefix that covers it). The covering prefixes
+    /// come from the index, in the order a scan of every set would meet them, so the
+    /// compiled value is the scan's.
     fn write_learned(&mut self, address: IpAddr) -> anyhow::Result<()> {
         if self.unknown_pins {
             return Ok(());
         }
         let host = ipnet::IpNet::from(address);
-        let mut sets: Vec<EndpointSet> = Vec::new();
-        let mut covering = |set: &EndpointSet| {
-            let prefixes: Vec<ipnet::IpNet> = set
-                .prefixes
-                .iter()
-                .filter(|net| net.contains(&address))
-                .copied()
-                .collect();
-            if !prefixes.is_empty() {
-                sets.push(EndpointSet {
-                    prefixes,
-                    ..set.clone_without_prefixes()
-                });
-            }
-        };
-        for source in &self.sources {
-            source.sets().iter().for_each(&mut covering);
-        }
-        if let Some(operator) = self.operator_set() {
-            covering(&operator);
-        }
+        let hits = self.cover.covering(address);
+        // The operator's set (the last table) is built only when it covers the address.
+        let operator = hits
+            .iter()
+            .any(|hit| hit.table as usize == self.sources.len())
+            .then(|| self.operator_set())
+            .flatten();
+        let tables: Vec<&[EndpointSet]> = self
+            .sources
+            .iter()
+            .map(super::source::Source::sets)
+            .chain(operator.as_ref().map(std::slice::from_ref))
+            .collect();
+        let mut sets = crate::cover::covering_sets(&hits, &tables, address)?;
         // Learned entries are host prefixes: only the address's own can cover it.
         sets.extend(self.learned.sets_of(address, &self.patterns));
         let compiled = compile_excluding(&sets, &self.config.policy.exclude)?;

@@ -53,6 +53,9 @@ pub struct Agent {
     config: Config,
     /// Every source, `m365` first, in configuration order.
     sources: Vec<Source>,
+    /// Which of the sources' prefixes (and the operator's `include`) cover an address, for
+    /// DNS learning: rebuilt by [`Agent::index_sets`] wherever a held file changes.
+    cover: crate::cover::Cover,
     client_id: String,
     /// The maps hold entries that no record describes (pins an `attach` filled): a source's
     /// file is held, not applied, until the `m365` source has one, so that nothing is
@@ -102,6 +105,7 @@ impl Agent {
         let mut agent = Self {
             config,
             sources: Vec::new(),
+            cover: crate::cover::Cover::default(),
             client_id,
             unknown_pins: false,
             written: None,

@@ -104,6 +104,7 @@ impl Agent {
             }
             self.sources.push(source);
         }
+        self.index_sets();
     }
 
     /// Forgets the `m365` source's file, so that its next fetch applies whatever version
@@ -112,6 +113,7 @@ impl Agent {
         if let Some(m365) = self.sources.first_mut() {
             m365.held = None;
         }
+        self.index_sets();
     }
 
     /// Marks every held file as applied now (start-up, when the union of them was applied).
@@ -360,6 +362,7 @@ impl Agent {
         if self.unknown_pins && name != M365 {
             self.state.save_source(&name, &body, &meta)?;
             self.sources[i].hold(parsed, meta);
+            self.index_sets();
             return Ok(Refreshed::Held { version });
         }
         let what = what(&self.sources[i].config, version.as_deref());
@@ -389,6 +392,8 @@ impl Agent {
         let source = &mut self.sources[i];
         source.hold(parsed, meta);
         source.status.applied_at = Some(Time::now());
+        self.index_sets();
+        let source = &self.sources[i];
         if let Some((_, meta)) = &source.held {
             self.state.save_source(&source.config.name, body, meta)?;
         }
