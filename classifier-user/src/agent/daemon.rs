@@ -71,7 +71,7 @@ const SETTLE_AFTER: Duration = Duration::from_millis(200);
 /// in the tries from its answer on; the apply only folds it into the index and the record.
 const SETTLE_EVERY: Duration = Duration::from_secs(5);
 
-/// When learned addresses are applied next, and when they last were.
+/// When learned addresses are settled next, and when they were last applied.
 #[derive(Default)]
 struct Settle {
     at: Option<Instant>,
@@ -79,17 +79,39 @@ struct Settle {
 }
 
 impl Settle {
-    /// An apply is due: `SETTLE_AFTER` from now, and `SETTLE_EVERY` after the last one.
+    /// Learned addresses wait: `SETTLE_AFTER` from now, unless a settle is pending.
     fn arm(&mut self) {
         if self.at.is_none() {
-            let soon = Instant::now() + SETTLE_AFTER;
-            self.at = Some(self.last.map_or(soon, |last| soon.max(last + SETTLE_EVERY)));
+            self.at = Some(Instant::now() + SETTLE_AFTER);
         }
     }
 
-    fn fired(&mut self) {
-        self.at = None;
-        self.last = Some(Instant::now());
+    /// Applies the learned addresses with the whole table when `SETTLE_EVERY` has passed;
+    /// else records them (`learned` and `lookup` see them at once) and applies later.
+    fn settle(&mut self, agent: &mut Agent) {
+        if self.fire() {
+            agent.settle();
+        } else {
+            agent.save_learned();
+        }
+        agent.save_status();
+    }
+
+    /// The settle is due: whether to apply the whole table now (`SETTLE_EVERY` since the
+    /// last apply), or only record the addresses (`learned.json`) and apply later.
+    fn fire(&mut self) -> bool {
+        let now = Instant::now();
+        match self.last {
+            Some(last) if now < last + SETTLE_EVERY => {
+                self.at = Some(last + SETTLE_EVERY);
+                false
+            }
+            _ => {
+                self.at = None;
+                self.last = Some(now);
+                true
+            }
+        }
     }
 }
 
@@ -174,11 +196,7 @@ pub async fn run(
                     settle.arm();
                 }
             }
-            Event::Settle => {
-                settle.fired();
-                agent.settle();
-                agent.save_status();
-            }
+            Event::Settle => settle.settle(agent),
             Event::Expire => {
                 agent.expire_learned();
                 agent.refresh_trust();

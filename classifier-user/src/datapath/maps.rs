@@ -266,24 +266,47 @@ impl Maps {
         use aya::maps::IterableMap as _;
         self.flows.as_ref().map_or((0, 0), |flows| {
             (
-                flows.keys().count(),
+                self.flows().map_or(0, |all| all.len()),
                 flows.map().info().map_or(0, |info| info.max_entries()),
             )
         })
     }
 
-    /// Every flow of the flow table (none without one).
+    /// Every flow of the flow table (none without one): read in batches of 4096 (65,536
+    /// flows in 16 syscalls, not 131,072), else entry by entry on a kernel without them.
     pub fn flows(&self) -> Result<Vec<Flow>, DatapathError> {
+        use aya::maps::IterableMap as _;
+        use std::os::fd::AsFd as _;
         let Some(flows) = &self.flows else {
             return Ok(Vec::new());
         };
+        let error = |source| DatapathError::Map {
+            name: names::FLOWS,
+            source,
+        };
+        match batch::lookup(
+            flows.map().fd().as_fd(),
+            FlowKey::default(),
+            FlowValue::default(),
+        ) {
+            Ok(entries) => {
+                return Ok(entries
+                    .into_iter()
+                    .map(|(key, value)| Flow { key, value })
+                    .collect());
+            }
+            Err(batch_error) if !batch::unsupported(&batch_error) => {
+                return Err(error(MapError::SyscallError(aya::sys::SyscallError {
+                    call: "bpf_map_lookup_batch",
+                    io_error: batch_error,
+                })));
+            }
+            Err(_) => {}
+        }
         flows
             .iter()
             .map(|item| {
-                let (key, value) = item.map_err(|source| DatapathError::Map {
-                    name: names::FLOWS,
-                    source,
-                })?;
+                let (key, value) = item.map_err(error)?;
                 Ok(Flow { key, value })
             })
             .collect()
@@ -490,7 +513,7 @@ impl Maps {
     /// computed from the flow counters and the flows in the table.
     pub fn stats(&self) -> Result<Vec<Counter>, DatapathError> {
         let mut counters = sum_per_cpu(&self.stats, STATS_LEN, names::STATS)?;
-        let live = self.flows.as_ref().map_or(0, |flows| flows.keys().count());
+        let live = self.flows()?.len();
         let slot = |index: u32| counters.get(index as usize).map_or(0, |c| c.packets);
         let evicted = slot(stat::FLOW_NEW)
             .saturating_sub(slot(stat::FLOW_CLOSED))
