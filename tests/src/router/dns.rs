@@ -15,7 +15,7 @@
 
 use std::{io, net::IpAddr};
 
-use super::{EXTRA_B, Router};
+use super::{EXTRA_B, Router, topology::permanent};
 use crate::{
     dns::{Dnsmasq, Resolver},
     netns::Netns,
@@ -109,21 +109,6 @@ impl Router {
         neighbour.ip(&["addr", "add", &format!("{NEIGHBOUR}/24"), "dev", "nb0"])?;
         neighbour.ip(&["link", "set", "nb0", "up"])?;
         neighbour.ip(&["route", "add", "default", "via", LAN1_ROUTER])?;
-        let permanent = |netns: &Netns, addr: &str, mac: &str, dev: &str| {
-            netns
-                .ip(&[
-                    "neigh",
-                    "replace",
-                    addr,
-                    "lladdr",
-                    mac,
-                    "dev",
-                    dev,
-                    "nud",
-                    "permanent",
-                ])
-                .map(drop)
-        };
         permanent(&self.router, NEIGHBOUR, MAC_NEIGHBOUR, "lan1")?;
         permanent(&neighbour, LAN1_ROUTER, MAC_LAN1, "nb0")?;
         Ok(self.neighbour.insert(neighbour))

@@ -386,7 +386,7 @@ fn up(netns: &Netns, dev: &str, v4: &str, v6: &str) -> io::Result<()> {
 }
 
 /// A static neighbour, so that no packet waits on ARP or neighbour discovery.
-fn permanent(netns: &Netns, addr: &str, mac: &str, dev: &str) -> io::Result<()> {
+pub(super) fn permanent(netns: &Netns, addr: &str, mac: &str, dev: &str) -> io::Result<()> {
     netns
         .ip(&[
             "neigh",
