@@ -322,6 +322,18 @@ impl Agent {
             uplink.reason = Some(transition.reason.clone());
         }
         let down = self.uplink_down();
+        // The status first: once traffic moves, a reader finds the transition that moved it
+        // (its `failing_over` is read from the kernel, so it is never ahead of the maps).
+        self.save_status();
+        let moved = if transitioned {
+            // An uplink died or came back: the config's flags say which, and the rows.
+            self.apply_settings()?;
+            true
+        } else {
+            // A new grade or best uplink: one write of the rows, when they changed.
+            self.steer()?
+        };
+        // Logged once the maps say so: a reader of the log finds new flows already moved.
         if let Some(transition) = transition {
             let label = if name == crate::uplinks::SINGLE {
                 "direct uplink".to_owned()
@@ -339,17 +351,6 @@ impl Agent {
                 transition.from, transition.to, transition.reason
             );
         }
-        // The status first: once traffic moves, a reader finds the transition that moved it
-        // (its `failing_over` is read from the kernel, so it is never ahead of the maps).
-        self.save_status();
-        let moved = if transitioned {
-            // An uplink died or came back: the config's flags say which, and the rows.
-            self.apply_settings()?;
-            true
-        } else {
-            // A new grade or best uplink: one write of the rows, when they changed.
-            self.steer()?
-        };
         if moved {
             // And the rows the kernel now reads (`steering`), once they are written.
             self.save_status();
