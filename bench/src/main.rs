@@ -58,6 +58,13 @@ struct Cli {
     /// idle and learning, and what a scrape of /metrics costs at 65k flows.
     #[arg(long)]
     bill_only: bool,
+    /// Only the veth throughput runs, printed (no report written).
+    #[arg(long, conflicts_with_all = ["dns_only", "bill_only", "refresh_only", "no_throughput"])]
+    throughput_only: bool,
+    /// Only the map refresh section, printed (no report written): applies, reads and the
+    /// periodic check for other writers.
+    #[arg(long, conflicts_with_all = ["dns_only", "bill_only"])]
+    refresh_only: bool,
 }
 
 /// How long and how often to measure.
@@ -68,7 +75,9 @@ pub struct Settings {
     pub many_rounds: usize,
     /// Synthetic table sizes for the cost per packet (and table loads).
     pub sizes: Vec<usize>,
+    /// Seconds of one throughput round, and rounds of each variant.
     pub throughput_secs: f64,
+    pub throughput_rounds: usize,
     /// Frames per live-frames test run.
     pub live_repeat: u32,
     /// Synthetic IPv4 table sizes for throughput (the real feed is always measured).
@@ -84,7 +93,8 @@ impl Settings {
                 many_frames: 4096,
                 many_rounds: 2,
                 sizes: vec![1_000, 10_000, 100_000, 1_000_000],
-                throughput_secs: 1.0,
+                throughput_secs: 0.4,
+                throughput_rounds: 3,
                 live_repeat: 1 << 16,
                 throughput_sizes: vec![10_000, 100_000],
             }
@@ -95,7 +105,8 @@ impl Settings {
                 many_frames: 4096,
                 many_rounds: 8,
                 sizes: vec![1_000, 10_000, 100_000, 1_000_000],
-                throughput_secs: 3.0,
+                throughput_secs: 1.0,
+                throughput_rounds: 5,
                 live_repeat: 1 << 16,
                 throughput_sizes: vec![10_000, 100_000, 1_000_000],
             }
@@ -121,11 +132,52 @@ pub fn status_kib(status: &str, field: &str) -> Option<f64> {
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// Whether the nftables figures are measured: `nft` is installed and not turned off.
+fn with_nft(cli: &Cli) -> bool {
+    let installed = !cli.no_nft && nft_installed();
+    if !cli.no_nft && !installed {
+        println!("nft is not installed: skipping the nftables figures (apt-get install nftables)");
+    }
+    installed
+}
+
 fn nft_installed() -> bool {
     std::process::Command::new("nft")
         .arg("--version")
         .output()
         .is_ok_and(|output| output.status.success())
+}
+
+/// One section alone, printed (no report written): whether the command line asked for one.
+fn only(cli: &Cli, settings: &Settings) -> anyhow::Result<bool> {
+    if cli.dns_only {
+        let learning = dns::run(cli.quick).context("domain learning")?;
+        learning.section.print();
+        let mut goals = report::Section::new("Goals", "the one of domain learning");
+        goals.push(goals::dns(learning.union_p99_ms));
+        goals.print();
+        return Ok(true);
+    }
+    if cli.bill_only {
+        bill::run(cli.quick).context("the agent's bill")?.print();
+        return Ok(true);
+    }
+    if cli.throughput_only {
+        throughput::run(settings, with_nft(cli))
+            .context("throughput over veth")?
+            .section
+            .print();
+        return Ok(true);
+    }
+    if cli.refresh_only {
+        let refresh = refresh::run().context("map refresh")?;
+        refresh.section.print();
+        let mut goals = report::Section::new("Goals", "the one of the periodic check");
+        goals.push(goals::check(refresh.check_1m_ms));
+        goals.print();
+        return Ok(true);
+    }
+    Ok(false)
 }
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
@@ -141,22 +193,10 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         machine.memory_mib,
         machine.kernel
     );
-    if cli.dns_only {
-        let learning = dns::run(cli.quick).context("domain learning")?;
-        learning.section.print();
-        let mut goals = report::Section::new("Goals", "the one of domain learning");
-        goals.push(goals::dns(learning.union_p99_ms));
-        goals.print();
+    if only(cli, &settings)? {
         return Ok(());
     }
-    if cli.bill_only {
-        bill::run(cli.quick).context("the agent's bill")?.print();
-        return Ok(());
-    }
-    let with_nft = !cli.no_nft && nft_installed();
-    if !cli.no_nft && !with_nft {
-        println!("nft is not installed: skipping the nftables figures (apt-get install nftables)");
-    }
+    let with_nft = with_nft(cli);
 
     let cost = cost::run(&settings).context("cost per packet")?;
     cost.section.print();

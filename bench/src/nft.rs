@@ -17,7 +17,8 @@ use tests::netns::{Netns, run_checked as run};
 pub const TABLE: &str = "xbbench";
 
 /// The ruleset: both families' prefixes in interval sets (`auto-merge`, since feed and
-/// synthetic prefixes nest), marked at priority -150 (mangle), as a policy-routing setup does.
+/// synthetic prefixes nest). The chain that marks by them is [`hook`]ed apart, so that the
+/// throughput rounds can take it in and out without loading the sets again.
 #[must_use]
 pub fn ruleset(compiled: &Compiled) -> String {
     let mut text = format!("table inet {TABLE} {{\n");
@@ -41,12 +42,44 @@ pub fn ruleset(compiled: &Compiled) -> String {
         }
         text.push_str("  }\n");
     }
-    text.push_str(
-        "  chain pre {\n    type filter hook prerouting priority -150; policy accept;\n    \
-         ip daddr @o365v4 meta mark set 0x365\n    ip6 daddr @o365v6 meta mark set 0x365\n  \
-         }\n}\n",
-    );
+    text.push_str("}\n");
     text
+}
+
+/// Hooks (or unhooks) the chain that marks by the sets: at priority -150 (mangle) in
+/// prerouting, as a policy-routing setup does. Unhooked, the table costs a packet nothing.
+pub fn hook(netns: &Netns, on: bool) -> anyhow::Result<()> {
+    if !on {
+        run(netns
+            .command("nft")
+            .args(["delete", "chain", "inet", TABLE, "pre"]))?;
+        return Ok(());
+    }
+    run(netns.command("nft").args([
+        "add",
+        "chain",
+        "inet",
+        TABLE,
+        "pre",
+        "{ type filter hook prerouting priority -150; policy accept; }",
+    ]))?;
+    for (family, set) in [("ip", "o365v4"), ("ip6", "o365v6")] {
+        run(netns.command("nft").args([
+            "add",
+            "rule",
+            "inet",
+            TABLE,
+            "pre",
+            family,
+            "daddr",
+            &format!("@{set}"),
+            "meta",
+            "mark",
+            "set",
+            "0x365",
+        ]))?;
+    }
+    Ok(())
 }
 
 /// A ruleset file, removed on drop.

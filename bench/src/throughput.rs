@@ -17,8 +17,8 @@ use std::{net::IpAddr, time::Instant};
 
 use anyhow::{Context as _, ensure};
 use aya::programs::{TcAttachType, TestRun as _, TestRunAttrs, TestRunOptions, XdpMode, tc};
-use classifier_common::stat;
-use classifier_user::{EMBEDDED_FEED, compile::Compiled};
+use classifier_common::{Config, flags, stat};
+use classifier_user::{EMBEDDED_FEED, compile::Compiled, datapath::Datapath};
 use tests::netns::{Netns, ifindex};
 
 use crate::{
@@ -170,41 +170,148 @@ fn bench_receiver(
     // Dropping `bench` detaches its programs.
 }
 
-/// The classifier on `vb`: XDP `breakout` and tc `breakout_mark`; counts its own verdicts.
-fn classifier_receiver(
+/// The classifier on `vb`, loaded once per table: XDP `breakout` and tc `breakout_mark`,
+/// attached for a round and detached after it. It counts its own verdicts.
+struct Classifier {
+    datapath: Datapath,
+    /// Verdicts over every round, and the direct ones among them.
+    all: u64,
+    direct: u64,
+}
+
+impl Classifier {
+    fn load(compiled: &Compiled) -> anyhow::Result<Self> {
+        Ok(Self {
+            datapath: load_classifier(compiled)?.datapath,
+            all: 0,
+            direct: 0,
+        })
+    }
+
+    /// One round, with the flow table on (the default configuration) or off (every packet
+    /// classified). The table keeps its flows from one round to the next, as on a router.
+    fn round(
+        &mut self,
+        flows: bool,
+        dsts: &[IpAddr],
+        frame: &[u8],
+        settings: &Settings,
+    ) -> anyhow::Result<Rate> {
+        self.datapath.maps()?.set_config(&if flows {
+            Config::default()
+        } else {
+            Config {
+                flags: flags::FLOWS_OFF,
+                ..Config::default()
+            }
+        })?;
+        let xdp = self
+            .datapath
+            .xdp()?
+            .attach(VB, XdpMode::Driver)
+            .context("attaching breakout")?;
+        let _ = tc::qdisc_add_clsact(VB);
+        let tc = self
+            .datapath
+            .tc(false)?
+            .attach(VB, TcAttachType::Ingress)
+            .context("attaching breakout_mark");
+        let rate = tc.and_then(|tc| {
+            let maps = self.datapath.maps()?;
+            let verdicts = || -> anyhow::Result<(u64, u64)> {
+                let stats = maps.stats()?;
+                let direct = stats[stat::DIRECT as usize].packets;
+                Ok((stats[stat::TUNNEL as usize].packets + direct, direct))
+            };
+            let bench = BenchProgs::load(ifindex(VA)?, dsts)?;
+            let before = verdicts()?;
+            let rate = pump(&bench, frame, settings, &|| Ok(verdicts()?.0));
+            let after = verdicts()?;
+            self.all += after.0 - before.0;
+            self.direct += after.1 - before.1;
+            drop(maps);
+            self.datapath.tc(false)?.detach(tc)?;
+            rate
+        });
+        self.datapath.xdp()?.detach(xdp)?;
+        rate
+    }
+
+    fn direct_share(&self) -> f64 {
+        #[expect(clippy::cast_precision_loss, reason = "packet counts")]
+        let share = self.direct as f64 / self.all.max(1) as f64;
+        share
+    }
+}
+
+/// What one table's rounds measured: each variant's median packets per second.
+struct Rounds {
+    baseline: Rate,
+    /// Every packet classified, then the flow table on.
+    classifier: [Rate; 2],
+    nft: Option<Rate>,
+    direct_share: f64,
+}
+
+/// The median of one variant's rounds, and its spread as text.
+fn median(mut rates: Vec<f64>) -> (Rate, String) {
+    rates.sort_by(f64::total_cmp);
+    let median = rates.get(rates.len() / 2).copied().unwrap_or(0.0);
+    let spread = format!(
+        "median of {} rounds, {:.2}-{:.2} Mpps",
+        rates.len(),
+        rates.first().copied().unwrap_or(0.0) / 1e6,
+        rates.last().copied().unwrap_or(0.0) / 1e6
+    );
+    (
+        Rate {
+            received: median,
+            offered: 0.0,
+        },
+        spread,
+    )
+}
+
+/// Each variant once a round, in an order that turns by one each round, so that the drift of
+/// a shared machine (seconds long, tens of percent) falls on every variant alike.
+fn rounds(
+    netns: &Netns,
     compiled: &Compiled,
     dsts: &[IpAddr],
-    frame: &[u8],
     settings: &Settings,
-    flows: bool,
-) -> anyhow::Result<(Rate, f64)> {
-    let mut datapath = load_classifier(compiled)?.datapath;
-    if flows {
-        datapath
-            .maps()?
-            .set_config(&classifier_common::Config::default())?;
+    nft_loaded: bool,
+) -> anyhow::Result<(Rounds, [String; 4])> {
+    let frame = frames::udp(dsts[0], frames::UDP_PORT);
+    let mut classifier = Classifier::load(compiled)?;
+    let mut rates: [Vec<f64>; 4] = Default::default();
+    let variants = if nft_loaded { 4 } else { 3 };
+    for round in 0..settings.throughput_rounds {
+        for turn in 0..variants {
+            let variant = (round + turn) % variants;
+            let rate = match variant {
+                0 => netns.run(|| bench_receiver(dsts, &frame, settings, progs::PASS, true))?,
+                1 | 2 => netns.run(|| classifier.round(variant == 2, dsts, &frame, settings))?,
+                _ => {
+                    nft::hook(netns, true)?;
+                    let rate =
+                        netns.run(|| bench_receiver(dsts, &frame, settings, progs::PASS, true));
+                    nft::hook(netns, false)?;
+                    rate?
+                }
+            };
+            rates[variant].push(rate.received);
+        }
     }
-    datapath
-        .xdp()?
-        .attach(VB, XdpMode::Driver)
-        .context("attaching breakout")?;
-    let _ = tc::qdisc_add_clsact(VB);
-    datapath
-        .tc(false)?
-        .attach(VB, TcAttachType::Ingress)
-        .context("attaching breakout_mark")?;
-    let maps = datapath.maps()?;
-    let bench = BenchProgs::load(ifindex(VA)?, dsts)?;
-    let verdicts = || -> anyhow::Result<(u64, u64)> {
-        let stats = maps.stats()?;
-        let direct = stats[stat::DIRECT as usize].packets;
-        Ok((stats[stat::TUNNEL as usize].packets + direct, direct))
-    };
-    let rate = pump(&bench, frame, settings, &|| Ok(verdicts()?.0))?;
-    let (all, direct) = verdicts()?;
-    #[expect(clippy::cast_precision_loss, reason = "packet counts")]
-    let share = direct as f64 / all.max(1) as f64;
-    Ok((rate, share))
+    let [baseline, every, flows, nft] = rates.map(median);
+    Ok((
+        Rounds {
+            baseline: baseline.0,
+            classifier: [every.0, flows.0],
+            nft: nft_loaded.then_some(nft.0),
+            direct_share: classifier.direct_share(),
+        },
+        [baseline.1, every.1, flows.1, nft.1],
+    ))
 }
 
 #[expect(
@@ -215,10 +322,11 @@ pub fn run(settings: &Settings, with_nft: bool) -> anyhow::Result<ThroughputResu
     let mut section = Section::new(
         "Throughput over veth (live-frames generator -> va -> vb)",
         &format!(
-            "{:.1} s per variant, IPv4 UDP 60-byte frames to 4096 destinations in installed \
-             prefixes, batches of {BATCH}; generator and receiver share one CPU, so compare \
+            "IPv4 UDP 60-byte frames to 4096 destinations in installed prefixes, batches of \
+             {BATCH}; at each table, {} rounds of {:.1} s of every variant, in turns, each \
+             figure the median of its rounds; generator and receiver share one CPU, so compare \
              the variants with each other",
-            settings.throughput_secs
+            settings.throughput_rounds, settings.throughput_secs
         ),
     );
     let mut nft_loads = Vec::new();
@@ -276,20 +384,34 @@ pub fn run(settings: &Settings, with_nft: bool) -> anyhow::Result<ThroughputResu
     let mut nft_points = Vec::new();
     for (label, size, compiled) in &tables_under_test {
         let (dsts, _) = tables::destinations(compiled, progs::MAX_DST, 7);
-        let frame = frames::udp(dsts[0], frames::UDP_PORT);
-        // The baseline again, with these destinations and right before: the machine's load
-        // drifts (other builds share it), and each comparison should see the same drift.
-        let local = netns.run(|| bench_receiver(&dsts, &frame, settings, progs::PASS, true))?;
-        let local = section.push(Figure::new(
-            format!("(b) XDP_PASS + tc counter, {label} destinations"),
-            local.mpps(),
-            "Mpps",
-        ));
-        let local_ns = 1e3 / local.value;
+        if with_nft {
+            let load = nft::load(&netns, compiled)?;
+            let mut figure = Figure::new(
+                format!("nft -f: interval sets of {label} prefixes"),
+                load.seconds * 1e3,
+                "ms",
+            );
+            if let Some(kib) = load.peak_rss_kib {
+                figure = figure.note(format!("nft peak RSS {:.0} MiB", kib / 1024.0));
+            }
+            nft_loads.push(figure);
+        }
+        let measured = rounds(&netns, compiled, &dsts, settings, with_nft);
+        if with_nft {
+            nft::unload(&netns)?;
+        }
+        let (measured, spreads) = measured?;
+        let local = section.push(
+            Figure::new(
+                format!("(b) XDP_PASS + tc counter, {label} destinations"),
+                measured.baseline.mpps(),
+                "Mpps",
+            )
+            .note(spreads[0].clone()),
+        );
+        let local_ns = measured.baseline.ns();
         let mut classifier = Vec::new();
-        for flows in [false, true] {
-            let (rate, direct) =
-                netns.run(|| classifier_receiver(compiled, &dsts, &frame, settings, flows))?;
+        for (flows, rate) in [false, true].into_iter().zip(&measured.classifier) {
             let extra = rate.ns() - local_ns;
             let name = if flows {
                 format!("(c) classifier, flow table on, {label}")
@@ -298,8 +420,9 @@ pub fn run(settings: &Settings, with_nft: bool) -> anyhow::Result<ThroughputResu
             };
             let figure = section.push(Figure::new(name, rate.mpps(), "Mpps").vs(&local).note(
                 format!(
-                    "{extra:+.0} ns per packet over (b); {:.0}% direct",
-                    direct * 100.0
+                    "{extra:+.0} ns per packet over (b); {:.0}% direct; {}",
+                    measured.direct_share * 100.0,
+                    spreads[1 + usize::from(flows)]
                 ),
             ));
             if *size > 0 {
@@ -311,27 +434,17 @@ pub fn run(settings: &Settings, with_nft: bool) -> anyhow::Result<ThroughputResu
         if let [(every, _), (flows, _)] = &classifier[..] {
             flow_gain.push((label.clone(), flows.value / every.value));
         }
-        if !with_nft {
+        let Some(rate) = measured.nft else {
             continue;
-        }
-        let load = nft::load(&netns, compiled)?;
-        let mut figure = Figure::new(
-            format!("nft -f: interval sets of {label} prefixes"),
-            load.seconds * 1e3,
-            "ms",
-        );
-        if let Some(kib) = load.peak_rss_kib {
-            figure = figure.note(format!("nft peak RSS {:.0} MiB", kib / 1024.0));
-        }
-        nft_loads.push(figure);
-        let rate = netns.run(|| bench_receiver(&dsts, &frame, settings, progs::PASS, true));
-        nft::unload(&netns)?;
-        let rate = rate?;
+        };
         let extra = rate.ns() - local_ns;
         let nft = section.push(
             Figure::new(format!("(d) nftables set, {label}"), rate.mpps(), "Mpps")
                 .vs(&local)
-                .note(format!("{extra:+.0} ns per packet over (b)")),
+                .note(format!(
+                    "{extra:+.0} ns per packet over (b); {}",
+                    spreads[3]
+                )),
         );
         for ((figure, ours), what) in classifier
             .iter()

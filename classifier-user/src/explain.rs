@@ -91,6 +91,22 @@ pub fn reason_name(reason: u32) -> &'static str {
         .map_or("unknown", |(_, name)| name)
 }
 
+/// `installed` without the host entries of `addresses`.
+fn without(installed: &Compiled, addresses: &[IpAddr]) -> Compiled {
+    let mut trimmed = installed.clone();
+    for address in addresses {
+        match IpNet::from(*address) {
+            IpNet::V4(net) => {
+                trimmed.v4.remove(&crate::compile::key_v4(net));
+            }
+            IpNet::V6(net) => {
+                trimmed.v6.remove(&crate::compile::key_v6(net));
+            }
+        }
+    }
+    trimmed
+}
+
 /// The endpoint sets of every source the maps were built from, when that is known: the
 /// state directory's record ([`crate::state::Union`]) while the maps still hold exactly what
 /// it describes, or the embedded snapshot when they hold exactly that. Otherwise (another
@@ -107,25 +123,27 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// The catalog of `installed`, the entries the maps hold now.
+    /// The catalog of `installed`, the entries the maps hold now. Between the agent's applies
+    /// the maps may also hold learned addresses written alone (`learned.json`'s `pending`):
+    /// the record describes the maps when it describes them without exactly those entries.
     #[must_use]
     pub fn load(state_dir: &Path, installed: &Compiled) -> Self {
-        let digest = installed.digest();
         let state = State::open_existing(state_dir).ok();
-        if let Some(union) = state
+        let learned = state
             .as_ref()
-            .and_then(State::union)
-            .filter(|union| union.entries == digest)
-        {
+            .and_then(|state| state.learned().ok().flatten())
+            .unwrap_or_default();
+        let union = state.as_ref().and_then(State::union).filter(|union| {
+            union.entries == installed.digest()
+                || (!learned.pending.is_empty()
+                    && union.entries == without(installed, &learned.pending).digest())
+        });
+        if let Some(union) = union {
             let mut catalog = Self {
                 sets: Vec::new(),
                 source: Some(union.versions()),
                 sources: Vec::new(),
-                learned: state
-                    .as_ref()
-                    .and_then(|state| state.learned().ok().flatten())
-                    .map(|learned| learned.rows)
-                    .unwrap_or_default(),
+                learned: learned.rows,
             };
             for source in union.sources {
                 let Ok(kind) = source.kind.parse() else {
@@ -145,8 +163,18 @@ impl Catalog {
                     }
                 }));
             }
+            // A pending address belongs to the sets that learned it, as the next apply's
+            // record will say.
+            for row in &catalog.learned {
+                if let Some(set) = catalog.sets.iter_mut().find(|set| set.id == row.set)
+                    && !set.prefixes.iter().any(|net| net.contains(&row.address))
+                {
+                    set.prefixes.push(IpNet::from(row.address));
+                }
+            }
             return catalog;
         }
+        let digest = installed.digest();
         if let Ok(feed) = Feed::parse(EMBEDDED_FEED)
             && compile(&feed).is_ok_and(|compiled| compiled.digest() == digest)
         {
@@ -266,5 +294,100 @@ impl Catalog {
         ids.sort_unstable();
         ids.dedup();
         ids
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{CatalogSet, LearnedFile, LearnedRow, Union, UnionSource};
+
+    const LEARNED: &str = "44.10.0.1";
+
+    /// A state directory whose union record holds one prefix of set 5 and the URL-only set
+    /// 27, and whose `learned.json` lists `44.10.0.1` of set 27, pending or not; the maps
+    /// hold the record's entries and that address.
+    fn setup(what: &str, pending: bool) -> (std::path::PathBuf, Compiled) {
+        let dir = std::env::temp_dir().join(format!(
+            "xdp-breakout-explain-{what}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let state = State::open(&dir).unwrap();
+        let mut recorded = Compiled::default();
+        recorded.v4.insert(
+            crate::compile::key_v4("52.112.0.0/14".parse().unwrap()),
+            PrefixRules::EMPTY,
+        );
+        let mut installed = recorded.clone();
+        installed.v4.insert(
+            crate::compile::key_v4("44.10.0.1/32".parse().unwrap()),
+            PrefixRules::EMPTY,
+        );
+        let set = |id, prefixes: &[&str]| CatalogSet {
+            id,
+            service_area: "Skype".to_owned(),
+            category: 1,
+            prefixes: prefixes.iter().map(|net| net.parse().unwrap()).collect(),
+        };
+        state
+            .save_union(&Union {
+                entries: recorded.digest(),
+                applied_at: crate::time::Time(0),
+                sources: vec![UnionSource {
+                    name: "m365".to_owned(),
+                    kind: "m365".to_owned(),
+                    first_set: 0,
+                    version: Some("2026043000".to_owned()),
+                    sets: vec![set(5, &["52.112.0.0/14"]), set(27, &[])],
+                }],
+            })
+            .unwrap();
+        let address: IpAddr = LEARNED.parse().unwrap();
+        state
+            .save_learned(&LearnedFile {
+                rows: vec![LearnedRow {
+                    address,
+                    name: "join.secure.skypeassets.com".to_owned(),
+                    matched: "join.secure.skypeassets.com".to_owned(),
+                    set: 27,
+                    service_area: "Skype".to_owned(),
+                    category: "Default".to_owned(),
+                    source: "m365".to_owned(),
+                    expires: crate::time::Time(4_000_000_000),
+                }],
+                pending: if pending { vec![address] } else { Vec::new() },
+                ..LearnedFile::default()
+            })
+            .unwrap();
+        (dir, installed)
+    }
+
+    #[test]
+    fn an_address_written_alone_is_named_before_the_apply_records_it() {
+        let (dir, installed) = setup("pending", true);
+        let catalog = Catalog::load(&dir, &installed);
+        let address: IpAddr = LEARNED.parse().unwrap();
+        assert_eq!(catalog.source.as_deref(), Some("m365 2026043000"));
+        assert_eq!(catalog.sets_holding(address, None), [27]);
+        assert_eq!(
+            catalog.learned_from(address, 27),
+            Some("join.secure.skypeassets.com")
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn entries_no_record_lists_leave_the_sets_unnamed() {
+        // The same maps, but the address is not listed as written alone: another writer's.
+        let (dir, installed) = setup("foreign", false);
+        let catalog = Catalog::load(&dir, &installed);
+        assert_eq!(catalog.source, None);
+        assert!(
+            catalog
+                .sets_holding(LEARNED.parse().unwrap(), None)
+                .is_empty()
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -230,6 +230,10 @@ pub struct LearnedFile {
     #[serde(default)]
     pub counted_at: Time,
     pub rows: Vec<LearnedRow>,
+    /// Addresses written to the tries alone since the last apply: the maps hold the union's
+    /// record plus these host entries until the whole table is applied (at most every 5 s).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<std::net::IpAddr>,
 }
 
 /// A category's steering as the kernel's row holds it.

@@ -752,3 +752,66 @@ fn a_full_cap_evicts_the_least_recently_used_address_from_the_maps() {
         "{counts:?}"
     );
 }
+
+/// An apply of learned addresses is the table of the sources kept from the last change plus
+/// each address's entry, not a compile of every set: it must equal that compile, for an
+/// address alone, one inside a feed prefix, one that a second name adds sets to, and one an
+/// eviction takes out.
+#[test]
+fn applies_of_learned_addresses_equal_the_union_compiled_from_scratch() {
+    let state_dir = TempDir::new("dns-incremental");
+    let Some((_datapath, mut agent)) = learning_agent(&state_dir, |config| {
+        config.dns.max_learned = 3;
+    }) else {
+        return;
+    };
+    let learn = |agent: &mut Agent, name: &str, address: &str| {
+        let name = format!("{name}.");
+        agent.learn(&[captured(
+            RESOLVER_ADDR,
+            &answer(&name, vec![a(&name, address, 300)], ResponseCode::NoError),
+        )])
+    };
+    let same = |agent: &Agent, when: &str| {
+        let installed = agent.maps().installed().unwrap();
+        let compiled = agent.union_compiled().unwrap();
+        assert_eq!(
+            (installed.v4.len(), installed.v6.len()),
+            (compiled.v4.len(), compiled.v6.len()),
+            "{when}"
+        );
+        assert!(installed == compiled, "{when}: the entries differ");
+    };
+    // The first apply after the feed's compiles everything and keeps the table.
+    assert_eq!(
+        learn(&mut agent, "join.secure.skypeassets.com", "13.107.9.9").len(),
+        1
+    );
+    agent.settle();
+    same(&agent, "the first apply");
+    // Then: a new address alone, one inside Teams' 52.112.0.0/14, and a second name (set 12,
+    // 50 and 78 of *.teams.microsoft.com and *.microsoft.com) for the first address.
+    assert_eq!(
+        learn(&mut agent, "storage.live.com", "13.107.42.1").len(),
+        1
+    );
+    assert_eq!(
+        learn(&mut agent, "x.teams.microsoft.com", "52.113.9.9").len(),
+        1
+    );
+    assert_eq!(
+        learn(&mut agent, "y.teams.microsoft.com", "13.107.9.9").len(),
+        1
+    );
+    agent.settle();
+    same(&agent, "an apply from the kept table");
+    // A fourth address finds the cap of 3 full: the least recently used goes, in the maps
+    // too.
+    assert_eq!(
+        learn(&mut agent, "storage.live.com", "13.107.42.2").len(),
+        1
+    );
+    assert_eq!(agent.learned_counts().evicted, 1);
+    agent.settle();
+    same(&agent, "after an eviction");
+}

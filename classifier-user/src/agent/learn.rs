@@ -16,7 +16,7 @@ use tracing::warn;
 
 use super::Agent;
 use crate::{
-    compile::compile_excluding,
+    compile::{Compiled, compile_excluding, key_v4, key_v6},
     cover::Cover,
     datapath::Maps,
     feed::{Category, EndpointSet},
@@ -199,6 +199,9 @@ impl Agent {
     /// so that [`Agent::write_learned`] never meets a stale position. Empty while learning
     /// is off.
     pub(super) fn index_sets(&mut self) {
+        // The kept table and entries were compiled from what changed.
+        self.base = None;
+        self.learned_values.clear();
         if !self.config.dns.learn {
             self.cover = Cover::default();
             return;
@@ -239,11 +242,15 @@ impl Agent {
         sets.extend(self.learned.sets_of(address, &self.patterns));
         let compiled = compile_excluding(&sets, &self.config.policy.exclude)?;
         let value = match host {
-            ipnet::IpNet::V4(net) => compiled.v4.get(&crate::compile::key_v4(net)),
-            ipnet::IpNet::V6(net) => compiled.v6.get(&crate::compile::key_v6(net)),
+            ipnet::IpNet::V4(net) => compiled.v4.get(&key_v4(net)),
+            ipnet::IpNet::V6(net) => compiled.v6.get(&key_v6(net)),
         };
         if let Some(value) = value {
             self.maps.insert_prefix(host, value)?;
+            self.pending.insert(address);
+            self.learned_values.insert(address, *value);
+        } else {
+            self.learned_values.remove(&address);
         }
         Ok(())
     }
@@ -311,14 +318,65 @@ impl Agent {
         }
     }
 
-    /// Applies the union of everything as it is (no file changes).
+    /// Applies the union of everything as it is (no file changes): the kept table of the
+    /// sources plus each learned address's entry, or, after a source or the configuration
+    /// changed, the union compiled from scratch (and the table and entries kept from it).
     fn apply_union(&mut self) -> Result<(), super::RefreshError> {
         if self.unknown_pins {
             return Ok(());
         }
-        let compiled = self.compile_union(None, "dns", "the learned addresses")?;
+        let compiled = if let Some(compiled) = self.union_of_learned() {
+            self.gate(compiled, |reason| super::RefreshError::Refused {
+                name: "dns".to_owned(),
+                what: "the learned addresses".to_owned(),
+                from: "the union of the sources".to_owned(),
+                reason,
+            })?
+        } else {
+            let compiled = self.compile_union(None, "dns", "the learned addresses")?;
+            self.keep_base(&compiled);
+            compiled
+        };
         self.apply(&compiled)?;
         Ok(())
+    }
+
+    /// The kept table of the sources with every learned address's entry: equal to the union
+    /// compiled from scratch, since a learned host prefix covers no other entry and its own
+    /// entry is what [`Agent::write_learned`] folded. `None` when the table is not kept, or
+    /// an address has no entry kept.
+    fn union_of_learned(&mut self) -> Option<Compiled> {
+        let base = self.base.as_ref()?;
+        let mut target = base.clone();
+        let mut held = HashSet::with_capacity(self.learned.len());
+        for entry in self.learned.entries() {
+            let value = *self.learned_values.get(&entry.address)?;
+            match ipnet::IpNet::from(entry.address) {
+                ipnet::IpNet::V4(net) => target.v4.insert(key_v4(net), value),
+                ipnet::IpNet::V6(net) => target.v6.insert(key_v6(net), value),
+            };
+            held.insert(entry.address);
+        }
+        // Forgotten and evicted addresses leave the kept entries with the table.
+        self.learned_values
+            .retain(|address, _| held.contains(address));
+        Some(target)
+    }
+
+    /// Keeps the table of the sources alone and each learned address's entry of `union`
+    /// (compiled from scratch), for the next applies of learned addresses.
+    fn keep_base(&mut self, union: &Compiled) {
+        self.base = self.compile_sets(None, false).ok();
+        self.learned_values.clear();
+        for entry in self.learned.entries() {
+            let value = match ipnet::IpNet::from(entry.address) {
+                ipnet::IpNet::V4(net) => union.v4.get(&key_v4(net)),
+                ipnet::IpNet::V6(net) => union.v6.get(&key_v6(net)),
+            };
+            if let Some(value) = value {
+                self.learned_values.insert(entry.address, *value);
+            }
+        }
     }
 
     /// Writes `learned.json` for `learned` and `lookup`.
@@ -350,6 +408,7 @@ impl Agent {
             counts: self.learned.counts.clone(),
             counted_at: crate::time::Time::now(),
             rows,
+            pending: self.pending.iter().copied().collect(),
         };
         self.learned_saved = Some(Instant::now());
         if let Err(error) = self.state.save_learned(&learned) {

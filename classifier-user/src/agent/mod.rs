@@ -75,6 +75,16 @@ pub struct Agent {
     patterns: crate::dns::Patterns,
     learned: crate::dns::Learned,
     learn_dirty: bool,
+    /// Learned addresses written to the tries alone since the last apply: the union's record
+    /// does not hold them yet, and `learned.json` names them so that `lookup` can tell the
+    /// maps apart from that record by exactly these entries.
+    pending: std::collections::BTreeSet<std::net::IpAddr>,
+    /// The union without learned addresses, compiled once after each change of a source or
+    /// the configuration, and each learned address's entry as [`Agent::write_learned`]
+    /// computed it: an apply of learned addresses is that table plus those entries, not a
+    /// compile of every set ([`Agent::union_of_learned`]).
+    base: Option<Compiled>,
+    learned_values: std::collections::HashMap<std::net::IpAddr, classifier_common::PrefixRules>,
     /// When `learned.json` was last written.
     learned_saved: Option<std::time::Instant>,
     /// The resolvers whose answers are learned ([`Agent::refresh_trust`]).
@@ -114,6 +124,9 @@ impl Agent {
             patterns: crate::dns::Patterns::default(),
             learned: crate::dns::Learned::default(),
             learn_dirty: false,
+            pending: std::collections::BTreeSet::new(),
+            base: None,
+            learned_values: std::collections::HashMap::new(),
             learned_saved: None,
             trusted: Vec::new(),
             serving: false,
@@ -155,6 +168,15 @@ impl Agent {
     /// `replace.1`), the learned addresses and the operator's `include`, compiled and
     /// shadowed by `exclude`.
     fn union(&self, replace: Option<(usize, &[EndpointSet])>) -> Result<Compiled, CompileError> {
+        self.compile_sets(replace, true)
+    }
+
+    /// [`Agent::union`], with or without the learned addresses.
+    fn compile_sets(
+        &self,
+        replace: Option<(usize, &[EndpointSet])>,
+        learned: bool,
+    ) -> Result<Compiled, CompileError> {
         let mut sets = Vec::new();
         for (i, source) in self.sources.iter().enumerate() {
             match replace {
@@ -162,9 +184,17 @@ impl Agent {
                 _ => sets.extend_from_slice(source.sets()),
             }
         }
-        sets.extend(self.learned.sets(&self.patterns));
+        if learned {
+            sets.extend(self.learned.sets(&self.patterns));
+        }
         sets.extend(self.operator_set());
         compile_excluding(&sets, &self.config.policy.exclude)
+    }
+
+    /// The union of every set, learned addresses included, compiled from scratch: what an
+    /// apply of the learned addresses, built from the kept table and entries, must equal.
+    pub fn union_compiled(&self) -> Result<Compiled, CompileError> {
+        self.union(None)
     }
 
     /// The operator's `include` prefixes as set 0: Optimize by address.
@@ -264,6 +294,7 @@ impl Agent {
         self.state.save_union(&union)?;
         self.remember(compiled, digest);
         self.unknown_pins = false;
+        self.pending.clear();
         self.save_learned();
         self.share_sets();
         self.prefixes = (compiled.v4.len(), compiled.v6.len());
@@ -307,6 +338,16 @@ impl Agent {
         let compiled = self
             .union(replace.map(|(i, sets, _)| (i, sets)))
             .map_err(|error| refused(Box::new(Reason::Compile(error))))?;
+        self.gate(compiled, refused)
+    }
+
+    /// A compiled union that may replace the maps: not empty, and within their capacity with
+    /// room kept for what learning may still add.
+    fn gate(
+        &self,
+        compiled: Compiled,
+        refused: impl Fn(Box<Reason>) -> RefreshError,
+    ) -> Result<Compiled, RefreshError> {
         if compiled.is_empty() {
             return Err(refused(Box::new(Reason::NothingLeft)));
         }
