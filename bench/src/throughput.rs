@@ -237,6 +237,30 @@ impl Classifier {
         rate
     }
 
+    /// Nanoseconds a packet spends in `breakout` on this path, by the kernel's own count
+    /// (`BPF_ENABLE_STATS`, on for this round only: it adds its clock reads to every
+    /// program), in a round with the flow table on or off.
+    fn program_ns(
+        &mut self,
+        flows: bool,
+        dsts: &[IpAddr],
+        frame: &[u8],
+        settings: &Settings,
+    ) -> anyhow::Result<f64> {
+        let _stats =
+            aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS")?;
+        let info = |datapath: &mut Datapath| -> anyhow::Result<(u128, u64)> {
+            let info = datapath.xdp()?.info()?;
+            Ok((info.run_time().as_nanos(), info.run_count()))
+        };
+        let (time0, count0) = info(&mut self.datapath)?;
+        self.round(flows, dsts, frame, settings)?;
+        let (time1, count1) = info(&mut self.datapath)?;
+        ensure!(count1 > count0, "breakout ran no packet");
+        #[expect(clippy::cast_precision_loss, reason = "times and counts")]
+        Ok((time1 - time0) as f64 / (count1 - count0) as f64)
+    }
+
     fn direct_share(&self) -> f64 {
         #[expect(clippy::cast_precision_loss, reason = "packet counts")]
         let share = self.direct as f64 / self.all.max(1) as f64;
@@ -251,7 +275,15 @@ struct Rounds {
     classifier: [Rate; 2],
     nft: Option<Rate>,
     direct_share: f64,
+    /// `breakout`'s own ns a packet, every packet classified and the flow table on; and the
+    /// same with [`FEW`] destinations (so as many flows), when asked for.
+    program_ns: [f64; 2],
+    few_ns: Option<[f64; 2]>,
 }
+
+/// Destinations of the rounds that show what the flow table's memory costs: their flows'
+/// entries stay in the CPU's caches, 4096 flows' do not.
+const FEW: usize = 64;
 
 /// The median of one variant's rounds, and its spread as text.
 fn median(mut rates: Vec<f64>) -> (Rate, String) {
@@ -280,6 +312,7 @@ fn rounds(
     dsts: &[IpAddr],
     settings: &Settings,
     nft_loaded: bool,
+    few: bool,
 ) -> anyhow::Result<(Rounds, [String; 4])> {
     let frame = frames::udp(dsts[0], frames::UDP_PORT);
     let mut classifier = Classifier::load(compiled)?;
@@ -302,6 +335,18 @@ fn rounds(
             rates[variant].push(rate.received);
         }
     }
+    let mut program_ns = |dsts: &[IpAddr]| -> anyhow::Result<[f64; 2]> {
+        Ok([
+            netns.run(|| classifier.program_ns(false, dsts, &frame, settings))?,
+            netns.run(|| classifier.program_ns(true, dsts, &frame, settings))?,
+        ])
+    };
+    let few_ns = if few {
+        Some(program_ns(&dsts[..FEW.min(dsts.len())])?)
+    } else {
+        None
+    };
+    let program_ns = program_ns(dsts)?;
     let [baseline, every, flows, nft] = rates.map(median);
     Ok((
         Rounds {
@@ -309,6 +354,8 @@ fn rounds(
             classifier: [every.0, flows.0],
             nft: nft_loaded.then_some(nft.0),
             direct_share: classifier.direct_share(),
+            program_ns,
+            few_ns,
         },
         [baseline.1, every.1, flows.1, nft.1],
     ))
@@ -396,7 +443,7 @@ pub fn run(settings: &Settings, with_nft: bool) -> anyhow::Result<ThroughputResu
             }
             nft_loads.push(figure);
         }
-        let measured = rounds(&netns, compiled, &dsts, settings, with_nft);
+        let measured = rounds(&netns, compiled, &dsts, settings, with_nft, *size == 0);
         if with_nft {
             nft::unload(&netns)?;
         }
@@ -433,6 +480,44 @@ pub fn run(settings: &Settings, with_nft: bool) -> anyhow::Result<ThroughputResu
         }
         if let [(every, _), (flows, _)] = &classifier[..] {
             flow_gain.push((label.clone(), flows.value / every.value));
+        }
+        let [every_ns, flows_ns] = measured.program_ns;
+        let every_ns = section.push(
+            Figure::new(
+                format!("breakout's own time, every packet classified, {label}"),
+                every_ns,
+                "ns",
+            )
+            .note("kernel's bpf_stats over one more round, its clock reads included"),
+        );
+        section.push(
+            Figure::new(
+                format!("breakout's own time, flow table on, {label}"),
+                flows_ns,
+                "ns",
+            )
+            .vs(&every_ns),
+        );
+        if let Some([every_few, flows_few]) = measured.few_ns {
+            let every_few = section.push(Figure::new(
+                format!(
+                    "breakout's own time, every packet classified, {label}, {FEW} destinations"
+                ),
+                every_few,
+                "ns",
+            ));
+            section.push(
+                Figure::new(
+                    format!("breakout's own time, flow table on, {label}, {FEW} destinations"),
+                    flows_few,
+                    "ns",
+                )
+                .vs(&every_few)
+                .note(format!(
+                    "{FEW} flows, whose entries stay in the caches; {:.0} ns less than with 4096",
+                    flows_ns - flows_few
+                )),
+            );
         }
         let Some(rate) = measured.nft else {
             continue;
