@@ -484,6 +484,16 @@ fn size_u32<T>(value: &T) -> u32 {
     u32::try_from(size_of_val(value)).unwrap_or(u32::MAX)
 }
 
+/// Whether `addr` is link-local (169.254.0.0/16, fe80::/10): it never leaves its link, so it
+/// is no uplink's egress address.
+#[must_use]
+pub fn link_local(addr: std::net::IpAddr) -> bool {
+    match addr {
+        std::net::IpAddr::V4(v4) => v4.is_link_local(),
+        std::net::IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+    }
+}
+
 /// The IPv4 and IPv6 addresses of the interfaces named `names` in this network namespace
 /// (`getifaddrs(3)`, which asks the kernel over rtnetlink), in the kernel's order.
 pub fn addresses(names: &[String]) -> io::Result<Vec<std::net::IpAddr>> {

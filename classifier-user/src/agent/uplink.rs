@@ -182,10 +182,7 @@ impl Agent {
                 .unwrap_or_default()
                 .into_iter()
                 // Link-local addresses never leave the link: no egress.
-                .filter(|addr| match addr {
-                    std::net::IpAddr::V4(v4) => !v4.is_link_local(),
-                    std::net::IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) != 0xfe80,
-                })
+                .filter(|addr| !crate::netlink::link_local(*addr))
                 .collect();
         }
     }

@@ -58,13 +58,6 @@ fn public(addr: IpAddr) -> bool {
     }
 }
 
-fn link_local(addr: IpAddr) -> bool {
-    match addr {
-        IpAddr::V4(v4) => v4.is_link_local(),
-        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
-    }
-}
-
 fn host(addr: IpAddr) -> String {
     match addr {
         IpAddr::V4(_) => format!("{addr}/32"),
@@ -93,7 +86,7 @@ pub fn egress(
     // Link-local addresses never leave the link: not a source Microsoft could see.
     let private: Vec<String> = addresses
         .iter()
-        .filter(|addr| !public(**addr) && !link_local(**addr))
+        .filter(|addr| !public(**addr) && !crate::netlink::link_local(**addr))
         .map(ToString::to_string)
         .collect();
     let warning = match (interface, nat.is_empty()) {
