@@ -46,6 +46,31 @@ impl Compiled {
         self.len() == 0
     }
 
+    /// The entry of prefix `net`, in its family's table.
+    #[must_use]
+    pub fn get(&self, net: IpNet) -> Option<&PrefixRules> {
+        match net {
+            IpNet::V4(net) => self.v4.get(&key_v4(net)),
+            IpNet::V6(net) => self.v6.get(&key_v6(net)),
+        }
+    }
+
+    /// Sets the entry of prefix `net`.
+    pub fn insert(&mut self, net: IpNet, value: PrefixRules) {
+        match net {
+            IpNet::V4(net) => self.v4.insert(key_v4(net), value),
+            IpNet::V6(net) => self.v6.insert(key_v6(net), value),
+        };
+    }
+
+    /// Takes the entry of prefix `net` out.
+    pub fn remove(&mut self, net: IpNet) {
+        match net {
+            IpNet::V4(net) => self.v4.remove(&key_v4(net)),
+            IpNet::V6(net) => self.v6.remove(&key_v6(net)),
+        };
+    }
+
     /// A fingerprint of every entry (FNV-1a, 64 bits): equal digests, equal tables. It ties a
     /// record of what was applied to what the maps hold now.
     #[must_use]

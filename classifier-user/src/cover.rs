@@ -372,36 +372,30 @@ mod tests {
     /// Addresses in and around `net`: its first and last, one past each end, and its
     /// middle.
     fn around(net: IpNet) -> Vec<IpAddr> {
-        match net {
-            IpNet::V4(net) => {
-                let first = u32::from(net.network());
-                let last = u32::from(net.broadcast());
-                [
-                    first,
-                    last,
-                    first.wrapping_sub(1),
-                    last.wrapping_add(1),
-                    first + (last - first) / 2,
-                ]
-                .into_iter()
-                .map(|a| IpAddr::from(std::net::Ipv4Addr::from(a)))
-                .collect()
-            }
-            IpNet::V6(net) => {
-                let first = u128::from(net.network());
-                let last = u128::from(net.broadcast());
-                [
-                    first,
-                    last,
-                    first.wrapping_sub(1),
-                    last.wrapping_add(1),
-                    first + (last - first) / 2,
-                ]
-                .into_iter()
-                .map(|a| IpAddr::from(std::net::Ipv6Addr::from(a)))
-                .collect()
-            }
-        }
+        // Both families as integers, wrapping at the family's width.
+        let (first, last, max): (u128, u128, u128) = match net {
+            IpNet::V4(net) => (
+                u32::from(net.network()).into(),
+                u32::from(net.broadcast()).into(),
+                u32::MAX.into(),
+            ),
+            IpNet::V6(net) => (net.network().into(), net.broadcast().into(), u128::MAX),
+        };
+        [
+            first,
+            last,
+            first.wrapping_sub(1) & max,
+            last.wrapping_add(1) & max,
+            first + (last - first) / 2,
+        ]
+        .into_iter()
+        .map(|a| match net {
+            IpNet::V4(_) => IpAddr::from(std::net::Ipv4Addr::from(
+                u32::try_from(a).expect("within the IPv4 width"),
+            )),
+            IpNet::V6(_) => IpAddr::from(std::net::Ipv6Addr::from(a)),
+        })
+        .collect()
     }
 
     /// Addresses to ask about: around every prefix of `tables`, random ones (anywhere, and

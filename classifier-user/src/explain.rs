@@ -95,14 +95,7 @@ pub fn reason_name(reason: u32) -> &'static str {
 fn without(installed: &Compiled, addresses: &[IpAddr]) -> Compiled {
     let mut trimmed = installed.clone();
     for address in addresses {
-        match IpNet::from(*address) {
-            IpNet::V4(net) => {
-                trimmed.v4.remove(&crate::compile::key_v4(net));
-            }
-            IpNet::V6(net) => {
-                trimmed.v6.remove(&crate::compile::key_v6(net));
-            }
-        }
+        trimmed.remove(IpNet::from(*address));
     }
     trimmed
 }

@@ -16,7 +16,7 @@ use tracing::warn;
 
 use super::Agent;
 use crate::{
-    compile::{Compiled, compile_excluding, key_v4, key_v6},
+    compile::{Compiled, compile_excluding},
     cover::Cover,
     datapath::Maps,
     feed::{Category, EndpointSet},
@@ -241,11 +241,7 @@ impl Agent {
         // Learned entries are host prefixes: only the address's own can cover it.
         sets.extend(self.learned.sets_of(address, &self.patterns));
         let compiled = compile_excluding(&sets, &self.config.policy.exclude)?;
-        let value = match host {
-            ipnet::IpNet::V4(net) => compiled.v4.get(&key_v4(net)),
-            ipnet::IpNet::V6(net) => compiled.v6.get(&key_v6(net)),
-        };
-        if let Some(value) = value {
+        if let Some(value) = compiled.get(host) {
             self.maps.insert_prefix(host, value)?;
             self.pending.insert(address);
             self.learned_values.insert(address, *value);
@@ -351,10 +347,7 @@ impl Agent {
         let mut held = HashSet::with_capacity(self.learned.len());
         for entry in self.learned.entries() {
             let value = *self.learned_values.get(&entry.address)?;
-            match ipnet::IpNet::from(entry.address) {
-                ipnet::IpNet::V4(net) => target.v4.insert(key_v4(net), value),
-                ipnet::IpNet::V6(net) => target.v6.insert(key_v6(net), value),
-            };
+            target.insert(entry.address.into(), value);
             held.insert(entry.address);
         }
         // Forgotten and evicted addresses leave the kept entries with the table.
@@ -369,11 +362,7 @@ impl Agent {
         self.base = self.compile_sets(None, false).ok();
         self.learned_values.clear();
         for entry in self.learned.entries() {
-            let value = match ipnet::IpNet::from(entry.address) {
-                ipnet::IpNet::V4(net) => union.v4.get(&key_v4(net)),
-                ipnet::IpNet::V6(net) => union.v6.get(&key_v6(net)),
-            };
-            if let Some(value) = value {
+            if let Some(value) = union.get(entry.address.into()) {
                 self.learned_values.insert(entry.address, *value);
             }
         }
